@@ -1,0 +1,5 @@
+//! lockstep: a durable orchestration runtime whose task handlers are sandboxed
+//! WebAssembly components.
+
+pub mod state;
+pub mod store;

@@ -1,0 +1,402 @@
+//! Persistence: one trait, one method per operation, each taking a params
+//! struct. Backends: [`sqlite`] (embedded default) and, later, Postgres.
+//!
+//! **Invariant:** only this module (and `migrations/`) contains SQL; every
+//! statement is parameterized, never formatted.
+//! **Invariant:** every state change is one transaction: a task's transition,
+//! its output, its stage counter, its dependents' counters, spawned children
+//! and event rows commit together or not at all.
+//! **Invariant:** every query filters by tenant; another tenant's id answers
+//! [`StoreError::NotFound`].
+
+use crate::state::{IllegalTransition, JobState, StageState, TaskState};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+pub mod sqlite;
+
+/// Milliseconds since the Unix epoch; every timestamp in the store uses it.
+pub type Millis = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub i64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub i64);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantId(pub String);
+
+/// Proof of a claim: completion is accepted only while the task is still
+/// `running` with exactly this attempt number (fencing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseToken {
+    pub task_id: TaskId,
+    pub attempt: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What to do when a task of a stage dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Dependents of the dead task are cancelled; when the stage closes the
+    /// job fails and later stages never open.
+    #[default]
+    FailJob,
+    /// Dependents are released as if the task had succeeded; the job goes on.
+    Continue,
+}
+
+/// Who executes a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Executor {
+    /// A registered WASM handler, run by a worker.
+    #[default]
+    Wasm,
+    /// An AI agent that claims and completes the task over MCP.
+    Agent,
+}
+
+// ---------------------------------------------------------------- submit
+
+/// A fully validated job, ready to insert. Produced by `spec`.
+#[derive(Debug, Clone)]
+pub struct SubmitJob {
+    pub tenant: TenantId,
+    pub name: String,
+    pub idempotency_key: String,
+    /// The canonical spec as JSON, kept for inspection.
+    pub spec_json: String,
+    pub stages: Vec<NewStage>,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewStage {
+    pub name: String,
+    pub on_failure: OnFailure,
+    pub tasks: Vec<NewTask>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub handler: String,
+    pub executor: Executor,
+    /// Unique within the job when present; `depends_on` refers to it.
+    pub key: Option<String>,
+    /// Keys of tasks in the same stage this task waits for.
+    pub depends_on: Vec<String>,
+    pub input_json: String,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
+    /// Free-form title/instructions for agent tasks (JSON), `None` for WASM.
+    pub agent_json: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Submitted {
+    pub job_id: JobId,
+    /// False when the (tenant, idempotency key) already existed.
+    pub created: bool,
+}
+
+// ---------------------------------------------------------------- claim
+
+#[derive(Debug, Clone)]
+pub struct ClaimBatch {
+    /// Claims across all tenants when `None` (workers); one tenant for MCP agents.
+    pub tenant: Option<TenantId>,
+    pub executor: Executor,
+    /// Only these handlers (the ones registered in this process).
+    pub handlers: Vec<String>,
+    pub job: Option<JobId>,
+    pub limit: u32,
+    pub lease: Duration,
+    pub worker: String,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub tenant: TenantId,
+    pub job_id: JobId,
+    pub lease: LeaseToken,
+    pub stage_name: String,
+    pub stage_position: i32,
+    pub handler: String,
+    pub input_json: String,
+    pub timeout_ms: i64,
+    pub max_attempts: i32,
+}
+
+// ---------------------------------------------------------------- complete
+
+#[derive(Debug, Clone)]
+pub struct CompleteBatch {
+    pub completions: Vec<Completion>,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub tenant: TenantId,
+    pub lease: LeaseToken,
+    pub result: TaskResult,
+}
+
+#[derive(Debug, Clone)]
+pub enum TaskResult {
+    Succeeded { output_json: String, spawn: Vec<SpawnTask> },
+    /// Goes back to `pending` after `retry_after` unless attempts are used up.
+    Retryable { error: String, retry_after: Duration },
+    Fatal { error: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct SpawnTask {
+    pub stage_name: String,
+    pub handler: String,
+    pub input_json: String,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompletionOutcome {
+    /// Recorded; the task is now in this state.
+    Recorded(TaskState),
+    /// Refused by fencing: the task is no longer running with this attempt
+    /// (lease expired and re-claimed, or a duplicate completion).
+    Stale,
+    /// Refused: spawned into the current or an earlier stage, an unknown
+    /// stage, or past the spawn limit. Recorded as a fatal failure instead.
+    RejectedSpawn(String),
+}
+
+// ---------------------------------------------------------------- leases
+
+#[derive(Debug, Clone)]
+pub struct RescueExpiredLeases {
+    pub now: Millis,
+    /// Backoff for the retried attempt.
+    pub retry_after: Duration,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RenewLease {
+    pub tenant: TenantId,
+    pub lease: LeaseToken,
+    pub lease_for: Duration,
+    pub now: Millis,
+}
+
+// ---------------------------------------------------------------- reads
+
+#[derive(Debug, Clone)]
+pub struct GetJob {
+    pub tenant: TenantId,
+    pub job: JobId,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub job_id: JobId,
+    pub tenant: TenantId,
+    pub name: String,
+    pub state: JobState,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub error: Option<String>,
+    pub stages: Vec<StageStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    pub position: i32,
+    pub name: String,
+    pub state: StageState,
+    pub on_failure: OnFailure,
+    pub total: i64,
+    pub remaining: i64,
+    /// Task counts by state (every state present, zero when none).
+    pub counts: Vec<(TaskState, i64)>,
+    pub opened_at: Option<Millis>,
+    pub closed_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListJobs {
+    pub tenant: TenantId,
+    pub state: Option<JobState>,
+    pub name: Option<String>,
+    pub created_after: Option<Millis>,
+    pub created_before: Option<Millis>,
+    /// Jobs with an id below this (newest first paging).
+    pub before_id: Option<JobId>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub job_id: JobId,
+    pub name: String,
+    pub state: JobState,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GetTask {
+    pub tenant: TenantId,
+    pub task: TaskId,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRecord {
+    pub task_id: TaskId,
+    pub job_id: JobId,
+    pub stage_position: i32,
+    pub stage_name: String,
+    pub handler: String,
+    pub executor: Executor,
+    pub key: Option<String>,
+    pub state: TaskState,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub input_json: String,
+    pub output_json: Option<String>,
+    pub error: Option<String>,
+    pub parent_task: Option<TaskId>,
+    pub lease_expires_at: Option<Millis>,
+    pub run_after: Millis,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobEvents {
+    pub tenant: TenantId,
+    pub job: JobId,
+    pub after_id: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub job_id: JobId,
+    pub task_id: Option<TaskId>,
+    pub kind: EventKind,
+    pub stage_position: Option<i32>,
+    pub detail: Option<String>,
+    pub at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Submitted,
+    StageOpened,
+    StageClosed,
+    TaskClaimed,
+    TaskSucceeded,
+    TaskFailed,
+    TaskRetried,
+    TaskDead,
+    TaskCancelled,
+    TaskRevived,
+    CompletionRefused,
+    JobFinished,
+    JobCancelled,
+    JobReopened,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageResults {
+    pub tenant: TenantId,
+    pub job: JobId,
+    /// The asking task's stage: only earlier stages may be read.
+    pub from_stage_position: i32,
+    pub stage_name: String,
+    pub after: Option<TaskId>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CancelJob {
+    pub tenant: TenantId,
+    pub job: JobId,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryTask {
+    pub tenant: TenantId,
+    pub task: TaskId,
+    pub now: Millis,
+}
+
+/// Completions per second over a recent window, for progress and ETA.
+#[derive(Debug, Clone)]
+pub struct RecentCompletions {
+    pub tenant: TenantId,
+    pub job: JobId,
+    pub since: Millis,
+}
+
+/// The persistence interface every backend implements and the conformance
+/// suite in `tests/` checks.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Apply pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Insert job, stages and first tasks in one transaction; idempotent on
+    /// (tenant, idempotency key) through a unique index.
+    async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError>;
+    /// Claim up to `limit` ready tasks: `pending`, `run_after <= now`, stage
+    /// open; sets `running`, `attempt += 1`, lease expiry. One statement.
+    async fn claim_batch(&self, p: ClaimBatch) -> Result<Vec<ClaimedTask>, StoreError>;
+    /// Record many completions in one transaction (group commit), fenced on
+    /// (running, attempt); decrements stage and dependency counters, opens next
+    /// stages exactly once, inserts spawned children and events.
+    async fn complete_batch(&self, p: CompleteBatch)
+    -> Result<Vec<CompletionOutcome>, StoreError>;
+    /// Extend a live lease; `Ok(false)` when the lease is no longer held.
+    async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError>;
+    /// Expired leases go back to `pending` (or `dead` when attempts are used
+    /// up). Returns how many were rescued.
+    async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError>;
+    async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError>;
+    async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError>;
+    async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError>;
+    async fn job_events(&self, p: JobEvents) -> Result<Vec<Event>, StoreError>;
+    /// Outputs of succeeded tasks of an earlier stage, ordered by task id.
+    async fn stage_results(&self, p: StageResults) -> Result<Vec<(TaskId, String)>, StoreError>;
+    /// Cancel every non-terminal task and mark the job cancelled.
+    async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError>;
+    /// Revive a dead or cancelled task (and reopen its job).
+    async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError>;
+    /// Number of tasks of the job that finished at or after `since`.
+    async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError>;
+    /// Whether the job is cancelled or failed (running tasks poll this).
+    async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError>;
+}
