@@ -1,5 +1,11 @@
 //! lockstep: a durable orchestration runtime whose task handlers are sandboxed
-//! WebAssembly components.
+//! WebAssembly components. See ARCHITECTURE.md for the code map.
+//!
+//! Data flows one way: `spec` → `store` ← `engine` ← `plugin`; the front doors
+//! (`cli`, later `mcp` and `ci`) call the engine and never the store's SQL.
 
+pub mod bench;
+pub mod cli;
+pub mod engine;
 pub mod state;
 pub mod store;

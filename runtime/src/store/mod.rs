@@ -48,6 +48,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://HOST/DB")]
+    UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -399,4 +401,15 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError>;
     /// Whether the job is cancelled or failed (running tasks poll this).
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError>;
+}
+
+/// Open the store named by a database URL: `sqlite://PATH` (created if
+/// missing) or `postgres://…`. Migrations run before it is returned.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::open(url, sqlite::SqliteOptions::default()).await?;
+        Ok(std::sync::Arc::new(store))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
 }

@@ -1,0 +1,145 @@
+//! End-to-end engine benchmarks: throughput of no-op WASM tasks, submit-to-
+//! start latency, and last-completion-to-next-stage latency (fan-in).
+
+use super::percentile;
+use crate::engine::{Engine, WorkerConfig, now_millis};
+use crate::spec::{self, Format};
+use crate::store::{EventKind, JobId, TenantId};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn job_text(name: &str, stages: &str) -> String {
+    format!("name = \"{name}\"\nidempotency_key = \"{name}-{}\"\n{stages}", now_millis())
+}
+
+/// A job of one stage holding `tasks` example:noop tasks.
+fn noop_job(tasks: u32) -> String {
+    let mut body = String::from("[[stages]]\nname = \"work\"\ntasks = [\n");
+    for i in 0..tasks {
+        body.push_str(&format!("  {{ handler = \"example:noop\", input = {{ value = {i} }} }},\n"));
+    }
+    body.push_str("]\n");
+    job_text("bench-throughput", &body)
+}
+
+async fn submit(engine: &Engine, tenant: &TenantId, text: &str) -> anyhow::Result<JobId> {
+    let job = spec::parse_job_str(text, Format::Toml, "bench.toml")?;
+    Ok(engine.submit(tenant, job).await?.job_id)
+}
+
+/// No-op tasks per second, end to end (claim, sandboxed run, durable completion).
+pub async fn throughput(
+    engine: &Arc<Engine>,
+    tenant: &TenantId,
+    tasks: u32,
+    slots: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let job = submit(engine, tenant, &noop_job(tasks)).await?;
+    let started = Instant::now();
+    let pool = engine.start_workers(WorkerConfig { slots, ..WorkerConfig::default() });
+    let done = engine.wait(tenant, job, None, |_| {}).await?;
+    let elapsed = started.elapsed();
+    pool.shutdown().await;
+    anyhow::ensure!(
+        done.job.state == crate::state::JobState::Succeeded,
+        "benchmark job ended {}",
+        done.job.state
+    );
+    Ok(vec![json!({
+        "bench": "throughput",
+        "case": "noop_tasks",
+        "tasks": tasks,
+        "slots": slots,
+        "seconds": elapsed.as_secs_f64(),
+        "tasks_per_s": f64::from(tasks) / elapsed.as_secs_f64(),
+    })])
+}
+
+/// Submit a one-task job to idle workers, many times; the latency is from
+/// the submit call to the task's claim (the claim event's timestamp, ms).
+pub async fn submit_to_start(
+    engine: &Arc<Engine>,
+    tenant: &TenantId,
+    samples: u32,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let pool = engine.start_workers(WorkerConfig::default());
+    let mut lat = Vec::with_capacity(samples as usize);
+    for i in 0..samples {
+        let text = job_text(
+            &format!("bench-latency-{i}"),
+            "[[stages]]\nname = \"one\"\ntasks = [{ handler = \"example:noop\" }]\n",
+        );
+        let before = now_millis();
+        let job = submit(engine, tenant, &text).await?;
+        engine.wait(tenant, job, Some(Duration::from_secs(30)), |_| {}).await?;
+        let events = engine.events(tenant, job, None, 100).await?;
+        if let Some(claimed) = events.iter().find(|e| e.kind == EventKind::TaskClaimed) {
+            lat.push((claimed.at - before) as f64);
+        }
+    }
+    pool.shutdown().await;
+    lat.sort_by(f64::total_cmp);
+    Ok(vec![json!({
+        "bench": "throughput",
+        "case": "submit_to_start",
+        "samples": lat.len(),
+        "p50_ms": percentile(&lat, 50.0),
+        "p99_ms": percentile(&lat, 99.0),
+        "resolution_ms": 1,
+    })])
+}
+
+/// Fan-in: stage 1 spawns `tasks` no-op tasks into stage 2; then stage 3
+/// sums them. Reports the whole job and the gap between the last stage-2
+/// completion and the first stage-3 claim.
+pub async fn fanin(
+    engine: &Arc<Engine>,
+    tenant: &TenantId,
+    tasks: u32,
+    slots: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let text = job_text(
+        "bench-fanin",
+        &format!(
+            "[[stages]]\nname = \"analyze\"\ntasks = [{{ handler = \"example:fanout\", input = {{ count = {tasks}, stage = \"process\", handler = \"example:noop\" }} }}]\n\
+             [[stages]]\nname = \"process\"\n\
+             [[stages]]\nname = \"aggregate\"\ntasks = [{{ handler = \"example:sum\", input = {{ from = \"process\" }} }}]\n"
+        ),
+    );
+    let job = submit(engine, tenant, &text).await?;
+    let started = Instant::now();
+    let pool = engine.start_workers(WorkerConfig { slots, ..WorkerConfig::default() });
+    let done = engine.wait(tenant, job, None, |_| {}).await?;
+    let elapsed = started.elapsed();
+    pool.shutdown().await;
+    let mut last_stage2_done = None;
+    let mut first_stage3_claim = None;
+    let mut after = None;
+    loop {
+        let page = engine.events(tenant, job, after, 5000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for e in &page {
+            match (e.kind, e.stage_position) {
+                (EventKind::TaskSucceeded, Some(1)) => last_stage2_done = Some(e.at),
+                (EventKind::TaskClaimed, Some(2)) if first_stage3_claim.is_none() => {
+                    first_stage3_claim = Some(e.at)
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(vec![json!({
+        "bench": "fanin",
+        "tasks": tasks,
+        "state": done.job.state,
+        "seconds": elapsed.as_secs_f64(),
+        "tasks_per_s": f64::from(tasks) / elapsed.as_secs_f64(),
+        "last_completion_to_next_stage_claim_ms": match (last_stage2_done, first_stage3_claim) {
+            (Some(a), Some(b)) => json!(b - a),
+            _ => serde_json::Value::Null,
+        },
+        "resolution_ms": 1,
+    })])
+}

@@ -1,0 +1,31 @@
+//! Benchmarks behind `lockstep bench …`. Each returns JSON lines (one
+//! `serde_json::Value` per measured case) for the CLI to print; speed is
+//! measured here, never asserted in tests.
+
+pub mod engine_flow;
+pub mod lookup;
+pub mod plugin;
+
+/// Percentile of a sorted sample (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// A short description of this machine for benchmark output.
+pub fn machine() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    serde_json::json!({ "cpus": cpus, "cpu": model, "os": std::env::consts::OS })
+}

@@ -1,0 +1,89 @@
+//! `lockstep bench …`: run a benchmark and print JSON lines.
+//!
+//! Engine benchmarks use a fresh database in a temporary directory unless
+//! `--db` is given, so they never touch `lockstep.db`.
+
+use super::{CliResult, Ctx};
+use crate::bench;
+use crate::engine::Engine;
+use anyhow::Context as _;
+use clap::Subcommand;
+use std::sync::Arc;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Instantiate-and-run of example:noop, and start-up time with the example plugins.
+    Plugin {
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u32,
+    },
+    /// End-to-end no-op WASM tasks per second, and submit-to-start latency.
+    Throughput {
+        #[arg(long, default_value_t = 20_000)]
+        tasks: u32,
+        #[arg(long, default_value_t = 128)]
+        workers: usize,
+        #[arg(long, default_value_t = 50)]
+        latency_samples: u32,
+    },
+    /// A fan-out into a dynamic stage and a fan-in aggregate; stage-advance latency.
+    Fanin {
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u32,
+        #[arg(long, default_value_t = 128)]
+        workers: usize,
+    },
+    /// Status and update of one task in a database holding this many tasks.
+    Lookup {
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: u64,
+    },
+}
+
+fn print(lines: Vec<serde_json::Value>) {
+    let machine = bench::machine();
+    for mut line in lines {
+        if let Some(obj) = line.as_object_mut() {
+            obj.insert("machine".into(), machine.clone());
+        }
+        println!("{line}");
+    }
+}
+
+/// Store and engine for a benchmark: the given `--db`, or a fresh SQLite file.
+async fn bench_engine(ctx: &Ctx) -> anyhow::Result<(Arc<Engine>, Option<tempfile::TempDir>)> {
+    let (url, dir) = if ctx.db_explicit {
+        (ctx.db_url.clone(), None)
+    } else {
+        let dir = tempfile::tempdir().context("creating a temporary directory for the benchmark database")?;
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        (url, Some(dir))
+    };
+    let store = crate::store::open(&url)
+        .await
+        .with_context(|| format!("could not open the database {url}"))?;
+    let plugins = ctx.plugins().await?;
+    Ok((Engine::new(store, plugins, ctx.config.clone()), dir))
+}
+
+pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
+    match cmd {
+        BenchCommand::Plugin { iterations } => {
+            print(bench::plugin::bench_plugin(&ctx.plugin_config(), iterations).await?);
+        }
+        BenchCommand::Throughput { tasks, workers, latency_samples } => {
+            let (engine, _dir) = bench_engine(ctx).await?;
+            print(bench::engine_flow::throughput(&engine, &ctx.tenant, tasks, workers).await?);
+            print(bench::engine_flow::submit_to_start(&engine, &ctx.tenant, latency_samples).await?);
+        }
+        BenchCommand::Fanin { tasks, workers } => {
+            let (engine, _dir) = bench_engine(ctx).await?;
+            print(bench::engine_flow::fanin(&engine, &ctx.tenant, tasks, workers).await?);
+        }
+        BenchCommand::Lookup { tasks } => {
+            let (engine, _dir) = bench_engine(ctx).await?;
+            print(bench::lookup::lookup(engine.store().as_ref(), tasks).await?);
+        }
+    }
+    Ok(())
+}

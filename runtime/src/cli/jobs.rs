@@ -1,0 +1,382 @@
+//! Job commands: demo, run, submit, status, jobs, events, cancel, retry, task.
+
+use super::{CliResult, Ctx, Failure};
+use crate::engine::{Engine, JobProgress, WorkerConfig};
+use crate::spec;
+use crate::state::JobState;
+use crate::store::{JobId, ListJobs, TaskId};
+use anyhow::Context as _;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many tasks the fan-out stage spawns.
+    #[arg(long, default_value_t = 1000)]
+    count: u32,
+    /// Tasks run concurrently.
+    #[arg(long, default_value_t = 64)]
+    workers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Job file (.toml or .json).
+    file: PathBuf,
+    /// Tasks run concurrently.
+    #[arg(long, default_value_t = 64)]
+    workers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Job file (.toml or .json).
+    file: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    job: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state: running, succeeded, failed, cancelled.
+    #[arg(long)]
+    state: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    job: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    job: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    task: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    task: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The demo job: stage 1 fans out into a dynamic stage of `count` no-op
+/// tasks (and counts the words of a granted file), stage 3 sums what stage 2
+/// produced through `stage-results`.
+fn demo_job(count: u32, with_wordcount: bool) -> String {
+    let key = format!("demo-{}", crate::engine::now_millis());
+    let wordcount = if with_wordcount {
+        ",\n  { handler = \"example:wordcount\", input = { path = \"/data/words.txt\" } }"
+    } else {
+        ""
+    };
+    format!(
+        r#"name = "demo"
+idempotency_key = "{key}"
+
+[[stages]]
+name = "analyze"
+tasks = [
+  {{ handler = "example:fanout", input = {{ count = {count}, stage = "process", handler = "example:noop" }} }}{wordcount}
+]
+
+[[stages]]
+name = "process"   # filled by the tasks example:fanout spawns
+
+[[stages]]
+name = "aggregate"
+tasks = [{{ handler = "example:sum", input = {{ from = "process", field = "value" }} }}]
+"#
+    )
+}
+
+pub async fn demo(ctx: &Ctx, args: DemoArgs) -> CliResult {
+    let engine = ctx.engine().await?;
+    let names = engine.plugins().handler_names();
+    for needed in ["example:fanout", "example:noop", "example:sum"] {
+        if !names.iter().any(|n| n == needed) {
+            return Err(Failure::BadInput(anyhow::anyhow!(
+                "the demo needs the example plugins, but {needed} is not registered (registered: {}); build them with `cargo build` from the repository root or pass --plugins DIR",
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            )));
+        }
+    }
+    let with_wordcount = names.iter().any(|n| n == "example:wordcount");
+    let text = demo_job(args.count, with_wordcount);
+    let job = spec::parse_job_str(&text, spec::Format::Toml, "demo.toml")
+        .map_err(|e| Failure::Other(e.into()))?;
+    println!(
+        "lockstep demo: {} plugins loaded; stage analyze fans out {} tasks into stage process, stage aggregate sums them",
+        names.len(),
+        args.count
+    );
+    let submitted = engine.submit(&ctx.tenant, job).await?;
+    let progress = execute(&engine, ctx, submitted.job_id, args.workers).await?;
+    print_outcome(&engine, ctx, &progress).await?;
+    let expected = u64::from(args.count) * (u64::from(args.count) + 1) / 2;
+    println!("expected sum 1+…+{} = {expected}", args.count);
+    println!(
+        "inspect it: lockstep status {id}   lockstep events {id}   lockstep jobs",
+        id = submitted.job_id.0
+    );
+    finish(&progress)
+}
+
+pub async fn run(ctx: &Ctx, args: RunArgs) -> CliResult {
+    let engine = ctx.engine().await?;
+    let submitted = engine.submit_file(&ctx.tenant, &args.file).await?;
+    if !submitted.created {
+        println!(
+            "job {} already exists with this idempotency key; following it",
+            submitted.job_id.0
+        );
+    }
+    let progress = execute(&engine, ctx, submitted.job_id, args.workers).await?;
+    print_outcome(&engine, ctx, &progress).await?;
+    finish(&progress)
+}
+
+fn finish(progress: &JobProgress) -> CliResult {
+    match progress.job.state {
+        JobState::Succeeded => Ok(()),
+        other => Err(Failure::JobFailed(format!(
+            "job {} {other}{}",
+            progress.job.job_id.0,
+            progress.job.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        ))),
+    }
+}
+
+/// Run workers in this process until the job is finished, with a live bar.
+async fn execute(
+    engine: &Arc<Engine>,
+    ctx: &Ctx,
+    job: JobId,
+    workers: usize,
+) -> Result<JobProgress, Failure> {
+    let pool = engine.start_workers(WorkerConfig { slots: workers.max(1), ..WorkerConfig::default() });
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let result = engine
+        .wait(&ctx.tenant, job, None, |p| {
+            bar.set_length(p.total.max(1) as u64);
+            bar.set_position(p.done.max(0) as u64);
+            bar.set_message(p.summary_line());
+        })
+        .await;
+    bar.finish_and_clear();
+    pool.shutdown().await;
+    Ok(result?)
+}
+
+async fn print_outcome(engine: &Engine, ctx: &Ctx, p: &JobProgress) -> CliResult {
+    println!(
+        "job {} {} — {} tasks, {} stages",
+        p.job.job_id.0,
+        p.job.state,
+        p.total,
+        p.stages.len()
+    );
+    print_stages(p);
+    // Show the output of the last stage's tasks (the result of the job).
+    if let Some(last) = p.job.stages.last() {
+        let rows = engine
+            .store()
+            .stage_results(crate::store::StageResults {
+                tenant: ctx.tenant.clone(),
+                job: p.job.job_id,
+                from_stage_position: last.position + 1,
+                stage_name: last.name.clone(),
+                after: None,
+                limit: 5,
+            })
+            .await
+            .map_err(|e| Failure::Other(e.into()))?;
+        for (task, output) in rows {
+            println!("result of task {} ({}): {output}", task.0, last.name);
+        }
+    }
+    Ok(())
+}
+
+fn print_stages(p: &JobProgress) {
+    for (stage, detail) in p.stages.iter().zip(&p.job.stages) {
+        let counts: Vec<String> = detail
+            .counts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        println!(
+            "  {:<12} {:<8} {:>5.1}%  {}/{}  {}",
+            stage.name,
+            stage.state.as_str(),
+            stage.percent,
+            stage.done,
+            stage.total,
+            counts.join(", ")
+        );
+    }
+}
+
+pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
+    let engine = ctx.engine().await?;
+    let submitted = engine.submit_file(&ctx.tenant, &args.file).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&submitted).context("rendering JSON")?);
+    } else if submitted.created {
+        println!("job {} submitted", submitted.job_id.0);
+    } else {
+        println!("job {} already exists with this idempotency key (not created again)", submitted.job_id.0);
+    }
+    Ok(())
+}
+
+pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
+    let engine = ctx.reader().await?;
+    let p = engine.progress(&ctx.tenant, JobId(args.job)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&p).context("rendering JSON")?);
+        return Ok(());
+    }
+    println!("job {} {:?}: {}", p.job.job_id.0, p.job.name, p.job.state);
+    println!("  {}", p.summary_line());
+    print_stages(&p);
+    if let Some(err) = &p.job.error {
+        println!("  error: {err}");
+    }
+    Ok(())
+}
+
+pub async fn list(ctx: &Ctx, args: JobsArgs) -> CliResult {
+    let state = match &args.state {
+        Some(s) => Some(
+            s.parse::<JobState>()
+                .map_err(|e| Failure::BadInput(anyhow::anyhow!("--state: {e}")))?,
+        ),
+        None => None,
+    };
+    let engine = ctx.reader().await?;
+    let jobs = engine
+        .list_jobs(ListJobs {
+            tenant: ctx.tenant.clone(),
+            state,
+            name: None,
+            created_after: None,
+            created_before: None,
+            before_id: None,
+            limit: args.limit,
+        })
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&jobs).context("rendering JSON")?);
+        return Ok(());
+    }
+    if jobs.is_empty() {
+        println!("no jobs");
+    }
+    for j in jobs {
+        println!("{:>6}  {:<10} {}", j.job_id.0, j.state.as_str(), j.name);
+    }
+    Ok(())
+}
+
+pub async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult {
+    let engine = ctx.reader().await?;
+    let mut after = None;
+    loop {
+        let page = engine
+            .events(&ctx.tenant, JobId(args.job), after, 1000)
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.id);
+        for e in page {
+            if args.json {
+                println!("{}", serde_json::to_string(&e).context("rendering JSON")?);
+            } else {
+                println!(
+                    "{:>8} {} {:<18} stage={} task={} {}",
+                    e.id,
+                    e.at,
+                    serde_json::to_value(e.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    e.stage_position.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    e.task_id.map(|t| t.0.to_string()).unwrap_or_else(|| "-".into()),
+                    e.detail.unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn cancel(ctx: &Ctx, args: CancelArgs) -> CliResult {
+    let engine = ctx.reader().await?;
+    let state = engine.cancel(&ctx.tenant, JobId(args.job)).await?;
+    println!("job {} {state}", args.job);
+    Ok(())
+}
+
+pub async fn retry(ctx: &Ctx, args: RetryArgs) -> CliResult {
+    let engine = ctx.reader().await?;
+    let state = engine.retry(&ctx.tenant, TaskId(args.task)).await?;
+    println!("task {} {state}; a worker (lockstep serve) will run it", args.task);
+    Ok(())
+}
+
+pub async fn task(ctx: &Ctx, args: TaskArgs) -> CliResult {
+    let engine = ctx.reader().await?;
+    let t = engine.task(&ctx.tenant, TaskId(args.task)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&t).context("rendering JSON")?);
+        return Ok(());
+    }
+    println!("task {} of job {} (stage {}): {}", t.task_id.0, t.job_id.0, t.stage_name, t.state);
+    println!("  handler  {}", t.handler);
+    println!("  attempt  {}/{}", t.attempt, t.max_attempts);
+    println!("  input    {}", t.input_json);
+    if let Some(o) = &t.output_json {
+        println!("  output   {o}");
+    }
+    if let Some(e) = &t.error {
+        println!("  error    {e}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn demo_job_parses() {
+        let text = super::demo_job(10, true);
+        assert!(crate::spec::parse_job_str(&text, crate::spec::Format::Toml, "demo.toml").is_ok());
+    }
+}
+

@@ -1,0 +1,242 @@
+//! The `lockstep` command line: argument parsing, exit codes and rendering.
+//!
+//! **Invariant:** the CLI is a front door: it calls the engine (and, for
+//! `plugins`/`exec`, the plugin host) and never touches SQL.
+//! **Invariant:** bad input is one sentence on stderr and exit code 2, with
+//! nothing written; a failed job is exit code 1.
+
+mod bench;
+mod jobs;
+mod plugins;
+mod serve;
+
+use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::plugin::{HostConfig, PluginHost};
+use crate::store::{self, Store, TenantId};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lockstep",
+    version,
+    about = "Durable orchestration whose task handlers are sandboxed WebAssembly components",
+    long_about = None,
+)]
+pub struct Cli {
+    /// Database URL: sqlite://PATH (default sqlite://lockstep.db) or postgres://…
+    /// (falls back to $DATABASE_URL when neither the flag nor $LOCKSTEP_DB is set).
+    #[arg(long, global = true, env = "LOCKSTEP_DB")]
+    db: Option<String>,
+    /// Plugin directory to scan for *.wasm (repeatable; default ./plugins or $LOCKSTEP_PLUGINS).
+    #[arg(long = "plugins", global = true, value_name = "DIR")]
+    plugins: Vec<PathBuf>,
+    /// Where compiled plugins are cached (default $XDG_CACHE_HOME/lockstep).
+    #[arg(long, global = true, env = "LOCKSTEP_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Tenant whose jobs the command reads and writes.
+    #[arg(long, global = true, env = "LOCKSTEP_TENANT", default_value = "local")]
+    tenant: String,
+    /// Refuse to start when any plugin fails to load.
+    #[arg(long, global = true)]
+    strict: bool,
+    /// Largest task input accepted, in bytes.
+    #[arg(long, global = true, default_value_t = 1024 * 1024)]
+    max_input_bytes: usize,
+    /// Log filter (tracing env-filter syntax), e.g. info or lockstep=debug.
+    #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the demo job (fan-out into a dynamic stage, then an aggregate) with the example plugins.
+    Demo(jobs::DemoArgs),
+    /// Submit a job file, execute it in this process with a live progress bar; exit 1 if it fails.
+    Run(jobs::RunArgs),
+    /// Submit a job file (TOML or JSON) and print its id.
+    Submit(jobs::SubmitArgs),
+    /// Show a job's state, per-stage progress and errors.
+    Status(jobs::StatusArgs),
+    /// List jobs, newest first.
+    Jobs(jobs::JobsArgs),
+    /// Print a job's event log.
+    Events(jobs::EventsArgs),
+    /// Cancel a job; running tasks see cancelled().
+    Cancel(jobs::CancelArgs),
+    /// Revive a dead task (and reopen its job).
+    Retry(jobs::RetryArgs),
+    /// Show one task: input, output, error, attempts.
+    Task(jobs::TaskArgs),
+    /// Run workers until interrupted.
+    Serve(serve::ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Inspect the plugins found in the plugin directories.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
+    /// Run one task in the sandbox and print its output (for plugin authors).
+    Exec(plugins::ExecArgs),
+    /// Benchmarks; each prints JSON lines.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// How a command ended, mapped to the process exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// The user's input was wrong: exit 2.
+    BadInput(anyhow::Error),
+    /// A job that was run failed: exit 1.
+    JobFailed(String),
+    /// Something else went wrong: exit 1.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        if e.is_bad_input() {
+            Failure::BadInput(e.into())
+        } else {
+            Failure::Other(e.into())
+        }
+    }
+}
+
+pub type CliResult = Result<(), Failure>;
+
+/// What every command may need, opened lazily.
+pub(crate) struct Ctx {
+    db_url: String,
+    /// False when `db_url` is the built-in default.
+    db_explicit: bool,
+    plugin_dirs: Vec<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    strict: bool,
+    pub tenant: TenantId,
+    pub config: EngineConfig,
+}
+
+impl Ctx {
+    pub async fn store(&self) -> anyhow::Result<Arc<dyn Store>> {
+        store::open(&self.db_url)
+            .await
+            .with_context(|| format!("could not open the database {}", self.db_url))
+    }
+
+    pub fn plugin_config(&self) -> HostConfig {
+        HostConfig::new(self.plugin_dirs.clone(), self.cache_dir.clone(), self.strict)
+    }
+
+    pub async fn plugins(&self) -> anyhow::Result<Arc<PluginHost>> {
+        let (host, report) = PluginHost::load(self.plugin_config()).await.map_err(anyhow::Error::new)?;
+        for failure in &report.failures {
+            eprintln!("warning: {failure}");
+        }
+        Ok(Arc::new(host))
+    }
+
+    pub async fn engine(&self) -> anyhow::Result<Arc<Engine>> {
+        let store = self.store().await?;
+        let plugins = self.plugins().await?;
+        Ok(Engine::new(store, plugins, self.config.clone()))
+    }
+}
+
+/// Parse arguments, run the command, and return the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BadInput(e)) => {
+            eprintln!("error: {}", one_sentence(&e));
+            ExitCode::from(2)
+        }
+        Err(Failure::JobFailed(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {}", one_sentence(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An error chain as one line: `context: cause: root cause`.
+fn one_sentence(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+async fn dispatch(cli: Cli) -> CliResult {
+    let explicit = cli
+        .db
+        .clone()
+        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()));
+    let db_explicit = explicit.is_some();
+    let db_url = explicit.unwrap_or_else(|| "sqlite://lockstep.db".to_string());
+    let mut config = EngineConfig::default();
+    config.limits.max_input_bytes = cli.max_input_bytes;
+    let ctx = Ctx {
+        db_url,
+        db_explicit,
+        plugin_dirs: cli.plugins.clone(),
+        cache_dir: cli.cache_dir.clone(),
+        strict: cli.strict,
+        tenant: TenantId(cli.tenant.clone()),
+        config,
+    };
+    match cli.command {
+        Command::Demo(a) => jobs::demo(&ctx, a).await,
+        Command::Run(a) => jobs::run(&ctx, a).await,
+        Command::Submit(a) => jobs::submit(&ctx, a).await,
+        Command::Status(a) => jobs::status(&ctx, a).await,
+        Command::Jobs(a) => jobs::list(&ctx, a).await,
+        Command::Events(a) => jobs::events(&ctx, a).await,
+        Command::Cancel(a) => jobs::cancel(&ctx, a).await,
+        Command::Retry(a) => jobs::retry(&ctx, a).await,
+        Command::Task(a) => jobs::task(&ctx, a).await,
+        Command::Serve(a) => serve::serve(&ctx, a).await,
+        Command::Migrate => {
+            ctx.store().await?;
+            println!("migrations applied to {}", ctx.db_url);
+            Ok(())
+        }
+        Command::Plugins(c) => plugins::plugins(&ctx, c).await,
+        Command::Exec(a) => plugins::exec(&ctx, a).await,
+        Command::Bench(c) => bench::bench(&ctx, c).await,
+    }
+}
+
+impl Ctx {
+    /// An engine for commands that only read or change stored state: no
+    /// plugins are loaded (or compiled), so `status` stays instant.
+    pub async fn reader(&self) -> anyhow::Result<Arc<Engine>> {
+        let store = self.store().await?;
+        Ok(Engine::new(store, Arc::new(PluginHost::empty()), self.config.clone()))
+    }
+}

@@ -1,0 +1,236 @@
+//! The engine: the one API the front doors (`cli`, `mcp`, `ci`) call.
+//!
+//! It validates job specs against the registered handlers, hands them to the
+//! store, runs workers that claim tasks, execute them in the plugin sandbox
+//! and record results, rescues expired leases and reports progress.
+//!
+//! **Invariant:** the engine never holds a database transaction open while a
+//! handler runs: claim, run and complete are three separate steps, and only
+//! the fenced completion decides what a run meant.
+//! **Invariant:** nothing is routed to a stand-in handler: a task runs in a
+//! registered plugin or is never claimed (and spawning one for an unknown
+//! handler is a fatal task error).
+
+pub mod backoff;
+pub mod progress;
+mod task_context;
+pub mod worker;
+
+use crate::plugin::PluginHost;
+use crate::spec::{self, JobSpec, SpecError};
+use crate::state::{JobState, TaskState};
+use crate::store::{
+    CancelJob, Event, GetJob, GetTask, JobEvents, JobId, JobSummary, ListJobs, Millis, RetryTask,
+    Store, StoreError, Submitted, TaskId, TaskRecord, TenantId,
+};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use progress::{JobProgress, StageProgress};
+pub use worker::{WorkerConfig, WorkerPool};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Tunables that are not per job.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub limits: spec::Limits,
+    /// First retry delay; doubles per attempt.
+    pub retry_base: Duration,
+    /// Largest retry delay.
+    pub retry_cap: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            limits: spec::Limits::default(),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What can go wrong in an engine call, split by who must act.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The caller's input was wrong (exit code 2 on the CLI).
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The id does not exist for this tenant.
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    /// The requested change is not allowed from the current state.
+    #[error(transparent)]
+    IllegalTransition(#[from] crate::state::IllegalTransition),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl EngineError {
+    /// True when the caller, not the system, must fix something.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Spec(_) | EngineError::NotFound { .. } | EngineError::IllegalTransition(_)
+        )
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { entity, id } => EngineError::NotFound { entity, id },
+            StoreError::IllegalTransition(t) => EngineError::IllegalTransition(t),
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    plugins: Arc<PluginHost>,
+    config: EngineConfig,
+    /// Signalled when new work may be ready in this process (submit, stage opened).
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, plugins: Arc<PluginHost>, config: EngineConfig) -> Arc<Self> {
+        Arc::new(Engine {
+            store,
+            plugins,
+            config,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn plugins(&self) -> &Arc<PluginHost> {
+        &self.plugins
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Validate and insert a job. Nothing is written unless every check passes.
+    pub async fn submit(&self, tenant: &TenantId, job: JobSpec) -> Result<Submitted, EngineError> {
+        let new_job = spec::validate(&job, self.plugins.as_ref(), &self.config.limits)?;
+        let submitted = self
+            .store
+            .submit_job(new_job.into_submit(tenant.clone(), now_millis()))
+            .await?;
+        self.wake.notify_waiters();
+        Ok(submitted)
+    }
+
+    /// Parse a job file (TOML or JSON) and submit it.
+    pub async fn submit_file(
+        &self,
+        tenant: &TenantId,
+        path: &Path,
+    ) -> Result<Submitted, EngineError> {
+        let job = spec::parse_job_file(path)?;
+        self.submit(tenant, job).await
+    }
+
+    pub async fn progress(&self, tenant: &TenantId, job: JobId) -> Result<JobProgress, EngineError> {
+        let status = self
+            .store
+            .get_job(GetJob { tenant: tenant.clone(), job })
+            .await?;
+        let window = progress::RATE_WINDOW;
+        let recent = self
+            .store
+            .recent_completions(crate::store::RecentCompletions {
+                tenant: tenant.clone(),
+                job,
+                since: now_millis() - window.as_millis() as Millis,
+            })
+            .await?;
+        Ok(JobProgress::from_status(status, recent, window))
+    }
+
+    pub async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, EngineError> {
+        Ok(self.store.list_jobs(p).await?)
+    }
+
+    pub async fn events(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>, EngineError> {
+        Ok(self
+            .store
+            .job_events(JobEvents { tenant: tenant.clone(), job, after_id, limit })
+            .await?)
+    }
+
+    pub async fn task(&self, tenant: &TenantId, task: TaskId) -> Result<TaskRecord, EngineError> {
+        Ok(self
+            .store
+            .get_task(GetTask { tenant: tenant.clone(), task })
+            .await?)
+    }
+
+    pub async fn cancel(&self, tenant: &TenantId, job: JobId) -> Result<JobState, EngineError> {
+        Ok(self
+            .store
+            .cancel_job(CancelJob { tenant: tenant.clone(), job, now: now_millis() })
+            .await?)
+    }
+
+    pub async fn retry(&self, tenant: &TenantId, task: TaskId) -> Result<TaskState, EngineError> {
+        let state = self
+            .store
+            .retry_task(RetryTask { tenant: tenant.clone(), task, now: now_millis() })
+            .await?;
+        self.wake.notify_waiters();
+        Ok(state)
+    }
+
+    /// Wait until the job reaches a terminal state or `timeout` passes,
+    /// calling `on_progress` after every poll. Returns the last progress seen.
+    pub async fn wait(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+        timeout: Option<Duration>,
+        mut on_progress: impl FnMut(&JobProgress),
+    ) -> Result<JobProgress, EngineError> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            let p = self.progress(tenant, job).await?;
+            on_progress(&p);
+            if p.job.state.is_terminal() {
+                return Ok(p);
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Ok(p);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Start workers in this process; they run until the pool is shut down.
+    pub fn start_workers(self: &Arc<Self>, config: WorkerConfig) -> WorkerPool {
+        WorkerPool::start(self.clone(), config)
+    }
+
+    pub(crate) fn wake(&self) -> &Arc<tokio::sync::Notify> {
+        &self.wake
+    }
+}
