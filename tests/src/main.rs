@@ -1,1 +1,7 @@
+//! lockstep's end-to-end tests: one binary, one module per area. Everything
+//! runs against real plugins, real database files and servers, and real
+//! processes.
 
+mod crash_recovery;
+mod engine_flow;
+mod harness;

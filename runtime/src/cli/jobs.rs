@@ -370,13 +370,3 @@ pub async fn task(ctx: &Ctx, args: TaskArgs) -> CliResult {
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn demo_job_parses() {
-        let text = super::demo_job(10, true);
-        assert!(crate::spec::parse_job_str(&text, crate::spec::Format::Toml, "demo.toml").is_ok());
-    }
-}
-

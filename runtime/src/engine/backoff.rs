@@ -12,20 +12,3 @@ pub fn retry_delay(attempt: i32, base: Duration, cap: Duration) -> Duration {
     let jitter = rand::rng().random_range(0.8..1.2);
     raw.mul_f64(jitter)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grows_exponentially_and_stays_under_the_cap() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(1);
-        let first = retry_delay(1, base, cap);
-        assert!(first >= Duration::from_millis(80) && first <= Duration::from_millis(120));
-        let third = retry_delay(3, base, cap);
-        assert!(third >= Duration::from_millis(320) && third <= Duration::from_millis(480));
-        let tenth = retry_delay(10, base, cap);
-        assert!(tenth <= Duration::from_millis(1200));
-    }
-}

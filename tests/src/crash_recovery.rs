@@ -1,0 +1,142 @@
+//! Crash safety and multi-process correctness with real `lockstep serve`
+//! processes on one SQLite file: SIGKILL at random moments, restart, and the
+//! job still finishes exactly once — no task lost, none succeeded twice, no
+//! stage opened twice.
+
+use crate::engine_flow::aggregate_output;
+use crate::harness::{Harness, cli_bin, test_cache_dir};
+use lockstep::guest_artifacts;
+use lockstep::state::JobState;
+use lockstep::store::{EventKind, JobId};
+use rand::Rng;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn fanin_job(count: u32) -> String {
+    format!(
+        r#"
+name = "crash-{count}"
+[[stages]]
+name = "analyze"
+tasks = [{{ handler = "example:fanout", input = {{ count = {count}, stage = "process", handler = "example:noop" }} }}]
+[[stages]]
+name = "process"
+[[stages]]
+name = "aggregate"
+tasks = [{{ handler = "example:sum", input = {{ from = "process", field = "value" }} }}]
+"#
+    )
+}
+
+fn spawn_serve(h: &Harness, workers: u32) -> Child {
+    let log = std::fs::File::create(h.dir.path().join(format!("serve-{}.log", rand::rng().random::<u32>())))
+        .expect("serve log file");
+    Command::new(cli_bin())
+        .args(["--db", &h.db_url])
+        .args(["--plugins", guest_artifacts::EXAMPLES_DIR])
+        .arg("--cache-dir")
+        .arg(test_cache_dir())
+        .args(["serve", "--workers", &workers.to_string(), "--lease-secs", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start lockstep serve")
+}
+
+fn stop(mut child: Child) {
+    // SIGTERM: let it finish what it runs; SIGKILL if it does not within 30 s.
+    let pid = child.id() as libc::pid_t;
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on a child we spawned and have not yet reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    for _ in 0..300 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The exactly-once guarantees every multi-process run must keep.
+async fn assert_finished_exactly_once(h: &Harness, job: JobId, count: u32) {
+    let done = h.engine.progress(&h.tenant, job).await.expect("progress");
+    assert_eq!(done.job.state, JobState::Succeeded, "{:?}", done.job.error);
+    assert_eq!(done.job.stages[1].total, i64::from(count));
+    let events = h.events(job).await;
+    let mut successes: HashMap<i64, u32> = HashMap::new();
+    let mut opened = Vec::new();
+    for e in &events {
+        match e.kind {
+            EventKind::TaskSucceeded => {
+                *successes.entry(e.task_id.expect("task").0).or_default() += 1;
+            }
+            EventKind::StageOpened => opened.push(e.stage_position.expect("stage")),
+            _ => {}
+        }
+    }
+    assert_eq!(successes.len(), count as usize + 2, "every task succeeded");
+    assert!(successes.values().all(|n| *n == 1), "a task was recorded as succeeded twice");
+    assert_eq!(opened, vec![0, 1, 2], "each stage opened exactly once");
+    let n = u64::from(count);
+    assert_eq!(
+        aggregate_output(h, job).await,
+        serde_json::json!({ "count": n, "sum": n * (n + 1) / 2 })
+    );
+}
+
+async fn wait_for(h: &Harness, job: JobId, mut until: impl FnMut(i64, bool) -> bool) {
+    for _ in 0..6000 {
+        let p = h.engine.progress(&h.tenant, job).await.expect("progress");
+        if until(p.done, p.job.state.is_terminal()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {} made no progress in 120 s", job.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_killed_three_times_mid_job_still_finishes_exactly_once() {
+    let h = Harness::new().await;
+    let job = h.submit(&fanin_job(10_000)).await;
+    let mut rng = rand::rng();
+    let mut thresholds: Vec<i64> = (0..3).map(|_| rng.random_range(500..6000)).collect();
+    thresholds.sort();
+    let mut child = spawn_serve(&h, 4);
+    let mut kills = 0;
+    for threshold in thresholds {
+        let mut finished = false;
+        wait_for(&h, job, |done, terminal| {
+            finished = terminal;
+            done >= threshold || terminal
+        })
+        .await;
+        assert!(!finished, "the job finished before kill {} could happen", kills + 1);
+        child.kill().expect("SIGKILL lockstep serve");
+        child.wait().expect("reap");
+        kills += 1;
+        child = spawn_serve(&h, 4);
+    }
+    wait_for(&h, job, |_, terminal| terminal).await;
+    stop(child);
+    assert_eq!(kills, 3);
+    assert_finished_exactly_once(&h, job, 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_processes_on_one_database_finish_a_job_exactly_once() {
+    let h = Harness::new().await;
+    let job = h.submit(&fanin_job(5_000)).await;
+    let a = spawn_serve(&h, 8);
+    let b = spawn_serve(&h, 8);
+    wait_for(&h, job, |_, terminal| terminal).await;
+    stop(a);
+    stop(b);
+    assert_finished_exactly_once(&h, job, 5_000).await;
+}

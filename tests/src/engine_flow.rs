@@ -1,0 +1,521 @@
+//! The engine end to end on SQLite with the real example plugins: task
+//! dependencies, fan-out/fan-in exactness, retries, dead tasks, `retry`,
+//! cancellation and bad submissions. Orderings are read from the event log,
+//! never from wall-clock time.
+
+use crate::harness::Harness;
+use lockstep::engine::EngineError;
+use lockstep::state::{JobState, StageState, TaskState};
+use lockstep::store::{
+    ClaimBatch, CompleteBatch, Completion, EventKind, Executor, GetTask, JobId, ListJobs, TaskId,
+    TaskResult, TenantId,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Event positions per (kind, task key) for a job, to reason about order.
+struct Timeline {
+    order: HashMap<(EventKind, String), usize>,
+    cancelled: Vec<String>,
+    stage_opened: Vec<i32>,
+}
+
+async fn timeline(h: &Harness, job: JobId) -> Timeline {
+    let events = h.events(job).await;
+    let mut keys: HashMap<TaskId, String> = HashMap::new();
+    let mut order = HashMap::new();
+    let mut cancelled = Vec::new();
+    let mut stage_opened = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        if e.kind == EventKind::StageOpened {
+            stage_opened.push(e.stage_position.expect("stage_opened has a stage"));
+        }
+        let Some(task) = e.task_id else { continue };
+        if !keys.contains_key(&task) {
+            let rec = h
+                .engine
+                .task(&h.tenant, task)
+                .await
+                .expect("task of an event exists");
+            keys.insert(task, rec.key.unwrap_or_else(|| format!("#{}", task.0)));
+        }
+        let key = keys[&task].clone();
+        if e.kind == EventKind::TaskCancelled {
+            cancelled.push(key.clone());
+        }
+        // Keep the first claim and the last success of each task.
+        match e.kind {
+            EventKind::TaskClaimed => {
+                order.entry((e.kind, key)).or_insert(i);
+            }
+            _ => {
+                order.insert((e.kind, key), i);
+            }
+        }
+    }
+    cancelled.sort();
+    Timeline { order, cancelled, stage_opened }
+}
+
+impl Timeline {
+    fn at(&self, kind: EventKind, key: &str) -> usize {
+        *self
+            .order
+            .get(&(kind, key.to_string()))
+            .unwrap_or_else(|| panic!("no {kind:?} event for task {key}"))
+    }
+    fn claimed(&self, key: &str) -> usize {
+        self.at(EventKind::TaskClaimed, key)
+    }
+    fn succeeded(&self, key: &str) -> usize {
+        self.at(EventKind::TaskSucceeded, key)
+    }
+}
+
+const DIAMOND: &str = r#"
+name = "diamond"
+[[stages]]
+name = "dag"
+tasks = [
+  { key = "a", handler = "example:noop", input = { value = 1 } },
+  { key = "b", handler = "example:noop", input = { value = 2 }, depends_on = ["a"] },
+  { key = "c", handler = "example:noop", input = { value = 3 }, depends_on = ["a"] },
+  { key = "d", handler = "example:noop", input = { value = 4 }, depends_on = ["a"] },
+  { key = "e", handler = "example:noop", input = { value = 5 }, depends_on = ["b", "c", "d"] },
+]
+"#;
+
+#[tokio::test]
+async fn diamond_runs_each_task_after_its_own_dependencies_and_branches_overlap() {
+    let h = Harness::new().await;
+    let job = h.submit(DIAMOND).await;
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Succeeded);
+    let t = timeline(&h, job).await;
+    for branch in ["b", "c", "d"] {
+        assert!(t.succeeded("a") < t.claimed(branch), "{branch} started before a succeeded");
+        assert!(t.succeeded(branch) < t.claimed("e"), "e started before {branch} succeeded");
+    }
+    // The three branches were all running before any of them finished.
+    let last_branch_claim = ["b", "c", "d"].iter().map(|k| t.claimed(k)).max().unwrap_or(0);
+    let first_branch_done = ["b", "c", "d"].iter().map(|k| t.succeeded(k)).min().unwrap_or(0);
+    assert!(last_branch_claim < first_branch_done, "branches did not overlap");
+    assert_eq!(t.stage_opened, vec![0]);
+}
+
+#[tokio::test]
+async fn a_task_starts_when_its_own_dependencies_succeed_not_when_its_level_does() {
+    // c is an agent task nobody claims yet: a level-by-level engine would hold
+    // b and d back until c finished; here a -> b -> d run to the end meanwhile.
+    let h = Harness::new().await;
+    let job = h
+        .submit(
+            r#"
+name = "levels"
+[[stages]]
+name = "dag"
+tasks = [
+  { key = "a", handler = "example:noop" },
+  { key = "c", executor = "agent", title = "think slowly" },
+  { key = "b", handler = "example:noop", depends_on = ["a"] },
+  { key = "e", handler = "example:noop", depends_on = ["c"] },
+  { key = "d", handler = "example:noop", depends_on = ["b"] },
+]
+"#,
+        )
+        .await;
+    let pool = h.engine.start_workers(Default::default());
+    let p = h
+        .engine
+        .wait(&h.tenant, job, Some(Duration::from_secs(60)), |_| {})
+        .await;
+    // Wait until d has succeeded while c is still pending.
+    let mut d_done = false;
+    for _ in 0..600 {
+        let t = timeline(&h, job).await;
+        if t.order.contains_key(&(EventKind::TaskSucceeded, "d".to_string())) {
+            d_done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(p);
+    assert!(d_done, "d never ran while c was pending");
+    let t = timeline(&h, job).await;
+    assert!(!t.order.contains_key(&(EventKind::TaskClaimed, "e".to_string())), "e ran before c");
+    // Now the agent completes c, and e runs.
+    let claimed = h
+        .engine
+        .store()
+        .claim_batch(ClaimBatch {
+            tenant: Some(h.tenant.clone()),
+            executor: Executor::Agent,
+            handlers: vec![],
+            job: Some(job),
+            limit: 1,
+            lease: Duration::from_secs(30),
+            worker: "agent".into(),
+            now: lockstep::engine::now_millis(),
+        })
+        .await
+        .expect("claim agent task");
+    assert_eq!(claimed.len(), 1);
+    h.engine
+        .store()
+        .complete_batch(CompleteBatch {
+            completions: vec![Completion {
+                tenant: h.tenant.clone(),
+                lease: claimed[0].lease,
+                result: TaskResult::Succeeded { output_json: "{}".into(), spawn: vec![] },
+            }],
+            now: lockstep::engine::now_millis(),
+        })
+        .await
+        .expect("complete agent task");
+    let done = h
+        .engine
+        .wait(&h.tenant, job, Some(Duration::from_secs(60)), |_| {})
+        .await
+        .expect("wait");
+    pool.shutdown().await;
+    assert_eq!(done.job.state, JobState::Succeeded);
+    let t = timeline(&h, job).await;
+    assert!(t.succeeded("d") < t.claimed("e"));
+    assert!(t.succeeded("c") < t.claimed("e"));
+}
+
+#[tokio::test]
+async fn wide_dag_of_one_to_a_thousand_to_one() {
+    let h = Harness::new().await;
+    let mut tasks = String::from("  { key = \"start\", handler = \"example:noop\" },\n");
+    let mut middle = Vec::new();
+    for i in 0..1000 {
+        tasks.push_str(&format!(
+            "  {{ key = \"m{i}\", handler = \"example:noop\", input = {{ value = {i} }}, depends_on = [\"start\"] }},\n"
+        ));
+        middle.push(format!("\"m{i}\""));
+    }
+    tasks.push_str(&format!(
+        "  {{ key = \"end\", handler = \"example:noop\", depends_on = [{}] }},\n",
+        middle.join(", ")
+    ));
+    let job = h
+        .submit(&format!("name = \"wide\"\n[[stages]]\nname = \"dag\"\ntasks = [\n{tasks}]\n"))
+        .await;
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Succeeded);
+    assert_eq!(done.total, 1002);
+    let t = timeline(&h, job).await;
+    let start_done = t.succeeded("start");
+    let end_claim = t.claimed("end");
+    let mut first_middle_done = usize::MAX;
+    let mut last_middle_claim = 0;
+    for i in 0..1000 {
+        let k = format!("m{i}");
+        assert!(start_done < t.claimed(&k));
+        assert!(t.succeeded(&k) < end_claim);
+        first_middle_done = first_middle_done.min(t.succeeded(&k));
+        last_middle_claim = last_middle_claim.max(t.claimed(&k));
+    }
+    // Many middle tasks ran at once: the first finished after several had started.
+    let started_before_first_done = (0..1000)
+        .filter(|i| t.claimed(&format!("m{i}")) < first_middle_done)
+        .count();
+    assert!(started_before_first_done > 1, "middle tasks ran one at a time");
+    assert!(last_middle_claim < end_claim);
+}
+
+#[tokio::test]
+async fn a_dead_dependency_cancels_exactly_its_dependents() {
+    let h = Harness::new().await;
+    let job = h
+        .submit(
+            r#"
+name = "dead-dependency"
+[[stages]]
+name = "dag"
+tasks = [
+  { key = "a", handler = "example:flaky", input = { fail_times = 5 }, max_attempts = 1 },
+  { key = "b", handler = "example:noop", depends_on = ["a"] },
+  { key = "c", handler = "example:noop", depends_on = ["b"] },
+  { key = "d", handler = "example:noop" },
+]
+"#,
+        )
+        .await;
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Failed);
+    let t = timeline(&h, job).await;
+    assert_eq!(t.cancelled, vec!["b".to_string(), "c".to_string()]);
+    assert!(t.order.contains_key(&(EventKind::TaskDead, "a".to_string())));
+    assert!(t.order.contains_key(&(EventKind::TaskSucceeded, "d".to_string())));
+    let counts: BTreeMap<TaskState, i64> = done.counts.iter().copied().collect();
+    assert_eq!(counts[&TaskState::Dead], 1);
+    assert_eq!(counts[&TaskState::Cancelled], 2);
+    assert_eq!(counts[&TaskState::Succeeded], 1);
+}
+
+#[tokio::test]
+async fn on_failure_continue_releases_the_dependents_of_a_dead_task() {
+    let h = Harness::new().await;
+    let job = h
+        .submit(
+            r#"
+name = "continue"
+[[stages]]
+name = "dag"
+on_failure = "continue"
+tasks = [
+  { key = "a", handler = "example:flaky", input = { fail_times = 5 }, max_attempts = 1 },
+  { key = "b", handler = "example:noop", depends_on = ["a"] },
+]
+[[stages]]
+name = "after"
+tasks = [{ key = "z", handler = "example:noop" }]
+"#,
+        )
+        .await;
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Succeeded);
+    let t = timeline(&h, job).await;
+    assert!(t.cancelled.is_empty());
+    assert!(t.at(EventKind::TaskDead, "a") < t.claimed("b"));
+    assert!(t.order.contains_key(&(EventKind::TaskSucceeded, "z".to_string())));
+    assert_eq!(t.stage_opened, vec![0, 1]);
+}
+
+#[tokio::test]
+async fn a_cycle_is_rejected_at_submit_and_nothing_is_written() {
+    let h = Harness::new().await;
+    let job = lockstep::spec::parse_job_str(
+        r#"
+name = "cycle"
+[[stages]]
+name = "dag"
+tasks = [
+  { key = "a", handler = "example:noop", depends_on = ["c"] },
+  { key = "b", handler = "example:noop", depends_on = ["a"] },
+  { key = "c", handler = "example:noop", depends_on = ["b"] },
+]
+"#,
+        lockstep::spec::Format::Toml,
+        "cycle.toml",
+    )
+    .expect("parses");
+    let err = h.engine.submit(&h.tenant, job).await.expect_err("cycle rejected");
+    assert!(matches!(err, EngineError::Spec(_)));
+    assert!(err.to_string().contains("cycle"), "{err}");
+    assert_eq!(jobs_of(&h, &h.tenant).await, 0);
+}
+
+async fn jobs_of(h: &Harness, tenant: &TenantId) -> usize {
+    h.engine
+        .list_jobs(ListJobs {
+            tenant: tenant.clone(),
+            state: None,
+            name: None,
+            created_after: None,
+            created_before: None,
+            before_id: None,
+            limit: 1000,
+        })
+        .await
+        .expect("list jobs")
+        .len()
+}
+
+const FANIN: &str = r#"
+name = "fanin"
+[[stages]]
+name = "analyze"
+tasks = [{ handler = "example:fanout", input = { count = 10000, stage = "process", handler = "example:noop" } }]
+[[stages]]
+name = "process"
+[[stages]]
+name = "aggregate"
+tasks = [{ handler = "example:sum", input = { from = "process", field = "value" } }]
+"#;
+
+#[tokio::test]
+async fn fan_out_of_ten_thousand_fans_in_exactly() {
+    let h = Harness::new().await;
+    let job = h.submit(FANIN).await;
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Succeeded, "{:?}", done.job.error);
+    let process = &done.job.stages[1];
+    assert_eq!(process.total, 10_000);
+    let counts: BTreeMap<TaskState, i64> = process.counts.iter().copied().collect();
+    assert_eq!(counts[&TaskState::Succeeded], 10_000);
+    assert_eq!(done.job.stages.iter().map(|s| s.state).collect::<Vec<_>>(), vec![StageState::Done; 3]);
+    let outputs = aggregate_output(&h, job).await;
+    assert_eq!(outputs, serde_json::json!({ "count": 10000, "sum": 50005000 }));
+    let t = timeline(&h, job).await;
+    assert_eq!(t.stage_opened, vec![0, 1, 2], "each stage opened exactly once");
+}
+
+/// The output of the job's last stage (one `example:sum` task).
+pub async fn aggregate_output(h: &Harness, job: JobId) -> serde_json::Value {
+    let events = h.events(job).await;
+    let sum_task = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TaskSucceeded && e.stage_position == Some(2))
+        .filter_map(|e| e.task_id)
+        .next_back()
+        .expect("the aggregate task succeeded");
+    let rec = h
+        .engine
+        .store()
+        .get_task(GetTask { tenant: h.tenant.clone(), task: sum_task })
+        .await
+        .expect("aggregate task");
+    serde_json::from_str(rec.output_json.as_deref().expect("aggregate output")).expect("json")
+}
+
+#[tokio::test]
+async fn resubmitting_with_the_same_idempotency_key_returns_the_same_job() {
+    let h = Harness::new().await;
+    let text = "name = \"once\"\nidempotency_key = \"k-1\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n";
+    let parse = || lockstep::spec::parse_job_str(text, lockstep::spec::Format::Toml, "once.toml").expect("parses");
+    let first = h.engine.submit(&h.tenant, parse()).await.expect("first");
+    let events_before = h.events(first.job_id).await.len();
+    let second = h.engine.submit(&h.tenant, parse()).await.expect("second");
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(first.job_id, second.job_id);
+    assert_eq!(h.events(first.job_id).await.len(), events_before);
+    assert_eq!(jobs_of(&h, &h.tenant).await, 1);
+}
+
+#[tokio::test]
+async fn flaky_task_is_retried_then_succeeds() {
+    let h = Harness::new().await;
+    let job = h
+        .submit("name = \"flaky\"\n[[stages]]\nname = \"s\"\ntasks = [{ key = \"f\", handler = \"example:flaky\", input = { fail_times = 2 } }]\n")
+        .await;
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Succeeded);
+    let events = h.events(job).await;
+    let retried = events.iter().filter(|e| e.kind == EventKind::TaskRetried).count();
+    let claimed = events.iter().filter(|e| e.kind == EventKind::TaskClaimed).count();
+    assert_eq!((retried, claimed), (2, 3));
+    let task = events.iter().find_map(|e| e.task_id).expect("task id");
+    let rec = h.engine.task(&h.tenant, task).await.expect("task");
+    assert_eq!(rec.attempt, 3);
+    assert_eq!(rec.output_json.as_deref(), Some(r#"{"attempt":3}"#));
+}
+
+#[tokio::test]
+async fn a_task_dies_after_max_attempts_and_retry_revives_it() {
+    let h = Harness::new().await;
+    let job = h
+        .submit("name = \"dies\"\n[[stages]]\nname = \"s\"\ntasks = [{ key = \"f\", handler = \"example:flaky\", input = { fail_times = 2 }, max_attempts = 2 }]\n")
+        .await;
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Failed);
+    let events = h.events(job).await;
+    let task = events.iter().find_map(|e| e.task_id).expect("task id");
+    let rec = h.engine.task(&h.tenant, task).await.expect("task");
+    assert_eq!(rec.state, TaskState::Dead);
+    assert_eq!(rec.attempt, 2);
+    assert!(rec.error.as_deref().unwrap_or("").contains("attempt 2"), "{:?}", rec.error);
+
+    assert_eq!(h.engine.retry(&h.tenant, task).await.expect("retry"), TaskState::Pending);
+    let reopened = h.engine.progress(&h.tenant, job).await.expect("progress");
+    assert_eq!(reopened.job.state, JobState::Running);
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Succeeded);
+    let rec = h.engine.task(&h.tenant, task).await.expect("task");
+    assert_eq!(rec.output_json.as_deref(), Some(r#"{"attempt":3}"#));
+}
+
+#[tokio::test]
+async fn retrying_a_succeeded_task_is_an_illegal_transition() {
+    let h = Harness::new().await;
+    let job = h
+        .submit("name = \"ok\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n")
+        .await;
+    h.run_to_end(job).await;
+    let task = h.events(job).await.iter().find_map(|e| e.task_id).expect("task");
+    let before = h.events(job).await.len();
+    let err = h.engine.retry(&h.tenant, task).await.expect_err("illegal");
+    assert_eq!(err.to_string(), "illegal task transition: succeeded -> pending");
+    assert_eq!(h.events(job).await.len(), before);
+}
+
+#[tokio::test]
+async fn cancelling_a_job_cancels_every_task_that_has_not_finished() {
+    let h = Harness::new().await;
+    let job = h.submit(FANIN).await;
+    assert_eq!(h.engine.cancel(&h.tenant, job).await.expect("cancel"), JobState::Cancelled);
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Cancelled);
+    let counts: BTreeMap<TaskState, i64> = done.counts.iter().copied().collect();
+    assert_eq!(counts[&TaskState::Cancelled], 2);
+    assert_eq!(counts[&TaskState::Succeeded], 0);
+    let claims = h.events(job).await.iter().filter(|e| e.kind == EventKind::TaskClaimed).count();
+    assert_eq!(claims, 0);
+    let err = h.engine.cancel(&h.tenant, job).await.expect_err("already cancelled");
+    assert_eq!(err.to_string(), "illegal job transition: cancelled -> cancelled");
+}
+
+#[tokio::test]
+async fn unknown_handler_is_rejected_with_the_registered_names() {
+    let h = Harness::new().await;
+    let job = lockstep::spec::parse_job_str(
+        "name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:nope\" }]\n",
+        lockstep::spec::Format::Toml,
+        "x.toml",
+    )
+    .expect("parses");
+    let err = h.engine.submit(&h.tenant, job).await.expect_err("rejected").to_string();
+    assert!(
+        err.contains("unknown handler \"example:nope\"; registered handlers: example:fanout, example:flaky, example:noop, example:sum, example:wordcount"),
+        "{err}"
+    );
+    assert_eq!(jobs_of(&h, &h.tenant).await, 0);
+}
+
+#[tokio::test]
+async fn schema_invalid_input_is_rejected_naming_the_field() {
+    let h = Harness::new().await;
+    let job = lockstep::spec::parse_job_str(
+        "name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:fanout\", input = { count = \"many\" } }]\n",
+        lockstep::spec::Format::Toml,
+        "x.toml",
+    )
+    .expect("parses");
+    let err = h.engine.submit(&h.tenant, job).await.expect_err("rejected").to_string();
+    assert!(err.contains("/stages/0/tasks/0/input"), "{err}");
+    assert!(err.contains("count"), "{err}");
+    assert_eq!(jobs_of(&h, &h.tenant).await, 0);
+}
+
+#[tokio::test]
+async fn spawning_into_an_earlier_stage_is_a_fatal_task_error() {
+    let h = Harness::new().await;
+    let job = h
+        .submit(
+            r#"
+name = "backwards"
+[[stages]]
+name = "first"
+tasks = [{ handler = "example:noop" }]
+[[stages]]
+name = "second"
+tasks = [{ key = "back", handler = "example:fanout", input = { count = 3, stage = "first", handler = "example:noop" } }]
+"#,
+        )
+        .await;
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.state, JobState::Failed);
+    assert_eq!(done.job.stages[0].total, 1, "nothing was added to the earlier stage");
+    let events = h.events(job).await;
+    let task = events
+        .iter()
+        .find(|e| e.kind == EventKind::TaskDead)
+        .and_then(|e| e.task_id)
+        .expect("the spawning task died");
+    let rec = h.engine.task(&h.tenant, task).await.expect("task");
+    assert_eq!(rec.attempt, 1, "fatal: not retried");
+    assert!(rec.error.as_deref().unwrap_or("").contains("first"), "{:?}", rec.error);
+}
