@@ -1,1 +1,1 @@
-
+mod spec_files;
