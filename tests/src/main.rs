@@ -6,3 +6,4 @@ mod cli;
 mod crash_recovery;
 mod engine_flow;
 mod harness;
+mod spec_files;
