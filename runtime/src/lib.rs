@@ -1,5 +1,6 @@
 //! lockstep: a durable orchestration runtime whose task handlers are sandboxed
 //! WebAssembly components.
 
+pub mod plugin;
 pub mod state;
 pub mod store;
