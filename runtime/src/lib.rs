@@ -1,5 +1,6 @@
 //! lockstep: a durable orchestration runtime whose task handlers are sandboxed
 //! WebAssembly components.
 
+pub mod guest_artifacts;
 pub mod state;
 pub mod store;
