@@ -7,6 +7,8 @@
 pub mod bench;
 pub mod cli;
 pub mod engine;
+pub mod guest_artifacts;
+pub mod plugin;
 pub mod spec;
 pub mod state;
 pub mod store;
