@@ -13,7 +13,7 @@
 use super::backoff::retry_delay;
 use super::task_context::JobTaskContext;
 use super::{Engine, now_millis};
-use crate::plugin::{RunFailure, RunRequest};
+use crate::plugin::RunRequest;
 use crate::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, Executor, RenewLease,
     RescueExpiredLeases, SpawnTask, TaskResult,
@@ -229,7 +229,7 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
             Ok(spawn) => TaskResult::Succeeded { output_json: outcome.output, spawn },
             Err(error) => TaskResult::Fatal { error },
         },
-        Err(RunFailure::Fatal(msg)) => TaskResult::Fatal { error: msg },
+        Err(failure) if !failure.is_retryable() => TaskResult::Fatal { error: failure.to_string() },
         Err(failure) => TaskResult::Retryable {
             error: failure.to_string(),
             retry_after: retry_delay(
