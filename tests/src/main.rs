@@ -1,1 +1,2 @@
-
+mod postgres_store;
+mod postgres_test_db;

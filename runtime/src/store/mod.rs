@@ -1,5 +1,6 @@
 //! Persistence: one trait, one method per operation, each taking a params
-//! struct. Backends: [`sqlite`] (embedded default) and, later, Postgres.
+//! struct. Backends: [`sqlite`] (embedded default) and [`postgres`] (many
+//! processes on one database).
 //!
 //! **Invariant:** only this module (and `migrations/`) contains SQL; every
 //! statement is parameterized, never formatted.
@@ -13,6 +14,7 @@ use crate::state::{IllegalTransition, JobState, StageState, TaskState};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+pub mod postgres;
 pub mod sqlite;
 
 /// Milliseconds since the Unix epoch; every timestamp in the store uses it.
@@ -164,10 +166,18 @@ pub struct Completion {
 
 #[derive(Debug, Clone)]
 pub enum TaskResult {
-    Succeeded { output_json: String, spawn: Vec<SpawnTask> },
+    Succeeded {
+        output_json: String,
+        spawn: Vec<SpawnTask>,
+    },
     /// Goes back to `pending` after `retry_after` unless attempts are used up.
-    Retryable { error: String, retry_after: Duration },
-    Fatal { error: String },
+    Retryable {
+        error: String,
+        retry_after: Duration,
+    },
+    Fatal {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -378,8 +388,7 @@ pub trait Store: Send + Sync + 'static {
     /// Record many completions in one transaction (group commit), fenced on
     /// (running, attempt); decrements stage and dependency counters, opens next
     /// stages exactly once, inserts spawned children and events.
-    async fn complete_batch(&self, p: CompleteBatch)
-    -> Result<Vec<CompletionOutcome>, StoreError>;
+    async fn complete_batch(&self, p: CompleteBatch) -> Result<Vec<CompletionOutcome>, StoreError>;
     /// Extend a live lease; `Ok(false)` when the lease is no longer held.
     async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError>;
     /// Expired leases go back to `pending` (or `dead` when attempts are used
@@ -399,4 +408,13 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError>;
     /// Whether the job is cancelled or failed (running tasks poll this).
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError>;
+    /// Signalled when tasks may have become ready (submit, stage opened,
+    /// dependency released, retry), so an idle worker can claim at once
+    /// instead of waiting for its next poll. `None` when the backend has no
+    /// such channel; polling always remains the fallback, since a signal can
+    /// be lost. Create the `notified()` future before claiming to not miss a
+    /// signal sent in between (the Postgres store also leaves a permit).
+    fn ready_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
