@@ -6,4 +6,6 @@ mod cli;
 mod crash_recovery;
 mod engine_flow;
 mod harness;
+mod postgres_store;
+mod postgres_test_db;
 mod spec_files;

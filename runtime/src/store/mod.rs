@@ -1,5 +1,6 @@
 //! Persistence: one trait, one method per operation, each taking a params
-//! struct. Backends: [`sqlite`] (embedded default) and, later, Postgres.
+//! struct. Backends: [`sqlite`] (embedded default) and [`postgres`] (many
+//! processes on one database).
 //!
 //! **Invariant:** only this module (and `migrations/`) contains SQL; every
 //! statement is parameterized, never formatted.
@@ -13,6 +14,7 @@ use crate::state::{IllegalTransition, JobState, StageState, TaskState};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+pub mod postgres;
 pub mod sqlite;
 
 /// Milliseconds since the Unix epoch; every timestamp in the store uses it.
@@ -411,6 +413,15 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError>;
     /// Whether the job is cancelled or failed (running tasks poll this).
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError>;
+    /// Signalled when tasks may have become ready (submit, stage opened,
+    /// dependency released, retry), so an idle worker can claim at once
+    /// instead of waiting for its next poll. `None` when the backend has no
+    /// such channel; polling always remains the fallback, since a signal can
+    /// be lost. Create the `notified()` future before claiming to not miss a
+    /// signal sent in between (the Postgres store also leaves a permit).
+    fn ready_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Open the store named by a database URL: `sqlite://PATH` (created if
