@@ -430,6 +430,9 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         let store = sqlite::SqliteStore::open(url, sqlite::SqliteOptions::default()).await?;
         Ok(std::sync::Arc::new(store))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = postgres::PgStore::open(url).await?;
+        Ok(std::sync::Arc::new(store))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }
