@@ -132,8 +132,9 @@ pub struct ClaimBatch {
     /// Claims across all tenants when `None` (workers); one tenant for MCP agents.
     pub tenant: Option<TenantId>,
     pub executor: Executor,
-    /// Only these handlers (the ones registered in this process).
-    pub handlers: Vec<String>,
+    /// Only these handlers (workers: the ones registered in this process);
+    /// `None` for any handler (agents without a specialist filter).
+    pub handlers: Option<Vec<String>>,
     pub job: Option<JobId>,
     pub limit: u32,
     pub lease: Duration,

@@ -27,7 +27,7 @@ pub(super) async fn claim_batch(
     pool: &PgPool,
     p: &ClaimBatch,
 ) -> Result<Vec<ClaimedTask>, StoreError> {
-    if p.limit == 0 || p.handlers.is_empty() {
+    if p.limit == 0 || p.handlers.as_ref().is_some_and(|h| h.is_empty()) {
         return Ok(Vec::new());
     }
     let lease_until = after(p.now, p.lease);
@@ -39,7 +39,7 @@ pub(super) async fn claim_batch(
                  JOIN jobs j ON j.id = t.job_id
                  JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
                  WHERE t.state = 'pending' AND t.run_after <= $1
-                   AND t.executor = $2 AND t.handler = ANY($3)
+                   AND t.executor = $2 AND ($3::text[] IS NULL OR t.handler = ANY($3))
                    AND t.deps_remaining = 0
                    AND j.state = 'running' AND s.state = 'open'
                    AND ($4::text IS NULL OR t.tenant_id = $4)
