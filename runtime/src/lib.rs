@@ -1,6 +1,7 @@
 //! lockstep: a durable orchestration runtime whose task handlers are sandboxed
 //! WebAssembly components.
 
+pub mod bench;
 pub mod guest_artifacts;
 pub mod plugin;
 pub mod state;
