@@ -194,11 +194,17 @@ async fn the_compile_cache_is_reused_on_a_second_load() {
     }
     let n = guest_artifacts::EXAMPLES.len();
     let (_, first) = dir.load().await;
-    assert_eq!((first.cache.hits, first.cache.misses, first.cache.rebuilt), (0, n, 0));
+    assert_eq!(
+        (first.cache.hits, first.cache.misses, first.cache.rebuilt),
+        (0, n, 0)
+    );
     assert_eq!(cache_entries(&dir.cache(), ".cwasm").len(), n);
     assert_eq!(cache_entries(&dir.cache(), ".cwasm.sha256").len(), n);
     let (host, second) = dir.load().await;
-    assert_eq!((second.cache.hits, second.cache.misses, second.cache.rebuilt), (n, 0, 0));
+    assert_eq!(
+        (second.cache.hits, second.cache.misses, second.cache.rebuilt),
+        (n, 0, 0)
+    );
     assert_eq!(host.handler_names(), example_names());
 }
 
@@ -219,7 +225,10 @@ async fn a_corrupt_cache_entry_is_rebuilt_and_the_plugin_still_runs() {
     std::fs::write(&entries[0], &bytes).expect("write");
 
     let (host, report) = dir.load().await;
-    assert_eq!((report.cache.hits, report.cache.misses, report.cache.rebuilt), (1, 0, 1));
+    assert_eq!(
+        (report.cache.hits, report.cache.misses, report.cache.rebuilt),
+        (1, 0, 1)
+    );
     assert_eq!(report.failures, vec![]);
     let (result, _) = run(&host, "example:noop", json!({"after": "rebuild"})).await;
     assert_eq!(result.expect("noop runs").output, r#"{"after":"rebuild"}"#);
@@ -228,7 +237,10 @@ async fn a_corrupt_cache_entry_is_rebuilt_and_the_plugin_still_runs() {
 
     // The rebuilt entry is trusted again.
     let (_, report) = dir.load().await;
-    assert_eq!((report.cache.hits, report.cache.misses, report.cache.rebuilt), (2, 0, 0));
+    assert_eq!(
+        (report.cache.hits, report.cache.misses, report.cache.rebuilt),
+        (2, 0, 0)
+    );
 }
 
 #[tokio::test]
@@ -240,7 +252,10 @@ async fn a_truncated_cache_entry_is_rebuilt() {
     let bytes = std::fs::read(&entry).expect("read");
     std::fs::write(&entry, &bytes[..bytes.len() / 3]).expect("truncate");
     let (host, report) = dir.load().await;
-    assert_eq!((report.cache.hits, report.cache.misses, report.cache.rebuilt), (0, 0, 1));
+    assert_eq!(
+        (report.cache.hits, report.cache.misses, report.cache.rebuilt),
+        (0, 0, 1)
+    );
     let (result, _) = run(&host, "example:noop", json!(2)).await;
     assert_eq!(result.expect("noop runs").output, "2");
 }
@@ -253,7 +268,10 @@ async fn a_cache_entry_without_its_checksum_is_rebuilt() {
     let checksum = cache_entries(&dir.cache(), ".cwasm.sha256").remove(0);
     std::fs::remove_file(&checksum).expect("remove checksum");
     let (_, report) = dir.load().await;
-    assert_eq!((report.cache.hits, report.cache.misses, report.cache.rebuilt), (0, 0, 1));
+    assert_eq!(
+        (report.cache.hits, report.cache.misses, report.cache.rebuilt),
+        (0, 0, 1)
+    );
     assert!(checksum.exists(), "the rebuild writes the checksum again");
 }
 
@@ -270,7 +288,10 @@ async fn a_cache_entry_whose_checksum_matches_but_does_not_deserialize_is_rebuil
     let sum = lockstep::plugin::cache::sha256_hex(&garbage);
     std::fs::write(entry.with_extension("cwasm.sha256"), sum).expect("write checksum");
     let (host, report) = dir.load().await;
-    assert_eq!((report.cache.hits, report.cache.misses, report.cache.rebuilt), (0, 0, 1));
+    assert_eq!(
+        (report.cache.hits, report.cache.misses, report.cache.rebuilt),
+        (0, 0, 1)
+    );
     let (result, _) = run(&host, "example:noop", json!(3)).await;
     assert_eq!(result.expect("noop runs").output, "3");
 }
@@ -300,7 +321,10 @@ async fn an_unknown_handler_is_an_error_listing_the_registered_names() {
 async fn an_unknown_handler_on_a_host_without_plugins_says_none() {
     let host = PluginHost::empty();
     let err = host
-        .run(request("example:noop", json!({})), Arc::new(StandaloneContext))
+        .run(
+            request("example:noop", json!({})),
+            Arc::new(StandaloneContext),
+        )
         .await
         .expect_err("nothing is registered");
     assert_eq!(
@@ -328,10 +352,18 @@ async fn input_validation_names_the_failing_field_as_a_json_pointer() {
     let err = host
         .validate_input("example:fanout", &json!({"count": "many"}))
         .expect_err("count must be an integer");
-    let InputError::Invalid { handler, pointer, message } = &err else {
+    let InputError::Invalid {
+        handler,
+        pointer,
+        message,
+    } = &err
+    else {
         panic!("expected an invalid input, got {err}");
     };
-    assert_eq!((handler.as_str(), pointer.as_str()), ("example:fanout", "/count"));
+    assert_eq!(
+        (handler.as_str(), pointer.as_str()),
+        ("example:fanout", "/count")
+    );
     assert_eq!(message, "\"many\" is not of type \"integer\"");
     assert_eq!(
         err.to_string(),
@@ -341,7 +373,10 @@ async fn input_validation_names_the_failing_field_as_a_json_pointer() {
     let err = host
         .validate_input("example:wordcount", &json!({}))
         .expect_err("path is required");
-    let InputError::Invalid { pointer, message, .. } = &err else {
+    let InputError::Invalid {
+        pointer, message, ..
+    } = &err
+    else {
         panic!("expected an invalid input, got {err}");
     };
     assert_eq!(pointer, "/path");
@@ -354,7 +389,12 @@ async fn exec_validates_the_input_before_running() {
     dir.add(guest_artifacts::EXAMPLE_FANOUT);
     let (host, _) = dir.load().await;
     let err = host
-        .exec("example:fanout", &json!({"count": -1}), 1, Arc::new(StandaloneContext))
+        .exec(
+            "example:fanout",
+            &json!({"count": -1}),
+            1,
+            Arc::new(StandaloneContext),
+        )
         .await
         .expect_err("negative count");
     assert!(
@@ -362,7 +402,12 @@ async fn exec_validates_the_input_before_running() {
         "{err}"
     );
     let outcome = host
-        .exec("example:fanout", &json!({"count": 2}), 1, Arc::new(StandaloneContext))
+        .exec(
+            "example:fanout",
+            &json!({"count": 2}),
+            1,
+            Arc::new(StandaloneContext),
+        )
         .await
         .expect("fanout runs");
     assert_eq!(outcome.output, r#"{"spawned":2}"#);
@@ -406,8 +451,18 @@ async fn plugins_list_shows_file_hash_grants_and_schema() {
     assert_eq!(json[0]["grants"]["memory_mib"], 32);
     assert_eq!(json[0]["grants"]["dirs"][0]["mode"], "ro");
     let text = h.render_text();
-    assert!(text.starts_with("example:wordcount — Counts the words"), "{text}");
-    assert!(text.contains(&format!("\n  plugin: {} (sha256 {})\n", wasm.display(), h.sha256_short())), "{text}");
+    assert!(
+        text.starts_with("example:wordcount — Counts the words"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "\n  plugin: {} (sha256 {})\n",
+            wasm.display(),
+            h.sha256_short()
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -436,12 +491,18 @@ async fn a_grants_key_after_a_dirs_table_gets_a_hint() {
     let data = dir.mkdir("data");
     dir.grant(
         &noop,
-        &format!("[[dirs]]\nhost = {:?}\nguest = \"/data\"\nenv = [\"LANG\"]\n", data.display().to_string()),
+        &format!(
+            "[[dirs]]\nhost = {:?}\nguest = \"/data\"\nenv = [\"LANG\"]\n",
+            data.display().to_string()
+        ),
     );
     let (_, report) = dir.load().await;
     assert_eq!(report.failures.len(), 1);
     let reason = &report.failures[0].reason;
-    assert!(reason.contains("line 4, column 1: unknown field `env`"), "{reason}");
+    assert!(
+        reason.contains("line 4, column 1: unknown field `env`"),
+        "{reason}"
+    );
     assert!(
         reason.ends_with("(top-level keys must come before the first [[dirs]] table)"),
         "{reason}"
@@ -470,7 +531,10 @@ async fn a_grant_with_an_out_of_range_value_names_line_and_field() {
 async fn a_grant_of_a_missing_directory_fails_that_plugin_naming_the_path() {
     let dir = PluginDir::new();
     let noop = dir.add(guest_artifacts::EXAMPLE_NOOP);
-    dir.grant(&noop, "[[dirs]]\nhost = \"no-such-data\"\nguest = \"/data\"\n");
+    dir.grant(
+        &noop,
+        "[[dirs]]\nhost = \"no-such-data\"\nguest = \"/data\"\n",
+    );
     let (host, report) = dir.load().await;
     assert_eq!(host.handler_names(), Vec::<String>::new());
     assert_eq!(
@@ -507,7 +571,10 @@ async fn a_read_write_grant_allows_writes() {
     std::fs::write(data.join("existing.txt"), "first line\n").expect("write");
     dir.grant(
         &wasm,
-        &format!("[[dirs]]\nhost = {:?}\nguest = \"/data\"\nmode = \"rw\"\n", data.display().to_string()),
+        &format!(
+            "[[dirs]]\nhost = {:?}\nguest = \"/data\"\nmode = \"rw\"\n",
+            data.display().to_string()
+        ),
     );
     let (host, _) = dir.load().await;
     let (result, _) = run(
@@ -522,7 +589,11 @@ async fn a_read_write_grant_allows_writes() {
             .iter()
             .map(|a| (a.action.as_str(), a.ok, a.detail.as_str()))
             .collect::<Vec<_>>(),
-        vec![("create_file", true, "done"), ("create_dir", true, "done"), ("append", true, "done")]
+        vec![
+            ("create_file", true, "done"),
+            ("create_dir", true, "done"),
+            ("append", true, "done")
+        ]
     );
     assert_eq!(
         std::fs::read_to_string(data.join("written-by-guest.txt")).expect("written"),
@@ -539,7 +610,10 @@ async fn a_read_write_grant_allows_writes() {
 async fn an_env_grant_passes_exactly_the_named_variables() {
     let dir = PluginDir::new();
     let wasm = dir.add(guest_artifacts::HOSTILE_READ_ENV);
-    dir.grant(&wasm, "env = [\"HOME\", \"LOCKSTEP_TEST_SURELY_UNSET_VAR\"]\n");
+    dir.grant(
+        &wasm,
+        "env = [\"HOME\", \"LOCKSTEP_TEST_SURELY_UNSET_VAR\"]\n",
+    );
     let (host, _) = dir.load().await;
     let (result, _) = run(&host, "hostile:read-env", json!({})).await;
     let output: serde_json::Value =
@@ -562,7 +636,12 @@ async fn a_network_grant_allows_exactly_the_listed_address() {
     dir.grant(&wasm, &format!("network = [\"{allowed}\"]\n"));
     let (host, _) = dir.load().await;
 
-    let (result, _) = run(&host, "hostile:open-socket", json!({"addr": allowed.to_string()})).await;
+    let (result, _) = run(
+        &host,
+        "hostile:open-socket",
+        json!({"addr": allowed.to_string()}),
+    )
+    .await;
     let seen = attempts(&result.expect("runs"));
     assert_eq!(
         (seen[0].action.as_str(), seen[0].ok, seen[0].detail.clone()),
@@ -571,7 +650,12 @@ async fn a_network_grant_allows_exactly_the_listed_address() {
     assert!(!seen[1].ok, "name lookup stays off: {:?}", seen[1]);
     assert!(!seen[2].ok, "listening stays off: {:?}", seen[2]);
 
-    let (result, _) = run(&host, "hostile:open-socket", json!({"addr": denied.to_string()})).await;
+    let (result, _) = run(
+        &host,
+        "hostile:open-socket",
+        json!({"addr": denied.to_string()}),
+    )
+    .await;
     let seen = attempts(&result.expect("runs"));
     assert_eq!((seen[0].action.as_str(), seen[0].ok), ("connect", false));
     assert_eq!(seen[0].detail, "Permission denied (os error 2)");
@@ -585,15 +669,22 @@ fn plugin_dirs_come_from_the_flag_then_the_env_then_the_default() {
         resolve_plugin_dirs_from(&[], Some("/x:/y".into())),
         vec![PathBuf::from("/x"), PathBuf::from("/y")]
     );
-    assert_eq!(resolve_plugin_dirs_from(&[], Some("".into())), vec![PathBuf::from("plugins")]);
-    assert_eq!(resolve_plugin_dirs_from(&[], None), vec![PathBuf::from("plugins")]);
+    assert_eq!(
+        resolve_plugin_dirs_from(&[], Some("".into())),
+        vec![PathBuf::from("plugins")]
+    );
+    assert_eq!(
+        resolve_plugin_dirs_from(&[], None),
+        vec![PathBuf::from("plugins")]
+    );
 }
 
 #[test]
 fn the_cache_dir_comes_from_the_flag_then_env_then_xdg_then_home() {
     let p = |s: &str| Some(std::ffi::OsString::from(s));
     assert_eq!(
-        resolve_cache_dir_from(Some(Path::new("/flag")), p("/env"), p("/xdg"), p("/home/u")).expect("dir"),
+        resolve_cache_dir_from(Some(Path::new("/flag")), p("/env"), p("/xdg"), p("/home/u"))
+            .expect("dir"),
         PathBuf::from("/flag")
     );
     assert_eq!(

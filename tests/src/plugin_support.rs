@@ -94,10 +94,6 @@ impl RecordingContext {
     pub fn lines(&self) -> Vec<Logged> {
         self.lines.lock().expect("log lock").clone()
     }
-
-    pub fn messages(&self) -> Vec<String> {
-        self.lines().into_iter().map(|l| l.message).collect()
-    }
 }
 
 #[async_trait::async_trait]
@@ -110,7 +106,10 @@ impl TaskContext for RecordingContext {
     }
 
     fn progress(&self, done: u64, total: u64, message: &str) {
-        self.log(LogLevel::Info, &format!("progress {done}/{total}: {message}"));
+        self.log(
+            LogLevel::Info,
+            &format!("progress {done}/{total}: {message}"),
+        );
     }
 
     async fn stage_results(
@@ -154,7 +153,12 @@ pub async fn run(
 
 /// The host still serves: example:noop runs and echoes its input.
 pub async fn assert_still_serving(host: &PluginHost) {
-    let (result, _) = run(host, "example:noop", serde_json::json!({"still": "serving"})).await;
+    let (result, _) = run(
+        host,
+        "example:noop",
+        serde_json::json!({"still": "serving"}),
+    )
+    .await;
     let outcome = result.expect("example:noop runs after the hostile run");
     assert_eq!(outcome.output, r#"{"still":"serving"}"#);
 }
@@ -183,7 +187,9 @@ impl TaskContext for LineageContext {
     ) -> Result<Vec<(u64, String)>, String> {
         self.page_sizes.lock().expect("lock").push(limit);
         if stage != self.stage {
-            return Err(format!("stage {stage:?} is not an earlier stage of this job"));
+            return Err(format!(
+                "stage {stage:?} is not an earlier stage of this job"
+            ));
         }
         Ok(self
             .outputs
