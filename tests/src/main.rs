@@ -5,7 +5,10 @@
 mod cli;
 mod crash_recovery;
 mod engine_flow;
+mod guest_programs;
 mod harness;
+mod plugin_host;
+mod plugin_support;
 mod postgres_store;
 mod postgres_test_db;
 mod spec_files;
