@@ -12,11 +12,11 @@
 use super::advance;
 use crate::store::rules::{Decision, Held, StageDelta, StageMeta, decide, stage_of};
 use super::effects::Effects;
-use super::{SPAWN_LIMIT, after, parse_on_failure, parse_stage_state, parse_task_state};
+use super::{after, parse_on_failure, parse_stage_state, parse_task_state};
 use crate::state::{StageState, TaskState};
 use crate::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
-    Millis, OnFailure, RenewLease, RescueExpiredLeases, SpawnTask, StoreError, TaskId, TaskResult,
+    Millis, OnFailure, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult,
     TenantId,
 };
 use sqlx::{PgConnection, PgPool};
