@@ -32,6 +32,7 @@ fn task(handler: &str, key: Option<&str>, depends_on: &[&str]) -> NewTask {
         max_attempts: 3,
         timeout_ms: 30_000,
         agent_json: None,
+        on_failure: lockstep::store::OnFailure::FailJob,
     }
 }
 
