@@ -327,7 +327,7 @@ pub(super) async fn rescue_expired_leases(
                     max_attempts,
                 },
                 TaskResult::Retryable {
-                    error: format!("lease expired during attempt {attempt}"),
+                    error: "lease expired".to_string(),
                     retry_after: p.retry_after,
                 },
             )
