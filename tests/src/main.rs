@@ -1,2 +1,3 @@
 mod postgres_store;
 mod postgres_test_db;
+mod store_conformance;

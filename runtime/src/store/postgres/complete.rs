@@ -213,6 +213,14 @@ pub(super) async fn complete_batch(
             None => stale.push(i),
         }
     }
+    // Later duplicates within the batch are refused (and logged) too.
+    stale.extend(
+        p.completions
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| first.get(&c.lease.task_id.0) != Some(i))
+            .map(|(i, _)| i),
+    );
     let mut outcomes: HashMap<i64, CompletionOutcome> = record(&mut tx, items, &mut fx).await?;
     refuse_stale(&mut tx, p, &stale, &mut fx).await?;
 
