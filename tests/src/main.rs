@@ -12,3 +12,4 @@ mod plugin_support;
 mod postgres_store;
 mod postgres_test_db;
 mod spec_files;
+mod store_conformance;

@@ -1,22 +1,26 @@
 //! A fresh PostgreSQL database for each test, so tests and runs never see
 //! each other's rows.
 //!
-//! The server is `LOCKSTEP_TEST_POSTGRES` when that holds a `postgres://` URL
-//! of a maintenance database, else `postgres://postgres@127.0.0.1:5432/postgres`.
+//! The server's maintenance database is `LOCKSTEP_TEST_POSTGRES_URL` (or
+//! `LOCKSTEP_TEST_POSTGRES` when that holds a `postgres://` URL), else
+//! `postgres://postgres@127.0.0.1:5432/postgres`.
 //! When the server is unreachable: with `LOCKSTEP_TEST_POSTGRES` set the test
 //! fails loudly; without it, one line says the PostgreSQL tests were skipped
 //! and each of them returns.
 
 use lockstep::store::postgres::{PgOptions, PgStore};
-use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use std::future::Future;
+use std::io::Write;
 use std::sync::{Arc, Once};
 use std::time::Duration;
+use tokio::sync::OnceCell;
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 static SKIP_NOTICE: Once = Once::new();
+static REACHABLE: OnceCell<Result<(), String>> = OnceCell::const_new();
 
 /// The database a test owns; dropped (with its connections) by [`with_pg`].
 pub struct TestDb {
@@ -26,11 +30,16 @@ pub struct TestDb {
 }
 
 fn admin_url() -> (String, bool) {
-    match std::env::var("LOCKSTEP_TEST_POSTGRES") {
-        Ok(v) if v.starts_with("postgres://") || v.starts_with("postgresql://") => (v, true),
-        Ok(_) => (DEFAULT_ADMIN_URL.to_string(), true),
-        Err(_) => (DEFAULT_ADMIN_URL.to_string(), false),
-    }
+    let required = std::env::var_os("LOCKSTEP_TEST_POSTGRES").is_some();
+    let from = |var| {
+        std::env::var(var)
+            .ok()
+            .filter(|v| v.starts_with("postgres://") || v.starts_with("postgresql://"))
+    };
+    let url = from("LOCKSTEP_TEST_POSTGRES_URL")
+        .or_else(|| from("LOCKSTEP_TEST_POSTGRES"))
+        .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_string());
+    (url, required)
 }
 
 /// The URL of database `name` on the same server as `admin`.
@@ -53,26 +62,41 @@ fn database_url(admin: &str, name: &str) -> String {
 /// tests may be skipped.
 pub async fn create() -> Option<TestDb> {
     let (admin_url, required) = admin_url();
-    let admin = match PgPoolOptions::new()
+    // Probe once per run with a single connection (a refused connection
+    // fails at once, where a pool would keep retrying until its timeout).
+    let probe = REACHABLE
+        .get_or_init(|| async {
+            match PgConnection::connect(&admin_url).await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    Ok(())
+                }
+                Err(error) => Err(error.to_string()),
+            }
+        })
+        .await;
+    if let Err(error) = probe {
+        if required {
+            panic!(
+                "LOCKSTEP_TEST_POSTGRES is set but PostgreSQL at {admin_url} is unreachable: {error}"
+            );
+        }
+        SKIP_NOTICE.call_once(|| {
+            // Straight to stderr: the test harness captures print macros.
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping the PostgreSQL tests: no server at {admin_url} ({error}); \
+                 set LOCKSTEP_TEST_POSTGRES to make this a failure"
+            );
+        });
+        return None;
+    }
+    let admin = PgPoolOptions::new()
         .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(30))
         .connect(&admin_url)
         .await
-    {
-        Ok(pool) => pool,
-        Err(error) if required => panic!(
-            "LOCKSTEP_TEST_POSTGRES is set but PostgreSQL at {admin_url} is unreachable: {error}"
-        ),
-        Err(error) => {
-            SKIP_NOTICE.call_once(|| {
-                println!(
-                    "skipping the PostgreSQL store tests: no server at {admin_url} ({error}); \
-                     set LOCKSTEP_TEST_POSTGRES to make this a failure"
-                );
-            });
-            return None;
-        }
-    };
+        .unwrap_or_else(|e| panic!("connecting to PostgreSQL at {admin_url}: {e}"));
     let name = format!("lockstep_test_{:016x}", rand::random::<u64>());
     // Identifiers cannot be bound as parameters; the name is ours, hex only.
     sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))

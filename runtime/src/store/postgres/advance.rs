@@ -40,6 +40,7 @@ pub(super) async fn lock_stages(
          FROM stages s
          JOIN unnest($1::int8[], $2::int4[]) AS k(job_id, position)
            ON s.job_id = k.job_id AND s.position = k.position
+         WHERE s.job_id = ANY($1)
          ORDER BY s.job_id, s.position
          FOR NO KEY UPDATE OF s",
     )
@@ -75,7 +76,7 @@ pub(super) async fn apply_deltas(
         "UPDATE stages s
          SET total = s.total + d.add, remaining = s.remaining + d.add - d.done
          FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[]) AS d(job_id, position, add, done)
-         WHERE s.job_id = d.job_id AND s.position = d.position",
+         WHERE s.job_id = d.job_id AND s.position = d.position AND s.job_id = ANY($1)",
     )
     .bind(&jobs)
     .bind(&positions)
@@ -100,7 +101,7 @@ pub(super) async fn close_drained(
     let mut closed: Vec<(i64, i32)> = sqlx::query_as(
         "UPDATE stages s SET state = 'done', closed_at = $3
          FROM unnest($1::int8[], $2::int4[]) AS k(job_id, position)
-         WHERE s.job_id = k.job_id AND s.position = k.position
+         WHERE s.job_id = k.job_id AND s.position = k.position AND s.job_id = ANY($1)
            AND s.state = 'open' AND s.remaining = 0
          RETURNING s.job_id, s.position",
     )
@@ -197,7 +198,7 @@ pub(super) async fn after_stage_closed(
                  FOR NO KEY UPDATE
              )
              UPDATE tasks t SET state = 'pending', run_after = $3, updated_at = $3
-             FROM ready WHERE t.id = ready.id
+             WHERE t.id = ANY(ARRAY(SELECT id FROM ready))
              RETURNING t.executor",
         )
         .bind(job)
@@ -247,7 +248,7 @@ async fn cancel_later_tasks(
          UPDATE tasks t
          SET state = 'cancelled', error = $3, lease_expires_at = NULL,
              finished_at = $4, updated_at = $4
-         FROM doomed WHERE t.id = doomed.id
+         WHERE t.id = ANY(ARRAY(SELECT id FROM doomed))
          RETURNING t.id, t.stage_position",
     )
     .bind(job)

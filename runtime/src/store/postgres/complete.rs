@@ -53,7 +53,7 @@ pub(super) async fn claim_batch(
                  UPDATE tasks t
                  SET state = 'running', attempt = t.attempt + 1, lease_expires_at = $7,
                      worker = $8, updated_at = $1
-                 FROM picked WHERE t.id = picked.id
+                 WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
                  RETURNING t.id, t.tenant_id, t.job_id, t.stage_position, t.handler, t.attempt,
                            t.input_json, t.timeout_ms, t.max_attempts
              ),
@@ -169,7 +169,7 @@ pub(super) async fn complete_batch(
          FROM tasks t
          JOIN unnest($1::int8[], $2::int4[], $3::text[]) AS c(id, attempt, tenant_id)
            ON t.id = c.id AND t.attempt = c.attempt AND t.tenant_id = c.tenant_id
-         WHERE t.state = 'running'
+         WHERE t.state = 'running' AND t.id = ANY($1)
          ORDER BY t.id
          FOR NO KEY UPDATE OF t",
     )
@@ -204,6 +204,14 @@ pub(super) async fn complete_batch(
             None => stale.push(i),
         }
     }
+    // Later duplicates within the batch are refused (and logged) too.
+    stale.extend(
+        p.completions
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| first.get(&c.lease.task_id.0) != Some(i))
+            .map(|(i, _)| i),
+    );
     let mut outcomes: HashMap<i64, CompletionOutcome> = record(&mut tx, items, &mut fx).await?;
     refuse_stale(&mut tx, p, &stale, &mut fx).await?;
 
@@ -247,7 +255,8 @@ async fn refuse_stale(
         "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.state, t.attempt
          FROM tasks t
          JOIN unnest($1::int8[], $2::text[]) AS c(id, tenant_id)
-           ON t.id = c.id AND t.tenant_id = c.tenant_id",
+           ON t.id = c.id AND t.tenant_id = c.tenant_id
+         WHERE t.id = ANY($1)",
     )
     .bind(&ids)
     .bind(&tenants)
@@ -317,7 +326,7 @@ pub(super) async fn rescue_expired_leases(
                     max_attempts,
                 },
                 TaskResult::Retryable {
-                    error: format!("lease expired during attempt {attempt}"),
+                    error: "lease expired".to_string(),
                     retry_after: p.retry_after,
                 },
             )
@@ -398,6 +407,7 @@ pub(super) async fn record(
             deltas.entry((d.held.job, *target)).or_default().add += 1;
         }
     }
+    fx.flush_events(conn).await?;
     let keys: Vec<(i64, i32)> = deltas.keys().copied().collect();
     let locked = advance::lock_stages(conn, &keys).await?;
     insert_children(conn, &decisions, &locked, now, fx).await?;
@@ -464,7 +474,7 @@ async fn write_tasks(
              finished_at = CASE WHEN u.state IN ('succeeded', 'dead') THEN $6 END
          FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[])
               AS u(id, state, output, error, run_after)
-         WHERE t.id = u.id",
+         WHERE t.id = u.id AND t.id = ANY($1)",
     )
     .bind(&ids)
     .bind(&states)
@@ -597,7 +607,7 @@ async fn settle_dependents(
                  run_after = CASE WHEN u.state = 'pending' AND t.state = 'blocked'
                                   THEN $4 ELSE t.run_after END
              FROM unnest($1::int8[], $2::int4[], $3::text[]) AS u(id, deps, state)
-             WHERE t.id = u.id",
+             WHERE t.id = u.id AND t.id = ANY($1)",
         )
         .bind(&upd_ids)
         .bind(&upd_deps)

@@ -91,24 +91,7 @@ impl Effects {
     /// before commit.
     pub(super) async fn write(mut self, conn: &mut PgConnection) -> Result<(), StoreError> {
         self.finish_jobs(conn).await?;
-        if !self.kinds.is_empty() {
-            sqlx::query(
-                "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
-                 SELECT e.tenant_id, e.job_id, e.task_id, e.kind, e.stage_position, e.detail, $7
-                 FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int4[], $6::text[])
-                      WITH ORDINALITY AS e(tenant_id, job_id, task_id, kind, stage_position, detail, ord)
-                 ORDER BY e.ord",
-            )
-            .bind(&self.tenants)
-            .bind(&self.jobs)
-            .bind(&self.tasks)
-            .bind(&self.kinds)
-            .bind(&self.positions)
-            .bind(&self.details)
-            .bind(self.now)
-            .execute(&mut *conn)
-            .await?;
-        }
+        self.flush_events(conn).await?;
         for executor in &self.ready {
             // Delivered at commit, and only if the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -117,6 +100,37 @@ impl Effects {
                 .execute(&mut *conn)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Append the events collected so far. Completions call this before they
+    /// lock stage rows, so the hot stage row is held for less time.
+    pub(super) async fn flush_events(&mut self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        if self.kinds.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+             SELECT e.tenant_id, e.job_id, e.task_id, e.kind, e.stage_position, e.detail, $7
+             FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int4[], $6::text[])
+                  WITH ORDINALITY AS e(tenant_id, job_id, task_id, kind, stage_position, detail, ord)
+             ORDER BY e.ord",
+        )
+        .bind(&self.tenants)
+        .bind(&self.jobs)
+        .bind(&self.tasks)
+        .bind(&self.kinds)
+        .bind(&self.positions)
+        .bind(&self.details)
+        .bind(self.now)
+        .execute(&mut *conn)
+        .await?;
+        self.tenants.clear();
+        self.jobs.clear();
+        self.tasks.clear();
+        self.kinds.clear();
+        self.positions.clear();
+        self.details.clear();
         Ok(())
     }
 

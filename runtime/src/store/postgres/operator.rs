@@ -41,7 +41,7 @@ pub(super) async fn cancel_job(pool: &PgPool, p: &CancelJob) -> Result<JobState,
          UPDATE tasks t
          SET state = 'cancelled', error = $2, lease_expires_at = NULL,
              finished_at = $3, updated_at = $3
-         FROM doomed WHERE t.id = doomed.id
+         WHERE t.id = ANY(ARRAY(SELECT id FROM doomed))
          RETURNING t.id, t.stage_position",
     )
     .bind(p.job.0)
