@@ -42,6 +42,7 @@ fn keyed(handler: &str, key: Option<&str>, depends_on: &[&str]) -> NewTask {
         max_attempts: 3,
         timeout_ms: 30_000,
         agent_json: None,
+        on_failure: OnFailure::FailJob,
     }
 }
 
@@ -90,7 +91,7 @@ fn claim_at(limit: u32, now: Millis) -> ClaimBatch {
     ClaimBatch {
         tenant: None,
         executor: Executor::Wasm,
-        handlers: vec!["work".to_string(), "fanout".to_string()],
+        handlers: Some(vec!["work".to_string(), "fanout".to_string()]),
         job: None,
         limit,
         lease: Duration::from_millis(LEASE_MS as u64),
@@ -1533,4 +1534,25 @@ macro_rules! conformance_cases {
 /// line when no server is reachable and `LOCKSTEP_TEST_POSTGRES` is unset).
 mod postgres {
     conformance_cases!(crate::postgres_test_db::with_pg_store);
+}
+
+/// Every case against SQLite (a fresh database file each).
+mod sqlite {
+    conformance_cases!(super::with_sqlite_store);
+}
+
+async fn with_sqlite_store<F, Fut>(case: F)
+where
+    F: FnOnce(std::sync::Arc<lockstep::store::sqlite::SqliteStore>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("conformance.db").display());
+    let store = lockstep::store::sqlite::SqliteStore::open(
+        &url,
+        lockstep::store::sqlite::SqliteOptions::default(),
+    )
+    .await
+    .expect("open sqlite store");
+    case(std::sync::Arc::new(store)).await;
 }

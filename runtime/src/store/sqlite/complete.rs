@@ -188,6 +188,14 @@ pub(super) async fn complete_batch(
             None => stale.push(i),
         }
     }
+    // Later duplicates within the batch are refused (and logged) too.
+    stale.extend(
+        p.completions
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| first.get(&c.lease.task_id.0) != Some(i))
+            .map(|(i, _)| i),
+    );
     let mut outcomes = record(conn, items, &mut fx).await?;
     refuse_stale(conn, p, &stale, &mut fx).await?;
     fx.write(conn).await?;
