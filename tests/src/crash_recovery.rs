@@ -13,13 +13,22 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn fanin_job(count: u32) -> String {
+/// Stage 1 spawns `count` no-op tasks into stage 2 (in fan-out tasks of at
+/// most 10,000 each, the spawn limit per task); stage 3 sums them.
+pub fn fanin_job(count: u32) -> String {
+    let fanouts: Vec<String> = (0..count.div_ceil(10_000))
+        .map(|i| {
+            let n = (count - i * 10_000).min(10_000);
+            format!("{{ handler = \"example:fanout\", input = {{ count = {n}, stage = \"process\", handler = \"example:noop\" }} }}")
+        })
+        .collect();
+    let fanouts = fanouts.join(", ");
     format!(
         r#"
 name = "crash-{count}"
 [[stages]]
 name = "analyze"
-tasks = [{{ handler = "example:fanout", input = {{ count = {count}, stage = "process", handler = "example:noop" }} }}]
+tasks = [{fanouts}]
 [[stages]]
 name = "process"
 [[stages]]
@@ -29,15 +38,26 @@ tasks = [{{ handler = "example:sum", input = {{ from = "process", field = "value
     )
 }
 
-fn spawn_serve(h: &Harness, workers: u32) -> Child {
-    let log = std::fs::File::create(h.dir.path().join(format!("serve-{}.log", rand::rng().random::<u32>())))
-        .expect("serve log file");
+pub fn spawn_serve(h: &Harness, workers: u32) -> Child {
+    let log = std::fs::File::create(
+        h.dir
+            .path()
+            .join(format!("serve-{}.log", rand::rng().random::<u32>())),
+    )
+    .expect("serve log file");
+    // Warnings (lock conflicts, lost connections) land in the log for the tests to read.
     Command::new(cli_bin())
         .args(["--db", &h.db_url])
         .args(["--plugins", guest_artifacts::EXAMPLES_DIR])
         .arg("--cache-dir")
         .arg(test_cache_dir())
-        .args(["serve", "--workers", &workers.to_string(), "--lease-secs", "2"])
+        .args([
+            "serve",
+            "--workers",
+            &workers.to_string(),
+            "--lease-secs",
+            "2",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -45,7 +65,7 @@ fn spawn_serve(h: &Harness, workers: u32) -> Child {
         .expect("start lockstep serve")
 }
 
-fn stop(mut child: Child) {
+pub fn stop(mut child: Child) {
     // SIGTERM: let it finish what it runs; SIGKILL if it does not within 30 s.
     let pid = child.id() as libc::pid_t;
     #[allow(unsafe_code)]
@@ -64,7 +84,7 @@ fn stop(mut child: Child) {
 }
 
 /// The exactly-once guarantees every multi-process run must keep.
-async fn assert_finished_exactly_once(h: &Harness, job: JobId, count: u32) {
+pub async fn assert_finished_exactly_once(h: &Harness, job: JobId, count: u32) {
     let done = h.engine.progress(&h.tenant, job).await.expect("progress");
     assert_eq!(done.job.state, JobState::Succeeded, "{:?}", done.job.error);
     assert_eq!(done.job.stages[1].total, i64::from(count));
@@ -80,17 +100,29 @@ async fn assert_finished_exactly_once(h: &Harness, job: JobId, count: u32) {
             _ => {}
         }
     }
-    assert_eq!(successes.len(), count as usize + 2, "every task succeeded");
-    assert!(successes.values().all(|n| *n == 1), "a task was recorded as succeeded twice");
+    let fanouts = count.div_ceil(10_000) as usize;
+    assert_eq!(
+        successes.len(),
+        count as usize + fanouts + 1,
+        "every task succeeded"
+    );
+    assert!(
+        successes.values().all(|n| *n == 1),
+        "a task was recorded as succeeded twice"
+    );
     assert_eq!(opened, vec![0, 1, 2], "each stage opened exactly once");
-    let n = u64::from(count);
+    // Fan-out i spawns the values 1..=n_i.
+    let sum: u64 = (0..fanouts as u32)
+        .map(|i| u64::from((count - i * 10_000).min(10_000)))
+        .map(|n| n * (n + 1) / 2)
+        .sum();
     assert_eq!(
         aggregate_output(h, job).await,
-        serde_json::json!({ "count": n, "sum": n * (n + 1) / 2 })
+        serde_json::json!({ "count": count, "sum": sum })
     );
 }
 
-async fn wait_for(h: &Harness, job: JobId, mut until: impl FnMut(i64, bool) -> bool) {
+pub async fn wait_for(h: &Harness, job: JobId, mut until: impl FnMut(i64, bool) -> bool) {
     for _ in 0..6000 {
         let p = h.engine.progress(&h.tenant, job).await.expect("progress");
         if until(p.done, p.job.state.is_terminal()) {
@@ -117,7 +149,11 @@ async fn serve_killed_three_times_mid_job_still_finishes_exactly_once() {
             done >= threshold || terminal
         })
         .await;
-        assert!(!finished, "the job finished before kill {} could happen", kills + 1);
+        assert!(
+            !finished,
+            "the job finished before kill {} could happen",
+            kills + 1
+        );
         child.kill().expect("SIGKILL lockstep serve");
         child.wait().expect("reap");
         kills += 1;

@@ -9,6 +9,7 @@ mod guest_programs;
 mod harness;
 mod plugin_host;
 mod plugin_support;
+mod postgres_cluster;
 mod postgres_store;
 mod postgres_test_db;
 mod spec_files;

@@ -59,7 +59,11 @@ fn claim(limit: u32, worker: &str, now: Millis) -> ClaimBatch {
     ClaimBatch {
         tenant: None,
         executor: Executor::Wasm,
-        handlers: Some(vec!["work".to_string(), "fanout".to_string(), "join".to_string()]),
+        handlers: Some(vec![
+            "work".to_string(),
+            "fanout".to_string(),
+            "join".to_string(),
+        ]),
         job: None,
         limit,
         lease: Duration::from_secs(60),

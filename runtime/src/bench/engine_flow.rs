@@ -10,14 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn job_text(name: &str, stages: &str) -> String {
-    format!("name = \"{name}\"\nidempotency_key = \"{name}-{}\"\n{stages}", now_millis())
+    format!(
+        "name = \"{name}\"\nidempotency_key = \"{name}-{}\"\n{stages}",
+        now_millis()
+    )
 }
 
 /// A job of one stage holding `tasks` example:noop tasks.
 fn noop_job(tasks: u32) -> String {
     let mut body = String::from("[[stages]]\nname = \"work\"\ntasks = [\n");
     for i in 0..tasks {
-        body.push_str(&format!("  {{ handler = \"example:noop\", input = {{ value = {i} }} }},\n"));
+        body.push_str(&format!(
+            "  {{ handler = \"example:noop\", input = {{ value = {i} }} }},\n"
+        ));
     }
     body.push_str("]\n");
     job_text("bench-throughput", &body)
@@ -37,7 +42,10 @@ pub async fn throughput(
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let job = submit(engine, tenant, &noop_job(tasks)).await?;
     let started = Instant::now();
-    let pool = engine.start_workers(WorkerConfig { slots, ..WorkerConfig::default() });
+    let pool = engine.start_workers(WorkerConfig {
+        slots,
+        ..WorkerConfig::default()
+    });
     let done = engine.wait(tenant, job, None, |_| {}).await?;
     let elapsed = started.elapsed();
     pool.shutdown().await;
@@ -72,7 +80,9 @@ pub async fn submit_to_start(
         );
         let before = now_millis();
         let job = submit(engine, tenant, &text).await?;
-        engine.wait(tenant, job, Some(Duration::from_secs(30)), |_| {}).await?;
+        engine
+            .wait(tenant, job, Some(Duration::from_secs(30)), |_| {})
+            .await?;
         let events = engine.events(tenant, job, None, 100).await?;
         if let Some(claimed) = events.iter().find(|e| e.kind == EventKind::TaskClaimed) {
             lat.push((claimed.at - before) as f64);
@@ -109,7 +119,10 @@ pub async fn fanin(
     );
     let job = submit(engine, tenant, &text).await?;
     let started = Instant::now();
-    let pool = engine.start_workers(WorkerConfig { slots, ..WorkerConfig::default() });
+    let pool = engine.start_workers(WorkerConfig {
+        slots,
+        ..WorkerConfig::default()
+    });
     let done = engine.wait(tenant, job, None, |_| {}).await?;
     let elapsed = started.elapsed();
     pool.shutdown().await;

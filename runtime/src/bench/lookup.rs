@@ -60,9 +60,18 @@ pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_j
     for i in 0..samples {
         let id = 1 + (i * 7_919) % tasks.max(1);
         let t = Instant::now();
-        let rec = store.get_task(GetTask { tenant: tenant.clone(), task: TaskId(id as i64) }).await?;
+        let rec = store
+            .get_task(GetTask {
+                tenant: tenant.clone(),
+                task: TaskId(id as i64),
+            })
+            .await?;
         status.push(t.elapsed().as_secs_f64() * 1e6);
-        anyhow::ensure!(rec.state == TaskState::Pending, "unexpected state {}", rec.state);
+        anyhow::ensure!(
+            rec.state == TaskState::Pending,
+            "unexpected state {}",
+            rec.state
+        );
     }
     status.sort_by(f64::total_cmp);
 
@@ -82,13 +91,18 @@ pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_j
                 now: now_millis(),
             })
             .await?;
-        let Some(task) = claimed.into_iter().next() else { break };
+        let Some(task) = claimed.into_iter().next() else {
+            break;
+        };
         store
             .complete_batch(CompleteBatch {
                 completions: vec![Completion {
                     tenant: tenant.clone(),
                     lease: task.lease,
-                    result: TaskResult::Succeeded { output_json: "{}".into(), spawn: vec![] },
+                    result: TaskResult::Succeeded {
+                        output_json: "{}".into(),
+                        spawn: vec![],
+                    },
                 }],
                 now: now_millis(),
             })

@@ -17,7 +17,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// A short description of this machine for benchmark output.
 pub fn machine() -> serde_json::Value {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -55,7 +55,8 @@ async fn bench_engine(ctx: &Ctx) -> anyhow::Result<(Arc<Engine>, Option<tempfile
     let (url, dir) = if ctx.db_explicit {
         (ctx.db_url.clone(), None)
     } else {
-        let dir = tempfile::tempdir().context("creating a temporary directory for the benchmark database")?;
+        let dir = tempfile::tempdir()
+            .context("creating a temporary directory for the benchmark database")?;
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         (url, Some(dir))
     };
@@ -71,10 +72,16 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
         BenchCommand::Plugin { iterations } => {
             print(bench::plugin::bench_plugin(&ctx.plugin_config(), iterations).await?);
         }
-        BenchCommand::Throughput { tasks, workers, latency_samples } => {
+        BenchCommand::Throughput {
+            tasks,
+            workers,
+            latency_samples,
+        } => {
             let (engine, _dir) = bench_engine(ctx).await?;
             print(bench::engine_flow::throughput(&engine, &ctx.tenant, tasks, workers).await?);
-            print(bench::engine_flow::submit_to_start(&engine, &ctx.tenant, latency_samples).await?);
+            print(
+                bench::engine_flow::submit_to_start(&engine, &ctx.tenant, latency_samples).await?,
+            );
         }
         BenchCommand::Fanin { tasks, workers } => {
             let (engine, _dir) = bench_engine(ctx).await?;

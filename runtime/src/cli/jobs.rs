@@ -117,7 +117,11 @@ pub async fn demo(ctx: &Ctx, args: DemoArgs) -> CliResult {
         if !names.iter().any(|n| n == needed) {
             return Err(Failure::BadInput(anyhow::anyhow!(
                 "the demo needs the example plugins, but {needed} is not registered (registered: {}); build them with `cargo build` from the repository root or pass --plugins DIR",
-                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
             )));
         }
     }
@@ -162,7 +166,12 @@ fn finish(progress: &JobProgress) -> CliResult {
         other => Err(Failure::JobFailed(format!(
             "job {} {other}{}",
             progress.job.job_id.0,
-            progress.job.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            progress
+                .job
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         ))),
     }
 }
@@ -174,7 +183,10 @@ async fn execute(
     job: JobId,
     workers: usize,
 ) -> Result<JobProgress, Failure> {
-    let pool = engine.start_workers(WorkerConfig { slots: workers.max(1), ..WorkerConfig::default() });
+    let pool = engine.start_workers(WorkerConfig {
+        slots: workers.max(1),
+        ..WorkerConfig::default()
+    });
     let bar = ProgressBar::new(1);
     bar.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg}")
@@ -246,11 +258,17 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
     let engine = ctx.engine().await?;
     let submitted = engine.submit_file(&ctx.tenant, &args.file).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&submitted).context("rendering JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string(&submitted).context("rendering JSON")?
+        );
     } else if submitted.created {
         println!("job {} submitted", submitted.job_id.0);
     } else {
-        println!("job {} already exists with this idempotency key (not created again)", submitted.job_id.0);
+        println!(
+            "job {} already exists with this idempotency key (not created again)",
+            submitted.job_id.0
+        );
     }
     Ok(())
 }
@@ -259,7 +277,10 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
     let engine = ctx.reader().await?;
     let p = engine.progress(&ctx.tenant, JobId(args.job)).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&p).context("rendering JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&p).context("rendering JSON")?
+        );
         return Ok(());
     }
     println!("job {} {:?}: {}", p.job.job_id.0, p.job.name, p.job.state);
@@ -292,7 +313,10 @@ pub async fn list(ctx: &Ctx, args: JobsArgs) -> CliResult {
         })
         .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&jobs).context("rendering JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&jobs).context("rendering JSON")?
+        );
         return Ok(());
     }
     if jobs.is_empty() {
@@ -327,8 +351,12 @@ pub async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult {
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_string))
                         .unwrap_or_default(),
-                    e.stage_position.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                    e.task_id.map(|t| t.0.to_string()).unwrap_or_else(|| "-".into()),
+                    e.stage_position
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    e.task_id
+                        .map(|t| t.0.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     e.detail.unwrap_or_default()
                 );
             }
@@ -347,7 +375,10 @@ pub async fn cancel(ctx: &Ctx, args: CancelArgs) -> CliResult {
 pub async fn retry(ctx: &Ctx, args: RetryArgs) -> CliResult {
     let engine = ctx.reader().await?;
     let state = engine.retry(&ctx.tenant, TaskId(args.task)).await?;
-    println!("task {} {state}; a worker (lockstep serve) will run it", args.task);
+    println!(
+        "task {} {state}; a worker (lockstep serve) will run it",
+        args.task
+    );
     Ok(())
 }
 
@@ -355,10 +386,16 @@ pub async fn task(ctx: &Ctx, args: TaskArgs) -> CliResult {
     let engine = ctx.reader().await?;
     let t = engine.task(&ctx.tenant, TaskId(args.task)).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&t).context("rendering JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&t).context("rendering JSON")?
+        );
         return Ok(());
     }
-    println!("task {} of job {} (stage {}): {}", t.task_id.0, t.job_id.0, t.stage_name, t.state);
+    println!(
+        "task {} of job {} (stage {}): {}",
+        t.task_id.0, t.job_id.0, t.stage_name, t.state
+    );
     println!("  handler  {}", t.handler);
     println!("  attempt  {}/{}", t.attempt, t.max_attempts);
     println!("  input    {}", t.input_json);

@@ -136,11 +136,17 @@ impl Ctx {
     }
 
     pub fn plugin_config(&self) -> HostConfig {
-        HostConfig::new(self.plugin_dirs.clone(), self.cache_dir.clone(), self.strict)
+        HostConfig::new(
+            self.plugin_dirs.clone(),
+            self.cache_dir.clone(),
+            self.strict,
+        )
     }
 
     pub async fn plugins(&self) -> anyhow::Result<Arc<PluginHost>> {
-        let (host, report) = PluginHost::load(self.plugin_config()).await.map_err(anyhow::Error::new)?;
+        let (host, report) = PluginHost::load(self.plugin_config())
+            .await
+            .map_err(anyhow::Error::new)?;
         for failure in &report.failures {
             eprintln!("warning: {failure}");
         }
@@ -163,7 +169,10 @@ pub fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
@@ -189,7 +198,10 @@ pub fn main() -> ExitCode {
 
 /// An error chain as one line: `context: cause: root cause`.
 fn one_sentence(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 async fn dispatch(cli: Cli) -> CliResult {
@@ -237,6 +249,10 @@ impl Ctx {
     /// plugins are loaded (or compiled), so `status` stays instant.
     pub async fn reader(&self) -> anyhow::Result<Arc<Engine>> {
         let store = self.store().await?;
-        Ok(Engine::new(store, Arc::new(PluginHost::empty()), self.config.clone()))
+        Ok(Engine::new(
+            store,
+            Arc::new(PluginHost::empty()),
+            self.config.clone(),
+        ))
     }
 }

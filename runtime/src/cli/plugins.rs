@@ -34,7 +34,10 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
             let host = ctx.plugins().await?;
             let list = host.describe_all();
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).context("rendering JSON")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).context("rendering JSON")?
+                );
                 return Ok(());
             }
             if list.is_empty() {
@@ -49,9 +52,8 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
 }
 
 pub async fn exec(ctx: &Ctx, args: ExecArgs) -> CliResult {
-    let input: serde_json::Value = serde_json::from_str(&args.input).map_err(|e| {
-        Failure::BadInput(anyhow::anyhow!("--input is not valid JSON: {e}"))
-    })?;
+    let input: serde_json::Value = serde_json::from_str(&args.input)
+        .map_err(|e| Failure::BadInput(anyhow::anyhow!("--input is not valid JSON: {e}")))?;
     let host = ctx.plugins().await?;
     host.validate_input(&args.handler, &input)
         .map_err(|e| Failure::BadInput(anyhow::anyhow!("{e}")))?;
@@ -68,7 +70,10 @@ pub async fn exec(ctx: &Ctx, args: ExecArgs) -> CliResult {
         Ok(outcome) => {
             println!("{}", outcome.output);
             for s in outcome.spawn {
-                eprintln!("would spawn into stage {:?}: {} {}", s.stage, s.handler, s.input);
+                eprintln!(
+                    "would spawn into stage {:?}: {} {}",
+                    s.stage, s.handler, s.input
+                );
             }
             Ok(())
         }

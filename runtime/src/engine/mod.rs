@@ -158,10 +158,17 @@ impl Engine {
         Ok(submitted)
     }
 
-    pub async fn progress(&self, tenant: &TenantId, job: JobId) -> Result<JobProgress, EngineError> {
+    pub async fn progress(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+    ) -> Result<JobProgress, EngineError> {
         let status = self
             .store
-            .get_job(GetJob { tenant: tenant.clone(), job })
+            .get_job(GetJob {
+                tenant: tenant.clone(),
+                job,
+            })
             .await?;
         let window = progress::RATE_WINDOW;
         let recent = self
@@ -188,28 +195,44 @@ impl Engine {
     ) -> Result<Vec<Event>, EngineError> {
         Ok(self
             .store
-            .job_events(JobEvents { tenant: tenant.clone(), job, after_id, limit })
+            .job_events(JobEvents {
+                tenant: tenant.clone(),
+                job,
+                after_id,
+                limit,
+            })
             .await?)
     }
 
     pub async fn task(&self, tenant: &TenantId, task: TaskId) -> Result<TaskRecord, EngineError> {
         Ok(self
             .store
-            .get_task(GetTask { tenant: tenant.clone(), task })
+            .get_task(GetTask {
+                tenant: tenant.clone(),
+                task,
+            })
             .await?)
     }
 
     pub async fn cancel(&self, tenant: &TenantId, job: JobId) -> Result<JobState, EngineError> {
         Ok(self
             .store
-            .cancel_job(CancelJob { tenant: tenant.clone(), job, now: now_millis() })
+            .cancel_job(CancelJob {
+                tenant: tenant.clone(),
+                job,
+                now: now_millis(),
+            })
             .await?)
     }
 
     pub async fn retry(&self, tenant: &TenantId, task: TaskId) -> Result<TaskState, EngineError> {
         let state = self
             .store
-            .retry_task(RetryTask { tenant: tenant.clone(), task, now: now_millis() })
+            .retry_task(RetryTask {
+                tenant: tenant.clone(),
+                task,
+                now: now_millis(),
+            })
             .await?;
         self.wake.notify_waiters();
         Ok(state)

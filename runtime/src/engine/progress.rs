@@ -77,7 +77,11 @@ impl JobProgress {
             None
         };
         JobProgress {
-            percent: if job.state.is_terminal() { 100.0 } else { percent(done, total) },
+            percent: if job.state.is_terminal() {
+                100.0
+            } else {
+                percent(done, total)
+            },
             done,
             total,
             stages,
@@ -95,7 +99,11 @@ impl JobProgress {
             .iter()
             .position(|s| s.state == StageState::Open)
             .unwrap_or(self.stages.len().saturating_sub(1));
-        let stage_name = self.stages.get(open).map(|s| s.name.as_str()).unwrap_or("-");
+        let stage_name = self
+            .stages
+            .get(open)
+            .map(|s| s.name.as_str())
+            .unwrap_or("-");
         let eta = match self.eta_seconds {
             Some(s) => format!("ETA {s:.0}s"),
             None => "ETA -".to_string(),

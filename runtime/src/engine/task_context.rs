@@ -54,7 +54,13 @@ impl TaskContext for JobTaskContext {
     }
 
     fn progress(&self, done: u64, total: u64, message: &str) {
-        tracing::debug!(job = self.job.0, task = self.task.0, done, total, "{message}");
+        tracing::debug!(
+            job = self.job.0,
+            task = self.task.0,
+            done,
+            total,
+            "{message}"
+        );
     }
 
     async fn stage_results(
@@ -75,7 +81,10 @@ impl TaskContext for JobTaskContext {
             })
             .await
             .map_err(|e| e.to_string())?;
-        Ok(rows.into_iter().map(|(id, out)| (id.0 as u64, out)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, out)| (id.0 as u64, out))
+            .collect())
     }
 
     async fn cancelled(&self) -> bool {
@@ -90,7 +99,10 @@ impl TaskContext for JobTaskContext {
         self.last_cancel_check.store(now, Ordering::Relaxed);
         let state = self
             .store
-            .job_state(GetJob { tenant: self.tenant.clone(), job: self.job })
+            .job_state(GetJob {
+                tenant: self.tenant.clone(),
+                job: self.job,
+            })
             .await;
         let gone = matches!(state, Ok(JobState::Cancelled) | Ok(JobState::Failed));
         if gone {

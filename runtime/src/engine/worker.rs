@@ -178,7 +178,9 @@ async fn claimer(
             }
             continue;
         }
-        stats.claimed.fetch_add(claimed.len() as u64, Ordering::Relaxed);
+        stats
+            .claimed
+            .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         for (task, permit) in claimed.into_iter().zip(permits.drain(..)) {
             let engine = engine.clone();
             let done = done.clone();
@@ -217,7 +219,8 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
     tokio::pin!(run);
     // Renew the lease while a long run goes on, so it is not rescued from under us.
     let renew_every = lease / 3;
-    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     let result = loop {
         tokio::select! {
             r = &mut run => break r,
@@ -236,10 +239,15 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
     };
     let result = match result {
         Ok(outcome) => match spawns_for(engine, &task, outcome.spawn) {
-            Ok(spawn) => TaskResult::Succeeded { output_json: outcome.output, spawn },
+            Ok(spawn) => TaskResult::Succeeded {
+                output_json: outcome.output,
+                spawn,
+            },
             Err(error) => TaskResult::Fatal { error },
         },
-        Err(failure) if !failure.is_retryable() => TaskResult::Fatal { error: failure.to_string() },
+        Err(failure) if !failure.is_retryable() => TaskResult::Fatal {
+            error: failure.to_string(),
+        },
         Err(failure) => TaskResult::Retryable {
             error: failure.to_string(),
             retry_after: retry_delay(
@@ -249,7 +257,11 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
             ),
         },
     };
-    Completion { tenant: task.tenant, lease: task.lease, result }
+    Completion {
+        tenant: task.tenant,
+        lease: task.lease,
+        result,
+    }
 }
 
 /// Spawned tasks must name a registered handler and match its input schema,
@@ -265,9 +277,12 @@ fn spawns_for(
     for (i, s) in spawns.into_iter().enumerate() {
         let input: serde_json::Value = serde_json::from_str(&s.input)
             .map_err(|e| format!("spawned task {i} has input that is not JSON: {e}"))?;
-        plugins
-            .validate_input(&s.handler, &input)
-            .map_err(|e| format!("spawned task {i} for handler {:?} was rejected: {e}", s.handler))?;
+        plugins.validate_input(&s.handler, &input).map_err(|e| {
+            format!(
+                "spawned task {i} for handler {:?} was rejected: {e}",
+                s.handler
+            )
+        })?;
         out.push(SpawnTask {
             stage_name: s.stage,
             handler: s.handler,
@@ -292,7 +307,10 @@ async fn completer(
         loop {
             match engine
                 .store()
-                .complete_batch(CompleteBatch { completions: batch.clone(), now: now_millis() })
+                .complete_batch(CompleteBatch {
+                    completions: batch.clone(),
+                    now: now_millis(),
+                })
                 .await
             {
                 Ok(outcomes) => {
@@ -301,7 +319,10 @@ async fn completer(
                         .filter(|o| matches!(o, CompletionOutcome::Stale))
                         .count() as u64;
                     if stale > 0 {
-                        tracing::info!(stale, "late completions refused: their leases had expired and the tasks were taken over");
+                        tracing::info!(
+                            stale,
+                            "late completions refused: their leases had expired and the tasks were taken over"
+                        );
                     }
                     stats.stale.fetch_add(stale, Ordering::Relaxed);
                     stats.completed.fetch_add(n - stale, Ordering::Relaxed);
@@ -316,7 +337,10 @@ async fn completer(
                     let wait = Duration::from_millis(50u64 << attempt.min(7));
                     tracing::warn!(error = %e, attempt, "recording completions failed; retrying in {wait:?}");
                     if attempt >= 20 {
-                        tracing::error!(completions = n, "giving up on a batch of completions; their tasks will be re-run after their leases expire");
+                        tracing::error!(
+                            completions = n,
+                            "giving up on a batch of completions; their tasks will be re-run after their leases expire"
+                        );
                         break;
                     }
                     tokio::time::sleep(wait).await;

@@ -41,11 +41,20 @@ pub(crate) struct Decision {
     pub event: (EventKind, Option<String>),
 }
 
-pub(crate) fn stage_of(stages: &HashMap<i64, Vec<StageMeta>>, job: i64, position: i32) -> Option<&StageMeta> {
+pub(crate) fn stage_of(
+    stages: &HashMap<i64, Vec<StageMeta>>,
+    job: i64,
+    position: i32,
+) -> Option<&StageMeta> {
     stages.get(&job)?.iter().find(|s| s.position == position)
 }
 
-pub(crate) fn decide(held: Held, result: TaskResult, stages: &[StageMeta], now: Millis) -> Decision {
+pub(crate) fn decide(
+    held: Held,
+    result: TaskResult,
+    stages: &[StageMeta],
+    now: Millis,
+) -> Decision {
     match result {
         TaskResult::Succeeded { output_json, spawn } => match validate_spawn(&held, &spawn, stages)
         {
@@ -172,4 +181,3 @@ pub(crate) struct StageDelta {
     pub add: i64,
     pub done: i64,
 }
-

@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 
 pub(super) use crate::store::rules::StageDelta;
 
-
 /// Lock the given stage rows in ascending (job, position) order and return
 /// their current states.
 pub(super) async fn lock_stages(

@@ -10,14 +10,13 @@
 //! (ascending id, one statement), then stage rows, then job rows.
 
 use super::advance;
-use crate::store::rules::{Decision, Held, StageDelta, StageMeta, decide, stage_of};
 use super::effects::Effects;
 use super::{after, parse_on_failure, parse_stage_state, parse_task_state};
 use crate::state::{StageState, TaskState};
+use crate::store::rules::{Decision, Held, StageDelta, StageMeta, decide, stage_of};
 use crate::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
-    Millis, OnFailure, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult,
-    TenantId,
+    Millis, OnFailure, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult, TenantId,
 };
 use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -130,7 +129,6 @@ pub(super) async fn renew_lease(pool: &PgPool, p: &RenewLease) -> Result<bool, S
 }
 
 // ------------------------------------------------------------ complete
-
 
 pub(super) async fn complete_batch(
     pool: &PgPool,
@@ -340,8 +338,6 @@ pub(super) async fn rescue_expired_leases(
 
 // ------------------------------------------------------------ recording
 
-
-
 /// Record results for task rows this transaction holds locked (running, with
 /// the claimed attempt): the common path of `complete_batch` and lease rescue.
 /// `items` must be in ascending task id order.
@@ -452,9 +448,6 @@ async fn load_stages(
     }
     Ok(out)
 }
-
-
-
 
 async fn write_tasks(
     conn: &mut PgConnection,

@@ -38,8 +38,8 @@ mod submit;
 
 use super::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, Event, GetJob, GetTask,
-    JobEvents, JobStatus, JobSummary, ListJobs, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, StageResults, Store, StoreError,
-    SubmitJob, Submitted, TaskId, TaskRecord,
+    JobEvents, JobStatus, JobSummary, ListJobs, RecentCompletions, RenewLease, RescueExpiredLeases,
+    RetryTask, StageResults, Store, StoreError, SubmitJob, Submitted, TaskId, TaskRecord,
 };
 use crate::state::{JobState, TaskState};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -182,9 +182,9 @@ fn is_lock_conflict(error: &StoreError) -> bool {
 
 // Shared spellings and helpers, re-exported for the modules below.
 pub(super) use super::codec::{
-    after, event_kind_str, executor_str, job_not_found, on_failure_str,
-    parse_event_kind, parse_executor, parse_job_state, parse_on_failure, parse_stage_state,
-    parse_task_state, task_not_found,
+    after, event_kind_str, executor_str, job_not_found, on_failure_str, parse_event_kind,
+    parse_executor, parse_job_state, parse_on_failure, parse_stage_state, parse_task_state,
+    task_not_found,
 };
 
 // ------------------------------------------------------------ the trait

@@ -41,8 +41,10 @@ pub(super) async fn apply_deltas(
     if deltas.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(i64, i32, i64, i64)> =
-        deltas.iter().map(|(&(j, p), d)| (j, p, d.add, d.done)).collect();
+    let rows: Vec<(i64, i32, i64, i64)> = deltas
+        .iter()
+        .map(|(&(j, p), d)| (j, p, d.add, d.done))
+        .collect();
     sqlx::query(
         "UPDATE stages AS s
          SET total = s.total + (d.value ->> 2),
@@ -103,7 +105,14 @@ pub(super) async fn after_stage_closed(
         .bind(position)
         .fetch_one(&mut *conn)
         .await?;
-        fx.event(&tenant, job, None, EventKind::StageClosed, Some(position), Some(name.clone()));
+        fx.event(
+            &tenant,
+            job,
+            None,
+            EventKind::StageClosed,
+            Some(position),
+            Some(name.clone()),
+        );
         if parse_on_failure(&on_failure)? == OnFailure::FailJob && dead > 0 {
             let reason = format!("stage {name:?} finished with {dead} dead task(s)");
             cancel_later_tasks(conn, &tenant, job, position, &reason, fx).await?;
@@ -137,7 +146,14 @@ pub(super) async fn after_stage_closed(
         .bind(fx.now())
         .fetch_one(&mut *conn)
         .await?;
-        fx.event(&tenant, job, None, EventKind::StageOpened, Some(next_position), Some(next_name));
+        fx.event(
+            &tenant,
+            job,
+            None,
+            EventKind::StageOpened,
+            Some(next_position),
+            Some(next_name),
+        );
         debug_assert!(TaskState::Blocked.can_become(TaskState::Pending));
         sqlx::query(
             "UPDATE tasks SET state = 'pending', run_after = ?3, updated_at = ?3
@@ -198,7 +214,14 @@ async fn cancel_later_tasks(
     let mut deltas: BTreeMap<(i64, i32), StageDelta> = BTreeMap::new();
     for &(task, stage) in &cancelled {
         deltas.entry((job, stage)).or_default().done += 1;
-        fx.event(tenant, job, Some(task), EventKind::TaskCancelled, Some(stage), Some(error.clone()));
+        fx.event(
+            tenant,
+            job,
+            Some(task),
+            EventKind::TaskCancelled,
+            Some(stage),
+            Some(error.clone()),
+        );
     }
     apply_deltas(conn, &deltas).await
 }

@@ -10,7 +10,9 @@
 //! size.
 
 use super::effects::Effects;
-use super::{advance, after, executor_str, json_array, parse_on_failure, parse_stage_state, parse_task_state};
+use super::{
+    advance, after, executor_str, json_array, parse_on_failure, parse_stage_state, parse_task_state,
+};
 use crate::state::{StageState, TaskState};
 use crate::store::rules::{Decision, Held, StageDelta, StageMeta, decide, stage_of};
 use crate::store::{
@@ -64,7 +66,8 @@ pub(super) async fn claim_batch(
         return Ok(Vec::new());
     }
     rows.sort_unstable_by_key(|r| r.id);
-    let mut stage_keys: Vec<(i64, i32)> = rows.iter().map(|r| (r.job_id, r.stage_position)).collect();
+    let mut stage_keys: Vec<(i64, i32)> =
+        rows.iter().map(|r| (r.job_id, r.stage_position)).collect();
     stage_keys.sort_unstable();
     stage_keys.dedup();
     let names: HashMap<(i64, i32), String> = sqlx::query_as::<_, (i64, i32, String)>(
@@ -94,10 +97,16 @@ pub(super) async fn claim_batch(
     Ok(rows
         .into_iter()
         .map(|r| ClaimedTask {
-            stage_name: names.get(&(r.job_id, r.stage_position)).cloned().unwrap_or_default(),
+            stage_name: names
+                .get(&(r.job_id, r.stage_position))
+                .cloned()
+                .unwrap_or_default(),
             tenant: TenantId(r.tenant_id),
             job_id: JobId(r.job_id),
-            lease: LeaseToken { task_id: TaskId(r.id), attempt: r.attempt },
+            lease: LeaseToken {
+                task_id: TaskId(r.id),
+                attempt: r.attempt,
+            },
             stage_position: r.stage_position,
             handler: r.handler,
             input_json: r.input_json,
@@ -175,7 +184,17 @@ pub(super) async fn complete_batch(
     let mut held: HashMap<i64, Held> = rows
         .into_iter()
         .map(|(id, tenant, job, position, attempt, max_attempts)| {
-            (id, Held { id, tenant, job, position, attempt, max_attempts })
+            (
+                id,
+                Held {
+                    id,
+                    tenant,
+                    job,
+                    position,
+                    attempt,
+                    max_attempts,
+                },
+            )
         })
         .collect();
 
@@ -227,7 +246,12 @@ async fn refuse_stale(
     }
     let keys: Vec<(i64, &str)> = stale
         .iter()
-        .map(|&i| (p.completions[i].lease.task_id.0, p.completions[i].tenant.0.as_str()))
+        .map(|&i| {
+            (
+                p.completions[i].lease.task_id.0,
+                p.completions[i].tenant.0.as_str(),
+            )
+        })
         .collect();
     let rows: Vec<(i64, String, i64, i32, String, i32)> = sqlx::query_as(
         "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.state, t.attempt
@@ -285,7 +309,14 @@ pub(super) async fn rescue_expired_leases(
         .into_iter()
         .map(|(id, tenant, job, position, attempt, max_attempts)| {
             (
-                Held { id, tenant, job, position, attempt, max_attempts },
+                Held {
+                    id,
+                    tenant,
+                    job,
+                    position,
+                    attempt,
+                    max_attempts,
+                },
                 TaskResult::Retryable {
                     error: format!("lease expired during attempt {attempt}"),
                     retry_after: p.retry_after,
@@ -351,7 +382,10 @@ async fn record(
     let mut deltas: BTreeMap<(i64, i32), StageDelta> = BTreeMap::new();
     for d in &decisions {
         if d.to.is_terminal() {
-            deltas.entry((d.held.job, d.held.position)).or_default().done += 1;
+            deltas
+                .entry((d.held.job, d.held.position))
+                .or_default()
+                .done += 1;
         }
     }
     settle_dependents(conn, &released, &doomed_roots, &stages, &mut deltas, fx).await?;
@@ -366,11 +400,17 @@ async fn record(
     let stage_states = advance::stage_states(conn, &keys).await?;
     insert_children(conn, &decisions, &stage_states, now).await?;
     advance::apply_deltas(conn, &deltas).await?;
-    let drained: Vec<(i64, i32)> =
-        deltas.iter().filter(|(_, d)| d.done > 0).map(|(k, _)| *k).collect();
+    let drained: Vec<(i64, i32)> = deltas
+        .iter()
+        .filter(|(_, d)| d.done > 0)
+        .map(|(k, _)| *k)
+        .collect();
     advance::close_drained(conn, &drained, fx).await?;
 
-    Ok(decisions.into_iter().map(|d| (d.held.id, d.outcome)).collect())
+    Ok(decisions
+        .into_iter()
+        .map(|d| (d.held.id, d.outcome))
+        .collect())
 }
 
 async fn load_stages(
@@ -409,7 +449,13 @@ async fn write_tasks(
     let rows: Vec<(i64, &str, Option<&str>, Option<&str>, Option<i64>)> = decisions
         .iter()
         .map(|d| {
-            (d.held.id, d.to.as_str(), d.output.as_deref(), d.error.as_deref(), d.run_after)
+            (
+                d.held.id,
+                d.to.as_str(),
+                d.output.as_deref(),
+                d.error.as_deref(),
+                d.run_after,
+            )
         })
         .collect();
     sqlx::query(
@@ -474,7 +520,11 @@ async fn settle_dependents(
     if doomed.is_empty() && releases.is_empty() {
         return Ok(());
     }
-    let mut touched: Vec<i64> = doomed.iter().copied().chain(releases.keys().copied()).collect();
+    let mut touched: Vec<i64> = doomed
+        .iter()
+        .copied()
+        .chain(releases.keys().copied())
+        .collect();
     touched.sort_unstable();
     touched.dedup();
     let rows: Vec<(i64, String, i64, i32, String, i32)> = sqlx::query_as(
@@ -567,14 +617,20 @@ async fn insert_children(
     let mut rows = Vec::with_capacity(count);
     for d in decisions {
         for (target, child) in &d.spawn {
-            let stage_state = stage_states.get(&(d.held.job, *target)).copied().ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "stage {target} of job {} vanished while spawning into it",
-                    d.held.job
-                ))
-            })?;
-            let state =
-                if stage_state == StageState::Open { TaskState::Pending } else { TaskState::Blocked };
+            let stage_state = stage_states
+                .get(&(d.held.job, *target))
+                .copied()
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "stage {target} of job {} vanished while spawning into it",
+                        d.held.job
+                    ))
+                })?;
+            let state = if stage_state == StageState::Open {
+                TaskState::Pending
+            } else {
+                TaskState::Blocked
+            };
             rows.push(serde_json::json!([
                 d.held.tenant,
                 d.held.job,

@@ -29,7 +29,11 @@ pub(super) struct Effects {
 
 impl Effects {
     pub(super) fn new(now: Millis) -> Effects {
-        Effects { now, events: Vec::new(), finishes: BTreeMap::new() }
+        Effects {
+            now,
+            events: Vec::new(),
+            finishes: BTreeMap::new(),
+        }
     }
 
     pub(super) fn now(&self) -> Millis {
@@ -57,7 +61,13 @@ impl Effects {
 
     /// The job's last stage closed (`Succeeded`) or a stage closed with dead
     /// tasks under `fail_job` (`Failed`). Failure wins over success.
-    pub(super) fn finish_job(&mut self, tenant: &str, job: i64, to: JobState, error: Option<String>) {
+    pub(super) fn finish_job(
+        &mut self,
+        tenant: &str,
+        job: i64,
+        to: JobState,
+        error: Option<String>,
+    ) {
         match self.finishes.get(&job) {
             Some((_, JobState::Failed, _)) => {}
             _ => {
@@ -113,7 +123,14 @@ impl Effects {
                 Some(e) => format!("{to}: {e}"),
                 None => to.to_string(),
             };
-            self.event(&tenant, id, None, EventKind::JobFinished, None, Some(detail));
+            self.event(
+                &tenant,
+                id,
+                None,
+                EventKind::JobFinished,
+                None,
+                Some(detail),
+            );
         }
         Ok(())
     }

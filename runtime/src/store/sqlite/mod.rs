@@ -54,7 +54,10 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { busy_timeout: Duration::from_secs(30), readers: 4 }
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(30),
+            readers: 4,
+        }
     }
 }
 
@@ -110,7 +113,9 @@ pub(super) fn json_array<T: serde::Serialize>(rows: &[T]) -> String {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("../migrations/sqlite").run(&self.writer).await?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&self.writer)
+            .await?;
         Ok(())
     }
 

@@ -5,7 +5,9 @@
 //! back (dropped), so nothing is written.
 
 use super::effects::Effects;
-use super::{advance, job_not_found, parse_job_state, parse_stage_state, parse_task_state, task_not_found};
+use super::{
+    advance, job_not_found, parse_job_state, parse_stage_state, parse_task_state, task_not_found,
+};
 use crate::state::{JobState, StageState, TaskState};
 use crate::store::rules::StageDelta;
 use crate::store::{CancelJob, EventKind, RetryTask, StoreError};
@@ -80,7 +82,8 @@ pub(super) async fn retry_task(
     .bind(tenant)
     .fetch_optional(&mut *conn)
     .await?;
-    let (job, position, state, attempt, max_attempts) = row.ok_or_else(|| task_not_found(p.task))?;
+    let (job, position, state, attempt, max_attempts) =
+        row.ok_or_else(|| task_not_found(p.task))?;
     let from = parse_task_state(&state)?;
     from.transition(TaskState::Pending)?;
 
@@ -179,7 +182,10 @@ pub(super) async fn retry_task(
             None,
             EventKind::JobReopened,
             None,
-            Some(format!("{job_state} -> running (retry of task {})", p.task.0)),
+            Some(format!(
+                "{job_state} -> running (retry of task {})",
+                p.task.0
+            )),
         );
     }
     fx.write(conn).await?;

@@ -15,9 +15,7 @@ use sqlx::SqlitePool;
 use std::collections::HashMap;
 
 pub(super) async fn get_job(pool: &SqlitePool, p: &GetJob) -> Result<JobStatus, StoreError> {
-    let mut tx = pool
-        .begin()
-        .await?;
+    let mut tx = pool.begin().await?;
     let job: Option<JobRow> = sqlx::query_as(
         "SELECT name, state, created_at, finished_at, error FROM jobs
          WHERE id = ?1 AND tenant_id = ?2",
@@ -112,7 +110,10 @@ struct EventRow {
     at: i64,
 }
 
-pub(super) async fn list_jobs(pool: &SqlitePool, p: &ListJobs) -> Result<Vec<JobSummary>, StoreError> {
+pub(super) async fn list_jobs(
+    pool: &SqlitePool,
+    p: &ListJobs,
+) -> Result<Vec<JobSummary>, StoreError> {
     let rows: Vec<(i64, String, String, i64, Option<i64>)> = sqlx::query_as(
         "SELECT id, name, state, created_at, finished_at FROM jobs
          WHERE tenant_id = ?1

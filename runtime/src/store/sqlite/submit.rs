@@ -48,11 +48,21 @@ pub(super) async fn submit_job(
                 .bind(&p.idempotency_key)
                 .fetch_one(&mut *conn)
                 .await?;
-        return Ok(Submitted { job_id: JobId(existing), created: false });
+        return Ok(Submitted {
+            job_id: JobId(existing),
+            created: false,
+        });
     };
 
     let mut fx = Effects::new(now);
-    fx.event(tenant, job, None, EventKind::Submitted, None, Some(p.name.clone()));
+    fx.event(
+        tenant,
+        job,
+        None,
+        EventKind::Submitted,
+        None,
+        Some(p.name.clone()),
+    );
 
     // Stages: the first is open, the rest wait.
     let stages: Vec<(i32, &str, &str, &str, i64)> = p
@@ -107,10 +117,13 @@ pub(super) async fn submit_job(
     for (id, position, task) in &flat {
         let mut deps: Vec<i64> = Vec::with_capacity(task.depends_on.len());
         for key in &task.depends_on {
-            let dep = by_key.get(key.as_str()).copied().ok_or_else(|| StoreError::NotFound {
-                entity: "dependency key",
-                id: format!("{key:?}"),
-            })?;
+            let dep = by_key
+                .get(key.as_str())
+                .copied()
+                .ok_or_else(|| StoreError::NotFound {
+                    entity: "dependency key",
+                    id: format!("{key:?}"),
+                })?;
             deps.push(dep);
         }
         deps.sort_unstable();
@@ -164,10 +177,20 @@ pub(super) async fn submit_job(
     if p.stages.is_empty() {
         fx.finish_job(tenant, job, JobState::Succeeded, None);
     } else {
-        fx.event(tenant, job, None, EventKind::StageOpened, Some(0), Some(p.stages[0].name.clone()));
+        fx.event(
+            tenant,
+            job,
+            None,
+            EventKind::StageOpened,
+            Some(0),
+            Some(p.stages[0].name.clone()),
+        );
         // A first stage without tasks completes at once (and so on).
         advance::close_drained(conn, &[(job, 0)], &mut fx).await?;
     }
     fx.write(conn).await?;
-    Ok(Submitted { job_id: JobId(job), created: true })
+    Ok(Submitted {
+        job_id: JobId(job),
+        created: true,
+    })
 }
