@@ -64,6 +64,48 @@ pub async fn throughput(
     })])
 }
 
+/// No-op tasks per second with the workers in `processes` separate
+/// `lockstep serve` processes on the same database (started by `spawn`).
+/// The clock starts once every process is up and the job is submitted.
+pub async fn throughput_processes(
+    engine: &Arc<Engine>,
+    tenant: &TenantId,
+    tasks: u32,
+    processes: u32,
+    spawn: impl Fn() -> anyhow::Result<std::process::Child>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        children.push(spawn()?);
+    }
+    // Let the processes load their plugins before the clock starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = submit(engine, tenant, &noop_job(tasks)).await?;
+    let started = Instant::now();
+    let done = engine
+        .wait(tenant, job, Some(Duration::from_secs(600)), |_| {})
+        .await;
+    let elapsed = started.elapsed();
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let done = done?;
+    anyhow::ensure!(
+        done.job.state == crate::state::JobState::Succeeded,
+        "benchmark job ended {}",
+        done.job.state
+    );
+    Ok(vec![json!({
+        "bench": "throughput",
+        "case": "noop_tasks_processes",
+        "tasks": tasks,
+        "processes": processes,
+        "seconds": elapsed.as_secs_f64(),
+        "tasks_per_s": f64::from(tasks) / elapsed.as_secs_f64(),
+    })])
+}
+
 /// Submit a one-task job to idle workers, many times; the latency is from
 /// the submit call to the task's claim (the claim event's timestamp, ms).
 pub async fn submit_to_start(

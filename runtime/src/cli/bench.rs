@@ -25,6 +25,10 @@ pub enum BenchCommand {
         workers: usize,
         #[arg(long, default_value_t = 50)]
         latency_samples: u32,
+        /// Run the workers in this many `lockstep serve` processes instead of
+        /// in this one (needs --db; meant for PostgreSQL).
+        #[arg(long, default_value_t = 0)]
+        processes: u32,
     },
     /// A fan-out into a dynamic stage and a fan-in aggregate; stage-advance latency.
     Fanin {
@@ -76,8 +80,28 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
             tasks,
             workers,
             latency_samples,
+            processes,
         } => {
             let (engine, _dir) = bench_engine(ctx).await?;
+            if processes > 0 {
+                if !ctx.db_explicit {
+                    return Err(super::Failure::BadInput(anyhow::anyhow!(
+                        "--processes needs a shared database: pass --db (e.g. postgres://…)"
+                    )));
+                }
+                let serve = ServeCommand::new(ctx, workers)?;
+                print(
+                    bench::engine_flow::throughput_processes(
+                        &engine,
+                        &ctx.tenant,
+                        tasks,
+                        processes,
+                        || serve.spawn(),
+                    )
+                    .await?,
+                );
+                return Ok(());
+            }
             print(bench::engine_flow::throughput(&engine, &ctx.tenant, tasks, workers).await?);
             print(
                 bench::engine_flow::submit_to_start(&engine, &ctx.tenant, latency_samples).await?,
@@ -93,4 +117,41 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// How to start one `lockstep serve` worker process like this one.
+struct ServeCommand {
+    exe: std::path::PathBuf,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl ServeCommand {
+    fn new(ctx: &Ctx, workers: usize) -> anyhow::Result<ServeCommand> {
+        let exe = std::env::current_exe().context("locating the lockstep binary")?;
+        let mut args: Vec<std::ffi::OsString> = vec!["--db".into(), ctx.db_url.clone().into()];
+        for dir in &ctx.plugin_dirs {
+            args.push("--plugins".into());
+            args.push(dir.clone().into());
+        }
+        if let Some(cache) = &ctx.cache_dir {
+            args.push("--cache-dir".into());
+            args.push(cache.clone().into());
+        }
+        args.extend([
+            "serve".into(),
+            "--workers".into(),
+            workers.to_string().into(),
+        ]);
+        Ok(ServeCommand { exe, args })
+    }
+
+    fn spawn(&self) -> anyhow::Result<std::process::Child> {
+        std::process::Command::new(&self.exe)
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting a lockstep serve process")
+    }
 }
