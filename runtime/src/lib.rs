@@ -7,5 +7,6 @@
 pub mod bench;
 pub mod cli;
 pub mod engine;
+pub mod mcp;
 pub mod state;
 pub mod store;
