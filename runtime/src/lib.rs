@@ -8,5 +8,6 @@ pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod mcp;
+pub mod spec;
 pub mod state;
 pub mod store;

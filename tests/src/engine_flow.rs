@@ -299,7 +299,7 @@ tasks = [
 ]
 "#,
         lockstep::spec::Format::Toml,
-        "cycle.toml",
+        &Default::default(),
     )
     .expect("parses");
     let err = h.engine.submit(&h.tenant, job).await.expect_err("cycle rejected");
@@ -375,7 +375,7 @@ pub async fn aggregate_output(h: &Harness, job: JobId) -> serde_json::Value {
 async fn resubmitting_with_the_same_idempotency_key_returns_the_same_job() {
     let h = Harness::new().await;
     let text = "name = \"once\"\nidempotency_key = \"k-1\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n";
-    let parse = || lockstep::spec::parse_job_str(text, lockstep::spec::Format::Toml, "once.toml").expect("parses");
+    let parse = || lockstep::spec::parse_job_str(text, lockstep::spec::Format::Toml, &Default::default()).expect("parses");
     let first = h.engine.submit(&h.tenant, parse()).await.expect("first");
     let events_before = h.events(first.job_id).await.len();
     let second = h.engine.submit(&h.tenant, parse()).await.expect("second");
@@ -461,11 +461,7 @@ async fn cancelling_a_job_cancels_every_task_that_has_not_finished() {
 #[tokio::test]
 async fn unknown_handler_is_rejected_with_the_registered_names() {
     let h = Harness::new().await;
-    let job = lockstep::spec::parse_job_str(
-        "name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:nope\" }]\n",
-        lockstep::spec::Format::Toml,
-        "x.toml",
-    )
+    let job = lockstep::spec::parse_job_str("name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:nope\" }]\n", lockstep::spec::Format::Toml, &Default::default())
     .expect("parses");
     let err = h.engine.submit(&h.tenant, job).await.expect_err("rejected").to_string();
     assert!(
@@ -481,7 +477,7 @@ async fn schema_invalid_input_is_rejected_naming_the_field() {
     let job = lockstep::spec::parse_job_str(
         "name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:fanout\", input = { count = \"many\" } }]\n",
         lockstep::spec::Format::Toml,
-        "x.toml",
+        &Default::default(),
     )
     .expect("parses");
     let err = h.engine.submit(&h.tenant, job).await.expect_err("rejected").to_string();

@@ -60,7 +60,7 @@ impl Harness {
     }
 
     pub async fn submit(&self, toml: &str) -> JobId {
-        let job = spec::parse_job_str(toml, Format::Toml, "test.toml").expect("test job parses");
+        let job = spec::parse_job_str(toml, Format::Toml, &Default::default()).expect("test job parses");
         self.engine.submit(&self.tenant, job).await.expect("submit").job_id
     }
 

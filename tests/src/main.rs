@@ -2,6 +2,8 @@
 //! runs against real plugins, real database files and servers, and real
 //! processes.
 
+mod cli;
 mod crash_recovery;
 mod engine_flow;
 mod harness;
+mod spec_files;

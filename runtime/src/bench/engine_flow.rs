@@ -24,7 +24,7 @@ fn noop_job(tasks: u32) -> String {
 }
 
 async fn submit(engine: &Engine, tenant: &TenantId, text: &str) -> anyhow::Result<JobId> {
-    let job = spec::parse_job_str(text, Format::Toml, "bench.toml")?;
+    let job = spec::parse_job_str(text, Format::Toml, &Default::default())?;
     Ok(engine.submit(tenant, job).await?.job_id)
 }
 

@@ -123,7 +123,7 @@ pub async fn demo(ctx: &Ctx, args: DemoArgs) -> CliResult {
     }
     let with_wordcount = names.iter().any(|n| n == "example:wordcount");
     let text = demo_job(args.count, with_wordcount);
-    let job = spec::parse_job_str(&text, spec::Format::Toml, "demo.toml")
+    let job = spec::parse_job_str(&text, spec::Format::Toml, &Default::default())
         .map_err(|e| Failure::Other(e.into()))?;
     println!(
         "lockstep demo: {} plugins loaded; stage analyze fans out {} tasks into stage process, stage aggregate sums them",

@@ -46,7 +46,7 @@ pub struct Cli {
     strict: bool,
     /// Largest task input accepted, in bytes.
     #[arg(long, global = true, default_value_t = 1024 * 1024)]
-    max_input_bytes: usize,
+    max_input_bytes: u64,
     /// Log filter (tracing env-filter syntax), e.g. info or lockstep=debug.
     #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "warn")]
     log: String,

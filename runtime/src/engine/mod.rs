@@ -127,13 +127,14 @@ impl Engine {
 
     /// Validate and insert a job. Nothing is written unless every check passes.
     pub async fn submit(&self, tenant: &TenantId, job: JobSpec) -> Result<Submitted, EngineError> {
-        let new_job = spec::validate(&job, self.plugins.as_ref(), &self.config.limits)?;
-        let submitted = self
-            .store
-            .submit_job(new_job.into_submit(tenant.clone(), now_millis()))
-            .await?;
-        self.wake.notify_waiters();
-        Ok(submitted)
+        let new_job = spec::validate(
+            &job,
+            self.plugins.as_ref(),
+            &self.config.limits,
+            tenant.clone(),
+            now_millis(),
+        )?;
+        self.insert(new_job).await
     }
 
     /// Parse a job file (TOML or JSON) and submit it.
@@ -142,8 +143,20 @@ impl Engine {
         tenant: &TenantId,
         path: &Path,
     ) -> Result<Submitted, EngineError> {
-        let job = spec::parse_job_file(path)?;
-        self.submit(tenant, job).await
+        let new_job = spec::load_job_file(
+            path,
+            self.plugins.as_ref(),
+            &self.config.limits,
+            tenant.clone(),
+            now_millis(),
+        )?;
+        self.insert(new_job).await
+    }
+
+    async fn insert(&self, job: crate::store::SubmitJob) -> Result<Submitted, EngineError> {
+        let submitted = self.store.submit_job(job).await?;
+        self.wake.notify_waiters();
+        Ok(submitted)
     }
 
     pub async fn progress(&self, tenant: &TenantId, job: JobId) -> Result<JobProgress, EngineError> {

@@ -109,6 +109,9 @@ pub struct NewTask {
     pub input_json: String,
     pub max_attempts: i32,
     pub timeout_ms: i64,
+    /// What this task's death does to its dependents and its job (the task's
+    /// own `on_failure`, else its stage's).
+    pub on_failure: OnFailure,
     /// Free-form title/instructions for agent tasks (JSON), `None` for WASM.
     pub agent_json: Option<String>,
 }
@@ -166,10 +169,18 @@ pub struct Completion {
 
 #[derive(Debug, Clone)]
 pub enum TaskResult {
-    Succeeded { output_json: String, spawn: Vec<SpawnTask> },
+    Succeeded {
+        output_json: String,
+        spawn: Vec<SpawnTask>,
+    },
     /// Goes back to `pending` after `retry_after` unless attempts are used up.
-    Retryable { error: String, retry_after: Duration },
-    Fatal { error: String },
+    Retryable {
+        error: String,
+        retry_after: Duration,
+    },
+    Fatal {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -465,8 +476,7 @@ pub trait Store: Send + Sync + 'static {
     /// Record many completions in one transaction (group commit), fenced on
     /// (running, attempt); decrements stage and dependency counters, opens next
     /// stages exactly once, inserts spawned children and events.
-    async fn complete_batch(&self, p: CompleteBatch)
-    -> Result<Vec<CompletionOutcome>, StoreError>;
+    async fn complete_batch(&self, p: CompleteBatch) -> Result<Vec<CompletionOutcome>, StoreError>;
     /// Extend a live lease; `Ok(false)` when the lease is no longer held.
     async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError>;
     /// Expired leases go back to `pending` (or `dead` when attempts are used

@@ -1,0 +1,183 @@
+//! The `lockstep` command line as a user meets it: real processes, exit codes
+//! (0 ok, 1 failed job, 2 bad input), one-sentence errors, nothing written on
+//! bad input.
+
+use crate::harness::{cli_bin, test_cache_dir};
+use lockstep::guest_artifacts;
+use std::path::Path;
+use std::process::{Command, Output};
+
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    fn db(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("cli.db").display())
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(cli_bin())
+            .current_dir(self.dir.path())
+            .args(["--db", &self.db(), "--plugins", guest_artifacts::EXAMPLES_DIR])
+            .arg("--cache-dir")
+            .arg(test_cache_dir())
+            .args(args)
+            .output()
+            .expect("run lockstep")
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write job file");
+        path.display().to_string()
+    }
+
+    fn job_count(&self) -> usize {
+        let out = self.run(&["jobs", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("jobs json");
+        jobs.len()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Bad input: exit code 2 and exactly one line on stderr.
+fn assert_bad_input(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(2), "stdout: {}\nstderr: {}", stdout(o), stderr(o));
+    let err = stderr(o);
+    assert_eq!(err.trim_end().lines().count(), 1, "more than one line: {err}");
+    err
+}
+
+#[test]
+fn demo_runs_the_fan_out_and_aggregate_job() {
+    let cli = Cli::new();
+    let out = cli.run(&["demo", "--count", "100"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("succeeded"), "{text}");
+    assert!(text.contains(r#"{"count":100,"sum":5050}"#), "{text}");
+    assert!(text.contains("lockstep status"), "{text}");
+}
+
+#[test]
+fn run_exits_zero_when_the_job_succeeds_and_one_when_it_fails() {
+    let cli = Cli::new();
+    let ok = cli.write("ok.toml", "name = \"ok\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n");
+    let out = cli.run(&["run", &ok]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let bad = cli.write(
+        "bad.toml",
+        "name = \"bad\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:flaky\", input = { fail_times = 9 }, max_attempts = 1 }]\n",
+    );
+    let out = cli.run(&["run", &bad]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("failed"), "{}", stderr(&out));
+}
+
+#[test]
+fn malformed_job_file_is_exit_two_with_line_and_column_and_writes_nothing() {
+    let cli = Cli::new();
+    let file = cli.write("broken.toml", "name = \"x\"\n[[stages]\nname = 1\n");
+    let err = assert_bad_input(&cli.run(&["submit", &file]));
+    assert!(err.contains("broken.toml:2:"), "{err}");
+    assert_eq!(cli.job_count(), 0);
+}
+
+#[test]
+fn unknown_handler_is_exit_two_and_writes_nothing() {
+    let cli = Cli::new();
+    let file = cli.write("x.toml", "name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"nope\" }]\n");
+    let err = assert_bad_input(&cli.run(&["submit", &file]));
+    assert!(err.contains("unknown handler \"nope\""), "{err}");
+    assert_eq!(cli.job_count(), 0);
+}
+
+#[test]
+fn missing_job_file_is_exit_two() {
+    let cli = Cli::new();
+    let err = assert_bad_input(&cli.run(&["submit", "does-not-exist.toml"]));
+    assert!(err.contains("does-not-exist.toml"), "{err}");
+}
+
+#[test]
+fn status_of_an_unknown_job_is_exit_two_not_found() {
+    let cli = Cli::new();
+    let err = assert_bad_input(&cli.run(&["status", "4242"]));
+    assert!(err.contains("job 4242 not found"), "{err}");
+}
+
+#[test]
+fn an_unknown_state_filter_is_exit_two() {
+    let cli = Cli::new();
+    let err = assert_bad_input(&cli.run(&["jobs", "--state", "sleeping"]));
+    assert!(err.contains("sleeping"), "{err}");
+}
+
+#[test]
+fn submit_twice_returns_the_same_job() {
+    let cli = Cli::new();
+    let file = cli.write("once.toml", "name = \"once\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n");
+    let first = cli.run(&["submit", &file, "--json"]);
+    let second = cli.run(&["submit", &file, "--json"]);
+    let a: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
+    let b: serde_json::Value = serde_json::from_slice(&second.stdout).expect("json");
+    assert_eq!(a["job_id"], b["job_id"]);
+    assert_eq!((a["created"].as_bool(), b["created"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(cli.job_count(), 1);
+}
+
+#[test]
+fn plugins_list_shows_every_example_handler() {
+    let cli = Cli::new();
+    let out = cli.run(&["plugins", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let mut names: Vec<&str> = list.iter().filter_map(|h| h["name"].as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["example:fanout", "example:flaky", "example:noop", "example:sum", "example:wordcount"]
+    );
+}
+
+#[test]
+fn exec_runs_one_task_and_prints_its_output() {
+    let cli = Cli::new();
+    let out = cli.run(&["exec", "example:noop", "--input", r#"{"value":7}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), r#"{"value":7}"#);
+}
+
+#[test]
+fn exec_with_input_that_is_not_json_is_exit_two() {
+    let cli = Cli::new();
+    let err = assert_bad_input(&cli.run(&["exec", "example:noop", "--input", "{value"]));
+    assert!(err.contains("--input is not valid JSON"), "{err}");
+}
+
+#[test]
+fn the_default_database_is_lockstep_db_in_the_working_directory() {
+    let cli = Cli::new();
+    let out = Command::new(cli_bin())
+        .current_dir(cli.dir.path())
+        .arg("migrate")
+        .env_remove("LOCKSTEP_DB")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(Path::new(&cli.dir.path().join("lockstep.db")).exists());
+}
