@@ -6,4 +6,8 @@ mod cli;
 mod crash_recovery;
 mod engine_flow;
 mod harness;
+mod mcp_agent;
+mod mcp_harness;
+mod mcp_http;
+mod mcp_tools;
 mod spec_files;
