@@ -7,7 +7,9 @@
 pub mod bench;
 pub mod cli;
 pub mod engine;
+pub mod guest_artifacts;
 pub mod mcp;
+pub mod plugin;
 pub mod spec;
 pub mod state;
 pub mod store;

@@ -1,0 +1,62 @@
+//! Glue between the WIT `handler` export and typed handler functions:
+//! schema derivation for `describe`, JSON decoding and encoding for `run`.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bindings::lockstep::plugin::types::{
+    HandlerInfo, Outcome, Task, TaskError as WitTaskError,
+};
+use crate::{Context, TaskError};
+
+/// The shape every handler function has.
+pub type HandlerFn<I, O> = fn(&Context, I) -> Result<O, TaskError>;
+
+/// Describes one handler: its name, its description (doc comment lines
+/// joined into one paragraph) and the JSON Schema of its input type.
+pub fn describe<I: JsonSchema, O>(name: &str, doc: &str, _handler: HandlerFn<I, O>) -> HandlerInfo {
+    let schema = schemars::schema_for!(I);
+    HandlerInfo {
+        name: name.to_owned(),
+        description: doc
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+        // A derived schema is always a JSON value; `{}` (anything) is only a
+        // fallback that keeps describe() total.
+        input_schema: serde_json::to_string(&schema).unwrap_or_else(|_| "{}".to_owned()),
+    }
+}
+
+/// Runs one task through a typed handler.
+pub fn run<I: DeserializeOwned, O: Serialize>(
+    task: Task,
+    handler: HandlerFn<I, O>,
+) -> Result<Outcome, WitTaskError> {
+    let input: I = serde_json::from_str(&task.input)
+        .map_err(|e| WitTaskError::Fatal(format!("invalid input for `{}`: {e}", task.handler)))?;
+    let ctx = Context::new(task);
+    let output = handler(&ctx, input)?;
+    let output = serde_json::to_string(&output).map_err(|e| {
+        WitTaskError::Fatal(format!(
+            "the output of `{}` could not be encoded as JSON: {e}",
+            ctx.handler()
+        ))
+    })?;
+    Ok(Outcome {
+        output,
+        spawn: ctx.into_spawned(),
+    })
+}
+
+/// The error for a task naming a handler this component does not export.
+pub fn unknown_handler(task: &Task, known: &[&str]) -> Result<Outcome, WitTaskError> {
+    Err(WitTaskError::Fatal(format!(
+        "this component has no handler `{}`; it exports: {}",
+        task.handler,
+        known.join(", ")
+    )))
+}

@@ -1,0 +1,210 @@
+//! The on-disk compile cache: precompiled components (`.cwasm`) so a plugin
+//! is compiled once, not at every start.
+//!
+//! Layout in the cache directory: `<key>.cwasm` (the artifact) and
+//! `<key>.cwasm.sha256` (hex sha256 of the artifact), where `<key>` is
+//! `sha256(wasm bytes)` + `-` + a digest of the engine's compatibility hash
+//! (compiler, target, tunables, features and the wasmtime version) and this
+//! cache's format version.
+//!
+//! **Invariants:**
+//! - An entry is never trusted: its checksum is verified on the exact bytes
+//!   that are then deserialized. A missing checksum, a mismatch or a
+//!   deserialize error means the entry is rebuilt and overwritten (with a
+//!   warning), never used.
+//! - Writes are atomic: artifact and checksum are each written to a
+//!   temporary file and renamed into place, artifact first, so a reader that
+//!   sees a checksum sees the artifact it describes (or a newer one, which
+//!   then fails verification and is rebuilt).
+//! - A cache that cannot be written (read-only directory, full disk) costs
+//!   a recompile at the next start, never a failed load.
+
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Bump when the layout or the meaning of an entry changes.
+const CACHE_FORMAT: &str = "lockstep-cwasm-v1";
+
+/// How one component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// A verified entry was used.
+    Hit,
+    /// There was no entry; compiled and stored.
+    Miss,
+    /// There was an entry but it was unusable; compiled and overwritten.
+    Rebuilt,
+}
+
+/// Counters of one load, reported in the load report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    pub hits: usize,
+    pub misses: usize,
+    pub rebuilt: usize,
+}
+
+impl CacheStats {
+    pub(crate) fn count(&mut self, outcome: CacheOutcome) {
+        match outcome {
+            CacheOutcome::Hit => self.hits += 1,
+            CacheOutcome::Miss => self.misses += 1,
+            CacheOutcome::Rebuilt => self.rebuilt += 1,
+        }
+    }
+}
+
+/// The compile cache of one engine.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+/// Feeds `Hash` output into sha256, so the engine hash is stable across
+/// processes (std's `DefaultHasher` makes no such promise).
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+impl CompileCache {
+    /// A cache in `dir` (created if missing) for components of `engine`.
+    pub fn new(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut hasher = Sha256Hasher(Sha256::new());
+        CACHE_FORMAT.hash(&mut hasher);
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = hex::encode(&hasher.0.finalize()[..12]);
+        Ok(Self {
+            dir: dir.to_owned(),
+            engine_key,
+        })
+    }
+
+    /// Where the artifact of a component with this wasm sha256 lives.
+    pub fn artifact_path(&self, wasm_sha256: &str) -> PathBuf {
+        self.dir
+            .join(format!("{wasm_sha256}-{}.cwasm", self.engine_key))
+    }
+
+    fn checksum_path(artifact: &Path) -> PathBuf {
+        let mut name = artifact.as_os_str().to_owned();
+        name.push(".sha256");
+        PathBuf::from(name)
+    }
+
+    /// The component for `wasm` (whose sha256 is `wasm_sha256`): from a
+    /// verified cache entry, or compiled (and stored).
+    pub fn component(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        wasm_sha256: &str,
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
+        let artifact = self.artifact_path(wasm_sha256);
+        let outcome = match self.load_verified(engine, &artifact) {
+            Ok(Some(component)) => return Ok((component, CacheOutcome::Hit)),
+            Ok(None) => CacheOutcome::Miss,
+            Err(reason) => {
+                tracing::warn!(
+                    "compile cache entry {} is unusable ({reason}); rebuilding it",
+                    artifact.display()
+                );
+                CacheOutcome::Rebuilt
+            }
+        };
+        let component = Component::new(engine, wasm)?;
+        match component.serialize() {
+            Ok(bytes) => {
+                if let Err(e) = self.store(&artifact, &bytes) {
+                    tracing::warn!(
+                        "cannot write compile cache entry {}: {e}; the plugin will be compiled again at the next start",
+                        artifact.display()
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("cannot serialize a compiled component: {e}"),
+        }
+        Ok((component, outcome))
+    }
+
+    /// `Ok(None)`: no entry. `Err(reason)`: an entry that must not be used.
+    fn load_verified(&self, engine: &Engine, artifact: &Path) -> Result<Option<Component>, String> {
+        let bytes = match std::fs::read(artifact) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        };
+        let expected = match std::fs::read_to_string(Self::checksum_path(artifact)) {
+            Ok(s) => s.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err("its checksum file is missing".to_owned());
+            }
+            Err(e) => return Err(format!("cannot read its checksum file: {e}")),
+        };
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != expected {
+            return Err(format!(
+                "checksum mismatch: expected {expected}, found {actual}"
+            ));
+        }
+        // SAFETY: `Component::deserialize` runs native code produced by
+        // `Component::serialize`; handing it arbitrary bytes is undefined
+        // behaviour. These bytes are exactly the ones whose sha256 was just
+        // checked against the checksum this cache wrote after writing the
+        // artifact (no re-read between check and use), wasmtime additionally
+        // checks its own header (version, engine settings) and refuses
+        // mismatches, and the cache directory belongs to the operator who
+        // runs lockstep: anyone able to write both files there can already
+        // run code as that user.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(engine, &bytes) };
+        match component {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => Err(format!("it does not deserialize: {e}")),
+        }
+    }
+
+    fn store(&self, artifact: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        write_atomically(artifact, bytes)?;
+        let sum = hex::encode(Sha256::digest(bytes));
+        write_atomically(&Self::checksum_path(artifact), sum.as_bytes())
+    }
+}
+
+/// Write `bytes` to a unique temporary file beside `path`, then rename it
+/// over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,134 @@
+//! What a running handler may ask of its surroundings: the `context` imports
+//! of the WIT world (`log`, `progress`, `stage-results`, `cancelled`).
+//!
+//! [`TaskContext`] is implemented by whoever runs the task: the engine
+//! implements it over the store (logs and progress are recorded against the
+//! task, lineage reads earlier stages of the job), and [`StandaloneContext`]
+//! serves `lockstep exec`, where there is no job. The sandbox calls it with
+//! guest-controlled arguments already bounded (message length, page size), so
+//! implementations need not re-check those limits.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+/// Severity of a log line, as the guest reports it (or `info` / `warn` for
+/// captured stdout / stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The host services a running handler can reach. One value per task
+/// attempt; it outlives the sandbox of that attempt. `log` and `progress`
+/// must not block (buffer or hand off if they write somewhere slow).
+#[async_trait]
+pub trait TaskContext: Send + Sync {
+    /// Record a log line against the task.
+    fn log(&self, level: LogLevel, message: &str);
+
+    /// Record progress (`done` of `total` units) against the task.
+    fn progress(&self, done: u64, total: u64, message: &str);
+
+    /// Lineage: outputs of succeeded tasks of an earlier stage of the same
+    /// job, ordered by task id, starting after `after`, at most `limit`
+    /// (already capped by the host at [`STAGE_RESULTS_PAGE_MAX`]). The error
+    /// string is handed to the guest as is, so it must be one clear sentence.
+    async fn stage_results(
+        &self,
+        stage: &str,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<(u64, String)>, String>;
+
+    /// True once the task's job has been cancelled.
+    async fn cancelled(&self) -> bool;
+}
+
+/// The largest page `stage-results` returns, whatever the guest asks for.
+pub const STAGE_RESULTS_PAGE_MAX: u32 = 1_000;
+
+/// The error `stage-results` returns outside a job.
+pub const NO_JOB_CONTEXT: &str = "no job context: stage-results is only available inside a job";
+
+/// The context of a task run outside any job (`lockstep exec`): lineage is
+/// unavailable, nothing is ever cancelled, and log lines are printed to
+/// stderr as `[level] message` for the plugin author to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StandaloneContext;
+
+#[async_trait]
+impl TaskContext for StandaloneContext {
+    fn log(&self, level: LogLevel, message: &str) {
+        eprintln!("[{level}] {message}");
+    }
+
+    fn progress(&self, done: u64, total: u64, message: &str) {
+        eprintln!("[progress {done}/{total}] {message}");
+    }
+
+    async fn stage_results(
+        &self,
+        _stage: &str,
+        _after: Option<u64>,
+        _limit: u32,
+    ) -> Result<Vec<(u64, String)>, String> {
+        Err(NO_JOB_CONTEXT.to_owned())
+    }
+
+    async fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// The context of the load-time `describe()` call: no job, and log lines go
+/// to `tracing` (target `lockstep::guest`) at debug level, since a plugin
+/// has no business being chatty while it is registered.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadContext {
+    pub(crate) plugin: String,
+}
+
+#[async_trait]
+impl TaskContext for LoadContext {
+    fn log(&self, level: LogLevel, message: &str) {
+        tracing::debug!(target: "lockstep::guest", plugin = %self.plugin, %level, "{message}");
+    }
+
+    fn progress(&self, _done: u64, _total: u64, _message: &str) {}
+
+    async fn stage_results(
+        &self,
+        _stage: &str,
+        _after: Option<u64>,
+        _limit: u32,
+    ) -> Result<Vec<(u64, String)>, String> {
+        Err(NO_JOB_CONTEXT.to_owned())
+    }
+
+    async fn cancelled(&self) -> bool {
+        false
+    }
+}

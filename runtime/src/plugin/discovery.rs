@@ -1,0 +1,115 @@
+//! Where plugins and the compile cache live, and which files are plugins.
+//!
+//! **Invariants:** plugin directories come from `--plugins` (repeatable),
+//! else `LOCKSTEP_PLUGINS` (a path list, `:`-separated on Unix), else
+//! `./plugins`; the cache directory from `--cache-dir`, else
+//! `LOCKSTEP_CACHE_DIR`, else `$XDG_CACHE_HOME/lockstep`, else
+//! `~/.cache/lockstep`. A scan is non-recursive, takes every `*.wasm` file,
+//! and is sorted (directories in the order given, files by name), so which
+//! of two plugins claiming one name is "first" never depends on the file
+//! system. A directory named twice is scanned once.
+
+use super::PluginError;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Env var holding the plugin directories (a path list).
+pub const PLUGINS_ENV: &str = "LOCKSTEP_PLUGINS";
+/// Env var holding the compile cache directory.
+pub const CACHE_DIR_ENV: &str = "LOCKSTEP_CACHE_DIR";
+/// The plugin directory when nothing else is configured.
+pub const DEFAULT_PLUGIN_DIR: &str = "plugins";
+
+/// The plugin directories to scan: `cli` if any were given, else the
+/// `LOCKSTEP_PLUGINS` path list, else `./plugins`.
+pub fn resolve_plugin_dirs(cli: &[PathBuf]) -> Vec<PathBuf> {
+    resolve_plugin_dirs_from(cli, std::env::var_os(PLUGINS_ENV))
+}
+
+/// [`resolve_plugin_dirs`] with the env value passed in.
+pub fn resolve_plugin_dirs_from(cli: &[PathBuf], env: Option<OsString>) -> Vec<PathBuf> {
+    if !cli.is_empty() {
+        return cli.to_vec();
+    }
+    if let Some(list) = env.filter(|v| !v.is_empty()) {
+        let dirs: Vec<PathBuf> = std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        if !dirs.is_empty() {
+            return dirs;
+        }
+    }
+    vec![PathBuf::from(DEFAULT_PLUGIN_DIR)]
+}
+
+/// The compile cache directory: `cli` if given, else `LOCKSTEP_CACHE_DIR`,
+/// else `$XDG_CACHE_HOME/lockstep`, else `$HOME/.cache/lockstep`.
+pub fn resolve_cache_dir(cli: Option<&Path>) -> Result<PathBuf, PluginError> {
+    resolve_cache_dir_from(
+        cli,
+        std::env::var_os(CACHE_DIR_ENV),
+        std::env::var_os("XDG_CACHE_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+/// [`resolve_cache_dir`] with the env values passed in.
+pub fn resolve_cache_dir_from(
+    cli: Option<&Path>,
+    lockstep_cache_dir: Option<OsString>,
+    xdg_cache_home: Option<OsString>,
+    home: Option<OsString>,
+) -> Result<PathBuf, PluginError> {
+    if let Some(dir) = cli {
+        return Ok(dir.to_owned());
+    }
+    let set = |v: Option<OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = set(lockstep_cache_dir) {
+        return Ok(dir);
+    }
+    // The XDG spec says a relative XDG_CACHE_HOME is invalid and ignored.
+    if let Some(dir) = set(xdg_cache_home).filter(|d| d.is_absolute()) {
+        return Ok(dir.join("lockstep"));
+    }
+    if let Some(home) = set(home) {
+        return Ok(home.join(".cache").join("lockstep"));
+    }
+    Err(PluginError::NoCacheDir)
+}
+
+/// Every `*.wasm` file directly inside `dirs`, in scan order.
+pub fn scan(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, PluginError> {
+    let mut seen_dirs = Vec::new();
+    let mut files = Vec::new();
+    for dir in dirs {
+        let canonical = std::fs::canonicalize(dir).map_err(|source| PluginError::PluginDir {
+            path: dir.clone(),
+            source,
+        })?;
+        if seen_dirs.contains(&canonical) {
+            continue;
+        }
+        seen_dirs.push(canonical);
+        let entries = std::fs::read_dir(dir).map_err(|source| PluginError::PluginDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut here = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| PluginError::PluginDir {
+                path: dir.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            let is_wasm = path.extension().is_some_and(|e| e == "wasm");
+            // `metadata` follows symlinks: a link to a plugin is a plugin, and
+            // a dangling one is kept so its load failure is reported.
+            if is_wasm && !std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                here.push(path);
+            }
+        }
+        here.sort();
+        files.extend(here);
+    }
+    Ok(files)
+}

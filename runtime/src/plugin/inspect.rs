@@ -1,0 +1,110 @@
+//! What `lockstep plugins list` and `lockstep exec` show: the registered
+//! handlers with their plugin file, hash, grants and input schema, and one
+//! task run outside any job.
+//!
+//! **Invariant:** read-only views of a loaded host; `exec` validates the
+//! input against the handler's schema before anything runs, exactly as a
+//! submitted task would be.
+
+use super::context::TaskContext;
+use super::failure::RunFailure;
+use super::grants::Grants;
+use super::host::{PluginHost, RunOutcome, RunRequest};
+use super::registry::InputError;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One registered handler, for `plugins list` (`--json` serializes this).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HandlerListing {
+    pub name: String,
+    pub description: String,
+    /// The plugin file providing it.
+    pub plugin: PathBuf,
+    /// sha256 of the plugin file (hex).
+    pub sha256: String,
+    /// What the operator granted the plugin.
+    pub grants: Grants,
+    /// One-line form of `grants`.
+    pub grants_summary: String,
+    pub input_schema: serde_json::Value,
+}
+
+impl HandlerListing {
+    /// The first 12 hex digits of the plugin's sha256.
+    pub fn sha256_short(&self) -> &str {
+        self.sha256.get(..12).unwrap_or(&self.sha256)
+    }
+
+    /// The human form: name and description, then plugin, grants and the
+    /// input schema (compact JSON), indented.
+    pub fn render_text(&self) -> String {
+        let schema = serde_json::to_string(&self.input_schema)
+            .unwrap_or_else(|_| "(unprintable)".to_owned());
+        format!(
+            "{} — {}\n  plugin: {} (sha256 {})\n  grants: {}\n  input:  {}",
+            self.name,
+            self.description,
+            self.plugin.display(),
+            self.sha256_short(),
+            self.grants_summary,
+            schema
+        )
+    }
+}
+
+/// Why `exec` produced no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Run(#[from] RunFailure),
+}
+
+impl PluginHost {
+    /// Every registered handler, sorted by name.
+    pub fn describe_all(&self) -> Vec<HandlerListing> {
+        self.registry
+            .handlers
+            .values()
+            .map(|entry| {
+                let plugin = &self.plugins[entry.plugin];
+                HandlerListing {
+                    name: entry.info.name.clone(),
+                    description: entry.info.description.clone(),
+                    plugin: plugin.path.clone(),
+                    sha256: plugin.sha256.clone(),
+                    grants: plugin.grants.clone(),
+                    grants_summary: plugin.grants.summary(),
+                    input_schema: entry.info.input_schema.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Run one task of `handler` outside any job (job and task id 0, stage
+    /// `exec`), with the time limit of the plugin's grant. Log lines go to
+    /// `cx`; pass [`super::StandaloneContext`] to print them to stderr.
+    pub async fn exec(
+        &self,
+        handler: &str,
+        input: &serde_json::Value,
+        attempt: u32,
+        cx: Arc<dyn TaskContext>,
+    ) -> Result<RunOutcome, ExecError> {
+        self.validate_input(handler, input)?;
+        let req = RunRequest {
+            handler: handler.to_owned(),
+            job_id: 0,
+            task_id: 0,
+            stage: "exec".to_owned(),
+            attempt,
+            input_json: input.to_string(),
+            timeout: Duration::MAX,
+        };
+        Ok(self.run(req, cx).await?)
+    }
+}

@@ -1,0 +1,90 @@
+//! The WebAssembly plugin host: finds plugins, compiles them (with an
+//! on-disk cache), sandboxes them and runs their handlers.
+//!
+//! One module per concern:
+//! - [`bindings`]: the WIT world `plugin` as Rust types.
+//! - [`discovery`]: where plugins and the cache live; which files are plugins.
+//! - [`grants`]: the operator's `<stem>.toml` beside `<stem>.wasm`.
+//! - [`cache`]: the compile cache (verified, rebuilt when corrupt).
+//! - [`sandbox`]: the engine, its pooling limits and the epoch ticker.
+//! - [`instance_state`]: what one run owns (WASI context, limiter, deadline).
+//! - [`guest_output`]: captured, bounded guest stdout/stderr.
+//! - [`context`]: [`TaskContext`], the host services a handler can call.
+//! - [`registry`]: handler names, schemas, input validation.
+//! - [`host`]: [`PluginHost`]: loading and running.
+//! - [`failure`]: [`RunFailure`], why a run failed.
+//! - [`inspect`]: `plugins list` and `exec`.
+//!
+//! **Invariants:** a plugin gets nothing the operator did not grant; there is
+//! no fallback handler; a guest can fail only its own attempt.
+
+pub mod bindings;
+pub mod cache;
+pub mod context;
+pub mod discovery;
+pub mod failure;
+pub mod grants;
+pub mod guest_output;
+pub mod host;
+pub mod inspect;
+pub(crate) mod instance_state;
+pub mod registry;
+pub mod sandbox;
+
+pub use cache::CacheStats;
+pub use context::{LogLevel, NO_JOB_CONTEXT, StandaloneContext, TaskContext};
+pub use discovery::{resolve_cache_dir, resolve_plugin_dirs};
+pub use failure::RunFailure;
+pub use grants::{DirGrant, DirMode, Grants, GrantsError};
+pub use host::{HostConfig, LoadFailure, LoadReport, PluginHost, RunOutcome, RunRequest, Spawn};
+pub use inspect::{ExecError, HandlerListing};
+pub use registry::{HandlerInfo, InputError, UnknownHandler};
+
+use std::path::PathBuf;
+
+/// A load that failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error(
+        "cannot read plugin directory {}: {source}; pass --plugins DIR or set LOCKSTEP_PLUGINS",
+        .path.display()
+    )]
+    PluginDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot create the compile cache directory {}: {source}; pass --cache-dir DIR or set LOCKSTEP_CACHE_DIR",
+        .path.display()
+    )]
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot choose a compile cache directory: neither XDG_CACHE_HOME nor HOME is set; pass --cache-dir DIR or set LOCKSTEP_CACHE_DIR"
+    )]
+    NoCacheDir,
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error(
+        "handler {name:?} is provided by two plugins: {} and {}; remove or rename one of them",
+        .first.display(),
+        .second.display()
+    )]
+    DuplicateHandler {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("{} (strict mode makes this fatal)", join_failures(.0))]
+    Strict(Vec<LoadFailure>),
+}
+
+fn join_failures(failures: &[LoadFailure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
