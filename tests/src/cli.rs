@@ -13,7 +13,9 @@ struct Cli {
 
 impl Cli {
     fn new() -> Cli {
-        Cli { dir: tempfile::tempdir().expect("temp dir") }
+        Cli {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     fn db(&self) -> String {
@@ -23,7 +25,12 @@ impl Cli {
     fn run(&self, args: &[&str]) -> Output {
         Command::new(cli_bin())
             .current_dir(self.dir.path())
-            .args(["--db", &self.db(), "--plugins", guest_artifacts::EXAMPLES_DIR])
+            .args([
+                "--db",
+                &self.db(),
+                "--plugins",
+                guest_artifacts::EXAMPLES_DIR,
+            ])
             .arg("--cache-dir")
             .arg(test_cache_dir())
             .args(args)
@@ -55,9 +62,19 @@ fn stderr(o: &Output) -> String {
 
 /// Bad input: exit code 2 and exactly one line on stderr.
 fn assert_bad_input(o: &Output) -> String {
-    assert_eq!(o.status.code(), Some(2), "stdout: {}\nstderr: {}", stdout(o), stderr(o));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
     let err = stderr(o);
-    assert_eq!(err.trim_end().lines().count(), 1, "more than one line: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "more than one line: {err}"
+    );
     err
 }
 
@@ -75,7 +92,10 @@ fn demo_runs_the_fan_out_and_aggregate_job() {
 #[test]
 fn run_exits_zero_when_the_job_succeeds_and_one_when_it_fails() {
     let cli = Cli::new();
-    let ok = cli.write("ok.toml", "name = \"ok\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n");
+    let ok = cli.write(
+        "ok.toml",
+        "name = \"ok\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n",
+    );
     let out = cli.run(&["run", &ok]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let bad = cli.write(
@@ -99,7 +119,10 @@ fn malformed_job_file_is_exit_two_with_line_and_column_and_writes_nothing() {
 #[test]
 fn unknown_handler_is_exit_two_and_writes_nothing() {
     let cli = Cli::new();
-    let file = cli.write("x.toml", "name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"nope\" }]\n");
+    let file = cli.write(
+        "x.toml",
+        "name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"nope\" }]\n",
+    );
     let err = assert_bad_input(&cli.run(&["submit", &file]));
     assert!(err.contains("unknown handler \"nope\""), "{err}");
     assert_eq!(cli.job_count(), 0);
@@ -129,13 +152,19 @@ fn an_unknown_state_filter_is_exit_two() {
 #[test]
 fn submit_twice_returns_the_same_job() {
     let cli = Cli::new();
-    let file = cli.write("once.toml", "name = \"once\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n");
+    let file = cli.write(
+        "once.toml",
+        "name = \"once\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n",
+    );
     let first = cli.run(&["submit", &file, "--json"]);
     let second = cli.run(&["submit", &file, "--json"]);
     let a: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
     let b: serde_json::Value = serde_json::from_slice(&second.stdout).expect("json");
     assert_eq!(a["job_id"], b["job_id"]);
-    assert_eq!((a["created"].as_bool(), b["created"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (a["created"].as_bool(), b["created"].as_bool()),
+        (Some(true), Some(false))
+    );
     assert_eq!(cli.job_count(), 1);
 }
 
@@ -149,7 +178,13 @@ fn plugins_list_shows_every_example_handler() {
     names.sort();
     assert_eq!(
         names,
-        vec!["example:fanout", "example:flaky", "example:noop", "example:sum", "example:wordcount"]
+        vec![
+            "example:fanout",
+            "example:flaky",
+            "example:noop",
+            "example:sum",
+            "example:wordcount"
+        ]
     );
 }
 

@@ -30,14 +30,24 @@ tasks = [{{ handler = "example:sum", input = {{ from = "process", field = "value
 }
 
 fn spawn_serve(h: &Harness, workers: u32) -> Child {
-    let log = std::fs::File::create(h.dir.path().join(format!("serve-{}.log", rand::rng().random::<u32>())))
-        .expect("serve log file");
+    let log = std::fs::File::create(
+        h.dir
+            .path()
+            .join(format!("serve-{}.log", rand::rng().random::<u32>())),
+    )
+    .expect("serve log file");
     Command::new(cli_bin())
         .args(["--db", &h.db_url])
         .args(["--plugins", guest_artifacts::EXAMPLES_DIR])
         .arg("--cache-dir")
         .arg(test_cache_dir())
-        .args(["serve", "--workers", &workers.to_string(), "--lease-secs", "2"])
+        .args([
+            "serve",
+            "--workers",
+            &workers.to_string(),
+            "--lease-secs",
+            "2",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -81,7 +91,10 @@ async fn assert_finished_exactly_once(h: &Harness, job: JobId, count: u32) {
         }
     }
     assert_eq!(successes.len(), count as usize + 2, "every task succeeded");
-    assert!(successes.values().all(|n| *n == 1), "a task was recorded as succeeded twice");
+    assert!(
+        successes.values().all(|n| *n == 1),
+        "a task was recorded as succeeded twice"
+    );
     assert_eq!(opened, vec![0, 1, 2], "each stage opened exactly once");
     let n = u64::from(count);
     assert_eq!(
@@ -117,7 +130,11 @@ async fn serve_killed_three_times_mid_job_still_finishes_exactly_once() {
             done >= threshold || terminal
         })
         .await;
-        assert!(!finished, "the job finished before kill {} could happen", kills + 1);
+        assert!(
+            !finished,
+            "the job finished before kill {} could happen",
+            kills + 1
+        );
         child.kill().expect("SIGKILL lockstep serve");
         child.wait().expect("reap");
         kills += 1;

@@ -54,7 +54,11 @@ async fn timeline(h: &Harness, job: JobId) -> Timeline {
         }
     }
     cancelled.sort();
-    Timeline { order, cancelled, stage_opened }
+    Timeline {
+        order,
+        cancelled,
+        stage_opened,
+    }
 }
 
 impl Timeline {
@@ -93,13 +97,30 @@ async fn diamond_runs_each_task_after_its_own_dependencies_and_branches_overlap(
     assert_eq!(done.job.state, JobState::Succeeded);
     let t = timeline(&h, job).await;
     for branch in ["b", "c", "d"] {
-        assert!(t.succeeded("a") < t.claimed(branch), "{branch} started before a succeeded");
-        assert!(t.succeeded(branch) < t.claimed("e"), "e started before {branch} succeeded");
+        assert!(
+            t.succeeded("a") < t.claimed(branch),
+            "{branch} started before a succeeded"
+        );
+        assert!(
+            t.succeeded(branch) < t.claimed("e"),
+            "e started before {branch} succeeded"
+        );
     }
     // The three branches were all running before any of them finished.
-    let last_branch_claim = ["b", "c", "d"].iter().map(|k| t.claimed(k)).max().unwrap_or(0);
-    let first_branch_done = ["b", "c", "d"].iter().map(|k| t.succeeded(k)).min().unwrap_or(0);
-    assert!(last_branch_claim < first_branch_done, "branches did not overlap");
+    let last_branch_claim = ["b", "c", "d"]
+        .iter()
+        .map(|k| t.claimed(k))
+        .max()
+        .unwrap_or(0);
+    let first_branch_done = ["b", "c", "d"]
+        .iter()
+        .map(|k| t.succeeded(k))
+        .min()
+        .unwrap_or(0);
+    assert!(
+        last_branch_claim < first_branch_done,
+        "branches did not overlap"
+    );
     assert_eq!(t.stage_opened, vec![0]);
 }
 
@@ -133,7 +154,9 @@ tasks = [
     let mut d_done = false;
     for _ in 0..600 {
         let t = timeline(&h, job).await;
-        if t.order.contains_key(&(EventKind::TaskSucceeded, "d".to_string())) {
+        if t.order
+            .contains_key(&(EventKind::TaskSucceeded, "d".to_string()))
+        {
             d_done = true;
             break;
         }
@@ -142,7 +165,11 @@ tasks = [
     drop(p);
     assert!(d_done, "d never ran while c was pending");
     let t = timeline(&h, job).await;
-    assert!(!t.order.contains_key(&(EventKind::TaskClaimed, "e".to_string())), "e ran before c");
+    assert!(
+        !t.order
+            .contains_key(&(EventKind::TaskClaimed, "e".to_string())),
+        "e ran before c"
+    );
     // Now the agent completes c, and e runs.
     let claimed = h
         .engine
@@ -166,7 +193,10 @@ tasks = [
             completions: vec![Completion {
                 tenant: h.tenant.clone(),
                 lease: claimed[0].lease,
-                result: TaskResult::Succeeded { output_json: "{}".into(), spawn: vec![] },
+                result: TaskResult::Succeeded {
+                    output_json: "{}".into(),
+                    spawn: vec![],
+                },
             }],
             now: lockstep::engine::now_millis(),
         })
@@ -200,7 +230,9 @@ async fn wide_dag_of_one_to_a_thousand_to_one() {
         middle.join(", ")
     ));
     let job = h
-        .submit(&format!("name = \"wide\"\n[[stages]]\nname = \"dag\"\ntasks = [\n{tasks}]\n"))
+        .submit(&format!(
+            "name = \"wide\"\n[[stages]]\nname = \"dag\"\ntasks = [\n{tasks}]\n"
+        ))
         .await;
     let done = h.run_to_end(job).await;
     assert_eq!(done.job.state, JobState::Succeeded);
@@ -221,7 +253,10 @@ async fn wide_dag_of_one_to_a_thousand_to_one() {
     let started_before_first_done = (0..1000)
         .filter(|i| t.claimed(&format!("m{i}")) < first_middle_done)
         .count();
-    assert!(started_before_first_done > 1, "middle tasks ran one at a time");
+    assert!(
+        started_before_first_done > 1,
+        "middle tasks ran one at a time"
+    );
     assert!(last_middle_claim < end_claim);
 }
 
@@ -247,8 +282,14 @@ tasks = [
     assert_eq!(done.job.state, JobState::Failed);
     let t = timeline(&h, job).await;
     assert_eq!(t.cancelled, vec!["b".to_string(), "c".to_string()]);
-    assert!(t.order.contains_key(&(EventKind::TaskDead, "a".to_string())));
-    assert!(t.order.contains_key(&(EventKind::TaskSucceeded, "d".to_string())));
+    assert!(
+        t.order
+            .contains_key(&(EventKind::TaskDead, "a".to_string()))
+    );
+    assert!(
+        t.order
+            .contains_key(&(EventKind::TaskSucceeded, "d".to_string()))
+    );
     let counts: BTreeMap<TaskState, i64> = done.counts.iter().copied().collect();
     assert_eq!(counts[&TaskState::Dead], 1);
     assert_eq!(counts[&TaskState::Cancelled], 2);
@@ -280,7 +321,10 @@ tasks = [{ key = "z", handler = "example:noop" }]
     let t = timeline(&h, job).await;
     assert!(t.cancelled.is_empty());
     assert!(t.at(EventKind::TaskDead, "a") < t.claimed("b"));
-    assert!(t.order.contains_key(&(EventKind::TaskSucceeded, "z".to_string())));
+    assert!(
+        t.order
+            .contains_key(&(EventKind::TaskSucceeded, "z".to_string()))
+    );
     assert_eq!(t.stage_opened, vec![0, 1]);
 }
 
@@ -302,7 +346,11 @@ tasks = [
         &Default::default(),
     )
     .expect("parses");
-    let err = h.engine.submit(&h.tenant, job).await.expect_err("cycle rejected");
+    let err = h
+        .engine
+        .submit(&h.tenant, job)
+        .await
+        .expect_err("cycle rejected");
     assert!(matches!(err, EngineError::Spec(_)));
     assert!(err.to_string().contains("cycle"), "{err}");
     assert_eq!(jobs_of(&h, &h.tenant).await, 0);
@@ -346,11 +394,21 @@ async fn fan_out_of_ten_thousand_fans_in_exactly() {
     assert_eq!(process.total, 10_000);
     let counts: BTreeMap<TaskState, i64> = process.counts.iter().copied().collect();
     assert_eq!(counts[&TaskState::Succeeded], 10_000);
-    assert_eq!(done.job.stages.iter().map(|s| s.state).collect::<Vec<_>>(), vec![StageState::Done; 3]);
+    assert_eq!(
+        done.job.stages.iter().map(|s| s.state).collect::<Vec<_>>(),
+        vec![StageState::Done; 3]
+    );
     let outputs = aggregate_output(&h, job).await;
-    assert_eq!(outputs, serde_json::json!({ "count": 10000, "sum": 50005000 }));
+    assert_eq!(
+        outputs,
+        serde_json::json!({ "count": 10000, "sum": 50005000 })
+    );
     let t = timeline(&h, job).await;
-    assert_eq!(t.stage_opened, vec![0, 1, 2], "each stage opened exactly once");
+    assert_eq!(
+        t.stage_opened,
+        vec![0, 1, 2],
+        "each stage opened exactly once"
+    );
 }
 
 /// The output of the job's last stage (one `example:sum` task).
@@ -365,7 +423,10 @@ pub async fn aggregate_output(h: &Harness, job: JobId) -> serde_json::Value {
     let rec = h
         .engine
         .store()
-        .get_task(GetTask { tenant: h.tenant.clone(), task: sum_task })
+        .get_task(GetTask {
+            tenant: h.tenant.clone(),
+            task: sum_task,
+        })
         .await
         .expect("aggregate task");
     serde_json::from_str(rec.output_json.as_deref().expect("aggregate output")).expect("json")
@@ -375,7 +436,10 @@ pub async fn aggregate_output(h: &Harness, job: JobId) -> serde_json::Value {
 async fn resubmitting_with_the_same_idempotency_key_returns_the_same_job() {
     let h = Harness::new().await;
     let text = "name = \"once\"\nidempotency_key = \"k-1\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n";
-    let parse = || lockstep::spec::parse_job_str(text, lockstep::spec::Format::Toml, &Default::default()).expect("parses");
+    let parse = || {
+        lockstep::spec::parse_job_str(text, lockstep::spec::Format::Toml, &Default::default())
+            .expect("parses")
+    };
     let first = h.engine.submit(&h.tenant, parse()).await.expect("first");
     let events_before = h.events(first.job_id).await.len();
     let second = h.engine.submit(&h.tenant, parse()).await.expect("second");
@@ -395,8 +459,14 @@ async fn flaky_task_is_retried_then_succeeds() {
     let done = h.run_to_end(job).await;
     assert_eq!(done.job.state, JobState::Succeeded);
     let events = h.events(job).await;
-    let retried = events.iter().filter(|e| e.kind == EventKind::TaskRetried).count();
-    let claimed = events.iter().filter(|e| e.kind == EventKind::TaskClaimed).count();
+    let retried = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TaskRetried)
+        .count();
+    let claimed = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TaskClaimed)
+        .count();
     assert_eq!((retried, claimed), (2, 3));
     let task = events.iter().find_map(|e| e.task_id).expect("task id");
     let rec = h.engine.task(&h.tenant, task).await.expect("task");
@@ -417,9 +487,16 @@ async fn a_task_dies_after_max_attempts_and_retry_revives_it() {
     let rec = h.engine.task(&h.tenant, task).await.expect("task");
     assert_eq!(rec.state, TaskState::Dead);
     assert_eq!(rec.attempt, 2);
-    assert!(rec.error.as_deref().unwrap_or("").contains("attempt 2"), "{:?}", rec.error);
+    assert!(
+        rec.error.as_deref().unwrap_or("").contains("attempt 2"),
+        "{:?}",
+        rec.error
+    );
 
-    assert_eq!(h.engine.retry(&h.tenant, task).await.expect("retry"), TaskState::Pending);
+    assert_eq!(
+        h.engine.retry(&h.tenant, task).await.expect("retry"),
+        TaskState::Pending
+    );
     let reopened = h.engine.progress(&h.tenant, job).await.expect("progress");
     assert_eq!(reopened.job.state, JobState::Running);
     let done = h.run_to_end(job).await;
@@ -432,13 +509,23 @@ async fn a_task_dies_after_max_attempts_and_retry_revives_it() {
 async fn retrying_a_succeeded_task_is_an_illegal_transition() {
     let h = Harness::new().await;
     let job = h
-        .submit("name = \"ok\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n")
+        .submit(
+            "name = \"ok\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n",
+        )
         .await;
     h.run_to_end(job).await;
-    let task = h.events(job).await.iter().find_map(|e| e.task_id).expect("task");
+    let task = h
+        .events(job)
+        .await
+        .iter()
+        .find_map(|e| e.task_id)
+        .expect("task");
     let before = h.events(job).await.len();
     let err = h.engine.retry(&h.tenant, task).await.expect_err("illegal");
-    assert_eq!(err.to_string(), "illegal task transition: succeeded -> pending");
+    assert_eq!(
+        err.to_string(),
+        "illegal task transition: succeeded -> pending"
+    );
     assert_eq!(h.events(job).await.len(), before);
 }
 
@@ -446,24 +533,48 @@ async fn retrying_a_succeeded_task_is_an_illegal_transition() {
 async fn cancelling_a_job_cancels_every_task_that_has_not_finished() {
     let h = Harness::new().await;
     let job = h.submit(FANIN).await;
-    assert_eq!(h.engine.cancel(&h.tenant, job).await.expect("cancel"), JobState::Cancelled);
+    assert_eq!(
+        h.engine.cancel(&h.tenant, job).await.expect("cancel"),
+        JobState::Cancelled
+    );
     let done = h.run_to_end(job).await;
     assert_eq!(done.job.state, JobState::Cancelled);
     let counts: BTreeMap<TaskState, i64> = done.counts.iter().copied().collect();
     assert_eq!(counts[&TaskState::Cancelled], 2);
     assert_eq!(counts[&TaskState::Succeeded], 0);
-    let claims = h.events(job).await.iter().filter(|e| e.kind == EventKind::TaskClaimed).count();
+    let claims = h
+        .events(job)
+        .await
+        .iter()
+        .filter(|e| e.kind == EventKind::TaskClaimed)
+        .count();
     assert_eq!(claims, 0);
-    let err = h.engine.cancel(&h.tenant, job).await.expect_err("already cancelled");
-    assert_eq!(err.to_string(), "illegal job transition: cancelled -> cancelled");
+    let err = h
+        .engine
+        .cancel(&h.tenant, job)
+        .await
+        .expect_err("already cancelled");
+    assert_eq!(
+        err.to_string(),
+        "illegal job transition: cancelled -> cancelled"
+    );
 }
 
 #[tokio::test]
 async fn unknown_handler_is_rejected_with_the_registered_names() {
     let h = Harness::new().await;
-    let job = lockstep::spec::parse_job_str("name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:nope\" }]\n", lockstep::spec::Format::Toml, &Default::default())
+    let job = lockstep::spec::parse_job_str(
+        "name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:nope\" }]\n",
+        lockstep::spec::Format::Toml,
+        &Default::default(),
+    )
     .expect("parses");
-    let err = h.engine.submit(&h.tenant, job).await.expect_err("rejected").to_string();
+    let err = h
+        .engine
+        .submit(&h.tenant, job)
+        .await
+        .expect_err("rejected")
+        .to_string();
     assert!(
         err.contains("unknown handler \"example:nope\"; registered handlers: example:fanout, example:flaky, example:noop, example:sum, example:wordcount"),
         "{err}"
@@ -480,7 +591,12 @@ async fn schema_invalid_input_is_rejected_naming_the_field() {
         &Default::default(),
     )
     .expect("parses");
-    let err = h.engine.submit(&h.tenant, job).await.expect_err("rejected").to_string();
+    let err = h
+        .engine
+        .submit(&h.tenant, job)
+        .await
+        .expect_err("rejected")
+        .to_string();
     assert!(err.contains("/stages/0/tasks/0/input"), "{err}");
     assert!(err.contains("count"), "{err}");
     assert_eq!(jobs_of(&h, &h.tenant).await, 0);
@@ -504,7 +620,10 @@ tasks = [{ key = "back", handler = "example:fanout", input = { count = 3, stage 
         .await;
     let done = h.run_to_end(job).await;
     assert_eq!(done.job.state, JobState::Failed);
-    assert_eq!(done.job.stages[0].total, 1, "nothing was added to the earlier stage");
+    assert_eq!(
+        done.job.stages[0].total, 1,
+        "nothing was added to the earlier stage"
+    );
     let events = h.events(job).await;
     let task = events
         .iter()
@@ -513,5 +632,9 @@ tasks = [{ key = "back", handler = "example:fanout", input = { count = 3, stage 
         .expect("the spawning task died");
     let rec = h.engine.task(&h.tenant, task).await.expect("task");
     assert_eq!(rec.attempt, 1, "fatal: not retried");
-    assert!(rec.error.as_deref().unwrap_or("").contains("first"), "{:?}", rec.error);
+    assert!(
+        rec.error.as_deref().unwrap_or("").contains("first"),
+        "{:?}",
+        rec.error
+    );
 }

@@ -56,12 +56,22 @@ impl Harness {
             ..EngineConfig::default()
         };
         let engine = Engine::new(store, example_plugins().await, config);
-        Harness { dir, db_url, engine, tenant: TenantId("local".into()) }
+        Harness {
+            dir,
+            db_url,
+            engine,
+            tenant: TenantId("local".into()),
+        }
     }
 
     pub async fn submit(&self, toml: &str) -> JobId {
-        let job = spec::parse_job_str(toml, Format::Toml, &Default::default()).expect("test job parses");
-        self.engine.submit(&self.tenant, job).await.expect("submit").job_id
+        let job =
+            spec::parse_job_str(toml, Format::Toml, &Default::default()).expect("test job parses");
+        self.engine
+            .submit(&self.tenant, job)
+            .await
+            .expect("submit")
+            .job_id
     }
 
     /// Run workers until the job is terminal (at most two minutes).
@@ -77,7 +87,11 @@ impl Harness {
             .await
             .expect("wait");
         pool.shutdown().await;
-        assert!(p.job.state.is_terminal(), "job did not finish in time: {:?}", p.job);
+        assert!(
+            p.job.state.is_terminal(),
+            "job did not finish in time: {:?}",
+            p.job
+        );
         p
     }
 
@@ -90,7 +104,10 @@ pub async fn all_events(engine: &Engine, tenant: &TenantId, job: JobId) -> Vec<E
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let page = engine.events(tenant, job, after, 5000).await.expect("events");
+        let page = engine
+            .events(tenant, job, after, 5000)
+            .await
+            .expect("events");
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         out.extend(page);

@@ -24,7 +24,10 @@ fn dependency_summaries(task: &serde_json::Value) -> BTreeSet<(String, String)> 
         .map(|d| {
             (
                 d["key"].as_str().expect("dependency key").to_string(),
-                d["summary"].as_str().expect("dependency summary").to_string(),
+                d["summary"]
+                    .as_str()
+                    .expect("dependency summary")
+                    .to_string(),
             )
         })
         .collect()
@@ -46,7 +49,12 @@ async fn a_subtask_is_claimable_exactly_when_its_own_dependencies_are_done() {
         .as_array()
         .expect("tasks")
         .iter()
-        .map(|t| (t["key"].as_str().unwrap_or_default().to_string(), t["state"].as_str().unwrap_or_default().to_string()))
+        .map(|t| {
+            (
+                t["key"].as_str().unwrap_or_default().to_string(),
+                t["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         states,
@@ -62,13 +70,24 @@ async fn a_subtask_is_claimable_exactly_when_its_own_dependencies_are_done() {
     // Level 1: exactly A and B are claimable.
     let first = claim(c, job).await.expect("a level-1 task");
     let second = claim(c, job).await.expect("the other level-1 task");
-    let level1: BTreeSet<&str> = [&first, &second].iter().map(|t| t["key"].as_str().unwrap_or_default()).collect();
+    let level1: BTreeSet<&str> = [&first, &second]
+        .iter()
+        .map(|t| t["key"].as_str().unwrap_or_default())
+        .collect();
     assert_eq!(level1, BTreeSet::from(["a", "b"]));
     assert_eq!(first["attempt"], 1);
     assert!(first["dependencies"].as_array().expect("deps").is_empty());
-    assert_eq!(claim(c, job).await, None, "nothing of level 2 before its dependencies complete");
+    assert_eq!(
+        claim(c, job).await,
+        None,
+        "nothing of level 2 before its dependencies complete"
+    );
 
-    let (a, b) = if first["key"] == "a" { (first, second) } else { (second, first) };
+    let (a, b) = if first["key"] == "a" {
+        (first, second)
+    } else {
+        (second, first)
+    };
     assert_eq!(a["title"], "Design the schema");
     assert_eq!(a["instructions"], "do Design the schema");
     assert_eq!(a["goal"], "ship the feature");
@@ -79,24 +98,37 @@ async fn a_subtask_is_claimable_exactly_when_its_own_dependencies_are_done() {
     assert_eq!(done["job_state"], "running");
     let c_task = claim(c, job).await.expect("C is ready once A is done");
     assert_eq!(c_task["key"], "c");
-    assert_eq!(dependency_summaries(&c_task), BTreeSet::from([pair("a", "schema: users(id, email)")]));
+    assert_eq!(
+        dependency_summaries(&c_task),
+        BTreeSet::from([pair("a", "schema: users(id, email)")])
+    );
     assert_eq!(claim(c, job).await, None, "D still waits for B");
 
     complete(c, &b, "requirements: login by email").await;
-    let d_task = claim(c, job).await.expect("D is ready once A and B are done");
+    let d_task = claim(c, job)
+        .await
+        .expect("D is ready once A and B are done");
     assert_eq!(d_task["key"], "d");
     assert_eq!(
         dependency_summaries(&d_task),
-        BTreeSet::from([pair("a", "schema: users(id, email)"), pair("b", "requirements: login by email")])
+        BTreeSet::from([
+            pair("a", "schema: users(id, email)"),
+            pair("b", "requirements: login by email")
+        ])
     );
 
     complete(c, &c_task, "migration 0001 written").await;
     assert_eq!(claim(c, job).await, None, "E waits for D");
     complete(c, &d_task, "POST /login implemented").await;
-    let e_task = claim(c, job).await.expect("E is ready once C and D are done");
+    let e_task = claim(c, job)
+        .await
+        .expect("E is ready once C and D are done");
     assert_eq!(
         dependency_summaries(&e_task),
-        BTreeSet::from([pair("c", "migration 0001 written"), pair("d", "POST /login implemented")])
+        BTreeSet::from([
+            pair("c", "migration 0001 written"),
+            pair("d", "POST /login implemented")
+        ])
     );
     let last = complete(c, &e_task, "docs written").await;
     assert_eq!(last["job_state"], "succeeded");
@@ -126,10 +158,20 @@ async fn claim_for_a_specialist_gets_only_that_specialists_tasks() {
     )
     .await;
     let job = plan["job_id"].as_i64().expect("job");
-    let r = ok(c, "claim_task", json!({ "job_id": job, "specialist": "reviewer" })).await;
+    let r = ok(
+        c,
+        "claim_task",
+        json!({ "job_id": job, "specialist": "reviewer" }),
+    )
+    .await;
     assert_eq!(r["task"]["title"], "Review it");
     assert_eq!(r["task"]["specialist"], "reviewer");
-    let r = ok(c, "claim_task", json!({ "job_id": job, "specialist": "reviewer" })).await;
+    let r = ok(
+        c,
+        "claim_task",
+        json!({ "job_id": job, "specialist": "reviewer" }),
+    )
+    .await;
     assert_eq!(r["claimed"], false);
     let r = ok(c, "claim_task", json!({ "job_id": job })).await;
     assert_eq!(r["task"]["title"], "Build it");
@@ -144,7 +186,11 @@ async fn a_plan_and_its_summaries_survive_killing_the_server() {
     let job = plan["job_id"].as_i64().expect("job");
     let first = claim(c, job).await.expect("level 1");
     let second = claim(c, job).await.expect("level 1");
-    let (a, b) = if first["key"] == "a" { (first, second) } else { (second, first) };
+    let (a, b) = if first["key"] == "a" {
+        (first, second)
+    } else {
+        (second, first)
+    };
     complete(c, &a, "A's summary").await;
     let c_task = claim(c, job).await.expect("C");
     complete(c, &c_task, "C's summary").await;
@@ -159,7 +205,10 @@ async fn a_plan_and_its_summaries_survive_killing_the_server() {
     assert_eq!(status["total"], 5);
     assert_eq!(status["done"], 2);
     assert_eq!(status["counts"]["succeeded"], 2);
-    assert_eq!(status["counts"]["running"], 1, "B's claim is still held under its lease");
+    assert_eq!(
+        status["counts"]["running"], 1,
+        "B's claim is still held under its lease"
+    );
     let a_view = ok(c, "get_task", json!({ "task_id": task_id(&plan, "a") })).await;
     assert_eq!(a_view["state"], "succeeded");
     assert_eq!(a_view["output"]["summary"], "A's summary");
@@ -188,32 +237,57 @@ async fn a_stale_attempt_is_refused_and_says_why() {
     assert_eq!(first["attempt"], 1);
     let id = first["task_id"].as_i64().expect("task id");
     // The first agent goes silent; its lease expires and another agent claims the task.
-    let second = eventually("re-claim after the lease expired", || async { claim(c, job).await }).await;
+    let second = eventually("re-claim after the lease expired", || async {
+        claim(c, job).await
+    })
+    .await;
     assert_eq!(second["task_id"], id);
     assert_eq!(second["attempt"], 2);
 
-    let stale = call(c, "complete_task", json!({ "task_id": id, "attempt": 1, "summary": "late" })).await;
+    let stale = call(
+        c,
+        "complete_task",
+        json!({ "task_id": id, "attempt": 1, "summary": "late" }),
+    )
+    .await;
     assert_eq!(
         stale,
         Err(Refusal::Tool {
             code: "lease_lost".into(),
-            message: format!("task {id} attempt 1 is no longer yours: its lease expired and it was claimed again (attempt 2)"),
+            message: format!(
+                "task {id} attempt 1 is no longer yours: its lease expired and it was claimed again (attempt 2)"
+            ),
         })
     );
-    let stale_update = call(c, "update_task", json!({ "task_id": id, "attempt": 1, "note": "still here" })).await;
-    assert_eq!(stale_update.map_err(|e| e.message().to_string()), Err(format!(
-        "task {id} attempt 1 is no longer yours: its lease expired and it was claimed again (attempt 2)"
-    )));
+    let stale_update = call(
+        c,
+        "update_task",
+        json!({ "task_id": id, "attempt": 1, "note": "still here" }),
+    )
+    .await;
+    assert_eq!(
+        stale_update.map_err(|e| e.message().to_string()),
+        Err(format!(
+            "task {id} attempt 1 is no longer yours: its lease expired and it was claimed again (attempt 2)"
+        ))
+    );
 
     complete(c, &second, "on time").await;
     let view = ok(c, "get_task", json!({ "task_id": id })).await;
     assert_eq!(view["state"], "succeeded");
     assert_eq!(view["attempt"], 2);
     assert_eq!(view["output"]["summary"], "on time");
-    let again = call(c, "complete_task", json!({ "task_id": id, "attempt": 2, "summary": "twice" })).await;
+    let again = call(
+        c,
+        "complete_task",
+        json!({ "task_id": id, "attempt": 2, "summary": "twice" }),
+    )
+    .await;
     assert_eq!(
         again.map_err(|e| e.message().to_string()),
-        Err(format!("task {id} attempt 2 is no longer yours: it was already completed"))
+        Err(format!(
+            "task {id} attempt 2 is no longer yours: it was already completed"
+        ))
     );
 }
 
@@ -223,7 +297,9 @@ async fn update_task_records_the_note_and_extends_the_lease() {
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
     let plan = plan(c, "report progress", &[("only", "Long step", &[])]).await;
-    let task = claim(c, plan["job_id"].as_i64().expect("job")).await.expect("claim");
+    let task = claim(c, plan["job_id"].as_i64().expect("job"))
+        .await
+        .expect("claim");
     let before = task["lease_expires_at"].as_i64().expect("lease expiry");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let r = ok(
@@ -249,7 +325,12 @@ async fn fail_task_retryable_requeues_and_fatal_cancels_dependents() {
     let db = Db::new();
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
-    let plan = plan(c, "fail twice", &[("a", "Flaky step", &[]), ("b", "After it", &["a"])]).await;
+    let plan = plan(
+        c,
+        "fail twice",
+        &[("a", "Flaky step", &[]), ("b", "After it", &["a"])],
+    )
+    .await;
     let job = plan["job_id"].as_i64().expect("job");
     let a = claim(c, job).await.expect("a");
     let r = ok(
@@ -260,7 +341,10 @@ async fn fail_task_retryable_requeues_and_fatal_cancels_dependents() {
     .await;
     assert_eq!(r["state"], "pending");
     assert_eq!(r["job_state"], "running");
-    let again = eventually("the retried task to become claimable", || async { claim(c, job).await }).await;
+    let again = eventually("the retried task to become claimable", || async {
+        claim(c, job).await
+    })
+    .await;
     assert_eq!(again["task_id"], a["task_id"]);
     assert_eq!(again["attempt"], 2);
     let r = ok(

@@ -4,7 +4,7 @@
 
 use crate::harness::{cli_bin, test_cache_dir};
 use rmcp::model::{
-    CallToolRequestParams, ClientInfo, NumberOrString, ProgressNotificationParam, ProgressToken,
+    CallToolRequestParams, NumberOrString, ProgressNotificationParam, ProgressToken,
     RequestMetaObject,
 };
 use rmcp::service::{NotificationContext, RunningService};
@@ -25,12 +25,12 @@ pub struct Recorder {
 }
 
 impl ClientHandler for Recorder {
-    async fn on_progress(&self, params: ProgressNotificationParam, _cx: NotificationContext<RoleClient>) {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
         self.progress.lock().expect("progress log").push(params);
-    }
-
-    fn get_info(&self) -> ClientInfo {
-        ClientInfo::default()
     }
 }
 
@@ -65,8 +65,15 @@ impl Db {
             .args(["--db", &self.url, "--tenant", tenant, "token", "create"])
             .output()
             .expect("run lockstep token create");
-        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
-        let token = String::from_utf8(out.stdout).expect("utf-8 token").trim().to_string();
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout)
+            .expect("utf-8 token")
+            .trim()
+            .to_string();
         assert!(token.starts_with("lst_"), "unexpected token {token:?}");
         token
     }
@@ -77,7 +84,11 @@ impl Db {
             .args(["--db", &self.url, "token", "revoke", token])
             .output()
             .expect("run lockstep token revoke");
-        assert!(out.status.success(), "token revoke failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "token revoke failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -92,7 +103,12 @@ impl StdioServer {
         Self::start_with_plugins(db, tenant, &db.no_plugins(), extra).await
     }
 
-    pub async fn start_with_plugins(db: &Db, tenant: &str, plugins: &Path, extra: &[&str]) -> StdioServer {
+    pub async fn start_with_plugins(
+        db: &Db,
+        tenant: &str,
+        plugins: &Path,
+        extra: &[&str],
+    ) -> StdioServer {
         let mut cmd = tokio::process::Command::new(cli_bin());
         cmd.args(["--db", &db.url, "--tenant", tenant])
             .arg("--plugins")
@@ -107,7 +123,10 @@ impl StdioServer {
             .spawn()
             .expect("start lockstep mcp");
         let pid = transport.id().expect("child pid");
-        let client = Recorder::default().serve(transport).await.expect("MCP handshake over stdio");
+        let client = Recorder::default()
+            .serve(transport)
+            .await
+            .expect("MCP handshake over stdio");
         StdioServer { client, pid }
     }
 
@@ -150,7 +169,10 @@ impl HttpServer {
         let url = loop {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.kill();
-                panic!("lockstep serve exited before listening; stderr:\n{}", seen.join("\n"));
+                panic!(
+                    "lockstep serve exited before listening; stderr:\n{}",
+                    seen.join("\n")
+                );
             };
             if let Some(url) = line.split("MCP listening on ").nth(1) {
                 break url.trim().to_string();
@@ -172,15 +194,10 @@ impl HttpServer {
         let transport = StreamableHttpClientTransport::from_config(
             StreamableHttpClientTransportConfig::with_uri(self.url.as_str()).auth_header(token),
         );
-        Recorder::default().serve(transport).await.expect("MCP handshake over HTTP")
-    }
-
-    /// The `host:port` the server listens on.
-    pub fn authority(&self) -> String {
-        self.url
-            .trim_start_matches("http://")
-            .trim_end_matches("/mcp")
-            .to_string()
+        Recorder::default()
+            .serve(transport)
+            .await
+            .expect("MCP handshake over HTTP")
     }
 
     pub fn kill(&mut self) {
@@ -199,7 +216,11 @@ impl Drop for HttpServer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     /// An MCP protocol error (invalid arguments are code -32602).
-    Protocol { code: i32, message: String, data: Option<Value> },
+    Protocol {
+        code: i32,
+        message: String,
+        data: Option<Value>,
+    },
     /// A tool result with `isError: true`.
     Tool { code: String, message: String },
     /// The request did not get through (e.g. HTTP 401).
@@ -209,14 +230,18 @@ pub enum Refusal {
 impl Refusal {
     pub fn message(&self) -> &str {
         match self {
-            Refusal::Protocol { message, .. } | Refusal::Tool { message, .. } | Refusal::Transport(message) => message,
+            Refusal::Protocol { message, .. }
+            | Refusal::Tool { message, .. }
+            | Refusal::Transport(message) => message,
         }
     }
 
     /// The field an invalid-arguments error names.
     pub fn field(&self) -> Option<String> {
         match self {
-            Refusal::Protocol { data: Some(d), .. } => d.get("field").and_then(Value::as_str).map(str::to_string),
+            Refusal::Protocol { data: Some(d), .. } => {
+                d.get("field").and_then(Value::as_str).map(str::to_string)
+            }
             _ => None,
         }
     }
@@ -238,7 +263,12 @@ pub async fn call(client: &Client, tool: &str, args: Value) -> Result<Value, Ref
 }
 
 /// Call a tool with a progress token, so the server may send progress notifications.
-pub async fn call_with_progress(client: &Client, tool: &str, args: Value, token: i64) -> Result<Value, Refusal> {
+pub async fn call_with_progress(
+    client: &Client,
+    tool: &str,
+    args: Value,
+    token: i64,
+) -> Result<Value, Refusal> {
     let mut params = CallToolRequestParams::new(tool.to_string());
     params.arguments = arguments(args);
     let mut meta = RequestMetaObject::new();
@@ -247,16 +277,26 @@ pub async fn call_with_progress(client: &Client, tool: &str, args: Value, token:
     read_result(client.call_tool(params).await)
 }
 
-fn read_result(result: Result<rmcp::model::CallToolResult, ServiceError>) -> Result<Value, Refusal> {
+fn read_result(
+    result: Result<rmcp::model::CallToolResult, ServiceError>,
+) -> Result<Value, Refusal> {
     match result {
         Ok(r) if r.is_error == Some(true) => {
             let error = r.structured_content.unwrap_or(Value::Null);
             Err(Refusal::Tool {
-                code: error["error"]["code"].as_str().unwrap_or_default().to_string(),
-                message: error["error"]["message"].as_str().unwrap_or_default().to_string(),
+                code: error["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                message: error["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             })
         }
-        Ok(r) => Ok(r.structured_content.expect("every lockstep tool returns structured content")),
+        Ok(r) => Ok(r
+            .structured_content
+            .expect("every lockstep tool returns structured content")),
         Err(ServiceError::McpError(e)) => Err(Refusal::Protocol {
             code: e.code.0,
             message: e.message.to_string(),
@@ -287,7 +327,12 @@ pub async fn plan(client: &Client, goal: &str, subtasks: &[(&str, &str, &[&str])
             })
         })
         .collect();
-    ok(client, "plan_task", json!({ "goal": goal, "subtasks": subtasks })).await
+    ok(
+        client,
+        "plan_task",
+        json!({ "goal": goal, "subtasks": subtasks }),
+    )
+    .await
 }
 
 /// `claim_task` for one job: the claimed task, or `None` when nothing is ready.

@@ -31,35 +31,87 @@ async fn two_tenants_cannot_reach_each_others_jobs() {
     let acme = server.client(&acme_token).await;
     let globex = server.client(&globex_token).await;
 
-    let plan = plan(&acme, "acme's secret plan", &[("a", "Step one", &[]), ("b", "Step two", &[])]).await;
+    let plan = plan(
+        &acme,
+        "acme's secret plan",
+        &[("a", "Step one", &[]), ("b", "Step two", &[])],
+    )
+    .await;
     let job = plan["job_id"].as_i64().expect("job");
     let claimed = claim(&acme, job).await.expect("acme claims its own task");
     let task = claimed["task_id"].as_i64().expect("task");
-    let not_found_job = Err(Refusal::Tool { code: "not_found".into(), message: format!("job {job} not found") });
-    let not_found_task = Err(Refusal::Tool { code: "not_found".into(), message: format!("task {task} not found") });
+    let not_found_job = Err(Refusal::Tool {
+        code: "not_found".into(),
+        message: format!("job {job} not found"),
+    });
+    let not_found_task = Err(Refusal::Tool {
+        code: "not_found".into(),
+        message: format!("task {task} not found"),
+    });
 
-    assert_eq!(call(&globex, "get_job", json!({ "job_id": job })).await, not_found_job);
-    assert_eq!(call(&globex, "wait_job", json!({ "job_id": job, "timeout_seconds": 1 })).await, not_found_job);
-    assert_eq!(call(&globex, "cancel_job", json!({ "job_id": job })).await, not_found_job);
-    assert_eq!(call(&globex, "claim_task", json!({ "job_id": job })).await, not_found_job);
-    assert_eq!(call(&globex, "get_task", json!({ "task_id": task })).await, not_found_task);
-    assert_eq!(call(&globex, "retry_task", json!({ "task_id": task })).await, not_found_task);
     assert_eq!(
-        call(&globex, "complete_task", json!({ "task_id": task, "attempt": 1, "summary": "stolen" })).await,
+        call(&globex, "get_job", json!({ "job_id": job })).await,
+        not_found_job
+    );
+    assert_eq!(
+        call(
+            &globex,
+            "wait_job",
+            json!({ "job_id": job, "timeout_seconds": 1 })
+        )
+        .await,
+        not_found_job
+    );
+    assert_eq!(
+        call(&globex, "cancel_job", json!({ "job_id": job })).await,
+        not_found_job
+    );
+    assert_eq!(
+        call(&globex, "claim_task", json!({ "job_id": job })).await,
+        not_found_job
+    );
+    assert_eq!(
+        call(&globex, "get_task", json!({ "task_id": task })).await,
         not_found_task
     );
     assert_eq!(
-        call(&globex, "fail_task", json!({ "task_id": task, "attempt": 1, "reason": "x", "retryable": false })).await,
+        call(&globex, "retry_task", json!({ "task_id": task })).await,
         not_found_task
     );
     assert_eq!(
-        call(&globex, "update_task", json!({ "task_id": task, "attempt": 1, "note": "x" })).await,
+        call(
+            &globex,
+            "complete_task",
+            json!({ "task_id": task, "attempt": 1, "summary": "stolen" })
+        )
+        .await,
+        not_found_task
+    );
+    assert_eq!(
+        call(
+            &globex,
+            "fail_task",
+            json!({ "task_id": task, "attempt": 1, "reason": "x", "retryable": false })
+        )
+        .await,
+        not_found_task
+    );
+    assert_eq!(
+        call(
+            &globex,
+            "update_task",
+            json!({ "task_id": task, "attempt": 1, "note": "x" })
+        )
+        .await,
         not_found_task
     );
     let globex_jobs = ok(&globex, "list_jobs", json!({})).await;
     assert_eq!(globex_jobs["jobs"], json!([]));
     let globex_claim = ok(&globex, "claim_task", json!({})).await;
-    assert_eq!(globex_claim["claimed"], false, "globex must not claim acme's pending task");
+    assert_eq!(
+        globex_claim["claimed"], false,
+        "globex must not claim acme's pending task"
+    );
 
     // Nothing globex tried changed acme's job.
     let status = ok(&acme, "get_job", json!({ "job_id": job })).await;
@@ -82,18 +134,35 @@ async fn requests_without_a_live_token_get_401_and_change_nothing() {
 
     let none = raw_post(&server.url, INITIALIZE, &[]).await;
     assert_eq!(none.status(), 401);
-    assert_eq!(none.headers()["www-authenticate"], "Bearer realm=\"lockstep\"");
+    assert_eq!(
+        none.headers()["www-authenticate"],
+        "Bearer realm=\"lockstep\""
+    );
     let wrong = raw_post(&server.url, submit, &[("authorization", "Bearer lst_0000")]).await;
     assert_eq!(wrong.status(), 401);
-    let not_bearer = raw_post(&server.url, submit, &[("authorization", &format!("Basic {token}"))]).await;
+    let not_bearer = raw_post(
+        &server.url,
+        submit,
+        &[("authorization", &format!("Basic {token}"))],
+    )
+    .await;
     assert_eq!(not_bearer.status(), 401);
 
     let client = server.client(&token).await;
-    assert_eq!(ok(&client, "list_jobs", json!({})).await["jobs"], json!([]), "the 401s wrote nothing");
+    assert_eq!(
+        ok(&client, "list_jobs", json!({})).await["jobs"],
+        json!([]),
+        "the 401s wrote nothing"
+    );
     plan(&client, "allowed", &[("a", "Step", &[])]).await;
 
     db.revoke_token(&token);
-    let revoked = raw_post(&server.url, INITIALIZE, &[("authorization", &format!("Bearer {token}"))]).await;
+    let revoked = raw_post(
+        &server.url,
+        INITIALIZE,
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
     assert_eq!(revoked.status(), 401);
     let refused = call(&client, "list_jobs", json!({})).await;
     assert!(
@@ -109,8 +178,14 @@ async fn a_token_over_its_rate_gets_429_with_retry_after() {
     let server = HttpServer::start(&db, &["--rate-limit", "0.5", "--rate-burst", "2"]);
     let auth = format!("Bearer {token}");
     let statuses = [
-        raw_post(&server.url, INITIALIZE, &[("authorization", &auth)]).await.status().as_u16(),
-        raw_post(&server.url, INITIALIZE, &[("authorization", &auth)]).await.status().as_u16(),
+        raw_post(&server.url, INITIALIZE, &[("authorization", &auth)])
+            .await
+            .status()
+            .as_u16(),
+        raw_post(&server.url, INITIALIZE, &[("authorization", &auth)])
+            .await
+            .status()
+            .as_u16(),
     ];
     assert_eq!(statuses, [200, 200]);
     let limited = raw_post(&server.url, INITIALIZE, &[("authorization", &auth)]).await;
@@ -118,7 +193,12 @@ async fn a_token_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(limited.headers()["retry-after"], "2");
     // Another token has its own budget.
     let other = db.create_token("acme");
-    let fresh = raw_post(&server.url, INITIALIZE, &[("authorization", &format!("Bearer {other}"))]).await;
+    let fresh = raw_post(
+        &server.url,
+        INITIALIZE,
+        &[("authorization", &format!("Bearer {other}"))],
+    )
+    .await;
     assert_eq!(fresh.status(), 200);
 }
 
@@ -128,10 +208,19 @@ async fn foreign_host_and_origin_headers_are_refused() {
     let token = db.create_token("acme");
     let server = HttpServer::start(&db, &[]);
     let auth = format!("Bearer {token}");
-    let evil_host = raw_post(&server.url, INITIALIZE, &[("authorization", &auth), ("host", "evil.example")]).await;
+    let evil_host = raw_post(
+        &server.url,
+        INITIALIZE,
+        &[("authorization", &auth), ("host", "evil.example")],
+    )
+    .await;
     assert_eq!(evil_host.status(), 403);
-    let evil_origin =
-        raw_post(&server.url, INITIALIZE, &[("authorization", &auth), ("origin", "http://evil.example")]).await;
+    let evil_origin = raw_post(
+        &server.url,
+        INITIALIZE,
+        &[("authorization", &auth), ("origin", "http://evil.example")],
+    )
+    .await;
     assert_eq!(evil_origin.status(), 403);
     let fine = raw_post(&server.url, INITIALIZE, &[("authorization", &auth)]).await;
     assert_eq!(fine.status(), 200);
@@ -147,7 +236,12 @@ async fn oversized_request_bodies_are_refused() {
         "params": { "name": "plan_task", "arguments": { "goal": "x".repeat(8000), "subtasks": [] } }
     })
     .to_string();
-    let r = raw_post(&server.url, &big, &[("authorization", &format!("Bearer {token}"))]).await;
+    let r = raw_post(
+        &server.url,
+        &big,
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
     assert_eq!(r.status(), 413);
 }
 
@@ -167,7 +261,12 @@ async fn fifty_agents_complete_a_500_task_plan_exactly_once() {
             "depends_on": [format!("t{}", 2 * i), format!("t{}", 2 * i + 1)]
         })
     }));
-    let plan = ok(&planner, "plan_task", json!({ "goal": "big plan", "subtasks": subtasks })).await;
+    let plan = ok(
+        &planner,
+        "plan_task",
+        json!({ "goal": "big plan", "subtasks": subtasks }),
+    )
+    .await;
     let job = plan["job_id"].as_i64().expect("job");
     assert_eq!(plan["tasks"].as_array().expect("tasks").len(), 500);
 
@@ -207,15 +306,25 @@ async fn fifty_agents_complete_a_500_task_plan_exactly_once() {
         }
     }
     assert_eq!(claims.len(), 500, "every task was claimed and completed");
-    assert!(claims.values().all(|a| a == &vec![1]), "a task was claimed twice: {claims:?}");
+    assert!(
+        claims.values().all(|a| a == &vec![1]),
+        "a task was claimed twice: {claims:?}"
+    );
     let status = ok(&planner, "get_job", json!({ "job_id": job })).await;
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["done"], 500);
     assert_eq!(status["counts"]["succeeded"], 500);
     // Each stored summary is the one its claimer wrote: no completion lost or overwritten.
-    for task in [task_id(&plan, "t0"), task_id(&plan, "t399"), task_id(&plan, "u99")] {
+    for task in [
+        task_id(&plan, "t0"),
+        task_id(&plan, "t399"),
+        task_id(&plan, "u99"),
+    ] {
         let view = ok(&planner, "get_task", json!({ "task_id": task })).await;
-        assert_eq!(view["output"]["summary"], format!("agent {} did task {task}", claimed_by[&task]));
+        assert_eq!(
+            view["output"]["summary"],
+            format!("agent {} did task {task}", claimed_by[&task])
+        );
     }
     let distinct: BTreeSet<usize> = claimed_by.values().copied().collect();
     assert!(distinct.len() > 1, "the work was shared by several agents");
@@ -228,7 +337,17 @@ async fn wait_job_streams_progress_and_returns_at_its_timeout() {
     let server = HttpServer::start(&db, &[]);
     let watcher = server.client(&token).await;
     let worker = server.client(&token).await;
-    let plan = plan(&watcher, "watched", &[("a", "A", &[]), ("b", "B", &[]), ("c", "C", &[]), ("d", "D", &[])]).await;
+    let plan = plan(
+        &watcher,
+        "watched",
+        &[
+            ("a", "A", &[]),
+            ("b", "B", &[]),
+            ("c", "C", &[]),
+            ("d", "D", &[]),
+        ],
+    )
+    .await;
     let job = plan["job_id"].as_i64().expect("job");
 
     let work = tokio::spawn(async move {
@@ -238,9 +357,14 @@ async fn wait_job_streams_progress_and_returns_at_its_timeout() {
             complete(&worker, &task, &format!("done {n}")).await;
         }
     });
-    let waited = call_with_progress(&watcher, "wait_job", json!({ "job_id": job, "timeout_seconds": 3 }), 42)
-        .await
-        .expect("wait_job");
+    let waited = call_with_progress(
+        &watcher,
+        "wait_job",
+        json!({ "job_id": job, "timeout_seconds": 3 }),
+        42,
+    )
+    .await
+    .expect("wait_job");
     work.await.expect("worker");
     assert_eq!(waited["finished"], false);
     assert_eq!(waited["timed_out"], true);
@@ -250,9 +374,17 @@ async fn wait_job_streams_progress_and_returns_at_its_timeout() {
 
     let progress = watcher.service().progress.lock().expect("progress").clone();
     let values: Vec<f64> = progress.iter().map(|p| p.progress).collect();
-    assert_eq!(values, vec![0.0, 1.0, 2.0], "one notification per change: {progress:?}");
+    assert_eq!(
+        values,
+        vec![0.0, 1.0, 2.0],
+        "one notification per change: {progress:?}"
+    );
     assert!(progress.iter().all(|p| p.total == Some(4.0)));
-    assert!(progress.iter().all(|p| p.progress_token.0 == rmcp::model::NumberOrString::Number(42)));
+    assert!(
+        progress
+            .iter()
+            .all(|p| p.progress_token.0 == rmcp::model::NumberOrString::Number(42))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +397,12 @@ async fn wait_job_returns_as_soon_as_the_job_finishes() {
     let job = plan["job_id"].as_i64().expect("job");
     let task = claim(&c, job).await.expect("task");
     complete(&c, &task, "done").await;
-    let waited = ok(&c, "wait_job", json!({ "job_id": job, "timeout_seconds": 300 })).await;
+    let waited = ok(
+        &c,
+        "wait_job",
+        json!({ "job_id": job, "timeout_seconds": 300 }),
+    )
+    .await;
     assert_eq!(waited["finished"], true);
     assert_eq!(waited["timed_out"], false);
     assert_eq!(waited["job"]["state"], "succeeded");

@@ -14,7 +14,6 @@
 use super::failure::log_internal;
 use super::{Caller, LockstepMcp, McpConfig, McpServeError, tokens};
 use crate::engine::Engine;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};

@@ -28,7 +28,9 @@ use params::ArgError;
 use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
-use rmcp::model::{CallToolRequestParams, CallToolResponse};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ServerCapabilities, ServerConfig,
+};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, tool_handler};
 use std::sync::Arc;
@@ -103,8 +105,14 @@ impl FromContextPart<ToolCallContext<'_, LockstepMcp>> for Caller {
     }
 }
 
-#[tool_handler(router = self.tool_router, name = "lockstep", instructions = INSTRUCTIONS)]
+#[tool_handler(router = self.tool_router)]
 impl ServerHandler for LockstepMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("lockstep", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
