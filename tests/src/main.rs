@@ -10,4 +10,6 @@ mod mcp_agent;
 mod mcp_harness;
 mod mcp_http;
 mod mcp_tools;
+mod postgres_store;
+mod postgres_test_db;
 mod spec_files;

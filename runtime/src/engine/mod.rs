@@ -248,3 +248,14 @@ impl Engine {
         &self.wake
     }
 }
+
+/// Jobs are validated against the handlers this process has registered.
+impl spec::HandlerCatalog for PluginHost {
+    fn names(&self) -> Vec<String> {
+        self.handler_names()
+    }
+
+    fn validate_input(&self, handler: &str, input: &serde_json::Value) -> Result<(), String> {
+        PluginHost::validate_input(self, handler, input).map_err(|e| e.to_string())
+    }
+}

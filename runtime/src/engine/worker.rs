@@ -13,7 +13,7 @@
 use super::backoff::retry_delay;
 use super::task_context::JobTaskContext;
 use super::{Engine, now_millis};
-use crate::plugin::{RunFailure, RunRequest};
+use crate::plugin::RunRequest;
 use crate::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, Executor, RenewLease,
     RescueExpiredLeases, SpawnTask, TaskResult,
@@ -112,6 +112,9 @@ async fn claimer(
 ) {
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let handlers = engine.plugins().handler_names();
+    // Backends that can push wake-ups (Postgres LISTEN/NOTIFY) shorten the
+    // idle wait; polling stays the fallback because a signal can be lost.
+    let ready = engine.store().ready_signal();
     let mut running = tokio::task::JoinSet::new();
     let mut db_backoff = Duration::from_millis(50);
     loop {
@@ -161,9 +164,16 @@ async fn claimer(
         };
         if claimed.is_empty() {
             drop(permits);
+            let pushed = async {
+                match &ready {
+                    Some(signal) => signal.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(config.idle_poll) => {},
                 _ = engine.wake().notified() => {},
+                _ = pushed => {},
                 _ = stop.changed() => break,
             }
             continue;
@@ -230,7 +240,7 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
             Ok(spawn) => TaskResult::Succeeded { output_json: outcome.output, spawn },
             Err(error) => TaskResult::Fatal { error },
         },
-        Err(RunFailure::Fatal(msg)) => TaskResult::Fatal { error: msg },
+        Err(failure) if !failure.is_retryable() => TaskResult::Fatal { error: failure.to_string() },
         Err(failure) => TaskResult::Retryable {
             error: failure.to_string(),
             retry_after: retry_delay(

@@ -1,5 +1,6 @@
 //! Persistence: one trait, one method per operation, each taking a params
-//! struct. Backends: [`sqlite`] (embedded default) and, later, Postgres.
+//! struct. Backends: [`sqlite`] (embedded default) and [`postgres`] (many
+//! processes on one database).
 //!
 //! **Invariant:** only this module (and `migrations/`) contains SQL; every
 //! statement is parameterized, never formatted.
@@ -13,6 +14,7 @@ use crate::state::{IllegalTransition, JobState, StageState, TaskState};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+pub mod postgres;
 pub mod sqlite;
 
 /// Milliseconds since the Unix epoch; every timestamp in the store uses it.
@@ -512,6 +514,15 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, p: RevokeToken) -> Result<Option<TokenRecord>, StoreError>;
     /// The live token with this hash. Not tenant-scoped: it is how a request's tenant is found.
     async fn tenant_for_token(&self, p: TokenLookup) -> Result<Option<TokenRecord>, StoreError>;
+    /// Signalled when tasks may have become ready (submit, stage opened,
+    /// dependency released, retry), so an idle worker can claim at once
+    /// instead of waiting for its next poll. `None` when the backend has no
+    /// such channel; polling always remains the fallback, since a signal can
+    /// be lost. Create the `notified()` future before claiming to not miss a
+    /// signal sent in between (the Postgres store also leaves a permit).
+    fn ready_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Open the store named by a database URL: `sqlite://PATH` (created if
@@ -519,6 +530,9 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         let store = sqlite::SqliteStore::open(url, sqlite::SqliteOptions::default()).await?;
+        Ok(std::sync::Arc::new(store))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = postgres::PgStore::open(url).await?;
         Ok(std::sync::Arc::new(store))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))

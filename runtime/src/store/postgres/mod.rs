@@ -1,0 +1,391 @@
+//! PostgreSQL store: many `lockstep` processes on one database.
+//!
+//! Same semantics as the SQLite store (the conformance suite checks both);
+//! what is particular to PostgreSQL:
+//!
+//! - **Claims** take pending rows with `FOR UPDATE SKIP LOCKED` in one
+//!   statement, so any number of nodes claim concurrently without waiting on
+//!   each other and no row is claimed twice.
+//! - **Fixed lock order (engine invariant 5).** A write transaction locks
+//!   task rows, then stage rows, then job rows, each set in ascending key order
+//!   with an explicit `ORDER BY … FOR NO KEY UPDATE` before it updates them.
+//!   The stage counter update (`… WHERE state = 'open' AND remaining = 0
+//!   RETURNING`) decides the single advancement; no advisory locks, no
+//!   "am I last?" reads. Task rows touched after stage rows are only ever
+//!   those of a stage the same transaction has just opened or failed, which no
+//!   other transaction can hold (see `advance`).
+//! - **Deadlocks and serialization failures** (SQLSTATE 40P01 / 40001), should
+//!   one ever occur, roll back and retry the whole transaction a bounded number
+//!   of times; each retry is counted ([`PgStore::deadlock_retries`]) and logged
+//!   with `tracing::warn!`, so it cannot hide.
+//! - **Wake-ups.** Every transaction that makes tasks ready sends
+//!   `pg_notify('lockstep_ready', executor)` before it commits; a background
+//!   `LISTEN` connection turns them into a [`tokio::sync::Notify`]
+//!   ([`Store::ready_signal`]) and reconnects with backoff. Polling stays the
+//!   fallback for lost notifications.
+//! - **Connection loss** surfaces as [`StoreError::Database`]; every state
+//!   change is one transaction, so an interrupted one leaves nothing behind,
+//!   and the pool tests connections before handing them out, so the next call
+//!   gets a live one.
+
+mod advance;
+mod complete;
+mod effects;
+mod listen;
+mod operator;
+mod reads;
+mod submit;
+
+use super::{
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, Event, EventKind,
+    Executor, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, Millis, OnFailure,
+    RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, StageResults, Store, StoreError,
+    SubmitJob, Submitted, TaskId, TaskRecord,
+};
+use crate::state::{JobState, StageState, TaskState};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The channel every "tasks became ready" notification is sent on; the
+/// payload is the executor (`wasm` or `agent`).
+pub const READY_CHANNEL: &str = "lockstep_ready";
+
+/// A handler may spawn at most this many children per completion; more is a
+/// fatal task error.
+pub const SPAWN_LIMIT: usize = 10_000;
+
+/// How many times a transaction that hit a deadlock or serialization failure
+/// is run again before the error is returned.
+const MAX_TRANSACTION_RETRIES: u32 = 8;
+
+/// Connection settings for [`PgStore::open_with`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Pool size per process.
+    pub max_connections: u32,
+    /// How long a call waits for a free connection before failing.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The PostgreSQL implementation of [`Store`].
+pub struct PgStore {
+    pool: PgPool,
+    url: String,
+    deadlock_retries: AtomicU64,
+    listener: OnceLock<listen::ReadyListener>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("deadlock_retries", &self.deadlock_retries())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connect to `postgres://…` (or `postgresql://…`) and run the migrations.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::open_with(url, PgOptions::default()).await
+    }
+
+    pub async fn open_with(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            // A connection killed by a restart or `pg_terminate_backend` is
+            // noticed here and replaced instead of failing the next call.
+            .test_before_acquire(true)
+            .connect(url)
+            .await?;
+        let store = PgStore {
+            pool,
+            url: url.to_string(),
+            deadlock_retries: AtomicU64::new(0),
+            listener: OnceLock::new(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The connection pool (for tests and maintenance tools).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// How many transactions were rolled back and run again because of a
+    /// deadlock (40P01) or serialization failure (40001) since open. The lock
+    /// order makes deadlocks impossible between lockstep's own transactions;
+    /// a non-zero value means something else is taking locks on our rows.
+    pub fn deadlock_retries(&self) -> u64 {
+        self.deadlock_retries.load(Ordering::Relaxed)
+    }
+
+    /// How many times the LISTEN connection was re-established after it was
+    /// lost (0 until [`Store::ready_signal`] is first called).
+    pub fn listener_reconnects(&self) -> u64 {
+        self.listener.get().map_or(0, |l| l.reconnects())
+    }
+
+    /// Run `attempt` (one whole transaction) again when it failed with a
+    /// deadlock or serialization failure, up to [`MAX_TRANSACTION_RETRIES`]
+    /// times. Safe because a failed transaction wrote nothing.
+    async fn retrying<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut retries = 0;
+        loop {
+            match attempt().await {
+                Err(error) if retries < MAX_TRANSACTION_RETRIES && is_lock_conflict(&error) => {
+                    retries += 1;
+                    self.deadlock_retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        operation,
+                        retry = retries,
+                        %error,
+                        "postgres transaction hit a deadlock or serialization failure; retrying"
+                    );
+                    // Back off a little (with jitter) so the competing
+                    // transaction can finish first.
+                    let jitter = rand::random_range(0..=10u64);
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(retries) + jitter))
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// SQLSTATE 40P01 (deadlock detected) or 40001 (serialization failure).
+fn is_lock_conflict(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
+    }
+}
+
+// ------------------------------------------------------------ conversions
+
+fn parse_task_state(s: &str) -> Result<TaskState, StoreError> {
+    s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
+}
+
+fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
+    s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
+}
+
+fn parse_stage_state(s: &str) -> Result<StageState, StoreError> {
+    s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
+}
+
+fn executor_str(e: Executor) -> &'static str {
+    match e {
+        Executor::Wasm => "wasm",
+        Executor::Agent => "agent",
+    }
+}
+
+fn parse_executor(s: &str) -> Result<Executor, StoreError> {
+    match s {
+        "wasm" => Ok(Executor::Wasm),
+        "agent" => Ok(Executor::Agent),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown executor {other:?} (expected wasm or agent)"
+        ))),
+    }
+}
+
+fn on_failure_str(o: OnFailure) -> &'static str {
+    match o {
+        OnFailure::FailJob => "fail_job",
+        OnFailure::Continue => "continue",
+    }
+}
+
+fn parse_on_failure(s: &str) -> Result<OnFailure, StoreError> {
+    match s {
+        "fail_job" => Ok(OnFailure::FailJob),
+        "continue" => Ok(OnFailure::Continue),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown on_failure {other:?} (expected fail_job or continue)"
+        ))),
+    }
+}
+
+fn event_kind_str(k: EventKind) -> &'static str {
+    match k {
+        EventKind::Submitted => "submitted",
+        EventKind::StageOpened => "stage_opened",
+        EventKind::StageClosed => "stage_closed",
+        EventKind::TaskClaimed => "task_claimed",
+        EventKind::TaskSucceeded => "task_succeeded",
+        EventKind::TaskFailed => "task_failed",
+        EventKind::TaskRetried => "task_retried",
+        EventKind::TaskDead => "task_dead",
+        EventKind::TaskCancelled => "task_cancelled",
+        EventKind::TaskRevived => "task_revived",
+        EventKind::CompletionRefused => "completion_refused",
+        EventKind::JobFinished => "job_finished",
+        EventKind::JobCancelled => "job_cancelled",
+        EventKind::JobReopened => "job_reopened",
+    }
+}
+
+const EVENT_KINDS: [EventKind; 14] = [
+    EventKind::Submitted,
+    EventKind::StageOpened,
+    EventKind::StageClosed,
+    EventKind::TaskClaimed,
+    EventKind::TaskSucceeded,
+    EventKind::TaskFailed,
+    EventKind::TaskRetried,
+    EventKind::TaskDead,
+    EventKind::TaskCancelled,
+    EventKind::TaskRevived,
+    EventKind::CompletionRefused,
+    EventKind::JobFinished,
+    EventKind::JobCancelled,
+    EventKind::JobReopened,
+];
+
+fn parse_event_kind(s: &str) -> Result<EventKind, StoreError> {
+    EVENT_KINDS
+        .into_iter()
+        .find(|k| event_kind_str(*k) == s)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind {s:?}")))
+}
+
+/// A duration as milliseconds, saturating (a lease of u64::MAX ms is "forever").
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn job_not_found(job: super::JobId) -> StoreError {
+    StoreError::NotFound {
+        entity: "job",
+        id: job.0.to_string(),
+    }
+}
+
+fn task_not_found(task: TaskId) -> StoreError {
+    StoreError::NotFound {
+        entity: "task",
+        id: task.0.to_string(),
+    }
+}
+
+// ------------------------------------------------------------ the trait
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        // sqlx takes a database-wide advisory lock while migrating, so many
+        // nodes starting at once apply each migration exactly once.
+        sqlx::migrate!("../migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError> {
+        self.retrying("submit_job", || submit::submit_job(&self.pool, &p))
+            .await
+    }
+
+    async fn claim_batch(&self, p: ClaimBatch) -> Result<Vec<ClaimedTask>, StoreError> {
+        self.retrying("claim_batch", || complete::claim_batch(&self.pool, &p))
+            .await
+    }
+
+    async fn complete_batch(&self, p: CompleteBatch) -> Result<Vec<CompletionOutcome>, StoreError> {
+        self.retrying("complete_batch", || {
+            complete::complete_batch(&self.pool, &p)
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError> {
+        complete::renew_lease(&self.pool, &p).await
+    }
+
+    async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError> {
+        self.retrying("rescue_expired_leases", || {
+            complete::rescue_expired_leases(&self.pool, &p)
+        })
+        .await
+    }
+
+    async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError> {
+        reads::get_job(&self.pool, &p).await
+    }
+
+    async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError> {
+        reads::list_jobs(&self.pool, &p).await
+    }
+
+    async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError> {
+        reads::get_task(&self.pool, &p).await
+    }
+
+    async fn job_events(&self, p: JobEvents) -> Result<Vec<Event>, StoreError> {
+        reads::job_events(&self.pool, &p).await
+    }
+
+    async fn stage_results(&self, p: StageResults) -> Result<Vec<(TaskId, String)>, StoreError> {
+        reads::stage_results(&self.pool, &p).await
+    }
+
+    async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError> {
+        self.retrying("cancel_job", || operator::cancel_job(&self.pool, &p))
+            .await
+    }
+
+    async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError> {
+        self.retrying("retry_task", || operator::retry_task(&self.pool, &p))
+            .await
+    }
+
+    async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError> {
+        reads::recent_completions(&self.pool, &p).await
+    }
+
+    async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError> {
+        reads::job_state(&self.pool, &p).await
+    }
+
+    fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        // The listener needs a tokio runtime to run on; without one (a
+        // synchronous caller) polling is the only way to find work.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let listener = self
+            .listener
+            .get_or_init(|| listen::ReadyListener::start(&runtime, self.url.clone()));
+        Some(listener.notify())
+    }
+}
+
+/// `now + d`, saturating.
+fn after(now: Millis, d: Duration) -> Millis {
+    now.saturating_add(millis(d))
+}

@@ -1,0 +1,679 @@
+//! Behaviour particular to the PostgreSQL store: many workers and nodes on
+//! one database, deadlock retries, connection loss, LISTEN/NOTIFY wake-ups.
+//! (The shared store semantics are checked by `store_conformance`.)
+
+use crate::postgres_test_db::with_pg;
+use lockstep::state::{JobState, TaskState};
+use lockstep::store::postgres::PgStore;
+use lockstep::store::{
+    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, EventKind, Executor,
+    GetJob, GetTask, JobEvents, JobId, Millis, NewStage, NewTask, OnFailure, RescueExpiredLeases,
+    SpawnTask, StageResults, Store, SubmitJob, TaskResult, TenantId,
+};
+use sqlx::{Connection, PgConnection};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A logical clock: the store takes `now` from its caller.
+const NOW: Millis = 1_800_000_000_000;
+
+fn tenant() -> TenantId {
+    TenantId("acme".to_string())
+}
+
+fn task(handler: &str, key: Option<&str>, depends_on: &[&str]) -> NewTask {
+    NewTask {
+        handler: handler.to_string(),
+        executor: Executor::Wasm,
+        key: key.map(str::to_string),
+        depends_on: depends_on.iter().map(|s| s.to_string()).collect(),
+        input_json: "{}".to_string(),
+        max_attempts: 3,
+        timeout_ms: 30_000,
+        agent_json: None,
+    }
+}
+
+fn stage(name: &str, tasks: Vec<NewTask>) -> NewStage {
+    NewStage {
+        name: name.to_string(),
+        on_failure: OnFailure::FailJob,
+        tasks,
+    }
+}
+
+fn job(key: &str, stages: Vec<NewStage>) -> SubmitJob {
+    SubmitJob {
+        tenant: tenant(),
+        name: key.to_string(),
+        idempotency_key: key.to_string(),
+        spec_json: "{}".to_string(),
+        stages,
+        now: NOW,
+    }
+}
+
+fn claim(limit: u32, worker: &str, now: Millis) -> ClaimBatch {
+    ClaimBatch {
+        tenant: None,
+        executor: Executor::Wasm,
+        handlers: vec!["work".to_string(), "fanout".to_string(), "join".to_string()],
+        job: None,
+        limit,
+        lease: Duration::from_secs(60),
+        worker: worker.to_string(),
+        now,
+    }
+}
+
+fn success(t: &ClaimedTask, spawn: Vec<SpawnTask>) -> Completion {
+    Completion {
+        tenant: t.tenant.clone(),
+        lease: t.lease,
+        result: TaskResult::Succeeded {
+            output_json: format!("{{\"task\":{}}}", t.lease.task_id.0),
+            spawn,
+        },
+    }
+}
+
+async fn all_events(store: &dyn Store, job: JobId) -> Vec<lockstep::store::Event> {
+    let mut out = Vec::new();
+    loop {
+        let page = store
+            .job_events(JobEvents {
+                tenant: tenant(),
+                job,
+                after_id: out.last().map(|e: &lockstep::store::Event| e.id),
+                limit: 1000,
+            })
+            .await
+            .expect("job events");
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+fn count(events: &[lockstep::store::Event], kind: EventKind) -> usize {
+    events.iter().filter(|e| e.kind == kind).count()
+}
+
+/// Per stage position, how many events of `kind` name it.
+fn per_stage(events: &[lockstep::store::Event], kind: EventKind) -> BTreeMap<i32, usize> {
+    let mut m = BTreeMap::new();
+    for e in events.iter().filter(|e| e.kind == kind) {
+        *m.entry(e.stage_position.unwrap_or(-1)).or_insert(0) += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlocks() {
+    with_pg(|db| async move {
+        let store = Arc::new(db.open_store().await);
+        const LEAVES: usize = 100;
+        const SPAWNED: usize = 2_000;
+        let leaf_keys: Vec<String> = (0..LEAVES).map(|i| format!("leaf-{i}")).collect();
+        let leaf_refs: Vec<&str> = leaf_keys.iter().map(String::as_str).collect();
+        let mut first = vec![
+            task("fanout", None, &[]),
+            task("join", Some("join"), &leaf_refs),
+        ];
+        first.extend(leaf_refs.iter().map(|k| task("work", Some(k), &[])));
+        let submitted = store
+            .submit_job(job(
+                "fan-in",
+                vec![
+                    stage("analyze", first),
+                    stage("process", vec![]),
+                    stage("aggregate", vec![task("work", None, &[])]),
+                ],
+            ))
+            .await
+            .expect("submit");
+        let job_id = submitted.job_id;
+
+        // Eight workers claim and complete in batches until the job ends.
+        let mut workers = Vec::new();
+        for w in 0..8 {
+            let store = store.clone();
+            workers.push(tokio::spawn(async move {
+                let name = format!("worker-{w}");
+                loop {
+                    let claimed = store
+                        .claim_batch(claim(16, &name, NOW))
+                        .await
+                        .expect("claim");
+                    if claimed.is_empty() {
+                        let state = store
+                            .job_state(GetJob {
+                                tenant: tenant(),
+                                job: job_id,
+                            })
+                            .await
+                            .expect("job state");
+                        if state != JobState::Running {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    let completions: Vec<Completion> = claimed
+                        .iter()
+                        .rev()
+                        .map(|t| {
+                            let spawn = if t.handler == "fanout" {
+                                (0..SPAWNED)
+                                    .map(|i| SpawnTask {
+                                        stage_name: "process".to_string(),
+                                        handler: "work".to_string(),
+                                        input_json: format!("{{\"i\":{i}}}"),
+                                        max_attempts: 3,
+                                        timeout_ms: 30_000,
+                                    })
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            };
+                            success(t, spawn)
+                        })
+                        .collect();
+                    let outcomes = store
+                        .complete_batch(CompleteBatch {
+                            completions,
+                            now: NOW,
+                        })
+                        .await
+                        .expect("complete");
+                    assert!(
+                        outcomes
+                            .iter()
+                            .all(|o| *o == CompletionOutcome::Recorded(TaskState::Succeeded)),
+                        "every completion is recorded: {outcomes:?}"
+                    );
+                }
+            }));
+        }
+        for w in workers {
+            w.await.expect("worker");
+        }
+
+        assert_eq!(
+            store
+                .job_state(GetJob {
+                    tenant: tenant(),
+                    job: job_id
+                })
+                .await
+                .expect("state"),
+            JobState::Succeeded
+        );
+        let events = all_events(store.as_ref(), job_id).await;
+        let once: BTreeMap<i32, usize> = [(0, 1), (1, 1), (2, 1)].into_iter().collect();
+        assert_eq!(per_stage(&events, EventKind::StageOpened), once);
+        assert_eq!(per_stage(&events, EventKind::StageClosed), once);
+        assert_eq!(count(&events, EventKind::JobFinished), 1);
+        assert_eq!(
+            count(&events, EventKind::TaskSucceeded),
+            1 + 1 + LEAVES + SPAWNED + 1
+        );
+        assert_eq!(
+            count(&events, EventKind::TaskClaimed),
+            1 + 1 + LEAVES + SPAWNED + 1
+        );
+
+        // The join started only after every leaf succeeded.
+        let join_claimed = events
+            .iter()
+            .filter(|e| e.kind == EventKind::TaskClaimed && e.stage_position == Some(0))
+            .map(|e| (e.task_id, e.id))
+            .collect::<BTreeMap<_, _>>();
+        let succeeded_at = events
+            .iter()
+            .filter(|e| e.kind == EventKind::TaskSucceeded)
+            .map(|e| (e.task_id, e.id))
+            .collect::<BTreeMap<_, _>>();
+        let status = store
+            .get_job(GetJob {
+                tenant: tenant(),
+                job: job_id,
+            })
+            .await
+            .expect("status");
+        assert_eq!(status.stages[1].total, SPAWNED as i64);
+        assert_eq!(status.stages[1].remaining, 0);
+        let join_task = {
+            let mut found = None;
+            for task_id in join_claimed.keys() {
+                let t = store
+                    .get_task(GetTask {
+                        tenant: tenant(),
+                        task: task_id.expect("task id"),
+                    })
+                    .await
+                    .expect("task");
+                if t.handler == "join" {
+                    found = Some(t.task_id);
+                }
+            }
+            found.expect("the join task was claimed")
+        };
+        let leaves_done_by = events
+            .iter()
+            .filter(|e| {
+                e.kind == EventKind::TaskSucceeded
+                    && e.stage_position == Some(0)
+                    && e.task_id != Some(join_task)
+            })
+            .map(|e| e.id)
+            .max()
+            .expect("leaf successes");
+        assert!(join_claimed[&Some(join_task)] > leaves_done_by);
+        assert!(succeeded_at[&Some(join_task)] > leaves_done_by);
+
+        // The aggregate stage reads exactly the spawned outputs, a page at a time.
+        let mut seen = BTreeSet::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .stage_results(StageResults {
+                    tenant: tenant(),
+                    job: job_id,
+                    from_stage_position: 2,
+                    stage_name: "process".to_string(),
+                    after,
+                    limit: 300,
+                })
+                .await
+                .expect("stage results");
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            for (id, output) in &page {
+                assert_eq!(output, &format!("{{\"task\":{}}}", id.0));
+                assert!(seen.insert(*id), "task {} listed twice", id.0);
+            }
+        }
+        assert_eq!(seen.len(), SPAWNED);
+        assert_eq!(store.deadlock_retries(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_rescue_on_four_nodes_takes_each_expired_lease_exactly_once() {
+    with_pg(|db| async move {
+        let store = Arc::new(db.open_store().await);
+        const TASKS: usize = 300;
+        let tasks = (0..TASKS).map(|_| task("work", None, &[])).collect();
+        let job_id = store
+            .submit_job(job("leases", vec![stage("only", tasks)]))
+            .await
+            .expect("submit")
+            .job_id;
+        let mut claimed = 0;
+        while claimed < TASKS {
+            let batch = store
+                .claim_batch(claim(100, "doomed-node", NOW))
+                .await
+                .expect("claim");
+            assert!(!batch.is_empty());
+            claimed += batch.len();
+        }
+
+        let later = NOW + 120_000;
+        let mut nodes = Vec::new();
+        for _ in 0..4 {
+            let store = store.clone();
+            nodes.push(tokio::spawn(async move {
+                let mut rescued = 0;
+                loop {
+                    let n = store
+                        .rescue_expired_leases(RescueExpiredLeases {
+                            now: later,
+                            retry_after: Duration::from_secs(1),
+                            limit: 20,
+                        })
+                        .await
+                        .expect("rescue");
+                    if n == 0 {
+                        return rescued;
+                    }
+                    rescued += n;
+                }
+            }));
+        }
+        let mut total = 0;
+        for n in nodes {
+            total += n.await.expect("node");
+        }
+        assert_eq!(total, TASKS as u64);
+        let events = all_events(store.as_ref(), job_id).await;
+        assert_eq!(count(&events, EventKind::TaskRetried), TASKS);
+        let retried: BTreeSet<_> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::TaskRetried)
+            .map(|e| e.task_id)
+            .collect();
+        assert_eq!(retried.len(), TASKS);
+        let status = store
+            .get_job(GetJob {
+                tenant: tenant(),
+                job: job_id,
+            })
+            .await
+            .expect("status");
+        let pending = status.stages[0]
+            .counts
+            .iter()
+            .find(|(s, _)| *s == TaskState::Pending)
+            .map(|(_, n)| *n);
+        assert_eq!(pending, Some(TASKS as i64));
+        assert_eq!(store.deadlock_retries(), 0);
+    })
+    .await;
+}
+
+/// Wait until some backend of `db` other than `except_pid` waits on a lock.
+async fn wait_for_lock_waiter(admin: &sqlx::PgPool, db: &str, except_pid: i32) {
+    for _ in 0..2_000 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> $2 AND wait_event_type = 'Lock'",
+        )
+        .bind(db)
+        .bind(except_pid)
+        .fetch_one(admin)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no backend of {db} started waiting for a lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deadlock_is_retried_counted_and_the_completion_recorded_once() {
+    with_pg(|db| async move {
+        // Our own session waits far longer before checking for deadlocks, so
+        // PostgreSQL always picks the store's transaction as the victim.
+        let store = db.open_store().await;
+        let job_id = store
+            .submit_job(job(
+                "deadlock",
+                vec![stage(
+                    "only",
+                    vec![task("work", None, &[]), task("work", None, &[])],
+                )],
+            ))
+            .await
+            .expect("submit")
+            .job_id;
+        let claimed = store.claim_batch(claim(1, "w", NOW)).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        let t = claimed[0].clone();
+
+        // Someone outside lockstep locks in the opposite order: stage row,
+        // then the task row.
+        let mut other = PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::query("SET deadlock_timeout = '60s'")
+            .execute(&mut other)
+            .await
+            .expect("set");
+        let other_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut other)
+            .await
+            .expect("pid");
+        let mut tx = other.begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM stages WHERE job_id = $1 FOR UPDATE")
+            .bind(job_id.0)
+            .execute(&mut *tx)
+            .await
+            .expect("lock stage");
+
+        let store = Arc::new(store);
+        let completing = {
+            let store = store.clone();
+            let c = success(&t, Vec::new());
+            tokio::spawn(async move {
+                store
+                    .complete_batch(CompleteBatch {
+                        completions: vec![c],
+                        now: NOW,
+                    })
+                    .await
+            })
+        };
+        wait_for_lock_waiter(&db.admin, &db.name, other_pid).await;
+        // Now close the cycle; the store's transaction is aborted with 40P01.
+        sqlx::query("UPDATE tasks SET updated_at = updated_at WHERE id = $1")
+            .bind(t.lease.task_id.0)
+            .execute(&mut *tx)
+            .await
+            .expect("lock task");
+        tx.rollback().await.expect("rollback");
+
+        let outcomes = completing
+            .await
+            .expect("join")
+            .expect("complete after retry");
+        assert_eq!(
+            outcomes,
+            vec![CompletionOutcome::Recorded(TaskState::Succeeded)]
+        );
+        assert_eq!(store.deadlock_retries(), 1);
+        let events = all_events(store.as_ref(), job_id).await;
+        assert_eq!(count(&events, EventKind::TaskSucceeded), 1);
+        let task = store
+            .get_task(GetTask {
+                tenant: tenant(),
+                task: t.lease.task_id,
+            })
+            .await
+            .expect("task");
+        assert_eq!(task.state, TaskState::Succeeded);
+        assert_eq!(task.attempt, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_terminated_connections_lose_nothing_and_write_nothing_twice() {
+    with_pg(|db| async move {
+        let store = Arc::new(db.open_store().await);
+        let spec = job(
+            "restart",
+            vec![stage(
+                "only",
+                vec![task("work", None, &[]), task("work", None, &[])],
+            )],
+        );
+        let first = store.submit_job(spec.clone()).await.expect("submit");
+        assert!(first.created);
+
+        // Between operations: every pooled connection dies; the next call
+        // still succeeds and the idempotent submit writes nothing new.
+        assert!(db.terminate_backends().await > 0);
+        let again = store.submit_job(spec).await.expect("submit after restart");
+        assert_eq!(again.job_id, first.job_id);
+        assert!(!again.created);
+
+        let claimed = store.claim_batch(claim(2, "w", NOW)).await.expect("claim");
+        assert_eq!(claimed.len(), 2);
+        db.terminate_backends().await;
+
+        // In the middle of a transaction: the completion has updated its task
+        // row and waits for the stage row when its backend is terminated.
+        let mut other = PgConnection::connect(&db.url).await.expect("connect");
+        let other_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut other)
+            .await
+            .expect("pid");
+        let mut tx = other.begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM stages WHERE job_id = $1 FOR UPDATE")
+            .bind(first.job_id.0)
+            .execute(&mut *tx)
+            .await
+            .expect("lock stage");
+        let completing = {
+            let store = store.clone();
+            let c = success(&claimed[0], Vec::new());
+            tokio::spawn(async move {
+                store
+                    .complete_batch(CompleteBatch {
+                        completions: vec![c],
+                        now: NOW,
+                    })
+                    .await
+            })
+        };
+        wait_for_lock_waiter(&db.admin, &db.name, other_pid).await;
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> $2 AND wait_event_type = 'Lock'",
+        )
+        .bind(&db.name)
+        .bind(other_pid)
+        .fetch_one(&db.admin)
+        .await
+        .expect("terminate");
+        assert_eq!(killed, 1);
+        let interrupted = completing.await.expect("join");
+        assert!(
+            matches!(interrupted, Err(lockstep::store::StoreError::Database(_))),
+            "an interrupted completion is a database error: {interrupted:?}"
+        );
+        tx.rollback().await.expect("rollback");
+
+        // Nothing of the interrupted transaction is visible.
+        let task = store
+            .get_task(GetTask {
+                tenant: tenant(),
+                task: claimed[0].lease.task_id,
+            })
+            .await
+            .expect("task");
+        assert_eq!(task.state, TaskState::Running);
+        assert_eq!(task.output_json, None);
+        let events = all_events(store.as_ref(), first.job_id).await;
+        assert_eq!(count(&events, EventKind::TaskSucceeded), 0);
+
+        // The worker's retry of the same completion goes through, once.
+        let all: Vec<Completion> = claimed.iter().map(|t| success(t, Vec::new())).collect();
+        let outcomes = store
+            .complete_batch(CompleteBatch {
+                completions: all.clone(),
+                now: NOW,
+            })
+            .await
+            .expect("complete after restart");
+        assert_eq!(
+            outcomes,
+            vec![CompletionOutcome::Recorded(TaskState::Succeeded); 2]
+        );
+        db.terminate_backends().await;
+        let duplicate = store
+            .complete_batch(CompleteBatch {
+                completions: all,
+                now: NOW,
+            })
+            .await
+            .expect("duplicate completion");
+        assert_eq!(duplicate, vec![CompletionOutcome::Stale; 2]);
+
+        let events = all_events(store.as_ref(), first.job_id).await;
+        assert_eq!(count(&events, EventKind::Submitted), 1);
+        assert_eq!(count(&events, EventKind::TaskSucceeded), 2);
+        assert_eq!(count(&events, EventKind::CompletionRefused), 2);
+        assert_eq!(count(&events, EventKind::JobFinished), 1);
+        assert_eq!(
+            store
+                .job_state(GetJob {
+                    tenant: tenant(),
+                    job: first.job_id
+                })
+                .await
+                .expect("state"),
+            JobState::Succeeded
+        );
+    })
+    .await;
+}
+
+/// Wait until the store's LISTEN connection is up.
+async fn wait_for_listener(db: &crate::postgres_test_db::TestDb) {
+    for _ in 0..2_000 {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN %'",
+        )
+        .bind(&db.name)
+        .fetch_one(&db.admin)
+        .await
+        .expect("pg_stat_activity");
+        if listening > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the store never started listening");
+}
+
+/// Swallow wake-ups already delivered (connecting wakes everyone once).
+async fn drain(signal: &tokio::sync::Notify) {
+    while tokio::time::timeout(Duration::from_millis(100), signal.notified())
+        .await
+        .is_ok()
+    {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ready_signal_wakes_an_idle_worker_and_survives_a_dropped_connection() {
+    with_pg(|db| async move {
+        let store: Arc<PgStore> = Arc::new(db.open_store().await);
+        let signal = store.ready_signal().expect("postgres has a ready signal");
+        wait_for_listener(&db).await;
+        drain(&signal).await;
+
+        let woken = signal.notified();
+        store
+            .submit_job(job(
+                "wake-1",
+                vec![stage("only", vec![task("work", None, &[])])],
+            ))
+            .await
+            .expect("submit");
+        tokio::time::timeout(Duration::from_secs(30), woken)
+            .await
+            .expect("a submit with a ready task wakes the waiter");
+
+        // Kill the LISTEN connection: it comes back and wakes again.
+        db.terminate_backends().await;
+        let mut reconnected = false;
+        for _ in 0..3_000 {
+            if store.listener_reconnects() >= 1 {
+                reconnected = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(reconnected, "the LISTEN connection was re-established");
+        wait_for_listener(&db).await;
+        drain(&signal).await;
+        let woken = signal.notified();
+        store
+            .submit_job(job(
+                "wake-2",
+                vec![stage("only", vec![task("work", None, &[])])],
+            ))
+            .await
+            .expect("submit after reconnect");
+        tokio::time::timeout(Duration::from_secs(30), woken)
+            .await
+            .expect("notifications flow again after reconnecting");
+    })
+    .await;
+}
