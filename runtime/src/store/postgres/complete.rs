@@ -14,7 +14,7 @@ use super::effects::Effects;
 use super::{SPAWN_LIMIT, after, parse_on_failure, parse_stage_state, parse_task_state};
 use crate::state::{StageState, TaskState};
 use crate::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
+    ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, Executor, JobId, LeaseToken,
     Millis, OnFailure, RenewLease, RescueExpiredLeases, SpawnTask, StoreError, TaskId, TaskResult,
     TenantId,
 };
@@ -27,7 +27,9 @@ pub(super) async fn claim_batch(
     pool: &PgPool,
     p: &ClaimBatch,
 ) -> Result<Vec<ClaimedTask>, StoreError> {
-    if p.limit == 0 || p.handlers.is_empty() {
+    // Workers name the handlers they can run (none: claim nothing); an agent
+    // claim without a specialist names none and takes any agent task.
+    if p.limit == 0 || (p.handlers.is_empty() && p.executor != Executor::Agent) {
         return Ok(Vec::new());
     }
     let lease_until = after(p.now, p.lease);
@@ -39,7 +41,8 @@ pub(super) async fn claim_batch(
                  JOIN jobs j ON j.id = t.job_id
                  JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
                  WHERE t.state = 'pending' AND t.run_after <= $1
-                   AND t.executor = $2 AND t.handler = ANY($3)
+                   AND t.executor = $2
+                   AND (t.handler = ANY($3) OR cardinality($3::text[]) = 0)
                    AND t.deps_remaining = 0
                    AND j.state = 'running' AND s.state = 'open'
                    AND ($4::text IS NULL OR t.tenant_id = $4)
@@ -114,18 +117,30 @@ struct ClaimedRow {
 // ------------------------------------------------------------ renew
 
 pub(super) async fn renew_lease(pool: &PgPool, p: &RenewLease) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE tasks SET lease_expires_at = $4, updated_at = $5
-         WHERE id = $1 AND tenant_id = $2 AND state = 'running' AND attempt = $3",
+    // One statement: the renewal and its note (if any) commit together, and
+    // the note is written only when the lease was still held.
+    let renewed: i64 = sqlx::query_scalar(
+        "WITH renewed AS (
+                 UPDATE tasks SET lease_expires_at = $4, updated_at = $5
+                 WHERE id = $1 AND tenant_id = $2 AND state = 'running' AND attempt = $3
+                 RETURNING id, tenant_id, job_id, stage_position
+             ),
+             noted AS (
+                 INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+                 SELECT tenant_id, job_id, id, 'task_note', stage_position, $6, $5
+                 FROM renewed WHERE $6::text IS NOT NULL
+             )
+             SELECT count(*) FROM renewed",
     )
     .bind(p.lease.task_id.0)
     .bind(&p.tenant.0)
     .bind(p.lease.attempt)
     .bind(after(p.now, p.lease_for))
     .bind(p.now)
-    .execute(pool)
+    .bind(p.note.as_deref())
+    .fetch_one(pool)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(renewed == 1)
 }
 
 // ------------------------------------------------------------ complete

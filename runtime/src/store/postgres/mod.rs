@@ -29,6 +29,7 @@
 //!   gets a live one.
 
 mod advance;
+mod agent;
 mod complete;
 mod effects;
 mod listen;
@@ -37,10 +38,11 @@ mod reads;
 mod submit;
 
 use super::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, Event, EventKind,
-    Executor, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, Millis, OnFailure,
-    RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, StageResults, Store, StoreError,
-    SubmitJob, Submitted, TaskId, TaskRecord,
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
+    Event, EventKind, Executor, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs,
+    ListTasks, Millis, OnFailure, QueueDepth, QueueDepthQuery, RecentCompletions, RenewLease,
+    RescueExpiredLeases, RetryTask, RevokeToken, StageResults, Store, StoreError, SubmitJob,
+    Submitted, TaskEvents, TaskId, TaskRecord, TokenLookup, TokenRecord,
 };
 use crate::state::{JobState, StageState, TaskState};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -249,10 +251,11 @@ fn event_kind_str(k: EventKind) -> &'static str {
         EventKind::JobFinished => "job_finished",
         EventKind::JobCancelled => "job_cancelled",
         EventKind::JobReopened => "job_reopened",
+        EventKind::TaskNote => "task_note",
     }
 }
 
-const EVENT_KINDS: [EventKind; 14] = [
+const EVENT_KINDS: [EventKind; 15] = [
     EventKind::Submitted,
     EventKind::StageOpened,
     EventKind::StageClosed,
@@ -267,6 +270,7 @@ const EVENT_KINDS: [EventKind; 14] = [
     EventKind::JobFinished,
     EventKind::JobCancelled,
     EventKind::JobReopened,
+    EventKind::TaskNote,
 ];
 
 fn parse_event_kind(s: &str) -> Result<EventKind, StoreError> {
@@ -372,6 +376,35 @@ impl Store for PgStore {
 
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError> {
         reads::job_state(&self.pool, &p).await
+    }
+
+    async fn list_tasks(&self, p: ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
+        agent::list_tasks(&self.pool, &p).await
+    }
+
+    async fn task_dependencies(&self, p: GetTask) -> Result<Vec<Dependency>, StoreError> {
+        agent::task_dependencies(&self.pool, &p).await
+    }
+
+    async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError> {
+        agent::task_events(&self.pool, &p).await
+    }
+
+    async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError> {
+        agent::queue_depth(&self.pool, &p).await
+    }
+
+    async fn create_token(&self, p: CreateToken) -> Result<i64, StoreError> {
+        self.retrying("create_token", || agent::create_token(&self.pool, &p))
+            .await
+    }
+
+    async fn revoke_token(&self, p: RevokeToken) -> Result<Option<TokenRecord>, StoreError> {
+        agent::revoke_token(&self.pool, &p).await
+    }
+
+    async fn tenant_for_token(&self, p: TokenLookup) -> Result<Option<TokenRecord>, StoreError> {
+        agent::tenant_for_token(&self.pool, &p).await
     }
 
     fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
