@@ -58,7 +58,7 @@ fn claim(limit: u32, worker: &str, now: Millis) -> ClaimBatch {
     ClaimBatch {
         tenant: None,
         executor: Executor::Wasm,
-        handlers: vec!["work".to_string(), "fanout".to_string(), "join".to_string()],
+        handlers: Some(vec!["work".to_string(), "fanout".to_string(), "join".to_string()]),
         job: None,
         limit,
         lease: Duration::from_secs(60),

@@ -348,7 +348,7 @@ impl Engine {
             .claim_batch(ClaimBatch {
                 tenant: Some(tenant.clone()),
                 executor: Executor::Agent,
-                handlers: claim.specialist.iter().cloned().collect(),
+                handlers: claim.specialist.map(|s| vec![s]),
                 job: claim.job,
                 limit: 1,
                 lease: claim.lease,

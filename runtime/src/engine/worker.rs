@@ -138,7 +138,7 @@ async fn claimer(
             .claim_batch(ClaimBatch {
                 tenant: None,
                 executor: Executor::Wasm,
-                handlers: handlers.clone(),
+                handlers: Some(handlers.clone()),
                 job: None,
                 limit: permits.len() as u32,
                 lease: config.lease,

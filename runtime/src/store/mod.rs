@@ -132,10 +132,9 @@ pub struct ClaimBatch {
     /// Claims across all tenants when `None` (workers); one tenant for MCP agents.
     pub tenant: Option<TenantId>,
     pub executor: Executor,
-    /// Only these handlers (the ones registered in this process). Empty
-    /// claims nothing — except for `Executor::Agent`, where empty means any
-    /// specialist (an agent's `claim_task` without one).
-    pub handlers: Vec<String>,
+    /// Only these handlers (workers: the ones registered in this process);
+    /// `None` for any handler (agents without a specialist filter).
+    pub handlers: Option<Vec<String>>,
     pub job: Option<JobId>,
     pub limit: u32,
     pub lease: Duration,

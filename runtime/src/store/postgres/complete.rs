@@ -14,7 +14,7 @@ use super::effects::Effects;
 use super::{SPAWN_LIMIT, after, parse_on_failure, parse_stage_state, parse_task_state};
 use crate::state::{StageState, TaskState};
 use crate::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, Executor, JobId, LeaseToken,
+    ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
     Millis, OnFailure, RenewLease, RescueExpiredLeases, SpawnTask, StoreError, TaskId, TaskResult,
     TenantId,
 };
@@ -27,9 +27,7 @@ pub(super) async fn claim_batch(
     pool: &PgPool,
     p: &ClaimBatch,
 ) -> Result<Vec<ClaimedTask>, StoreError> {
-    // Workers name the handlers they can run (none: claim nothing); an agent
-    // claim without a specialist names none and takes any agent task.
-    if p.limit == 0 || (p.handlers.is_empty() && p.executor != Executor::Agent) {
+    if p.limit == 0 || p.handlers.as_ref().is_some_and(|h| h.is_empty()) {
         return Ok(Vec::new());
     }
     let lease_until = after(p.now, p.lease);
@@ -41,8 +39,7 @@ pub(super) async fn claim_batch(
                  JOIN jobs j ON j.id = t.job_id
                  JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
                  WHERE t.state = 'pending' AND t.run_after <= $1
-                   AND t.executor = $2
-                   AND (t.handler = ANY($3) OR cardinality($3::text[]) = 0)
+                   AND t.executor = $2 AND ($3::text[] IS NULL OR t.handler = ANY($3))
                    AND t.deps_remaining = 0
                    AND j.state = 'running' AND s.state = 'open'
                    AND ($4::text IS NULL OR t.tenant_id = $4)
