@@ -39,7 +39,7 @@ fn pair(key: &str, summary: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subtask_is_claimable_exactly_when_its_own_dependencies_are_done() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
     let plan = plan(c, "ship the feature", FIVE_IN_THREE_LEVELS).await;
@@ -142,7 +142,7 @@ async fn a_subtask_is_claimable_exactly_when_its_own_dependencies_are_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_for_a_specialist_gets_only_that_specialists_tasks() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
     let plan = ok(
@@ -179,7 +179,7 @@ async fn claim_for_a_specialist_gets_only_that_specialists_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_and_its_summaries_survive_killing_the_server() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
     let plan = plan(c, "survive a crash", FIVE_IN_THREE_LEVELS).await;
@@ -228,7 +228,7 @@ async fn a_plan_and_its_summaries_survive_killing_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_attempt_is_refused_and_says_why() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &["--agent-lease-secs", "1"]).await;
     let c = &server.client;
     let plan = plan(c, "slow agent", &[("only", "The only step", &[])]).await;
@@ -293,7 +293,7 @@ async fn a_stale_attempt_is_refused_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_task_records_the_note_and_extends_the_lease() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
     let plan = plan(c, "report progress", &[("only", "Long step", &[])]).await;
@@ -322,7 +322,7 @@ async fn update_task_records_the_note_and_extends_the_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_task_retryable_requeues_and_fatal_cancels_dependents() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
     let plan = plan(
@@ -363,7 +363,7 @@ async fn fail_task_retryable_requeues_and_fatal_cancels_dependents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planning_the_same_plan_twice_returns_the_first() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
     let first = plan(c, "once", FIVE_IN_THREE_LEVELS).await;

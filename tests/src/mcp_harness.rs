@@ -36,18 +36,27 @@ impl ClientHandler for Recorder {
 
 pub type Client = RunningService<RoleClient, Recorder>;
 
-/// A fresh database (and an empty plugin directory) in a temporary directory.
+/// A fresh database and a temporary directory (logs, an empty plugin
+/// directory). SQLite by default; a fresh PostgreSQL database when
+/// `LOCKSTEP_TEST_MCP_DB=postgres` (server as in `postgres_test_db`).
 pub struct Db {
     pub dir: tempfile::TempDir,
     pub url: String,
+    pg: Option<crate::postgres_test_db::TestDb>,
 }
 
 impl Db {
-    pub fn new() -> Db {
+    pub async fn new() -> Db {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("lockstep.db").display());
         std::fs::create_dir(dir.path().join("no-plugins")).expect("plugin dir");
-        Db { dir, url }
+        if std::env::var("LOCKSTEP_TEST_MCP_DB").as_deref() == Ok("postgres") {
+            let pg = crate::postgres_test_db::create()
+                .await
+                .expect("LOCKSTEP_TEST_MCP_DB=postgres needs a reachable PostgreSQL server");
+            return Db { dir, url: pg.url.clone(), pg: Some(pg) };
+        }
+        let url = format!("sqlite://{}", dir.path().join("lockstep.db").display());
+        Db { dir, url, pg: None }
     }
 
     pub fn no_plugins(&self) -> PathBuf {
@@ -89,6 +98,20 @@ impl Db {
             "token revoke failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let Some(pg) = self.pg.take() else { return };
+        let drop_it = async move {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", pg.name);
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pg.admin).await {
+                eprintln!("could not drop test database {}: {e}", pg.name);
+            }
+        };
+        // Servers started by the test are gone or going; the drop forces their connections off.
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(drop_it));
     }
 }
 

@@ -24,7 +24,7 @@ async fn raw_post(url: &str, body: &str, headers: &[(&str, &str)]) -> reqwest::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_cannot_reach_each_others_jobs() {
-    let db = Db::new();
+    let db = Db::new().await;
     let acme_token = db.create_token("acme");
     let globex_token = db.create_token("globex");
     let server = HttpServer::start(&db, &[]);
@@ -127,7 +127,7 @@ async fn two_tenants_cannot_reach_each_others_jobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_live_token_get_401_and_change_nothing() {
-    let db = Db::new();
+    let db = Db::new().await;
     let token = db.create_token("acme");
     let server = HttpServer::start(&db, &[]);
     let submit = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"plan_task","arguments":{"goal":"sneaky","subtasks":[{"title":"t","instructions":"i"}]}}}"#;
@@ -173,7 +173,7 @@ async fn requests_without_a_live_token_get_401_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_over_its_rate_gets_429_with_retry_after() {
-    let db = Db::new();
+    let db = Db::new().await;
     let token = db.create_token("acme");
     let server = HttpServer::start(&db, &["--rate-limit", "0.5", "--rate-burst", "2"]);
     let auth = format!("Bearer {token}");
@@ -204,7 +204,7 @@ async fn a_token_over_its_rate_gets_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_host_and_origin_headers_are_refused() {
-    let db = Db::new();
+    let db = Db::new().await;
     let token = db.create_token("acme");
     let server = HttpServer::start(&db, &[]);
     let auth = format!("Bearer {token}");
@@ -228,7 +228,7 @@ async fn foreign_host_and_origin_headers_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_bodies_are_refused() {
-    let db = Db::new();
+    let db = Db::new().await;
     let token = db.create_token("acme");
     let server = HttpServer::start(&db, &["--max-body-bytes", "4096"]);
     let big = json!({
@@ -247,7 +247,7 @@ async fn oversized_request_bodies_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_agents_complete_a_500_task_plan_exactly_once() {
-    let db = Db::new();
+    let db = Db::new().await;
     let token = db.create_token("acme");
     let server = HttpServer::start(&db, &["--rate-limit", "0"]);
     let planner = server.client(&token).await;
@@ -332,7 +332,7 @@ async fn fifty_agents_complete_a_500_task_plan_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_job_streams_progress_and_returns_at_its_timeout() {
-    let db = Db::new();
+    let db = Db::new().await;
     let token = db.create_token("acme");
     let server = HttpServer::start(&db, &[]);
     let watcher = server.client(&token).await;
@@ -389,7 +389,7 @@ async fn wait_job_streams_progress_and_returns_at_its_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_job_returns_as_soon_as_the_job_finishes() {
-    let db = Db::new();
+    let db = Db::new().await;
     let token = db.create_token("acme");
     let server = HttpServer::start(&db, &[]);
     let c = server.client(&token).await;

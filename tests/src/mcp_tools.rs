@@ -9,7 +9,7 @@ use std::path::Path;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tool_is_listed_with_an_input_schema() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let tools = server.client.list_all_tools().await.expect("tools/list");
     let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
@@ -65,7 +65,7 @@ async fn every_tool_is_listed_with_an_input_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_are_submitted_watched_and_listed_through_mcp() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start_with_plugins(
         &db,
         "local",
@@ -134,7 +134,7 @@ async fn jobs_are_submitted_watched_and_listed_through_mcp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_jobs_pages_newest_first_with_a_cursor() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
     let mut ids = Vec::new();
@@ -380,7 +380,7 @@ fn bad_calls() -> Vec<(&'static str, Value, &'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_name_the_field_and_write_nothing() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let c = &server.client;
     // One real claimed task, so the task tools would have something to write to.
@@ -427,7 +427,7 @@ async fn bad_arguments_name_the_field_and_write_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wasm_task_cannot_be_completed_as_an_agent_task() {
-    let db = Db::new();
+    let db = Db::new().await;
     let server = StdioServer::start_with_plugins(
         &db,
         "local",
