@@ -3,10 +3,7 @@
 //! over streamable HTTP, tokens made with `lockstep token create`.
 
 use crate::harness::{cli_bin, test_cache_dir};
-use rmcp::model::{
-    CallToolRequestParams, NumberOrString, ProgressNotificationParam, ProgressToken,
-    RequestMetaObject,
-};
+use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -53,7 +50,11 @@ impl Db {
             let pg = crate::postgres_test_db::create()
                 .await
                 .expect("LOCKSTEP_TEST_MCP_DB=postgres needs a reachable PostgreSQL server");
-            return Db { dir, url: pg.url.clone(), pg: Some(pg) };
+            return Db {
+                dir,
+                url: pg.url.clone(),
+                pg: Some(pg),
+            };
         }
         let url = format!("sqlite://{}", dir.path().join("lockstep.db").display());
         Db { dir, url, pg: None }
@@ -106,7 +107,10 @@ impl Drop for Db {
         let Some(pg) = self.pg.take() else { return };
         let drop_it = async move {
             let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", pg.name);
-            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pg.admin).await {
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pg.admin)
+                .await
+            {
                 eprintln!("could not drop test database {}: {e}", pg.name);
             }
         };
@@ -282,21 +286,6 @@ fn arguments(args: Value) -> Option<serde_json::Map<String, Value>> {
 pub async fn call(client: &Client, tool: &str, args: Value) -> Result<Value, Refusal> {
     let mut params = CallToolRequestParams::new(tool.to_string());
     params.arguments = arguments(args);
-    read_result(client.call_tool(params).await)
-}
-
-/// Call a tool with a progress token, so the server may send progress notifications.
-pub async fn call_with_progress(
-    client: &Client,
-    tool: &str,
-    args: Value,
-    token: i64,
-) -> Result<Value, Refusal> {
-    let mut params = CallToolRequestParams::new(tool.to_string());
-    params.arguments = arguments(args);
-    let mut meta = RequestMetaObject::new();
-    meta.set_progress_token(ProgressToken(NumberOrString::Number(token)));
-    params.meta = Some(meta);
     read_result(client.call_tool(params).await)
 }
 
