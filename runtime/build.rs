@@ -82,6 +82,9 @@ fn build() -> Result<(), String> {
     for input in &inputs {
         println!("cargo::rerun-if-changed={}", input.display());
     }
+    // The generated constants are absolute paths: a checkout at another path
+    // (a moved clone, a second worktree sharing the target dir) must rerun.
+    println!("cargo::rerun-if-env-changed=CARGO_MANIFEST_DIR");
     println!(
         "cargo::rerun-if-changed={}",
         target_dir.join(STAMP).display()

@@ -5,11 +5,14 @@
 mod cli;
 mod crash_recovery;
 mod engine_flow;
+mod guest_programs;
 mod harness;
 mod mcp_agent;
 mod mcp_harness;
 mod mcp_http;
 mod mcp_tools;
+mod plugin_host;
+mod plugin_support;
 mod postgres_store;
 mod postgres_test_db;
 mod spec_files;

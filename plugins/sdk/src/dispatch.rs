@@ -37,7 +37,7 @@ pub fn run<I: DeserializeOwned, O: Serialize>(
     handler: HandlerFn<I, O>,
 ) -> Result<Outcome, WitTaskError> {
     let input: I = serde_json::from_str(&task.input)
-        .map_err(|e| WitTaskError::Fatal(format!("invalid input for `{}`: {e}", task.handler)))?;
+        .map_err(|e| WitTaskError::Fatal(input_error(&task.handler, &task.input, &e)))?;
     let ctx = Context::new(task);
     let output = handler(&ctx, input)?;
     let output = serde_json::to_string(&output).map_err(|e| {
@@ -50,6 +50,41 @@ pub fn run<I: DeserializeOwned, O: Serialize>(
         output,
         spawn: ctx.into_spawned(),
     })
+}
+
+/// serde_json names a missing or unknown field itself, but for a value of the
+/// wrong type it gives only a position; then the message also quotes the input
+/// up to that position, which ends with the field's name and value.
+fn input_error(handler: &str, input: &str, error: &serde_json::Error) -> String {
+    let mut message = format!("invalid input for `{handler}`: {error}");
+    if error.is_data() && !message.contains("field `") {
+        let before = text_before(input, error.line(), error.column());
+        if !before.is_empty() {
+            message.push_str(&format!(" (after `{before}`)"));
+        }
+    }
+    message
+}
+
+/// Up to 40 bytes of `input` ending at serde_json's 1-based line and column,
+/// on one line.
+fn text_before(input: &str, line: usize, column: usize) -> String {
+    let line_start: usize = input
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let mut end = (line_start + column).min(input.len());
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut start = end.saturating_sub(40);
+    while !input.is_char_boundary(start) {
+        start += 1;
+    }
+    input[start..end]
+        .trim_start()
+        .replace(['\n', '\r', '\t'], " ")
 }
 
 /// The error for a task naming a handler this component does not export.

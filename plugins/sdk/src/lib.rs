@@ -44,6 +44,8 @@
 //! - Tasks spawned through [`Context::spawn`] are returned with the output of
 //!   a successful run and dropped when the run fails.
 
+#![warn(missing_docs)]
+
 mod context;
 mod dispatch;
 mod error;

@@ -28,6 +28,11 @@ use wasmtime::component::Component;
 /// Bump when the layout or the meaning of an entry changes.
 const CACHE_FORMAT: &str = "lockstep-cwasm-v1";
 
+/// Hex sha256 of `bytes`: the content hash of plugins and cache entries.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// How one component was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheOutcome {
@@ -156,7 +161,7 @@ impl CompileCache {
             }
             Err(e) => return Err(format!("cannot read its checksum file: {e}")),
         };
-        let actual = hex::encode(Sha256::digest(&bytes));
+        let actual = sha256_hex(&bytes);
         if actual != expected {
             return Err(format!(
                 "checksum mismatch: expected {expected}, found {actual}"
@@ -181,7 +186,7 @@ impl CompileCache {
 
     fn store(&self, artifact: &Path, bytes: &[u8]) -> std::io::Result<()> {
         write_atomically(artifact, bytes)?;
-        let sum = hex::encode(Sha256::digest(bytes));
+        let sum = sha256_hex(bytes);
         write_atomically(&Self::checksum_path(artifact), sum.as_bytes())
     }
 }

@@ -28,7 +28,6 @@ use super::registry::{
 };
 use super::{PluginError, discovery, sandbox};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -264,7 +263,7 @@ impl PluginHost {
         stats: &mut CacheStats,
     ) -> Result<(LoadedPlugin, Vec<(HandlerInfo, jsonschema::Validator)>), String> {
         let wasm = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
-        let sha256 = hex::encode(Sha256::digest(&wasm));
+        let sha256 = super::cache::sha256_hex(&wasm);
         let (component, outcome) = cache
             .component(engine, &wasm, &sha256)
             .map_err(|e| format!("it is not a valid WebAssembly component: {e:#}"))?;

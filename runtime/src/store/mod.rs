@@ -14,8 +14,12 @@ use crate::state::{IllegalTransition, JobState, StageState, TaskState};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+mod codec;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
+
+pub use codec::SPAWN_LIMIT;
 
 /// Milliseconds since the Unix epoch; every timestamp in the store uses it.
 pub type Millis = i64;

@@ -22,13 +22,8 @@ use crate::store::{EventKind, OnFailure, StoreError};
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
 
-/// Per-stage counter change: `add` tasks placed into it (spawned), `done`
-/// tasks of it reached a terminal state.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct StageDelta {
-    pub add: i64,
-    pub done: i64,
-}
+pub(super) use crate::store::rules::StageDelta;
+
 
 /// Lock the given stage rows in ascending (job, position) order and return
 /// their current states.

@@ -9,13 +9,14 @@
 //! **Lock order:** completed task rows (ascending id), then their dependents
 //! (ascending id, one statement), then stage rows, then job rows.
 
-use super::advance::{self, StageDelta};
+use super::advance;
+use crate::store::rules::{Decision, Held, StageDelta, StageMeta, decide, stage_of};
 use super::effects::Effects;
-use super::{SPAWN_LIMIT, after, parse_on_failure, parse_stage_state, parse_task_state};
+use super::{after, parse_on_failure, parse_stage_state, parse_task_state};
 use crate::state::{StageState, TaskState};
 use crate::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
-    Millis, OnFailure, RenewLease, RescueExpiredLeases, SpawnTask, StoreError, TaskId, TaskResult,
+    Millis, OnFailure, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult,
     TenantId,
 };
 use sqlx::{PgConnection, PgPool};
@@ -142,16 +143,6 @@ pub(super) async fn renew_lease(pool: &PgPool, p: &RenewLease) -> Result<bool, S
 
 // ------------------------------------------------------------ complete
 
-/// A running task whose row this transaction holds locked.
-#[derive(Debug, Clone)]
-pub(super) struct Held {
-    pub id: i64,
-    pub tenant: String,
-    pub job: i64,
-    pub position: i32,
-    pub attempt: i32,
-    pub max_attempts: i32,
-}
 
 pub(super) async fn complete_batch(
     pool: &PgPool,
@@ -352,26 +343,7 @@ pub(super) async fn rescue_expired_leases(
 
 // ------------------------------------------------------------ recording
 
-#[derive(Debug, Clone)]
-struct StageMeta {
-    position: i32,
-    name: String,
-    state: StageState,
-    on_failure: OnFailure,
-}
 
-/// What happens to one held task.
-struct Decision {
-    held: Held,
-    to: TaskState,
-    output: Option<String>,
-    error: Option<String>,
-    run_after: Option<Millis>,
-    /// Validated children: (target stage position, spec).
-    spawn: Vec<(i32, SpawnTask)>,
-    outcome: CompletionOutcome,
-    event: (EventKind, Option<String>),
-}
 
 /// Record results for task rows this transaction holds locked (running, with
 /// the claimed attempt): the common path of `complete_batch` and lease rescue.
@@ -483,129 +455,8 @@ async fn load_stages(
     Ok(out)
 }
 
-fn stage_of(stages: &HashMap<i64, Vec<StageMeta>>, job: i64, position: i32) -> Option<&StageMeta> {
-    stages.get(&job)?.iter().find(|s| s.position == position)
-}
 
-fn decide(held: Held, result: TaskResult, stages: &[StageMeta], now: Millis) -> Decision {
-    match result {
-        TaskResult::Succeeded { output_json, spawn } => match validate_spawn(&held, &spawn, stages)
-        {
-            Ok(targets) => {
-                let detail = if targets.is_empty() {
-                    None
-                } else {
-                    Some(format!("spawned {} task(s)", targets.len()))
-                };
-                Decision {
-                    held,
-                    to: TaskState::Succeeded,
-                    output: Some(output_json),
-                    error: None,
-                    run_after: None,
-                    spawn: targets.into_iter().zip(spawn).collect(),
-                    outcome: CompletionOutcome::Recorded(TaskState::Succeeded),
-                    event: (EventKind::TaskSucceeded, detail),
-                }
-            }
-            Err(reason) => Decision {
-                held,
-                to: TaskState::Dead,
-                output: None,
-                error: Some(reason.clone()),
-                run_after: None,
-                spawn: Vec::new(),
-                outcome: CompletionOutcome::RejectedSpawn(reason.clone()),
-                event: (EventKind::TaskDead, Some(reason)),
-            },
-        },
-        TaskResult::Retryable { error, retry_after } => {
-            if held.attempt >= held.max_attempts {
-                let detail = format!(
-                    "{error} (attempt {} of {}, no attempts left)",
-                    held.attempt, held.max_attempts
-                );
-                Decision {
-                    held,
-                    to: TaskState::Dead,
-                    output: None,
-                    error: Some(error),
-                    run_after: None,
-                    spawn: Vec::new(),
-                    outcome: CompletionOutcome::Recorded(TaskState::Dead),
-                    event: (EventKind::TaskDead, Some(detail)),
-                }
-            } else {
-                let run_after = after(now, retry_after);
-                let detail = format!(
-                    "{error} (attempt {} of {}, retry at {run_after})",
-                    held.attempt, held.max_attempts
-                );
-                Decision {
-                    held,
-                    to: TaskState::Pending,
-                    output: None,
-                    error: Some(error),
-                    run_after: Some(run_after),
-                    spawn: Vec::new(),
-                    outcome: CompletionOutcome::Recorded(TaskState::Pending),
-                    event: (EventKind::TaskRetried, Some(detail)),
-                }
-            }
-        }
-        TaskResult::Fatal { error } => Decision {
-            held,
-            to: TaskState::Dead,
-            output: None,
-            error: Some(error.clone()),
-            run_after: None,
-            spawn: Vec::new(),
-            outcome: CompletionOutcome::Recorded(TaskState::Dead),
-            event: (EventKind::TaskDead, Some(error)),
-        },
-    }
-}
 
-/// The target stage position of each spawned task, or why the spawn is refused.
-fn validate_spawn(
-    held: &Held,
-    spawn: &[SpawnTask],
-    stages: &[StageMeta],
-) -> Result<Vec<i32>, String> {
-    if spawn.len() > SPAWN_LIMIT {
-        return Err(format!(
-            "task {} spawned {} tasks, more than the limit of {SPAWN_LIMIT} per task",
-            held.id,
-            spawn.len()
-        ));
-    }
-    let own = stages
-        .iter()
-        .find(|s| s.position == held.position)
-        .map_or("?", |s| s.name.as_str());
-    spawn
-        .iter()
-        .map(|child| {
-            match stages.iter().find(|s| s.name == child.stage_name) {
-                None => Err(format!(
-                    "task {} spawned into unknown stage {:?}; the job's stages are: {}",
-                    held.id,
-                    child.stage_name,
-                    stages
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-                Some(s) if s.position <= held.position => Err(format!(
-                    "task {} spawned into stage {:?}, which is not later than its own stage {own:?}",
-                    held.id, child.stage_name
-                )),
-                Some(s) => Ok(s.position),
-            }
-        })
-        .collect()
-}
 
 async fn write_tasks(
     conn: &mut PgConnection,

@@ -39,12 +39,12 @@ mod submit;
 
 use super::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
-    Event, EventKind, Executor, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs,
-    ListTasks, Millis, OnFailure, QueueDepth, QueueDepthQuery, RecentCompletions, RenewLease,
-    RescueExpiredLeases, RetryTask, RevokeToken, StageResults, Store, StoreError, SubmitJob,
-    Submitted, TaskEvents, TaskId, TaskRecord, TokenLookup, TokenRecord,
+    Event, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, ListTasks, QueueDepth,
+    QueueDepthQuery, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken,
+    StageResults, Store, StoreError, SubmitJob, Submitted, TaskEvents, TaskId, TaskRecord,
+    TokenLookup, TokenRecord,
 };
-use crate::state::{JobState, StageState, TaskState};
+use crate::state::{JobState, TaskState};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,10 +54,6 @@ use std::time::Duration;
 /// The channel every "tasks became ready" notification is sent on; the
 /// payload is the executor (`wasm` or `agent`).
 pub const READY_CHANNEL: &str = "lockstep_ready";
-
-/// A handler may spawn at most this many children per completion; more is a
-/// fatal task error.
-pub const SPAWN_LIMIT: usize = 10_000;
 
 /// How many times a transaction that hit a deadlock or serialization failure
 /// is run again before the error is returned.
@@ -187,117 +183,12 @@ fn is_lock_conflict(error: &StoreError) -> bool {
     }
 }
 
-// ------------------------------------------------------------ conversions
-
-fn parse_task_state(s: &str) -> Result<TaskState, StoreError> {
-    s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
-}
-
-fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
-    s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
-}
-
-fn parse_stage_state(s: &str) -> Result<StageState, StoreError> {
-    s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
-}
-
-fn executor_str(e: Executor) -> &'static str {
-    match e {
-        Executor::Wasm => "wasm",
-        Executor::Agent => "agent",
-    }
-}
-
-fn parse_executor(s: &str) -> Result<Executor, StoreError> {
-    match s {
-        "wasm" => Ok(Executor::Wasm),
-        "agent" => Ok(Executor::Agent),
-        other => Err(StoreError::Corrupt(format!(
-            "unknown executor {other:?} (expected wasm or agent)"
-        ))),
-    }
-}
-
-fn on_failure_str(o: OnFailure) -> &'static str {
-    match o {
-        OnFailure::FailJob => "fail_job",
-        OnFailure::Continue => "continue",
-    }
-}
-
-fn parse_on_failure(s: &str) -> Result<OnFailure, StoreError> {
-    match s {
-        "fail_job" => Ok(OnFailure::FailJob),
-        "continue" => Ok(OnFailure::Continue),
-        other => Err(StoreError::Corrupt(format!(
-            "unknown on_failure {other:?} (expected fail_job or continue)"
-        ))),
-    }
-}
-
-fn event_kind_str(k: EventKind) -> &'static str {
-    match k {
-        EventKind::Submitted => "submitted",
-        EventKind::StageOpened => "stage_opened",
-        EventKind::StageClosed => "stage_closed",
-        EventKind::TaskClaimed => "task_claimed",
-        EventKind::TaskSucceeded => "task_succeeded",
-        EventKind::TaskFailed => "task_failed",
-        EventKind::TaskRetried => "task_retried",
-        EventKind::TaskDead => "task_dead",
-        EventKind::TaskCancelled => "task_cancelled",
-        EventKind::TaskRevived => "task_revived",
-        EventKind::CompletionRefused => "completion_refused",
-        EventKind::JobFinished => "job_finished",
-        EventKind::JobCancelled => "job_cancelled",
-        EventKind::JobReopened => "job_reopened",
-        EventKind::TaskNote => "task_note",
-    }
-}
-
-const EVENT_KINDS: [EventKind; 15] = [
-    EventKind::Submitted,
-    EventKind::StageOpened,
-    EventKind::StageClosed,
-    EventKind::TaskClaimed,
-    EventKind::TaskSucceeded,
-    EventKind::TaskFailed,
-    EventKind::TaskRetried,
-    EventKind::TaskDead,
-    EventKind::TaskCancelled,
-    EventKind::TaskRevived,
-    EventKind::CompletionRefused,
-    EventKind::JobFinished,
-    EventKind::JobCancelled,
-    EventKind::JobReopened,
-    EventKind::TaskNote,
-];
-
-fn parse_event_kind(s: &str) -> Result<EventKind, StoreError> {
-    EVENT_KINDS
-        .into_iter()
-        .find(|k| event_kind_str(*k) == s)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind {s:?}")))
-}
-
-/// A duration as milliseconds, saturating (a lease of u64::MAX ms is "forever").
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn job_not_found(job: super::JobId) -> StoreError {
-    StoreError::NotFound {
-        entity: "job",
-        id: job.0.to_string(),
-    }
-}
-
-fn task_not_found(task: TaskId) -> StoreError {
-    StoreError::NotFound {
-        entity: "task",
-        id: task.0.to_string(),
-    }
-}
+// Shared spellings and helpers, re-exported for the modules below.
+pub(super) use super::codec::{
+    after, event_kind_str, executor_str, job_not_found, on_failure_str,
+    parse_event_kind, parse_executor, parse_job_state, parse_on_failure, parse_stage_state,
+    parse_task_state, task_not_found,
+};
 
 // ------------------------------------------------------------ the trait
 
@@ -416,9 +307,4 @@ impl Store for PgStore {
             .get_or_init(|| listen::ReadyListener::start(&runtime, self.url.clone()));
         Some(listener.notify())
     }
-}
-
-/// `now + d`, saturating.
-fn after(now: Millis, d: Duration) -> Millis {
-    now.saturating_add(millis(d))
 }

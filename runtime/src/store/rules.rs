@@ -1,0 +1,175 @@
+//! The backend-independent half of recording a result: what a completion
+//! means for its task (succeeded, retried, dead), whether its spawns are
+//! allowed, and how stage counters change. Every backend decides with these
+//! functions and only writes the decisions in its own SQL, so the SQLite and
+//! Postgres stores cannot drift apart on semantics.
+
+use super::codec::{SPAWN_LIMIT, after};
+use super::{CompletionOutcome, EventKind, Millis, OnFailure, SpawnTask, TaskResult};
+use crate::state::{StageState, TaskState};
+use std::collections::HashMap;
+
+/// A running task whose row this transaction holds locked.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub id: i64,
+    pub tenant: String,
+    pub job: i64,
+    pub position: i32,
+    pub attempt: i32,
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct StageMeta {
+    pub position: i32,
+    pub name: String,
+    pub state: StageState,
+    pub on_failure: OnFailure,
+}
+
+/// What happens to one held task.
+pub(crate) struct Decision {
+    pub held: Held,
+    pub to: TaskState,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub run_after: Option<Millis>,
+    /// Validated children: (target stage position, spec).
+    pub spawn: Vec<(i32, SpawnTask)>,
+    pub outcome: CompletionOutcome,
+    pub event: (EventKind, Option<String>),
+}
+
+pub(crate) fn stage_of(stages: &HashMap<i64, Vec<StageMeta>>, job: i64, position: i32) -> Option<&StageMeta> {
+    stages.get(&job)?.iter().find(|s| s.position == position)
+}
+
+pub(crate) fn decide(held: Held, result: TaskResult, stages: &[StageMeta], now: Millis) -> Decision {
+    match result {
+        TaskResult::Succeeded { output_json, spawn } => match validate_spawn(&held, &spawn, stages)
+        {
+            Ok(targets) => {
+                let detail = if targets.is_empty() {
+                    None
+                } else {
+                    Some(format!("spawned {} task(s)", targets.len()))
+                };
+                Decision {
+                    held,
+                    to: TaskState::Succeeded,
+                    output: Some(output_json),
+                    error: None,
+                    run_after: None,
+                    spawn: targets.into_iter().zip(spawn).collect(),
+                    outcome: CompletionOutcome::Recorded(TaskState::Succeeded),
+                    event: (EventKind::TaskSucceeded, detail),
+                }
+            }
+            Err(reason) => Decision {
+                held,
+                to: TaskState::Dead,
+                output: None,
+                error: Some(reason.clone()),
+                run_after: None,
+                spawn: Vec::new(),
+                outcome: CompletionOutcome::RejectedSpawn(reason.clone()),
+                event: (EventKind::TaskDead, Some(reason)),
+            },
+        },
+        TaskResult::Retryable { error, retry_after } => {
+            if held.attempt >= held.max_attempts {
+                let detail = format!(
+                    "{error} (attempt {} of {}, no attempts left)",
+                    held.attempt, held.max_attempts
+                );
+                Decision {
+                    held,
+                    to: TaskState::Dead,
+                    output: None,
+                    error: Some(error),
+                    run_after: None,
+                    spawn: Vec::new(),
+                    outcome: CompletionOutcome::Recorded(TaskState::Dead),
+                    event: (EventKind::TaskDead, Some(detail)),
+                }
+            } else {
+                let run_after = after(now, retry_after);
+                let detail = format!(
+                    "{error} (attempt {} of {}, retry at {run_after})",
+                    held.attempt, held.max_attempts
+                );
+                Decision {
+                    held,
+                    to: TaskState::Pending,
+                    output: None,
+                    error: Some(error),
+                    run_after: Some(run_after),
+                    spawn: Vec::new(),
+                    outcome: CompletionOutcome::Recorded(TaskState::Pending),
+                    event: (EventKind::TaskRetried, Some(detail)),
+                }
+            }
+        }
+        TaskResult::Fatal { error } => Decision {
+            held,
+            to: TaskState::Dead,
+            output: None,
+            error: Some(error.clone()),
+            run_after: None,
+            spawn: Vec::new(),
+            outcome: CompletionOutcome::Recorded(TaskState::Dead),
+            event: (EventKind::TaskDead, Some(error)),
+        },
+    }
+}
+
+/// The target stage position of each spawned task, or why the spawn is refused.
+pub(crate) fn validate_spawn(
+    held: &Held,
+    spawn: &[SpawnTask],
+    stages: &[StageMeta],
+) -> Result<Vec<i32>, String> {
+    if spawn.len() > SPAWN_LIMIT {
+        return Err(format!(
+            "task {} spawned {} tasks, more than the limit of {SPAWN_LIMIT} per task",
+            held.id,
+            spawn.len()
+        ));
+    }
+    let own = stages
+        .iter()
+        .find(|s| s.position == held.position)
+        .map_or("?", |s| s.name.as_str());
+    spawn
+        .iter()
+        .map(|child| {
+            match stages.iter().find(|s| s.name == child.stage_name) {
+                None => Err(format!(
+                    "task {} spawned into unknown stage {:?}; the job's stages are: {}",
+                    held.id,
+                    child.stage_name,
+                    stages
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Some(s) if s.position <= held.position => Err(format!(
+                    "task {} spawned into stage {:?}, which is not later than its own stage {own:?}",
+                    held.id, child.stage_name
+                )),
+                Some(s) => Ok(s.position),
+            }
+        })
+        .collect()
+}
+
+/// Per-stage counter change: `add` tasks placed into it (spawned), `done`
+/// tasks of it reached a terminal state.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct StageDelta {
+    pub add: i64,
+    pub done: i64,
+}
+
