@@ -25,14 +25,19 @@ pub struct McpOptions {
 
 impl McpOptions {
     pub fn config(&self) -> Result<McpConfig, Failure> {
-        if !(self.agent_lease_secs > 0.0 && self.agent_lease_secs.is_finite() && self.agent_lease_secs <= 86_400.0) {
+        if !(self.agent_lease_secs > 0.0
+            && self.agent_lease_secs.is_finite()
+            && self.agent_lease_secs <= 86_400.0)
+        {
             return Err(Failure::BadInput(anyhow::anyhow!(
                 "--agent-lease-secs must be a number of seconds between 0 and 86400, got {}",
                 self.agent_lease_secs
             )));
         }
         if self.max_argument_bytes == 0 {
-            return Err(Failure::BadInput(anyhow::anyhow!("--max-argument-bytes must be at least 1")));
+            return Err(Failure::BadInput(anyhow::anyhow!(
+                "--max-argument-bytes must be at least 1"
+            )));
         }
         Ok(McpConfig {
             agent_lease: Duration::from_secs_f64(self.agent_lease_secs),
@@ -106,7 +111,9 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
             if let Some(l) = &label
                 && l.chars().count() > 200
             {
-                return Err(Failure::BadInput(anyhow::anyhow!("--label is longer than 200 characters")));
+                return Err(Failure::BadInput(anyhow::anyhow!(
+                    "--label is longer than 200 characters"
+                )));
             }
             let store = ctx.store().await?;
             let issued = tokens::create(store.as_ref(), &ctx.tenant, label, now_millis())
@@ -126,12 +133,19 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
                 .context("revoking the token")?
             {
                 Some(record) => {
-                    println!("revoked token {} of tenant {:?}", record.token_id, record.tenant.0);
+                    println!(
+                        "revoked token {} of tenant {:?}",
+                        record.token_id, record.tenant.0
+                    );
                     Ok(())
                 }
                 None => Err(Failure::BadInput(anyhow::anyhow!(
                     "no live token matches {}; give the token text or its id as printed by `token create`",
-                    if token.trim().parse::<i64>().is_ok() { token.trim().to_string() } else { "that text".to_string() }
+                    if token.trim().parse::<i64>().is_ok() {
+                        token.trim().to_string()
+                    } else {
+                        "that text".to_string()
+                    }
                 ))),
             }
         }

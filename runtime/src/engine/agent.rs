@@ -22,8 +22,8 @@ use super::{Engine, EngineError, now_millis};
 use crate::spec::{JobSpec, SpecError, StageSpec, TaskSpec};
 use crate::state::{JobState, TaskState};
 use crate::store::{
-    ClaimBatch, CompleteBatch, Completion, CompletionOutcome, Dependency, Executor, GetTask,
-    JobId, LeaseToken, ListTasks, Millis, RenewLease, TaskId, TaskRecord, TaskResult, TenantId,
+    ClaimBatch, CompleteBatch, Completion, CompletionOutcome, Dependency, Executor, GetTask, JobId,
+    LeaseToken, ListTasks, Millis, RenewLease, TaskId, TaskRecord, TaskResult, TenantId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -202,7 +202,10 @@ impl AgentError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> AgentError {
-    AgentError::InvalidPlan { field: field.into(), message: message.into() }
+    AgentError::InvalidPlan {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// `/stages/0/tasks/3/depends_on/1` → `subtasks[3].depends_on[1]`: spec
@@ -214,7 +217,7 @@ fn plan_field(pointer: &str) -> String {
         return "subtasks".to_string();
     };
     let mut field = format!("subtasks[{index}]");
-    while let Some(part) = parts.next() {
+    for part in parts {
         if part.chars().all(|c| c.is_ascii_digit()) {
             field.push_str(&format!("[{part}]"));
         } else {
@@ -235,15 +238,24 @@ impl Engine {
             return Err(invalid("goal", "is empty; say what the plan is for"));
         }
         if goal.chars().count() > MAX_GOAL_CHARS {
-            return Err(invalid("goal", format!("is longer than {MAX_GOAL_CHARS} characters")));
+            return Err(invalid(
+                "goal",
+                format!("is longer than {MAX_GOAL_CHARS} characters"),
+            ));
         }
         if plan.subtasks.is_empty() {
-            return Err(invalid("subtasks", "is empty; a plan needs at least one subtask"));
+            return Err(invalid(
+                "subtasks",
+                "is empty; a plan needs at least one subtask",
+            ));
         }
         if plan.subtasks.len() > MAX_SUBTASKS {
             return Err(invalid(
                 "subtasks",
-                format!("has {} entries, more than the {MAX_SUBTASKS} limit", plan.subtasks.len()),
+                format!(
+                    "has {} entries, more than the {MAX_SUBTASKS} limit",
+                    plan.subtasks.len()
+                ),
             ));
         }
         let keys = subtask_keys(&plan.subtasks)?;
@@ -287,12 +299,16 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let records = self.job_tasks(tenant, submitted.job_id).await?;
-        let by_key: HashMap<&str, &TaskRecord> =
-            records.iter().filter_map(|r| r.key.as_deref().map(|k| (k, r))).collect();
+        let by_key: HashMap<&str, &TaskRecord> = records
+            .iter()
+            .filter_map(|r| r.key.as_deref().map(|k| (k, r)))
+            .collect();
         let mut tasks = Vec::with_capacity(plan.subtasks.len());
         for ((s, key), deps) in plan.subtasks.iter().zip(&keys).zip(depends_on) {
             // An idempotent replay may return a plan stored with other keys; report what is stored.
-            let Some(record) = by_key.get(key.as_str()) else { continue };
+            let Some(record) = by_key.get(key.as_str()) else {
+                continue;
+            };
             tasks.push(PlannedTask {
                 task_id: record.task_id,
                 key: key.clone(),
@@ -311,13 +327,22 @@ impl Engine {
     }
 
     /// Every task of a job, in id order (paged internally).
-    pub async fn job_tasks(&self, tenant: &TenantId, job: JobId) -> Result<Vec<TaskRecord>, EngineError> {
+    pub async fn job_tasks(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+    ) -> Result<Vec<TaskRecord>, EngineError> {
         let mut out = Vec::new();
         let mut after = None;
         loop {
             let page = self
                 .store()
-                .list_tasks(ListTasks { tenant: tenant.clone(), job, after, limit: 1000 })
+                .list_tasks(ListTasks {
+                    tenant: tenant.clone(),
+                    job,
+                    after,
+                    limit: 1000,
+                })
                 .await?;
             let Some(last) = page.last() else { break };
             after = Some(last.task_id);
@@ -340,7 +365,10 @@ impl Engine {
         if let Some(job) = claim.job {
             // A foreign or unknown job answers "not found" rather than "nothing ready".
             self.store()
-                .job_state(crate::store::GetJob { tenant: tenant.clone(), job })
+                .job_state(crate::store::GetJob {
+                    tenant: tenant.clone(),
+                    job,
+                })
                 .await?;
         }
         let claimed = self
@@ -356,16 +384,24 @@ impl Engine {
                 now: now_millis(),
             })
             .await?;
-        let Some(task) = claimed.into_iter().next() else { return Ok(None) };
+        let Some(task) = claimed.into_iter().next() else {
+            return Ok(None);
+        };
         let record = self.task(tenant, task.lease.task_id).await?;
         let brief = AgentBrief::of(&record).unwrap_or_default();
         let job = self
             .store()
-            .get_job(crate::store::GetJob { tenant: tenant.clone(), job: task.job_id })
+            .get_job(crate::store::GetJob {
+                tenant: tenant.clone(),
+                job: task.job_id,
+            })
             .await?;
         let dependencies = self
             .store()
-            .task_dependencies(GetTask { tenant: tenant.clone(), task: task.lease.task_id })
+            .task_dependencies(GetTask {
+                tenant: tenant.clone(),
+                task: task.lease.task_id,
+            })
             .await?
             .into_iter()
             .map(dependency_result)
@@ -396,7 +432,13 @@ impl Engine {
         let now = now_millis();
         let held = self
             .store()
-            .renew_lease(RenewLease { tenant: tenant.clone(), lease, lease_for, now, note })
+            .renew_lease(RenewLease {
+                tenant: tenant.clone(),
+                lease,
+                lease_for,
+                now,
+                note,
+            })
             .await?;
         if !held {
             return Err(self.lease_lost(tenant, lease).await);
@@ -413,8 +455,15 @@ impl Engine {
     ) -> Result<AgentTaskOutcome, AgentError> {
         let output_json = serde_json::to_string(&output)
             .map_err(|e| invalid("summary", format!("cannot be stored as JSON: {e}")))?;
-        self.finish_agent_task(tenant, lease, TaskResult::Succeeded { output_json, spawn: Vec::new() })
-            .await
+        self.finish_agent_task(
+            tenant,
+            lease,
+            TaskResult::Succeeded {
+                output_json,
+                spawn: Vec::new(),
+            },
+        )
+        .await
     }
 
     /// Fail a claimed agent task: a retryable failure goes back to `pending`
@@ -429,7 +478,11 @@ impl Engine {
         let result = if retryable {
             TaskResult::Retryable {
                 error: reason,
-                retry_after: retry_delay(lease.attempt, self.config().retry_base, self.config().retry_cap),
+                retry_after: retry_delay(
+                    lease.attempt,
+                    self.config().retry_base,
+                    self.config().retry_cap,
+                ),
             }
         } else {
             TaskResult::Fatal { error: reason }
@@ -447,7 +500,11 @@ impl Engine {
         let outcomes = self
             .store()
             .complete_batch(CompleteBatch {
-                completions: vec![Completion { tenant: tenant.clone(), lease, result }],
+                completions: vec![Completion {
+                    tenant: tenant.clone(),
+                    lease,
+                    result,
+                }],
                 now: now_millis(),
             })
             .await?;
@@ -456,9 +513,17 @@ impl Engine {
                 self.wake().notify_waiters();
                 let job_state = self
                     .store()
-                    .job_state(crate::store::GetJob { tenant: tenant.clone(), job: task.job_id })
+                    .job_state(crate::store::GetJob {
+                        tenant: tenant.clone(),
+                        job: task.job_id,
+                    })
                     .await?;
-                Ok(AgentTaskOutcome { task_id: lease.task_id, job_id: task.job_id, state, job_state })
+                Ok(AgentTaskOutcome {
+                    task_id: lease.task_id,
+                    job_id: task.job_id,
+                    state,
+                    job_state,
+                })
             }
             Some(CompletionOutcome::Stale) | None => Err(self.lease_lost(tenant, lease).await),
             Some(CompletionOutcome::RejectedSpawn(reason)) => Err(AgentError::InvalidPlan {
@@ -498,9 +563,7 @@ pub fn lease_lost_reason(task: &TaskRecord, attempt: i32) -> String {
             format!("its lease expired and it was claimed again (attempt {current})")
         }
         TaskState::Running => "its lease expired".to_string(),
-        TaskState::Pending => {
-            "its lease expired and it is waiting to be claimed again".to_string()
-        }
+        TaskState::Pending => "its lease expired and it is waiting to be claimed again".to_string(),
         TaskState::Succeeded if current == attempt => "it was already completed".to_string(),
         TaskState::Succeeded => {
             format!("its lease expired and attempt {current} completed it")
@@ -515,8 +578,10 @@ pub fn lease_lost_reason(task: &TaskRecord, attempt: i32) -> String {
 }
 
 fn dependency_result(d: Dependency) -> DependencyResult {
-    let brief: Option<AgentBrief> =
-        d.agent_json.as_deref().and_then(|j| serde_json::from_str(j).ok());
+    let brief: Option<AgentBrief> = d
+        .agent_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok());
     let agent_output: Option<AgentOutput> = match (&brief, d.output_json.as_deref()) {
         (Some(_), Some(json)) => serde_json::from_str(json).ok(),
         _ => None,
@@ -543,11 +608,17 @@ fn subtask_keys(subtasks: &[PlannedSubtask]) -> Result<Vec<String>, AgentError> 
     let mut keys = Vec::with_capacity(subtasks.len());
     for (i, s) in subtasks.iter().enumerate() {
         if s.title.trim().is_empty() {
-            return Err(invalid(format!("subtasks[{i}].title"), "is empty; give the subtask a short title"));
+            return Err(invalid(
+                format!("subtasks[{i}].title"),
+                "is empty; give the subtask a short title",
+            ));
         }
         let key = match &s.key {
             Some(k) if k.trim().is_empty() => {
-                return Err(invalid(format!("subtasks[{i}].key"), "is empty; omit it to use subtask-N"));
+                return Err(invalid(
+                    format!("subtasks[{i}].key"),
+                    "is empty; omit it to use subtask-N",
+                ));
             }
             Some(k) => k.clone(),
             None => format!("subtask-{}", i + 1),
@@ -569,7 +640,11 @@ fn resolve_dependencies(
     subtasks: &[PlannedSubtask],
     keys: &[String],
 ) -> Result<Vec<Vec<String>>, AgentError> {
-    let key_set: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let key_set: HashMap<&str, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
     let mut by_title: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, s) in subtasks.iter().enumerate() {
         by_title.entry(s.title.trim()).or_default().push(i);
@@ -595,7 +670,9 @@ fn resolve_dependencies(
                     None => {
                         return Err(invalid(
                             field,
-                            format!("{dep:?} is neither the key nor the title of a subtask in this plan"),
+                            format!(
+                                "{dep:?} is neither the key nor the title of a subtask in this plan"
+                            ),
                         ));
                     }
                 },

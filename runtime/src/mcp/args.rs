@@ -132,7 +132,10 @@ impl ListJobsArgs {
     pub fn cursor_job(&self) -> Result<Option<i64>, ArgError> {
         match &self.cursor {
             None => Ok(None),
-            Some(c) => match c.strip_prefix("before:").and_then(|n| n.parse::<i64>().ok()) {
+            Some(c) => match c
+                .strip_prefix("before:")
+                .and_then(|n| n.parse::<i64>().ok())
+            {
                 Some(n) if n > 0 => Ok(Some(n)),
                 _ => Err(ArgError::new(
                     "cursor",
@@ -151,12 +154,18 @@ impl Check for ListJobsArgs {
         if let Some(limit) = self.limit
             && !(1..=MAX_PAGE).contains(&limit)
         {
-            return Err(ArgError::new("limit", format!("must be between 1 and {MAX_PAGE}, got {limit}")));
+            return Err(ArgError::new(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE}, got {limit}"),
+            ));
         }
         if let (Some(a), Some(b)) = (self.created_after, self.created_before)
             && a >= b
         {
-            return Err(ArgError::new("created_before", "must be later than created_after"));
+            return Err(ArgError::new(
+                "created_before",
+                "must be later than created_after",
+            ));
         }
         self.cursor_job().map(|_| ())
     }
@@ -230,26 +239,43 @@ impl Check for PlanTaskArgs {
     fn check(&self) -> Result<(), ArgError> {
         text("goal", &self.goal, crate::engine::agent::MAX_GOAL_CHARS)?;
         if self.subtasks.is_empty() {
-            return Err(ArgError::new("subtasks", "is empty; a plan needs at least one subtask"));
+            return Err(ArgError::new(
+                "subtasks",
+                "is empty; a plan needs at least one subtask",
+            ));
         }
         let max = crate::engine::agent::MAX_SUBTASKS;
         if self.subtasks.len() > max {
             return Err(ArgError::new(
                 "subtasks",
-                format!("has {} entries, more than the {max} limit", self.subtasks.len()),
+                format!(
+                    "has {} entries, more than the {max} limit",
+                    self.subtasks.len()
+                ),
             ));
         }
         optional_text("idempotency_key", self.idempotency_key.as_deref(), 200)?;
         for (i, s) in self.subtasks.iter().enumerate() {
             text(&format!("subtasks[{i}].title"), &s.title, MAX_TITLE)?;
-            text(&format!("subtasks[{i}].instructions"), &s.instructions, MAX_TEXT)?;
-            optional_text(&format!("subtasks[{i}].specialist"), s.specialist.as_deref(), MAX_NAME)?;
+            text(
+                &format!("subtasks[{i}].instructions"),
+                &s.instructions,
+                MAX_TEXT,
+            )?;
+            optional_text(
+                &format!("subtasks[{i}].specialist"),
+                s.specialist.as_deref(),
+                MAX_NAME,
+            )?;
             optional_text(&format!("subtasks[{i}].key"), s.key.as_deref(), MAX_NAME)?;
             for (j, d) in s.depends_on.iter().enumerate() {
                 text(&format!("subtasks[{i}].depends_on[{j}]"), d, MAX_TITLE)?;
             }
             if s.max_attempts == Some(0) {
-                return Err(ArgError::new(format!("subtasks[{i}].max_attempts"), "must be at least 1"));
+                return Err(ArgError::new(
+                    format!("subtasks[{i}].max_attempts"),
+                    "must be at least 1",
+                ));
             }
         }
         Ok(())
@@ -336,7 +362,10 @@ impl Check for CompleteTaskArgs {
         if self.artifacts.len() > MAX_ARTIFACTS {
             return Err(ArgError::new(
                 "artifacts",
-                format!("has {} entries, more than the {MAX_ARTIFACTS} limit", self.artifacts.len()),
+                format!(
+                    "has {} entries, more than the {MAX_ARTIFACTS} limit",
+                    self.artifacts.len()
+                ),
             ));
         }
         for (i, a) in self.artifacts.iter().enumerate() {

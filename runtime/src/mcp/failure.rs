@@ -29,18 +29,22 @@ pub enum ToolFailure {
 impl ToolFailure {
     /// Log an internal error and keep only a correlation id for the client.
     pub fn internal(tool: &str, error: &dyn std::fmt::Display) -> ToolFailure {
-        ToolFailure::Internal { correlation_id: log_internal(tool, error) }
+        ToolFailure::Internal {
+            correlation_id: log_internal(tool, error),
+        }
     }
 
     pub fn from_engine(tool: &str, e: EngineError) -> ToolFailure {
         match e {
             EngineError::Spec(spec) => ToolFailure::Argument(spec_argument(spec)),
-            EngineError::NotFound { .. } => {
-                ToolFailure::Refused { code: "not_found", message: e.to_string() }
-            }
-            EngineError::IllegalTransition(_) => {
-                ToolFailure::Refused { code: "illegal_state", message: e.to_string() }
-            }
+            EngineError::NotFound { .. } => ToolFailure::Refused {
+                code: "not_found",
+                message: e.to_string(),
+            },
+            EngineError::IllegalTransition(_) => ToolFailure::Refused {
+                code: "illegal_state",
+                message: e.to_string(),
+            },
             other => ToolFailure::internal(tool, &other),
         }
     }
@@ -51,12 +55,14 @@ impl ToolFailure {
             AgentError::InvalidPlan { field, message } => {
                 ToolFailure::Argument(ArgError::new(field, message))
             }
-            AgentError::LeaseLost { .. } => {
-                ToolFailure::Refused { code: "lease_lost", message: e.to_string() }
-            }
-            AgentError::NotAgentTask(_) => {
-                ToolFailure::Refused { code: "not_agent_task", message: e.to_string() }
-            }
+            AgentError::LeaseLost { .. } => ToolFailure::Refused {
+                code: "lease_lost",
+                message: e.to_string(),
+            },
+            AgentError::NotAgentTask(_) => ToolFailure::Refused {
+                code: "not_agent_task",
+                message: e.to_string(),
+            },
         }
     }
 
@@ -97,7 +103,9 @@ pub fn log_internal(tool: &str, error: &dyn std::fmt::Display) -> String {
 /// turned into the argument path (`/stages/1/tasks/0/input` → `job.stages[1].tasks[0].input`).
 fn spec_argument(e: SpecError) -> ArgError {
     match e {
-        SpecError::Invalid { pointer, message } => ArgError::new(pointer_field("job", &pointer), message),
+        SpecError::Invalid { pointer, message } => {
+            ArgError::new(pointer_field("job", &pointer), message)
+        }
         SpecError::InFile { source, .. } => spec_argument(*source),
         other => ArgError::new("job", other.to_string()),
     }

@@ -72,7 +72,10 @@ impl RateLimiter {
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = buckets.entry(token_id).or_insert(Bucket { tokens: self.burst, at: now });
+        let bucket = buckets.entry(token_id).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
         let refill = now.duration_since(bucket.at).as_secs_f64() * self.rate;
         bucket.tokens = (bucket.tokens + refill).min(self.burst);
         bucket.at = now;
@@ -91,14 +94,20 @@ struct Gate {
 }
 
 fn plain(status: StatusCode, message: &str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n")).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
 }
 
 fn unauthorized(message: &str) -> Response {
     let mut response = plain(StatusCode::UNAUTHORIZED, message);
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"lockstep\""));
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"lockstep\""),
+    );
     response
 }
 
@@ -107,11 +116,16 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .map(str::to_string);
     let Some(token) = token else {
-        return unauthorized("missing bearer token: send Authorization: Bearer <token from `lockstep token create`>");
+        return unauthorized(
+            "missing bearer token: send Authorization: Bearer <token from `lockstep token create`>",
+        );
     };
     let record = match tokens::authenticate(gate.engine.store().as_ref(), &token).await {
         Ok(Some(record)) => record,
@@ -148,7 +162,12 @@ pub fn router(
     http: &HttpConfig,
     shutdown: CancellationToken,
 ) -> axum::Router {
-    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "[::1]".into()];
+    let mut hosts: Vec<String> = vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+        "[::1]".into(),
+    ];
     hosts.extend(http.allowed_hosts.iter().cloned());
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
@@ -192,7 +211,10 @@ pub async fn serve(
 pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, McpServeError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| McpServeError::Bind { addr: addr.to_string(), source })
+        .map_err(|source| McpServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// How long a graceful HTTP shutdown may take before the process exits anyway.

@@ -55,7 +55,10 @@ pub struct McpConfig {
 
 impl Default for McpConfig {
     fn default() -> Self {
-        McpConfig { agent_lease: Duration::from_secs(15 * 60), max_argument_bytes: 1024 * 1024 }
+        McpConfig {
+            agent_lease: Duration::from_secs(15 * 60),
+            max_argument_bytes: 1024 * 1024,
+        }
     }
 }
 
@@ -80,28 +83,44 @@ pub struct LockstepMcp {
 impl LockstepMcp {
     /// A server whose calls all run as `tenant` (stdio).
     pub fn local(engine: Arc<Engine>, config: Arc<McpConfig>, tenant: TenantId) -> Self {
-        let caller = Caller { tenant, name: format!("mcp-stdio-{}", std::process::id()) };
-        LockstepMcp { engine, config, local: Some(caller), tool_router: Self::tool_router() }
+        let caller = Caller {
+            tenant,
+            name: format!("mcp-stdio-{}", std::process::id()),
+        };
+        LockstepMcp {
+            engine,
+            config,
+            local: Some(caller),
+            tool_router: Self::tool_router(),
+        }
     }
 
     /// A server whose calls run as the tenant the HTTP layer attached to each request.
     pub fn remote(engine: Arc<Engine>, config: Arc<McpConfig>) -> Self {
-        LockstepMcp { engine, config, local: None, tool_router: Self::tool_router() }
+        LockstepMcp {
+            engine,
+            config,
+            local: None,
+            tool_router: Self::tool_router(),
+        }
     }
 }
 
 impl FromContextPart<ToolCallContext<'_, LockstepMcp>> for Caller {
     fn from_context_part(cx: &mut ToolCallContext<'_, LockstepMcp>) -> Result<Self, ErrorData> {
-        if let Some(parts) = cx.request_context.extensions.get::<axum::http::request::Parts>() {
+        if let Some(parts) = cx
+            .request_context
+            .extensions
+            .get::<axum::http::request::Parts>()
+        {
             // Attached by the authentication layer; a request without it never gets here.
             return parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
                 ErrorData::invalid_request("this request carries no valid bearer token", None)
             });
         }
-        cx.service
-            .local
-            .clone()
-            .ok_or_else(|| ErrorData::invalid_request("this request carries no valid bearer token", None))
+        cx.service.local.clone().ok_or_else(|| {
+            ErrorData::invalid_request("this request carries no valid bearer token", None)
+        })
     }
 }
 
@@ -120,7 +139,9 @@ impl ServerHandler for LockstepMcp {
     ) -> Result<CallToolResponse, ErrorData> {
         if let Some(args) = &request.arguments {
             // Serialized length bounds what the tool may allocate decoding it.
-            let size = serde_json::to_vec(args).map(|v| v.len()).unwrap_or(usize::MAX);
+            let size = serde_json::to_vec(args)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if size > self.config.max_argument_bytes {
                 return Err(ArgError::new(
                     "arguments",
@@ -152,7 +173,10 @@ pub async fn serve_stdio(
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| McpServeError::Start(e.to_string()))?;
-    running.waiting().await.map_err(|e| McpServeError::Stopped(e.to_string()))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| McpServeError::Stopped(e.to_string()))?;
     Ok(())
 }
 

@@ -6,9 +6,9 @@
 //! message starts with the field (`subtasks[2].title: is empty …`), and no
 //! engine call has been made.
 
+use rmcp::ErrorData;
 use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::tool::ToolCallContext;
-use rmcp::ErrorData;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
@@ -23,7 +23,10 @@ pub struct ArgError {
 
 impl ArgError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ArgError { field: field.into(), message: message.into() }
+        ArgError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// The MCP error a client sees: message `field: why`, and the field in `data`.
@@ -90,7 +93,11 @@ pub fn decode<T: DeserializeOwned + Check>(value: serde_json::Value) -> Result<T
 fn field_error(path: &str, message: &str) -> ArgError {
     let parent = if path == "." { "" } else { path };
     let join = |name: &str| {
-        if parent.is_empty() { name.to_string() } else { format!("{parent}.{name}") }
+        if parent.is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent}.{name}")
+        }
     };
     let quoted = message.split('`').nth(1);
     if let (Some(name), true) = (quoted, message.starts_with("missing field")) {
@@ -101,9 +108,16 @@ fn field_error(path: &str, message: &str) -> ArgError {
             .split_once(", expected ")
             .map(|(_, rest)| format!("; expected {rest}"))
             .unwrap_or_default();
-        return ArgError::new(join(name), format!("is not an argument of this tool{expected}"));
+        return ArgError::new(
+            join(name),
+            format!("is not an argument of this tool{expected}"),
+        );
     }
-    let field = if parent.is_empty() { "arguments".to_string() } else { parent.to_string() };
+    let field = if parent.is_empty() {
+        "arguments".to_string()
+    } else {
+        parent.to_string()
+    };
     ArgError::new(field, message.to_string())
 }
 
@@ -129,7 +143,10 @@ pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<(),
 pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
     // Bytes bound characters from above, so most values skip the count.
     if value.len() > max && value.chars().count() > max {
-        return Err(ArgError::new(field, format!("is longer than {max} characters")));
+        return Err(ArgError::new(
+            field,
+            format!("is longer than {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -137,7 +154,10 @@ pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
 /// A positive id.
 pub fn id(field: &str, value: i64) -> Result<(), ArgError> {
     if value <= 0 {
-        return Err(ArgError::new(field, format!("must be a positive id, got {value}")));
+        return Err(ArgError::new(
+            field,
+            format!("must be a positive id, got {value}"),
+        ));
     }
     Ok(())
 }

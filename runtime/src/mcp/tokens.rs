@@ -6,7 +6,8 @@
 //! **Invariant:** a revoked token never authenticates again.
 
 use crate::store::{
-    CreateToken, Millis, RevokeToken, Store, StoreError, TenantId, TokenLookup, TokenRecord, TokenRef,
+    CreateToken, Millis, RevokeToken, Store, StoreError, TenantId, TokenLookup, TokenRecord,
+    TokenRef,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -43,7 +44,9 @@ pub fn check_tenant_name(name: &str) -> Result<(), String> {
         return Err("the tenant name is longer than 100 characters".to_string());
     }
     if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("the tenant name {name:?} contains whitespace or control characters"));
+        return Err(format!(
+            "the tenant name {name:?} contains whitespace or control characters"
+        ));
     }
     Ok(())
 }
@@ -57,9 +60,18 @@ pub async fn create(
 ) -> Result<IssuedToken, StoreError> {
     let token = new_token_text();
     let token_id = store
-        .create_token(CreateToken { tenant: tenant.clone(), token_hash: token_hash(&token), label, now })
+        .create_token(CreateToken {
+            tenant: tenant.clone(),
+            token_hash: token_hash(&token),
+            label,
+            now,
+        })
         .await?;
-    Ok(IssuedToken { token_id, tenant: tenant.clone(), token })
+    Ok(IssuedToken {
+        token_id,
+        tenant: tenant.clone(),
+        token,
+    })
 }
 
 /// Revoke a token given as its text or its numeric id. `Ok(None)` when no
@@ -77,9 +89,16 @@ pub async fn revoke(
 }
 
 /// The live token with this text, if any.
-pub async fn authenticate(store: &dyn Store, token: &str) -> Result<Option<TokenRecord>, StoreError> {
+pub async fn authenticate(
+    store: &dyn Store,
+    token: &str,
+) -> Result<Option<TokenRecord>, StoreError> {
     if !token.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
-    store.tenant_for_token(TokenLookup { token_hash: token_hash(token) }).await
+    store
+        .tenant_for_token(TokenLookup {
+            token_hash: token_hash(token),
+        })
+        .await
 }

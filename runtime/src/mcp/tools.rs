@@ -42,7 +42,11 @@ impl LockstepMcp {
         annotations(read_only_hint = true),
         output_schema = schema_for_output::<HandlerList>()
     )]
-    async fn list_handlers(&self, _caller: Caller, Parameters(_): Parameters<NoArgs>) -> ToolResult {
+    async fn list_handlers(
+        &self,
+        _caller: Caller,
+        Parameters(_): Parameters<NoArgs>,
+    ) -> ToolResult {
         let handlers: Vec<serde_json::Value> = self
             .engine
             .plugins()
@@ -66,7 +70,11 @@ impl LockstepMcp {
         description = "Submit a job: named stages that run one after another, each with tasks for registered handlers (see list_handlers). Tasks may name a `key` and `depends_on` other keys of the same stage. Returns the job id; submitting the same job (or idempotency key) again returns the existing job with created=false. Watch it with get_job or wait_job.",
         output_schema = schema_for_output::<Submitted>()
     )]
-    async fn submit_job(&self, caller: Caller, Parameters(args): Parameters<SubmitJobArgs>) -> ToolResult {
+    async fn submit_job(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<SubmitJobArgs>,
+    ) -> ToolResult {
         let mut job = args.job;
         if args.idempotency_key.is_some() {
             job.idempotency_key = args.idempotency_key;
@@ -76,9 +84,18 @@ impl LockstepMcp {
                 let line = if s.created {
                     format!("submitted job {}", s.job_id.0)
                 } else {
-                    format!("job {} already existed with this idempotency key; nothing new was submitted", s.job_id.0)
+                    format!(
+                        "job {} already existed with this idempotency key; nothing new was submitted",
+                        s.job_id.0
+                    )
                 };
-                ok(&Submitted { job_id: s.job_id.0, created: s.created }, line)
+                ok(
+                    &Submitted {
+                        job_id: s.job_id.0,
+                        created: s.created,
+                    },
+                    line,
+                )
             }
             Err(e) => ToolFailure::from_engine("submit_job", e).into_response(),
         }
@@ -90,7 +107,11 @@ impl LockstepMcp {
         output_schema = schema_for_output::<JobView>()
     )]
     async fn get_job(&self, caller: Caller, Parameters(args): Parameters<JobIdArgs>) -> ToolResult {
-        match self.engine.progress(&caller.tenant, JobId(args.job_id)).await {
+        match self
+            .engine
+            .progress(&caller.tenant, JobId(args.job_id))
+            .await
+        {
             Ok(p) => {
                 let view = JobView::from_progress(&p);
                 let line = view.line();
@@ -105,7 +126,11 @@ impl LockstepMcp {
         annotations(read_only_hint = true),
         output_schema = schema_for_output::<JobPage>()
     )]
-    async fn list_jobs(&self, caller: Caller, Parameters(args): Parameters<ListJobsArgs>) -> ToolResult {
+    async fn list_jobs(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<ListJobsArgs>,
+    ) -> ToolResult {
         let limit = args.limit.unwrap_or(20);
         let before = args.cursor_job().map_err(ArgError::into_error_data)?;
         let query = ListJobs {
@@ -122,7 +147,10 @@ impl LockstepMcp {
                 let next_cursor = (jobs.len() == limit as usize)
                     .then(|| jobs.last().map(|j| format!("before:{}", j.job_id.0)))
                     .flatten();
-                let page = JobPage { jobs: jobs.iter().map(JobListEntry::from).collect(), next_cursor };
+                let page = JobPage {
+                    jobs: jobs.iter().map(JobListEntry::from).collect(),
+                    next_cursor,
+                };
                 let line = match page.jobs.len() {
                     0 => "no jobs match".to_string(),
                     n => format!(
@@ -169,7 +197,11 @@ impl LockstepMcp {
                 && reported != Some((p.done, p.total))
             {
                 // Progress must increase with every notification, even when a retry lowers `done`.
-                progress_value = if reported.is_none() { p.done as f64 } else { (p.done as f64).max(progress_value + 0.001) };
+                progress_value = if reported.is_none() {
+                    p.done as f64
+                } else {
+                    (p.done as f64).max(progress_value + 0.001)
+                };
                 reported = Some((p.done, p.total));
                 let note = ProgressNotificationParam::new(token.clone(), progress_value)
                     .with_total(p.total.max(p.done) as f64)
@@ -184,9 +216,20 @@ impl LockstepMcp {
                 let line = if finished {
                     format!("finished: {}", view.line())
                 } else {
-                    format!("still running after {:.0}s: {}", timeout.as_secs_f64(), view.line())
+                    format!(
+                        "still running after {:.0}s: {}",
+                        timeout.as_secs_f64(),
+                        view.line()
+                    )
                 };
-                return ok(&WaitResult { finished, timed_out: !finished, job: view }, line);
+                return ok(
+                    &WaitResult {
+                        finished,
+                        timed_out: !finished,
+                        job: view,
+                    },
+                    line,
+                );
             }
             let nap = WAIT_POLL.min(deadline - now);
             tokio::select! {
@@ -203,10 +246,17 @@ impl LockstepMcp {
         annotations(destructive_hint = true, idempotent_hint = true),
         output_schema = schema_for_output::<JobStateView>()
     )]
-    async fn cancel_job(&self, caller: Caller, Parameters(args): Parameters<JobIdArgs>) -> ToolResult {
+    async fn cancel_job(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<JobIdArgs>,
+    ) -> ToolResult {
         match self.engine.cancel(&caller.tenant, JobId(args.job_id)).await {
             Ok(state) => ok(
-                &JobStateView { job_id: args.job_id, state: state.to_string() },
+                &JobStateView {
+                    job_id: args.job_id,
+                    state: state.to_string(),
+                },
                 format!("job {} is {state}", args.job_id),
             ),
             Err(e) => ToolFailure::from_engine("cancel_job", e).into_response(),
@@ -218,7 +268,11 @@ impl LockstepMcp {
         annotations(read_only_hint = true),
         output_schema = schema_for_output::<TaskView>()
     )]
-    async fn get_task(&self, caller: Caller, Parameters(args): Parameters<TaskIdArgs>) -> ToolResult {
+    async fn get_task(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<TaskIdArgs>,
+    ) -> ToolResult {
         let task = match self.engine.task(&caller.tenant, TaskId(args.task_id)).await {
             Ok(t) => t,
             Err(e) => return ToolFailure::from_engine("get_task", e).into_response(),
@@ -226,7 +280,11 @@ impl LockstepMcp {
         let events = self
             .engine
             .store()
-            .task_events(TaskEvents { tenant: caller.tenant.clone(), task: task.task_id, limit: 20 })
+            .task_events(TaskEvents {
+                tenant: caller.tenant.clone(),
+                task: task.task_id,
+                limit: 20,
+            })
             .await;
         let events = match events {
             Ok(ev) => ev,
@@ -241,10 +299,21 @@ impl LockstepMcp {
         description = "Retry a dead or cancelled task: it goes back to the queue with fresh attempts and its job is reopened.",
         output_schema = schema_for_output::<TaskStateView>()
     )]
-    async fn retry_task(&self, caller: Caller, Parameters(args): Parameters<TaskIdArgs>) -> ToolResult {
-        match self.engine.retry(&caller.tenant, TaskId(args.task_id)).await {
+    async fn retry_task(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<TaskIdArgs>,
+    ) -> ToolResult {
+        match self
+            .engine
+            .retry(&caller.tenant, TaskId(args.task_id))
+            .await
+        {
             Ok(state) => ok(
-                &TaskStateView { task_id: args.task_id, state: state.to_string() },
+                &TaskStateView {
+                    task_id: args.task_id,
+                    state: state.to_string(),
+                },
                 format!("task {} is {state} again", args.task_id),
             ),
             Err(e) => ToolFailure::from_engine("retry_task", e).into_response(),
@@ -261,7 +330,9 @@ impl LockstepMcp {
         let depth = self
             .engine
             .store()
-            .queue_depth(QueueDepthQuery { tenant: caller.tenant.clone() })
+            .queue_depth(QueueDepthQuery {
+                tenant: caller.tenant.clone(),
+            })
             .await;
         let version = env!("CARGO_PKG_VERSION").to_string();
         let health = match depth {
@@ -306,7 +377,11 @@ impl LockstepMcp {
         description = "Plan multi-step work: a goal and its subtasks (title, instructions, optional specialist, optional key, depends_on other subtasks' keys or titles). The plan is stored durably as a job of agent tasks; a subtask becomes claimable (claim_task) as soon as the subtasks it depends on are completed. Returns the job id and every subtask's task id and state.",
         output_schema = schema_for_output::<PlanView>()
     )]
-    async fn plan_task(&self, caller: Caller, Parameters(args): Parameters<PlanTaskArgs>) -> ToolResult {
+    async fn plan_task(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<PlanTaskArgs>,
+    ) -> ToolResult {
         let plan = Plan {
             goal: args.goal,
             idempotency_key: args.idempotency_key,
@@ -329,7 +404,11 @@ impl LockstepMcp {
                 let ready = view.tasks.iter().filter(|t| t.state == "pending").count();
                 let line = format!(
                     "{} plan {} with {} subtasks ({ready} ready to claim now)",
-                    if view.created { "stored" } else { "found the existing" },
+                    if view.created {
+                        "stored"
+                    } else {
+                        "found the existing"
+                    },
                     view.job_id,
                     view.tasks.len()
                 );
@@ -343,7 +422,11 @@ impl LockstepMcp {
         description = "Claim the next ready agent task (optionally of one job or for one specialist). Returns its instructions, the summaries of the tasks it depends on, and the attempt number that proves the claim. Then work on it, call update_task to report progress and keep the lease, and finish with complete_task or fail_task. claimed=false means nothing is ready now.",
         output_schema = schema_for_output::<ClaimResult>()
     )]
-    async fn claim_task(&self, caller: Caller, Parameters(args): Parameters<ClaimTaskArgs>) -> ToolResult {
+    async fn claim_task(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<ClaimTaskArgs>,
+    ) -> ToolResult {
         let claim = AgentClaim {
             job: args.job_id.map(JobId),
             specialist: args.specialist,
@@ -360,10 +443,19 @@ impl LockstepMcp {
                     view.title,
                     view.dependencies.len()
                 );
-                ok(&ClaimResult { claimed: true, task: Some(view) }, line)
+                ok(
+                    &ClaimResult {
+                        claimed: true,
+                        task: Some(view),
+                    },
+                    line,
+                )
             }
             Ok(None) => ok(
-                &ClaimResult { claimed: false, task: None },
+                &ClaimResult {
+                    claimed: false,
+                    task: None,
+                },
                 "no agent task is ready to claim right now".to_string(),
             ),
             Err(e) => ToolFailure::from_agent("claim_task", e).into_response(),
@@ -374,15 +466,31 @@ impl LockstepMcp {
         description = "Report progress on a claimed task (a short note, kept in its event log) and extend its lease. Call it at least every few minutes while working, or the task may be given to another agent.",
         output_schema = schema_for_output::<LeaseView>()
     )]
-    async fn update_task(&self, caller: Caller, Parameters(args): Parameters<UpdateTaskArgs>) -> ToolResult {
-        let lease = LeaseToken { task_id: TaskId(args.task_id), attempt: args.attempt };
+    async fn update_task(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<UpdateTaskArgs>,
+    ) -> ToolResult {
+        let lease = LeaseToken {
+            task_id: TaskId(args.task_id),
+            attempt: args.attempt,
+        };
         match self
             .engine
-            .update_agent_task(&caller.tenant, lease, Some(args.note), self.config.agent_lease)
+            .update_agent_task(
+                &caller.tenant,
+                lease,
+                Some(args.note),
+                self.config.agent_lease,
+            )
             .await
         {
             Ok(until) => ok(
-                &LeaseView { task_id: args.task_id, attempt: args.attempt, lease_expires_at: until },
+                &LeaseView {
+                    task_id: args.task_id,
+                    attempt: args.attempt,
+                    lease_expires_at: until,
+                },
                 format!(
                     "noted; task {} attempt {} is yours for another {}s",
                     args.task_id,
@@ -398,19 +506,33 @@ impl LockstepMcp {
         description = "Complete a claimed task with a summary (passed to the tasks that depend on it), optional details, artifacts (path + kind) and next action. Refused when the claim's attempt is no longer current (the lease expired and the task was claimed again).",
         output_schema = schema_for_output::<FinishedView>()
     )]
-    async fn complete_task(&self, caller: Caller, Parameters(args): Parameters<CompleteTaskArgs>) -> ToolResult {
-        let lease = LeaseToken { task_id: TaskId(args.task_id), attempt: args.attempt };
+    async fn complete_task(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<CompleteTaskArgs>,
+    ) -> ToolResult {
+        let lease = LeaseToken {
+            task_id: TaskId(args.task_id),
+            attempt: args.attempt,
+        };
         let output = AgentOutput {
             summary: args.summary,
             details: args.details,
             artifacts: args
                 .artifacts
                 .into_iter()
-                .map(|a| Artifact { path: a.path, kind: a.kind })
+                .map(|a| Artifact {
+                    path: a.path,
+                    kind: a.kind,
+                })
                 .collect(),
             next_action: args.next_action,
         };
-        match self.engine.complete_agent_task(&caller.tenant, lease, output).await {
+        match self
+            .engine
+            .complete_agent_task(&caller.tenant, lease, output)
+            .await
+        {
             Ok(done) => ok(
                 &FinishedView {
                     task_id: done.task_id.0,
@@ -418,7 +540,10 @@ impl LockstepMcp {
                     state: done.state.to_string(),
                     job_state: done.job_state.to_string(),
                 },
-                format!("task {} is {}; job {} is {}", done.task_id.0, done.state, done.job_id.0, done.job_state),
+                format!(
+                    "task {} is {}; job {} is {}",
+                    done.task_id.0, done.state, done.job_id.0, done.job_state
+                ),
             ),
             Err(e) => ToolFailure::from_agent("complete_task", e).into_response(),
         }
@@ -428,8 +553,15 @@ impl LockstepMcp {
         description = "Give up a claimed task with a reason. retryable=true puts it back in the queue for another attempt (until its attempts are used up); false marks it dead, which cancels the subtasks that depend on it.",
         output_schema = schema_for_output::<FinishedView>()
     )]
-    async fn fail_task(&self, caller: Caller, Parameters(args): Parameters<FailTaskArgs>) -> ToolResult {
-        let lease = LeaseToken { task_id: TaskId(args.task_id), attempt: args.attempt };
+    async fn fail_task(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<FailTaskArgs>,
+    ) -> ToolResult {
+        let lease = LeaseToken {
+            task_id: TaskId(args.task_id),
+            attempt: args.attempt,
+        };
         match self
             .engine
             .fail_agent_task(&caller.tenant, lease, args.reason, args.retryable)
@@ -442,7 +574,10 @@ impl LockstepMcp {
                     state: done.state.to_string(),
                     job_state: done.job_state.to_string(),
                 },
-                format!("task {} is {}; job {} is {}", done.task_id.0, done.state, done.job_id.0, done.job_state),
+                format!(
+                    "task {} is {}; job {} is {}",
+                    done.task_id.0, done.state, done.job_id.0, done.job_state
+                ),
             ),
             Err(e) => ToolFailure::from_agent("fail_task", e).into_response(),
         }

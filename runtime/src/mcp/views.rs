@@ -71,7 +71,11 @@ impl JobView {
                 percent: round1(progress.percent),
                 done: progress.done,
                 total: progress.total,
-                counts: status.counts.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+                counts: status
+                    .counts
+                    .iter()
+                    .map(|(s, n)| (s.to_string(), *n))
+                    .collect(),
             })
             .collect();
         JobView {
@@ -214,7 +218,11 @@ impl From<&Event> for EventView {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        EventView { kind, detail: e.detail.clone(), at: e.at }
+        EventView {
+            kind,
+            detail: e.detail.clone(),
+            at: e.at,
+        }
     }
 }
 
@@ -396,7 +404,10 @@ impl From<&ClaimedAgentTask> for ClaimedTaskView {
                     artifacts: d
                         .artifacts
                         .iter()
-                        .map(|a| ArtifactView { path: a.path.clone(), kind: a.kind.clone() })
+                        .map(|a| ArtifactView {
+                            path: a.path.clone(),
+                            kind: a.kind.clone(),
+                        })
                         .collect(),
                     output: d.output.clone(),
                 })

@@ -14,7 +14,10 @@ use crate::store::{
 };
 use sqlx::PgPool;
 
-pub(super) async fn list_tasks(pool: &PgPool, p: &ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
+pub(super) async fn list_tasks(
+    pool: &PgPool,
+    p: &ListTasks,
+) -> Result<Vec<TaskRecord>, StoreError> {
     let exists: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2")
             .bind(p.job.0)
@@ -22,7 +25,10 @@ pub(super) async fn list_tasks(pool: &PgPool, p: &ListTasks) -> Result<Vec<TaskR
             .fetch_optional(pool)
             .await?;
     if exists.is_none() {
-        return Err(StoreError::NotFound { entity: "job", id: p.job.0.to_string() });
+        return Err(StoreError::NotFound {
+            entity: "job",
+            id: p.job.0.to_string(),
+        });
     }
     let sql = concat!(
         "SELECT ",
@@ -43,6 +49,9 @@ pub(super) async fn list_tasks(pool: &PgPool, p: &ListTasks) -> Result<Vec<TaskR
     rows.iter().map(task_record).collect()
 }
 
+/// id, key, state, agent_json, output_json
+type DependencyRow = (i64, Option<String>, String, Option<String>, Option<String>);
+
 pub(super) async fn task_dependencies(
     pool: &PgPool,
     p: &GetTask,
@@ -59,7 +68,7 @@ pub(super) async fn task_dependencies(
     if exists.is_none() {
         return Err(task_not_found(p.task));
     }
-    let rows: Vec<(i64, Option<String>, String, Option<String>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<DependencyRow> = sqlx::query_as(
         "SELECT t.id, t.key, t.state, t.agent_json, t.output_json
          FROM task_deps d JOIN tasks t ON t.id = d.depends_on
          WHERE d.task_id = $1 AND d.tenant_id = $2 AND t.tenant_id = $2
@@ -118,7 +127,10 @@ pub(super) async fn task_events(pool: &PgPool, p: &TaskEvents) -> Result<Vec<Eve
         .collect()
 }
 
-pub(super) async fn queue_depth(pool: &PgPool, p: &QueueDepthQuery) -> Result<QueueDepth, StoreError> {
+pub(super) async fn queue_depth(
+    pool: &PgPool,
+    p: &QueueDepthQuery,
+) -> Result<QueueDepth, StoreError> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT state, count(*) FROM tasks
          WHERE tenant_id = $1 AND state IN ('blocked', 'pending', 'running')
@@ -127,8 +139,16 @@ pub(super) async fn queue_depth(pool: &PgPool, p: &QueueDepthQuery) -> Result<Qu
     .bind(&p.tenant.0)
     .fetch_all(pool)
     .await?;
-    let count = |s: &str| rows.iter().find(|(state, _)| state == s).map_or(0, |(_, n)| *n);
-    Ok(QueueDepth { pending: count("pending"), running: count("running"), blocked: count("blocked") })
+    let count = |s: &str| {
+        rows.iter()
+            .find(|(state, _)| state == s)
+            .map_or(0, |(_, n)| *n)
+    };
+    Ok(QueueDepth {
+        pending: count("pending"),
+        running: count("running"),
+        blocked: count("blocked"),
+    })
 }
 
 pub(super) async fn create_token(pool: &PgPool, p: &CreateToken) -> Result<i64, StoreError> {
@@ -157,7 +177,12 @@ pub(super) async fn create_token(pool: &PgPool, p: &CreateToken) -> Result<i64, 
 type TokenRow = (i64, String, Option<String>, i64);
 
 fn token_record((id, tenant, label, created_at): TokenRow) -> TokenRecord {
-    TokenRecord { token_id: id, tenant: TenantId(tenant), label, created_at }
+    TokenRecord {
+        token_id: id,
+        tenant: TenantId(tenant),
+        label,
+        created_at,
+    }
 }
 
 pub(super) async fn revoke_token(

@@ -37,7 +37,10 @@ async fn list_tasks_in(
             .fetch_optional(&mut *conn)
             .await?;
     if exists.is_none() {
-        return Err(StoreError::NotFound { entity: "job", id: p.job.0.to_string() });
+        return Err(StoreError::NotFound {
+            entity: "job",
+            id: p.job.0.to_string(),
+        });
     }
     let sql = concat!(
         "SELECT ",
@@ -58,6 +61,9 @@ async fn list_tasks_in(
     rows.iter().map(task_record).collect()
 }
 
+/// id, key, state, agent_json, output_json
+type DependencyRow = (i64, Option<String>, String, Option<String>, Option<String>);
+
 pub(super) async fn task_dependencies(
     pool: &SqlitePool,
     p: &GetTask,
@@ -71,7 +77,7 @@ pub(super) async fn task_dependencies(
     if exists.is_none() {
         return Err(task_not_found(p.task));
     }
-    let rows: Vec<(i64, Option<String>, String, Option<String>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<DependencyRow> = sqlx::query_as(
         "SELECT t.id, t.key, t.state, t.agent_json, t.output_json
          FROM task_deps d JOIN tasks t ON t.id = d.depends_on
          WHERE d.task_id = ?1 AND d.tenant_id = ?2 AND t.tenant_id = ?2
@@ -94,7 +100,10 @@ pub(super) async fn task_dependencies(
         .collect()
 }
 
-pub(super) async fn task_events(pool: &SqlitePool, p: &TaskEvents) -> Result<Vec<Event>, StoreError> {
+pub(super) async fn task_events(
+    pool: &SqlitePool,
+    p: &TaskEvents,
+) -> Result<Vec<Event>, StoreError> {
     let job: Option<i64> =
         sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = ?1 AND tenant_id = ?2")
             .bind(p.task.0)
@@ -141,19 +150,29 @@ pub(super) async fn queue_depth(
     .bind(&p.tenant.0)
     .fetch_all(pool)
     .await?;
-    let count = |s: &str| rows.iter().find(|(state, _)| state == s).map_or(0, |(_, n)| *n);
-    Ok(QueueDepth { pending: count("pending"), running: count("running"), blocked: count("blocked") })
+    let count = |s: &str| {
+        rows.iter()
+            .find(|(state, _)| state == s)
+            .map_or(0, |(_, n)| *n)
+    };
+    Ok(QueueDepth {
+        pending: count("pending"),
+        running: count("running"),
+        blocked: count("blocked"),
+    })
 }
 
 pub(super) async fn create_token(
     conn: &mut SqliteConnection,
     p: &CreateToken,
 ) -> Result<i64, StoreError> {
-    sqlx::query("INSERT INTO tenants (tenant_id, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
-        .bind(&p.tenant.0)
-        .bind(p.now)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO tenants (tenant_id, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )
+    .bind(&p.tenant.0)
+    .bind(p.now)
+    .execute(&mut *conn)
+    .await?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO api_tokens (tenant_id, token_hash, label, created_at)
          VALUES (?1, ?2, ?3, ?4) RETURNING id",
@@ -170,7 +189,12 @@ pub(super) async fn create_token(
 type TokenRow = (i64, String, Option<String>, i64);
 
 fn token_record((id, tenant, label, created_at): TokenRow) -> TokenRecord {
-    TokenRecord { token_id: id, tenant: TenantId(tenant), label, created_at }
+    TokenRecord {
+        token_id: id,
+        tenant: TenantId(tenant),
+        label,
+        created_at,
+    }
 }
 
 pub(super) async fn revoke_token(
