@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod guest_artifacts;
+pub mod mcp;
 pub mod plugin;
 pub mod spec;
 pub mod state;

@@ -1025,6 +1025,7 @@ pub async fn renewing_extends_only_a_lease_still_held(store: &dyn Store) {
         },
         lease_for: Duration::from_millis(30_000),
         now: NOW + 100,
+        note: None,
     };
     assert!(store.renew_lease(renew(acme(), 1)).await.expect("renew"));
     assert_eq!(

@@ -7,6 +7,7 @@
 
 mod bench;
 mod jobs;
+mod mcp;
 mod plugins;
 mod serve;
 
@@ -73,8 +74,13 @@ enum Command {
     Retry(jobs::RetryArgs),
     /// Show one task: input, output, error, attempts.
     Task(jobs::TaskArgs),
-    /// Run workers until interrupted.
+    /// Run workers until interrupted; with --http ADDR also serve MCP over HTTP at /mcp.
     Serve(serve::ServeArgs),
+    /// Serve MCP over stdio (for an MCP client that starts lockstep), as --tenant.
+    Mcp(mcp::McpArgs),
+    /// Bearer tokens for MCP over HTTP.
+    #[command(subcommand)]
+    Token(mcp::TokenCommand),
     /// Apply database migrations and exit.
     Migrate,
     /// Inspect the plugins found in the plugin directories.
@@ -233,6 +239,8 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Retry(a) => jobs::retry(&ctx, a).await,
         Command::Task(a) => jobs::task(&ctx, a).await,
         Command::Serve(a) => serve::serve(&ctx, a).await,
+        Command::Mcp(a) => mcp::mcp(&ctx, a).await,
+        Command::Token(c) => mcp::token(&ctx, c).await,
         Command::Migrate => {
             ctx.store().await?;
             println!("migrations applied to {}", ctx.db_url);

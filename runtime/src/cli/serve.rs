@@ -1,7 +1,10 @@
-//! `lockstep serve`: workers (and, later, MCP over HTTP) until interrupted.
+//! `lockstep serve`: workers, and with `--http ADDR` MCP over streamable
+//! HTTP at `/mcp` (bearer tokens), until interrupted.
 
+use super::mcp::McpOptions;
 use super::{CliResult, Ctx};
 use crate::engine::WorkerConfig;
+use crate::mcp::http::{self, HttpConfig};
 use clap::Args;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,6 +21,29 @@ pub struct ServeArgs {
     /// re-run after this long.
     #[arg(long, default_value_t = 60.0)]
     lease_secs: f64,
+    /// Also serve MCP over streamable HTTP at http://ADDR/mcp (e.g. 127.0.0.1:7300).
+    /// Every request needs a bearer token from `lockstep token create`.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Host header value to accept besides localhost/127.0.0.1/::1 (repeatable),
+    /// e.g. the server's DNS name when binding a public address.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allow_hosts: Vec<String>,
+    /// Browser Origin allowed to call (repeatable), e.g. https://app.example.com:443;
+    /// requests with any other Origin header are refused.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
+    /// MCP requests per second allowed per token (0: no limit).
+    #[arg(long, default_value_t = 50.0)]
+    rate_limit: f64,
+    /// MCP requests a token may send in a burst before --rate-limit applies.
+    #[arg(long, default_value_t = 100)]
+    rate_burst: u32,
+    /// Largest MCP request body, in bytes.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    max_body_bytes: usize,
+    #[command(flatten)]
+    mcp: McpOptions,
 }
 
 pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
@@ -27,15 +53,50 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
             args.lease_secs
         )));
     }
+    if !(args.rate_limit >= 0.0 && args.rate_limit.is_finite()) {
+        return Err(super::Failure::BadInput(anyhow::anyhow!(
+            "--rate-limit must be a number of requests per second (0 for none), got {}",
+            args.rate_limit
+        )));
+    }
+    let mcp_config = args.mcp.config()?;
     let engine = ctx.engine().await?;
     let lease = Duration::from_secs_f64(args.lease_secs);
+    // Bind before starting anything, so a taken port is a clean error.
+    let listener = match &args.http {
+        Some(addr) => Some(http::bind(addr).await.map_err(anyhow::Error::new)?),
+        None => None,
+    };
     let pool = engine.start_workers(WorkerConfig {
         slots: args.workers.max(1),
         batch: args.batch.max(1),
         lease,
-        rescue_every: (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        rescue_every: if args.http.is_some() {
+            args.mcp.rescue_every(lease)
+        } else {
+            (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+        },
         ..WorkerConfig::default()
     });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut http_server = None;
+    if let Some(listener) = listener {
+        let http_config = HttpConfig {
+            allowed_hosts: args.allow_hosts.clone(),
+            allowed_origins: args.allow_origins.clone(),
+            rate_per_second: args.rate_limit,
+            burst: args.rate_burst,
+            max_body_bytes: args.max_body_bytes,
+        };
+        let local = listener.local_addr().map_err(anyhow::Error::new)?;
+        let router = http::router(engine.clone(), mcp_config, &http_config, shutdown.clone());
+        eprintln!("lockstep serve: MCP listening on http://{local}/mcp");
+        http_server = Some(tokio::spawn(http::serve(
+            listener,
+            router,
+            shutdown.clone(),
+        )));
+    }
     eprintln!(
         "lockstep serve: {} handlers, {} worker slots, pid {}; Ctrl-C to stop",
         engine.plugins().handler_names().len(),
@@ -44,6 +105,10 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
     );
     shutdown_signal().await;
     eprintln!("stopping: letting running tasks finish");
+    shutdown.cancel();
+    if let Some(server) = http_server {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
     let stats = pool.stats.clone();
     pool.shutdown().await;
     eprintln!(
@@ -56,7 +121,7 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -11,6 +11,7 @@
 //! registered plugin or is never claimed (and spawning one for an unknown
 //! handler is a fatal task error).
 
+pub mod agent;
 pub mod backoff;
 pub mod progress;
 mod task_context;

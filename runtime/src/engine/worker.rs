@@ -230,6 +230,7 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
                     lease: task.lease,
                     lease_for: lease,
                     now: now_millis(),
+                    note: None,
                 }).await;
                 if let Ok(false) = held {
                     tracing::warn!(task = task.lease.task_id.0, "lease lost while running; the result will be refused");

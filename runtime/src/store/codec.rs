@@ -73,10 +73,11 @@ pub(crate) fn event_kind_str(k: EventKind) -> &'static str {
         EventKind::JobFinished => "job_finished",
         EventKind::JobCancelled => "job_cancelled",
         EventKind::JobReopened => "job_reopened",
+        EventKind::TaskNote => "task_note",
     }
 }
 
-const EVENT_KINDS: [EventKind; 14] = [
+const EVENT_KINDS: [EventKind; 15] = [
     EventKind::Submitted,
     EventKind::StageOpened,
     EventKind::StageClosed,
@@ -91,6 +92,7 @@ const EVENT_KINDS: [EventKind; 14] = [
     EventKind::JobFinished,
     EventKind::JobCancelled,
     EventKind::JobReopened,
+    EventKind::TaskNote,
 ];
 
 pub(crate) fn parse_event_kind(s: &str) -> Result<EventKind, StoreError> {

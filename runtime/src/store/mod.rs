@@ -227,6 +227,9 @@ pub struct RenewLease {
     pub lease: LeaseToken,
     pub lease_for: Duration,
     pub now: Millis,
+    /// A progress note (agents' `update_task`), recorded as a `task_note`
+    /// event in the renewal's transaction when the lease is still held.
+    pub note: Option<String>,
 }
 
 // ---------------------------------------------------------------- reads
@@ -306,6 +309,8 @@ pub struct TaskRecord {
     pub output_json: Option<String>,
     pub error: Option<String>,
     pub parent_task: Option<TaskId>,
+    /// Title/instructions/specialist of an agent task (JSON), `None` for WASM.
+    pub agent_json: Option<String>,
     pub lease_expires_at: Option<Millis>,
     pub run_after: Millis,
     pub created_at: Millis,
@@ -348,6 +353,8 @@ pub enum EventKind {
     JobFinished,
     JobCancelled,
     JobReopened,
+    /// A progress note from the agent holding the task's lease.
+    TaskNote,
 }
 
 #[derive(Debug, Clone)]
@@ -381,6 +388,84 @@ pub struct RecentCompletions {
     pub tenant: TenantId,
     pub job: JobId,
     pub since: Millis,
+}
+
+// ---------------------------------------------------------------- agent workflow, tokens (MCP)
+
+/// Tasks of one job in id order, a page at a time.
+#[derive(Debug, Clone)]
+pub struct ListTasks {
+    pub tenant: TenantId,
+    pub job: JobId,
+    pub after: Option<TaskId>,
+    pub limit: u32,
+}
+
+/// A task that another task depends on, with what it produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dependency {
+    pub task_id: TaskId,
+    pub key: Option<String>,
+    pub state: TaskState,
+    pub agent_json: Option<String>,
+    pub output_json: Option<String>,
+}
+
+/// The most recent events of one task.
+#[derive(Debug, Clone)]
+pub struct TaskEvents {
+    pub tenant: TenantId,
+    pub task: TaskId,
+    /// The newest `limit` events are returned, oldest first.
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueDepthQuery {
+    pub tenant: TenantId,
+}
+
+/// A tenant's tasks by readiness (for `health_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueDepth {
+    pub pending: i64,
+    pub running: i64,
+    pub blocked: i64,
+}
+
+/// Store a new bearer token (its SHA-256, never its text).
+#[derive(Debug, Clone)]
+pub struct CreateToken {
+    pub tenant: TenantId,
+    pub token_hash: String,
+    pub label: Option<String>,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRef {
+    Id(i64),
+    Hash(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RevokeToken {
+    pub token: TokenRef,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenLookup {
+    pub token_hash: String,
+}
+
+/// A live (or just revoked) token: which tenant it acts for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    pub token_id: i64,
+    pub tenant: TenantId,
+    pub label: Option<String>,
+    pub created_at: Millis,
 }
 
 /// The persistence interface every backend implements and the conformance
@@ -418,6 +503,22 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError>;
     /// Whether the job is cancelled or failed (running tasks poll this).
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError>;
+
+    // Agent workflow and MCP tokens.
+    /// Tasks of a job with ids above `after`, in id order, at most `limit`.
+    async fn list_tasks(&self, p: ListTasks) -> Result<Vec<TaskRecord>, StoreError>;
+    /// The tasks the given task depends on (its `depends_on`), in id order.
+    async fn task_dependencies(&self, p: GetTask) -> Result<Vec<Dependency>, StoreError>;
+    /// The newest events of one task, oldest first.
+    async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError>;
+    /// Counts of the tenant's pending (ready), running and blocked tasks.
+    async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError>;
+    /// Store a token hash for a tenant; returns the token's id.
+    async fn create_token(&self, p: CreateToken) -> Result<i64, StoreError>;
+    /// Revoke a live token; `Ok(None)` when there is no such live token.
+    async fn revoke_token(&self, p: RevokeToken) -> Result<Option<TokenRecord>, StoreError>;
+    /// The live token with this hash. Not tenant-scoped: it is how a request's tenant is found.
+    async fn tenant_for_token(&self, p: TokenLookup) -> Result<Option<TokenRecord>, StoreError>;
     /// Signalled when tasks may have become ready (submit, stage opened,
     /// dependency released, retry), so an idle worker can claim at once
     /// instead of waiting for its next poll. `None` when the backend has no

@@ -114,18 +114,30 @@ struct ClaimedRow {
 // ------------------------------------------------------------ renew
 
 pub(super) async fn renew_lease(pool: &PgPool, p: &RenewLease) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE tasks SET lease_expires_at = $4, updated_at = $5
-         WHERE id = $1 AND tenant_id = $2 AND state = 'running' AND attempt = $3",
+    // One statement: the renewal and its note (if any) commit together, and
+    // the note is written only when the lease was still held.
+    let renewed: i64 = sqlx::query_scalar(
+        "WITH renewed AS (
+                 UPDATE tasks SET lease_expires_at = $4, updated_at = $5
+                 WHERE id = $1 AND tenant_id = $2 AND state = 'running' AND attempt = $3
+                 RETURNING id, tenant_id, job_id, stage_position
+             ),
+             noted AS (
+                 INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+                 SELECT tenant_id, job_id, id, 'task_note', stage_position, $6, $5
+                 FROM renewed WHERE $6::text IS NOT NULL
+             )
+             SELECT count(*) FROM renewed",
     )
     .bind(p.lease.task_id.0)
     .bind(&p.tenant.0)
     .bind(p.lease.attempt)
     .bind(after(p.now, p.lease_for))
     .bind(p.now)
-    .execute(pool)
+    .bind(p.note.as_deref())
+    .fetch_one(pool)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(renewed == 1)
 }
 
 // ------------------------------------------------------------ complete

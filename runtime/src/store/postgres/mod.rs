@@ -29,6 +29,7 @@
 //!   gets a live one.
 
 mod advance;
+mod agent;
 mod complete;
 mod effects;
 mod listen;
@@ -37,9 +38,11 @@ mod reads;
 mod submit;
 
 use super::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, Event, GetJob, GetTask,
-    JobEvents, JobStatus, JobSummary, ListJobs, RecentCompletions, RenewLease, RescueExpiredLeases,
-    RetryTask, StageResults, Store, StoreError, SubmitJob, Submitted, TaskId, TaskRecord,
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
+    Event, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, ListTasks, QueueDepth,
+    QueueDepthQuery, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken,
+    StageResults, Store, StoreError, SubmitJob, Submitted, TaskEvents, TaskId, TaskRecord,
+    TokenLookup, TokenRecord,
 };
 use crate::state::{JobState, TaskState};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -264,6 +267,35 @@ impl Store for PgStore {
 
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError> {
         reads::job_state(&self.pool, &p).await
+    }
+
+    async fn list_tasks(&self, p: ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
+        agent::list_tasks(&self.pool, &p).await
+    }
+
+    async fn task_dependencies(&self, p: GetTask) -> Result<Vec<Dependency>, StoreError> {
+        agent::task_dependencies(&self.pool, &p).await
+    }
+
+    async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError> {
+        agent::task_events(&self.pool, &p).await
+    }
+
+    async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError> {
+        agent::queue_depth(&self.pool, &p).await
+    }
+
+    async fn create_token(&self, p: CreateToken) -> Result<i64, StoreError> {
+        self.retrying("create_token", || agent::create_token(&self.pool, &p))
+            .await
+    }
+
+    async fn revoke_token(&self, p: RevokeToken) -> Result<Option<TokenRecord>, StoreError> {
+        agent::revoke_token(&self.pool, &p).await
+    }
+
+    async fn tenant_for_token(&self, p: TokenLookup) -> Result<Option<TokenRecord>, StoreError> {
+        agent::tenant_for_token(&self.pool, &p).await
     }
 
     fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {

@@ -103,13 +103,13 @@ struct StageRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct EventRow {
-    id: i64,
-    task_id: Option<i64>,
-    kind: String,
-    stage_position: Option<i32>,
-    detail: Option<String>,
-    at: i64,
+pub(super) struct EventRow {
+    pub id: i64,
+    pub task_id: Option<i64>,
+    pub kind: String,
+    pub stage_position: Option<i32>,
+    pub detail: Option<String>,
+    pub at: i64,
 }
 
 pub(super) async fn list_jobs(pool: &PgPool, p: &ListJobs) -> Result<Vec<JobSummary>, StoreError> {
@@ -146,21 +146,38 @@ pub(super) async fn list_jobs(pool: &PgPool, p: &ListJobs) -> Result<Vec<JobSumm
         .collect()
 }
 
+/// The columns [`task_record`] reads, for `FROM tasks t JOIN stages s`
+/// (a macro so queries stay string literals).
+macro_rules! task_columns {
+    () => {
+        "t.id, t.job_id, t.stage_position, s.name AS stage_name, t.handler, t.executor,
+         t.key, t.state, t.attempt, t.max_attempts, t.input_json, t.output_json, t.error,
+         t.parent_task_id, t.agent_json, t.lease_expires_at, t.run_after, t.created_at,
+         t.finished_at"
+    };
+}
+pub(super) use task_columns;
+
 pub(super) async fn get_task(pool: &PgPool, p: &GetTask) -> Result<TaskRecord, StoreError> {
-    use sqlx::Row;
-    let row = sqlx::query(
-        "SELECT t.id, t.job_id, t.stage_position, s.name AS stage_name, t.handler, t.executor,
-                t.key, t.state, t.attempt, t.max_attempts, t.input_json, t.output_json, t.error,
-                t.parent_task_id, t.lease_expires_at, t.run_after, t.created_at, t.finished_at
-         FROM tasks t
+    let sql = concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks t
          JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
-         WHERE t.id = $1 AND t.tenant_id = $2",
-    )
-    .bind(p.task.0)
-    .bind(&p.tenant.0)
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| task_not_found(p.task))?;
+         WHERE t.id = $1 AND t.tenant_id = $2"
+    );
+    let row = sqlx::query(sql)
+        .bind(p.task.0)
+        .bind(&p.tenant.0)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| task_not_found(p.task))?;
+    task_record(&row)
+}
+
+/// A [`TaskRecord`] from a row selected with [`TASK_COLUMNS`].
+pub(super) fn task_record(row: &sqlx::postgres::PgRow) -> Result<TaskRecord, StoreError> {
+    use sqlx::Row;
     Ok(TaskRecord {
         task_id: TaskId(row.try_get("id")?),
         job_id: JobId(row.try_get("job_id")?),
@@ -176,6 +193,7 @@ pub(super) async fn get_task(pool: &PgPool, p: &GetTask) -> Result<TaskRecord, S
         output_json: row.try_get("output_json")?,
         error: row.try_get("error")?,
         parent_task: row.try_get::<Option<i64>, _>("parent_task_id")?.map(TaskId),
+        agent_json: row.try_get("agent_json")?,
         lease_expires_at: row.try_get("lease_expires_at")?,
         run_after: row.try_get("run_after")?,
         created_at: row.try_get("created_at")?,

@@ -19,7 +19,7 @@ use crate::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
     Millis, OnFailure, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult, TenantId,
 };
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqliteConnection;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 // ------------------------------------------------------------ claim
@@ -131,7 +131,10 @@ struct ClaimedRow {
 
 // ------------------------------------------------------------ renew
 
-pub(super) async fn renew_lease(pool: &SqlitePool, p: &RenewLease) -> Result<bool, StoreError> {
+pub(super) async fn renew_lease(
+    conn: &mut SqliteConnection,
+    p: &RenewLease,
+) -> Result<bool, StoreError> {
     let updated = sqlx::query(
         "UPDATE tasks SET lease_expires_at = ?4, updated_at = ?5
          WHERE id = ?1 AND tenant_id = ?2 AND state = 'running' AND attempt = ?3",
@@ -141,9 +144,23 @@ pub(super) async fn renew_lease(pool: &SqlitePool, p: &RenewLease) -> Result<boo
     .bind(p.lease.attempt)
     .bind(after(p.now, p.lease_for))
     .bind(p.now)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    let held = updated.rows_affected() == 1;
+    // The note is written only with a held lease, in the renewal's transaction.
+    if held && let Some(note) = &p.note {
+        sqlx::query(
+            "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+             SELECT tenant_id, job_id, id, 'task_note', stage_position, ?2, ?3
+             FROM tasks WHERE id = ?1",
+        )
+        .bind(p.lease.task_id.0)
+        .bind(note)
+        .bind(p.now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(held)
 }
 
 // ------------------------------------------------------------ complete

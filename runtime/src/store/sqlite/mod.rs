@@ -18,6 +18,7 @@
 //!   loop, so each row is a primary-key lookup), never a statement per task.
 
 mod advance;
+mod agent;
 mod complete;
 mod effects;
 mod operator;
@@ -25,9 +26,11 @@ mod reads;
 mod submit;
 
 use super::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, Event, GetJob, GetTask,
-    JobEvents, JobStatus, JobSummary, ListJobs, RecentCompletions, RenewLease, RescueExpiredLeases,
-    RetryTask, StageResults, Store, StoreError, SubmitJob, Submitted, TaskId, TaskRecord,
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
+    Event, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, ListTasks, QueueDepth,
+    QueueDepthQuery, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken,
+    StageResults, Store, StoreError, SubmitJob, Submitted, TaskEvents, TaskId, TaskRecord,
+    TokenLookup, TokenRecord,
 };
 use crate::state::{JobState, TaskState};
 use sqlx::sqlite::{
@@ -151,7 +154,10 @@ impl Store for SqliteStore {
     }
 
     async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError> {
-        complete::renew_lease(&self.writer, &p).await
+        let mut tx = self.begin().await?;
+        let held = complete::renew_lease(&mut tx, &p).await?;
+        tx.commit().await?;
+        Ok(held)
     }
 
     async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError> {
@@ -215,5 +221,39 @@ impl Store for SqliteStore {
 
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError> {
         reads::job_state(&self.reader, &p).await
+    }
+
+    async fn list_tasks(&self, p: ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
+        agent::list_tasks(&self.reader, &p).await
+    }
+
+    async fn task_dependencies(&self, p: GetTask) -> Result<Vec<Dependency>, StoreError> {
+        agent::task_dependencies(&self.reader, &p).await
+    }
+
+    async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError> {
+        agent::task_events(&self.reader, &p).await
+    }
+
+    async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError> {
+        agent::queue_depth(&self.reader, &p).await
+    }
+
+    async fn create_token(&self, p: CreateToken) -> Result<i64, StoreError> {
+        let mut tx = self.begin().await?;
+        let id = agent::create_token(&mut tx, &p).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn revoke_token(&self, p: RevokeToken) -> Result<Option<TokenRecord>, StoreError> {
+        let mut tx = self.begin().await?;
+        let revoked = agent::revoke_token(&mut tx, &p).await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    async fn tenant_for_token(&self, p: TokenLookup) -> Result<Option<TokenRecord>, StoreError> {
+        agent::tenant_for_token(&self.reader, &p).await
     }
 }

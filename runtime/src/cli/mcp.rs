@@ -1,0 +1,153 @@
+//! `lockstep mcp` (MCP over stdio) and `lockstep token create|revoke`
+//! (bearer tokens for MCP over HTTP, served by `lockstep serve --http`).
+//!
+//! **Invariant:** in `lockstep mcp`, stdout carries only MCP messages;
+//! everything else goes to stderr.
+
+use super::{CliResult, Ctx, Failure};
+use crate::engine::{WorkerConfig, now_millis};
+use crate::mcp::{self, McpConfig, tokens};
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use std::time::Duration;
+
+/// Options shared by both MCP transports.
+#[derive(Debug, Clone, Args)]
+pub struct McpOptions {
+    /// Lease an agent takes with claim_task, in seconds; update_task renews
+    /// it. A task whose agent goes silent for longer is offered again.
+    #[arg(long, default_value_t = 900.0)]
+    pub agent_lease_secs: f64,
+    /// Largest tool arguments accepted, in bytes of JSON.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_argument_bytes: usize,
+}
+
+impl McpOptions {
+    pub fn config(&self) -> Result<McpConfig, Failure> {
+        if !(self.agent_lease_secs > 0.0
+            && self.agent_lease_secs.is_finite()
+            && self.agent_lease_secs <= 86_400.0)
+        {
+            return Err(Failure::BadInput(anyhow::anyhow!(
+                "--agent-lease-secs must be a number of seconds between 0 and 86400, got {}",
+                self.agent_lease_secs
+            )));
+        }
+        if self.max_argument_bytes == 0 {
+            return Err(Failure::BadInput(anyhow::anyhow!(
+                "--max-argument-bytes must be at least 1"
+            )));
+        }
+        Ok(McpConfig {
+            agent_lease: Duration::from_secs_f64(self.agent_lease_secs),
+            max_argument_bytes: self.max_argument_bytes,
+        })
+    }
+
+    /// How often expired leases are looked for, given the agent lease.
+    pub fn rescue_every(&self, worker_lease: Duration) -> Duration {
+        let shortest = worker_lease.min(Duration::from_secs_f64(self.agent_lease_secs.max(0.001)));
+        (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    options: McpOptions,
+    /// WASM tasks run concurrently by this process (jobs submitted over MCP run here
+    /// unless a `lockstep serve` shares the database).
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+}
+
+/// `lockstep mcp`: serve MCP over stdio as `--tenant`, with workers, until stdin closes.
+pub async fn mcp(ctx: &Ctx, args: McpArgs) -> CliResult {
+    let config = args.options.config()?;
+    let engine = ctx.engine().await?;
+    let worker_lease = Duration::from_secs(60);
+    let pool = engine.start_workers(WorkerConfig {
+        slots: args.workers.max(1),
+        lease: worker_lease,
+        rescue_every: args.options.rescue_every(worker_lease),
+        ..WorkerConfig::default()
+    });
+    eprintln!(
+        "lockstep mcp: tenant {:?}, {} handlers, pid {}; serving MCP on stdio",
+        ctx.tenant.0,
+        engine.plugins().handler_names().len(),
+        std::process::id()
+    );
+    let served = tokio::select! {
+        r = mcp::serve_stdio(engine.clone(), config, ctx.tenant.clone()) => r,
+        _ = super::serve::shutdown_signal() => Ok(()),
+    };
+    pool.shutdown().await;
+    served.context("serving MCP on stdio")?;
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a bearer token for MCP over HTTP acting as --tenant; the token is printed once.
+    Create {
+        /// A note to recognise the token by (e.g. who uses it).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Revoke a token, given as its text or its id; it stops working at once.
+    Revoke {
+        #[arg(value_name = "TOKEN_OR_ID")]
+        token: String,
+    },
+}
+
+pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
+    match cmd {
+        TokenCommand::Create { label } => {
+            tokens::check_tenant_name(&ctx.tenant.0)
+                .map_err(|e| Failure::BadInput(anyhow::anyhow!("--tenant: {e}")))?;
+            if let Some(l) = &label
+                && l.chars().count() > 200
+            {
+                return Err(Failure::BadInput(anyhow::anyhow!(
+                    "--label is longer than 200 characters"
+                )));
+            }
+            let store = ctx.store().await?;
+            let issued = tokens::create(store.as_ref(), &ctx.tenant, label, now_millis())
+                .await
+                .context("storing the token")?;
+            eprintln!(
+                "token {} for tenant {:?}; it is shown only now — store it in your MCP client's configuration",
+                issued.token_id, issued.tenant.0
+            );
+            println!("{}", issued.token);
+            Ok(())
+        }
+        TokenCommand::Revoke { token } => {
+            let store = ctx.store().await?;
+            match tokens::revoke(store.as_ref(), &token, now_millis())
+                .await
+                .context("revoking the token")?
+            {
+                Some(record) => {
+                    println!(
+                        "revoked token {} of tenant {:?}",
+                        record.token_id, record.tenant.0
+                    );
+                    Ok(())
+                }
+                None => Err(Failure::BadInput(anyhow::anyhow!(
+                    "no live token matches {}; give the token text or its id as printed by `token create`",
+                    if token.trim().parse::<i64>().is_ok() {
+                        token.trim().to_string()
+                    } else {
+                        "that text".to_string()
+                    }
+                ))),
+            }
+        }
+    }
+}

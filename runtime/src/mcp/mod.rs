@@ -1,0 +1,197 @@
+//! The MCP front door: lockstep's engine served as MCP tools (rmcp) over
+//! stdio (`lockstep mcp`) and streamable HTTP (`lockstep serve --http`).
+//!
+//! Tools cover handlers, jobs, tasks and the agent workflow (plan → claim →
+//! update → complete/fail, see [`crate::engine::agent`]). Every tool call
+//! runs as one tenant: the `--tenant` of a stdio server, or the tenant of the
+//! bearer token on HTTP ([`http`]).
+//!
+//! **Invariant:** this module calls the engine and never touches SQL; every
+//! write goes through the engine's one-transaction-per-change store calls, so
+//! a tool that answers "created" has committed.
+//! **Invariant:** a call that fails validation (argument size, types,
+//! [`params::Check`]) reaches no engine method.
+//! **Invariant:** a tool's tenant comes from the transport (stdio flag or
+//! token), never from its arguments.
+
+pub mod args;
+pub mod failure;
+pub mod http;
+pub mod params;
+pub mod tokens;
+mod tools;
+pub mod views;
+
+use crate::engine::Engine;
+use crate::store::TenantId;
+use params::ArgError;
+use rmcp::handler::server::common::FromContextPart;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, tool_handler};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the server tells a model when it connects.
+const INSTRUCTIONS: &str = "lockstep is a durable job orchestrator. Jobs: list_handlers, then \
+submit_job, and watch with get_job or wait_job. Multi-step agent work: plan_task stores a goal \
+and its subtasks with dependencies; claim_task hands you the next ready subtask with the \
+summaries of the subtasks it depends on; report progress with update_task; finish with \
+complete_task (or fail_task), passing the task_id and attempt from claim_task. Everything is \
+stored durably and survives restarts.";
+
+/// Settings of an MCP server (either transport).
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// Lease taken by `claim_task` and renewed by `update_task`.
+    pub agent_lease: Duration,
+    /// Largest tool arguments accepted, as JSON bytes.
+    pub max_argument_bytes: usize,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            agent_lease: Duration::from_secs(15 * 60),
+            max_argument_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Who is calling: the tenant every engine call is scoped to.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: TenantId,
+    /// Recorded with claims (`mcp-stdio` or `token-N`).
+    pub name: String,
+}
+
+/// The MCP server: the engine, the caller's tenant for stdio, and the tools.
+#[derive(Clone)]
+pub struct LockstepMcp {
+    engine: Arc<Engine>,
+    config: Arc<McpConfig>,
+    /// The stdio server's tenant; `None` on HTTP, where each request's token decides.
+    local: Option<Caller>,
+    tool_router: ToolRouter<Self>,
+}
+
+impl LockstepMcp {
+    /// A server whose calls all run as `tenant` (stdio).
+    pub fn local(engine: Arc<Engine>, config: Arc<McpConfig>, tenant: TenantId) -> Self {
+        let caller = Caller {
+            tenant,
+            name: format!("mcp-stdio-{}", std::process::id()),
+        };
+        LockstepMcp {
+            engine,
+            config,
+            local: Some(caller),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// A server whose calls run as the tenant the HTTP layer attached to each request.
+    pub fn remote(engine: Arc<Engine>, config: Arc<McpConfig>) -> Self {
+        LockstepMcp {
+            engine,
+            config,
+            local: None,
+            tool_router: Self::tool_router(),
+        }
+    }
+}
+
+impl FromContextPart<ToolCallContext<'_, LockstepMcp>> for Caller {
+    fn from_context_part(cx: &mut ToolCallContext<'_, LockstepMcp>) -> Result<Self, ErrorData> {
+        if let Some(parts) = cx
+            .request_context
+            .extensions
+            .get::<axum::http::request::Parts>()
+        {
+            // Attached by the authentication layer; a request without it never gets here.
+            return parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+                ErrorData::invalid_request("this request carries no valid bearer token", None)
+            });
+        }
+        cx.service.local.clone().ok_or_else(|| {
+            ErrorData::invalid_request("this request carries no valid bearer token", None)
+        })
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for LockstepMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("lockstep", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if let Some(args) = &request.arguments {
+            // Serialized length bounds what the tool may allocate decoding it.
+            let size = serde_json::to_vec(args)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > self.config.max_argument_bytes {
+                return Err(ArgError::new(
+                    "arguments",
+                    format!(
+                        "are {size} bytes of JSON, more than the {}-byte limit",
+                        self.config.max_argument_bytes
+                    ),
+                )
+                .into_error_data());
+            }
+        }
+        let tool = request.name.clone();
+        let started = std::time::Instant::now();
+        let tcc = ToolCallContext::new(self, request, context);
+        let result = self.tool_router.call(tcc).await;
+        tracing::debug!(tool = %tool, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "tool call");
+        result
+    }
+}
+
+/// Serve MCP over this process's stdin/stdout until the client disconnects.
+pub async fn serve_stdio(
+    engine: Arc<Engine>,
+    config: McpConfig,
+    tenant: TenantId,
+) -> Result<(), McpServeError> {
+    let server = LockstepMcp::local(engine, Arc::new(config), tenant);
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| McpServeError::Start(e.to_string()))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| McpServeError::Stopped(e.to_string()))?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum McpServeError {
+    #[error("the MCP session could not start: {0}")]
+    Start(String),
+    #[error("the MCP session ended with an error: {0}")]
+    Stopped(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}

@@ -1,0 +1,174 @@
+//! Tool arguments: decoding with the path of the offending field, and the
+//! checks every argument struct runs before a tool touches the engine.
+//!
+//! **Invariant:** a tool body only ever sees arguments that decoded and
+//! passed [`Check`]; anything else is an `invalid_params` MCP error whose
+//! message starts with the field (`subtasks[2].title: is empty …`), and no
+//! engine call has been made.
+
+use rmcp::ErrorData;
+use rmcp::handler::server::common::FromContextPart;
+use rmcp::handler::server::tool::ToolCallContext;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
+use std::borrow::Cow;
+
+/// An argument that is wrong: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgError {
+    /// `job_id`, `subtasks[3].depends_on[0]`, … (the arguments themselves: `arguments`).
+    pub field: String,
+    pub message: String,
+}
+
+impl ArgError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ArgError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The MCP error a client sees: message `field: why`, and the field in `data`.
+    pub fn into_error_data(self) -> ErrorData {
+        ErrorData::invalid_params(
+            format!("invalid argument {}: {}", self.field, self.message),
+            Some(serde_json::json!({ "field": self.field, "reason": self.message })),
+        )
+    }
+}
+
+/// Checks an argument struct makes beyond its types (lengths, ranges, emptiness).
+pub trait Check {
+    fn check(&self) -> Result<(), ArgError>;
+}
+
+/// Tool arguments of type `T`, decoded and checked. Named like rmcp's own
+/// wrapper so the `#[tool]` macro publishes `T`'s JSON Schema as the input
+/// schema; unlike it, decoding errors name the field.
+pub struct Parameters<T>(pub T);
+
+impl<T: JsonSchema> JsonSchema for Parameters<T> {
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+}
+
+impl<S, T> FromContextPart<ToolCallContext<'_, S>> for Parameters<T>
+where
+    T: DeserializeOwned + Check,
+{
+    fn from_context_part(context: &mut ToolCallContext<'_, S>) -> Result<Self, ErrorData> {
+        let arguments = context.arguments.take().unwrap_or_default();
+        decode::<T>(serde_json::Value::Object(arguments))
+            .map(Parameters)
+            .map_err(ArgError::into_error_data)
+    }
+}
+
+/// Decode and check arguments; the error names the field.
+pub fn decode<T: DeserializeOwned + Check>(value: serde_json::Value) -> Result<T, ArgError> {
+    let decoded: T = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        field_error(&path, &message)
+    })?;
+    decoded.check()?;
+    Ok(decoded)
+}
+
+/// serde reports a missing or unknown field at its parent's path; name the field itself.
+fn field_error(path: &str, message: &str) -> ArgError {
+    let parent = if path == "." { "" } else { path };
+    let join = |name: &str| {
+        if parent.is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent}.{name}")
+        }
+    };
+    let quoted = message.split('`').nth(1);
+    if let (Some(name), true) = (quoted, message.starts_with("missing field")) {
+        return ArgError::new(join(name), "is required");
+    }
+    if let (Some(name), true) = (quoted, message.starts_with("unknown field")) {
+        let expected = message
+            .split_once(", expected ")
+            .map(|(_, rest)| format!("; expected {rest}"))
+            .unwrap_or_default();
+        return ArgError::new(
+            join(name),
+            format!("is not an argument of this tool{expected}"),
+        );
+    }
+    let field = if parent.is_empty() {
+        "arguments".to_string()
+    } else {
+        parent.to_string()
+    };
+    ArgError::new(field, message.to_string())
+}
+
+// ---------------------------------------------------------------- checks used by the argument structs
+
+/// A required text: not blank, at most `max` characters.
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
+    if value.trim().is_empty() {
+        return Err(ArgError::new(field, "is empty"));
+    }
+    bounded(field, value, max)
+}
+
+/// An optional text: when present, not blank and at most `max` characters.
+pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<(), ArgError> {
+    match value {
+        Some(v) => text(field, v, max),
+        None => Ok(()),
+    }
+}
+
+/// At most `max` characters (may be empty).
+pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
+    // Bytes bound characters from above, so most values skip the count.
+    if value.len() > max && value.chars().count() > max {
+        return Err(ArgError::new(
+            field,
+            format!("is longer than {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A positive id.
+pub fn id(field: &str, value: i64) -> Result<(), ArgError> {
+    if value <= 0 {
+        return Err(ArgError::new(
+            field,
+            format!("must be a positive id, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An attempt number as returned by `claim_task` (1 or more).
+pub fn attempt(field: &str, value: i32) -> Result<(), ArgError> {
+    if value < 1 {
+        return Err(ArgError::new(
+            field,
+            format!("must be the attempt returned by claim_task (1 or more), got {value}"),
+        ));
+    }
+    Ok(())
+}

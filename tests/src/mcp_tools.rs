@@ -1,0 +1,463 @@
+//! The job tools over stdio with the real example plugins, and the contract
+//! for bad arguments: every tool answers an `invalid_params` error naming
+//! the field, and nothing is written.
+
+use crate::mcp_harness::*;
+use lockstep::guest_artifacts;
+use serde_json::{Value, json};
+use std::path::Path;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tool_is_listed_with_an_input_schema() {
+    let db = Db::new().await;
+    let server = StdioServer::start(&db, "local", &[]).await;
+    let tools = server.client.list_all_tools().await.expect("tools/list");
+    let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cancel_job",
+            "claim_task",
+            "complete_task",
+            "fail_task",
+            "get_job",
+            "get_task",
+            "health_check",
+            "list_handlers",
+            "list_jobs",
+            "plan_task",
+            "retry_task",
+            "submit_job",
+            "update_task",
+            "wait_job",
+        ]
+    );
+    for tool in &tools {
+        assert_eq!(
+            tool.input_schema.get("type"),
+            Some(&json!("object")),
+            "{}",
+            tool.name
+        );
+        assert!(
+            tool.output_schema.is_some(),
+            "{} has no output schema",
+            tool.name
+        );
+        assert!(
+            tool.description.as_ref().is_some_and(|d| d.len() > 40),
+            "{} is undocumented",
+            tool.name
+        );
+    }
+    let plan = tools
+        .iter()
+        .find(|t| t.name == "plan_task")
+        .expect("plan_task");
+    let required = plan
+        .input_schema
+        .get("required")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(required, json!(["goal", "subtasks"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_submitted_watched_and_listed_through_mcp() {
+    let db = Db::new().await;
+    let server = StdioServer::start_with_plugins(
+        &db,
+        "local",
+        Path::new(guest_artifacts::EXAMPLES_DIR),
+        &[],
+    )
+    .await;
+    let c = &server.client;
+    let handlers = ok(c, "list_handlers", json!({})).await;
+    let names: Vec<&str> = handlers["handlers"]
+        .as_array()
+        .expect("handlers")
+        .iter()
+        .filter_map(|h| h["name"].as_str())
+        .collect();
+    assert!(names.contains(&"example:noop"), "{names:?}");
+
+    let job = json!({
+        "name": "three noops",
+        "stages": [{ "name": "only", "tasks": [
+            { "handler": "example:noop", "input": {} },
+            { "handler": "example:noop", "input": {}, "key": "x" },
+            { "handler": "example:noop", "input": {}, "depends_on": ["x"] },
+        ]}]
+    });
+    let submitted = ok(
+        c,
+        "submit_job",
+        json!({ "job": job, "idempotency_key": "noops-1" }),
+    )
+    .await;
+    assert_eq!(submitted["created"], true);
+    let id = submitted["job_id"].as_i64().expect("job id");
+    let again = ok(
+        c,
+        "submit_job",
+        json!({ "job": job, "idempotency_key": "noops-1" }),
+    )
+    .await;
+    assert_eq!(again, json!({ "job_id": id, "created": false }));
+
+    let waited = ok(
+        c,
+        "wait_job",
+        json!({ "job_id": id, "timeout_seconds": 120 }),
+    )
+    .await;
+    assert_eq!(waited["finished"], true);
+    assert_eq!(waited["job"]["state"], "succeeded");
+    assert_eq!(waited["job"]["done"], 3);
+    assert_eq!(waited["job"]["stages"][0]["counts"]["succeeded"], 3);
+
+    let listed = ok(c, "list_jobs", json!({ "state": "succeeded" })).await;
+    assert_eq!(listed["jobs"].as_array().expect("jobs").len(), 1);
+    assert_eq!(listed["jobs"][0]["name"], "three noops");
+    assert_eq!(
+        ok(c, "list_jobs", json!({ "state": "running" })).await["jobs"],
+        json!([])
+    );
+    let health = ok(c, "health_check", json!({})).await;
+    assert_eq!(health["ok"], true);
+    assert_eq!(health["database"], "reachable");
+    assert_eq!(health["queue_pending"], 0);
+    assert!(health["plugins_loaded"].as_u64().expect("count") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_jobs_pages_newest_first_with_a_cursor() {
+    let db = Db::new().await;
+    let server = StdioServer::start(&db, "local", &[]).await;
+    let c = &server.client;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            plan(c, &format!("plan {n}"), &[("a", "A", &[])]).await["job_id"]
+                .as_i64()
+                .expect("id"),
+        );
+    }
+    let first = ok(c, "list_jobs", json!({ "limit": 2 })).await;
+    let page = |v: &Value| -> Vec<i64> {
+        v["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .filter_map(|j| j["job_id"].as_i64())
+            .collect()
+    };
+    assert_eq!(page(&first), vec![ids[4], ids[3]]);
+    let second = ok(
+        c,
+        "list_jobs",
+        json!({ "limit": 2, "cursor": first["next_cursor"] }),
+    )
+    .await;
+    assert_eq!(page(&second), vec![ids[2], ids[1]]);
+    let third = ok(
+        c,
+        "list_jobs",
+        json!({ "limit": 2, "cursor": second["next_cursor"] }),
+    )
+    .await;
+    assert_eq!(page(&third), vec![ids[0]]);
+    assert_eq!(third["next_cursor"], Value::Null);
+    let named = ok(c, "list_jobs", json!({ "name": "plan 3" })).await;
+    assert_eq!(page(&named), vec![ids[3]]);
+}
+
+/// (tool, arguments, field named, start of the reason)
+fn bad_calls() -> Vec<(&'static str, Value, &'static str, &'static str)> {
+    let long = "x".repeat(70_000);
+    vec![
+        (
+            "list_handlers",
+            json!({ "verbose": true }),
+            "verbose",
+            "is not an argument of this tool",
+        ),
+        (
+            "health_check",
+            json!({ "deep": 1 }),
+            "deep",
+            "is not an argument of this tool",
+        ),
+        ("submit_job", json!({}), "job", "is required"),
+        (
+            "submit_job",
+            json!({ "job": { "stages": [] } }),
+            "job.name",
+            "is required",
+        ),
+        (
+            "submit_job",
+            json!({ "job": { "name": "j", "stages": [{ "name": "s", "tasks": [{ "handler": "no:such", "input": {} }] }] } }),
+            "job.stages[0].tasks[0].handler",
+            "unknown handler",
+        ),
+        (
+            "submit_job",
+            json!({ "job": { "name": "j", "stages": [{ "name": "s", "tasks": [{ "handlr": "x" }] }] } }),
+            "job.stages[0].tasks[0].handlr",
+            "is not an argument of this tool",
+        ),
+        (
+            "get_job",
+            json!({ "job_id": "seven" }),
+            "job_id",
+            "invalid type",
+        ),
+        (
+            "get_job",
+            json!({ "job_id": 0 }),
+            "job_id",
+            "must be a positive id",
+        ),
+        (
+            "list_jobs",
+            json!({ "limit": 1000 }),
+            "limit",
+            "must be between 1 and 200",
+        ),
+        (
+            "list_jobs",
+            json!({ "state": "done" }),
+            "state",
+            "unknown variant",
+        ),
+        (
+            "list_jobs",
+            json!({ "cursor": "page-2" }),
+            "cursor",
+            "is not a cursor returned by list_jobs",
+        ),
+        (
+            "list_jobs",
+            json!({ "created_after": 20, "created_before": 10 }),
+            "created_before",
+            "must be later",
+        ),
+        (
+            "wait_job",
+            json!({ "job_id": 1, "timeout_seconds": 1000 }),
+            "timeout_seconds",
+            "must be between 0 and 300",
+        ),
+        (
+            "wait_job",
+            json!({ "timeout_seconds": 1 }),
+            "job_id",
+            "is required",
+        ),
+        ("cancel_job", json!({}), "job_id", "is required"),
+        (
+            "get_task",
+            json!({ "task_id": -1 }),
+            "task_id",
+            "must be a positive id",
+        ),
+        (
+            "retry_task",
+            json!({ "task": 1 }),
+            "task",
+            "is not an argument of this tool",
+        ),
+        (
+            "plan_task",
+            json!({ "goal": " ", "subtasks": [{ "title": "t", "instructions": "i" }] }),
+            "goal",
+            "is empty",
+        ),
+        (
+            "plan_task",
+            json!({ "goal": "g", "subtasks": [] }),
+            "subtasks",
+            "is empty",
+        ),
+        (
+            "plan_task",
+            json!({ "goal": "g", "subtasks": [{ "title": "t" }] }),
+            "subtasks[0].instructions",
+            "is required",
+        ),
+        (
+            "plan_task",
+            json!({ "goal": "g", "subtasks": [{ "title": "t", "instructions": long }] }),
+            "subtasks[0].instructions",
+            "is longer than 65536 characters",
+        ),
+        (
+            "plan_task",
+            json!({ "goal": "g", "subtasks": [{ "title": "a", "instructions": "i" }, { "title": "b", "instructions": "i", "depends_on": ["zzz"] }] }),
+            "subtasks[1].depends_on[0]",
+            "\"zzz\" is neither the key nor the title of a subtask in this plan",
+        ),
+        (
+            "plan_task",
+            json!({ "goal": "g", "subtasks": [
+                { "key": "a", "title": "A", "instructions": "i", "depends_on": ["b"] },
+                { "key": "b", "title": "B", "instructions": "i", "depends_on": ["a"] }
+            ] }),
+            "subtasks[",
+            "",
+        ),
+        (
+            "plan_task",
+            json!({ "goal": "g", "subtasks": [{ "key": "k", "title": "a", "instructions": "i" }, { "key": "k", "title": "b", "instructions": "i" }] }),
+            "subtasks[1].key",
+            "\"k\" is already the key of subtasks[0]",
+        ),
+        (
+            "claim_task",
+            json!({ "job_id": -3 }),
+            "job_id",
+            "must be a positive id",
+        ),
+        (
+            "claim_task",
+            json!({ "specialist": "" }),
+            "specialist",
+            "is empty",
+        ),
+        (
+            "update_task",
+            json!({ "task_id": 1, "attempt": 0, "note": "n" }),
+            "attempt",
+            "must be the attempt returned by claim_task",
+        ),
+        (
+            "update_task",
+            json!({ "task_id": 1, "attempt": 1 }),
+            "note",
+            "is required",
+        ),
+        (
+            "complete_task",
+            json!({ "task_id": 1, "attempt": 1, "summary": "  " }),
+            "summary",
+            "is empty",
+        ),
+        (
+            "complete_task",
+            json!({ "task_id": 1, "attempt": 1, "summary": "s", "artifacts": [{ "path": "a.txt" }] }),
+            "artifacts[0].kind",
+            "is required",
+        ),
+        (
+            "complete_task",
+            json!({ "task_id": 1, "attempt": 1, "summary": "s", "artifacts": "a.txt" }),
+            "artifacts",
+            "invalid type",
+        ),
+        (
+            "fail_task",
+            json!({ "task_id": 1, "attempt": 1, "reason": "r" }),
+            "retryable",
+            "is required",
+        ),
+        (
+            "fail_task",
+            json!({ "task_id": 1, "attempt": 1, "reason": "r", "retryable": "yes" }),
+            "retryable",
+            "invalid type",
+        ),
+        (
+            "complete_task",
+            json!({ "task_id": 1, "attempt": 1, "summary": "x".repeat(1_200_000) }),
+            "arguments",
+            "are ",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_name_the_field_and_write_nothing() {
+    let db = Db::new().await;
+    let server = StdioServer::start(&db, "local", &[]).await;
+    let c = &server.client;
+    // One real claimed task, so the task tools would have something to write to.
+    let plan = plan(c, "target", &[("a", "A", &[])]).await;
+    let task = claim(c, plan["job_id"].as_i64().expect("job"))
+        .await
+        .expect("claim");
+    assert_eq!(task["task_id"], 1);
+    for (tool, args, field, reason) in bad_calls() {
+        let shown = args.to_string().chars().take(120).collect::<String>();
+        match call(c, tool, args).await {
+            Err(refusal @ Refusal::Protocol { code: -32602, .. }) => {
+                let named = refusal.field().unwrap_or_default();
+                assert!(
+                    named.starts_with(field),
+                    "{tool} {shown}: named {named:?}, expected {field:?}"
+                );
+                let message = refusal.message();
+                assert!(
+                    message.starts_with(&format!("invalid argument {named}: {reason}")),
+                    "{tool} {shown}: message {message:?}"
+                );
+            }
+            other => {
+                panic!("{tool} {shown}: expected invalid_params naming {field}, got {other:?}")
+            }
+        }
+    }
+    // Nothing was written: one job, its one task still running at attempt 1 with no output.
+    let jobs = ok(c, "list_jobs", json!({})).await;
+    assert_eq!(jobs["jobs"].as_array().expect("jobs").len(), 1);
+    let view = ok(c, "get_task", json!({ "task_id": 1 })).await;
+    assert_eq!(view["state"], "running");
+    assert_eq!(view["attempt"], 1);
+    assert_eq!(view["output"], Value::Null);
+    let notes = view["recent_events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "task_note")
+        .count();
+    assert_eq!(notes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_task_cannot_be_completed_as_an_agent_task() {
+    let db = Db::new().await;
+    let server = StdioServer::start_with_plugins(
+        &db,
+        "local",
+        Path::new(guest_artifacts::EXAMPLES_DIR),
+        &["--workers", "1"],
+    )
+    .await;
+    let c = &server.client;
+    let job = json!({ "name": "wasm", "stages": [{ "name": "s", "tasks": [{ "handler": "example:noop", "input": {} }] }] });
+    let id = ok(c, "submit_job", json!({ "job": job })).await["job_id"]
+        .as_i64()
+        .expect("job");
+    ok(
+        c,
+        "wait_job",
+        json!({ "job_id": id, "timeout_seconds": 120 }),
+    )
+    .await;
+    let r = call(
+        c,
+        "complete_task",
+        json!({ "task_id": 1, "attempt": 1, "summary": "mine" }),
+    )
+    .await;
+    assert_eq!(
+        r,
+        Err(Refusal::Tool {
+            code: "not_agent_task".into(),
+            message: "task 1 is not an agent task: a WASM worker runs it".into()
+        })
+    );
+    assert_eq!(ok(c, "claim_task", json!({})).await["claimed"], false);
+}
