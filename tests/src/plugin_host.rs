@@ -297,6 +297,23 @@ async fn a_cache_entry_whose_checksum_matches_but_does_not_deserialize_is_rebuil
 }
 
 #[tokio::test]
+async fn a_cache_directory_that_cannot_be_written_costs_a_compile_not_a_failed_load() {
+    let dir = PluginDir::new();
+    dir.add(guest_artifacts::EXAMPLE_NOOP);
+    // A file where the cache directory should be.
+    std::fs::write(dir.cache(), "not a directory").expect("write");
+    for _ in 0..2 {
+        let (host, report) = dir.load().await;
+        assert_eq!(
+            (report.cache.hits, report.cache.misses, report.cache.rebuilt),
+            (0, 1, 0)
+        );
+        let (result, _) = run(&host, "example:noop", json!(4)).await;
+        assert_eq!(result.expect("noop runs").output, "4");
+    }
+}
+
+#[tokio::test]
 async fn an_unknown_handler_is_an_error_listing_the_registered_names() {
     let dir = PluginDir::new();
     dir.add(guest_artifacts::EXAMPLE_NOOP);
