@@ -150,6 +150,26 @@ async fn a_core_module_is_reported_as_not_a_component() {
 }
 
 #[tokio::test]
+async fn a_component_of_another_world_is_reported_as_not_fitting_the_plugin_world() {
+    let dir = PluginDir::new();
+    dir.add(guest_artifacts::EXAMPLE_NOOP);
+    // The smallest valid component: magic, component version and layer, no
+    // sections, so it exports no `handler`.
+    let empty = dir.plugins().join("empty-component.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").expect("write");
+    let (host, report) = dir.load().await;
+    assert_eq!(host.handler_names(), vec!["example:noop"]);
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(report.failures[0].path, empty);
+    let reason = &report.failures[0].reason;
+    assert!(
+        reason.starts_with("it does not fit the lockstep:plugin world (wit/plugin.wit): "),
+        "{reason}"
+    );
+    assert!(reason.contains("lockstep:plugin/handler@0.1.0"), "{reason}");
+}
+
+#[tokio::test]
 async fn strict_mode_makes_a_broken_plugin_fatal() {
     let dir = PluginDir::new();
     dir.add(guest_artifacts::EXAMPLE_NOOP);
@@ -294,6 +314,23 @@ async fn a_cache_entry_whose_checksum_matches_but_does_not_deserialize_is_rebuil
     );
     let (result, _) = run(&host, "example:noop", json!(3)).await;
     assert_eq!(result.expect("noop runs").output, "3");
+}
+
+#[tokio::test]
+async fn a_cache_directory_that_cannot_be_written_costs_a_compile_not_a_failed_load() {
+    let dir = PluginDir::new();
+    dir.add(guest_artifacts::EXAMPLE_NOOP);
+    // A file where the cache directory should be.
+    std::fs::write(dir.cache(), "not a directory").expect("write");
+    for _ in 0..2 {
+        let (host, report) = dir.load().await;
+        assert_eq!(
+            (report.cache.hits, report.cache.misses, report.cache.rebuilt),
+            (0, 1, 0)
+        );
+        let (result, _) = run(&host, "example:noop", json!(4)).await;
+        assert_eq!(result.expect("noop runs").output, "4");
+    }
 }
 
 #[tokio::test]

@@ -87,17 +87,17 @@ impl Hasher for Sha256Hasher {
 }
 
 impl CompileCache {
-    /// A cache in `dir` (created if missing) for components of `engine`.
-    pub fn new(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+    /// A cache in `dir` (created when the first entry is stored) for
+    /// components of `engine`.
+    pub fn new(dir: &Path, engine: &Engine) -> Self {
         let mut hasher = Sha256Hasher(Sha256::new());
         CACHE_FORMAT.hash(&mut hasher);
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hex::encode(&hasher.0.finalize()[..12]);
-        Ok(Self {
+        Self {
             dir: dir.to_owned(),
             engine_key,
-        })
+        }
     }
 
     /// Where the artifact of a component with this wasm sha256 lives.
@@ -151,7 +151,14 @@ impl CompileCache {
     fn load_verified(&self, engine: &Engine, artifact: &Path) -> Result<Option<Component>, String> {
         let bytes = match std::fs::read(artifact) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(format!("cannot read it: {e}")),
         };
         let expected = match std::fs::read_to_string(Self::checksum_path(artifact)) {
@@ -185,6 +192,7 @@ impl CompileCache {
     }
 
     fn store(&self, artifact: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
         write_atomically(artifact, bytes)?;
         let sum = sha256_hex(bytes);
         write_atomically(&Self::checksum_path(artifact), sum.as_bytes())

@@ -200,11 +200,7 @@ impl PluginHost {
         let engine = sandbox::build_engine(largest_memory)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         sandbox::start_epoch_ticks(&engine).map_err(PluginError::Engine)?;
-        let cache =
-            CompileCache::new(&cache_dir, &engine).map_err(|source| PluginError::CacheDir {
-                path: cache_dir.clone(),
-                source,
-            })?;
+        let cache = CompileCache::new(&cache_dir, &engine);
         let mut linker = Linker::<RunState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| Plugin::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s))

@@ -54,14 +54,6 @@ pub enum PluginError {
         source: std::io::Error,
     },
     #[error(
-        "cannot create the compile cache directory {}: {source}; pass --cache-dir DIR or set LOCKSTEP_CACHE_DIR",
-        .path.display()
-    )]
-    CacheDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
         "cannot choose a compile cache directory: neither XDG_CACHE_HOME nor HOME is set; pass --cache-dir DIR or set LOCKSTEP_CACHE_DIR"
     )]
     NoCacheDir,
