@@ -31,13 +31,13 @@ async fn timeline(h: &Harness, job: JobId) -> Timeline {
             stage_opened.push(e.stage_position.expect("stage_opened has a stage"));
         }
         let Some(task) = e.task_id else { continue };
-        if !keys.contains_key(&task) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(task) {
             let rec = h
                 .engine
                 .task(&h.tenant, task)
                 .await
                 .expect("task of an event exists");
-            keys.insert(task, rec.key.unwrap_or_else(|| format!("#{}", task.0)));
+            slot.insert(rec.key.unwrap_or_else(|| format!("#{}", task.0)));
         }
         let key = keys[&task].clone();
         if e.kind == EventKind::TaskCancelled {

@@ -137,6 +137,11 @@ pub async fn demo(ctx: &Ctx, args: DemoArgs) -> CliResult {
     let submitted = engine.submit(&ctx.tenant, job).await?;
     let progress = execute(&engine, ctx, submitted.job_id, args.workers).await?;
     print_outcome(&engine, ctx, &progress).await?;
+    if with_wordcount {
+        // The other task of the first stage counted the words of a file the
+        // operator granted to example:wordcount (plugins/example-wordcount.toml).
+        print_stage_outputs(&engine, ctx, submitted.job_id, "analyze", 2).await?;
+    }
     let expected = u64::from(args.count) * (u64::from(args.count) + 1) / 2;
     println!("expected sum 1+…+{} = {expected}", args.count);
     println!(
@@ -215,21 +220,20 @@ async fn print_outcome(engine: &Engine, ctx: &Ctx, p: &JobProgress) -> CliResult
     print_stages(p);
     // Show the output of the last stage's tasks (the result of the job).
     if let Some(last) = p.job.stages.last() {
-        let rows = engine
-            .store()
-            .stage_results(crate::store::StageResults {
-                tenant: ctx.tenant.clone(),
-                job: p.job.job_id,
-                from_stage_position: last.position + 1,
-                stage_name: last.name.clone(),
-                after: None,
-                limit: 5,
-            })
-            .await
-            .map_err(|e| Failure::Other(e.into()))?;
-        for (task, output) in rows {
-            println!("result of task {} ({}): {output}", task.0, last.name);
-        }
+        print_stage_outputs(engine, ctx, p.job.job_id, &last.name, 5).await?;
+    }
+    Ok(())
+}
+
+async fn print_stage_outputs(
+    engine: &Engine,
+    ctx: &Ctx,
+    job: JobId,
+    stage: &str,
+    limit: u32,
+) -> CliResult {
+    for (task, output) in engine.stage_outputs(&ctx.tenant, job, stage, limit).await? {
+        println!("result of task {} ({stage}): {output}", task.0);
     }
     Ok(())
 }

@@ -5,8 +5,9 @@
 //! everything else goes to stderr.
 
 use super::{CliResult, Ctx, Failure};
-use crate::engine::{WorkerConfig, now_millis};
-use crate::mcp::{self, McpConfig, tokens};
+use crate::engine::WorkerConfig;
+use crate::engine::tokens;
+use crate::mcp::{self, McpConfig};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::time::Duration;
@@ -115,8 +116,9 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
                     "--label is longer than 200 characters"
                 )));
             }
-            let store = ctx.store().await?;
-            let issued = tokens::create(store.as_ref(), &ctx.tenant, label, now_millis())
+            let engine = ctx.reader().await?;
+            let issued = engine
+                .create_token(&ctx.tenant, label)
                 .await
                 .context("storing the token")?;
             eprintln!(
@@ -127,8 +129,9 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
             Ok(())
         }
         TokenCommand::Revoke { token } => {
-            let store = ctx.store().await?;
-            match tokens::revoke(store.as_ref(), &token, now_millis())
+            let engine = ctx.reader().await?;
+            match engine
+                .revoke_token(&token)
                 .await
                 .context("revoking the token")?
             {

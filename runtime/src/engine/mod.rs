@@ -15,6 +15,7 @@ pub mod agent;
 pub mod backoff;
 pub mod progress;
 mod task_context;
+pub mod tokens;
 pub mod worker;
 
 use crate::plugin::PluginHost;
@@ -211,6 +212,59 @@ impl Engine {
             .get_task(GetTask {
                 tenant: tenant.clone(),
                 task,
+            })
+            .await?)
+    }
+
+    /// Outputs of a stage's succeeded tasks (the first `limit`, by task id),
+    /// e.g. the result of a job's last stage.
+    pub async fn stage_outputs(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+        stage: &str,
+        limit: u32,
+    ) -> Result<Vec<(TaskId, String)>, EngineError> {
+        Ok(self
+            .store
+            .stage_results(crate::store::StageResults {
+                tenant: tenant.clone(),
+                job,
+                // Any stage of the job may be read from outside it.
+                from_stage_position: i32::MAX,
+                stage_name: stage.to_string(),
+                after: None,
+                limit,
+            })
+            .await?)
+    }
+
+    /// The most recent events of one task (newest last).
+    pub async fn task_events(
+        &self,
+        tenant: &TenantId,
+        task: TaskId,
+        limit: u32,
+    ) -> Result<Vec<Event>, EngineError> {
+        Ok(self
+            .store
+            .task_events(crate::store::TaskEvents {
+                tenant: tenant.clone(),
+                task,
+                limit,
+            })
+            .await?)
+    }
+
+    /// Tasks waiting and running for this tenant (for health checks).
+    pub async fn queue_depth(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<crate::store::QueueDepth, EngineError> {
+        Ok(self
+            .store
+            .queue_depth(crate::store::QueueDepthQuery {
+                tenant: tenant.clone(),
             })
             .await?)
     }

@@ -12,7 +12,7 @@
 //! cross-site requests from browsers.
 
 use super::failure::log_internal;
-use super::{Caller, LockstepMcp, McpConfig, McpServeError, tokens};
+use super::{Caller, LockstepMcp, McpConfig, McpServeError};
 use crate::engine::Engine;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -127,7 +127,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             "missing bearer token: send Authorization: Bearer <token from `lockstep token create`>",
         );
     };
-    let record = match tokens::authenticate(gate.engine.store().as_ref(), &token).await {
+    let record = match gate.engine.authenticate(&token).await {
         Ok(Some(record)) => record,
         Ok(None) => return unauthorized("invalid or revoked token"),
         Err(e) => {

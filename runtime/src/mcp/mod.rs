@@ -18,7 +18,6 @@ pub mod args;
 pub mod failure;
 pub mod http;
 pub mod params;
-pub mod tokens;
 mod tools;
 pub mod views;
 

@@ -11,7 +11,7 @@ use super::params::{ArgError, Parameters};
 use super::views::*;
 use super::{Caller, LockstepMcp};
 use crate::engine::agent::{AgentClaim, AgentOutput, Artifact, Plan, PlannedSubtask};
-use crate::store::{JobId, LeaseToken, ListJobs, QueueDepthQuery, TaskEvents, TaskId};
+use crate::store::{JobId, LeaseToken, ListJobs, TaskId};
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
 use rmcp::service::RequestContext;
@@ -279,16 +279,11 @@ impl LockstepMcp {
         };
         let events = self
             .engine
-            .store()
-            .task_events(TaskEvents {
-                tenant: caller.tenant.clone(),
-                task: task.task_id,
-                limit: 20,
-            })
+            .task_events(&caller.tenant, task.task_id, 20)
             .await;
         let events = match events {
             Ok(ev) => ev,
-            Err(e) => return ToolFailure::from_engine("get_task", e.into()).into_response(),
+            Err(e) => return ToolFailure::from_engine("get_task", e).into_response(),
         };
         let view = TaskView::new(&task, &events);
         let line = view.line();
@@ -327,13 +322,7 @@ impl LockstepMcp {
     )]
     async fn health_check(&self, caller: Caller, Parameters(_): Parameters<NoArgs>) -> ToolResult {
         let handlers = self.engine.plugins().handler_names();
-        let depth = self
-            .engine
-            .store()
-            .queue_depth(QueueDepthQuery {
-                tenant: caller.tenant.clone(),
-            })
-            .await;
+        let depth = self.engine.queue_depth(&caller.tenant).await;
         let version = env!("CARGO_PKG_VERSION").to_string();
         let health = match depth {
             Ok(d) => Health {

@@ -463,7 +463,9 @@ async fn write_tasks(
     decisions: &[Decision],
     now: Millis,
 ) -> Result<(), StoreError> {
-    let rows: Vec<(i64, &str, Option<&str>, Option<&str>, Option<i64>)> = decisions
+    // (id, state, output, error, run_after) per task.
+    type Row<'a> = (i64, &'a str, Option<&'a str>, Option<&'a str>, Option<i64>);
+    let rows: Vec<Row<'_>> = decisions
         .iter()
         .map(|d| {
             (

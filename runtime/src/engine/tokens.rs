@@ -1,4 +1,5 @@
-//! Bearer tokens for MCP over HTTP: each maps to one tenant.
+//! Bearer tokens for MCP over HTTP: each maps to one tenant. The engine owns
+//! them so the front doors (`mcp`, `cli token …`) never reach the store.
 //!
 //! **Invariant:** a token's text exists only in the output of `token create`
 //! and in the client's configuration; the store keeps its SHA-256 and looks
@@ -52,7 +53,7 @@ pub fn check_tenant_name(name: &str) -> Result<(), String> {
 }
 
 /// Create a token for `tenant`; the returned text is the only copy.
-pub async fn create(
+async fn create(
     store: &dyn Store,
     tenant: &TenantId,
     label: Option<String>,
@@ -76,7 +77,7 @@ pub async fn create(
 
 /// Revoke a token given as its text or its numeric id. `Ok(None)` when no
 /// such (unrevoked) token exists.
-pub async fn revoke(
+async fn revoke(
     store: &dyn Store,
     token_or_id: &str,
     now: Millis,
@@ -89,10 +90,7 @@ pub async fn revoke(
 }
 
 /// The live token with this text, if any.
-pub async fn authenticate(
-    store: &dyn Store,
-    token: &str,
-) -> Result<Option<TokenRecord>, StoreError> {
+async fn authenticate(store: &dyn Store, token: &str) -> Result<Option<TokenRecord>, StoreError> {
     if !token.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
@@ -101,4 +99,32 @@ pub async fn authenticate(
             token_hash: token_hash(token),
         })
         .await
+}
+
+impl super::Engine {
+    /// Create a token for `tenant`; the returned text is the only copy.
+    pub async fn create_token(
+        &self,
+        tenant: &TenantId,
+        label: Option<String>,
+    ) -> Result<IssuedToken, super::EngineError> {
+        Ok(create(self.store().as_ref(), tenant, label, super::now_millis()).await?)
+    }
+
+    /// Revoke a token given as its text or its numeric id; `None` when no such
+    /// (unrevoked) token exists.
+    pub async fn revoke_token(
+        &self,
+        token_or_id: &str,
+    ) -> Result<Option<TokenRecord>, super::EngineError> {
+        Ok(revoke(self.store().as_ref(), token_or_id, super::now_millis()).await?)
+    }
+
+    /// The live token with this text, if any.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+    ) -> Result<Option<TokenRecord>, super::EngineError> {
+        Ok(authenticate(self.store().as_ref(), token).await?)
+    }
 }
