@@ -6,8 +6,9 @@
 
 use super::codec::{SPAWN_LIMIT, after};
 use super::{CompletionOutcome, EventKind, Millis, OnFailure, SpawnTask, TaskResult};
+use crate::state::IllegalTransition;
 use crate::state::{StageState, TaskState};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A running task whose row this transaction holds locked.
 #[derive(Debug, Clone)]
@@ -180,4 +181,69 @@ pub(crate) fn validate_spawn(
 pub(crate) struct StageDelta {
     pub add: i64,
     pub done: i64,
+}
+
+/// Decide every held task of a batch, each checked against the transition
+/// table (`running` to its new state).
+pub(crate) fn decide_all(
+    items: Vec<(Held, TaskResult)>,
+    stages: &HashMap<i64, Vec<StageMeta>>,
+    now: Millis,
+) -> Result<Vec<Decision>, IllegalTransition> {
+    let mut decisions = Vec::with_capacity(items.len());
+    for (held, result) in items {
+        let job_stages = stages.get(&held.job).map(Vec::as_slice).unwrap_or(&[]);
+        let d = decide(held, result, job_stages, now);
+        TaskState::Running.transition(d.to)?;
+        decisions.push(d);
+    }
+    Ok(decisions)
+}
+
+/// What a batch of decisions does beyond its own rows.
+pub(crate) struct Consequences {
+    /// Tasks whose dependents are released: successes, and deaths under `continue`.
+    pub released: Vec<i64>,
+    /// Deaths under `fail_job`: their transitive dependents are cancelled.
+    pub doomed_roots: Vec<i64>,
+    /// Stage counters: one `done` per task that reached a terminal state.
+    pub deltas: BTreeMap<(i64, i32), StageDelta>,
+}
+
+pub(crate) fn consequences(
+    decisions: &[Decision],
+    stages: &HashMap<i64, Vec<StageMeta>>,
+) -> Consequences {
+    let mut released = Vec::new();
+    let mut doomed_roots = Vec::new();
+    let mut deltas: BTreeMap<(i64, i32), StageDelta> = BTreeMap::new();
+    for d in decisions {
+        let on_failure = stage_of(stages, d.held.job, d.held.position).map(|s| s.on_failure);
+        match d.to {
+            TaskState::Succeeded => released.push(d.held.id),
+            TaskState::Dead if on_failure == Some(OnFailure::Continue) => released.push(d.held.id),
+            TaskState::Dead => doomed_roots.push(d.held.id),
+            _ => {}
+        }
+        if d.to.is_terminal() {
+            deltas
+                .entry((d.held.job, d.held.position))
+                .or_default()
+                .done += 1;
+        }
+    }
+    Consequences {
+        released,
+        doomed_roots,
+        deltas,
+    }
+}
+
+/// Count every spawned child into its target stage.
+pub(crate) fn count_spawns(decisions: &[Decision], deltas: &mut BTreeMap<(i64, i32), StageDelta>) {
+    for d in decisions {
+        for (target, _) in &d.spawn {
+            deltas.entry((d.held.job, *target)).or_default().add += 1;
+        }
+    }
 }

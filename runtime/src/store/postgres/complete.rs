@@ -13,10 +13,10 @@ use super::advance;
 use super::effects::Effects;
 use super::{after, parse_on_failure, parse_stage_state, parse_task_state};
 use crate::state::{StageState, TaskState};
-use crate::store::rules::{Decision, Held, StageDelta, StageMeta, decide, stage_of};
+use crate::store::rules::{self, Decision, Held, StageDelta, StageMeta, stage_of};
 use crate::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
-    Millis, OnFailure, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult, TenantId,
+    Millis, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult, TenantId,
 };
 use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -365,13 +365,7 @@ pub(super) async fn record(
     let stages = load_stages(conn, items.iter().map(|(h, _)| h.job)).await?;
 
     // Decide in Rust, checked against the transition table.
-    let mut decisions = Vec::with_capacity(items.len());
-    for (held, result) in items {
-        let job_stages = stages.get(&held.job).map(Vec::as_slice).unwrap_or(&[]);
-        let d = decide(held, result, job_stages, now);
-        TaskState::Running.transition(d.to)?;
-        decisions.push(d);
-    }
+    let decisions = rules::decide_all(items, &stages, now)?;
 
     write_tasks(conn, &decisions, now).await?;
     for d in &decisions {
@@ -385,36 +379,15 @@ pub(super) async fn record(
         );
     }
 
-    // Dependents: released by successes (and by deaths under `continue`),
-    // cancelled transitively by deaths under `fail_job`.
-    let mut released = Vec::new();
-    let mut doomed_roots = Vec::new();
-    for d in &decisions {
-        let on_failure = stage_of(&stages, d.held.job, d.held.position).map(|s| s.on_failure);
-        match d.to {
-            TaskState::Succeeded => released.push(d.held.id),
-            TaskState::Dead if on_failure == Some(OnFailure::Continue) => released.push(d.held.id),
-            TaskState::Dead => doomed_roots.push(d.held.id),
-            _ => {}
-        }
-    }
-    let mut deltas: BTreeMap<(i64, i32), StageDelta> = BTreeMap::new();
-    for d in &decisions {
-        if d.to.is_terminal() {
-            deltas
-                .entry((d.held.job, d.held.position))
-                .or_default()
-                .done += 1;
-        }
-    }
+    let rules::Consequences {
+        released,
+        doomed_roots,
+        mut deltas,
+    } = rules::consequences(&decisions, &stages);
     settle_dependents(conn, &released, &doomed_roots, &stages, &mut deltas, fx).await?;
 
     // Stage rows: the completed tasks' stages and every spawn target.
-    for d in &decisions {
-        for (target, _) in &d.spawn {
-            deltas.entry((d.held.job, *target)).or_default().add += 1;
-        }
-    }
+    rules::count_spawns(&decisions, &mut deltas);
     fx.flush_events(conn).await?;
     let keys: Vec<(i64, i32)> = deltas.keys().copied().collect();
     let locked = advance::lock_stages(conn, &keys).await?;
