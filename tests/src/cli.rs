@@ -216,3 +216,80 @@ fn the_default_database_is_lockstep_db_in_the_working_directory() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(Path::new(&cli.dir.path().join("lockstep.db")).exists());
 }
+
+#[test]
+fn bench_mcp_prints_one_json_line_per_case_with_every_sample() {
+    let cli = Cli::new();
+    let out = cli.run(&["bench", "mcp", "--tasks", "400", "--samples", "30"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let cases: Vec<&str> = lines
+        .iter()
+        .map(|l| l["case"].as_str().expect("case"))
+        .collect();
+    assert_eq!(
+        cases,
+        [
+            "fill",
+            "get_job",
+            "get_job_large",
+            "claim_task",
+            "complete_task"
+        ]
+    );
+    for line in &lines[1..] {
+        assert_eq!(line["bench"], "mcp");
+        assert_eq!(line["tasks"], 400);
+        assert_eq!(line["samples"], 30, "{line}");
+        assert_eq!(line["transport"], "streamable-http");
+        let (p50, p99) = (
+            line["p50_us"].as_f64().expect("p50"),
+            line["p99_us"].as_f64().expect("p99"),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{line}");
+    }
+    // The plan holds the 30 samples and 200 warm-up calls; the filler the rest.
+    let job_tasks: Vec<i64> = lines[1..]
+        .iter()
+        .map(|l| l["job_tasks"].as_i64().expect("job_tasks"))
+        .collect();
+    assert_eq!(job_tasks, [230, 170, 230, 230]);
+    // The benchmark's own database holds what it did: the plan, every one of
+    // its 230 tasks (200 warm-up, 30 samples) completed once, and the filler
+    // job of the remaining 170 tasks untouched.
+    let status = |job: &serde_json::Value| {
+        let id = job["job_id"].as_i64().expect("job id").to_string();
+        let out = cli.run(&["status", &id, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status json")
+    };
+    let jobs = cli.run(&["jobs", "--json"]);
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&jobs.stdout).expect("jobs json");
+    let names: Vec<&str> = jobs.iter().filter_map(|j| j["name"].as_str()).collect();
+    assert_eq!(names, ["bench mcp", "bench-fill-1"], "{jobs:?}");
+    let plan = status(&jobs[0]);
+    assert_eq!(plan["job"]["state"], "succeeded", "{plan}");
+    let fill = status(&jobs[1]);
+    assert_eq!(fill["job"]["state"], "running", "{fill}");
+    assert_eq!(fill["job"]["stages"][0]["remaining"], 170, "{fill}");
+}
+
+#[test]
+fn bench_mcp_with_more_samples_than_one_plan_holds_is_exit_two() {
+    let cli = Cli::new();
+    let out = cli.run(&["bench", "mcp", "--tasks", "100000", "--samples", "9801"]);
+    let err = assert_bad_input(&out);
+    assert!(
+        err.contains("--samples 9801 is out of range: it must be 1 to 9800"),
+        "{err}"
+    );
+    let out = cli.run(&["bench", "mcp", "--tasks", "100", "--samples", "10"]);
+    let err = assert_bad_input(&out);
+    assert!(
+        err.contains("--tasks 100 is too small: it must be at least --samples + 200 = 210"),
+        "{err}"
+    );
+}

@@ -6,8 +6,8 @@ use super::percentile;
 use crate::engine::now_millis;
 use crate::state::TaskState;
 use crate::store::{
-    ClaimBatch, CompleteBatch, Completion, Executor, GetTask, NewStage, NewTask, OnFailure, Store,
-    SubmitJob, TaskId, TaskResult, TenantId,
+    ClaimBatch, CompleteBatch, Completion, Executor, GetTask, JobId, NewStage, NewTask, OnFailure,
+    Store, SubmitJob, TaskId, TaskResult, TenantId,
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 /// Tasks per submitted job while filling the database.
 const JOB_SIZE: u64 = 50_000;
 
-/// Fill the store with `tasks` pending tasks (in jobs of 50,000), then time
-/// `get_task` of random tasks and a claim + fenced completion of one task.
-pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_json::Value>> {
-    let tenant = TenantId("bench".into());
-    let fill_started = Instant::now();
+/// Submit `tasks` pending WASM tasks for `tenant` in jobs of 50,000 (no
+/// worker runs them), so that reads and writes are measured against a full
+/// table. Returns the jobs and their sizes, first to last.
+pub(super) async fn fill(
+    store: &dyn Store,
+    tenant: &TenantId,
+    tasks: u64,
+) -> anyhow::Result<Vec<(JobId, u64)>> {
+    let mut jobs = Vec::new();
     let mut remaining = tasks;
     let mut n = 0;
     while remaining > 0 {
@@ -37,11 +41,11 @@ pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_j
             timeout_ms: 30_000,
             agent_json: None,
         };
-        store
+        let submitted = store
             .submit_job(SubmitJob {
                 tenant: tenant.clone(),
-                name: format!("lookup-fill-{n}"),
-                idempotency_key: format!("lookup-fill-{n}-{}", now_millis()),
+                name: format!("bench-fill-{n}"),
+                idempotency_key: format!("bench-fill-{n}-{}", now_millis()),
                 spec_json: "{}".into(),
                 stages: vec![NewStage {
                     name: "fill".into(),
@@ -51,7 +55,17 @@ pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_j
                 now: now_millis(),
             })
             .await?;
+        jobs.push((submitted.job_id, size));
     }
+    Ok(jobs)
+}
+
+/// Fill the store with `tasks` pending tasks (in jobs of 50,000), then time
+/// `get_task` of random tasks and a claim + fenced completion of one task.
+pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_json::Value>> {
+    let tenant = TenantId("bench".into());
+    let fill_started = Instant::now();
+    fill(store, &tenant, tasks).await?;
     let fill_seconds = fill_started.elapsed().as_secs_f64();
 
     // Status: get_task of tasks spread over the whole table.

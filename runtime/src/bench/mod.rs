@@ -4,6 +4,7 @@
 
 pub mod engine_flow;
 pub mod lookup;
+pub mod mcp;
 pub mod plugin;
 
 /// Percentile of a sorted sample (nearest rank).

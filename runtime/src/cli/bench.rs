@@ -37,6 +37,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 128)]
         workers: usize,
     },
+    /// get_job, claim_task and complete_task over MCP (streamable HTTP on
+    /// loopback, bearer token) with this many tasks in the database.
+    Mcp {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        /// Measured calls per case (at most 9,800).
+        #[arg(long, default_value_t = 2_000)]
+        samples: u32,
+    },
     /// Status and update of one task in a database holding this many tasks.
     Lookup {
         #[arg(long, default_value_t = 1_000_000)]
@@ -110,6 +119,12 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
         BenchCommand::Fanin { tasks, workers } => {
             let (engine, _dir) = bench_engine(ctx).await?;
             print(bench::engine_flow::fanin(&engine, &ctx.tenant, tasks, workers).await?);
+        }
+        BenchCommand::Mcp { tasks, samples } => {
+            bench::mcp::check_sizes(tasks, samples)
+                .map_err(|problem| super::Failure::BadInput(anyhow::anyhow!(problem)))?;
+            let (engine, _dir) = bench_engine(ctx).await?;
+            print(bench::mcp::mcp(engine, &ctx.tenant, tasks, samples).await?);
         }
         BenchCommand::Lookup { tasks } => {
             let (engine, _dir) = bench_engine(ctx).await?;

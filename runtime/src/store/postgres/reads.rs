@@ -36,9 +36,12 @@ pub(super) async fn get_job(pool: &PgPool, p: &GetJob) -> Result<JobStatus, Stor
     .fetch_all(&mut *tx)
     .await?;
     let counts: Vec<(i32, String, i64)> = sqlx::query_as(
-        "SELECT stage_position, state, count(*) FROM tasks
-         WHERE job_id = $1 AND tenant_id = $2
-         GROUP BY stage_position, state",
+        // Tenant checked on the job row, so the tasks side is a scan of the
+        // covering (job_id, stage_position, state) index alone.
+        "SELECT t.stage_position, t.state, count(*)
+             FROM jobs j JOIN tasks t ON t.job_id = j.id
+         WHERE j.id = $1 AND j.tenant_id = $2
+         GROUP BY t.stage_position, t.state",
     )
     .bind(p.job.0)
     .bind(&p.tenant.0)
