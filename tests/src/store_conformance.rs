@@ -59,11 +59,24 @@ fn stage(name: &str, tasks: Vec<NewTask>) -> NewStage {
     }
 }
 
+/// A stage under `continue`, its tasks too (a task without its own setting
+/// takes its stage's; the spec resolves that before the store sees it).
 fn continuing(name: &str, tasks: Vec<NewTask>) -> NewStage {
     NewStage {
         on_failure: OnFailure::Continue,
-        ..stage(name, tasks)
+        ..stage(
+            name,
+            tasks
+                .into_iter()
+                .map(|t| with_on_failure(t, OnFailure::Continue))
+                .collect(),
+        )
     }
+}
+
+fn with_on_failure(mut t: NewTask, on_failure: OnFailure) -> NewTask {
+    t.on_failure = on_failure;
+    t
 }
 
 fn spec_for(tenant: TenantId, key: &str, stages: Vec<NewStage>) -> SubmitJob {
@@ -949,6 +962,90 @@ pub async fn under_continue_a_dead_dependency_releases_its_dependents(store: &dy
     assert_eq!(job_state(store, job).await, JobState::Succeeded);
 }
 
+pub async fn a_tasks_own_continue_in_a_fail_job_stage_releases_its_dependents(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "own-continue",
+            vec![stage(
+                "dag",
+                vec![
+                    with_on_failure(keyed("work", Some("a"), &[]), OnFailure::Continue),
+                    keyed("work", Some("b"), &["a"]),
+                ],
+            )],
+        ),
+    )
+    .await;
+    let a = claim_one(store).await;
+    complete(store, vec![fatal(&a, "broken")]).await;
+    let b = claim_one(store).await;
+    assert_ne!(b.lease.task_id, a.lease.task_id, "b, released by a's death");
+    complete(store, vec![ok(&b)]).await;
+    let s = status(store, job).await;
+    assert_eq!(s.state, JobState::Succeeded, "{:?}", s.error);
+    assert_eq!(count(&s.stages[0], TaskState::Dead), 1);
+    assert_eq!(count(&s.stages[0], TaskState::Succeeded), 1);
+}
+
+pub async fn a_tasks_own_fail_job_in_a_continue_stage_fails_the_job(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "own-fail-job",
+            vec![
+                NewStage {
+                    on_failure: OnFailure::Continue,
+                    ..stage(
+                        "dag",
+                        vec![
+                            keyed("work", Some("a"), &[]),
+                            with_on_failure(keyed("work", Some("b"), &["a"]), OnFailure::Continue),
+                        ],
+                    )
+                },
+                stage("after", vec![task("work")]),
+            ],
+        ),
+    )
+    .await;
+    let a = claim_one(store).await;
+    complete(store, vec![fatal(&a, "broken")]).await;
+    assert!(claim(store, 10).await.is_empty(), "b was cancelled");
+    let s = status(store, job).await;
+    assert_eq!(s.state, JobState::Failed);
+    assert_eq!(
+        s.error.as_deref(),
+        Some("stage \"dag\" finished with 1 dead task(s)")
+    );
+    assert_eq!(count(&s.stages[0], TaskState::Cancelled), 1);
+    assert_eq!(count(&s.stages[1], TaskState::Cancelled), 1);
+}
+
+pub async fn spawned_children_take_their_target_stages_on_failure(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "spawned-continue",
+            vec![
+                stage("fan", vec![task("work")]),
+                continuing("process", vec![]),
+                stage("after", vec![task("work")]),
+            ],
+        ),
+    )
+    .await;
+    let fan = claim_one(store).await;
+    complete(store, vec![ok_spawning(&fan, spawn_into("process", 2))]).await;
+    let children = claim(store, 10).await;
+    assert_eq!(children.len(), 2);
+    complete(store, vec![fatal(&children[0], "broken"), ok(&children[1])]).await;
+    let after = claim_one(store).await;
+    assert_eq!(after.stage_name, "after");
+    complete(store, vec![ok(&after)]).await;
+    assert_eq!(job_state(store, job).await, JobState::Succeeded);
+}
+
 // ------------------------------------------------------------ leases
 
 pub async fn an_expired_lease_goes_back_to_pending_and_then_dies(store: &dyn Store) {
@@ -1508,6 +1605,9 @@ macro_rules! conformance_cases {
             a_task_is_ready_once_its_own_dependencies_have_succeeded,
             a_dead_dependency_cancels_exactly_its_transitive_dependents,
             under_continue_a_dead_dependency_releases_its_dependents,
+            a_tasks_own_continue_in_a_fail_job_stage_releases_its_dependents,
+            a_tasks_own_fail_job_in_a_continue_stage_fails_the_job,
+            spawned_children_take_their_target_stages_on_failure,
             an_expired_lease_goes_back_to_pending_and_then_dies,
             renewing_extends_only_a_lease_still_held,
             stage_results_pages_through_an_earlier_stages_outputs,

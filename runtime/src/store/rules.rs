@@ -19,6 +19,8 @@ pub(crate) struct Held {
     pub position: i32,
     pub attempt: i32,
     pub max_attempts: i32,
+    /// What this task's death does: its own setting, fixed when it was created.
+    pub on_failure: OnFailure,
 }
 
 #[derive(Debug, Clone)]
@@ -26,7 +28,6 @@ pub(crate) struct StageMeta {
     pub position: i32,
     pub name: String,
     pub state: StageState,
-    pub on_failure: OnFailure,
 }
 
 /// What happens to one held task.
@@ -210,18 +211,14 @@ pub(crate) struct Consequences {
     pub deltas: BTreeMap<(i64, i32), StageDelta>,
 }
 
-pub(crate) fn consequences(
-    decisions: &[Decision],
-    stages: &HashMap<i64, Vec<StageMeta>>,
-) -> Consequences {
+pub(crate) fn consequences(decisions: &[Decision]) -> Consequences {
     let mut released = Vec::new();
     let mut doomed_roots = Vec::new();
     let mut deltas: BTreeMap<(i64, i32), StageDelta> = BTreeMap::new();
     for d in decisions {
-        let on_failure = stage_of(stages, d.held.job, d.held.position).map(|s| s.on_failure);
         match d.to {
             TaskState::Succeeded => released.push(d.held.id),
-            TaskState::Dead if on_failure == Some(OnFailure::Continue) => released.push(d.held.id),
+            TaskState::Dead if d.held.on_failure == OnFailure::Continue => released.push(d.held.id),
             TaskState::Dead => doomed_roots.push(d.held.id),
             _ => {}
         }

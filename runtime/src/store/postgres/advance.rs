@@ -16,9 +16,9 @@
 //! us.
 
 use super::effects::Effects;
-use super::{parse_on_failure, parse_stage_state};
+use super::parse_stage_state;
 use crate::state::{JobState, StageState, TaskState};
-use crate::store::{EventKind, OnFailure, StoreError};
+use crate::store::{EventKind, StoreError};
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
 
@@ -117,7 +117,8 @@ pub(super) async fn close_drained(
 }
 
 /// A stage of `job` has just closed (this transaction set it `done`): fail
-/// the job if the stage ended with dead tasks under `fail_job`, otherwise
+/// the job if the stage ended with dead tasks under `fail_job` (each task's
+/// own setting), otherwise
 /// open the next stage — closing it at once when it has no tasks, and so on —
 /// or finish the job when none is left.
 pub(super) async fn after_stage_closed(
@@ -127,11 +128,12 @@ pub(super) async fn after_stage_closed(
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
     loop {
-        let (tenant, name, on_failure, dead): (String, String, String, i64) = sqlx::query_as(
-            "SELECT s.tenant_id, s.name, s.on_failure,
+        // Only deaths of tasks under `fail_job` (their own setting) fail the job.
+        let (tenant, name, dead): (String, String, i64) = sqlx::query_as(
+            "SELECT s.tenant_id, s.name,
                     (SELECT count(*) FROM tasks t
                      WHERE t.job_id = s.job_id AND t.stage_position = s.position
-                       AND t.state = 'dead')
+                       AND t.state = 'dead' AND t.on_failure = 'fail_job')
              FROM stages s WHERE s.job_id = $1 AND s.position = $2",
         )
         .bind(job)
@@ -146,7 +148,7 @@ pub(super) async fn after_stage_closed(
             Some(position),
             Some(name.clone()),
         );
-        if parse_on_failure(&on_failure)? == OnFailure::FailJob && dead > 0 {
+        if dead > 0 {
             let reason = format!("stage {name:?} finished with {dead} dead task(s)");
             cancel_later_tasks(conn, &tenant, job, position, &reason, fx).await?;
             fx.finish_job(&tenant, job, JobState::Failed, Some(reason));

@@ -174,8 +174,9 @@ pub(super) async fn complete_batch(
         .collect();
 
     // Task rows first, ascending id, fenced on (running, attempt, tenant).
-    let rows: Vec<(i64, String, i64, i32, i32, i32)> = sqlx::query_as(
-        "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt, t.max_attempts
+    let rows: Vec<(i64, String, i64, i32, i32, i32, String)> = sqlx::query_as(
+        "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt, t.max_attempts,
+                t.on_failure
          FROM tasks t
          JOIN unnest($1::int8[], $2::int4[], $3::text[]) AS c(id, attempt, tenant_id)
            ON t.id = c.id AND t.attempt = c.attempt AND t.tenant_id = c.tenant_id
@@ -190,20 +191,23 @@ pub(super) async fn complete_batch(
     .await?;
     let mut held: HashMap<i64, Held> = rows
         .into_iter()
-        .map(|(id, tenant, job, position, attempt, max_attempts)| {
-            (
-                id,
-                Held {
+        .map(
+            |(id, tenant, job, position, attempt, max_attempts, on_failure)| {
+                Ok((
                     id,
-                    tenant,
-                    job,
-                    position,
-                    attempt,
-                    max_attempts,
-                },
-            )
-        })
-        .collect();
+                    Held {
+                        id,
+                        tenant,
+                        job,
+                        position,
+                        attempt,
+                        max_attempts,
+                        on_failure: parse_on_failure(&on_failure)?,
+                    },
+                ))
+            },
+        )
+        .collect::<Result<_, StoreError>>()?;
 
     let mut items = Vec::new();
     let mut stale = Vec::new();
@@ -310,8 +314,8 @@ pub(super) async fn rescue_expired_leases(
     // SKIP LOCKED: every node may run this at once; each expired row is
     // taken by exactly one of them, and a row being completed right now is
     // left to its completion.
-    let rows: Vec<(i64, String, i64, i32, i32, i32)> = sqlx::query_as(
-        "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts
+    let rows: Vec<(i64, String, i64, i32, i32, i32, String)> = sqlx::query_as(
+        "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure
          FROM tasks
          WHERE state = 'running' AND lease_expires_at <= $1
          ORDER BY id
@@ -325,23 +329,26 @@ pub(super) async fn rescue_expired_leases(
     let rescued = rows.len() as u64;
     let items = rows
         .into_iter()
-        .map(|(id, tenant, job, position, attempt, max_attempts)| {
-            (
-                Held {
-                    id,
-                    tenant,
-                    job,
-                    position,
-                    attempt,
-                    max_attempts,
-                },
-                TaskResult::Retryable {
-                    error: "lease expired".to_string(),
-                    retry_after: p.retry_after,
-                },
-            )
-        })
-        .collect();
+        .map(
+            |(id, tenant, job, position, attempt, max_attempts, on_failure)| {
+                Ok((
+                    Held {
+                        id,
+                        tenant,
+                        job,
+                        position,
+                        attempt,
+                        max_attempts,
+                        on_failure: parse_on_failure(&on_failure)?,
+                    },
+                    TaskResult::Retryable {
+                        error: format!("lease expired during attempt {attempt}"),
+                        retry_after: p.retry_after,
+                    },
+                ))
+            },
+        )
+        .collect::<Result<_, StoreError>>()?;
     record(&mut tx, items, &mut fx).await?;
     fx.write(&mut tx).await?;
     tx.commit().await?;
@@ -383,7 +390,7 @@ pub(super) async fn record(
         released,
         doomed_roots,
         mut deltas,
-    } = rules::consequences(&decisions, &stages);
+    } = rules::consequences(&decisions);
     settle_dependents(conn, &released, &doomed_roots, &stages, &mut deltas, fx).await?;
 
     // Stage rows: the completed tasks' stages and every spawn target.
@@ -415,20 +422,19 @@ async fn load_stages(
     let mut ids: Vec<i64> = jobs.collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows: Vec<(i64, i32, String, String, String)> = sqlx::query_as(
-        "SELECT job_id, position, name, state, on_failure FROM stages
+    let rows: Vec<(i64, i32, String, String)> = sqlx::query_as(
+        "SELECT job_id, position, name, state FROM stages
          WHERE job_id = ANY($1) ORDER BY job_id, position",
     )
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
     let mut out: HashMap<i64, Vec<StageMeta>> = HashMap::new();
-    for (job, position, name, state, on_failure) in rows {
+    for (job, position, name, state) in rows {
         out.entry(job).or_default().push(StageMeta {
             position,
             name,
             state: parse_stage_state(&state)?,
-            on_failure: parse_on_failure(&on_failure)?,
         });
     }
     Ok(out)
@@ -647,9 +653,12 @@ async fn insert_children(
     sqlx::query(
         "INSERT INTO tasks (tenant_id, job_id, stage_position, handler, executor, state,
                             max_attempts, timeout_ms, run_after, input_json, parent_task_id,
-                            created_at, updated_at)
+                            on_failure, created_at, updated_at)
          SELECT c.tenant_id, c.job_id, c.position, c.handler, 'wasm', c.state,
-                c.max_attempts, c.timeout_ms, $10, c.input, c.parent, $10, $10
+                c.max_attempts, c.timeout_ms, $10, c.input, c.parent,
+                (SELECT s.on_failure FROM stages s
+                 WHERE s.job_id = c.job_id AND s.position = c.position),
+                $10, $10
          FROM unnest($1::text[], $2::int8[], $3::int4[], $4::text[], $5::text[], $6::int4[],
                      $7::int8[], $8::int8[], $9::text[])
               WITH ORDINALITY AS c(tenant_id, job_id, position, handler, input, max_attempts,

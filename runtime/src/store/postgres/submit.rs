@@ -145,6 +145,7 @@ pub(super) async fn submit_job(pool: &PgPool, p: &SubmitJob) -> Result<Submitted
     let mut t_inputs = Vec::with_capacity(task_count);
     let mut t_deps = Vec::with_capacity(task_count);
     let mut t_agent = Vec::with_capacity(task_count);
+    let mut t_on_failure = Vec::with_capacity(task_count);
     for (id, position, task) in &flat {
         let mut deps: Vec<i64> = Vec::with_capacity(task.depends_on.len());
         for key in &task.depends_on {
@@ -178,18 +179,21 @@ pub(super) async fn submit_job(pool: &PgPool, p: &SubmitJob) -> Result<Submitted
         t_inputs.push(task.input_json.as_str());
         t_deps.push(i32::try_from(deps.len()).unwrap_or(i32::MAX));
         t_agent.push(task.agent_json.as_deref());
+        t_on_failure.push(on_failure_str(task.on_failure));
     }
     if task_count > 0 {
         sqlx::query(
             "INSERT INTO tasks (id, tenant_id, job_id, stage_position, handler, executor, key,
                                 state, max_attempts, timeout_ms, run_after, input_json,
-                                deps_remaining, agent_json, created_at, updated_at)
+                                deps_remaining, agent_json, on_failure, created_at, updated_at)
              SELECT t.id, $1, $2, t.position, t.handler, t.executor, t.key, t.state,
-                    t.max_attempts, t.timeout_ms, $3, t.input, t.deps, t.agent, $3, $3
+                    t.max_attempts, t.timeout_ms, $3, t.input, t.deps, t.agent, t.on_failure,
+                    $3, $3
              FROM unnest($4::int8[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
-                         $10::int4[], $11::int8[], $12::text[], $13::int4[], $14::text[])
+                         $10::int4[], $11::int8[], $12::text[], $13::int4[], $14::text[],
+                         $15::text[])
                   AS t(id, position, handler, executor, key, state, max_attempts, timeout_ms,
-                       input, deps, agent)",
+                       input, deps, agent, on_failure)",
         )
         .bind(tenant)
         .bind(job)
@@ -205,6 +209,7 @@ pub(super) async fn submit_job(pool: &PgPool, p: &SubmitJob) -> Result<Submitted
         .bind(&t_inputs)
         .bind(&t_deps)
         .bind(&t_agent)
+        .bind(&t_on_failure)
         .execute(&mut *tx)
         .await?;
     }

@@ -188,8 +188,9 @@ pub(super) async fn complete_batch(
         .collect();
 
     // Fenced on (running, attempt, tenant).
-    let rows: Vec<(i64, String, i64, i32, i32, i32)> = sqlx::query_as(
-        "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt, t.max_attempts
+    let rows: Vec<(i64, String, i64, i32, i32, i32, String)> = sqlx::query_as(
+        "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt, t.max_attempts,
+                t.on_failure
          FROM json_each(?1) AS c
          CROSS JOIN tasks t ON t.id = c.value ->> 0
          WHERE t.attempt = c.value ->> 1 AND t.tenant_id = c.value ->> 2
@@ -200,20 +201,23 @@ pub(super) async fn complete_batch(
     .await?;
     let mut held: HashMap<i64, Held> = rows
         .into_iter()
-        .map(|(id, tenant, job, position, attempt, max_attempts)| {
-            (
-                id,
-                Held {
+        .map(
+            |(id, tenant, job, position, attempt, max_attempts, on_failure)| {
+                Ok((
                     id,
-                    tenant,
-                    job,
-                    position,
-                    attempt,
-                    max_attempts,
-                },
-            )
-        })
-        .collect();
+                    Held {
+                        id,
+                        tenant,
+                        job,
+                        position,
+                        attempt,
+                        max_attempts,
+                        on_failure: parse_on_failure(&on_failure)?,
+                    },
+                ))
+            },
+        )
+        .collect::<Result<_, StoreError>>()?;
 
     let mut items = Vec::new();
     let mut stale = Vec::new();
@@ -310,8 +314,8 @@ pub(super) async fn rescue_expired_leases(
     p: &RescueExpiredLeases,
 ) -> Result<u64, StoreError> {
     let mut fx = Effects::new(p.now);
-    let rows: Vec<(i64, String, i64, i32, i32, i32)> = sqlx::query_as(
-        "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts
+    let rows: Vec<(i64, String, i64, i32, i32, i32, String)> = sqlx::query_as(
+        "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure
          FROM tasks
          WHERE state = 'running' AND lease_expires_at <= ?1
          ORDER BY id
@@ -324,23 +328,26 @@ pub(super) async fn rescue_expired_leases(
     let rescued = rows.len() as u64;
     let items = rows
         .into_iter()
-        .map(|(id, tenant, job, position, attempt, max_attempts)| {
-            (
-                Held {
-                    id,
-                    tenant,
-                    job,
-                    position,
-                    attempt,
-                    max_attempts,
-                },
-                TaskResult::Retryable {
-                    error: format!("lease expired during attempt {attempt}"),
-                    retry_after: p.retry_after,
-                },
-            )
-        })
-        .collect();
+        .map(
+            |(id, tenant, job, position, attempt, max_attempts, on_failure)| {
+                Ok((
+                    Held {
+                        id,
+                        tenant,
+                        job,
+                        position,
+                        attempt,
+                        max_attempts,
+                        on_failure: parse_on_failure(&on_failure)?,
+                    },
+                    TaskResult::Retryable {
+                        error: format!("lease expired during attempt {attempt}"),
+                        retry_after: p.retry_after,
+                    },
+                ))
+            },
+        )
+        .collect::<Result<_, StoreError>>()?;
     record(conn, items, &mut fx).await?;
     fx.write(conn).await?;
     Ok(rescued)
@@ -381,7 +388,7 @@ async fn record(
         released,
         doomed_roots,
         mut deltas,
-    } = rules::consequences(&decisions, &stages);
+    } = rules::consequences(&decisions);
     settle_dependents(conn, &released, &doomed_roots, &stages, &mut deltas, fx).await?;
 
     // Stage rows: the completed tasks' stages and every spawn target.
@@ -410,8 +417,8 @@ async fn load_stages(
     let mut ids: Vec<i64> = jobs.collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows: Vec<(i64, i32, String, String, String)> = sqlx::query_as(
-        "SELECT s.job_id, s.position, s.name, s.state, s.on_failure
+    let rows: Vec<(i64, i32, String, String)> = sqlx::query_as(
+        "SELECT s.job_id, s.position, s.name, s.state
          FROM json_each(?1) AS k
          CROSS JOIN stages s ON s.job_id = k.value
          ORDER BY s.job_id, s.position",
@@ -420,12 +427,11 @@ async fn load_stages(
     .fetch_all(&mut *conn)
     .await?;
     let mut out: HashMap<i64, Vec<StageMeta>> = HashMap::new();
-    for (job, position, name, state, on_failure) in rows {
+    for (job, position, name, state) in rows {
         out.entry(job).or_default().push(StageMeta {
             position,
             name,
             state: parse_stage_state(&state)?,
-            on_failure: parse_on_failure(&on_failure)?,
         });
     }
     Ok(out)
@@ -639,9 +645,12 @@ async fn insert_children(
     sqlx::query(
         "INSERT INTO tasks (tenant_id, job_id, stage_position, handler, executor, state,
                             max_attempts, timeout_ms, run_after, input_json, parent_task_id,
-                            created_at, updated_at)
+                            on_failure, created_at, updated_at)
          SELECT c.value ->> 0, c.value ->> 1, c.value ->> 2, c.value ->> 3, 'wasm', c.value ->> 8,
-                c.value ->> 5, c.value ->> 6, ?2, c.value ->> 4, c.value ->> 7, ?2, ?2
+                c.value ->> 5, c.value ->> 6, ?2, c.value ->> 4, c.value ->> 7,
+                (SELECT s.on_failure FROM stages s
+                 WHERE s.job_id = c.value ->> 1 AND s.position = c.value ->> 2),
+                ?2, ?2
          FROM json_each(?1) AS c
          ORDER BY c.key",
     )

@@ -102,10 +102,9 @@ pub(super) async fn retry_task(
     let unmet: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM task_deps d
          JOIN tasks t ON t.id = d.depends_on
-         JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
          WHERE d.task_id = ?1
            AND NOT (t.state = 'succeeded'
-                    OR (s.on_failure = 'continue' AND t.state IN ('dead', 'cancelled')))",
+                    OR (t.on_failure = 'continue' AND t.state IN ('dead', 'cancelled')))",
     )
     .bind(p.task.0)
     .fetch_one(&mut *conn)

@@ -144,16 +144,17 @@ pub(super) async fn submit_job(
             task.input_json,
             deps.len(),
             task.agent_json,
+            on_failure_str(task.on_failure),
         ]));
     }
     if !task_rows.is_empty() {
         sqlx::query(
             "INSERT INTO tasks (id, tenant_id, job_id, stage_position, handler, executor, key,
                                 state, max_attempts, timeout_ms, run_after, input_json,
-                                deps_remaining, agent_json, created_at, updated_at)
+                                deps_remaining, agent_json, on_failure, created_at, updated_at)
              SELECT t.value ->> 0, ?1, ?2, t.value ->> 1, t.value ->> 2, t.value ->> 3,
                     t.value ->> 4, t.value ->> 5, t.value ->> 6, t.value ->> 7, ?3,
-                    t.value ->> 8, t.value ->> 9, t.value ->> 10, ?3, ?3
+                    t.value ->> 8, t.value ->> 9, t.value ->> 10, t.value ->> 11, ?3, ?3
              FROM json_each(?4) AS t",
         )
         .bind(tenant)
