@@ -40,6 +40,8 @@ fn stage(name: &str, tasks: Vec<NewTask>) -> NewStage {
     NewStage {
         name: name.to_string(),
         on_failure: OnFailure::FailJob,
+        max_attempts: None,
+        timeout_ms: None,
         tasks,
     }
 }

@@ -905,3 +905,29 @@ fn keyed(key: &str, depends_on: &[&str]) -> TaskSpec {
     task.depends_on = depends_on.iter().map(|d| d.to_string()).collect();
     task
 }
+
+#[test]
+fn a_stage_keeps_its_own_attempts_timeout_and_on_failure_for_spawned_tasks() {
+    let job = check_toml(
+        "name = \"t\"\n\
+         [[stages]]\nname = \"fan\"\ntasks = [{ handler = \"example:noop\", on_failure = \"continue\" }]\n\
+         [[stages]]\nname = \"process\"\nmax_attempts = 7\ntimeout = \"2s\"\non_failure = \"continue\"\n\
+         [[stages]]\nname = \"after\"\n",
+    )
+    .expect("valid");
+    let settings: Vec<_> = job
+        .stages
+        .iter()
+        .map(|s| (s.max_attempts, s.timeout_ms, s.on_failure))
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            (None, None, OnFailure::FailJob),
+            (Some(7), Some(2_000), OnFailure::Continue),
+            (None, None, OnFailure::FailJob),
+        ]
+    );
+    // The task's own setting wins over its stage's.
+    assert_eq!(job.stages[0].tasks[0].on_failure, OnFailure::Continue);
+}

@@ -55,6 +55,8 @@ fn stage(name: &str, tasks: Vec<NewTask>) -> NewStage {
     NewStage {
         name: name.to_string(),
         on_failure: OnFailure::FailJob,
+        max_attempts: None,
+        timeout_ms: None,
         tasks,
     }
 }
@@ -1046,6 +1048,37 @@ pub async fn spawned_children_take_their_target_stages_on_failure(store: &dyn St
     assert_eq!(job_state(store, job).await, JobState::Succeeded);
 }
 
+pub async fn tasks_spawned_into_a_stage_take_its_own_attempts_and_timeout(store: &dyn Store) {
+    submit(
+        store,
+        spec(
+            "spawned-defaults",
+            vec![
+                stage("fan", vec![task("work")]),
+                NewStage {
+                    max_attempts: Some(7),
+                    timeout_ms: Some(1_000),
+                    ..stage("strict", vec![])
+                },
+                stage("plain", vec![]),
+            ],
+        ),
+    )
+    .await;
+    let fan = claim_one(store).await;
+    let mut spawn = spawn_into("strict", 1);
+    spawn.extend(spawn_into("plain", 1));
+    complete(store, vec![ok_spawning(&fan, spawn)]).await;
+    let strict = claim_one(store).await;
+    assert_eq!(strict.stage_name, "strict");
+    assert_eq!((strict.max_attempts, strict.timeout_ms), (7, 1_000));
+    complete(store, vec![ok(&strict)]).await;
+    let plain = claim_one(store).await;
+    assert_eq!(plain.stage_name, "plain");
+    // No stage setting: the values the spawn carried (its parent's).
+    assert_eq!((plain.max_attempts, plain.timeout_ms), (2, 5_000));
+}
+
 // ------------------------------------------------------------ leases
 
 pub async fn an_expired_lease_goes_back_to_pending_and_then_dies(store: &dyn Store) {
@@ -1608,6 +1641,7 @@ macro_rules! conformance_cases {
             a_tasks_own_continue_in_a_fail_job_stage_releases_its_dependents,
             a_tasks_own_fail_job_in_a_continue_stage_fails_the_job,
             spawned_children_take_their_target_stages_on_failure,
+            tasks_spawned_into_a_stage_take_its_own_attempts_and_timeout,
             an_expired_lease_goes_back_to_pending_and_then_dies,
             renewing_extends_only_a_lease_still_held,
             stage_results_pages_through_an_earlier_stages_outputs,

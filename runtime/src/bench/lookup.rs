@@ -50,6 +50,8 @@ pub(super) async fn fill(
                 stages: vec![NewStage {
                     name: "fill".into(),
                     on_failure: OnFailure::FailJob,
+                    max_attempts: None,
+                    timeout_ms: None,
                     tasks: vec![task; size as usize],
                 }],
                 now: now_millis(),

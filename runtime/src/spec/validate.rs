@@ -146,6 +146,13 @@ pub fn validate(
         stages.push(NewStage {
             name: stage.name.clone(),
             on_failure: stage.on_failure.unwrap_or_default(),
+            // Bounded by the same checks as a task's (see above).
+            max_attempts: stage
+                .max_attempts
+                .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            timeout_ms: stage
+                .timeout
+                .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
             tasks,
         });
     }

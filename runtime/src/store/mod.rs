@@ -101,6 +101,10 @@ pub struct SubmitJob {
 pub struct NewStage {
     pub name: String,
     pub on_failure: OnFailure,
+    /// The stage's own attempts and per-attempt limit, if it sets them: tasks
+    /// spawned into the stage take these (else their parent's).
+    pub max_attempts: Option<i32>,
+    pub timeout_ms: Option<i64>,
     pub tasks: Vec<NewTask>,
 }
 

@@ -655,14 +655,13 @@ async fn insert_children(
                             max_attempts, timeout_ms, run_after, input_json, parent_task_id,
                             on_failure, created_at, updated_at)
          SELECT c.tenant_id, c.job_id, c.position, c.handler, 'wasm', c.state,
-                c.max_attempts, c.timeout_ms, $10, c.input, c.parent,
-                (SELECT s.on_failure FROM stages s
-                 WHERE s.job_id = c.job_id AND s.position = c.position),
-                $10, $10
+                coalesce(s.max_attempts, c.max_attempts), coalesce(s.timeout_ms, c.timeout_ms),
+                $10, c.input, c.parent, s.on_failure, $10, $10
          FROM unnest($1::text[], $2::int8[], $3::int4[], $4::text[], $5::text[], $6::int4[],
                      $7::int8[], $8::int8[], $9::text[])
               WITH ORDINALITY AS c(tenant_id, job_id, position, handler, input, max_attempts,
                                    timeout_ms, parent, state, ord)
+         JOIN stages s ON s.job_id = c.job_id AND s.position = c.position
          ORDER BY c.ord",
     )
     .bind(&tenants)

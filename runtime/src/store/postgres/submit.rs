@@ -84,13 +84,16 @@ pub(super) async fn submit_job(pool: &PgPool, p: &SubmitJob) -> Result<Submitted
         .iter()
         .map(|s| i64::try_from(s.tasks.len()).unwrap_or(i64::MAX))
         .collect();
+    let max_attempts: Vec<Option<i32>> = p.stages.iter().map(|s| s.max_attempts).collect();
+    let timeouts: Vec<Option<i64>> = p.stages.iter().map(|s| s.timeout_ms).collect();
     sqlx::query(
         "INSERT INTO stages (job_id, position, tenant_id, name, state, on_failure, total,
-                             remaining, opened_at)
+                             remaining, opened_at, max_attempts, timeout_ms)
          SELECT $1, s.position, $2, s.name, s.state, s.on_failure, s.total, s.total,
-                CASE WHEN s.position = 0 THEN $3 END
-         FROM unnest($4::int4[], $5::text[], $6::text[], $7::text[], $8::int8[])
-              AS s(position, name, state, on_failure, total)",
+                CASE WHEN s.position = 0 THEN $3 END, s.max_attempts, s.timeout_ms
+         FROM unnest($4::int4[], $5::text[], $6::text[], $7::text[], $8::int8[], $9::int4[],
+                     $10::int8[])
+              AS s(position, name, state, on_failure, total, max_attempts, timeout_ms)",
     )
     .bind(job)
     .bind(tenant)
@@ -100,6 +103,8 @@ pub(super) async fn submit_job(pool: &PgPool, p: &SubmitJob) -> Result<Submitted
     .bind(&states)
     .bind(&on_failures)
     .bind(&totals)
+    .bind(&max_attempts)
+    .bind(&timeouts)
     .execute(&mut *tx)
     .await?;
 

@@ -647,11 +647,10 @@ async fn insert_children(
                             max_attempts, timeout_ms, run_after, input_json, parent_task_id,
                             on_failure, created_at, updated_at)
          SELECT c.value ->> 0, c.value ->> 1, c.value ->> 2, c.value ->> 3, 'wasm', c.value ->> 8,
-                c.value ->> 5, c.value ->> 6, ?2, c.value ->> 4, c.value ->> 7,
-                (SELECT s.on_failure FROM stages s
-                 WHERE s.job_id = c.value ->> 1 AND s.position = c.value ->> 2),
-                ?2, ?2
+                coalesce(s.max_attempts, c.value ->> 5), coalesce(s.timeout_ms, c.value ->> 6),
+                ?2, c.value ->> 4, c.value ->> 7, s.on_failure, ?2, ?2
          FROM json_each(?1) AS c
+         CROSS JOIN stages s ON s.job_id = c.value ->> 1 AND s.position = c.value ->> 2
          ORDER BY c.key",
     )
     .bind(json_array(&rows))

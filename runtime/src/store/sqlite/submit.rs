@@ -65,26 +65,28 @@ pub(super) async fn submit_job(
     );
 
     // Stages: the first is open, the rest wait.
-    let stages: Vec<(i32, &str, &str, &str, i64)> = p
+    let stages: Vec<serde_json::Value> = p
         .stages
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            (
-                i32::try_from(i).unwrap_or(i32::MAX),
-                s.name.as_str(),
+            serde_json::json!([
+                i,
+                s.name,
                 if i == 0 { "open" } else { "waiting" },
                 on_failure_str(s.on_failure),
-                i64::try_from(s.tasks.len()).unwrap_or(i64::MAX),
-            )
+                s.tasks.len(),
+                s.max_attempts,
+                s.timeout_ms,
+            ])
         })
         .collect();
     sqlx::query(
         "INSERT INTO stages (job_id, position, tenant_id, name, state, on_failure, total,
-                             remaining, opened_at)
+                             remaining, opened_at, max_attempts, timeout_ms)
          SELECT ?1, s.value ->> 0, ?2, s.value ->> 1, s.value ->> 2, s.value ->> 3,
                 s.value ->> 4, s.value ->> 4,
-                CASE WHEN s.value ->> 0 = 0 THEN ?3 END
+                CASE WHEN s.value ->> 0 = 0 THEN ?3 END, s.value ->> 5, s.value ->> 6
          FROM json_each(?4) AS s",
     )
     .bind(job)
@@ -102,7 +104,7 @@ pub(super) async fn submit_job(
     let mut by_key: HashMap<&str, i64> = HashMap::new();
     let mut flat = Vec::new();
     let mut next_id = first_id;
-    for (position, stage) in stages.iter().map(|s| s.0).zip(&p.stages) {
+    for (position, stage) in (0..).zip(&p.stages) {
         for task in &stage.tasks {
             if let Some(key) = task.key.as_deref() {
                 by_key.insert(key, next_id);
