@@ -182,6 +182,7 @@ fn plugins_list_shows_every_example_handler() {
             "example:fanout",
             "example:flaky",
             "example:noop",
+            "example:steps",
             "example:sum",
             "example:wordcount"
         ]

@@ -4,7 +4,7 @@
 //! never from wall-clock time.
 
 use crate::harness::Harness;
-use lockstep::engine::EngineError;
+use lockstep::engine::{EngineError, WorkerConfig};
 use lockstep::state::{JobState, StageState, TaskState};
 use lockstep::store::{
     ClaimBatch, CompleteBatch, Completion, EventKind, Executor, GetTask, JobId, ListJobs, TaskId,
@@ -555,6 +555,59 @@ async fn cancelling_a_job_cancels_every_task_that_has_not_finished() {
     );
 }
 
+/// A guest that asks `cancelled()` between steps frees its worker slot once
+/// its job is cancelled, long before its time limit: with one slot, the next
+/// job runs only if the first task really stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_stops_at_its_next_step_when_its_job_is_cancelled() {
+    let h = Harness::new().await;
+    let pool = h.engine.start_workers(WorkerConfig {
+        slots: 1,
+        ..WorkerConfig::default()
+    });
+    let slow = h
+        .submit("name = \"slow\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:steps\", input = { steps = 100000, step_ms = 10 }, timeout = \"30m\" }]\n")
+        .await;
+    let mut running = false;
+    for _ in 0..1_500 {
+        let p = h.engine.progress(&h.tenant, slow).await.expect("progress");
+        if p.counts.contains(&(TaskState::Running, 1)) {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(running, "the slow task never started");
+    assert_eq!(
+        h.engine.cancel(&h.tenant, slow).await.expect("cancel"),
+        JobState::Cancelled
+    );
+
+    let next = h
+        .submit(
+            "name = \"next\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n",
+        )
+        .await;
+    let done = h
+        .engine
+        .wait(&h.tenant, next, Some(Duration::from_secs(120)), |_| {})
+        .await
+        .expect("wait");
+    pool.shutdown().await;
+    assert_eq!(
+        done.job.state,
+        JobState::Succeeded,
+        "the slot was never freed"
+    );
+    let slow = h.engine.progress(&h.tenant, slow).await.expect("progress");
+    assert_eq!(slow.job.state, JobState::Cancelled);
+    assert!(
+        slow.counts.contains(&(TaskState::Cancelled, 1)),
+        "{:?}",
+        slow.counts
+    );
+}
+
 #[tokio::test]
 async fn unknown_handler_is_rejected_with_the_registered_names() {
     let h = Harness::new().await;
@@ -571,7 +624,7 @@ async fn unknown_handler_is_rejected_with_the_registered_names() {
         .expect_err("rejected")
         .to_string();
     assert!(
-        err.contains("unknown handler \"example:nope\"; registered handlers: example:fanout, example:flaky, example:noop, example:sum, example:wordcount"),
+        err.contains("unknown handler \"example:nope\"; registered handlers: example:fanout, example:flaky, example:noop, example:steps, example:sum, example:wordcount"),
         "{err}"
     );
     assert_eq!(jobs_of(&h, &h.tenant).await, 0);

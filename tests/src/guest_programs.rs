@@ -171,6 +171,42 @@ async fn example_flaky_fails_retryably_until_its_attempt_passes_fail_times() {
     assert_eq!(outcome.output, r#"{"attempt":3}"#);
 }
 
+#[tokio::test]
+async fn example_steps_reports_progress_after_every_step() {
+    let (_dir, host) = host_with(guest_artifacts::EXAMPLE_STEPS, None).await;
+    let (result, cx) = run(&host, "example:steps", json!({"steps": 3, "step_ms": 1})).await;
+    assert_eq!(result.expect("three steps").output, r#"{"steps":3}"#);
+    let progress: Vec<String> = cx.lines().into_iter().map(|l| l.message).collect();
+    assert_eq!(
+        progress,
+        [
+            "progress 1/3: working",
+            "progress 2/3: working",
+            "progress 3/3: working"
+        ]
+    );
+    assert_eq!(cx.checks(), 3, "asks before every step");
+}
+
+#[tokio::test]
+async fn example_steps_stops_at_the_next_step_once_its_job_is_cancelled() {
+    let (_dir, host) = host_with(guest_artifacts::EXAMPLE_STEPS, None).await;
+    let cx = RecordingContext::cancelled_after(2);
+    let err = host
+        .run(
+            request("example:steps", json!({"steps": 1_000_000, "step_ms": 1})),
+            cx.clone(),
+        )
+        .await
+        .expect_err("stops when cancelled");
+    assert_eq!(
+        err,
+        RunFailure::Fatal("cancelled after 2 of 1000000 steps".into())
+    );
+    assert_eq!(cx.checks(), 3);
+    assert_eq!(cx.lines().len(), 2, "two steps done, then it stopped");
+}
+
 // ------------------------------------------------------------- hostile
 
 #[tokio::test]

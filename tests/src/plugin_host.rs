@@ -47,6 +47,7 @@ async fn discovers_every_example_handler() {
             "example:fanout",
             "example:flaky",
             "example:noop",
+            "example:steps",
             "example:sum",
             "example:wordcount"
         ]

@@ -80,15 +80,31 @@ pub struct Logged {
 }
 
 /// A [`TaskContext`] outside any job that keeps every log line, so tests can
-/// read what the guest logged and printed.
+/// read what the guest logged and printed. Its job counts as cancelled from
+/// the check after `cancel_after` checks, when that is set.
 #[derive(Debug, Default)]
 pub struct RecordingContext {
     lines: Mutex<Vec<Logged>>,
+    cancel_after: Option<u32>,
+    checks: std::sync::atomic::AtomicU32,
 }
 
 impl RecordingContext {
     pub fn new() -> Arc<RecordingContext> {
         Arc::new(RecordingContext::default())
+    }
+
+    /// A context whose job is cancelled once the guest has asked `checks` times.
+    pub fn cancelled_after(checks: u32) -> Arc<RecordingContext> {
+        Arc::new(RecordingContext {
+            cancel_after: Some(checks),
+            ..RecordingContext::default()
+        })
+    }
+
+    /// How many times the guest asked whether its job was cancelled.
+    pub fn checks(&self) -> u32 {
+        self.checks.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn lines(&self) -> Vec<Logged> {
@@ -122,7 +138,10 @@ impl TaskContext for RecordingContext {
     }
 
     async fn cancelled(&self) -> bool {
-        false
+        let before = self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cancel_after.is_some_and(|n| before >= n)
     }
 }
 
