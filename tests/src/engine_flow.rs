@@ -192,6 +192,7 @@ tasks = [
                     output_json: "{}".into(),
                     spawn: vec![],
                 },
+                logs: vec![],
             }],
             now: lockstep::engine::now_millis(),
         })
@@ -552,6 +553,32 @@ async fn cancelling_a_job_cancels_every_task_that_has_not_finished() {
     assert_eq!(
         err.to_string(),
         "illegal job transition: cancelled -> cancelled"
+    );
+}
+
+#[tokio::test]
+async fn a_handlers_log_lines_and_last_progress_are_in_its_task_events() {
+    let h = Harness::new().await;
+    let job = h
+        .submit("name = \"logs\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:steps\", input = { steps = 3, step_ms = 1 } }]\n")
+        .await;
+    assert_eq!(h.run_to_end(job).await.job.state, JobState::Succeeded);
+    let task_events: Vec<(EventKind, Option<String>)> = h
+        .events(job)
+        .await
+        .into_iter()
+        .filter(|e| e.task_id.is_some() && e.kind != EventKind::TaskClaimed)
+        .map(|e| (e.kind, e.detail))
+        .collect();
+    assert_eq!(
+        task_events,
+        [
+            (
+                EventKind::TaskLog,
+                Some("progress 3/3: working".to_string())
+            ),
+            (EventKind::TaskSucceeded, None),
+        ]
     );
 }
 

@@ -378,6 +378,55 @@ async fn hostile_open_socket_cannot_connect_resolve_or_listen() {
     assert_still_serving(&host).await;
 }
 
+/// Run through the whole engine (a real SQLite store), since the bound is
+/// on what reaches the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_log_flood_leaves_a_bounded_log_in_the_database() {
+    use lockstep::engine::{Engine, EngineConfig, WorkerConfig};
+    use lockstep::plugin::{MAX_LOG_LINES, MAX_LOG_MESSAGE};
+    use lockstep::store::{EventKind, TenantId};
+
+    let (dir, host) = host_with(guest_artifacts::HOSTILE_LOG_FLOOD, None).await;
+    let url = format!("sqlite://{}", dir.root.path().join("flood.db").display());
+    let store = lockstep::store::open(&url).await.expect("open store");
+    let engine = Engine::new(store, Arc::new(host), EngineConfig::default());
+    let tenant = TenantId("local".into());
+    let spec = lockstep::spec::parse_job_str(
+        "name = \"flood\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"hostile:log-flood\", timeout = \"5m\" }]\n",
+        lockstep::spec::Format::Toml,
+        &Default::default(),
+    )
+    .expect("job parses");
+    let job = engine.submit(&tenant, spec).await.expect("submit").job_id;
+    let pool = engine.start_workers(WorkerConfig::default());
+    let done = engine
+        .wait(&tenant, job, Some(Duration::from_secs(240)), |_| {})
+        .await
+        .expect("wait");
+    pool.shutdown().await;
+    assert_eq!(done.job.state, lockstep::state::JobState::Succeeded);
+
+    let logs: Vec<String> = crate::harness::all_events(&engine, &tenant, job)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == EventKind::TaskLog)
+        .filter_map(|e| e.detail)
+        .collect();
+    // 100 lines cut to 4 KiB, the host's note of the rest, and only the last
+    // progress report (also cut).
+    assert_eq!(logs.len(), MAX_LOG_LINES + 2);
+    let cut_line = format!("info: {} [cut: 5000 bytes]", "x".repeat(MAX_LOG_MESSAGE));
+    assert!(logs[..MAX_LOG_LINES].iter().all(|l| *l == cut_line));
+    assert_eq!(
+        logs[MAX_LOG_LINES],
+        "warn: 19900 more log lines dropped (limit 100 per run)"
+    );
+    assert_eq!(
+        logs[MAX_LOG_LINES + 1],
+        format!("progress 20000/20000: {}", "x".repeat(MAX_LOG_MESSAGE))
+    );
+}
+
 #[tokio::test]
 async fn hostile_infinite_loop_is_stopped_at_its_deadline() {
     let (_dir, host) = host_with(

@@ -82,6 +82,7 @@ fn success(t: &ClaimedTask, spawn: Vec<SpawnTask>) -> Completion {
             output_json: format!("{{\"task\":{}}}", t.lease.task_id.0),
             spawn,
         },
+        logs: vec![],
     }
 }
 

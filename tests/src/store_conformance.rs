@@ -140,6 +140,7 @@ fn ok_spawning(t: &ClaimedTask, spawn: Vec<SpawnTask>) -> Completion {
             output_json: format!("{{\"task\":{}}}", t.lease.task_id.0),
             spawn,
         },
+        logs: vec![],
     }
 }
 
@@ -150,6 +151,7 @@ fn fatal(t: &ClaimedTask, error: &str) -> Completion {
         result: TaskResult::Fatal {
             error: error.to_string(),
         },
+        logs: vec![],
     }
 }
 
@@ -161,6 +163,7 @@ fn retryable(t: &ClaimedTask, error: &str, after_ms: u64) -> Completion {
             error: error.to_string(),
             retry_after: Duration::from_millis(after_ms),
         },
+        logs: vec![],
     }
 }
 
@@ -545,6 +548,42 @@ pub async fn completing_another_tenants_task_is_refused_without_a_trace(store: &
         TaskState::Running
     );
     assert_eq!(events(store, job).await.len(), before);
+}
+
+pub async fn a_completions_log_lines_precede_its_outcome_and_a_stale_ones_are_dropped(
+    store: &dyn Store,
+) {
+    let job = submit(store, spec("logs", vec![stage("a", vec![task("work")])])).await;
+    let t = claim_one(store).await;
+    let stale = Completion {
+        tenant: globex(),
+        logs: vec!["info: from a forged completion".into()],
+        ..ok(&t)
+    };
+    assert_eq!(
+        complete(store, vec![stale]).await,
+        vec![CompletionOutcome::Stale]
+    );
+    let done = Completion {
+        logs: vec!["info: one".into(), "progress 2/2: two".into()],
+        ..ok(&t)
+    };
+    complete(store, vec![done]).await;
+    let lines: Vec<(EventKind, Option<String>)> = events(store, job)
+        .await
+        .into_iter()
+        .filter(|e| e.task_id == Some(t.lease.task_id))
+        .filter(|e| e.kind != EventKind::TaskClaimed && e.kind != EventKind::CompletionRefused)
+        .map(|e| (e.kind, e.detail))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (EventKind::TaskLog, Some("info: one".to_string())),
+            (EventKind::TaskLog, Some("progress 2/2: two".to_string())),
+            (EventKind::TaskSucceeded, None),
+        ]
+    );
 }
 
 // ------------------------------------------------------------ advancement
@@ -1642,6 +1681,7 @@ macro_rules! conformance_cases {
             a_tasks_own_fail_job_in_a_continue_stage_fails_the_job,
             spawned_children_take_their_target_stages_on_failure,
             tasks_spawned_into_a_stage_take_its_own_attempts_and_timeout,
+            a_completions_log_lines_precede_its_outcome_and_a_stale_ones_are_dropped,
             an_expired_lease_goes_back_to_pending_and_then_dies,
             renewing_extends_only_a_lease_still_held,
             stage_results_pages_through_an_earlier_stages_outputs,

@@ -119,6 +119,7 @@ pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_j
                         output_json: "{}".into(),
                         spawn: vec![],
                     },
+                    logs: vec![],
                 }],
                 now: now_millis(),
             })

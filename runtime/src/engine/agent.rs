@@ -504,6 +504,8 @@ impl Engine {
                     tenant: tenant.clone(),
                     lease,
                     result,
+                    // An agent's notes are recorded by update_task as they come.
+                    logs: vec![],
                 }],
                 now: now_millis(),
             })

@@ -1,14 +1,24 @@
 //! The host side of the WIT `context` import for tasks that run inside a job:
-//! lineage reads go to the store, cancellation is read from the job's state.
+//! lineage reads go to the store, cancellation is read from the job's state,
+//! and what the handler logs is kept to be recorded with its result.
 
 use crate::plugin::{LogLevel, TaskContext};
 use crate::state::JobState;
 use crate::store::{GetJob, JobId, StageResults, Store, TaskId, TenantId};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// How often a running task may hit the database to learn about cancellation.
 const CANCEL_CHECK_EVERY_MS: i64 = 250;
+
+/// What a handler logged during one attempt. The plugin host bounds it
+/// ([`crate::plugin::MAX_LOG_LINES`] lines of at most
+/// [`crate::plugin::MAX_LOG_MESSAGE`] bytes, then a note of what it dropped).
+#[derive(Debug, Default)]
+struct GuestLog {
+    lines: Vec<String>,
+    last_progress: Option<String>,
+}
 
 pub(crate) struct JobTaskContext {
     pub store: Arc<dyn Store>,
@@ -18,6 +28,7 @@ pub(crate) struct JobTaskContext {
     pub stage_position: i32,
     pub cancelled: AtomicBool,
     pub last_cancel_check: AtomicI64,
+    log: Mutex<GuestLog>,
 }
 
 impl JobTaskContext {
@@ -36,7 +47,17 @@ impl JobTaskContext {
             stage_position,
             cancelled: AtomicBool::new(false),
             last_cancel_check: AtomicI64::new(0),
+            log: Mutex::new(GuestLog::default()),
         }
+    }
+
+    /// The lines to record with this attempt's result: what was logged, then
+    /// the last progress report.
+    pub fn take_logs(&self) -> Vec<String> {
+        let log = std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut lines = log.lines;
+        lines.extend(log.last_progress);
+        lines
     }
 }
 
@@ -51,6 +72,11 @@ impl TaskContext for JobTaskContext {
             LogLevel::Debug => tracing::debug!(job, task, "{message}"),
             LogLevel::Trace => tracing::trace!(job, task, "{message}"),
         }
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines
+            .push(format!("{level}: {message}"));
     }
 
     fn progress(&self, done: u64, total: u64, message: &str) {
@@ -61,6 +87,12 @@ impl TaskContext for JobTaskContext {
             total,
             "{message}"
         );
+        // Only the latest report is kept: progress is a state, not a history.
+        let report = format!("progress {done}/{total}: {message}");
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_progress = Some(report);
     }
 
     async fn stage_results(

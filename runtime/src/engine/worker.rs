@@ -215,7 +215,7 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
         input_json: task.input_json.clone(),
         timeout: Duration::from_millis(task.timeout_ms.max(1) as u64),
     };
-    let run = engine.plugins().run(req, cx);
+    let run = engine.plugins().run(req, cx.clone());
     tokio::pin!(run);
     // Renew the lease while a long run goes on, so it is not rescued from under us.
     let renew_every = lease / 3;
@@ -262,6 +262,7 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
         tenant: task.tenant,
         lease: task.lease,
         result,
+        logs: cx.take_logs(),
     }
 }
 

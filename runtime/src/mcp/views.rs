@@ -206,7 +206,9 @@ pub struct TaskView {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct EventView {
-    /// task_claimed, task_note, task_failed, task_retried, task_succeeded, …
+    /// task_claimed, task_note (an agent's progress note), task_log (a line the
+    /// handler logged, or its last progress report), task_failed,
+    /// task_retried, task_succeeded, …
     pub kind: String,
     pub detail: Option<String>,
     pub at: i64,

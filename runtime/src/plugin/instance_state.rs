@@ -28,7 +28,9 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 pub const MAX_LOG_MESSAGE: usize = 4 * 1024;
 
 /// Log lines (guest `log` calls plus captured output lines) kept per run.
-pub const MAX_LOG_LINES: usize = 1_000;
+/// The engine records them in the database with the run's result, so this is
+/// also what one attempt can add there.
+pub const MAX_LOG_LINES: usize = 100;
 
 /// Refuses memory growth past the grant, across all memories of the store.
 #[derive(Debug)]

@@ -28,6 +28,7 @@ pub mod guest_output;
 pub mod host;
 pub mod inspect;
 pub(crate) mod instance_state;
+pub use instance_state::{MAX_LOG_LINES, MAX_LOG_MESSAGE};
 pub mod registry;
 pub mod sandbox;
 

@@ -74,10 +74,11 @@ pub(crate) fn event_kind_str(k: EventKind) -> &'static str {
         EventKind::JobCancelled => "job_cancelled",
         EventKind::JobReopened => "job_reopened",
         EventKind::TaskNote => "task_note",
+        EventKind::TaskLog => "task_log",
     }
 }
 
-const EVENT_KINDS: [EventKind; 15] = [
+const EVENT_KINDS: [EventKind; 16] = [
     EventKind::Submitted,
     EventKind::StageOpened,
     EventKind::StageClosed,
@@ -93,6 +94,7 @@ const EVENT_KINDS: [EventKind; 15] = [
     EventKind::JobCancelled,
     EventKind::JobReopened,
     EventKind::TaskNote,
+    EventKind::TaskLog,
 ];
 
 pub(crate) fn parse_event_kind(s: &str) -> Result<EventKind, StoreError> {

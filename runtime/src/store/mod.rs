@@ -176,6 +176,10 @@ pub struct Completion {
     pub tenant: TenantId,
     pub lease: LeaseToken,
     pub result: TaskResult,
+    /// What the handler logged during this attempt (bounded by the engine),
+    /// recorded as `task_log` events before the result's own event, in the
+    /// same transaction; dropped with the result when it is stale.
+    pub logs: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +363,8 @@ pub enum EventKind {
     JobReopened,
     /// A progress note from the agent holding the task's lease.
     TaskNote,
+    /// A line the task's handler logged, or its last progress report.
+    TaskLog,
 }
 
 #[derive(Debug, Clone)]

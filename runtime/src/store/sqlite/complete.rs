@@ -224,7 +224,19 @@ pub(super) async fn complete_batch(
     for &i in &order {
         let c = &p.completions[i];
         match held.remove(&c.lease.task_id.0) {
-            Some(h) => items.push((h, c.result.clone())),
+            Some(h) => {
+                for line in &c.logs {
+                    fx.event(
+                        &h.tenant,
+                        h.job,
+                        Some(h.id),
+                        EventKind::TaskLog,
+                        Some(h.position),
+                        Some(line.clone()),
+                    );
+                }
+                items.push((h, c.result.clone()));
+            }
             None => stale.push(i),
         }
     }
