@@ -4,8 +4,8 @@
 //! functions and only writes the decisions in its own SQL, so the SQLite and
 //! Postgres stores cannot drift apart on semantics.
 
-use super::codec::{SPAWN_LIMIT, after};
-use super::{CompletionOutcome, EventKind, Millis, OnFailure, SpawnTask, TaskResult};
+use super::codec::{SPAWN_LIMIT, after, parse_on_failure};
+use super::{CompletionOutcome, EventKind, Millis, OnFailure, SpawnTask, StoreError, TaskResult};
 use crate::state::IllegalTransition;
 use crate::state::{StageState, TaskState};
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +21,25 @@ pub(crate) struct Held {
     pub max_attempts: i32,
     /// What this task's death does: its own setting, fixed when it was created.
     pub on_failure: OnFailure,
+}
+
+/// A locked task row as both backends select it: id, tenant, job, stage
+/// position, attempt, max_attempts, on_failure.
+pub(crate) type HeldRow = (i64, String, i64, i32, i32, i32, String);
+
+impl Held {
+    pub(crate) fn from_row(row: HeldRow) -> Result<Held, StoreError> {
+        let (id, tenant, job, position, attempt, max_attempts, on_failure) = row;
+        Ok(Held {
+            id,
+            tenant,
+            job,
+            position,
+            attempt,
+            max_attempts,
+            on_failure: parse_on_failure(&on_failure)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

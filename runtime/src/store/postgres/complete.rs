@@ -11,9 +11,9 @@
 
 use super::advance;
 use super::effects::Effects;
-use super::{after, parse_on_failure, parse_stage_state, parse_task_state};
+use super::{after, parse_stage_state, parse_task_state};
 use crate::state::{StageState, TaskState};
-use crate::store::rules::{self, Decision, Held, StageDelta, StageMeta, stage_of};
+use crate::store::rules::{self, Decision, Held, HeldRow, StageDelta, StageMeta, stage_of};
 use crate::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
     Millis, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult, TenantId,
@@ -174,7 +174,7 @@ pub(super) async fn complete_batch(
         .collect();
 
     // Task rows first, ascending id, fenced on (running, attempt, tenant).
-    let rows: Vec<(i64, String, i64, i32, i32, i32, String)> = sqlx::query_as(
+    let rows: Vec<HeldRow> = sqlx::query_as(
         "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt, t.max_attempts,
                 t.on_failure
          FROM tasks t
@@ -191,22 +191,7 @@ pub(super) async fn complete_batch(
     .await?;
     let mut held: HashMap<i64, Held> = rows
         .into_iter()
-        .map(
-            |(id, tenant, job, position, attempt, max_attempts, on_failure)| {
-                Ok((
-                    id,
-                    Held {
-                        id,
-                        tenant,
-                        job,
-                        position,
-                        attempt,
-                        max_attempts,
-                        on_failure: parse_on_failure(&on_failure)?,
-                    },
-                ))
-            },
-        )
+        .map(|row| Held::from_row(row).map(|h| (h.id, h)))
         .collect::<Result<_, StoreError>>()?;
 
     let mut items = Vec::new();
@@ -326,7 +311,7 @@ pub(super) async fn rescue_expired_leases(
     // SKIP LOCKED: every node may run this at once; each expired row is
     // taken by exactly one of them, and a row being completed right now is
     // left to its completion.
-    let rows: Vec<(i64, String, i64, i32, i32, i32, String)> = sqlx::query_as(
+    let rows: Vec<HeldRow> = sqlx::query_as(
         "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure
          FROM tasks
          WHERE state = 'running' AND lease_expires_at <= $1
@@ -341,25 +326,17 @@ pub(super) async fn rescue_expired_leases(
     let rescued = rows.len() as u64;
     let items = rows
         .into_iter()
-        .map(
-            |(id, tenant, job, position, attempt, max_attempts, on_failure)| {
-                Ok((
-                    Held {
-                        id,
-                        tenant,
-                        job,
-                        position,
-                        attempt,
-                        max_attempts,
-                        on_failure: parse_on_failure(&on_failure)?,
-                    },
-                    TaskResult::Retryable {
-                        error: format!("lease expired during attempt {attempt}"),
-                        retry_after: p.retry_after,
-                    },
-                ))
-            },
-        )
+        .map(|row| {
+            let held = Held::from_row(row)?;
+            let error = format!("lease expired during attempt {}", held.attempt);
+            Ok((
+                held,
+                TaskResult::Retryable {
+                    error,
+                    retry_after: p.retry_after,
+                },
+            ))
+        })
         .collect::<Result<_, StoreError>>()?;
     record(&mut tx, items, &mut fx).await?;
     fx.write(&mut tx).await?;

@@ -10,11 +10,9 @@
 //! size.
 
 use super::effects::Effects;
-use super::{
-    advance, after, executor_str, json_array, parse_on_failure, parse_stage_state, parse_task_state,
-};
+use super::{advance, after, executor_str, json_array, parse_stage_state, parse_task_state};
 use crate::state::{StageState, TaskState};
-use crate::store::rules::{self, Decision, Held, StageDelta, StageMeta, stage_of};
+use crate::store::rules::{self, Decision, Held, HeldRow, StageDelta, StageMeta, stage_of};
 use crate::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
     Millis, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult, TenantId,
@@ -188,7 +186,7 @@ pub(super) async fn complete_batch(
         .collect();
 
     // Fenced on (running, attempt, tenant).
-    let rows: Vec<(i64, String, i64, i32, i32, i32, String)> = sqlx::query_as(
+    let rows: Vec<HeldRow> = sqlx::query_as(
         "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt, t.max_attempts,
                 t.on_failure
          FROM json_each(?1) AS c
@@ -201,22 +199,7 @@ pub(super) async fn complete_batch(
     .await?;
     let mut held: HashMap<i64, Held> = rows
         .into_iter()
-        .map(
-            |(id, tenant, job, position, attempt, max_attempts, on_failure)| {
-                Ok((
-                    id,
-                    Held {
-                        id,
-                        tenant,
-                        job,
-                        position,
-                        attempt,
-                        max_attempts,
-                        on_failure: parse_on_failure(&on_failure)?,
-                    },
-                ))
-            },
-        )
+        .map(|row| Held::from_row(row).map(|h| (h.id, h)))
         .collect::<Result<_, StoreError>>()?;
 
     let mut items = Vec::new();
@@ -326,7 +309,7 @@ pub(super) async fn rescue_expired_leases(
     p: &RescueExpiredLeases,
 ) -> Result<u64, StoreError> {
     let mut fx = Effects::new(p.now);
-    let rows: Vec<(i64, String, i64, i32, i32, i32, String)> = sqlx::query_as(
+    let rows: Vec<HeldRow> = sqlx::query_as(
         "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure
          FROM tasks
          WHERE state = 'running' AND lease_expires_at <= ?1
@@ -340,25 +323,17 @@ pub(super) async fn rescue_expired_leases(
     let rescued = rows.len() as u64;
     let items = rows
         .into_iter()
-        .map(
-            |(id, tenant, job, position, attempt, max_attempts, on_failure)| {
-                Ok((
-                    Held {
-                        id,
-                        tenant,
-                        job,
-                        position,
-                        attempt,
-                        max_attempts,
-                        on_failure: parse_on_failure(&on_failure)?,
-                    },
-                    TaskResult::Retryable {
-                        error: format!("lease expired during attempt {attempt}"),
-                        retry_after: p.retry_after,
-                    },
-                ))
-            },
-        )
+        .map(|row| {
+            let held = Held::from_row(row)?;
+            let error = format!("lease expired during attempt {}", held.attempt);
+            Ok((
+                held,
+                TaskResult::Retryable {
+                    error,
+                    retry_after: p.retry_after,
+                },
+            ))
+        })
         .collect::<Result<_, StoreError>>()?;
     record(conn, items, &mut fx).await?;
     fx.write(conn).await?;
