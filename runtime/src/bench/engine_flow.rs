@@ -48,7 +48,12 @@ pub async fn throughput(
     });
     let done = engine.wait(tenant, job, None, |_| {}).await?;
     let elapsed = started.elapsed();
+    let stats = pool.stats.clone();
     pool.shutdown().await;
+    let per_batch = |n: &std::sync::atomic::AtomicU64, batches: &std::sync::atomic::AtomicU64| {
+        let b = batches.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        n.load(std::sync::atomic::Ordering::Relaxed) as f64 / b as f64
+    };
     anyhow::ensure!(
         done.job.state == crate::state::JobState::Succeeded,
         "benchmark job ended {}",
@@ -61,6 +66,8 @@ pub async fn throughput(
         "slots": slots,
         "seconds": elapsed.as_secs_f64(),
         "tasks_per_s": f64::from(tasks) / elapsed.as_secs_f64(),
+        "tasks_per_claim": per_batch(&stats.claimed, &stats.claim_batches),
+        "tasks_per_commit": per_batch(&stats.completed, &stats.completion_batches),
     })])
 }
 

@@ -60,7 +60,11 @@ impl Default for WorkerConfig {
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub claimed: AtomicU64,
+    /// Claim statements that returned at least one task.
+    pub claim_batches: AtomicU64,
     pub completed: AtomicU64,
+    /// Group commits of completions.
+    pub completion_batches: AtomicU64,
     pub stale: AtomicU64,
     pub rescued: AtomicU64,
     pub commit_errors: AtomicU64,
@@ -181,6 +185,7 @@ async fn claimer(
         stats
             .claimed
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);
+        stats.claim_batches.fetch_add(1, Ordering::Relaxed);
         for (task, permit) in claimed.into_iter().zip(permits.drain(..)) {
             let engine = engine.clone();
             let done = done.clone();
@@ -328,6 +333,7 @@ async fn completer(
                     }
                     stats.stale.fetch_add(stale, Ordering::Relaxed);
                     stats.completed.fetch_add(n - stale, Ordering::Relaxed);
+                    stats.completion_batches.fetch_add(1, Ordering::Relaxed);
                     engine.wake().notify_waiters();
                     break;
                 }
