@@ -16,5 +16,6 @@ mod plugin_support;
 mod postgres_cluster;
 mod postgres_store;
 mod postgres_test_db;
+mod schema_upgrade;
 mod spec_files;
 mod store_conformance;

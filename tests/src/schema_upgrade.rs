@@ -1,0 +1,175 @@
+//! Opening a database written by an earlier lockstep: the migrations added
+//! since keep what its rows meant. The old database is made by running the
+//! repository's own first two migrations and loading a fixture.
+
+use crate::postgres_test_db::with_pg;
+use lockstep::state::{JobState, TaskState};
+use lockstep::store::{
+    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, Executor, GetJob, JobId,
+    Store, TaskId, TaskResult, TenantId,
+};
+use sqlx::migrate::Migrator;
+use std::path::Path;
+use std::time::Duration;
+
+const FIXTURE: &str = include_str!("../fixtures/schema_0002_continue_stage.sql");
+
+/// A directory holding only the migrations up to 0002 of `backend`.
+fn migrations_up_to_0002(backend: &str) -> tempfile::TempDir {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(backend);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(&from).expect("migrations dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("0001_") || name.starts_with("0002_") {
+            std::fs::copy(&path, dir.path().join(&name)).expect("copy migration");
+        }
+    }
+    dir
+}
+
+async fn claim(store: &dyn Store) -> Vec<ClaimedTask> {
+    store
+        .claim_batch(ClaimBatch {
+            tenant: Some(TenantId("local".into())),
+            executor: Executor::Wasm,
+            handlers: None,
+            job: None,
+            limit: 10,
+            lease: Duration::from_secs(60),
+            worker: "upgrade-test".into(),
+            now: lockstep::engine::now_millis(),
+        })
+        .await
+        .expect("claim")
+}
+
+async fn complete(store: &dyn Store, task: &ClaimedTask, result: TaskResult) {
+    let outcomes = store
+        .complete_batch(CompleteBatch {
+            completions: vec![Completion {
+                tenant: task.tenant.clone(),
+                lease: task.lease,
+                result,
+                logs: vec![],
+            }],
+            now: lockstep::engine::now_millis(),
+        })
+        .await
+        .expect("complete");
+    assert!(
+        matches!(outcomes[..], [CompletionOutcome::Recorded(_)]),
+        "{outcomes:?}"
+    );
+}
+
+/// The fixture's first task dies; under its stage's `continue` (now the
+/// task's own, backfilled by migration 0003) its dependent still runs and
+/// the job goes on to stage b instead of failing.
+async fn the_old_continue_stage_still_continues(store: &dyn Store) {
+    let first = claim(store).await;
+    assert_eq!(
+        first.iter().map(|t| t.lease.task_id).collect::<Vec<_>>(),
+        [TaskId(1)]
+    );
+    complete(
+        store,
+        &first[0],
+        TaskResult::Fatal {
+            error: "broken".into(),
+        },
+    )
+    .await;
+    let second = claim(store).await;
+    assert_eq!(
+        second.iter().map(|t| t.lease.task_id).collect::<Vec<_>>(),
+        [TaskId(2)],
+        "the dependent of a dead task under continue is released"
+    );
+    complete(
+        store,
+        &second[0],
+        TaskResult::Succeeded {
+            output_json: "{}".into(),
+            spawn: vec![],
+        },
+    )
+    .await;
+    let third = claim(store).await;
+    assert_eq!(third.len(), 1);
+    assert_eq!(
+        (third[0].lease.task_id, third[0].stage_name.as_str()),
+        (TaskId(3), "b")
+    );
+    let job = store
+        .get_job(GetJob {
+            tenant: TenantId("local".into()),
+            job: JobId(1),
+        })
+        .await
+        .expect("job");
+    assert_eq!(job.state, JobState::Running);
+    let dead = job.stages[0]
+        .counts
+        .iter()
+        .find(|(s, _)| *s == TaskState::Dead)
+        .map(|(_, n)| *n);
+    assert_eq!(dead, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_database_from_0002_keeps_a_continue_stages_meaning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let old = migrations_up_to_0002("sqlite");
+    {
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+            .expect("url")
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("old database");
+        Migrator::new(old.path())
+            .await
+            .expect("old migrations")
+            .run(&pool)
+            .await
+            .expect("migrate to 0002");
+        sqlx::raw_sql(FIXTURE)
+            .execute(&pool)
+            .await
+            .expect("fixture");
+        pool.close().await;
+    }
+    let store = lockstep::store::open(&url).await.expect("upgrade");
+    the_old_continue_stage_still_continues(store.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_from_0002_keeps_a_continue_stages_meaning() {
+    with_pg(|db| async move {
+        let old = migrations_up_to_0002("postgres");
+        let pool = sqlx::PgPool::connect(&db.url).await.expect("old database");
+        Migrator::new(old.path())
+            .await
+            .expect("old migrations")
+            .run(&pool)
+            .await
+            .expect("migrate to 0002");
+        sqlx::raw_sql(FIXTURE)
+            .execute(&pool)
+            .await
+            .expect("fixture");
+        pool.close().await;
+        let store = lockstep::store::open(&db.url).await.expect("upgrade");
+        the_old_continue_stage_still_continues(store.as_ref()).await;
+    })
+    .await;
+}
