@@ -118,9 +118,8 @@ pub(super) async fn close_drained(
 
 /// A stage of `job` has just closed (this transaction set it `done`): fail
 /// the job if the stage ended with dead tasks under `fail_job` (each task's
-/// own setting), otherwise
-/// open the next stage — closing it at once when it has no tasks, and so on —
-/// or finish the job when none is left.
+/// own setting), otherwise open the next stage — closing it at once when it
+/// has no tasks, and so on — or finish the job when none is left.
 pub(super) async fn after_stage_closed(
     conn: &mut PgConnection,
     job: i64,
