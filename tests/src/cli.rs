@@ -294,3 +294,27 @@ fn bench_mcp_with_more_samples_than_one_plan_holds_is_exit_two() {
         "{err}"
     );
 }
+
+#[test]
+fn task_shows_what_its_handler_logged() {
+    let cli = Cli::new();
+    let job = cli.write(
+        "steps.toml",
+        "name = \"steps\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:steps\", input = { steps = 2, step_ms = 1 } }]\n",
+    );
+    let out = cli.run(&["run", &job]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = cli.run(&["task", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let logs: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| l.starts_with("  log "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        logs,
+        ["  log      progress 2/2: working"],
+        "{}",
+        stdout(&out)
+    );
+}

@@ -4,7 +4,7 @@ use super::{CliResult, Ctx, Failure};
 use crate::engine::{Engine, JobProgress, WorkerConfig};
 use crate::spec;
 use crate::state::JobState;
-use crate::store::{JobId, ListJobs, TaskId};
+use crate::store::{EventKind, JobId, ListJobs, TaskId};
 use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -409,5 +409,15 @@ pub async fn task(ctx: &Ctx, args: TaskArgs) -> CliResult {
     if let Some(e) = &t.error {
         println!("  error    {e}");
     }
+    // What the handler logged, newest attempts last (`lockstep events` has all).
+    let events = engine
+        .task_events(&ctx.tenant, TaskId(args.task), TASK_LOG_LINES)
+        .await?;
+    for e in events.iter().filter(|e| e.kind == EventKind::TaskLog) {
+        println!("  log      {}", e.detail.as_deref().unwrap_or_default());
+    }
     Ok(())
 }
+
+/// Recent events `lockstep task` reads for its log lines.
+const TASK_LOG_LINES: u32 = 50;
