@@ -318,3 +318,23 @@ fn task_shows_what_its_handler_logged() {
         stdout(&out)
     );
 }
+
+#[test]
+fn status_of_a_job_nobody_works_on_says_which_worker_it_needs() {
+    let cli = Cli::new();
+    let job = cli.write(
+        "noop.toml",
+        "name = \"idle\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }, { handler = \"example:sum\", input = { from = \"s\" } }]\n",
+    );
+    let out = cli.run(&["submit", &job]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = cli.run(&["status", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "  waiting: no task is running; ready tasks need a worker (`lockstep serve`) with example:noop, example:sum\n"
+        ),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -461,3 +461,52 @@ async fn a_wasm_task_cannot_be_completed_as_an_agent_task() {
     );
     assert_eq!(ok(c, "claim_task", json!({})).await["claimed"], false);
 }
+
+/// A job submitted where `example:noop` exists, read by a server whose only
+/// plugin is `example:sum`: get_job says what nothing here can run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_job_names_a_ready_handler_no_plugin_here_registers() {
+    let db = Db::new().await;
+    let job_file = db.dir.path().join("noop.toml");
+    std::fs::write(
+        &job_file,
+        "name = \"orphan\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }]\n",
+    )
+    .expect("job file");
+    let out = std::process::Command::new(crate::harness::cli_bin())
+        .args(["--db", &db.url, "--tenant", "local", "--plugins"])
+        .arg(guest_artifacts::EXAMPLES_DIR)
+        .arg("--cache-dir")
+        .arg(crate::harness::test_cache_dir())
+        .arg("submit")
+        .arg(&job_file)
+        .output()
+        .expect("lockstep submit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let only_sum = db.dir.path().join("only-sum");
+    std::fs::create_dir(&only_sum).expect("plugin dir");
+    std::fs::copy(
+        guest_artifacts::EXAMPLE_SUM,
+        only_sum.join("example-sum.wasm"),
+    )
+    .expect("copy plugin");
+    let server = StdioServer::start_with_plugins(&db, "local", &only_sum, &[]).await;
+    let job = ok(&server.client, "get_job", json!({ "job_id": 1 })).await;
+    assert_eq!(
+        job["waiting_for"],
+        json!([{ "executor": "wasm", "handler": "example:noop", "registered_here": false }])
+    );
+    let mut params = rmcp::model::CallToolRequestParams::new("get_job");
+    params.arguments = json!({ "job_id": 1 }).as_object().cloned();
+    let result = server.client.call_tool(params).await.expect("get_job");
+    let text = result.content[0].as_text().expect("text").text.clone();
+    assert!(
+        text.ends_with("; nothing runs: no plugin in this server registers example:noop"),
+        "{text}"
+    );
+}

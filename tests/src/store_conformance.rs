@@ -10,8 +10,9 @@ use lockstep::state::{JobState, StageState, TaskState};
 use lockstep::store::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, Event,
     EventKind, Executor, GetJob, GetTask, JobEvents, JobId, JobStatus, ListJobs, Millis, NewStage,
-    NewTask, OnFailure, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, SpawnTask,
-    StageResults, StageStatus, Store, StoreError, SubmitJob, TaskId, TaskResult, TenantId,
+    NewTask, OnFailure, ReadyHandler, ReadyHandlers, RecentCompletions, RenewLease,
+    RescueExpiredLeases, RetryTask, SpawnTask, StageResults, StageStatus, Store, StoreError,
+    SubmitJob, TaskId, TaskResult, TenantId,
 };
 use std::time::Duration;
 
@@ -584,6 +585,75 @@ pub async fn a_completions_log_lines_precede_its_outcome_and_a_stale_ones_are_dr
             (EventKind::TaskSucceeded, None),
         ]
     );
+}
+
+pub async fn ready_handlers_names_what_a_jobs_ready_tasks_wait_for(store: &dyn Store) {
+    let agent = NewTask {
+        executor: Executor::Agent,
+        ..task("plan")
+    };
+    let job = submit(
+        store,
+        spec(
+            "waiting-for",
+            vec![
+                stage("a", vec![task("work"), task("other"), agent]),
+                stage("b", vec![task("later")]),
+            ],
+        ),
+    )
+    .await;
+    let ready = |now: Millis, sample: u32| ReadyHandlers {
+        tenant: acme(),
+        job,
+        now,
+        sample,
+    };
+    let wanted = |pairs: &[(Executor, &str)]| -> Vec<ReadyHandler> {
+        pairs
+            .iter()
+            .map(|(executor, handler)| ReadyHandler {
+                executor: *executor,
+                handler: handler.to_string(),
+            })
+            .collect()
+    };
+    assert_eq!(
+        store.ready_handlers(ready(NOW, 100)).await.expect("ready"),
+        wanted(&[
+            (Executor::Agent, "plan"),
+            (Executor::Wasm, "other"),
+            (Executor::Wasm, "work")
+        ])
+    );
+    // A task waiting out its retry backoff is not ready yet.
+    let work = claim_one(store).await;
+    complete(store, vec![retryable(&work, "later", 60_000)]).await;
+    assert_eq!(
+        store.ready_handlers(ready(NOW, 100)).await.expect("ready"),
+        wanted(&[(Executor::Agent, "plan"), (Executor::Wasm, "other")])
+    );
+    assert_eq!(
+        store
+            .ready_handlers(ready(NOW + 60_000, 100))
+            .await
+            .expect("ready")
+            .len(),
+        3
+    );
+    // The sample is taken in task id order.
+    assert_eq!(
+        store.ready_handlers(ready(NOW, 1)).await.expect("ready"),
+        wanted(&[(Executor::Wasm, "other")])
+    );
+    let other_tenant = ReadyHandlers {
+        tenant: globex(),
+        ..ready(NOW, 100)
+    };
+    assert!(matches!(
+        store.ready_handlers(other_tenant).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 // ------------------------------------------------------------ advancement
@@ -1682,6 +1752,7 @@ macro_rules! conformance_cases {
             spawned_children_take_their_target_stages_on_failure,
             tasks_spawned_into_a_stage_take_its_own_attempts_and_timeout,
             a_completions_log_lines_precede_its_outcome_and_a_stale_ones_are_dropped,
+            ready_handlers_names_what_a_jobs_ready_tasks_wait_for,
             an_expired_lease_goes_back_to_pending_and_then_dies,
             renewing_extends_only_a_lease_still_held,
             stage_results_pages_through_an_earlier_stages_outputs,

@@ -4,7 +4,7 @@ use super::{CliResult, Ctx, Failure};
 use crate::engine::{Engine, JobProgress, WorkerConfig};
 use crate::spec;
 use crate::state::JobState;
-use crate::store::{EventKind, JobId, ListJobs, TaskId};
+use crate::store::{EventKind, Executor, JobId, ListJobs, TaskId};
 use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -292,6 +292,21 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
     print_stages(&p);
     if let Some(err) = &p.job.error {
         println!("  error: {err}");
+    }
+    let waiting = engine.waiting_for(&ctx.tenant, &p).await?;
+    let wasm: Vec<&str> = waiting
+        .iter()
+        .filter(|w| w.executor == Executor::Wasm)
+        .map(|w| w.handler.as_str())
+        .collect();
+    if !wasm.is_empty() {
+        println!(
+            "  waiting: no task is running; ready tasks need a worker (`lockstep serve`) with {}",
+            wasm.join(", ")
+        );
+    }
+    if waiting.iter().any(|w| w.executor == Executor::Agent) {
+        println!("  waiting: agent tasks are ready for an agent to take with claim_task over MCP");
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use progress::{JobProgress, StageProgress};
+pub use progress::{JobProgress, StageProgress, WaitingFor};
 pub use worker::{WorkerConfig, WorkerPool};
 
 /// Milliseconds since the Unix epoch.
@@ -182,6 +182,50 @@ impl Engine {
             })
             .await?;
         Ok(JobProgress::from_status(status, recent, window))
+    }
+
+    /// What a running job none of whose tasks is running waits for: the
+    /// handlers its ready tasks need (from the first
+    /// [`progress::STALL_SAMPLE`] of them). Empty while anything of the job
+    /// runs, or when nothing is ready (blocked, or backing off before a retry).
+    pub async fn waiting_for(
+        &self,
+        tenant: &TenantId,
+        progress: &JobProgress,
+    ) -> Result<Vec<WaitingFor>, EngineError> {
+        let count = |state: TaskState| {
+            progress
+                .counts
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n)
+        };
+        if progress.job.state != JobState::Running
+            || count(TaskState::Running) > 0
+            || count(TaskState::Pending) == 0
+        {
+            return Ok(Vec::new());
+        }
+        let ready = self
+            .store
+            .ready_handlers(crate::store::ReadyHandlers {
+                tenant: tenant.clone(),
+                job: progress.job.job_id,
+                now: now_millis(),
+                sample: progress::STALL_SAMPLE,
+            })
+            .await?;
+        // A process that loaded no plugins (e.g. `lockstep status`) cannot say.
+        let known = self.plugins.handler_names();
+        Ok(ready
+            .into_iter()
+            .map(|r| WaitingFor {
+                registered_here: (r.executor == crate::store::Executor::Wasm && !known.is_empty())
+                    .then(|| known.contains(&r.handler)),
+                executor: r.executor,
+                handler: r.handler,
+            })
+            .collect())
     }
 
     pub async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, EngineError> {

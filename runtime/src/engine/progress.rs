@@ -37,6 +37,20 @@ pub struct StageProgress {
     pub total: i64,
 }
 
+/// Ready tasks [`super::Engine::waiting_for`] looks at: bounds its cost on
+/// huge jobs.
+pub const STALL_SAMPLE: u32 = 1_000;
+
+/// One handler that ready tasks of a stalled job wait for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaitingFor {
+    pub executor: crate::store::Executor,
+    pub handler: String,
+    /// Whether this process has a plugin registering `handler`; `None` for
+    /// agent tasks and in a process that loaded no plugins.
+    pub registered_here: Option<bool>,
+}
+
 fn percent(done: i64, total: i64) -> f64 {
     if total == 0 {
         100.0

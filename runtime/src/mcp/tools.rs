@@ -113,7 +113,11 @@ impl LockstepMcp {
             .await
         {
             Ok(p) => {
-                let view = JobView::from_progress(&p);
+                let waiting = match self.engine.waiting_for(&caller.tenant, &p).await {
+                    Ok(w) => w,
+                    Err(e) => return ToolFailure::from_engine("get_job", e).into_response(),
+                };
+                let view = JobView::from_progress(&p).waiting_for(waiting);
                 let line = view.line();
                 ok(&view, line)
             }
@@ -212,7 +216,13 @@ impl LockstepMcp {
             }
             let now = tokio::time::Instant::now();
             if finished || now >= deadline {
-                let view = JobView::from_progress(&p);
+                let mut view = JobView::from_progress(&p);
+                if !finished {
+                    // Best effort: the state is the answer; this only explains it.
+                    if let Ok(waiting) = self.engine.waiting_for(&caller.tenant, &p).await {
+                        view = view.waiting_for(waiting);
+                    }
+                }
                 let line = if finished {
                     format!("finished: {}", view.line())
                 } else {

@@ -4,8 +4,8 @@
 //! Views are built from engine values only; they carry ids, states, counts
 //! and the caller's own data, never database or file-system details.
 
-use crate::engine::JobProgress;
 use crate::engine::agent::{AgentBrief, ClaimedAgentTask, PlannedJob};
+use crate::engine::{JobProgress, WaitingFor};
 use crate::store::{Event, Executor, JobSummary, TaskRecord};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -45,6 +45,34 @@ pub struct JobView {
     /// Task counts by state (blocked, pending, running, succeeded, dead, cancelled).
     pub counts: BTreeMap<String, i64>,
     pub stages: Vec<StageView>,
+    /// Only when the job is running but none of its tasks is: what its ready
+    /// tasks wait for. A wasm handler with registered_here=false has no
+    /// plugin in this server, so those tasks wait for a server that has one;
+    /// agent tasks wait for claim_task.
+    pub waiting_for: Vec<WaitingForView>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WaitingForView {
+    /// wasm or agent.
+    pub executor: String,
+    pub handler: String,
+    /// For wasm handlers: whether this server has a plugin for it.
+    pub registered_here: Option<bool>,
+}
+
+impl From<WaitingFor> for WaitingForView {
+    fn from(w: WaitingFor) -> Self {
+        WaitingForView {
+            executor: match w.executor {
+                Executor::Wasm => "wasm",
+                Executor::Agent => "agent",
+            }
+            .to_string(),
+            handler: w.handler,
+            registered_here: w.registered_here,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -92,7 +120,14 @@ impl JobView {
             finished_at: p.job.finished_at,
             counts: p.counts.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
             stages,
+            waiting_for: Vec::new(),
         }
+    }
+
+    /// The view with what a stalled job waits for (see [`Engine::waiting_for`](crate::engine::Engine::waiting_for)).
+    pub fn waiting_for(mut self, waiting: Vec<WaitingFor>) -> JobView {
+        self.waiting_for = waiting.into_iter().map(WaitingForView::from).collect();
+        self
     }
 
     pub fn line(&self) -> String {
@@ -115,6 +150,18 @@ impl JobView {
         }
         if let Some(e) = &self.error {
             line.push_str(&format!("; error: {e}"));
+        }
+        let unserved: Vec<&str> = self
+            .waiting_for
+            .iter()
+            .filter(|w| w.registered_here == Some(false))
+            .map(|w| w.handler.as_str())
+            .collect();
+        if !unserved.is_empty() {
+            line.push_str(&format!(
+                "; nothing runs: no plugin in this server registers {}",
+                unserved.join(", ")
+            ));
         }
         line
     }

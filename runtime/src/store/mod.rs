@@ -430,6 +430,23 @@ pub struct TaskEvents {
     pub limit: u32,
 }
 
+/// Which handlers the ready (pending, due) tasks of a job are waiting for.
+#[derive(Debug, Clone)]
+pub struct ReadyHandlers {
+    pub tenant: TenantId,
+    pub job: JobId,
+    pub now: Millis,
+    /// Ready tasks looked at, in id order: bounds the cost on huge jobs.
+    pub sample: u32,
+}
+
+/// One (executor, handler) that ready tasks of a job wait for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadyHandler {
+    pub executor: Executor,
+    pub handler: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct QueueDepthQuery {
     pub tenant: TenantId,
@@ -513,6 +530,9 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError>;
     /// Whether the job is cancelled or failed (running tasks poll this).
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError>;
+    /// The distinct (executor, handler) of up to `sample` ready tasks of the
+    /// job (pending, `run_after <= now`), sorted.
+    async fn ready_handlers(&self, p: ReadyHandlers) -> Result<Vec<ReadyHandler>, StoreError>;
 
     // Agent workflow and MCP tokens.
     /// Tasks of a job with ids above `after`, in id order, at most `limit`.

@@ -40,9 +40,9 @@ mod submit;
 use super::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
     Event, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, ListTasks, QueueDepth,
-    QueueDepthQuery, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken,
-    StageResults, Store, StoreError, SubmitJob, Submitted, TaskEvents, TaskId, TaskRecord,
-    TokenLookup, TokenRecord,
+    QueueDepthQuery, ReadyHandler, ReadyHandlers, RecentCompletions, RenewLease,
+    RescueExpiredLeases, RetryTask, RevokeToken, StageResults, Store, StoreError, SubmitJob,
+    Submitted, TaskEvents, TaskId, TaskRecord, TokenLookup, TokenRecord,
 };
 use crate::state::{JobState, TaskState};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -267,6 +267,10 @@ impl Store for PgStore {
 
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError> {
         reads::job_state(&self.pool, &p).await
+    }
+
+    async fn ready_handlers(&self, p: ReadyHandlers) -> Result<Vec<ReadyHandler>, StoreError> {
+        reads::ready_handlers(&self.pool, &p).await
     }
 
     async fn list_tasks(&self, p: ListTasks) -> Result<Vec<TaskRecord>, StoreError> {

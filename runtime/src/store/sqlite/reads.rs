@@ -8,8 +8,9 @@ use super::{
 };
 use crate::state::{JobState, TaskState};
 use crate::store::{
-    Event, GetJob, GetTask, JobEvents, JobId, JobStatus, JobSummary, ListJobs, RecentCompletions,
-    StageResults, StageStatus, StoreError, TaskId, TaskRecord, TenantId,
+    Event, GetJob, GetTask, JobEvents, JobId, JobStatus, JobSummary, ListJobs, ReadyHandler,
+    ReadyHandlers, RecentCompletions, StageResults, StageStatus, StoreError, TaskId, TaskRecord,
+    TenantId,
 };
 use sqlx::SqlitePool;
 use std::collections::HashMap;
@@ -301,6 +302,37 @@ pub(super) async fn job_state(pool: &SqlitePool, p: &GetJob) -> Result<JobState,
             .fetch_optional(pool)
             .await?;
     parse_job_state(&state.ok_or_else(|| job_not_found(p.job))?)
+}
+
+pub(super) async fn ready_handlers(
+    pool: &SqlitePool,
+    p: &ReadyHandlers,
+) -> Result<Vec<ReadyHandler>, StoreError> {
+    job_exists(pool, &p.tenant, p.job).await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT r.executor, r.handler FROM (
+             SELECT t.executor, t.handler FROM tasks t
+             WHERE t.job_id = ?1 AND t.tenant_id = ?2 AND t.state = 'pending'
+               AND t.run_after <= ?3
+             ORDER BY t.id
+             LIMIT ?4
+         ) AS r
+         ORDER BY r.executor, r.handler",
+    )
+    .bind(p.job.0)
+    .bind(&p.tenant.0)
+    .bind(p.now)
+    .bind(i64::from(p.sample))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(executor, handler)| {
+            Ok(ReadyHandler {
+                executor: parse_executor(&executor)?,
+                handler,
+            })
+        })
+        .collect()
 }
 
 async fn job_exists(pool: &SqlitePool, tenant: &TenantId, job: JobId) -> Result<(), StoreError> {
