@@ -641,10 +641,12 @@ pub async fn ready_handlers_names_what_a_jobs_ready_tasks_wait_for(store: &dyn S
             .len(),
         3
     );
-    // The sample is taken in task id order.
-    assert_eq!(
-        store.ready_handlers(ready(NOW, 1)).await.expect("ready"),
-        wanted(&[(Executor::Wasm, "other")])
+    // A sample of one ready task names one of the two.
+    let one = store.ready_handlers(ready(NOW, 1)).await.expect("ready");
+    assert_eq!(one.len(), 1);
+    assert!(
+        wanted(&[(Executor::Agent, "plan"), (Executor::Wasm, "other")]).contains(&one[0]),
+        "{one:?}"
     );
     let other_tenant = ReadyHandlers {
         tenant: globex(),

@@ -185,7 +185,7 @@ impl Engine {
     }
 
     /// What a running job none of whose tasks is running waits for: the
-    /// handlers its ready tasks need (from the first
+    /// handlers its ready tasks need (from a sample of
     /// [`progress::STALL_SAMPLE`] of them). Empty while anything of the job
     /// runs, or when nothing is ready (blocked, or backing off before a retry).
     pub async fn waiting_for(

@@ -39,7 +39,7 @@ pub struct StageProgress {
 
 /// Ready tasks [`super::Engine::waiting_for`] looks at: bounds its cost on
 /// huge jobs.
-pub const STALL_SAMPLE: u32 = 1_000;
+pub const STALL_SAMPLE: u32 = 200;
 
 /// One handler that ready tasks of a stalled job wait for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -436,7 +436,8 @@ pub struct ReadyHandlers {
     pub tenant: TenantId,
     pub job: JobId,
     pub now: Millis,
-    /// Ready tasks looked at, in id order: bounds the cost on huge jobs.
+    /// Ready tasks looked at (any of them, in whatever order the job's task
+    /// index yields): bounds the cost on huge jobs.
     pub sample: u32,
 }
 
@@ -530,8 +531,8 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError>;
     /// Whether the job is cancelled or failed (running tasks poll this).
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError>;
-    /// The distinct (executor, handler) of up to `sample` ready tasks of the
-    /// job (pending, `run_after <= now`), sorted.
+    /// The distinct (executor, handler) of a sample of up to `sample` ready
+    /// tasks of the job (pending, `run_after <= now`), sorted.
     async fn ready_handlers(&self, p: ReadyHandlers) -> Result<Vec<ReadyHandler>, StoreError>;
 
     // Agent workflow and MCP tokens.

@@ -313,7 +313,6 @@ pub(super) async fn ready_handlers(
              SELECT t.executor, t.handler FROM tasks t
              WHERE t.job_id = $1 AND t.tenant_id = $2 AND t.state = 'pending'
                AND t.run_after <= $3
-             ORDER BY t.id
              LIMIT $4
          ) AS r
          ORDER BY r.executor, r.handler",
