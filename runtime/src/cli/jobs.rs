@@ -279,7 +279,9 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
 
 pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
     let engine = ctx.reader().await?;
-    let p = engine.progress(&ctx.tenant, JobId(args.job)).await?;
+    let (p, waiting) = engine
+        .progress_and_waiting(&ctx.tenant, JobId(args.job))
+        .await?;
     if args.json {
         println!(
             "{}",
@@ -293,7 +295,6 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
     if let Some(err) = &p.job.error {
         println!("  error: {err}");
     }
-    let waiting = engine.waiting_for(&ctx.tenant, &p).await?;
     let wasm: Vec<&str> = waiting
         .iter()
         .filter(|w| w.executor == Executor::Wasm)

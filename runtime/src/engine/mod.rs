@@ -165,59 +165,79 @@ impl Engine {
         tenant: &TenantId,
         job: JobId,
     ) -> Result<JobProgress, EngineError> {
-        let status = self
-            .store
-            .get_job(GetJob {
-                tenant: tenant.clone(),
-                job,
-            })
-            .await?;
         let window = progress::RATE_WINDOW;
-        let recent = self
-            .store
-            .recent_completions(crate::store::RecentCompletions {
+        // Independent reads: run side by side (the read pools hold several
+        // connections), since get_job's latency is what agents feel.
+        let (status, recent) = tokio::join!(
+            self.store.get_job(GetJob {
                 tenant: tenant.clone(),
                 job,
-                since: now_millis() - window.as_millis() as Millis,
-            })
-            .await?;
-        Ok(JobProgress::from_status(status, recent, window))
+            }),
+            self.store
+                .recent_completions(crate::store::RecentCompletions {
+                    tenant: tenant.clone(),
+                    job,
+                    since: now_millis() - window.as_millis() as Millis,
+                })
+        );
+        Ok(JobProgress::from_status(status?, recent?, window))
     }
 
-    /// What a running job none of whose tasks is running waits for: the
-    /// handlers its ready tasks need (from a sample of
-    /// [`progress::STALL_SAMPLE`] of them). Empty while anything of the job
-    /// runs, or when nothing is ready (blocked, or backing off before a retry).
+    /// A job's progress and, when it is stalled (running, with ready tasks
+    /// and none running), what it waits for: the handlers its ready tasks
+    /// need, from a sample of [`progress::STALL_SAMPLE`] of them. The sample
+    /// is read beside the progress rather than after it, since this is
+    /// get_job's path and its latency is what agents feel.
+    pub async fn progress_and_waiting(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+    ) -> Result<(JobProgress, Vec<WaitingFor>), EngineError> {
+        let (progress, ready) =
+            tokio::join!(self.progress(tenant, job), self.ready_handlers(tenant, job));
+        let progress = progress?;
+        let waiting = if stalled(&progress) {
+            self.waiting_for_handlers(ready?)
+        } else {
+            Vec::new()
+        };
+        Ok((progress, waiting))
+    }
+
+    /// What a job waits for (see [`Engine::progress_and_waiting`]), given
+    /// progress already read. Empty unless the job is stalled.
     pub async fn waiting_for(
         &self,
         tenant: &TenantId,
         progress: &JobProgress,
     ) -> Result<Vec<WaitingFor>, EngineError> {
-        let count = |state: TaskState| {
-            progress
-                .counts
-                .iter()
-                .find(|(s, _)| *s == state)
-                .map_or(0, |(_, n)| *n)
-        };
-        if progress.job.state != JobState::Running
-            || count(TaskState::Running) > 0
-            || count(TaskState::Pending) == 0
-        {
+        if !stalled(progress) {
             return Ok(Vec::new());
         }
-        let ready = self
+        let ready = self.ready_handlers(tenant, progress.job.job_id).await?;
+        Ok(self.waiting_for_handlers(ready))
+    }
+
+    async fn ready_handlers(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+    ) -> Result<Vec<crate::store::ReadyHandler>, EngineError> {
+        Ok(self
             .store
             .ready_handlers(crate::store::ReadyHandlers {
                 tenant: tenant.clone(),
-                job: progress.job.job_id,
+                job,
                 now: now_millis(),
                 sample: progress::STALL_SAMPLE,
             })
-            .await?;
+            .await?)
+    }
+
+    fn waiting_for_handlers(&self, ready: Vec<crate::store::ReadyHandler>) -> Vec<WaitingFor> {
         // A process that loaded no plugins (e.g. `lockstep status`) cannot say.
         let known = self.plugins.handler_names();
-        Ok(ready
+        ready
             .into_iter()
             .map(|r| WaitingFor {
                 registered_here: (r.executor == crate::store::Executor::Wasm && !known.is_empty())
@@ -225,7 +245,7 @@ impl Engine {
                 executor: r.executor,
                 handler: r.handler,
             })
-            .collect())
+            .collect()
     }
 
     pub async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, EngineError> {
@@ -368,6 +388,20 @@ impl Engine {
     pub(crate) fn wake(&self) -> &Arc<tokio::sync::Notify> {
         &self.wake
     }
+}
+
+/// Running, with ready (pending) tasks, and none of its tasks running.
+fn stalled(progress: &JobProgress) -> bool {
+    let count = |state: TaskState| {
+        progress
+            .counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    };
+    progress.job.state == JobState::Running
+        && count(TaskState::Running) == 0
+        && count(TaskState::Pending) > 0
 }
 
 /// Jobs are validated against the handlers this process has registered.

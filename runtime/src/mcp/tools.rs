@@ -109,14 +109,10 @@ impl LockstepMcp {
     async fn get_job(&self, caller: Caller, Parameters(args): Parameters<JobIdArgs>) -> ToolResult {
         match self
             .engine
-            .progress(&caller.tenant, JobId(args.job_id))
+            .progress_and_waiting(&caller.tenant, JobId(args.job_id))
             .await
         {
-            Ok(p) => {
-                let waiting = match self.engine.waiting_for(&caller.tenant, &p).await {
-                    Ok(w) => w,
-                    Err(e) => return ToolFailure::from_engine("get_job", e).into_response(),
-                };
+            Ok((p, waiting)) => {
                 let view = JobView::from_progress(&p).waiting_for(waiting);
                 let line = view.line();
                 ok(&view, line)

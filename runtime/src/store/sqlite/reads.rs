@@ -308,14 +308,24 @@ pub(super) async fn ready_handlers(
     pool: &SqlitePool,
     p: &ReadyHandlers,
 ) -> Result<Vec<ReadyHandler>, StoreError> {
-    job_exists(pool, &p.tenant, p.job).await?;
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT DISTINCT r.executor, r.handler FROM (
-             SELECT t.executor, t.handler FROM tasks t
-             WHERE t.job_id = ?1 AND t.tenant_id = ?2 AND t.state = 'pending'
-               AND t.run_after <= ?3
-             LIMIT ?4
-         ) AS r
+    // One statement (this sits on get_job's path): no row means no such job
+    // for this tenant; one row of NULLs, a job with nothing ready. Pending
+    // tasks are only in open stages; going through them gives the planner an
+    // equality on the whole (job, stage, state) index even without statistics
+    // (Postgres otherwise scanned the tenant's pending tasks after a bulk load).
+    let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT r.executor, r.handler FROM jobs j
+         LEFT JOIN (
+             SELECT DISTINCT s.executor, s.handler FROM (
+                 SELECT t.executor, t.handler FROM stages st
+                 JOIN tasks t ON t.job_id = st.job_id AND t.stage_position = st.position
+                             AND t.state = 'pending'
+                 WHERE st.job_id = ?1 AND st.tenant_id = ?2 AND st.state = 'open'
+                   AND t.run_after <= ?3
+                 LIMIT ?4
+             ) AS s
+         ) AS r ON 1 = 1
+         WHERE j.id = ?1 AND j.tenant_id = ?2
          ORDER BY r.executor, r.handler",
     )
     .bind(p.job.0)
@@ -324,7 +334,11 @@ pub(super) async fn ready_handlers(
     .bind(i64::from(p.sample))
     .fetch_all(pool)
     .await?;
+    if rows.is_empty() {
+        return Err(job_not_found(p.job));
+    }
     rows.into_iter()
+        .filter_map(|(executor, handler)| executor.zip(handler))
         .map(|(executor, handler)| {
             Ok(ReadyHandler {
                 executor: parse_executor(&executor)?,
