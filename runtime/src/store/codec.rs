@@ -3,7 +3,7 @@
 //! "not found" errors. A name read back that is not one of these is
 //! [`StoreError::Corrupt`].
 
-use super::{EventKind, Executor, JobId, Millis, OnFailure, StoreError, TaskId};
+use super::{EventKind, Executor, JobId, Millis, OnFailure, ReadyHandler, StoreError, TaskId};
 use crate::state::{JobState, StageState, TaskState};
 use std::time::Duration;
 
@@ -119,6 +119,27 @@ pub(crate) fn job_not_found(job: JobId) -> StoreError {
         entity: "job",
         id: job.0.to_string(),
     }
+}
+
+/// The rows of the ready-handlers statement (a job LEFT JOIN its ready
+/// handlers): none means no such job for the tenant; a row of NULLs, a job
+/// with nothing ready.
+pub(crate) fn ready_handlers_from_rows(
+    job: JobId,
+    rows: Vec<(Option<String>, Option<String>)>,
+) -> Result<Vec<ReadyHandler>, StoreError> {
+    if rows.is_empty() {
+        return Err(job_not_found(job));
+    }
+    rows.into_iter()
+        .filter_map(|(executor, handler)| executor.zip(handler))
+        .map(|(executor, handler)| {
+            Ok(ReadyHandler {
+                executor: parse_executor(&executor)?,
+                handler,
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn task_not_found(task: TaskId) -> StoreError {

@@ -43,7 +43,7 @@ use std::time::Duration;
 pub(super) use super::codec::{
     after, event_kind_str, executor_str, job_not_found, on_failure_str, parse_event_kind,
     parse_executor, parse_job_state, parse_on_failure, parse_stage_state, parse_task_state,
-    task_not_found,
+    ready_handlers_from_rows, task_not_found,
 };
 
 /// Settings for [`SqliteStore::open`].

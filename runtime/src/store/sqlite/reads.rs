@@ -4,7 +4,7 @@
 
 use super::{
     job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
-    parse_stage_state, parse_task_state, task_not_found,
+    parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
 };
 use crate::state::{JobState, TaskState};
 use crate::store::{
@@ -308,8 +308,7 @@ pub(super) async fn ready_handlers(
     pool: &SqlitePool,
     p: &ReadyHandlers,
 ) -> Result<Vec<ReadyHandler>, StoreError> {
-    // One statement (this sits on get_job's path): no row means no such job
-    // for this tenant; one row of NULLs, a job with nothing ready. Pending
+    // One statement (this sits on get_job's path). Pending
     // tasks are only in open stages; going through them gives the planner an
     // equality on the whole (job, stage, state) index even without statistics
     // (Postgres otherwise scanned the tenant's pending tasks after a bulk load).
@@ -334,18 +333,7 @@ pub(super) async fn ready_handlers(
     .bind(i64::from(p.sample))
     .fetch_all(pool)
     .await?;
-    if rows.is_empty() {
-        return Err(job_not_found(p.job));
-    }
-    rows.into_iter()
-        .filter_map(|(executor, handler)| executor.zip(handler))
-        .map(|(executor, handler)| {
-            Ok(ReadyHandler {
-                executor: parse_executor(&executor)?,
-                handler,
-            })
-        })
-        .collect()
+    ready_handlers_from_rows(p.job, rows)
 }
 
 async fn job_exists(pool: &SqlitePool, tenant: &TenantId, job: JobId) -> Result<(), StoreError> {
