@@ -337,4 +337,16 @@ fn status_of_a_job_nobody_works_on_says_which_worker_it_needs() {
         "{}",
         stdout(&out)
     );
+    let out = cli.run(&["status", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["job"]["state"], "running");
+    // A status run loads no plugins, so it cannot say what is registered.
+    assert_eq!(
+        status["waiting_for"],
+        serde_json::json!([
+            { "executor": "wasm", "handler": "example:noop", "registered_here": null },
+            { "executor": "wasm", "handler": "example:sum", "registered_here": null }
+        ])
+    );
 }

@@ -283,9 +283,20 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
         .progress_and_waiting(&ctx.tenant, JobId(args.job))
         .await?;
     if args.json {
+        /// The progress, plus what a stalled job waits for.
+        #[derive(serde::Serialize)]
+        struct Status<'a> {
+            #[serde(flatten)]
+            progress: &'a JobProgress,
+            waiting_for: &'a [crate::engine::WaitingFor],
+        }
+        let status = Status {
+            progress: &p,
+            waiting_for: &waiting,
+        };
         println!(
             "{}",
-            serde_json::to_string_pretty(&p).context("rendering JSON")?
+            serde_json::to_string_pretty(&status).context("rendering JSON")?
         );
         return Ok(());
     }
