@@ -9,7 +9,7 @@ pub mod cli;
 pub mod engine;
 pub mod guest_artifacts;
 pub mod mcp;
+pub mod model;
 pub mod plugin;
 pub mod spec;
-pub mod state;
 pub mod store;

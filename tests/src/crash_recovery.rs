@@ -6,8 +6,7 @@
 use crate::engine_flow::aggregate_output;
 use crate::harness::{Harness, cli_bin, test_cache_dir};
 use lockstep::guest_artifacts;
-use lockstep::state::JobState;
-use lockstep::store::{EventKind, JobId};
+use lockstep::model::{EventKind, JobId, JobState};
 use rand::Rng;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

@@ -5,11 +5,10 @@
 
 use crate::harness::Harness;
 use lockstep::engine::{EngineError, WorkerConfig};
-use lockstep::state::{JobState, StageState, TaskState};
-use lockstep::store::{
-    ClaimBatch, CompleteBatch, Completion, EventKind, Executor, GetTask, JobId, ListJobs, TaskId,
-    TaskResult, TenantId,
+use lockstep::model::{
+    EventKind, Executor, JobId, JobState, StageState, TaskId, TaskState, TenantId,
 };
+use lockstep::store::{ClaimBatch, CompleteBatch, Completion, GetTask, ListJobs, TaskResult};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 

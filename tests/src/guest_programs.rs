@@ -383,8 +383,8 @@ async fn hostile_open_socket_cannot_connect_resolve_or_listen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_log_flood_leaves_a_bounded_log_in_the_database() {
     use lockstep::engine::{Engine, EngineConfig, WorkerConfig};
+    use lockstep::model::{EventKind, TenantId};
     use lockstep::plugin::{MAX_LOG_LINES, MAX_LOG_MESSAGE};
-    use lockstep::store::{EventKind, TenantId};
 
     let (dir, host) = host_with(guest_artifacts::HOSTILE_LOG_FLOOD, None).await;
     let url = format!("sqlite://{}", dir.root.path().join("flood.db").display());
@@ -404,7 +404,7 @@ async fn hostile_log_flood_leaves_a_bounded_log_in_the_database() {
         .await
         .expect("wait");
     pool.shutdown().await;
-    assert_eq!(done.job.state, lockstep::state::JobState::Succeeded);
+    assert_eq!(done.job.state, lockstep::model::JobState::Succeeded);
 
     let logs: Vec<String> = crate::harness::all_events(&engine, &tenant, job)
         .await

@@ -4,9 +4,10 @@
 
 use lockstep::engine::{Engine, EngineConfig, JobProgress, WorkerConfig};
 use lockstep::guest_artifacts;
+use lockstep::model::{JobId, TenantId};
 use lockstep::plugin::{HostConfig, PluginHost};
 use lockstep::spec::{self, Format};
-use lockstep::store::{self, Event, JobId, TenantId};
+use lockstep::store::{self, Event};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

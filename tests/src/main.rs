@@ -11,6 +11,7 @@ mod mcp_agent;
 mod mcp_harness;
 mod mcp_http;
 mod mcp_tools;
+mod model_vocabulary;
 mod plugin_host;
 mod plugin_support;
 mod postgres_cluster;

@@ -3,12 +3,14 @@
 //! (The shared store semantics are checked by `store_conformance`.)
 
 use crate::postgres_test_db::with_pg;
-use lockstep::state::{JobState, TaskState};
+use lockstep::model::{
+    EventKind, Executor, JobId, JobState, Millis, OnFailure, TaskState, TenantId,
+};
 use lockstep::store::postgres::PgStore;
 use lockstep::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, EventKind, Executor,
-    GetJob, GetTask, JobEvents, JobId, Millis, NewStage, NewTask, OnFailure, RescueExpiredLeases,
-    SpawnTask, StageResults, Store, SubmitJob, TaskResult, TenantId,
+    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, GetJob, GetTask,
+    JobEvents, NewStage, NewTask, RescueExpiredLeases, SpawnTask, StageResults, Store, SubmitJob,
+    TaskResult,
 };
 use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,7 +34,7 @@ fn task(handler: &str, key: Option<&str>, depends_on: &[&str]) -> NewTask {
         max_attempts: 3,
         timeout_ms: 30_000,
         agent_json: None,
-        on_failure: lockstep::store::OnFailure::FailJob,
+        on_failure: lockstep::model::OnFailure::FailJob,
     }
 }
 

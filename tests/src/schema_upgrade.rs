@@ -3,10 +3,10 @@
 //! repository's own first two migrations and loading a fixture.
 
 use crate::postgres_test_db::with_pg;
-use lockstep::state::{JobState, TaskState};
+use lockstep::model::{Executor, JobId, JobState, TaskId, TaskState, TenantId};
 use lockstep::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, Executor, GetJob, JobId,
-    Store, TaskId, TaskResult, TenantId,
+    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, GetJob, Store,
+    TaskResult,
 };
 use sqlx::migrate::Migrator;
 use std::path::Path;

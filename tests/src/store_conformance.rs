@@ -6,13 +6,15 @@
 //! Time is a logical clock: the store takes `now` from its caller, so cases
 //! never depend on the wall clock.
 
-use lockstep::state::{JobState, StageState, TaskState};
+use lockstep::model::{
+    EventKind, Executor, JobId, JobState, Millis, OnFailure, StageState, TaskId, TaskState,
+    TenantId,
+};
 use lockstep::store::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, Event,
-    EventKind, Executor, GetJob, GetTask, JobEvents, JobId, JobStatus, ListJobs, Millis, NewStage,
-    NewTask, OnFailure, ReadyHandler, ReadyHandlers, RecentCompletions, RenewLease,
-    RescueExpiredLeases, RetryTask, SpawnTask, StageResults, StageStatus, Store, StoreError,
-    SubmitJob, TaskId, TaskResult, TenantId,
+    GetJob, GetTask, JobEvents, JobStatus, ListJobs, NewStage, NewTask, ReadyHandler,
+    ReadyHandlers, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, SpawnTask,
+    StageResults, StageStatus, Store, StoreError, SubmitJob, TaskResult,
 };
 use std::time::Duration;
 
@@ -1260,7 +1262,7 @@ pub async fn renewing_extends_only_a_lease_still_held(store: &dyn Store) {
     let t = claim_one(store).await;
     let renew = |tenant: TenantId, attempt| RenewLease {
         tenant,
-        lease: lockstep::store::LeaseToken {
+        lease: lockstep::model::LeaseToken {
             task_id: t.lease.task_id,
             attempt,
         },

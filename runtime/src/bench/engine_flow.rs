@@ -3,8 +3,8 @@
 
 use super::percentile;
 use crate::engine::{Engine, WorkerConfig, now_millis};
+use crate::model::{EventKind, JobId, TenantId};
 use crate::spec::{self, Format};
-use crate::store::{EventKind, JobId, TenantId};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ pub async fn throughput(
         n.load(std::sync::atomic::Ordering::Relaxed) as f64 / b as f64
     };
     anyhow::ensure!(
-        done.job.state == crate::state::JobState::Succeeded,
+        done.job.state == crate::model::JobState::Succeeded,
         "benchmark job ended {}",
         done.job.state
     );
@@ -99,7 +99,7 @@ pub async fn throughput_processes(
     }
     let done = done?;
     anyhow::ensure!(
-        done.job.state == crate::state::JobState::Succeeded,
+        done.job.state == crate::model::JobState::Succeeded,
         "benchmark job ended {}",
         done.job.state
     );

@@ -4,10 +4,9 @@
 
 use super::percentile;
 use crate::engine::now_millis;
-use crate::state::TaskState;
+use crate::model::{Executor, JobId, OnFailure, TaskId, TaskState, TenantId};
 use crate::store::{
-    ClaimBatch, CompleteBatch, Completion, Executor, GetTask, JobId, NewStage, NewTask, OnFailure,
-    Store, SubmitJob, TaskId, TaskResult, TenantId,
+    ClaimBatch, CompleteBatch, Completion, GetTask, NewStage, NewTask, Store, SubmitJob, TaskResult,
 };
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use crate::engine::agent::{Plan, PlannedSubtask};
 use crate::mcp::McpConfig;
 use crate::mcp::http::{self, HttpConfig};
-use crate::store::{JobId, TenantId};
+use crate::model::{JobId, TenantId};
 use anyhow::Context as _;
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;

@@ -2,9 +2,9 @@
 
 use super::{CliResult, Ctx, Failure};
 use crate::engine::{Engine, JobProgress, WorkerConfig};
+use crate::model::{EventKind, Executor, JobId, JobState, TaskId};
 use crate::spec;
-use crate::state::JobState;
-use crate::store::{EventKind, Executor, JobId, ListJobs, TaskId};
+use crate::store::ListJobs;
 use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};

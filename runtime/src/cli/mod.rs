@@ -12,8 +12,9 @@ mod plugins;
 mod serve;
 
 use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::model::TenantId;
 use crate::plugin::{HostConfig, PluginHost};
-use crate::store::{self, Store, TenantId};
+use crate::store::{self, Store};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -19,11 +19,11 @@
 
 use super::backoff::retry_delay;
 use super::{Engine, EngineError, now_millis};
+use crate::model::{Executor, JobId, JobState, LeaseToken, Millis, TaskId, TaskState, TenantId};
 use crate::spec::{JobSpec, SpecError, StageSpec, TaskSpec};
-use crate::state::{JobState, TaskState};
 use crate::store::{
-    ClaimBatch, CompleteBatch, Completion, CompletionOutcome, Dependency, Executor, GetTask, JobId,
-    LeaseToken, ListTasks, Millis, RenewLease, TaskId, TaskRecord, TaskResult, TenantId,
+    ClaimBatch, CompleteBatch, Completion, CompletionOutcome, Dependency, GetTask, ListTasks,
+    RenewLease, TaskRecord, TaskResult,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

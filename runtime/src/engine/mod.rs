@@ -18,12 +18,12 @@ mod task_context;
 pub mod tokens;
 pub mod worker;
 
+use crate::model::{JobId, JobState, Millis, TaskId, TaskState, TenantId};
 use crate::plugin::PluginHost;
 use crate::spec::{self, JobSpec, SpecError};
-use crate::state::{JobState, TaskState};
 use crate::store::{
-    CancelJob, Event, GetJob, GetTask, JobEvents, JobId, JobSummary, ListJobs, Millis, RetryTask,
-    Store, StoreError, Submitted, TaskId, TaskRecord, TenantId,
+    CancelJob, Event, GetJob, GetTask, JobEvents, JobSummary, ListJobs, RetryTask, Store,
+    StoreError, Submitted, TaskRecord,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ pub enum EngineError {
     NotFound { entity: &'static str, id: String },
     /// The requested change is not allowed from the current state.
     #[error(transparent)]
-    IllegalTransition(#[from] crate::state::IllegalTransition),
+    IllegalTransition(#[from] crate::model::IllegalTransition),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -240,7 +240,7 @@ impl Engine {
         ready
             .into_iter()
             .map(|r| WaitingFor {
-                registered_here: (r.executor == crate::store::Executor::Wasm && !known.is_empty())
+                registered_here: (r.executor == crate::model::Executor::Wasm && !known.is_empty())
                     .then(|| known.contains(&r.handler)),
                 executor: r.executor,
                 handler: r.handler,

@@ -5,7 +5,7 @@
 //! known now; the ETA is `remaining / recent rate` and absent while nothing
 //! has completed recently.
 
-use crate::state::{StageState, TaskState};
+use crate::model::{StageState, TaskState};
 use crate::store::JobStatus;
 use serde::Serialize;
 use std::time::Duration;
@@ -44,7 +44,7 @@ pub const STALL_SAMPLE: u32 = 200;
 /// One handler that ready tasks of a stalled job wait for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WaitingFor {
-    pub executor: crate::store::Executor,
+    pub executor: crate::model::Executor,
     pub handler: String,
     /// Whether this process has a plugin registering `handler`; `None` for
     /// agent tasks and in a process that loaded no plugins.

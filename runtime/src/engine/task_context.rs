@@ -2,9 +2,9 @@
 //! lineage reads go to the store, cancellation is read from the job's state,
 //! and what the handler logs is kept to be recorded with its result.
 
+use crate::model::{JobId, JobState, TaskId, TenantId};
 use crate::plugin::{LogLevel, TaskContext};
-use crate::state::JobState;
-use crate::store::{GetJob, JobId, StageResults, Store, TaskId, TenantId};
+use crate::store::{GetJob, StageResults, Store};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 

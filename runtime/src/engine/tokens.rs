@@ -6,9 +6,9 @@
 //! tokens up by that hash, so a copy of the database does not grant access.
 //! **Invariant:** a revoked token never authenticates again.
 
+use crate::model::{Millis, TenantId};
 use crate::store::{
-    CreateToken, Millis, RevokeToken, Store, StoreError, TenantId, TokenLookup, TokenRecord,
-    TokenRef,
+    CreateToken, RevokeToken, Store, StoreError, TokenLookup, TokenRecord, TokenRef,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};

@@ -13,9 +13,10 @@
 use super::backoff::retry_delay;
 use super::task_context::JobTaskContext;
 use super::{Engine, now_millis};
+use crate::model::Executor;
 use crate::plugin::RunRequest;
 use crate::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, Executor, RenewLease,
+    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, RenewLease,
     RescueExpiredLeases, SpawnTask, TaskResult,
 };
 use std::sync::Arc;

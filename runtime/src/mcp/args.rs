@@ -93,13 +93,13 @@ pub enum JobStateArg {
     Cancelled,
 }
 
-impl From<JobStateArg> for crate::state::JobState {
+impl From<JobStateArg> for crate::model::JobState {
     fn from(s: JobStateArg) -> Self {
         match s {
-            JobStateArg::Running => crate::state::JobState::Running,
-            JobStateArg::Succeeded => crate::state::JobState::Succeeded,
-            JobStateArg::Failed => crate::state::JobState::Failed,
-            JobStateArg::Cancelled => crate::state::JobState::Cancelled,
+            JobStateArg::Running => crate::model::JobState::Running,
+            JobStateArg::Succeeded => crate::model::JobState::Succeeded,
+            JobStateArg::Failed => crate::model::JobState::Failed,
+            JobStateArg::Cancelled => crate::model::JobState::Cancelled,
         }
     }
 }

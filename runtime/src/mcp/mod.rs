@@ -22,7 +22,7 @@ mod tools;
 pub mod views;
 
 use crate::engine::Engine;
-use crate::store::TenantId;
+use crate::model::TenantId;
 use params::ArgError;
 use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::router::tool::ToolRouter;

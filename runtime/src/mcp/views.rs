@@ -6,7 +6,8 @@
 
 use crate::engine::agent::{AgentBrief, ClaimedAgentTask, PlannedJob};
 use crate::engine::{JobProgress, WaitingFor};
-use crate::store::{Event, Executor, JobSummary, TaskRecord};
+use crate::model::Executor;
+use crate::store::{Event, JobSummary, TaskRecord};
 use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;

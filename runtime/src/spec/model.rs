@@ -9,7 +9,7 @@
 //! (names, keys, dependencies, handlers, limits) is checked by
 //! [`super::validate`].
 
-use crate::store::{Executor, OnFailure};
+use crate::model::{Executor, OnFailure};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};

@@ -1,107 +1,47 @@
-//! How store values are spelled in SQL rows, shared by every backend: state,
-//! executor, on-failure and event-kind names, millisecond arithmetic, and the
-//! "not found" errors. A name read back that is not one of these is
-//! [`StoreError::Corrupt`].
+//! How store values are read back from SQL rows, shared by every backend:
+//! states, executors, on-failure and event kinds (spelled by `model`),
+//! millisecond arithmetic, and the "not found" errors. A name read back that
+//! is not one of the known spellings is [`StoreError::Corrupt`].
 
-use super::{EventKind, Executor, JobId, Millis, OnFailure, ReadyHandler, StoreError, TaskId};
-use crate::state::{JobState, StageState, TaskState};
+use super::{ReadyHandler, StoreError};
+use crate::model::{
+    EventKind, Executor, JobId, JobState, Millis, OnFailure, StageState, TaskId, TaskState,
+    UnknownName,
+};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// A handler may spawn at most this many children per completion; more is a
 /// fatal task error.
 pub const SPAWN_LIMIT: usize = 10_000;
 
+fn parse<T: FromStr<Err = UnknownName>>(s: &str) -> Result<T, StoreError> {
+    s.parse()
+        .map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))
+}
+
 pub(crate) fn parse_task_state(s: &str) -> Result<TaskState, StoreError> {
-    s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
+    parse(s)
 }
 
 pub(crate) fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
-    s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
+    parse(s)
 }
 
 pub(crate) fn parse_stage_state(s: &str) -> Result<StageState, StoreError> {
-    s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
-}
-
-pub(crate) fn executor_str(e: Executor) -> &'static str {
-    match e {
-        Executor::Wasm => "wasm",
-        Executor::Agent => "agent",
-    }
+    parse(s)
 }
 
 pub(crate) fn parse_executor(s: &str) -> Result<Executor, StoreError> {
-    match s {
-        "wasm" => Ok(Executor::Wasm),
-        "agent" => Ok(Executor::Agent),
-        other => Err(StoreError::Corrupt(format!(
-            "unknown executor {other:?} (expected wasm or agent)"
-        ))),
-    }
-}
-
-pub(crate) fn on_failure_str(o: OnFailure) -> &'static str {
-    match o {
-        OnFailure::FailJob => "fail_job",
-        OnFailure::Continue => "continue",
-    }
+    parse(s)
 }
 
 pub(crate) fn parse_on_failure(s: &str) -> Result<OnFailure, StoreError> {
-    match s {
-        "fail_job" => Ok(OnFailure::FailJob),
-        "continue" => Ok(OnFailure::Continue),
-        other => Err(StoreError::Corrupt(format!(
-            "unknown on_failure {other:?} (expected fail_job or continue)"
-        ))),
-    }
+    parse(s)
 }
-
-pub(crate) fn event_kind_str(k: EventKind) -> &'static str {
-    match k {
-        EventKind::Submitted => "submitted",
-        EventKind::StageOpened => "stage_opened",
-        EventKind::StageClosed => "stage_closed",
-        EventKind::TaskClaimed => "task_claimed",
-        EventKind::TaskSucceeded => "task_succeeded",
-        EventKind::TaskFailed => "task_failed",
-        EventKind::TaskRetried => "task_retried",
-        EventKind::TaskDead => "task_dead",
-        EventKind::TaskCancelled => "task_cancelled",
-        EventKind::TaskRevived => "task_revived",
-        EventKind::CompletionRefused => "completion_refused",
-        EventKind::JobFinished => "job_finished",
-        EventKind::JobCancelled => "job_cancelled",
-        EventKind::JobReopened => "job_reopened",
-        EventKind::TaskNote => "task_note",
-        EventKind::TaskLog => "task_log",
-    }
-}
-
-const EVENT_KINDS: [EventKind; 16] = [
-    EventKind::Submitted,
-    EventKind::StageOpened,
-    EventKind::StageClosed,
-    EventKind::TaskClaimed,
-    EventKind::TaskSucceeded,
-    EventKind::TaskFailed,
-    EventKind::TaskRetried,
-    EventKind::TaskDead,
-    EventKind::TaskCancelled,
-    EventKind::TaskRevived,
-    EventKind::CompletionRefused,
-    EventKind::JobFinished,
-    EventKind::JobCancelled,
-    EventKind::JobReopened,
-    EventKind::TaskNote,
-    EventKind::TaskLog,
-];
 
 pub(crate) fn parse_event_kind(s: &str) -> Result<EventKind, StoreError> {
-    EVENT_KINDS
-        .into_iter()
-        .find(|k| event_kind_str(*k) == s)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind {s:?}")))
+    parse(s)
 }
 
 /// A duration as milliseconds, saturating (a lease of u64::MAX ms is "forever").

@@ -10,8 +10,11 @@
 //! **Invariant:** every query filters by tenant; another tenant's id answers
 //! [`StoreError::NotFound`].
 
-use crate::state::{IllegalTransition, JobState, StageState, TaskState};
-use serde::{Deserialize, Serialize};
+use crate::model::{
+    EventKind, Executor, IllegalTransition, JobId, JobState, LeaseToken, Millis, OnFailure,
+    StageState, TaskId, TaskState, TenantId,
+};
+use serde::Serialize;
 use std::time::Duration;
 
 mod codec;
@@ -20,29 +23,6 @@ mod rules;
 pub mod sqlite;
 
 pub use codec::SPAWN_LIMIT;
-
-/// Milliseconds since the Unix epoch; every timestamp in the store uses it.
-pub type Millis = i64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(pub i64);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TaskId(pub i64);
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TenantId(pub String);
-
-/// Proof of a claim: completion is accepted only while the task is still
-/// `running` with exactly this attempt number (fencing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct LeaseToken {
-    pub task_id: TaskId,
-    pub attempt: i32,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,29 +38,6 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-}
-
-/// What to do when a task of a stage dies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnFailure {
-    /// Dependents of the dead task are cancelled; when the stage closes the
-    /// job fails and later stages never open.
-    #[default]
-    FailJob,
-    /// Dependents are released as if the task had succeeded; the job goes on.
-    Continue,
-}
-
-/// Who executes a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Executor {
-    /// A registered WASM handler, run by a worker.
-    #[default]
-    Wasm,
-    /// An AI agent that claims and completes the task over MCP.
-    Agent,
 }
 
 // ---------------------------------------------------------------- submit
@@ -342,29 +299,6 @@ pub struct Event {
     pub stage_position: Option<i32>,
     pub detail: Option<String>,
     pub at: Millis,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Submitted,
-    StageOpened,
-    StageClosed,
-    TaskClaimed,
-    TaskSucceeded,
-    TaskFailed,
-    TaskRetried,
-    TaskDead,
-    TaskCancelled,
-    TaskRevived,
-    CompletionRefused,
-    JobFinished,
-    JobCancelled,
-    JobReopened,
-    /// A progress note from the agent holding the task's lease.
-    TaskNote,
-    /// A line the task's handler logged, or its last progress report.
-    TaskLog,
 }
 
 #[derive(Debug, Clone)]

@@ -5,9 +5,8 @@
 //! Postgres stores cannot drift apart on semantics.
 
 use super::codec::{SPAWN_LIMIT, after, parse_on_failure};
-use super::{CompletionOutcome, EventKind, Millis, OnFailure, SpawnTask, StoreError, TaskResult};
-use crate::state::IllegalTransition;
-use crate::state::{StageState, TaskState};
+use super::{CompletionOutcome, SpawnTask, StoreError, TaskResult};
+use crate::model::{EventKind, IllegalTransition, Millis, OnFailure, StageState, TaskState};
 use std::collections::{BTreeMap, HashMap};
 
 /// A running task whose row this transaction holds locked.

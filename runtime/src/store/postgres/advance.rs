@@ -17,8 +17,8 @@
 
 use super::effects::Effects;
 use super::parse_stage_state;
-use crate::state::{JobState, StageState, TaskState};
-use crate::store::{EventKind, StoreError};
+use crate::model::{EventKind, JobState, StageState, TaskState};
+use crate::store::StoreError;
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
 

@@ -12,11 +12,11 @@
 use super::advance;
 use super::effects::Effects;
 use super::{after, parse_stage_state, parse_task_state};
-use crate::state::{StageState, TaskState};
+use crate::model::{EventKind, JobId, LeaseToken, Millis, StageState, TaskId, TaskState, TenantId};
 use crate::store::rules::{self, Decision, Held, HeldRow, StageDelta, StageMeta, stage_of};
 use crate::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
-    Millis, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult, TenantId,
+    ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, RenewLease, RescueExpiredLeases,
+    StoreError, TaskResult,
 };
 use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -69,7 +69,7 @@ pub(super) async fn claim_batch(
              ORDER BY c.id",
     )
     .bind(p.now)
-    .bind(super::executor_str(p.executor))
+    .bind(p.executor.as_str())
     .bind(&p.handlers)
     .bind(p.tenant.as_ref().map(|t| t.0.as_str()))
     .bind(p.job.map(|j| j.0))

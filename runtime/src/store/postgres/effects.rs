@@ -6,9 +6,9 @@
 //! happened. Jobs are finished last, after every task and stage row, with
 //! their rows locked in ascending id order (the job step of the lock order).
 
-use super::{READY_CHANNEL, event_kind_str, parse_job_state};
-use crate::state::JobState;
-use crate::store::{EventKind, Millis, StoreError};
+use super::{READY_CHANNEL, parse_job_state};
+use crate::model::{EventKind, JobState, Millis};
+use crate::store::StoreError;
 use sqlx::PgConnection;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,7 +57,7 @@ impl Effects {
         self.tenants.push(tenant.to_string());
         self.jobs.push(job);
         self.tasks.push(task);
-        self.kinds.push(event_kind_str(kind));
+        self.kinds.push(kind.as_str());
         self.positions.push(stage_position);
         self.details.push(detail);
     }

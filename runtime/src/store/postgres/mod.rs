@@ -42,9 +42,9 @@ use super::{
     Event, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, ListTasks, QueueDepth,
     QueueDepthQuery, ReadyHandler, ReadyHandlers, RecentCompletions, RenewLease,
     RescueExpiredLeases, RetryTask, RevokeToken, StageResults, Store, StoreError, SubmitJob,
-    Submitted, TaskEvents, TaskId, TaskRecord, TokenLookup, TokenRecord,
+    Submitted, TaskEvents, TaskRecord, TokenLookup, TokenRecord,
 };
-use crate::state::{JobState, TaskState};
+use crate::model::{JobState, TaskId, TaskState};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,9 +185,8 @@ fn is_lock_conflict(error: &StoreError) -> bool {
 
 // Shared spellings and helpers, re-exported for the modules below.
 pub(super) use super::codec::{
-    after, event_kind_str, executor_str, job_not_found, on_failure_str, parse_event_kind,
-    parse_executor, parse_job_state, parse_on_failure, parse_stage_state, parse_task_state,
-    ready_handlers_from_rows, task_not_found,
+    after, job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
+    parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
 };
 
 // ------------------------------------------------------------ the trait

@@ -5,14 +5,14 @@
 //! first within a stage, so it always waits for an in-flight completion's
 //! task row before it could hold anything that completion still needs.
 //! Decisions are checked against the transition tables; an illegal one
-//! returns [`crate::state::IllegalTransition`] and the transaction is rolled
+//! returns [`crate::model::IllegalTransition`] and the transaction is rolled
 //! back, so nothing is written.
 
 use super::advance::{self, StageDelta};
 use super::effects::Effects;
 use super::{job_not_found, parse_job_state, parse_stage_state, parse_task_state, task_not_found};
-use crate::state::{JobState, StageState, TaskState};
-use crate::store::{CancelJob, EventKind, RetryTask, StoreError};
+use crate::model::{EventKind, JobState, StageState, TaskState};
+use crate::store::{CancelJob, RetryTask, StoreError};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 

@@ -6,9 +6,9 @@
 
 use super::advance;
 use super::effects::Effects;
-use super::{executor_str, on_failure_str};
-use crate::state::JobState;
-use crate::store::{EventKind, JobId, StoreError, SubmitJob, Submitted};
+
+use crate::model::{EventKind, JobId, JobState};
+use crate::store::{StoreError, SubmitJob, Submitted};
 use sqlx::PgPool;
 use std::collections::HashMap;
 
@@ -74,11 +74,7 @@ pub(super) async fn submit_job(pool: &PgPool, p: &SubmitJob) -> Result<Submitted
     let states: Vec<&str> = (0..stage_count)
         .map(|i| if i == 0 { "open" } else { "waiting" })
         .collect();
-    let on_failures: Vec<&str> = p
-        .stages
-        .iter()
-        .map(|s| on_failure_str(s.on_failure))
-        .collect();
+    let on_failures: Vec<&str> = p.stages.iter().map(|s| s.on_failure.as_str()).collect();
     let totals: Vec<i64> = p
         .stages
         .iter()
@@ -167,7 +163,7 @@ pub(super) async fn submit_job(pool: &PgPool, p: &SubmitJob) -> Result<Submitted
         deps.dedup();
         let waiting = *position != 0 || !deps.is_empty();
         if !waiting {
-            fx.ready(executor_str(task.executor));
+            fx.ready(task.executor.as_str());
         }
         for dep in &deps {
             dep_task.push(*id);
@@ -176,7 +172,7 @@ pub(super) async fn submit_job(pool: &PgPool, p: &SubmitJob) -> Result<Submitted
         t_ids.push(*id);
         t_positions.push(*position);
         t_handlers.push(task.handler.as_str());
-        t_executors.push(executor_str(task.executor));
+        t_executors.push(task.executor.as_str());
         t_keys.push(task.key.as_deref());
         t_states.push(if waiting { "blocked" } else { "pending" });
         t_max.push(task.max_attempts);
@@ -184,7 +180,7 @@ pub(super) async fn submit_job(pool: &PgPool, p: &SubmitJob) -> Result<Submitted
         t_inputs.push(task.input_json.as_str());
         t_deps.push(i32::try_from(deps.len()).unwrap_or(i32::MAX));
         t_agent.push(task.agent_json.as_deref());
-        t_on_failure.push(on_failure_str(task.on_failure));
+        t_on_failure.push(task.on_failure.as_str());
     }
     if task_count > 0 {
         sqlx::query(

@@ -9,9 +9,9 @@
 
 use super::effects::Effects;
 use super::{json_array, parse_stage_state};
-use crate::state::{JobState, StageState, TaskState};
+use crate::model::{EventKind, JobState, StageState, TaskState};
+use crate::store::StoreError;
 use crate::store::rules::StageDelta;
-use crate::store::{EventKind, StoreError};
 use sqlx::SqliteConnection;
 use std::collections::BTreeMap;
 

@@ -10,12 +10,12 @@
 //! size.
 
 use super::effects::Effects;
-use super::{advance, after, executor_str, json_array, parse_stage_state, parse_task_state};
-use crate::state::{StageState, TaskState};
+use super::{advance, after, json_array, parse_stage_state, parse_task_state};
+use crate::model::{EventKind, JobId, LeaseToken, Millis, StageState, TaskId, TaskState, TenantId};
 use crate::store::rules::{self, Decision, Held, HeldRow, StageDelta, StageMeta, stage_of};
 use crate::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, EventKind, JobId, LeaseToken,
-    Millis, RenewLease, RescueExpiredLeases, StoreError, TaskId, TaskResult, TenantId,
+    ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, RenewLease, RescueExpiredLeases,
+    StoreError, TaskResult,
 };
 use sqlx::SqliteConnection;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -51,7 +51,7 @@ pub(super) async fn claim_batch(
                    timeout_ms, max_attempts",
     )
     .bind(p.now)
-    .bind(executor_str(p.executor))
+    .bind(p.executor.as_str())
     .bind(handlers)
     .bind(p.tenant.as_ref().map(|t| t.0.as_str()))
     .bind(p.job.map(|j| j.0))

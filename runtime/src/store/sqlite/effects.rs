@@ -3,9 +3,9 @@
 //! end, set-based (one `INSERT … SELECT FROM json_each` for all events), in
 //! the order they happened.
 
-use super::{event_kind_str, json_array, parse_job_state};
-use crate::state::JobState;
-use crate::store::{EventKind, Millis, StoreError};
+use super::{json_array, parse_job_state};
+use crate::model::{EventKind, JobState, Millis};
+use crate::store::StoreError;
 use serde::Serialize;
 use sqlx::SqliteConnection;
 use std::collections::BTreeMap;
@@ -53,7 +53,7 @@ impl Effects {
             tenant: tenant.to_string(),
             job,
             task,
-            kind: event_kind_str(kind),
+            kind: kind.as_str(),
             stage: stage_position,
             detail,
         });

@@ -30,9 +30,9 @@ use super::{
     Event, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, ListTasks, QueueDepth,
     QueueDepthQuery, ReadyHandler, ReadyHandlers, RecentCompletions, RenewLease,
     RescueExpiredLeases, RetryTask, RevokeToken, StageResults, Store, StoreError, SubmitJob,
-    Submitted, TaskEvents, TaskId, TaskRecord, TokenLookup, TokenRecord,
+    Submitted, TaskEvents, TaskRecord, TokenLookup, TokenRecord,
 };
-use crate::state::{JobState, TaskState};
+use crate::model::{JobState, TaskId, TaskState};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -41,9 +41,8 @@ use std::time::Duration;
 
 // Shared spellings and helpers, re-exported for the modules below.
 pub(super) use super::codec::{
-    after, event_kind_str, executor_str, job_not_found, on_failure_str, parse_event_kind,
-    parse_executor, parse_job_state, parse_on_failure, parse_stage_state, parse_task_state,
-    ready_handlers_from_rows, task_not_found,
+    after, job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
+    parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
 };
 
 /// Settings for [`SqliteStore::open`].

@@ -1,16 +1,16 @@
 //! Operator actions: cancelling a job and reviving a dead or cancelled task.
 //!
 //! Decisions are checked against the transition tables; an illegal one
-//! returns [`crate::state::IllegalTransition`] and the transaction is rolled
+//! returns [`crate::model::IllegalTransition`] and the transaction is rolled
 //! back (dropped), so nothing is written.
 
 use super::effects::Effects;
 use super::{
     advance, job_not_found, parse_job_state, parse_stage_state, parse_task_state, task_not_found,
 };
-use crate::state::{JobState, StageState, TaskState};
+use crate::model::{EventKind, JobState, StageState, TaskState};
 use crate::store::rules::StageDelta;
-use crate::store::{CancelJob, EventKind, RetryTask, StoreError};
+use crate::store::{CancelJob, RetryTask, StoreError};
 use sqlx::SqliteConnection;
 use std::collections::BTreeMap;
 

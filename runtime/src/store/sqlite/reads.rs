@@ -6,11 +6,10 @@ use super::{
     job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
     parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
 };
-use crate::state::{JobState, TaskState};
+use crate::model::{JobId, JobState, TaskId, TaskState, TenantId};
 use crate::store::{
-    Event, GetJob, GetTask, JobEvents, JobId, JobStatus, JobSummary, ListJobs, ReadyHandler,
-    ReadyHandlers, RecentCompletions, StageResults, StageStatus, StoreError, TaskId, TaskRecord,
-    TenantId,
+    Event, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, ReadyHandler,
+    ReadyHandlers, RecentCompletions, StageResults, StageStatus, StoreError, TaskRecord,
 };
 use sqlx::SqlitePool;
 use std::collections::HashMap;

@@ -6,9 +6,9 @@
 //! lookup-then-insert.
 
 use super::effects::Effects;
-use super::{advance, executor_str, json_array, on_failure_str};
-use crate::state::JobState;
-use crate::store::{EventKind, JobId, StoreError, SubmitJob, Submitted};
+use super::{advance, json_array};
+use crate::model::{EventKind, JobId, JobState};
+use crate::store::{StoreError, SubmitJob, Submitted};
 use sqlx::SqliteConnection;
 use std::collections::HashMap;
 
@@ -74,7 +74,7 @@ pub(super) async fn submit_job(
                 i,
                 s.name,
                 if i == 0 { "open" } else { "waiting" },
-                on_failure_str(s.on_failure),
+                s.on_failure.as_str(),
                 s.tasks.len(),
                 s.max_attempts,
                 s.timeout_ms,
@@ -138,7 +138,7 @@ pub(super) async fn submit_job(
             id,
             position,
             task.handler,
-            executor_str(task.executor),
+            task.executor.as_str(),
             task.key,
             if waiting { "blocked" } else { "pending" },
             task.max_attempts,
@@ -146,7 +146,7 @@ pub(super) async fn submit_job(
             task.input_json,
             deps.len(),
             task.agent_json,
-            on_failure_str(task.on_failure),
+            task.on_failure.as_str(),
         ]));
     }
     if !task_rows.is_empty() {

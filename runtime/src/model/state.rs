@@ -5,9 +5,8 @@
 //! nothing is written. The store's SQL encodes the same rules in its `WHERE`
 //! clauses (fencing), so a row can never reach a state the table forbids.
 
+use super::name::spelled;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 /// Lifecycle of one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -59,26 +58,6 @@ pub struct IllegalTransition {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 6] = [
-        TaskState::Blocked,
-        TaskState::Pending,
-        TaskState::Running,
-        TaskState::Succeeded,
-        TaskState::Dead,
-        TaskState::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Blocked => "blocked",
-            TaskState::Pending => "pending",
-            TaskState::Running => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Dead => "dead",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -123,22 +102,6 @@ impl TaskState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 4] = [
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-
     pub fn is_terminal(self) -> bool {
         !matches!(self, JobState::Running)
     }
@@ -170,58 +133,30 @@ impl JobState {
     }
 }
 
-impl StageState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StageState::Waiting => "waiting",
-            StageState::Open => "open",
-            StageState::Done => "done",
-        }
-    }
-}
-
-/// A state name read from the database or the command line that is not one
-/// of the known states.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {entity} state {value:?} (expected one of: {expected})")]
-pub struct UnknownState {
-    pub entity: &'static str,
-    pub value: String,
-    pub expected: &'static str,
-}
-
-macro_rules! state_text {
-    ($ty:ty, $entity:literal, $expected:literal, [$($variant:ident),*]) => {
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl FromStr for $ty {
-            type Err = UnknownState;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                $(if s == <$ty>::$variant.as_str() { return Ok(<$ty>::$variant); })*
-                Err(UnknownState { entity: $entity, value: s.to_string(), expected: $expected })
-            }
-        }
-    };
-}
-
-state_text!(
+spelled!(
     TaskState,
-    "task",
-    "blocked, pending, running, succeeded, dead, cancelled",
-    [Blocked, Pending, Running, Succeeded, Dead, Cancelled]
+    "task state",
+    [
+        Blocked => "blocked",
+        Pending => "pending",
+        Running => "running",
+        Succeeded => "succeeded",
+        Dead => "dead",
+        Cancelled => "cancelled",
+    ]
 );
-state_text!(
+spelled!(
     JobState,
-    "job",
-    "running, succeeded, failed, cancelled",
-    [Running, Succeeded, Failed, Cancelled]
+    "job state",
+    [
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    ]
 );
-state_text!(
+spelled!(
     StageState,
-    "stage",
-    "waiting, open, done",
-    [Waiting, Open, Done]
+    "stage state",
+    [Waiting => "waiting", Open => "open", Done => "done"]
 );

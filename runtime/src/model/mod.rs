@@ -1,0 +1,19 @@
+//! The vocabulary every layer speaks: ids, timestamps, the lease token, who
+//! executes a task, what a death does, event kinds, the states and their one
+//! transition table, and how each of these is spelled as text.
+//!
+//! `spec`, `store`, `engine`, `plugin` and the front doors depend on this
+//! module; it depends on none of them (only serde and thiserror), so a type
+//! here can never drag a layer's concerns into another.
+
+mod event;
+mod ids;
+mod name;
+mod state;
+mod task;
+
+pub use event::EventKind;
+pub use ids::{JobId, LeaseToken, Millis, TaskId, TenantId};
+pub use name::UnknownName;
+pub use state::{IllegalTransition, JobState, StageState, TaskState};
+pub use task::{Executor, OnFailure};
