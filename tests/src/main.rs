@@ -2,6 +2,7 @@
 //! runs against real plugins, real database files and servers, and real
 //! processes.
 
+mod api_boundary;
 mod cli;
 mod crash_recovery;
 mod engine_flow;
