@@ -4,11 +4,11 @@
 //! never from wall-clock time.
 
 use crate::harness::Harness;
-use lockstep::engine::{EngineError, WorkerConfig};
+use lockstep::engine::{EngineError, JobFilter, WorkerConfig};
 use lockstep::model::{
     EventKind, Executor, JobId, JobState, StageState, TaskId, TaskState, TenantId,
 };
-use lockstep::store::{ClaimBatch, CompleteBatch, Completion, GetTask, ListJobs, TaskResult};
+use lockstep::store::{ClaimBatch, CompleteBatch, Completion, GetTask, TaskResult};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -166,8 +166,7 @@ tasks = [
     );
     // Now the agent completes c, and e runs.
     let claimed = h
-        .engine
-        .store()
+        .store
         .claim_batch(ClaimBatch {
             tenant: Some(h.tenant.clone()),
             executor: Executor::Agent,
@@ -181,8 +180,7 @@ tasks = [
         .await
         .expect("claim agent task");
     assert_eq!(claimed.len(), 1);
-    h.engine
-        .store()
+    h.store
         .complete_batch(CompleteBatch {
             completions: vec![Completion {
                 tenant: h.tenant.clone(),
@@ -353,15 +351,13 @@ tasks = [
 
 async fn jobs_of(h: &Harness, tenant: &TenantId) -> usize {
     h.engine
-        .list_jobs(ListJobs {
-            tenant: tenant.clone(),
-            state: None,
-            name: None,
-            created_after: None,
-            created_before: None,
-            before_id: None,
-            limit: 1000,
-        })
+        .list_jobs(
+            tenant,
+            JobFilter {
+                limit: 1000,
+                ..JobFilter::default()
+            },
+        )
         .await
         .expect("list jobs")
         .len()
@@ -416,8 +412,7 @@ pub async fn aggregate_output(h: &Harness, job: JobId) -> serde_json::Value {
         .next_back()
         .expect("the aggregate task succeeded");
     let rec = h
-        .engine
-        .store()
+        .store
         .get_task(GetTask {
             tenant: h.tenant.clone(),
             task: sum_task,

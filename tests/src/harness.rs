@@ -4,10 +4,10 @@
 
 use lockstep::engine::{Engine, EngineConfig, JobProgress, WorkerConfig};
 use lockstep::guest_artifacts;
-use lockstep::model::{JobId, TenantId};
+use lockstep::model::{Event, JobId, TenantId};
 use lockstep::plugin::{HostConfig, PluginHost};
 use lockstep::spec::{self, Format};
-use lockstep::store::{self, Event};
+use lockstep::store;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub db_url: String,
     pub engine: Arc<Engine>,
+    /// The engine's store, for tests that act below the engine (an agent's
+    /// raw claim, a row read back).
+    pub store: Arc<dyn store::Store>,
     pub tenant: TenantId,
 }
 
@@ -62,11 +65,12 @@ impl Harness {
             retry_cap: Duration::from_millis(50),
             ..EngineConfig::default()
         };
-        let engine = Engine::new(store, example_plugins().await, config);
+        let engine = Engine::new(store.clone(), example_plugins().await, config);
         Harness {
             dir,
             db_url,
             engine,
+            store,
             tenant: TenantId("local".into()),
         }
     }

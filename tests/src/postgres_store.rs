@@ -4,13 +4,13 @@
 
 use crate::postgres_test_db::with_pg;
 use lockstep::model::{
-    EventKind, Executor, JobId, JobState, Millis, OnFailure, TaskState, TenantId,
+    EventKind, Executor, JobId, JobState, Millis, NewStage, NewTask, OnFailure, SubmitJob,
+    TaskState, TenantId,
 };
 use lockstep::store::postgres::PgStore;
 use lockstep::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, GetJob, GetTask,
-    JobEvents, NewStage, NewTask, RescueExpiredLeases, SpawnTask, StageResults, Store, SubmitJob,
-    TaskResult,
+    JobEvents, RescueExpiredLeases, SpawnTask, StageResults, Store, TaskResult,
 };
 use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,14 +88,14 @@ fn success(t: &ClaimedTask, spawn: Vec<SpawnTask>) -> Completion {
     }
 }
 
-async fn all_events(store: &dyn Store, job: JobId) -> Vec<lockstep::store::Event> {
+async fn all_events(store: &dyn Store, job: JobId) -> Vec<lockstep::model::Event> {
     let mut out = Vec::new();
     loop {
         let page = store
             .job_events(JobEvents {
                 tenant: tenant(),
                 job,
-                after_id: out.last().map(|e: &lockstep::store::Event| e.id),
+                after_id: out.last().map(|e: &lockstep::model::Event| e.id),
                 limit: 1000,
             })
             .await
@@ -107,12 +107,12 @@ async fn all_events(store: &dyn Store, job: JobId) -> Vec<lockstep::store::Event
     }
 }
 
-fn count(events: &[lockstep::store::Event], kind: EventKind) -> usize {
+fn count(events: &[lockstep::model::Event], kind: EventKind) -> usize {
     events.iter().filter(|e| e.kind == kind).count()
 }
 
 /// Per stage position, how many events of `kind` name it.
-fn per_stage(events: &[lockstep::store::Event], kind: EventKind) -> BTreeMap<i32, usize> {
+fn per_stage(events: &[lockstep::model::Event], kind: EventKind) -> BTreeMap<i32, usize> {
     let mut m = BTreeMap::new();
     for e in events.iter().filter(|e| e.kind == kind) {
         *m.entry(e.stage_position.unwrap_or(-1)).or_insert(0) += 1;

@@ -3,12 +3,11 @@
 //! Every test runs the real parsers and a real `SchemaCatalog` compiled from
 //! JSON Schemas with the `jsonschema` crate.
 
-use lockstep::model::{Executor, OnFailure, TenantId};
+use lockstep::model::{Executor, OnFailure, SubmitJob, TenantId};
 use lockstep::spec::{
     Format, HandlerCatalog, JobSpec, Limits, SchemaCatalog, SpecError, StageSpec, TaskSpec,
     job_spec_json_schema, load_job_file, parse_job_file, parse_job_str, parse_job_value, validate,
 };
-use lockstep::store::SubmitJob;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 

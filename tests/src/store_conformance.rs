@@ -7,14 +7,13 @@
 //! never depend on the wall clock.
 
 use lockstep::model::{
-    EventKind, Executor, JobId, JobState, Millis, OnFailure, StageState, TaskId, TaskState,
-    TenantId,
+    Event, EventKind, Executor, JobId, JobState, JobStatus, Millis, NewStage, NewTask, OnFailure,
+    StageState, StageStatus, SubmitJob, TaskId, TaskState, TenantId,
 };
 use lockstep::store::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, Event,
-    GetJob, GetTask, JobEvents, JobStatus, ListJobs, NewStage, NewTask, ReadyHandler,
-    ReadyHandlers, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, SpawnTask,
-    StageResults, StageStatus, Store, StoreError, SubmitJob, TaskResult,
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, GetJob,
+    GetTask, JobEvents, ListJobs, ReadyHandler, ReadyHandlers, RecentCompletions, RenewLease,
+    RescueExpiredLeases, RetryTask, SpawnTask, StageResults, Store, StoreError, TaskResult,
 };
 use std::time::Duration;
 
@@ -212,7 +211,7 @@ async fn job_state(store: &dyn Store, job: JobId) -> JobState {
         .expect("job state")
 }
 
-async fn get_task(store: &dyn Store, task: TaskId) -> lockstep::store::TaskRecord {
+async fn get_task(store: &dyn Store, task: TaskId) -> lockstep::model::TaskRecord {
     store
         .get_task(GetTask {
             tenant: acme(),
@@ -1605,7 +1604,7 @@ pub async fn list_jobs_pages_newest_first_and_filters(store: &dyn Store) {
         before_id,
         limit,
     };
-    let found = |jobs: Vec<lockstep::store::JobSummary>| -> Vec<JobId> {
+    let found = |jobs: Vec<lockstep::model::JobSummary>| -> Vec<JobId> {
         jobs.into_iter().map(|j| j.job_id).collect()
     };
     let page = store

@@ -1,24 +1,55 @@
 //! `lockstep bench lookup`: status and update of one task in a database
 //! holding many tasks — every request path must stay an index lookup, so the
 //! latency must not grow with the table.
+//!
+//! Everything goes through the engine, as a front door's calls do: the fill
+//! is submitted as ordinary (validated) jobs, status is `Engine::task`, and an
+//! update is an agent's claim and fenced completion.
 
 use super::percentile;
-use crate::engine::now_millis;
-use crate::model::{Executor, JobId, OnFailure, TaskId, TaskState, TenantId};
-use crate::store::{
-    ClaimBatch, CompleteBatch, Completion, GetTask, NewStage, NewTask, Store, SubmitJob, TaskResult,
-};
+use crate::engine::agent::{AgentClaim, AgentOutput};
+use crate::engine::{Engine, now_millis};
+use crate::model::{Executor, JobId, LeaseToken, TaskId, TaskState, TenantId};
+use crate::spec::{JobSpec, StageSpec, TaskSpec};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// Tasks per submitted job while filling the database.
 const JOB_SIZE: u64 = 50_000;
 
-/// Submit `tasks` pending WASM tasks for `tenant` in jobs of 50,000 (no
-/// worker runs them), so that reads and writes are measured against a full
+/// The specialist of the fill's agent tasks: no agent asks for it, so only a
+/// benchmark that claims any task takes them.
+const FILL_SPECIALIST: &str = "bench:fill";
+
+/// One job of `size` pending agent tasks in one stage, `fill`.
+fn fill_job(n: u64, size: u64) -> JobSpec {
+    let task = TaskSpec {
+        executor: Some(Executor::Agent),
+        title: Some("fill".into()),
+        instructions: Some("Benchmark filler; nothing to do.".into()),
+        specialist: Some(FILL_SPECIALIST.into()),
+        handler: None,
+        ..TaskSpec::wasm("", json!({}))
+    };
+    JobSpec {
+        name: format!("bench-fill-{n}"),
+        idempotency_key: Some(format!("bench-fill-{n}-{}", now_millis())),
+        stages: vec![StageSpec {
+            name: "fill".into(),
+            tasks: vec![task; size as usize],
+            on_failure: None,
+            max_attempts: None,
+            timeout: None,
+            executor: None,
+        }],
+    }
+}
+
+/// Submit `tasks` pending agent tasks for `tenant` in jobs of 50,000 (nobody
+/// claims them), so that reads and writes are measured against a full
 /// table. Returns the jobs and their sizes, first to last.
 pub(super) async fn fill(
-    store: &dyn Store,
+    engine: &Engine,
     tenant: &TenantId,
     tasks: u64,
 ) -> anyhow::Result<Vec<(JobId, u64)>> {
@@ -29,58 +60,28 @@ pub(super) async fn fill(
         let size = remaining.min(JOB_SIZE);
         remaining -= size;
         n += 1;
-        let task = NewTask {
-            handler: "bench:lookup".into(),
-            executor: Executor::Wasm,
-            key: None,
-            depends_on: vec![],
-            on_failure: OnFailure::FailJob,
-            input_json: "{}".into(),
-            max_attempts: 5,
-            timeout_ms: 30_000,
-            agent_json: None,
-        };
-        let submitted = store
-            .submit_job(SubmitJob {
-                tenant: tenant.clone(),
-                name: format!("bench-fill-{n}"),
-                idempotency_key: format!("bench-fill-{n}-{}", now_millis()),
-                spec_json: "{}".into(),
-                stages: vec![NewStage {
-                    name: "fill".into(),
-                    on_failure: OnFailure::FailJob,
-                    max_attempts: None,
-                    timeout_ms: None,
-                    tasks: vec![task; size as usize],
-                }],
-                now: now_millis(),
-            })
-            .await?;
+        let submitted = engine.submit(tenant, fill_job(n, size)).await?;
         jobs.push((submitted.job_id, size));
     }
     Ok(jobs)
 }
 
-/// Fill the store with `tasks` pending tasks (in jobs of 50,000), then time
-/// `get_task` of random tasks and a claim + fenced completion of one task.
-pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_json::Value>> {
+/// Fill the database with `tasks` pending tasks (in jobs of 50,000), then
+/// time `Engine::task` of tasks spread over the table and a claim + fenced
+/// completion of one task.
+pub async fn lookup(engine: &Engine, tasks: u64) -> anyhow::Result<Vec<serde_json::Value>> {
     let tenant = TenantId("bench".into());
     let fill_started = Instant::now();
-    fill(store, &tenant, tasks).await?;
+    fill(engine, &tenant, tasks).await?;
     let fill_seconds = fill_started.elapsed().as_secs_f64();
 
-    // Status: get_task of tasks spread over the whole table.
+    // Status: one task read, of tasks spread over the whole table.
     let samples = 2_000u64;
     let mut status = Vec::with_capacity(samples as usize);
     for i in 0..samples {
         let id = 1 + (i * 7_919) % tasks.max(1);
         let t = Instant::now();
-        let rec = store
-            .get_task(GetTask {
-                tenant: tenant.clone(),
-                task: TaskId(id as i64),
-            })
-            .await?;
+        let rec = engine.task(&tenant, TaskId(id as i64)).await?;
         status.push(t.elapsed().as_secs_f64() * 1e6);
         anyhow::ensure!(
             rec.state == TaskState::Pending,
@@ -94,35 +95,26 @@ pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_j
     let mut update = Vec::with_capacity(500);
     for _ in 0..500 {
         let t = Instant::now();
-        let claimed = store
-            .claim_batch(ClaimBatch {
-                tenant: Some(tenant.clone()),
-                executor: Executor::Wasm,
-                handlers: None,
-                job: None,
-                limit: 1,
-                lease: Duration::from_secs(60),
-                worker: "bench".into(),
-                now: now_millis(),
-            })
-            .await?;
-        let Some(task) = claimed.into_iter().next() else {
+        let claim = AgentClaim {
+            job: None,
+            specialist: Some(FILL_SPECIALIST.into()),
+            lease: Duration::from_secs(60),
+            worker: "bench".into(),
+        };
+        let Some(task) = engine.claim_agent_task(&tenant, claim).await? else {
             break;
         };
-        store
-            .complete_batch(CompleteBatch {
-                completions: vec![Completion {
-                    tenant: tenant.clone(),
-                    lease: task.lease,
-                    result: TaskResult::Succeeded {
-                        output_json: "{}".into(),
-                        spawn: vec![],
-                    },
-                    logs: vec![],
-                }],
-                now: now_millis(),
-            })
-            .await?;
+        let lease = LeaseToken {
+            task_id: task.task_id,
+            attempt: task.attempt,
+        };
+        let output = AgentOutput {
+            summary: "done".into(),
+            details: None,
+            artifacts: vec![],
+            next_action: None,
+        };
+        engine.complete_agent_task(&tenant, lease, output).await?;
         update.push(t.elapsed().as_secs_f64() * 1e6);
     }
     update.sort_by(f64::total_cmp);
@@ -136,7 +128,7 @@ pub async fn lookup(store: &dyn Store, tasks: u64) -> anyhow::Result<Vec<serde_j
             "bench": "lookup", "case": "claim_and_complete_one", "tasks": tasks,
             "samples": update.len(),
             "p50_us": percentile(&update, 50.0), "p99_us": percentile(&update, 99.0),
-            "note": "each is two durable write transactions (claim, fenced completion)",
+            "note": "an agent's claim and fenced completion through the engine: two durable write transactions and the reads around them",
         }),
     ])
 }

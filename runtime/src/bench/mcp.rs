@@ -63,12 +63,7 @@ pub async fn mcp(
     let plan_size = samples + WARM_UP;
 
     let fill_started = Instant::now();
-    let fill_jobs = super::lookup::fill(
-        engine.store().as_ref(),
-        tenant,
-        tasks - u64::from(plan_size),
-    )
-    .await?;
+    let fill_jobs = super::lookup::fill(&engine, tenant, tasks - u64::from(plan_size)).await?;
     let plan = engine
         .plan(
             tenant,

@@ -73,11 +73,11 @@ async fn bench_engine(ctx: &Ctx) -> anyhow::Result<(Arc<Engine>, Option<tempfile
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         (url, Some(dir))
     };
-    let store = crate::store::open(&url)
+    let plugins = ctx.plugins().await?;
+    let engine = Engine::open(&url, plugins, ctx.config.clone())
         .await
         .with_context(|| format!("could not open the database {url}"))?;
-    let plugins = ctx.plugins().await?;
-    Ok((Engine::new(store, plugins, ctx.config.clone()), dir))
+    Ok((engine, dir))
 }
 
 pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
@@ -128,7 +128,7 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
         }
         BenchCommand::Lookup { tasks } => {
             let (engine, _dir) = bench_engine(ctx).await?;
-            print(bench::lookup::lookup(engine.store().as_ref(), tasks).await?);
+            print(bench::lookup::lookup(&engine, tasks).await?);
         }
     }
     Ok(())

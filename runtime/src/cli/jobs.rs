@@ -1,10 +1,9 @@
 //! Job commands: demo, run, submit, status, jobs, events, cancel, retry, task.
 
 use super::{CliResult, Ctx, Failure};
-use crate::engine::{Engine, JobProgress, WorkerConfig};
+use crate::engine::{Engine, JobFilter, JobProgress, WorkerConfig};
 use crate::model::{EventKind, Executor, JobId, JobState, TaskId};
 use crate::spec;
-use crate::store::ListJobs;
 use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -333,15 +332,14 @@ pub async fn list(ctx: &Ctx, args: JobsArgs) -> CliResult {
     };
     let engine = ctx.reader().await?;
     let jobs = engine
-        .list_jobs(ListJobs {
-            tenant: ctx.tenant.clone(),
-            state,
-            name: None,
-            created_after: None,
-            created_before: None,
-            before_id: None,
-            limit: args.limit,
-        })
+        .list_jobs(
+            &ctx.tenant,
+            JobFilter {
+                state,
+                limit: args.limit,
+                ..JobFilter::default()
+            },
+        )
         .await?;
     if args.json {
         println!(

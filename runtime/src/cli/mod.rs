@@ -14,7 +14,6 @@ mod serve;
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::model::TenantId;
 use crate::plugin::{HostConfig, PluginHost};
-use crate::store::{self, Store};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -136,8 +135,9 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub async fn store(&self) -> anyhow::Result<Arc<dyn Store>> {
-        store::open(&self.db_url)
+    /// An engine on this command's database with these plugins.
+    async fn open(&self, plugins: Arc<PluginHost>) -> anyhow::Result<Arc<Engine>> {
+        Engine::open(&self.db_url, plugins, self.config.clone())
             .await
             .with_context(|| format!("could not open the database {}", self.db_url))
     }
@@ -161,9 +161,8 @@ impl Ctx {
     }
 
     pub async fn engine(&self) -> anyhow::Result<Arc<Engine>> {
-        let store = self.store().await?;
         let plugins = self.plugins().await?;
-        Ok(Engine::new(store, plugins, self.config.clone()))
+        self.open(plugins).await
     }
 }
 
@@ -243,7 +242,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Mcp(a) => mcp::mcp(&ctx, a).await,
         Command::Token(c) => mcp::token(&ctx, c).await,
         Command::Migrate => {
-            ctx.store().await?;
+            ctx.reader().await?;
             println!("migrations applied to {}", ctx.db_url);
             Ok(())
         }
@@ -257,11 +256,6 @@ impl Ctx {
     /// An engine for commands that only read or change stored state: no
     /// plugins are loaded (or compiled), so `status` stays instant.
     pub async fn reader(&self) -> anyhow::Result<Arc<Engine>> {
-        let store = self.store().await?;
-        Ok(Engine::new(
-            store,
-            Arc::new(PluginHost::empty()),
-            self.config.clone(),
-        ))
+        self.open(Arc::new(PluginHost::empty())).await
     }
 }

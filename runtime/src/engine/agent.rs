@@ -19,11 +19,13 @@
 
 use super::backoff::retry_delay;
 use super::{Engine, EngineError, now_millis};
-use crate::model::{Executor, JobId, JobState, LeaseToken, Millis, TaskId, TaskState, TenantId};
+use crate::model::{
+    Executor, JobId, JobState, LeaseToken, Millis, TaskId, TaskRecord, TaskState, TenantId,
+};
 use crate::spec::{JobSpec, SpecError, StageSpec, TaskSpec};
 use crate::store::{
     ClaimBatch, CompleteBatch, Completion, CompletionOutcome, Dependency, GetTask, ListTasks,
-    RenewLease, TaskRecord, TaskResult,
+    RenewLease, TaskResult,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

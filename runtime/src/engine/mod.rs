@@ -18,13 +18,12 @@ mod task_context;
 pub mod tokens;
 pub mod worker;
 
-use crate::model::{JobId, JobState, Millis, TaskId, TaskState, TenantId};
+use crate::model::{
+    Event, JobId, JobState, JobSummary, Millis, Submitted, TaskId, TaskRecord, TaskState, TenantId,
+};
 use crate::plugin::PluginHost;
 use crate::spec::{self, JobSpec, SpecError};
-use crate::store::{
-    CancelJob, Event, GetJob, GetTask, JobEvents, JobSummary, ListJobs, RetryTask, Store,
-    StoreError, Submitted, TaskRecord,
-};
+use crate::store::{CancelJob, GetJob, GetTask, JobEvents, ListJobs, RetryTask, Store, StoreError};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +95,22 @@ impl From<StoreError> for EngineError {
     }
 }
 
+/// Which jobs [`Engine::list_jobs`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    /// Exactly this name.
+    pub name: Option<String>,
+    /// Created at or after (milliseconds since the Unix epoch).
+    pub created_after: Option<Millis>,
+    /// Created before.
+    pub created_before: Option<Millis>,
+    /// Only jobs with an id below this one (the next, older page).
+    pub before: Option<JobId>,
+    /// At most this many.
+    pub limit: u32,
+}
+
 pub struct Engine {
     store: Arc<dyn Store>,
     plugins: Arc<PluginHost>,
@@ -114,7 +129,21 @@ impl Engine {
         })
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// Open the database at `db_url` (`sqlite://PATH`, created if missing, or
+    /// `postgres://…`; migrations run first) and build an engine on it: how
+    /// the front doors get one without naming the store.
+    pub async fn open(
+        db_url: &str,
+        plugins: Arc<PluginHost>,
+        config: EngineConfig,
+    ) -> Result<Arc<Self>, EngineError> {
+        let store = crate::store::open(db_url).await?;
+        Ok(Engine::new(store, plugins, config))
+    }
+
+    /// The store is the engine's own: front doors go through the methods
+    /// below (ARCHITECTURE.md, API Boundary).
+    fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -154,7 +183,7 @@ impl Engine {
         self.insert(new_job).await
     }
 
-    async fn insert(&self, job: crate::store::SubmitJob) -> Result<Submitted, EngineError> {
+    async fn insert(&self, job: crate::model::SubmitJob) -> Result<Submitted, EngineError> {
         let submitted = self.store.submit_job(job).await?;
         self.wake.notify_waiters();
         Ok(submitted)
@@ -248,8 +277,24 @@ impl Engine {
             .collect()
     }
 
-    pub async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, EngineError> {
-        Ok(self.store.list_jobs(p).await?)
+    /// The tenant's jobs, newest first, narrowed by `filter`.
+    pub async fn list_jobs(
+        &self,
+        tenant: &TenantId,
+        filter: JobFilter,
+    ) -> Result<Vec<JobSummary>, EngineError> {
+        Ok(self
+            .store
+            .list_jobs(ListJobs {
+                tenant: tenant.clone(),
+                state: filter.state,
+                name: filter.name,
+                created_after: filter.created_after,
+                created_before: filter.created_before,
+                before_id: filter.before,
+                limit: filter.limit,
+            })
+            .await?)
     }
 
     pub async fn events(
@@ -324,7 +369,7 @@ impl Engine {
     pub async fn queue_depth(
         &self,
         tenant: &TenantId,
-    ) -> Result<crate::store::QueueDepth, EngineError> {
+    ) -> Result<crate::model::QueueDepth, EngineError> {
         Ok(self
             .store
             .queue_depth(crate::store::QueueDepthQuery {

@@ -5,8 +5,7 @@
 //! known now; the ETA is `remaining / recent rate` and absent while nothing
 //! has completed recently.
 
-use crate::model::{StageState, TaskState};
-use crate::store::JobStatus;
+use crate::model::{JobStatus, StageState, TaskState};
 use serde::Serialize;
 use std::time::Duration;
 

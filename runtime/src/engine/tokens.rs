@@ -6,10 +6,8 @@
 //! tokens up by that hash, so a copy of the database does not grant access.
 //! **Invariant:** a revoked token never authenticates again.
 
-use crate::model::{Millis, TenantId};
-use crate::store::{
-    CreateToken, RevokeToken, Store, StoreError, TokenLookup, TokenRecord, TokenRef,
-};
+use crate::model::{Millis, TenantId, TokenRecord};
+use crate::store::{CreateToken, RevokeToken, Store, StoreError, TokenLookup, TokenRef};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 

@@ -10,9 +10,9 @@ use super::failure::ToolFailure;
 use super::params::{ArgError, Parameters};
 use super::views::*;
 use super::{Caller, LockstepMcp};
+use crate::engine::JobFilter;
 use crate::engine::agent::{AgentClaim, AgentOutput, Artifact, Plan, PlannedSubtask};
 use crate::model::{JobId, LeaseToken, TaskId};
-use crate::store::ListJobs;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
 use rmcp::service::RequestContext;
@@ -134,16 +134,15 @@ impl LockstepMcp {
     ) -> ToolResult {
         let limit = args.limit.unwrap_or(20);
         let before = args.cursor_job().map_err(ArgError::into_error_data)?;
-        let query = ListJobs {
-            tenant: caller.tenant.clone(),
+        let filter = JobFilter {
             state: args.state.map(Into::into),
             name: args.name.clone(),
             created_after: args.created_after,
             created_before: args.created_before,
-            before_id: before.map(JobId),
+            before: before.map(JobId),
             limit,
         };
-        match self.engine.list_jobs(query).await {
+        match self.engine.list_jobs(&caller.tenant, filter).await {
             Ok(jobs) => {
                 let next_cursor = (jobs.len() == limit as usize)
                     .then(|| jobs.last().map(|j| format!("before:{}", j.job_id.0)))

@@ -6,8 +6,7 @@
 
 use crate::engine::agent::{AgentBrief, ClaimedAgentTask, PlannedJob};
 use crate::engine::{JobProgress, WaitingFor};
-use crate::model::Executor;
-use crate::store::{Event, JobSummary, TaskRecord};
+use crate::model::{Event, Executor, JobSummary, TaskRecord};
 use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! Job files: parsing TOML/JSON job specs and validating them into a
-//! [`SubmitJob`](crate::store::SubmitJob) ready for the store.
+//! [`SubmitJob`](crate::model::SubmitJob) ready for the store.
 //!
 //! Owns the job file language ([`JobSpec`] and friends, whose JSON Schema
 //! [`job_spec_json_schema`] publishes), where errors point (line and column
@@ -11,7 +11,7 @@
 //!
 //! Invariants: these are pure functions — the only I/O is reading the job
 //! file in [`parse_job_file`]; no database is touched (the store inserts the
-//! result in one transaction). A [`SubmitJob`](crate::store::SubmitJob) is
+//! result in one transaction). A [`SubmitJob`](crate::model::SubmitJob) is
 //! only ever produced by [`validate`], so every job the store sees passed
 //! every rule above. Every error is one sentence saying what is wrong, where,
 //! and, where there is a choice, what to do.

@@ -17,8 +17,7 @@ use super::catalog::HandlerCatalog;
 use super::model::{JobSpec, TaskSpec};
 use super::parse::parse_job_file;
 use super::{Limits, SpecError, sizes_for_comparison};
-use crate::model::{Executor, Millis, TenantId};
-use crate::store::{NewStage, NewTask, SubmitJob};
+use crate::model::{Executor, Millis, NewStage, NewTask, SubmitJob, TenantId};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 

@@ -11,8 +11,8 @@
 //! [`StoreError::NotFound`].
 
 use crate::model::{
-    EventKind, Executor, IllegalTransition, JobId, JobState, LeaseToken, Millis, OnFailure,
-    StageState, TaskId, TaskState, TenantId,
+    Event, Executor, IllegalTransition, JobId, JobState, JobStatus, JobSummary, LeaseToken, Millis,
+    QueueDepth, SubmitJob, Submitted, TaskId, TaskRecord, TaskState, TenantId, TokenRecord,
 };
 use serde::Serialize;
 use std::time::Duration;
@@ -41,54 +41,6 @@ pub enum StoreError {
 }
 
 // ---------------------------------------------------------------- submit
-
-/// A fully validated job, ready to insert. Produced by `spec`.
-#[derive(Debug, Clone)]
-pub struct SubmitJob {
-    pub tenant: TenantId,
-    pub name: String,
-    pub idempotency_key: String,
-    /// The canonical spec as JSON, kept for inspection.
-    pub spec_json: String,
-    pub stages: Vec<NewStage>,
-    pub now: Millis,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewStage {
-    pub name: String,
-    pub on_failure: OnFailure,
-    /// The stage's own attempts and per-attempt limit, if it sets them: tasks
-    /// spawned into the stage take these (else their parent's).
-    pub max_attempts: Option<i32>,
-    pub timeout_ms: Option<i64>,
-    pub tasks: Vec<NewTask>,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewTask {
-    pub handler: String,
-    pub executor: Executor,
-    /// Unique within the job when present; `depends_on` refers to it.
-    pub key: Option<String>,
-    /// Keys of tasks in the same stage this task waits for.
-    pub depends_on: Vec<String>,
-    pub input_json: String,
-    pub max_attempts: i32,
-    pub timeout_ms: i64,
-    /// What this task's death does to its dependents and its job (the task's
-    /// own `on_failure`, else its stage's).
-    pub on_failure: OnFailure,
-    /// Free-form title/instructions for agent tasks (JSON), `None` for WASM.
-    pub agent_json: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Submitted {
-    pub job_id: JobId,
-    /// False when the (tenant, idempotency key) already existed.
-    pub created: bool,
-}
 
 // ---------------------------------------------------------------- claim
 
@@ -205,32 +157,6 @@ pub struct GetJob {
     pub job: JobId,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct JobStatus {
-    pub job_id: JobId,
-    pub tenant: TenantId,
-    pub name: String,
-    pub state: JobState,
-    pub created_at: Millis,
-    pub finished_at: Option<Millis>,
-    pub error: Option<String>,
-    pub stages: Vec<StageStatus>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StageStatus {
-    pub position: i32,
-    pub name: String,
-    pub state: StageState,
-    pub on_failure: OnFailure,
-    pub total: i64,
-    pub remaining: i64,
-    /// Task counts by state (every state present, zero when none).
-    pub counts: Vec<(TaskState, i64)>,
-    pub opened_at: Option<Millis>,
-    pub closed_at: Option<Millis>,
-}
-
 #[derive(Debug, Clone)]
 pub struct ListJobs {
     pub tenant: TenantId,
@@ -243,43 +169,10 @@ pub struct ListJobs {
     pub limit: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct JobSummary {
-    pub job_id: JobId,
-    pub name: String,
-    pub state: JobState,
-    pub created_at: Millis,
-    pub finished_at: Option<Millis>,
-}
-
 #[derive(Debug, Clone)]
 pub struct GetTask {
     pub tenant: TenantId,
     pub task: TaskId,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskRecord {
-    pub task_id: TaskId,
-    pub job_id: JobId,
-    pub stage_position: i32,
-    pub stage_name: String,
-    pub handler: String,
-    pub executor: Executor,
-    pub key: Option<String>,
-    pub state: TaskState,
-    pub attempt: i32,
-    pub max_attempts: i32,
-    pub input_json: String,
-    pub output_json: Option<String>,
-    pub error: Option<String>,
-    pub parent_task: Option<TaskId>,
-    /// Title/instructions/specialist of an agent task (JSON), `None` for WASM.
-    pub agent_json: Option<String>,
-    pub lease_expires_at: Option<Millis>,
-    pub run_after: Millis,
-    pub created_at: Millis,
-    pub finished_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone)]
@@ -288,17 +181,6 @@ pub struct JobEvents {
     pub job: JobId,
     pub after_id: Option<i64>,
     pub limit: u32,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    pub id: i64,
-    pub job_id: JobId,
-    pub task_id: Option<TaskId>,
-    pub kind: EventKind,
-    pub stage_position: Option<i32>,
-    pub detail: Option<String>,
-    pub at: Millis,
 }
 
 #[derive(Debug, Clone)]
@@ -387,14 +269,6 @@ pub struct QueueDepthQuery {
     pub tenant: TenantId,
 }
 
-/// A tenant's tasks by readiness (for `health_check`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct QueueDepth {
-    pub pending: i64,
-    pub running: i64,
-    pub blocked: i64,
-}
-
 /// Store a new bearer token (its SHA-256, never its text).
 #[derive(Debug, Clone)]
 pub struct CreateToken {
@@ -419,15 +293,6 @@ pub struct RevokeToken {
 #[derive(Debug, Clone)]
 pub struct TokenLookup {
     pub token_hash: String,
-}
-
-/// A live (or just revoked) token: which tenant it acts for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TokenRecord {
-    pub token_id: i64,
-    pub tenant: TenantId,
-    pub label: Option<String>,
-    pub created_at: Millis,
 }
 
 /// The persistence interface every backend implements and the conformance

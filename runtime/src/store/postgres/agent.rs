@@ -7,10 +7,10 @@
 
 use super::reads::{EventRow, task_columns, task_record};
 use super::{parse_event_kind, parse_task_state, task_not_found};
-use crate::model::{JobId, TaskId, TenantId};
+use crate::model::{Event, JobId, QueueDepth, TaskId, TaskRecord, TenantId, TokenRecord};
 use crate::store::{
-    CreateToken, Dependency, Event, GetTask, ListTasks, QueueDepth, QueueDepthQuery, RevokeToken,
-    StoreError, TaskEvents, TaskRecord, TokenLookup, TokenRecord, TokenRef,
+    CreateToken, Dependency, GetTask, ListTasks, QueueDepthQuery, RevokeToken, StoreError,
+    TaskEvents, TokenLookup, TokenRef,
 };
 use sqlx::PgPool;
 

@@ -7,8 +7,8 @@
 use super::advance;
 use super::effects::Effects;
 
-use crate::model::{EventKind, JobId, JobState};
-use crate::store::{StoreError, SubmitJob, Submitted};
+use crate::model::{EventKind, JobId, JobState, SubmitJob, Submitted};
+use crate::store::StoreError;
 use sqlx::PgPool;
 use std::collections::HashMap;
 

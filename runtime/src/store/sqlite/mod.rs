@@ -27,12 +27,14 @@ mod submit;
 
 use super::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
-    Event, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, ListTasks, QueueDepth,
-    QueueDepthQuery, ReadyHandler, ReadyHandlers, RecentCompletions, RenewLease,
-    RescueExpiredLeases, RetryTask, RevokeToken, StageResults, Store, StoreError, SubmitJob,
-    Submitted, TaskEvents, TaskRecord, TokenLookup, TokenRecord,
+    GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler, ReadyHandlers,
+    RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken, StageResults,
+    Store, StoreError, TaskEvents, TokenLookup,
 };
-use crate::model::{JobState, TaskId, TaskState};
+use crate::model::{
+    Event, JobState, JobStatus, JobSummary, QueueDepth, SubmitJob, Submitted, TaskId, TaskRecord,
+    TaskState, TokenRecord,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };

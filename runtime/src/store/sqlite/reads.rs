@@ -6,10 +6,13 @@ use super::{
     job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
     parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
 };
-use crate::model::{JobId, JobState, TaskId, TaskState, TenantId};
+use crate::model::{
+    Event, JobId, JobState, JobStatus, JobSummary, StageStatus, TaskId, TaskRecord, TaskState,
+    TenantId,
+};
 use crate::store::{
-    Event, GetJob, GetTask, JobEvents, JobStatus, JobSummary, ListJobs, ReadyHandler,
-    ReadyHandlers, RecentCompletions, StageResults, StageStatus, StoreError, TaskRecord,
+    GetJob, GetTask, JobEvents, ListJobs, ReadyHandler, ReadyHandlers, RecentCompletions,
+    StageResults, StoreError,
 };
 use sqlx::SqlitePool;
 use std::collections::HashMap;

@@ -7,8 +7,8 @@
 
 use super::effects::Effects;
 use super::{advance, json_array};
-use crate::model::{EventKind, JobId, JobState};
-use crate::store::{StoreError, SubmitJob, Submitted};
+use crate::model::{EventKind, JobId, JobState, SubmitJob, Submitted};
+use crate::store::StoreError;
 use sqlx::SqliteConnection;
 use std::collections::HashMap;
 

@@ -1,0 +1,94 @@
+//! What a job, a stage, a task, an event and a token look like when read
+//! back: the store returns these and the engine hands them on. Front doors
+//! render them through the engine's views, not as they are.
+
+use super::{EventKind, Executor, JobId, JobState, Millis, OnFailure, StageState, TaskId};
+use super::{TaskState, TenantId};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub job_id: JobId,
+    pub tenant: TenantId,
+    pub name: String,
+    pub state: JobState,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub error: Option<String>,
+    pub stages: Vec<StageStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    pub position: i32,
+    pub name: String,
+    pub state: StageState,
+    pub on_failure: OnFailure,
+    pub total: i64,
+    pub remaining: i64,
+    /// Task counts by state (every state present, zero when none).
+    pub counts: Vec<(TaskState, i64)>,
+    pub opened_at: Option<Millis>,
+    pub closed_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub job_id: JobId,
+    pub name: String,
+    pub state: JobState,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRecord {
+    pub task_id: TaskId,
+    pub job_id: JobId,
+    pub stage_position: i32,
+    pub stage_name: String,
+    pub handler: String,
+    pub executor: Executor,
+    pub key: Option<String>,
+    pub state: TaskState,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub input_json: String,
+    pub output_json: Option<String>,
+    pub error: Option<String>,
+    pub parent_task: Option<TaskId>,
+    /// Title/instructions/specialist of an agent task (JSON), `None` for WASM.
+    pub agent_json: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub run_after: Millis,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub job_id: JobId,
+    pub task_id: Option<TaskId>,
+    pub kind: EventKind,
+    pub stage_position: Option<i32>,
+    pub detail: Option<String>,
+    pub at: Millis,
+}
+
+/// A tenant's tasks by readiness (for `health_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueDepth {
+    pub pending: i64,
+    pub running: i64,
+    pub blocked: i64,
+}
+
+/// A live (or just revoked) token: which tenant it acts for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    pub token_id: i64,
+    pub tenant: TenantId,
+    pub label: Option<String>,
+    pub created_at: Millis,
+}
