@@ -1,0 +1,197 @@
+//! Recording results: fencing, duplicates, log lines, retries.
+
+use super::fixtures::*;
+
+pub async fn a_completion_for_an_earlier_attempt_is_refused_and_logged(store: &dyn Store) {
+    let job = submit(store, spec("fence", vec![stage("a", vec![task("work")])])).await;
+    let first = claim_one(store).await;
+    let rescued = store
+        .rescue_expired_leases(RescueExpiredLeases {
+            now: NOW + LEASE_MS + 1,
+            retry_after: Duration::ZERO,
+            limit: 10,
+        })
+        .await
+        .expect("rescue");
+    assert_eq!(rescued, 1);
+    let second = store
+        .claim_batch(claim_at(1, NOW + LEASE_MS + 1))
+        .await
+        .expect("reclaim")
+        .remove(0);
+    assert_eq!(second.lease.attempt, 2);
+
+    assert_eq!(
+        complete(store, vec![ok(&first)]).await,
+        vec![CompletionOutcome::Stale]
+    );
+    let t = get_task(store, first.lease.task_id).await;
+    assert_eq!(
+        (t.state, t.attempt, t.output_json),
+        (TaskState::Running, 2, None)
+    );
+    let refused = events(store, job).await;
+    let refused = of_kind(&refused, EventKind::CompletionRefused);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].task_id, Some(first.lease.task_id));
+
+    assert_eq!(
+        complete(store, vec![ok(&second)]).await,
+        vec![CompletionOutcome::Recorded(TaskState::Succeeded)]
+    );
+}
+
+pub async fn a_duplicate_completion_is_refused(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec("dup", vec![stage("a", vec![task("work"), task("work")])]),
+    )
+    .await;
+    let t = claim_one(store).await;
+    // Twice in one batch: the first counts.
+    assert_eq!(
+        complete(store, vec![ok(&t), fatal(&t, "late")]).await,
+        vec![
+            CompletionOutcome::Recorded(TaskState::Succeeded),
+            CompletionOutcome::Stale
+        ]
+    );
+    // And again later.
+    assert_eq!(
+        complete(store, vec![fatal(&t, "later")]).await,
+        vec![CompletionOutcome::Stale]
+    );
+    let record = get_task(store, t.lease.task_id).await;
+    assert_eq!(record.state, TaskState::Succeeded);
+    assert_eq!(
+        record.output_json,
+        Some(format!("{{\"task\":{}}}", t.lease.task_id.0))
+    );
+    assert_eq!(record.error, None);
+    let log = events(store, job).await;
+    assert_eq!(of_kind(&log, EventKind::TaskSucceeded).len(), 1);
+    assert_eq!(of_kind(&log, EventKind::CompletionRefused).len(), 2);
+    assert_eq!(status(store, job).await.stages[0].remaining, 1);
+}
+
+pub async fn completing_another_tenants_task_is_refused_without_a_trace(store: &dyn Store) {
+    let job = submit(store, spec("mine", vec![stage("a", vec![task("work")])])).await;
+    let t = claim_one(store).await;
+    let before = events(store, job).await.len();
+    let forged = Completion {
+        tenant: globex(),
+        ..ok(&t)
+    };
+    assert_eq!(
+        complete(store, vec![forged]).await,
+        vec![CompletionOutcome::Stale]
+    );
+    assert_eq!(
+        get_task(store, t.lease.task_id).await.state,
+        TaskState::Running
+    );
+    assert_eq!(events(store, job).await.len(), before);
+}
+
+pub async fn a_completions_log_lines_precede_its_outcome_and_a_stale_ones_are_dropped(
+    store: &dyn Store,
+) {
+    let job = submit(store, spec("logs", vec![stage("a", vec![task("work")])])).await;
+    let t = claim_one(store).await;
+    let stale = Completion {
+        tenant: globex(),
+        logs: vec!["info: from a forged completion".into()],
+        ..ok(&t)
+    };
+    assert_eq!(
+        complete(store, vec![stale]).await,
+        vec![CompletionOutcome::Stale]
+    );
+    let done = Completion {
+        logs: vec!["info: one".into(), "progress 2/2: two".into()],
+        ..ok(&t)
+    };
+    complete(store, vec![done]).await;
+    let lines: Vec<(EventKind, Option<String>)> = events(store, job)
+        .await
+        .into_iter()
+        .filter(|e| e.task_id == Some(t.lease.task_id))
+        .filter(|e| e.kind != EventKind::TaskClaimed && e.kind != EventKind::CompletionRefused)
+        .map(|e| (e.kind, e.detail))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (EventKind::TaskLog, Some("info: one".to_string())),
+            (EventKind::TaskLog, Some("progress 2/2: two".to_string())),
+            (EventKind::TaskSucceeded, None),
+        ]
+    );
+}
+
+pub async fn a_retryable_error_returns_the_task_to_pending_after_its_backoff(store: &dyn Store) {
+    let job = submit(store, spec("retry", vec![stage("a", vec![task("work")])])).await;
+    let t = claim_one(store).await;
+    assert_eq!(
+        complete(store, vec![retryable(&t, "flaky", 5_000)]).await,
+        vec![CompletionOutcome::Recorded(TaskState::Pending)]
+    );
+    let record = get_task(store, t.lease.task_id).await;
+    assert_eq!(record.state, TaskState::Pending);
+    assert_eq!(record.error.as_deref(), Some("flaky"));
+    assert_eq!(record.run_after, NOW + 5_000);
+    assert_eq!(record.lease_expires_at, None);
+    assert!(
+        store
+            .claim_batch(claim_at(1, NOW + 4_999))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = store
+        .claim_batch(claim_at(1, NOW + 5_000))
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].lease.attempt, 2);
+    assert_eq!(
+        of_kind(&events(store, job).await, EventKind::TaskRetried).len(),
+        1
+    );
+    assert_eq!(status(store, job).await.stages[0].remaining, 1);
+}
+
+pub async fn a_retryable_error_on_the_last_attempt_is_dead(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "last",
+            vec![stage("a", vec![with_attempts(task("work"), 1)])],
+        ),
+    )
+    .await;
+    let t = claim_one(store).await;
+    assert_eq!(
+        complete(store, vec![retryable(&t, "flaky", 5_000)]).await,
+        vec![CompletionOutcome::Recorded(TaskState::Dead)]
+    );
+    let record = get_task(store, t.lease.task_id).await;
+    assert_eq!(
+        (record.state, record.error.as_deref()),
+        (TaskState::Dead, Some("flaky"))
+    );
+    assert_eq!(record.finished_at, Some(NOW));
+    assert_eq!(
+        of_kind(&events(store, job).await, EventKind::TaskDead).len(),
+        1
+    );
+}
+
+conformance_cases!(
+    a_completion_for_an_earlier_attempt_is_refused_and_logged,
+    a_duplicate_completion_is_refused,
+    completing_another_tenants_task_is_refused_without_a_trace,
+    a_completions_log_lines_precede_its_outcome_and_a_stale_ones_are_dropped,
+    a_retryable_error_returns_the_task_to_pending_after_its_backoff,
+    a_retryable_error_on_the_last_attempt_is_dead,
+);

@@ -1,0 +1,308 @@
+//! Reads of jobs, stages and tasks: status, lists, lineage, progress.
+
+use super::fixtures::*;
+
+pub async fn ready_handlers_names_what_a_jobs_ready_tasks_wait_for(store: &dyn Store) {
+    let agent = NewTask {
+        executor: Executor::Agent,
+        ..task("plan")
+    };
+    let job = submit(
+        store,
+        spec(
+            "waiting-for",
+            vec![
+                stage("a", vec![task("work"), task("other"), agent]),
+                stage("b", vec![task("later")]),
+            ],
+        ),
+    )
+    .await;
+    let ready = |now: Millis, sample: u32| ReadyHandlers {
+        tenant: acme(),
+        job,
+        now,
+        sample,
+    };
+    let wanted = |pairs: &[(Executor, &str)]| -> Vec<ReadyHandler> {
+        pairs
+            .iter()
+            .map(|(executor, handler)| ReadyHandler {
+                executor: *executor,
+                handler: handler.to_string(),
+            })
+            .collect()
+    };
+    assert_eq!(
+        store.ready_handlers(ready(NOW, 100)).await.expect("ready"),
+        wanted(&[
+            (Executor::Agent, "plan"),
+            (Executor::Wasm, "other"),
+            (Executor::Wasm, "work")
+        ])
+    );
+    // A task waiting out its retry backoff is not ready yet.
+    let work = claim_one(store).await;
+    complete(store, vec![retryable(&work, "later", 60_000)]).await;
+    assert_eq!(
+        store.ready_handlers(ready(NOW, 100)).await.expect("ready"),
+        wanted(&[(Executor::Agent, "plan"), (Executor::Wasm, "other")])
+    );
+    assert_eq!(
+        store
+            .ready_handlers(ready(NOW + 60_000, 100))
+            .await
+            .expect("ready")
+            .len(),
+        3
+    );
+    // A sample of one ready task names one of the two.
+    let one = store.ready_handlers(ready(NOW, 1)).await.expect("ready");
+    assert_eq!(one.len(), 1);
+    assert!(
+        wanted(&[(Executor::Agent, "plan"), (Executor::Wasm, "other")]).contains(&one[0]),
+        "{one:?}"
+    );
+    let other_tenant = ReadyHandlers {
+        tenant: globex(),
+        ..ready(NOW, 100)
+    };
+    assert!(matches!(
+        store.ready_handlers(other_tenant).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn stage_results_pages_through_an_earlier_stages_outputs(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "lineage",
+            vec![
+                stage("a", (0..5).map(|_| task("work")).collect()),
+                stage("b", vec![task("work")]),
+            ],
+        ),
+    )
+    .await;
+    let a = claim(store, 5).await;
+    complete(store, a.iter().map(ok).collect()).await;
+    let page = |after, limit| StageResults {
+        tenant: acme(),
+        job,
+        from_stage_position: 1,
+        stage_name: "a".to_string(),
+        after,
+        limit,
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let results = store.stage_results(page(after, 2)).await.expect("results");
+        assert!(results.len() <= 2);
+        let Some(last) = results.last() else { break };
+        after = Some(last.0);
+        seen.extend(results);
+    }
+    let expected: Vec<(TaskId, String)> = a
+        .iter()
+        .map(|t| {
+            (
+                t.lease.task_id,
+                format!("{{\"task\":{}}}", t.lease.task_id.0),
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected);
+
+    let own = store
+        .stage_results(StageResults {
+            stage_name: "b".to_string(),
+            ..page(None, 10)
+        })
+        .await
+        .expect_err("a stage may not read its own outputs");
+    assert!(matches!(own, StoreError::NotFound { .. }), "{own}");
+}
+
+pub async fn list_jobs_pages_newest_first_and_filters(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for (i, name) in ["x", "y", "x"].iter().enumerate() {
+        let mut s = spec(&format!("list-{i}"), vec![stage("a", vec![task("work")])]);
+        s.name = name.to_string();
+        s.now = NOW + i as i64;
+        ids.push(submit(store, s).await);
+    }
+    store
+        .cancel_job(CancelJob {
+            tenant: acme(),
+            job: ids[1],
+            now: NOW,
+        })
+        .await
+        .expect("cancel");
+    let list = |state, name: Option<&str>, after, before, before_id, limit| ListJobs {
+        tenant: acme(),
+        state,
+        name: name.map(str::to_string),
+        created_after: after,
+        created_before: before,
+        before_id,
+        limit,
+    };
+    let found = |jobs: Vec<lockstep::model::JobSummary>| -> Vec<JobId> {
+        jobs.into_iter().map(|j| j.job_id).collect()
+    };
+    let page = store
+        .list_jobs(list(None, None, None, None, None, 2))
+        .await
+        .expect("list");
+    assert_eq!(found(page), vec![ids[2], ids[1]]);
+    let page = store
+        .list_jobs(list(None, None, None, None, Some(ids[1]), 2))
+        .await
+        .expect("list");
+    assert_eq!(found(page), vec![ids[0]]);
+    let cancelled = store
+        .list_jobs(list(Some(JobState::Cancelled), None, None, None, None, 10))
+        .await
+        .expect("list");
+    assert_eq!(found(cancelled), vec![ids[1]]);
+    let named = store
+        .list_jobs(list(None, Some("x"), None, None, None, 10))
+        .await
+        .expect("list");
+    assert_eq!(found(named), vec![ids[2], ids[0]]);
+    let window = store
+        .list_jobs(list(None, None, Some(NOW + 1), Some(NOW + 2), None, 10))
+        .await
+        .expect("list");
+    assert_eq!(found(window), vec![ids[1]]);
+}
+
+pub async fn get_job_counts_tasks_by_every_state(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "counts",
+            vec![stage(
+                "a",
+                vec![
+                    task("work"),
+                    task("work"),
+                    task("work"),
+                    keyed("work", Some("k"), &[]),
+                    keyed("work", None, &["k"]),
+                ],
+            )],
+        ),
+    )
+    .await;
+    let claimed = claim(store, 2).await;
+    complete(store, vec![ok(&claimed[0])]).await;
+    let s = status(store, job).await;
+    let counts: Vec<(TaskState, i64)> = s.stages[0].counts.clone();
+    assert_eq!(
+        counts,
+        vec![
+            (TaskState::Blocked, 1),
+            (TaskState::Pending, 2),
+            (TaskState::Running, 1),
+            (TaskState::Succeeded, 1),
+            (TaskState::Dead, 0),
+            (TaskState::Cancelled, 0),
+        ]
+    );
+    assert_eq!((s.stages[0].total, s.stages[0].remaining), (5, 4));
+}
+
+pub async fn recent_completions_counts_tasks_finished_since_a_moment(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "rate",
+            vec![stage("a", vec![task("work"), task("work"), task("work")])],
+        ),
+    )
+    .await;
+    let t = claim(store, 3).await;
+    let at = |c: Completion, now| CompleteBatch {
+        completions: vec![c],
+        now,
+    };
+    store
+        .complete_batch(at(ok(&t[0]), NOW + 10))
+        .await
+        .expect("complete");
+    store
+        .complete_batch(at(ok(&t[1]), NOW + 20))
+        .await
+        .expect("complete");
+    store
+        .complete_batch(at(fatal(&t[2], "x"), NOW + 30))
+        .await
+        .expect("complete");
+    let since = |since| RecentCompletions {
+        tenant: acme(),
+        job,
+        since,
+    };
+    assert_eq!(
+        store.recent_completions(since(NOW)).await.expect("recent"),
+        3
+    );
+    assert_eq!(
+        store
+            .recent_completions(since(NOW + 20))
+            .await
+            .expect("recent"),
+        2
+    );
+    assert_eq!(
+        store
+            .recent_completions(since(NOW + 31))
+            .await
+            .expect("recent"),
+        0
+    );
+}
+
+pub async fn job_state_follows_a_job_to_its_end(store: &dyn Store) {
+    let done = submit(store, spec("done", vec![stage("a", vec![task("work")])])).await;
+    let stopped = submit(store, spec("stopped", vec![stage("a", vec![task("work")])])).await;
+    assert_eq!(job_state(store, done).await, JobState::Running);
+    let t = claim(store, 10)
+        .await
+        .into_iter()
+        .find(|t| t.job_id == done)
+        .expect("a task of the first job");
+    complete(store, vec![ok(&t)]).await;
+    assert_eq!(job_state(store, done).await, JobState::Succeeded);
+    store
+        .cancel_job(CancelJob {
+            tenant: acme(),
+            job: stopped,
+            now: NOW,
+        })
+        .await
+        .expect("cancel");
+    assert_eq!(job_state(store, stopped).await, JobState::Cancelled);
+    let unknown = JobId(stopped.0 + 1000);
+    let e = store
+        .job_state(GetJob {
+            tenant: acme(),
+            job: unknown,
+        })
+        .await
+        .expect_err("unknown job");
+    assert_eq!(e.to_string(), format!("job {} not found", unknown.0));
+}
+
+conformance_cases!(
+    ready_handlers_names_what_a_jobs_ready_tasks_wait_for,
+    stage_results_pages_through_an_earlier_stages_outputs,
+    list_jobs_pages_newest_first_and_filters,
+    get_job_counts_tasks_by_every_state,
+    recent_completions_counts_tasks_finished_since_a_moment,
+    job_state_follows_a_job_to_its_end,
+);
