@@ -296,6 +296,85 @@ fn bench_mcp_with_more_samples_than_one_plan_holds_is_exit_two() {
 }
 
 #[test]
+fn bench_throughput_host_noop_records_every_task_without_running_its_plugin() {
+    let cli = Cli::new();
+    let out = cli.run(&[
+        "bench",
+        "throughput",
+        "--tasks",
+        "300",
+        "--workers",
+        "16",
+        "--latency-samples",
+        "2",
+        "--handler",
+        "host-noop",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let run = &lines[0];
+    assert_eq!(
+        (&run["case"], &run["handler"], &run["tasks"]),
+        (&"noop_tasks".into(), &"host-noop".into(), &300.into()),
+        "{run}"
+    );
+    // Every task succeeded through the store with the host's `null`, not the
+    // plugin's output (example:noop returns its input).
+    let outputs = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let store = lockstep::store::open(&cli.db()).await.expect("open");
+            let jobs = store
+                .list_jobs(lockstep::store::ListJobs {
+                    tenant: lockstep::model::TenantId("local".into()),
+                    state: None,
+                    name: Some("bench-throughput".into()),
+                    created_after: None,
+                    created_before: None,
+                    before_id: None,
+                    limit: 10,
+                })
+                .await
+                .expect("jobs");
+            assert_eq!(jobs.len(), 1, "{jobs:?}");
+            store
+                .stage_results(lockstep::store::StageResults {
+                    tenant: lockstep::model::TenantId("local".into()),
+                    job: jobs[0].job_id,
+                    from_stage_position: i32::MAX,
+                    stage_name: "work".into(),
+                    after: None,
+                    limit: 1000,
+                })
+                .await
+                .expect("outputs")
+        });
+    assert_eq!(outputs.len(), 300);
+    assert!(outputs.iter().all(|(_, output)| output == "null"));
+}
+
+#[test]
+fn bench_throughput_host_noop_with_processes_is_exit_two() {
+    let cli = Cli::new();
+    let out = cli.run(&[
+        "bench",
+        "throughput",
+        "--handler",
+        "host-noop",
+        "--processes",
+        "2",
+    ]);
+    let err = assert_bad_input(&out);
+    assert!(
+        err.contains("--handler host-noop runs the workers in this process: leave out --processes"),
+        "{err}"
+    );
+}
+
+#[test]
 fn task_shows_what_its_handler_logged() {
     let cli = Cli::new();
     let job = cli.write(

@@ -2,7 +2,7 @@
 //! start latency, and last-completion-to-next-stage latency (fan-in).
 
 use super::percentile;
-use crate::engine::{Engine, WorkerConfig, now_millis};
+use crate::engine::{Engine, Execution, WorkerConfig, now_millis};
 use crate::model::{EventKind, JobId, TenantId};
 use crate::spec::{self, Format};
 use serde_json::json;
@@ -33,17 +33,21 @@ async fn submit(engine: &Engine, tenant: &TenantId, text: &str) -> anyhow::Resul
     Ok(engine.submit(tenant, job).await?.job_id)
 }
 
-/// No-op tasks per second, end to end (claim, sandboxed run, durable completion).
+/// No-op tasks per second, end to end (claim, run, durable completion); the
+/// run is the sandboxed `example:noop`, or with [`Execution::HostNoop`] no
+/// run at all, which leaves the store's and the engine's own cost.
 pub async fn throughput(
     engine: &Arc<Engine>,
     tenant: &TenantId,
     tasks: u32,
     slots: usize,
+    execution: Execution,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let job = submit(engine, tenant, &noop_job(tasks)).await?;
     let started = Instant::now();
     let pool = engine.start_workers(WorkerConfig {
         slots,
+        execution,
         ..WorkerConfig::default()
     });
     let done = engine.wait(tenant, job, None, |_| {}).await?;
@@ -62,6 +66,10 @@ pub async fn throughput(
     Ok(vec![json!({
         "bench": "throughput",
         "case": "noop_tasks",
+        "handler": match execution {
+            Execution::Sandbox => "wasm",
+            Execution::HostNoop => "host-noop",
+        },
         "tasks": tasks,
         "slots": slots,
         "seconds": elapsed.as_secs_f64(),

@@ -5,7 +5,7 @@
 
 use super::{CliResult, Ctx};
 use crate::bench;
-use crate::engine::Engine;
+use crate::engine::{Engine, Execution};
 use anyhow::Context as _;
 use clap::Subcommand;
 use std::sync::Arc;
@@ -29,6 +29,11 @@ pub enum BenchCommand {
         /// in this one (needs --db; meant for PostgreSQL).
         #[arg(long, default_value_t = 0)]
         processes: u32,
+        /// What runs each task: `wasm`, the example:noop plugin in its
+        /// sandbox; or `host-noop`, no run at all (the same claim, lease and
+        /// completion path), to tell the store's cost from the sandbox's.
+        #[arg(long, value_enum, default_value_t = BenchHandler::Wasm)]
+        handler: BenchHandler,
     },
     /// A fan-out into a dynamic stage and a fan-in aggregate; stage-advance latency.
     Fanin {
@@ -51,6 +56,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         tasks: u64,
     },
+}
+
+/// What runs the tasks of `bench throughput`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchHandler {
+    /// The example:noop plugin in a fresh sandbox per task.
+    Wasm,
+    /// No run at all: each claimed task succeeds at once.
+    HostNoop,
 }
 
 fn print(lines: Vec<serde_json::Value>) {
@@ -90,7 +104,17 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
             workers,
             latency_samples,
             processes,
+            handler,
         } => {
+            let execution = match handler {
+                BenchHandler::Wasm => Execution::Sandbox,
+                BenchHandler::HostNoop => Execution::HostNoop,
+            };
+            if processes > 0 && execution == Execution::HostNoop {
+                return Err(super::Failure::BadInput(anyhow::anyhow!(
+                    "--handler host-noop runs the workers in this process: leave out --processes"
+                )));
+            }
             let (engine, _dir) = bench_engine(ctx).await?;
             if processes > 0 {
                 if !ctx.db_explicit {
@@ -111,7 +135,10 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                 );
                 return Ok(());
             }
-            print(bench::engine_flow::throughput(&engine, &ctx.tenant, tasks, workers).await?);
+            print(
+                bench::engine_flow::throughput(&engine, &ctx.tenant, tasks, workers, execution)
+                    .await?,
+            );
             print(
                 bench::engine_flow::submit_to_start(&engine, &ctx.tenant, latency_samples).await?,
             );

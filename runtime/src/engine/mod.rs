@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use progress::{JobProgress, StageProgress, WaitingFor};
-pub use worker::{WorkerConfig, WorkerPool};
+pub use worker::{Execution, WorkerConfig, WorkerPool};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> Millis {

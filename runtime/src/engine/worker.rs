@@ -42,6 +42,21 @@ pub struct WorkerConfig {
     pub rescue_every: Duration,
     /// Name recorded with claims (host:pid by default).
     pub worker_id: String,
+    /// What runs a claimed task: its plugin in the sandbox, always, except
+    /// in `lockstep bench throughput --handler host-noop`.
+    pub execution: Execution,
+}
+
+/// What runs a claimed task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Execution {
+    /// The task's registered plugin, in a fresh sandbox.
+    #[default]
+    Sandbox,
+    /// Benchmarks only: the same claim, lease and completion path with the
+    /// sandbox left out, each task succeeding at once with output `null`, to
+    /// tell the store's cost from the sandbox's.
+    HostNoop,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +68,7 @@ impl Default for WorkerConfig {
             idle_poll: Duration::from_millis(50),
             rescue_every: Duration::from_secs(1),
             worker_id: format!("pid-{}", std::process::id()),
+            execution: Execution::Sandbox,
         }
     }
 }
@@ -191,8 +207,12 @@ async fn claimer(
             let engine = engine.clone();
             let done = done.clone();
             let lease = config.lease;
+            let execution = config.execution;
             running.spawn(async move {
-                let completion = run_task(&engine, task, lease).await;
+                let completion = match execution {
+                    Execution::Sandbox => run_task(&engine, task, lease).await,
+                    Execution::HostNoop => host_noop(task),
+                };
                 let _ = done.send(completion);
                 drop(permit);
             });
@@ -269,6 +289,19 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
         lease: task.lease,
         result,
         logs: cx.take_logs(),
+    }
+}
+
+/// A claimed task's completion as if its handler returned `null` at once.
+fn host_noop(task: ClaimedTask) -> Completion {
+    Completion {
+        tenant: task.tenant,
+        lease: task.lease,
+        result: TaskResult::Succeeded {
+            output_json: "null".to_string(),
+            spawn: Vec::new(),
+        },
+        logs: Vec::new(),
     }
 }
 

@@ -17,12 +17,18 @@ use crate::model::{
 use serde::Serialize;
 use std::time::Duration;
 
+mod agent;
+mod backend;
 mod codec;
 pub mod postgres;
+mod reads;
 mod rules;
+mod sql;
 pub mod sqlite;
 
+pub use backend::SqlStore;
 pub use codec::SPAWN_LIMIT;
+pub use sql::StoreCounters;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -357,6 +363,11 @@ pub trait Store: Send + Sync + 'static {
     /// signal sent in between (the Postgres store also leaves a permit).
     fn ready_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
+    }
+    /// Statements, round trips and transactions this store has run since it
+    /// was opened (for benchmarks).
+    fn counters(&self) -> StoreCounters {
+        StoreCounters::default()
     }
 }
 

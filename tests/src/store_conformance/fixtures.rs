@@ -3,7 +3,6 @@
 //! Time is a logical clock ([`NOW`]): the store takes `now` from its caller,
 //! so cases never depend on the wall clock.
 
-pub(crate) use lockstep::state::{JobState, StageState, TaskState};
 pub(crate) use lockstep::model::{
     Event, EventKind, Executor, JobId, JobState, JobStatus, LeaseToken, Millis, NewStage, NewTask,
     OnFailure, QueueDepth, StageState, StageStatus, SubmitJob, TaskId, TaskRecord, TaskState,

@@ -29,24 +29,19 @@
 //!   gets a live one.
 
 mod advance;
-mod agent;
 mod complete;
 mod effects;
 mod listen;
 mod operator;
-mod reads;
 mod submit;
 
+use super::backend::{Backend, SqlStore};
+use super::sql::{Conn, Tx};
 use super::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
-    GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler, ReadyHandlers,
-    RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken, StageResults,
-    Store, StoreError, TaskEvents, TokenLookup,
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, RenewLease,
+    RescueExpiredLeases, RetryTask, StoreError,
 };
-use crate::model::{
-    Event, JobState, JobStatus, JobSummary, QueueDepth, SubmitJob, Submitted, TaskId, TaskRecord,
-    TaskState, TokenRecord,
-};
+use crate::model::{JobState, SubmitJob, Submitted, TaskState};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,23 +74,29 @@ impl Default for PgOptions {
     }
 }
 
-/// The PostgreSQL implementation of [`Store`].
-pub struct PgStore {
+/// The PostgreSQL store.
+pub type PgStore = SqlStore<PgBackend>;
+
+/// The PostgreSQL database behind a [`PgStore`].
+pub struct PgBackend {
     pool: PgPool,
     url: String,
     deadlock_retries: AtomicU64,
     listener: OnceLock<listen::ReadyListener>,
 }
 
-impl std::fmt::Debug for PgStore {
+impl std::fmt::Debug for PgBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore")
-            .field("deadlock_retries", &self.deadlock_retries())
+        f.debug_struct("PgBackend")
+            .field(
+                "deadlock_retries",
+                &self.deadlock_retries.load(Ordering::Relaxed),
+            )
             .finish_non_exhaustive()
     }
 }
 
-impl PgStore {
+impl SqlStore<PgBackend> {
     /// Connect to `postgres://…` (or `postgresql://…`) and run the migrations.
     pub async fn open(url: &str) -> Result<PgStore, StoreError> {
         PgStore::open_with(url, PgOptions::default()).await
@@ -110,19 +111,18 @@ impl PgStore {
             .test_before_acquire(true)
             .connect(url)
             .await?;
-        let store = PgStore {
+        SqlStore::with_backend(PgBackend {
             pool,
             url: url.to_string(),
             deadlock_retries: AtomicU64::new(0),
             listener: OnceLock::new(),
-        };
-        store.migrate().await?;
-        Ok(store)
+        })
+        .await
     }
 
     /// The connection pool (for tests and maintenance tools).
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.backend().pool
     }
 
     /// How many transactions were rolled back and run again because of a
@@ -130,15 +130,18 @@ impl PgStore {
     /// order makes deadlocks impossible between lockstep's own transactions;
     /// a non-zero value means something else is taking locks on our rows.
     pub fn deadlock_retries(&self) -> u64 {
-        self.deadlock_retries.load(Ordering::Relaxed)
+        self.backend().deadlock_retries.load(Ordering::Relaxed)
     }
 
     /// How many times the LISTEN connection was re-established after it was
-    /// lost (0 until [`Store::ready_signal`] is first called).
+    /// lost (0 until [`Store::ready_signal`](super::Store::ready_signal) is
+    /// first called).
     pub fn listener_reconnects(&self) -> u64 {
-        self.listener.get().map_or(0, |l| l.reconnects())
+        self.backend().listener.get().map_or(0, |l| l.reconnects())
     }
+}
 
+impl PgBackend {
     /// Run `attempt` (one whole transaction) again when it failed with a
     /// deadlock or serialization failure, up to [`MAX_TRANSACTION_RETRIES`]
     /// times. Safe because a failed transaction wrote nothing.
@@ -154,21 +157,13 @@ impl PgStore {
         let mut retries = 0;
         loop {
             match attempt().await {
-                Err(error) if retries < MAX_TRANSACTION_RETRIES && is_lock_conflict(&error) => {
-                    retries += 1;
-                    self.deadlock_retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        operation,
-                        retry = retries,
-                        %error,
-                        "postgres transaction hit a deadlock or serialization failure; retrying"
-                    );
-                    // Back off a little (with jitter) so the competing
-                    // transaction can finish first.
-                    let jitter = rand::random_range(0..=10u64);
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(retries) + jitter))
-                        .await;
-                }
+                Err(error) => match self.retry_delay(operation, &error, retries) {
+                    Some(delay) => {
+                        retries += 1;
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(error),
+                },
                 other => return other,
             }
         }
@@ -187,14 +182,11 @@ fn is_lock_conflict(error: &StoreError) -> bool {
 
 // Shared spellings and helpers, re-exported for the modules below.
 pub(super) use super::codec::{
-    after, job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
-    parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
+    after, job_not_found, parse_job_state, parse_stage_state, parse_task_state, task_not_found,
 };
 
-// ------------------------------------------------------------ the trait
-
 #[async_trait::async_trait]
-impl Store for PgStore {
+impl Backend for PgBackend {
     async fn migrate(&self) -> Result<(), StoreError> {
         // sqlx takes a database-wide advisory lock while migrating, so many
         // nodes starting at once apply each migration exactly once.
@@ -202,6 +194,54 @@ impl Store for PgStore {
             .run(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn begin_write(&self) -> Result<Tx, StoreError> {
+        Ok(Tx::Postgres(self.pool.begin().await?))
+    }
+
+    async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
+        Ok(Tx::Postgres(
+            self.pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?,
+        ))
+    }
+
+    async fn read(&self) -> Result<Conn, StoreError> {
+        Ok(Conn::Postgres(self.pool.acquire().await?))
+    }
+
+    fn retry_delay(
+        &self,
+        operation: &'static str,
+        error: &StoreError,
+        retries: u32,
+    ) -> Option<Duration> {
+        if retries >= MAX_TRANSACTION_RETRIES || !is_lock_conflict(error) {
+            return None;
+        }
+        self.deadlock_retries.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            operation,
+            retry = retries + 1,
+            %error,
+            "postgres transaction hit a deadlock or serialization failure; retrying"
+        );
+        // Back off a little (with jitter) so the competing transaction can
+        // finish first.
+        let jitter = rand::random_range(0..=10u64);
+        Some(Duration::from_millis(5 * u64::from(retries + 1) + jitter))
+    }
+
+    fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        // The listener needs a tokio runtime to run on; without one (a
+        // synchronous caller) polling is the only way to find work.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let listener = self
+            .listener
+            .get_or_init(|| listen::ReadyListener::start(&runtime, self.url.clone()));
+        Some(listener.notify())
     }
 
     async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError> {
@@ -232,26 +272,6 @@ impl Store for PgStore {
         .await
     }
 
-    async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError> {
-        reads::get_job(&self.pool, &p).await
-    }
-
-    async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError> {
-        reads::list_jobs(&self.pool, &p).await
-    }
-
-    async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError> {
-        reads::get_task(&self.pool, &p).await
-    }
-
-    async fn job_events(&self, p: JobEvents) -> Result<Vec<Event>, StoreError> {
-        reads::job_events(&self.pool, &p).await
-    }
-
-    async fn stage_results(&self, p: StageResults) -> Result<Vec<(TaskId, String)>, StoreError> {
-        reads::stage_results(&self.pool, &p).await
-    }
-
     async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError> {
         self.retrying("cancel_job", || operator::cancel_job(&self.pool, &p))
             .await
@@ -260,56 +280,5 @@ impl Store for PgStore {
     async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError> {
         self.retrying("retry_task", || operator::retry_task(&self.pool, &p))
             .await
-    }
-
-    async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError> {
-        reads::recent_completions(&self.pool, &p).await
-    }
-
-    async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError> {
-        reads::job_state(&self.pool, &p).await
-    }
-
-    async fn ready_handlers(&self, p: ReadyHandlers) -> Result<Vec<ReadyHandler>, StoreError> {
-        reads::ready_handlers(&self.pool, &p).await
-    }
-
-    async fn list_tasks(&self, p: ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
-        agent::list_tasks(&self.pool, &p).await
-    }
-
-    async fn task_dependencies(&self, p: GetTask) -> Result<Vec<Dependency>, StoreError> {
-        agent::task_dependencies(&self.pool, &p).await
-    }
-
-    async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError> {
-        agent::task_events(&self.pool, &p).await
-    }
-
-    async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError> {
-        agent::queue_depth(&self.pool, &p).await
-    }
-
-    async fn create_token(&self, p: CreateToken) -> Result<i64, StoreError> {
-        self.retrying("create_token", || agent::create_token(&self.pool, &p))
-            .await
-    }
-
-    async fn revoke_token(&self, p: RevokeToken) -> Result<Option<TokenRecord>, StoreError> {
-        agent::revoke_token(&self.pool, &p).await
-    }
-
-    async fn tenant_for_token(&self, p: TokenLookup) -> Result<Option<TokenRecord>, StoreError> {
-        agent::tenant_for_token(&self.pool, &p).await
-    }
-
-    fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
-        // The listener needs a tokio runtime to run on; without one (a
-        // synchronous caller) polling is the only way to find work.
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let listener = self
-            .listener
-            .get_or_init(|| listen::ReadyListener::start(&runtime, self.url.clone()));
-        Some(listener.notify())
     }
 }

@@ -18,23 +18,18 @@
 //!   loop, so each row is a primary-key lookup), never a statement per task.
 
 mod advance;
-mod agent;
 mod complete;
 mod effects;
 mod operator;
-mod reads;
 mod submit;
 
+use super::backend::{Backend, SqlStore};
+use super::sql::{Conn, Tx};
 use super::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
-    GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler, ReadyHandlers,
-    RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken, StageResults,
-    Store, StoreError, TaskEvents, TokenLookup,
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, RenewLease,
+    RescueExpiredLeases, RetryTask, StoreError,
 };
-use crate::model::{
-    Event, JobState, JobStatus, JobSummary, QueueDepth, SubmitJob, Submitted, TaskId, TaskRecord,
-    TaskState, TokenRecord,
-};
+use crate::model::{JobState, SubmitJob, Submitted, TaskState};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -43,8 +38,7 @@ use std::time::Duration;
 
 // Shared spellings and helpers, re-exported for the modules below.
 pub(super) use super::codec::{
-    after, job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
-    parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
+    after, job_not_found, parse_job_state, parse_stage_state, parse_task_state, task_not_found,
 };
 
 /// Settings for [`SqliteStore::open`].
@@ -65,14 +59,17 @@ impl Default for SqliteOptions {
     }
 }
 
-/// The SQLite implementation of [`Store`].
+/// The SQLite store.
+pub type SqliteStore = SqlStore<SqliteBackend>;
+
+/// The SQLite database behind a [`SqliteStore`]: one writer, a few readers.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
+pub struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
 }
 
-impl SqliteStore {
+impl SqlStore<SqliteBackend> {
     /// Open (creating if missing) `sqlite://PATH` and run the migrations.
     pub async fn open(url: &str, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let connect = SqliteConnectOptions::from_str(url)?
@@ -91,16 +88,16 @@ impl SqliteStore {
             .max_connections(options.readers.max(1))
             .connect_with(connect.read_only(false))
             .await?;
-        let store = SqliteStore { writer, reader };
-        store.migrate().await?;
-        Ok(store)
+        SqlStore::with_backend(SqliteBackend { writer, reader }).await
     }
 
     /// The write pool (one connection), for tests and maintenance tools.
     pub fn writer(&self) -> &SqlitePool {
-        &self.writer
+        &self.backend().writer
     }
+}
 
+impl SqliteBackend {
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         // IMMEDIATE takes the write lock up front: a deferred transaction that
         // reads first and writes later can fail with SQLITE_BUSY without ever
@@ -115,12 +112,25 @@ pub(super) fn json_array<T: serde::Serialize>(rows: &[T]) -> String {
 }
 
 #[async_trait::async_trait]
-impl Store for SqliteStore {
+impl Backend for SqliteBackend {
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("../migrations/sqlite")
             .run(&self.writer)
             .await?;
         Ok(())
+    }
+
+    async fn begin_write(&self) -> Result<Tx, StoreError> {
+        Ok(Tx::Sqlite(self.begin().await?))
+    }
+
+    async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
+        // A deferred read transaction: WAL gives it one snapshot.
+        Ok(Tx::Sqlite(self.reader.begin().await?))
+    }
+
+    async fn read(&self) -> Result<Conn, StoreError> {
+        Ok(Conn::Sqlite(self.reader.acquire().await?))
     }
 
     async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError> {
@@ -182,26 +192,6 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
-    async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError> {
-        reads::get_job(&self.reader, &p).await
-    }
-
-    async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError> {
-        reads::list_jobs(&self.reader, &p).await
-    }
-
-    async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError> {
-        reads::get_task(&self.reader, &p).await
-    }
-
-    async fn job_events(&self, p: JobEvents) -> Result<Vec<Event>, StoreError> {
-        reads::job_events(&self.reader, &p).await
-    }
-
-    async fn stage_results(&self, p: StageResults) -> Result<Vec<(TaskId, String)>, StoreError> {
-        reads::stage_results(&self.reader, &p).await
-    }
-
     async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError> {
         let mut tx = self.begin().await?;
         let state = operator::cancel_job(&mut tx, &p).await?;
@@ -214,51 +204,5 @@ impl Store for SqliteStore {
         let state = operator::retry_task(&mut tx, &p).await?;
         tx.commit().await?;
         Ok(state)
-    }
-
-    async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError> {
-        reads::recent_completions(&self.reader, &p).await
-    }
-
-    async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError> {
-        reads::job_state(&self.reader, &p).await
-    }
-
-    async fn ready_handlers(&self, p: ReadyHandlers) -> Result<Vec<ReadyHandler>, StoreError> {
-        reads::ready_handlers(&self.reader, &p).await
-    }
-
-    async fn list_tasks(&self, p: ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
-        agent::list_tasks(&self.reader, &p).await
-    }
-
-    async fn task_dependencies(&self, p: GetTask) -> Result<Vec<Dependency>, StoreError> {
-        agent::task_dependencies(&self.reader, &p).await
-    }
-
-    async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError> {
-        agent::task_events(&self.reader, &p).await
-    }
-
-    async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError> {
-        agent::queue_depth(&self.reader, &p).await
-    }
-
-    async fn create_token(&self, p: CreateToken) -> Result<i64, StoreError> {
-        let mut tx = self.begin().await?;
-        let id = agent::create_token(&mut tx, &p).await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    async fn revoke_token(&self, p: RevokeToken) -> Result<Option<TokenRecord>, StoreError> {
-        let mut tx = self.begin().await?;
-        let revoked = agent::revoke_token(&mut tx, &p).await?;
-        tx.commit().await?;
-        Ok(revoked)
-    }
-
-    async fn tenant_for_token(&self, p: TokenLookup) -> Result<Option<TokenRecord>, StoreError> {
-        agent::tenant_for_token(&self.reader, &p).await
     }
 }

@@ -1,0 +1,202 @@
+//! Reads of the agent workflow (a job's tasks, a task's dependencies and
+//! events, queue depth) and the MCP bearer tokens, written once for both
+//! databases.
+//!
+//! Every read filters by tenant through an index, except
+//! [`tenant_for_token`], which is how a request's tenant is found (by the
+//! token hash's unique index). `list_tasks` and `task_dependencies` check
+//! existence and read in two statements: the caller runs them in a snapshot.
+
+use super::codec::{parse_task_state, task_not_found};
+use super::reads::{EventRow, TaskRow, job_exists, task_columns};
+use super::sql::{Db, Sql};
+use super::{
+    CreateToken, Dependency, GetTask, ListTasks, QueueDepthQuery, RevokeToken, StoreError,
+    TaskEvents, TokenLookup, TokenRef,
+};
+use crate::model::{Event, JobId, QueueDepth, TaskId, TaskRecord, TenantId, TokenRecord};
+
+const LIST_TASKS: Sql = Sql::both(concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks t
+     JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
+     WHERE t.job_id = $1 AND t.tenant_id = $2 AND ($3 IS NULL OR t.id > $3)
+     ORDER BY t.id
+     LIMIT $4"
+));
+
+pub(crate) async fn list_tasks(
+    db: &mut Db<'_>,
+    p: &ListTasks,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    job_exists(db, &p.tenant, p.job).await?;
+    let rows: Vec<TaskRow> = db
+        .fetch_all(
+            db.query(&LIST_TASKS)
+                .bind(p.job.0)
+                .bind(&p.tenant.0)
+                .bind(p.after.map(|t| t.0))
+                .bind(i64::from(p.limit)),
+        )
+        .await?;
+    rows.into_iter().map(TaskRow::into_record).collect()
+}
+
+const TASK_EXISTS: Sql = Sql::both("SELECT 1 FROM tasks WHERE id = $1 AND tenant_id = $2");
+const DEPENDENCIES: Sql = Sql::both(
+    "SELECT t.id, t.key, t.state, t.agent_json, t.output_json
+     FROM task_deps d JOIN tasks t ON t.id = d.depends_on
+     WHERE d.task_id = $1 AND d.tenant_id = $2 AND t.tenant_id = $2
+     ORDER BY t.id",
+);
+
+/// id, key, state, agent_json, output_json
+type DependencyRow = (i64, Option<String>, String, Option<String>, Option<String>);
+
+pub(crate) async fn task_dependencies(
+    db: &mut Db<'_>,
+    p: &GetTask,
+) -> Result<Vec<Dependency>, StoreError> {
+    let exists: Option<(i32,)> = db
+        .fetch_optional(db.query(&TASK_EXISTS).bind(p.task.0).bind(&p.tenant.0))
+        .await?;
+    if exists.is_none() {
+        return Err(task_not_found(p.task));
+    }
+    let rows: Vec<DependencyRow> = db
+        .fetch_all(db.query(&DEPENDENCIES).bind(p.task.0).bind(&p.tenant.0))
+        .await?;
+    rows.into_iter()
+        .map(|(id, key, state, agent_json, output_json)| {
+            Ok(Dependency {
+                task_id: TaskId(id),
+                key,
+                state: parse_task_state(&state)?,
+                agent_json,
+                output_json,
+            })
+        })
+        .collect()
+}
+
+const TASK_JOB: Sql = Sql::both("SELECT job_id FROM tasks WHERE id = $1 AND tenant_id = $2");
+const TASK_EVENTS: Sql = Sql::both(
+    "SELECT id, task_id, kind, stage_position, detail, at FROM events
+     WHERE task_id = $1 AND tenant_id = $2
+     ORDER BY id DESC
+     LIMIT $3",
+);
+
+pub(crate) async fn task_events(db: &mut Db<'_>, p: &TaskEvents) -> Result<Vec<Event>, StoreError> {
+    let job: Option<(i64,)> = db
+        .fetch_optional(db.query(&TASK_JOB).bind(p.task.0).bind(&p.tenant.0))
+        .await?;
+    let (job,) = job.ok_or_else(|| task_not_found(p.task))?;
+    let mut rows: Vec<EventRow> = db
+        .fetch_all(
+            db.query(&TASK_EVENTS)
+                .bind(p.task.0)
+                .bind(&p.tenant.0)
+                .bind(i64::from(p.limit)),
+        )
+        .await?;
+    rows.reverse();
+    rows.into_iter().map(|e| e.into_event(JobId(job))).collect()
+}
+
+const QUEUE_DEPTH: Sql = Sql::both(
+    "SELECT state, count(*) FROM tasks
+     WHERE tenant_id = $1 AND state IN ('blocked', 'pending', 'running')
+     GROUP BY state",
+);
+
+pub(crate) async fn queue_depth(
+    db: &mut Db<'_>,
+    p: &QueueDepthQuery,
+) -> Result<QueueDepth, StoreError> {
+    let rows: Vec<(String, i64)> = db
+        .fetch_all(db.query(&QUEUE_DEPTH).bind(&p.tenant.0))
+        .await?;
+    let count = |s: &str| {
+        rows.iter()
+            .find(|(state, _)| state == s)
+            .map_or(0, |(_, n)| *n)
+    };
+    Ok(QueueDepth {
+        pending: count("pending"),
+        running: count("running"),
+        blocked: count("blocked"),
+    })
+}
+
+pub(crate) const INSERT_TENANT: Sql = Sql::both(
+    "INSERT INTO tenants (tenant_id, created_at) VALUES ($1, $2)
+     ON CONFLICT (tenant_id) DO NOTHING",
+);
+const INSERT_TOKEN: Sql = Sql::both(
+    "INSERT INTO api_tokens (tenant_id, token_hash, label, created_at)
+     VALUES ($1, $2, $3, $4) RETURNING id",
+);
+
+/// Run in a write transaction: the tenant row and the token commit together.
+pub(crate) async fn create_token(db: &mut Db<'_>, p: &CreateToken) -> Result<i64, StoreError> {
+    db.execute(db.query(&INSERT_TENANT).bind(&p.tenant.0).bind(p.now))
+        .await?;
+    let (id,): (i64,) = db
+        .fetch_one(
+            db.query(&INSERT_TOKEN)
+                .bind(&p.tenant.0)
+                .bind(&p.token_hash)
+                .bind(p.label.as_deref())
+                .bind(p.now),
+        )
+        .await?;
+    Ok(id)
+}
+
+type TokenRow = (i64, String, Option<String>, i64);
+
+fn token_record((id, tenant, label, created_at): TokenRow) -> TokenRecord {
+    TokenRecord {
+        token_id: id,
+        tenant: TenantId(tenant),
+        label,
+        created_at,
+    }
+}
+
+const REVOKE_TOKEN: Sql = Sql::both(
+    "UPDATE api_tokens SET revoked_at = $3
+     WHERE revoked_at IS NULL AND (id = $1 OR token_hash = $2)
+     RETURNING id, tenant_id, label, created_at",
+);
+
+pub(crate) async fn revoke_token(
+    db: &mut Db<'_>,
+    p: &RevokeToken,
+) -> Result<Option<TokenRecord>, StoreError> {
+    let (id, hash) = match &p.token {
+        TokenRef::Id(id) => (Some(*id), None),
+        TokenRef::Hash(h) => (None, Some(h.as_str())),
+    };
+    let row: Option<TokenRow> = db
+        .fetch_optional(db.query(&REVOKE_TOKEN).bind(id).bind(hash).bind(p.now))
+        .await?;
+    Ok(row.map(token_record))
+}
+
+const TOKEN: Sql = Sql::both(
+    "SELECT id, tenant_id, label, created_at FROM api_tokens
+     WHERE token_hash = $1 AND revoked_at IS NULL",
+);
+
+pub(crate) async fn tenant_for_token(
+    db: &mut Db<'_>,
+    p: &TokenLookup,
+) -> Result<Option<TokenRecord>, StoreError> {
+    let row: Option<TokenRow> = db
+        .fetch_optional(db.query(&TOKEN).bind(&p.token_hash))
+        .await?;
+    Ok(row.map(token_record))
+}

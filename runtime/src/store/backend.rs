@@ -1,0 +1,272 @@
+//! The store, once: [`SqlStore`] implements [`Store`] for any [`Backend`].
+//!
+//! A backend (`sqlite`, `postgres`) says only what its database needs beyond
+//! statements: how to open it and migrate it, how a write transaction and a
+//! read snapshot begin, which failed transactions may run again, and whether
+//! it can push ready signals. The algorithms above it are written once over
+//! [`Db`](super::sql::Db); where the two databases differ inside an
+//! algorithm, they differ in one statement's text ([`Sql::each`](super::sql::Sql::each)).
+
+use super::sql::{Conn, Counters, StoreCounters, Tx};
+use super::{
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
+    GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler, ReadyHandlers,
+    RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken, StageResults,
+    Store, StoreError, TaskEvents, TokenLookup,
+};
+use super::{agent, reads};
+use crate::model::{
+    Event, JobState, JobStatus, JobSummary, QueueDepth, SubmitJob, Submitted, TaskId, TaskRecord,
+    TaskState, TokenRecord,
+};
+use std::sync::Arc;
+
+/// What one database provides to the store beyond running statements.
+///
+/// Reads other than `get_job` need no snapshot: rows are never deleted, so a
+/// job or task found by one statement is still there for the next.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Apply pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Begin a write transaction.
+    async fn begin_write(&self) -> Result<Tx, StoreError>;
+    /// Begin a read-only transaction: its statements see one snapshot.
+    async fn begin_snapshot(&self) -> Result<Tx, StoreError>;
+    /// A connection for a read of one statement.
+    async fn read(&self) -> Result<Conn, StoreError>;
+    /// How long to wait before running a transaction again that failed with
+    /// `error` after `retries` earlier retries; `None`: return the error.
+    fn retry_delay(
+        &self,
+        operation: &'static str,
+        error: &StoreError,
+        retries: u32,
+    ) -> Option<std::time::Duration> {
+        let _ = (operation, error, retries);
+        None
+    }
+    /// Signalled when tasks may have become ready (see [`Store::ready_signal`]).
+    fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    // Operations not yet written once (each backend's own algorithm).
+    async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError>;
+    async fn claim_batch(&self, p: ClaimBatch) -> Result<Vec<ClaimedTask>, StoreError>;
+    async fn complete_batch(&self, p: CompleteBatch) -> Result<Vec<CompletionOutcome>, StoreError>;
+    async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError>;
+    async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError>;
+    async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError>;
+    async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError>;
+}
+
+/// The [`Store`] over one database.
+#[derive(Debug)]
+pub struct SqlStore<B> {
+    backend: B,
+    counters: Counters,
+}
+
+impl<B: Backend> SqlStore<B> {
+    pub(crate) async fn with_backend(backend: B) -> Result<SqlStore<B>, StoreError> {
+        let store = SqlStore {
+            backend,
+            counters: Counters::default(),
+        };
+        store.backend.migrate().await?;
+        Ok(store)
+    }
+
+    pub(crate) fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Statements, round trips and transactions run since open.
+    pub fn counters(&self) -> StoreCounters {
+        self.counters.snapshot()
+    }
+
+    /// Run a read of several statements in one snapshot.
+    async fn snapshot<T>(
+        &self,
+        read: impl AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = self.backend.begin_snapshot().await?;
+        let value = read(&mut tx.db(&self.counters)).await;
+        match value {
+            Ok(value) => {
+                tx.commit(&self.counters).await?;
+                Ok(value)
+            }
+            Err(error) => {
+                // The snapshot wrote nothing; the error is what matters.
+                let _ = tx.rollback(&self.counters).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Run a read of one statement.
+    async fn read<T>(
+        &self,
+        read: impl AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.backend.read().await?;
+        read(&mut conn.db(&self.counters)).await
+    }
+
+    /// Run a write in one transaction: committed when it succeeds, rolled
+    /// back when it fails, and run again when the backend says the failure
+    /// was a lock conflict worth retrying (PostgreSQL deadlocks).
+    ///
+    /// `attempt` makes the write for each try (an `AsyncFnOnce`: an async
+    /// closure called more than once cannot lend its captures to a `Send`
+    /// future yet).
+    async fn write<T, W>(
+        &self,
+        operation: &'static str,
+        mut attempt: impl FnMut() -> W,
+    ) -> Result<T, StoreError>
+    where
+        W: AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
+    {
+        let mut retries = 0;
+        loop {
+            let write = attempt();
+            let mut tx = self.backend.begin_write().await?;
+            let value = write(&mut tx.db(&self.counters)).await;
+            let error = match value {
+                Ok(value) => match tx.commit(&self.counters).await {
+                    Ok(()) => return Ok(value),
+                    Err(error) => error,
+                },
+                Err(error) => {
+                    let _ = tx.rollback(&self.counters).await;
+                    error
+                }
+            };
+            match self.backend.retry_delay(operation, &error, retries) {
+                Some(delay) => {
+                    retries += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(error),
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> Store for SqlStore<B> {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.backend.migrate().await
+    }
+
+    async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError> {
+        self.backend.submit_job(p).await
+    }
+
+    async fn claim_batch(&self, p: ClaimBatch) -> Result<Vec<ClaimedTask>, StoreError> {
+        self.backend.claim_batch(p).await
+    }
+
+    async fn complete_batch(&self, p: CompleteBatch) -> Result<Vec<CompletionOutcome>, StoreError> {
+        self.backend.complete_batch(p).await
+    }
+
+    async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError> {
+        self.backend.renew_lease(p).await
+    }
+
+    async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError> {
+        self.backend.rescue_expired_leases(p).await
+    }
+
+    async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError> {
+        self.snapshot(async |db| reads::get_job(db, &p).await).await
+    }
+
+    async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError> {
+        self.read(async |db| reads::list_jobs(db, &p).await).await
+    }
+
+    async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError> {
+        self.read(async |db| reads::get_task(db, &p).await).await
+    }
+
+    async fn job_events(&self, p: JobEvents) -> Result<Vec<Event>, StoreError> {
+        self.read(async |db| reads::job_events(db, &p).await).await
+    }
+
+    async fn stage_results(&self, p: StageResults) -> Result<Vec<(TaskId, String)>, StoreError> {
+        self.read(async |db| reads::stage_results(db, &p).await)
+            .await
+    }
+
+    async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError> {
+        self.backend.cancel_job(p).await
+    }
+
+    async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError> {
+        self.backend.retry_task(p).await
+    }
+
+    async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError> {
+        self.read(async |db| reads::recent_completions(db, &p).await)
+            .await
+    }
+
+    async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError> {
+        self.read(async |db| reads::job_state(db, &p).await).await
+    }
+
+    async fn ready_handlers(&self, p: ReadyHandlers) -> Result<Vec<ReadyHandler>, StoreError> {
+        self.read(async |db| reads::ready_handlers(db, &p).await)
+            .await
+    }
+
+    async fn list_tasks(&self, p: ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
+        self.read(async |db| agent::list_tasks(db, &p).await).await
+    }
+
+    async fn task_dependencies(&self, p: GetTask) -> Result<Vec<Dependency>, StoreError> {
+        self.read(async |db| agent::task_dependencies(db, &p).await)
+            .await
+    }
+
+    async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError> {
+        self.read(async |db| agent::task_events(db, &p).await).await
+    }
+
+    async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError> {
+        self.read(async |db| agent::queue_depth(db, &p).await).await
+    }
+
+    async fn create_token(&self, p: CreateToken) -> Result<i64, StoreError> {
+        self.write("create_token", || {
+            async |db| agent::create_token(db, &p).await
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, p: RevokeToken) -> Result<Option<TokenRecord>, StoreError> {
+        self.write("revoke_token", || {
+            async |db| agent::revoke_token(db, &p).await
+        })
+        .await
+    }
+
+    async fn tenant_for_token(&self, p: TokenLookup) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(async |db| agent::tenant_for_token(db, &p).await)
+            .await
+    }
+
+    fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.backend.ready_signal()
+    }
+
+    fn counters(&self) -> StoreCounters {
+        self.counters.snapshot()
+    }
+}

@@ -1,0 +1,399 @@
+//! Read-only queries of jobs, stages, tasks and events, written once for
+//! both databases. Each filters by tenant through an index; another tenant's
+//! id answers [`StoreError::NotFound`]. Reads of several statements that must
+//! agree (`get_job`'s counts and states) are run by the caller inside one
+//! snapshot (a read transaction).
+
+use super::codec::{
+    job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
+    parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
+};
+use super::sql::{Db, Sql};
+use super::{
+    GetJob, GetTask, JobEvents, ListJobs, ReadyHandler, ReadyHandlers, RecentCompletions,
+    StageResults, StoreError,
+};
+use crate::model::{
+    Event, JobId, JobState, JobStatus, JobSummary, StageStatus, TaskId, TaskRecord, TaskState,
+    TenantId,
+};
+use std::collections::HashMap;
+
+const JOB: Sql = Sql::both(
+    "SELECT name, state, created_at, finished_at, error FROM jobs
+     WHERE id = $1 AND tenant_id = $2",
+);
+const STAGES: Sql = Sql::both(
+    "SELECT position, name, state, on_failure, total, remaining, opened_at, closed_at
+     FROM stages WHERE job_id = $1 AND tenant_id = $2 ORDER BY position",
+);
+// Tenant checked on the job row, so the tasks side is a scan of the covering
+// (job_id, stage_position, state) index alone.
+const COUNTS: Sql = Sql::both(
+    "SELECT t.stage_position, t.state, count(*)
+     FROM jobs j JOIN tasks t ON t.job_id = j.id
+     WHERE j.id = $1 AND j.tenant_id = $2
+     GROUP BY t.stage_position, t.state",
+);
+
+/// A job with its stages and task counts by state. Run it in a snapshot.
+pub(crate) async fn get_job(db: &mut Db<'_>, p: &GetJob) -> Result<JobStatus, StoreError> {
+    let job: Option<JobRow> = db
+        .fetch_optional(db.query(&JOB).bind(p.job.0).bind(&p.tenant.0))
+        .await?;
+    let job = job.ok_or_else(|| job_not_found(p.job))?;
+    let stages: Vec<StageRow> = db
+        .fetch_all(db.query(&STAGES).bind(p.job.0).bind(&p.tenant.0))
+        .await?;
+    let counts: Vec<(i32, String, i64)> = db
+        .fetch_all(db.query(&COUNTS).bind(p.job.0).bind(&p.tenant.0))
+        .await?;
+
+    let mut by_stage: HashMap<(i32, TaskState), i64> = HashMap::new();
+    for (position, state, n) in counts {
+        by_stage.insert((position, parse_task_state(&state)?), n);
+    }
+    let stages = stages
+        .into_iter()
+        .map(|s| {
+            Ok(StageStatus {
+                position: s.position,
+                state: parse_stage_state(&s.state)?,
+                on_failure: parse_on_failure(&s.on_failure)?,
+                total: s.total,
+                remaining: s.remaining,
+                counts: TaskState::ALL
+                    .iter()
+                    .map(|t| (*t, by_stage.get(&(s.position, *t)).copied().unwrap_or(0)))
+                    .collect(),
+                opened_at: s.opened_at,
+                closed_at: s.closed_at,
+                name: s.name,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(JobStatus {
+        job_id: p.job,
+        tenant: p.tenant.clone(),
+        name: job.name,
+        state: parse_job_state(&job.state)?,
+        created_at: job.created_at,
+        finished_at: job.finished_at,
+        error: job.error,
+        stages,
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    name: String,
+    state: String,
+    created_at: i64,
+    finished_at: Option<i64>,
+    error: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StageRow {
+    position: i32,
+    name: String,
+    state: String,
+    on_failure: String,
+    total: i64,
+    remaining: i64,
+    opened_at: Option<i64>,
+    closed_at: Option<i64>,
+}
+
+/// An event row as [`EVENT_COLUMNS`] selects it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    pub id: i64,
+    pub task_id: Option<i64>,
+    pub kind: String,
+    pub stage_position: Option<i32>,
+    pub detail: Option<String>,
+    pub at: i64,
+}
+
+impl EventRow {
+    pub(crate) fn into_event(self, job: JobId) -> Result<Event, StoreError> {
+        Ok(Event {
+            id: self.id,
+            job_id: job,
+            task_id: self.task_id.map(TaskId),
+            kind: parse_event_kind(&self.kind)?,
+            stage_position: self.stage_position,
+            detail: self.detail,
+            at: self.at,
+        })
+    }
+}
+
+const LIST_JOBS: Sql = Sql::both(
+    "SELECT id, name, state, created_at, finished_at FROM jobs
+     WHERE tenant_id = $1
+       AND ($2 IS NULL OR state = $2)
+       AND ($3 IS NULL OR name = $3)
+       AND ($4 IS NULL OR created_at >= $4)
+       AND ($5 IS NULL OR created_at < $5)
+       AND ($6 IS NULL OR id < $6)
+     ORDER BY id DESC
+     LIMIT $7",
+);
+
+pub(crate) async fn list_jobs(
+    db: &mut Db<'_>,
+    p: &ListJobs,
+) -> Result<Vec<JobSummary>, StoreError> {
+    let rows: Vec<(i64, String, String, i64, Option<i64>)> = db
+        .fetch_all(
+            db.query(&LIST_JOBS)
+                .bind(&p.tenant.0)
+                .bind(p.state.map(JobState::as_str))
+                .bind(p.name.as_deref())
+                .bind(p.created_after)
+                .bind(p.created_before)
+                .bind(p.before_id.map(|j| j.0))
+                .bind(i64::from(p.limit)),
+        )
+        .await?;
+    rows.into_iter()
+        .map(|(id, name, state, created_at, finished_at)| {
+            Ok(JobSummary {
+                job_id: JobId(id),
+                name,
+                state: parse_job_state(&state)?,
+                created_at,
+                finished_at,
+            })
+        })
+        .collect()
+}
+
+/// The columns [`TaskRow`] reads, for `FROM tasks t JOIN stages s` (a macro
+/// so that statements stay string constants).
+macro_rules! task_columns {
+    () => {
+        "t.id, t.job_id, t.stage_position, s.name AS stage_name, t.handler, t.executor,
+         t.key, t.state, t.attempt, t.max_attempts, t.input_json, t.output_json, t.error,
+         t.parent_task_id, t.agent_json, t.lease_expires_at, t.run_after, t.created_at,
+         t.finished_at"
+    };
+}
+pub(crate) use task_columns;
+
+/// A task row as [`task_columns`] selects it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct TaskRow {
+    id: i64,
+    job_id: i64,
+    stage_position: i32,
+    stage_name: String,
+    handler: String,
+    executor: String,
+    key: Option<String>,
+    state: String,
+    attempt: i32,
+    max_attempts: i32,
+    input_json: String,
+    output_json: Option<String>,
+    error: Option<String>,
+    parent_task_id: Option<i64>,
+    agent_json: Option<String>,
+    lease_expires_at: Option<i64>,
+    run_after: i64,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl TaskRow {
+    pub(crate) fn into_record(self) -> Result<TaskRecord, StoreError> {
+        Ok(TaskRecord {
+            task_id: TaskId(self.id),
+            job_id: JobId(self.job_id),
+            stage_position: self.stage_position,
+            stage_name: self.stage_name,
+            handler: self.handler,
+            executor: parse_executor(&self.executor)?,
+            key: self.key,
+            state: parse_task_state(&self.state)?,
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            input_json: self.input_json,
+            output_json: self.output_json,
+            error: self.error,
+            parent_task: self.parent_task_id.map(TaskId),
+            agent_json: self.agent_json,
+            lease_expires_at: self.lease_expires_at,
+            run_after: self.run_after,
+            created_at: self.created_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+const TASK: Sql = Sql::both(concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks t
+     JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
+     WHERE t.id = $1 AND t.tenant_id = $2"
+));
+
+pub(crate) async fn get_task(db: &mut Db<'_>, p: &GetTask) -> Result<TaskRecord, StoreError> {
+    let row: Option<TaskRow> = db
+        .fetch_optional(db.query(&TASK).bind(p.task.0).bind(&p.tenant.0))
+        .await?;
+    row.ok_or_else(|| task_not_found(p.task))?.into_record()
+}
+
+const JOB_EVENTS: Sql = Sql::both(
+    "SELECT id, task_id, kind, stage_position, detail, at FROM events
+     WHERE job_id = $1 AND tenant_id = $2 AND ($3 IS NULL OR id > $3)
+     ORDER BY id
+     LIMIT $4",
+);
+
+pub(crate) async fn job_events(db: &mut Db<'_>, p: &JobEvents) -> Result<Vec<Event>, StoreError> {
+    job_exists(db, &p.tenant, p.job).await?;
+    let rows: Vec<EventRow> = db
+        .fetch_all(
+            db.query(&JOB_EVENTS)
+                .bind(p.job.0)
+                .bind(&p.tenant.0)
+                .bind(p.after_id)
+                .bind(i64::from(p.limit)),
+        )
+        .await?;
+    rows.into_iter().map(|e| e.into_event(p.job)).collect()
+}
+
+const STAGE_POSITION: Sql =
+    Sql::both("SELECT position FROM stages WHERE job_id = $1 AND tenant_id = $2 AND name = $3");
+const STAGE_OUTPUTS: Sql = Sql::both(
+    "SELECT id, output_json FROM tasks
+     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded'
+       AND tenant_id = $3 AND ($4 IS NULL OR id > $4)
+     ORDER BY id
+     LIMIT $5",
+);
+
+pub(crate) async fn stage_results(
+    db: &mut Db<'_>,
+    p: &StageResults,
+) -> Result<Vec<(TaskId, String)>, StoreError> {
+    job_exists(db, &p.tenant, p.job).await?;
+    let position: Option<(i32,)> = db
+        .fetch_optional(
+            db.query(&STAGE_POSITION)
+                .bind(p.job.0)
+                .bind(&p.tenant.0)
+                .bind(&p.stage_name),
+        )
+        .await?;
+    // Lineage only looks back: a stage that is not earlier than the asking
+    // task's own is as unreadable as one that does not exist.
+    let position = position
+        .map(|(pos,)| pos)
+        .filter(|pos| *pos < p.from_stage_position)
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "earlier stage",
+            id: format!("{:?}", p.stage_name),
+        })?;
+    let rows: Vec<(i64, Option<String>)> = db
+        .fetch_all(
+            db.query(&STAGE_OUTPUTS)
+                .bind(p.job.0)
+                .bind(position)
+                .bind(&p.tenant.0)
+                .bind(p.after.map(|t| t.0))
+                .bind(i64::from(p.limit)),
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, output)| (TaskId(id), output.unwrap_or_else(|| "null".to_string())))
+        .collect())
+}
+
+const RECENT_COMPLETIONS: Sql = Sql::both(
+    "SELECT count(*) FROM tasks
+     WHERE job_id = $1 AND tenant_id = $2 AND finished_at >= $3
+       AND state IN ('succeeded', 'dead')",
+);
+
+pub(crate) async fn recent_completions(
+    db: &mut Db<'_>,
+    p: &RecentCompletions,
+) -> Result<i64, StoreError> {
+    job_exists(db, &p.tenant, p.job).await?;
+    let (n,): (i64,) = db
+        .fetch_one(
+            db.query(&RECENT_COMPLETIONS)
+                .bind(p.job.0)
+                .bind(&p.tenant.0)
+                .bind(p.since),
+        )
+        .await?;
+    Ok(n)
+}
+
+const JOB_STATE: Sql = Sql::both("SELECT state FROM jobs WHERE id = $1 AND tenant_id = $2");
+
+pub(crate) async fn job_state(db: &mut Db<'_>, p: &GetJob) -> Result<JobState, StoreError> {
+    let state: Option<(String,)> = db
+        .fetch_optional(db.query(&JOB_STATE).bind(p.job.0).bind(&p.tenant.0))
+        .await?;
+    parse_job_state(&state.ok_or_else(|| job_not_found(p.job))?.0)
+}
+
+// One statement (this sits on get_job's path). Pending tasks are only in open
+// stages; going through them gives the planner an equality on the whole (job,
+// stage, state) index even without statistics (PostgreSQL otherwise scanned
+// the tenant's pending tasks after a bulk load).
+const READY_HANDLERS: Sql = Sql::both(
+    "SELECT r.executor, r.handler FROM jobs j
+     LEFT JOIN (
+         SELECT DISTINCT s.executor, s.handler FROM (
+             SELECT t.executor, t.handler FROM stages st
+             JOIN tasks t ON t.job_id = st.job_id AND t.stage_position = st.position
+                         AND t.state = 'pending'
+             WHERE st.job_id = $1 AND st.tenant_id = $2 AND st.state = 'open'
+               AND t.run_after <= $3
+             LIMIT $4
+         ) AS s
+     ) AS r ON 1 = 1
+     WHERE j.id = $1 AND j.tenant_id = $2
+     ORDER BY r.executor, r.handler",
+);
+
+pub(crate) async fn ready_handlers(
+    db: &mut Db<'_>,
+    p: &ReadyHandlers,
+) -> Result<Vec<ReadyHandler>, StoreError> {
+    let rows: Vec<(Option<String>, Option<String>)> = db
+        .fetch_all(
+            db.query(&READY_HANDLERS)
+                .bind(p.job.0)
+                .bind(&p.tenant.0)
+                .bind(p.now)
+                .bind(i64::from(p.sample)),
+        )
+        .await?;
+    ready_handlers_from_rows(p.job, rows)
+}
+
+const JOB_EXISTS: Sql = Sql::both("SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2");
+
+/// `NotFound` unless the tenant has this job.
+pub(crate) async fn job_exists(
+    db: &mut Db<'_>,
+    tenant: &TenantId,
+    job: JobId,
+) -> Result<(), StoreError> {
+    let found: Option<(i32,)> = db
+        .fetch_optional(db.query(&JOB_EXISTS).bind(job.0).bind(&tenant.0))
+        .await?;
+    found.map(|_| ()).ok_or_else(|| job_not_found(job))
+}
