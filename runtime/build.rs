@@ -9,8 +9,16 @@
 //!   `hostile-<name>`, handler `hostile:<name>`) is built in release mode into
 //!   `plugins/target`, and each result is checked to be a component, not a
 //!   core module;
-//! - the examples are copied to `plugins/example-<name>.wasm`, so the default
-//!   plugin directory `./plugins` works from the repository root;
+//! - so is every `wasi:cli/command` program (a binary crate) in
+//!   `plugins/commands/<name>` (package `command-<name>`) and
+//!   `plugins/hostile-commands/<name>` (package `hostile-command-<name>`);
+//! - every crate in `plugins/rust-tests/<name>` (package `rust-test-<name>`)
+//!   is built by `cargo test --no-run --target wasm32-wasip2`, the way users
+//!   build the test binaries of `kind = "rust-test"` CI steps (profile
+//!   `test`, kept small in `plugins/Cargo.toml`);
+//! - the examples, the sample commands and the test binaries are copied to
+//!   `plugins/<package>.wasm`, so the default plugin directory `./plugins`
+//!   works from the repository root (commands are found there by name);
 //! - `$OUT_DIR/guest_artifacts.rs` names every built guest by absolute path
 //!   (included by `runtime/src/guest_artifacts.rs`).
 //!
@@ -27,10 +35,74 @@ use std::time::SystemTime;
 
 const TARGET: &str = "wasm32-wasip2";
 
-/// Guest groups: folder under `plugins/`, package/handler prefix, and whether
-/// the results are copied into the default plugin directory.
-const GROUPS: &[(&str, &str, bool)] =
-    &[("examples", "example", true), ("hostile", "hostile", false)];
+/// What a guest crate builds into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A `cdylib` exporting the `lockstep:plugin` handler world.
+    Handler,
+    /// A binary crate: a `wasi:cli/command` component.
+    Command,
+    /// A library whose unit tests `cargo test --no-run` builds into a
+    /// `wasi:cli/command` test binary.
+    TestBinary,
+}
+
+/// A folder of guest crates under `plugins/`.
+struct Group {
+    folder: &'static str,
+    /// Package prefix (`<prefix>-<folder name>`) and handler prefix.
+    prefix: &'static str,
+    kind: Kind,
+    /// Whether the results are copied into the default plugin directory.
+    copied: bool,
+    /// The `guest_artifacts` list naming every guest of the group.
+    list: &'static str,
+    /// What the list holds, for its doc comment.
+    what: &'static str,
+}
+
+const GROUPS: &[Group] = &[
+    Group {
+        folder: "examples",
+        prefix: "example",
+        kind: Kind::Handler,
+        copied: true,
+        list: "EXAMPLES",
+        what: "example plugin (copied into `EXAMPLES_DIR`)",
+    },
+    Group {
+        folder: "hostile",
+        prefix: "hostile",
+        kind: Kind::Handler,
+        copied: false,
+        list: "HOSTILE",
+        what: "hostile plugin (left in `plugins/target`)",
+    },
+    Group {
+        folder: "commands",
+        prefix: "command",
+        kind: Kind::Command,
+        copied: true,
+        list: "COMMANDS",
+        what: "sample `wasi:cli/command` CI step (copied into `EXAMPLES_DIR`)",
+    },
+    Group {
+        folder: "hostile-commands",
+        prefix: "hostile-command",
+        kind: Kind::Command,
+        copied: false,
+        list: "HOSTILE_COMMANDS",
+        what: "hostile `wasi:cli/command` CI step (left in `plugins/target`)",
+    },
+    Group {
+        folder: "rust-tests",
+        prefix: "rust-test",
+        kind: Kind::TestBinary,
+        copied: true,
+        list: "RUST_TESTS",
+        what: "`cargo test --no-run` test binary (copied into `EXAMPLES_DIR`)",
+    },
+];
 
 /// Written (back-dated) after a successful build; watching it makes a
 /// deleted `plugins/target` rebuild the guests.
@@ -51,8 +123,13 @@ fn main() -> ExitCode {
 
 /// One guest program.
 struct Guest {
-    /// e.g. `example:noop`
+    /// e.g. `example:noop` (for commands and test binaries, a label)
     handler: String,
+    /// e.g. `example-noop`
+    package: String,
+    kind: Kind,
+    /// The group's `guest_artifacts` list.
+    list: &'static str,
     /// e.g. `EXAMPLE_NOOP`
     constant: String,
     /// The component as cargo built it, in `plugins/target`.
@@ -90,6 +167,9 @@ fn build() -> Result<(), String> {
         plugins.join("sdk"),
         plugins.join("examples"),
         plugins.join("hostile"),
+        plugins.join("commands"),
+        plugins.join("hostile-commands"),
+        plugins.join("rust-tests"),
     ];
     for input in &inputs {
         println!("cargo::rerun-if-changed={}", input.display());
@@ -100,8 +180,27 @@ fn build() -> Result<(), String> {
     );
 
     ensure_target_installed()?;
-    let guests = discover(&plugins, &target_dir)?;
-    run_nested_cargo(&plugins, &target_dir)?;
+    let mut guests = discover(&plugins, &target_dir)?;
+    let test_crates: Vec<String> = guests
+        .iter()
+        .filter(|g| g.kind == Kind::TestBinary)
+        .map(|g| g.package.clone())
+        .collect();
+    let mut build = vec!["build", "--release", "--workspace"];
+    for package in &test_crates {
+        build.extend(["--exclude", package]);
+    }
+    run_nested_cargo(&plugins, &target_dir, &build)?;
+    if !test_crates.is_empty() {
+        let mut test = vec!["test", "--no-run", "--message-format", "json"];
+        for package in &test_crates {
+            test.extend(["--package", package]);
+        }
+        let messages = run_nested_cargo(&plugins, &target_dir, &test)?;
+        for guest in guests.iter_mut().filter(|g| g.kind == Kind::TestBinary) {
+            guest.built = test_executable(&messages, &guest.package)?;
+        }
+    }
 
     // Outputs get the mtime of the newest input, so cargo does not see them as
     // changed since this script started (which would rerun it on every build),
@@ -177,8 +276,8 @@ fn target_installed() -> Result<bool, String> {
 fn discover(plugins: &Path, target_dir: &Path) -> Result<Vec<Guest>, String> {
     let release = target_dir.join(TARGET).join("release");
     let mut guests = Vec::new();
-    for &(folder, prefix, copied) in GROUPS {
-        let group_dir = plugins.join(folder);
+    for group in GROUPS {
+        let group_dir = plugins.join(group.folder);
         let mut names = Vec::new();
         let entries = fs::read_dir(&group_dir)
             .map_err(|e| format!("cannot list {}: {e}", group_dir.display()))?;
@@ -196,7 +295,7 @@ fn discover(plugins: &Path, target_dir: &Path) -> Result<Vec<Guest>, String> {
         }
         names.sort();
         for name in names {
-            let package = format!("{prefix}-{name}");
+            let package = format!("{}-{name}", group.prefix);
             let manifest = group_dir.join(&name).join("Cargo.toml");
             let text = fs::read_to_string(&manifest)
                 .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
@@ -206,32 +305,73 @@ fn discover(plugins: &Path, target_dir: &Path) -> Result<Vec<Guest>, String> {
                     manifest.display()
                 ));
             }
-            let built = release.join(format!("{}.wasm", package.replace('-', "_")));
-            let path = if copied {
+            // A cdylib's file name has underscores, a binary's keeps its
+            // package name; a test binary's is only known after the build.
+            let built = match group.kind {
+                Kind::Handler => release.join(format!("{}.wasm", package.replace('-', "_"))),
+                Kind::Command => release.join(format!("{package}.wasm")),
+                Kind::TestBinary => PathBuf::new(),
+            };
+            let path = if group.copied {
                 plugins.join(format!("{package}.wasm"))
             } else {
                 built.clone()
             };
             guests.push(Guest {
-                handler: format!("{prefix}:{name}"),
+                handler: format!("{}:{name}", group.prefix),
                 constant: package.replace('-', "_").to_uppercase(),
+                package,
+                kind: group.kind,
+                list: group.list,
                 built,
                 path,
-                copied,
+                copied: group.copied,
             });
         }
     }
     Ok(guests)
 }
 
-/// `cargo build --release --target wasm32-wasip2` in `plugins/`, quiet unless
-/// it fails.
-fn run_nested_cargo(plugins: &Path, target_dir: &Path) -> Result<(), String> {
+/// The test binary cargo built for `package`, from the JSON messages of
+/// `cargo test --no-run --message-format json`: the one artifact of the
+/// package with an `executable`.
+fn test_executable(messages: &str, package: &str) -> Result<PathBuf, String> {
+    // Package ids name the package as `…#<package>@<version>` (or
+    // `…/<package>#<version>`); match the name followed by `@` or `#`.
+    let owned = |line: &str| {
+        [format!("#{package}@"), format!("/{package}#")]
+            .iter()
+            .any(|needle| line.contains(needle.as_str()))
+    };
+    let mut found = Vec::new();
+    for line in messages.lines().filter(|l| owned(l)) {
+        let Some(start) = line.find("\"executable\":\"") else {
+            continue;
+        };
+        let rest = &line[start + "\"executable\":\"".len()..];
+        let Some(end) = rest.find('"') else { continue };
+        found.push(PathBuf::from(&rest[..end]));
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "`cargo test --no-run` built no test binary for {package}: give it unit tests in src/lib.rs"
+        )),
+        _ => Err(format!(
+            "`cargo test --no-run` built {} test binaries for {package}; a rust-test fixture must have exactly one (unit tests in src/lib.rs, no tests/ folder)",
+            found.len()
+        )),
+    }
+}
+
+/// `cargo <args> --target wasm32-wasip2` in `plugins/`, quiet unless it
+/// fails. Returns its standard output.
+fn run_nested_cargo(plugins: &Path, target_dir: &Path, args: &[&str]) -> Result<String, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(plugins)
-        .args(["build", "--release", "--workspace", "--color", "never"])
-        .args(["--target", TARGET])
+        .args(args)
+        .args(["--color", "never", "--target", TARGET])
         .env("CARGO_TARGET_DIR", target_dir);
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
@@ -261,13 +401,14 @@ fn run_nested_cargo(plugins: &Path, target_dir: &Path) -> Result<(), String> {
         )
     })?;
     if out.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     for line in String::from_utf8_lossy(&out.stderr).lines() {
         println!("cargo::warning={line}");
     }
     Err(format!(
-        "building the guest plugins failed (`cargo build --release --target {TARGET}` in {}); its output is in the warnings above",
+        "building the guest plugins failed (`cargo {} --target {TARGET}` in {}); its output is in the warnings above",
+        args.join(" "),
         plugins.display()
     ))
 }
@@ -357,23 +498,13 @@ fn generate(plugins: &Path, guests: &[Guest]) -> Result<String, String> {
             utf8(&guest.path)?
         );
     }
-    for (list, copied, what) in [
-        (
-            "EXAMPLES",
-            true,
-            "example plugin (copied into `EXAMPLES_DIR`)",
-        ),
-        (
-            "HOSTILE",
-            false,
-            "hostile plugin (left in `plugins/target`)",
-        ),
-    ] {
+    for group in GROUPS {
         let _ = writeln!(
             code,
-            "/// (handler name, absolute path) of every {what}.\npub const {list}: &[(&str, &str)] = &["
+            "/// (name, absolute path) of every {}.\npub const {}: &[(&str, &str)] = &[",
+            group.what, group.list
         );
-        for guest in guests.iter().filter(|guest| guest.copied == copied) {
+        for guest in guests.iter().filter(|guest| guest.list == group.list) {
             let _ = writeln!(code, "    ({:?}, {}),", guest.handler, guest.constant);
         }
         let _ = writeln!(code, "];\n");

@@ -4,6 +4,7 @@
 
 mod api_boundary;
 mod cli;
+mod command_host;
 mod crash_recovery;
 mod engine_flow;
 mod guest_programs;

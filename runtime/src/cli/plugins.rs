@@ -46,6 +46,13 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
             for h in list {
                 println!("{}", h.render_text());
             }
+            let commands = host.command_names();
+            if !commands.is_empty() {
+                println!(
+                    "command components (wasi:cli/command, for CI steps): {}",
+                    commands.join(", ")
+                );
+            }
             Ok(())
         }
     }

@@ -28,6 +28,7 @@ use super::registry::{
 };
 use super::{PluginError, discovery, sandbox};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,6 +79,9 @@ pub struct LoadReport {
     pub loaded: Vec<PathBuf>,
     /// Plugins not loaded, in scan order.
     pub failures: Vec<LoadFailure>,
+    /// `wasi:cli/command` components found (CI steps, test binaries),
+    /// registered by file stem, in scan order.
+    pub commands: Vec<PathBuf>,
     /// How the compiled components were obtained.
     pub cache: CacheStats,
 }
@@ -134,6 +138,9 @@ pub struct PluginHost {
     dirs: Vec<PathBuf>,
     pub(crate) plugins: Vec<LoadedPlugin>,
     pub(crate) registry: Registry,
+    /// Handler-less `wasi:cli/command` components of the plugin
+    /// directories, by file stem (pipelines name them).
+    commands: BTreeMap<String, PathBuf>,
     instance_slots: Semaphore,
     /// Kept so the epoch ticker keeps ticking while the host lives.
     _engine: Option<Engine>,
@@ -146,6 +153,20 @@ impl std::fmt::Debug for PluginHost {
             .field("handlers", &self.handler_names())
             .finish_non_exhaustive()
     }
+}
+
+/// What one file of a plugin directory turned out to be.
+enum Loaded {
+    Plugin(Box<LoadedPlugin>, Vec<(HandlerInfo, jsonschema::Validator)>),
+    Command,
+}
+
+/// A command component's name: its file stem.
+fn command_name(path: &Path) -> String {
+    path.file_stem().map_or_else(
+        || path.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    )
 }
 
 /// Why a call into a guest did not return a value.
@@ -164,6 +185,7 @@ impl PluginHost {
             dirs: Vec::new(),
             plugins: Vec::new(),
             registry: Registry::default(),
+            commands: BTreeMap::new(),
             instance_slots: Semaphore::new(sandbox::MAX_INSTANCES as usize),
             _engine: None,
         }
@@ -210,6 +232,7 @@ impl PluginHost {
             dirs,
             plugins: Vec::new(),
             registry: Registry::default(),
+            commands: BTreeMap::new(),
             instance_slots: Semaphore::new(sandbox::MAX_INSTANCES as usize),
             _engine: Some(engine.clone()),
         };
@@ -218,9 +241,21 @@ impl PluginHost {
                 .load_plugin(&engine, &cache, &linker, &path, grants, &mut report.cache)
                 .await
             {
-                Ok((plugin, infos)) => {
+                Ok(Loaded::Command) => {
+                    let name = command_name(&path);
+                    if let Some(first) = host.commands.get(&name) {
+                        return Err(PluginError::DuplicateCommand {
+                            name,
+                            first: first.clone(),
+                            second: path,
+                        });
+                    }
+                    host.commands.insert(name, path.clone());
+                    report.commands.push(path);
+                }
+                Ok(Loaded::Plugin(plugin, infos)) => {
                     let index = host.plugins.len();
-                    host.plugins.push(plugin);
+                    host.plugins.push(*plugin);
                     for (info, validator) in infos {
                         let name = info.name.clone();
                         let entry = HandlerEntry {
@@ -248,7 +283,8 @@ impl PluginHost {
         Ok((host, report))
     }
 
-    /// Load one plugin: compile, link, describe, check schemas.
+    /// Load one plugin: compile, link, describe, check schemas. A
+    /// `wasi:cli/command` component is recognised and only named.
     async fn load_plugin(
         &self,
         engine: &Engine,
@@ -257,19 +293,24 @@ impl PluginHost {
         path: &Path,
         grants: Grants,
         stats: &mut CacheStats,
-    ) -> Result<(LoadedPlugin, Vec<(HandlerInfo, jsonschema::Validator)>), String> {
+    ) -> Result<Loaded, String> {
         let wasm = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
         let sha256 = super::cache::sha256_hex(&wasm);
         let (component, outcome) = cache
             .component(engine, &wasm, &sha256)
             .map_err(|e| format!("it is not a valid WebAssembly component: {e:#}"))?;
         stats.count(outcome);
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(PluginPre::new)
-            .map_err(|e| {
-                format!("it does not fit the lockstep:plugin world (wit/plugin.wit): {e:#}")
-            })?;
+        let pre = match linker.instantiate_pre(&component).and_then(PluginPre::new) {
+            Ok(pre) => pre,
+            Err(_) if super::command::exports_run(engine, &component) => {
+                return Ok(Loaded::Command);
+            }
+            Err(e) => {
+                return Err(format!(
+                    "it does not fit the lockstep:plugin world (wit/plugin.wit): {e:#}"
+                ));
+            }
+        };
         let plugin = LoadedPlugin {
             path: path.to_owned(),
             sha256,
@@ -311,7 +352,18 @@ impl PluginHost {
                 validator,
             ));
         }
-        Ok((plugin, checked))
+        Ok(Loaded::Plugin(Box::new(plugin), checked))
+    }
+
+    /// Names of the `wasi:cli/command` components found in the plugin
+    /// directories (file stems), sorted.
+    pub fn command_names(&self) -> Vec<String> {
+        self.commands.keys().cloned().collect()
+    }
+
+    /// The file of the command component named `name`, if one was found.
+    pub fn command_path(&self, name: &str) -> Option<&Path> {
+        self.commands.get(name).map(PathBuf::as_path)
     }
 
     /// Registered handler names, sorted.

@@ -42,7 +42,7 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl MemoryLimiter {
-    fn new(limit_bytes: u64) -> Self {
+    pub(crate) fn new(limit_bytes: u64) -> Self {
         Self {
             limit: usize::try_from(limit_bytes).unwrap_or(usize::MAX),
             in_use: 0,

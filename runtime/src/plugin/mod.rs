@@ -14,12 +14,16 @@
 //! - [`host`]: [`PluginHost`]: loading and running.
 //! - [`failure`]: [`RunFailure`], why a run failed.
 //! - [`inspect`]: `plugins list` and `exec`.
+//! - [`command`], [`command_output`]: `wasi:cli/command` components (CI
+//!   steps, test binaries): loading, running, streamed bounded output.
 //!
 //! **Invariants:** a plugin gets nothing the operator did not grant; there is
 //! no fallback handler; a guest can fail only its own attempt.
 
 pub mod bindings;
 pub mod cache;
+pub mod command;
+pub mod command_output;
 pub mod context;
 pub mod discovery;
 pub mod failure;
@@ -33,6 +37,10 @@ pub mod registry;
 pub mod sandbox;
 
 pub use cache::CacheStats;
+pub use command::{CommandEnd, CommandHost, CommandLoadError, Invocation, LoadedCommand, Preopen};
+pub use command_output::{
+    OutputChunk, OutputLimits, OutputReceiver, OutputSender, StreamKind, output_channel,
+};
 pub use context::{LogLevel, NO_JOB_CONTEXT, StandaloneContext, TaskContext};
 pub use discovery::{resolve_cache_dir, resolve_plugin_dirs};
 pub use failure::RunFailure;
@@ -66,6 +74,16 @@ pub enum PluginError {
         .second.display()
     )]
     DuplicateHandler {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error(
+        "command component {name:?} is in two plugin directories: {} and {}; remove or rename one of them",
+        .first.display(),
+        .second.display()
+    )]
+    DuplicateCommand {
         name: String,
         first: PathBuf,
         second: PathBuf,
