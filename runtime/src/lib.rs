@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod guest_artifacts;
+pub mod limits;
 pub mod mcp;
 pub mod model;
 pub mod plugin;

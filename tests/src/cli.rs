@@ -429,3 +429,92 @@ fn status_of_a_job_nobody_works_on_says_which_worker_it_needs() {
         ])
     );
 }
+
+#[test]
+fn an_error_is_printed_once_even_when_it_has_a_cause() {
+    let cli = Cli::new();
+    let file = cli.write("f.toml", "name = \"\"\n[[stages]]\nname = \"s\"\n");
+    let err = assert_bad_input(&cli.run(&["submit", &file]));
+    assert_eq!(err, format!("error: {file}: /name: job name is empty\n"));
+    let file = cli.write(
+        "g.toml",
+        "name = \"g\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"nope\" }]\n",
+    );
+    let err = assert_bad_input(&cli.run(&["submit", &file]));
+    assert_eq!(
+        err,
+        format!(
+            "error: {file}: /stages/0/tasks/0/handler: unknown handler \"nope\"; registered handlers: example:fanout, example:flaky, example:noop, example:steps, example:sum, example:wordcount\n"
+        )
+    );
+}
+
+#[test]
+fn the_limits_errors_cite_are_real_flags_and_sizes_read_humanly() {
+    let cli = Cli::new();
+    // A file of 3,000 bytes against a 1 KiB limit: its real size, in KiB.
+    let file = cli.write("big.toml", &format!("name = \"{}\"\n", "x".repeat(2989)));
+    let err = assert_bad_input(&cli.run(&["--max-spec-bytes", "1024", "submit", &file]));
+    assert_eq!(
+        err,
+        format!(
+            "error: {file}: job file is 2.9 KiB, larger than the 1 KiB limit (raise it with --max-spec-bytes)\n"
+        )
+    );
+    let three = cli.write(
+        "three.toml",
+        "name = \"three\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\" }, { handler = \"example:noop\" }, { handler = \"example:noop\" }]\n",
+    );
+    let err = assert_bad_input(&cli.run(&["--max-tasks-per-job", "2", "submit", &three]));
+    assert_eq!(
+        err,
+        format!(
+            "error: {three}: /stages: job has 3 tasks, more than the 2-task limit (raise it with --max-tasks-per-job)\n"
+        )
+    );
+    // Raising the limits lets the same files through.
+    let out = cli.run(&["--max-tasks-per-job", "3", "submit", &three]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let help = stdout(&cli.run(&["--help"]));
+    for flag in [
+        "--max-spec-bytes",
+        "--max-tasks-per-job",
+        "--max-input-bytes",
+    ] {
+        assert!(help.contains(flag), "--help does not document {flag}");
+    }
+    assert_eq!(cli.job_count(), 1);
+}
+
+#[test]
+fn a_fifty_megabyte_stage_name_is_refused_and_writes_nothing() {
+    let cli = Cli::new();
+    let name = "s".repeat(50 << 20);
+    let file = cli.write(
+        "huge.toml",
+        &format!("name = \"huge\"\n[[stages]]\nname = \"{name}\"\ntasks = [{{ handler = \"example:noop\" }}]\n"),
+    );
+    drop(name);
+    let err = assert_bad_input(&cli.run(&["submit", &file]));
+    assert_eq!(
+        err,
+        format!(
+            "error: {file}: /stages/0/name: stage name is 52428800 bytes, longer than the 256-byte limit\n"
+        )
+    );
+    assert_eq!(cli.job_count(), 0);
+}
+
+#[test]
+fn a_tenant_name_with_control_characters_is_refused_by_every_command() {
+    let cli = Cli::new();
+    for args in [vec!["jobs"], vec!["status", "1"]] {
+        let mut all = vec!["--tenant", "a\u{1b}[31mb"];
+        all.extend(args);
+        let err = assert_bad_input(&cli.run(&all));
+        assert_eq!(
+            err,
+            "error: --tenant: the tenant name \"a\\u{1b}[31mb\" contains whitespace or control characters\n"
+        );
+    }
+}

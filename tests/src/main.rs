@@ -22,3 +22,4 @@ mod postgres_test_db;
 mod schema_upgrade;
 mod spec_files;
 mod store_conformance;
+mod store_faults;

@@ -375,6 +375,38 @@ fn bad_calls() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "arguments",
             "are ",
         ),
+        // Names are bounded in bytes and hold no control characters; no text
+        // holds a NUL (PostgreSQL cannot store it, SQLite could).
+        (
+            "submit_job",
+            json!({ "job": { "name": "j", "stages": [{ "name": "s".repeat(300), "tasks": [] }] } }),
+            "job.stages[0].name",
+            "stage name is 300 bytes, longer than the 256-byte limit",
+        ),
+        (
+            "submit_job",
+            json!({ "job": { "name": "j\u{0}", "stages": [{ "name": "s" }] } }),
+            "job.name",
+            "job name contains the control character U+0000 at byte 1; NUL cannot be stored",
+        ),
+        (
+            "fail_task",
+            json!({ "task_id": 1, "attempt": 1, "reason": "a\u{0}b", "retryable": true }),
+            "reason",
+            "contains the control character U+0000 at byte 1; NUL cannot be stored",
+        ),
+        (
+            "update_task",
+            json!({ "task_id": 1, "attempt": 1, "note": "\u{0}" }),
+            "note",
+            "contains the control character U+0000 at byte 0",
+        ),
+        (
+            "claim_task",
+            json!({ "specialist": "a\u{1b}[2Jb" }),
+            "specialist",
+            "contains the control character U+001B at byte 1; names may only hold printable characters",
+        ),
     ]
 }
 

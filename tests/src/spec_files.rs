@@ -171,7 +171,7 @@ fn spec_text_larger_than_the_limit_is_refused_before_parsing() {
     let text = format!("name = \"{}\"", "x".repeat(2000));
     assert_eq!(
         error_text(parse_job_str(&text, Format::Toml, &limits)),
-        "job spec: job spec is 2.0 KiB, larger than the 1 KiB limit (raise it with --max-spec-bytes)"
+        "job spec is 2.0 KiB, larger than the 1 KiB limit (raise it with --max-spec-bytes)"
     );
 }
 
@@ -348,7 +348,8 @@ fn unknown_handler_with_no_plugins_says_none_are_registered() {
 
 #[test]
 fn hostile_long_handler_name_is_shortened_in_the_error() {
-    let name = "h".repeat(1_000_000);
+    // Within the name limit, but too long to quote whole.
+    let name = "h".repeat(250);
     let spec = JobSpec {
         name: "t".into(),
         idempotency_key: None,
@@ -361,6 +362,136 @@ fn hostile_long_handler_name_is_shortened_in_the_error() {
             "h".repeat(80)
         )
     );
+}
+
+/// A job with one stage of one task, changed by `edit`.
+fn one_task_job(edit: impl FnOnce(&mut JobSpec)) -> JobSpec {
+    let mut task = TaskSpec::wasm("example:noop", json!({}));
+    task.key = Some("k".into());
+    let mut spec = JobSpec {
+        name: "j".into(),
+        idempotency_key: None,
+        stages: vec![stage("s", vec![task])],
+    };
+    edit(&mut spec);
+    spec
+}
+
+fn agent_task(title: &str) -> TaskSpec {
+    let mut task = TaskSpec::wasm("unused", json!({}));
+    task.handler = None;
+    task.executor = Some(Executor::Agent);
+    task.title = Some(title.into());
+    task
+}
+
+#[test]
+fn names_keys_and_idempotency_keys_are_bounded_in_bytes() {
+    let long = |n: usize| "é".repeat(n / 2) + &"x".repeat(n % 2);
+    let cases: Vec<(JobSpec, &str)> = vec![
+        (
+            one_task_job(|j| j.name = long(4097)),
+            "/name: job name is 4097 bytes, longer than the 4096-byte limit",
+        ),
+        (
+            one_task_job(|j| j.idempotency_key = Some(long(1025))),
+            "/idempotency_key: idempotency key is 1025 bytes, longer than the 1024-byte limit",
+        ),
+        (
+            one_task_job(|j| j.stages[0].name = long(50_000_000)),
+            "/stages/0/name: stage name is 50000000 bytes, longer than the 256-byte limit",
+        ),
+        (
+            one_task_job(|j| j.stages[0].tasks[0].key = Some(long(257))),
+            "/stages/0/tasks/0/key: task key is 257 bytes, longer than the 256-byte limit",
+        ),
+        (
+            one_task_job(|j| {
+                let mut dependent = TaskSpec::wasm("example:noop", json!({}));
+                dependent.depends_on = vec![long(300)];
+                j.stages[0].tasks.push(dependent);
+            }),
+            "/stages/0/tasks/1/depends_on/0: task key is 300 bytes, longer than the 256-byte limit",
+        ),
+        (
+            one_task_job(|j| j.stages[0].tasks[0].handler = Some(long(257))),
+            "/stages/0/tasks/0/handler: handler name is 257 bytes, longer than the 256-byte limit",
+        ),
+        (
+            one_task_job(|j| j.stages[0].tasks = vec![agent_task(&long(1025))]),
+            "/stages/0/tasks/0/title: agent task title is 1025 bytes, longer than the 1024-byte limit",
+        ),
+        (
+            one_task_job(|j| {
+                let mut task = agent_task("t");
+                task.specialist = Some(long(257));
+                j.stages[0].tasks = vec![task];
+            }),
+            "/stages/0/tasks/0/specialist: specialist is 257 bytes, longer than the 256-byte limit",
+        ),
+        (
+            one_task_job(|j| {
+                let mut task = agent_task("t");
+                task.instructions = Some(long(256 * 1024 + 1));
+                j.stages[0].tasks = vec![task];
+            }),
+            "/stages/0/tasks/0/instructions: instructions is 262145 bytes, longer than the 262144-byte limit",
+        ),
+    ];
+    for (spec, expected) in cases {
+        assert_eq!(error_text(check(&spec)), expected);
+    }
+    // Exactly at each limit is accepted.
+    let at_limits = one_task_job(|j| {
+        j.name = long(4096);
+        j.idempotency_key = Some(long(1024));
+        j.stages[0].name = long(256);
+        j.stages[0].tasks[0].key = Some(long(256));
+    });
+    check(&at_limits).expect("names at their limits are accepted");
+}
+
+#[test]
+fn control_characters_in_names_and_nul_in_free_text_are_refused() {
+    let cases: Vec<(JobSpec, &str)> = vec![
+        (
+            one_task_job(|j| j.stages[0].name = "a\u{0}b".into()),
+            "/stages/0/name: stage name contains the control character U+0000 at byte 1; NUL cannot be stored",
+        ),
+        (
+            one_task_job(|j| j.name = "\u{1b}[2Jjob".into()),
+            "/name: job name contains the control character U+001B at byte 0; names may only hold printable characters",
+        ),
+        (
+            one_task_job(|j| j.stages[0].tasks[0].key = Some("line\nbreak".into())),
+            "/stages/0/tasks/0/key: task key contains the control character U+000A at byte 4; names may only hold printable characters",
+        ),
+        (
+            one_task_job(|j| j.idempotency_key = Some("k\u{0}".into())),
+            "/idempotency_key: idempotency key contains the control character U+0000 at byte 1; NUL cannot be stored",
+        ),
+        (
+            one_task_job(|j| {
+                let mut task = agent_task("t");
+                task.instructions = Some("step 1\n\u{0}".into());
+                j.stages[0].tasks = vec![task];
+            }),
+            "/stages/0/tasks/0/instructions: instructions contains the control character U+0000 at byte 7; NUL cannot be stored",
+        ),
+    ];
+    for (spec, expected) in cases {
+        assert_eq!(error_text(check(&spec)), expected);
+    }
+    // Free text keeps its newlines and tabs; a NUL inside an input is JSON's
+    // escape `\u0000` in the stored text, which both backends hold.
+    let fine = one_task_job(|j| {
+        let mut task = agent_task("t");
+        task.instructions = Some("step 1\n\tstep 2".into());
+        task.input = json!({ "text": "a\u{0}b" });
+        j.stages[0].tasks = vec![task];
+    });
+    let job = check(&fine).expect("free text with newlines is accepted");
+    assert!(!job.stages[0].tasks[0].input_json.contains('\0'));
 }
 
 #[test]

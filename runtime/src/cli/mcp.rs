@@ -6,7 +6,6 @@
 
 use super::{CliResult, Ctx, Failure};
 use crate::engine::WorkerConfig;
-use crate::engine::tokens;
 use crate::mcp::{self, McpConfig};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -107,14 +106,14 @@ pub enum TokenCommand {
 pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
     match cmd {
         TokenCommand::Create { label } => {
-            tokens::check_tenant_name(&ctx.tenant.0)
-                .map_err(|e| Failure::BadInput(anyhow::anyhow!("--tenant: {e}")))?;
-            if let Some(l) = &label
-                && l.chars().count() > 200
-            {
-                return Err(Failure::BadInput(anyhow::anyhow!(
-                    "--label is longer than 200 characters"
-                )));
+            if let Some(l) = &label {
+                if l.chars().count() > 200 {
+                    return Err(Failure::BadInput(anyhow::anyhow!(
+                        "--label is longer than 200 characters"
+                    )));
+                }
+                crate::limits::check_name(l, usize::MAX)
+                    .map_err(|e| Failure::BadInput(anyhow::anyhow!("--label {e}")))?;
             }
             let engine = ctx.reader().await?;
             let issued = engine

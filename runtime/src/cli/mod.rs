@@ -44,9 +44,15 @@ pub struct Cli {
     /// Refuse to start when any plugin fails to load.
     #[arg(long, global = true)]
     strict: bool,
-    /// Largest task input accepted, in bytes.
+    /// Largest task input accepted at submit, in bytes (as JSON text).
     #[arg(long, global = true, default_value_t = 1024 * 1024)]
     max_input_bytes: u64,
+    /// Most tasks a job may hold at submit.
+    #[arg(long, global = true, default_value_t = 100_000)]
+    max_tasks_per_job: u64,
+    /// Largest job file or job text accepted, in bytes.
+    #[arg(long, global = true, default_value_t = 64 * 1024 * 1024)]
+    max_spec_bytes: u64,
     /// Log filter (tracing env-filter syntax), e.g. info or lockstep=debug.
     #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "warn")]
     log: String,
@@ -106,7 +112,17 @@ pub enum Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Failure::Other(e)
+        // Naming the wrong database is the user's input, wherever it surfaced.
+        let wrong_database = e.chain().any(|cause| {
+            cause
+                .downcast_ref::<EngineError>()
+                .is_some_and(EngineError::is_bad_input)
+        });
+        if wrong_database {
+            Failure::BadInput(e)
+        } else {
+            Failure::Other(e)
+        }
     }
 }
 
@@ -139,7 +155,12 @@ impl Ctx {
     async fn open(&self, plugins: Arc<PluginHost>) -> anyhow::Result<Arc<Engine>> {
         Engine::open(&self.db_url, plugins, self.config.clone())
             .await
-            .with_context(|| format!("could not open the database {}", self.db_url))
+            .with_context(|| {
+                format!(
+                    "could not open the database {}",
+                    without_password(&self.db_url)
+                )
+            })
     }
 
     pub fn plugin_config(&self) -> HostConfig {
@@ -171,9 +192,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only for a person at a terminal: a log file or a pipe gets
+    // plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -202,15 +226,45 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// An error chain as one line: `context: cause: root cause`.
+/// An error chain as one line: `context: cause: root cause`. Many errors
+/// already include their source's text in their own (`#[error("…: {0}")]`
+/// with `#[source]`); a cause whose text was already said is not said again.
 fn one_sentence(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if cause.is_empty() || text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+/// A database URL as it may be printed: a password in it is replaced by `***`.
+pub(crate) fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) if user_info.contains(':') => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn dispatch(cli: Cli) -> CliResult {
+    // Every command reads or writes as this tenant: refuse a name the store
+    // could not hold (or a terminal could not print) before anything runs.
+    crate::engine::tokens::check_tenant_name(&cli.tenant)
+        .map_err(|e| Failure::BadInput(anyhow::anyhow!("--tenant: {e}")))?;
     let explicit = cli
         .db
         .clone()
@@ -219,6 +273,8 @@ async fn dispatch(cli: Cli) -> CliResult {
     let db_url = explicit.unwrap_or_else(|| "sqlite://lockstep.db".to_string());
     let mut config = EngineConfig::default();
     config.limits.max_input_bytes = cli.max_input_bytes;
+    config.limits.max_tasks_per_job = cli.max_tasks_per_job;
+    config.limits.max_spec_bytes = cli.max_spec_bytes;
     let ctx = Ctx {
         db_url,
         db_explicit,
@@ -243,7 +299,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Token(c) => mcp::token(&ctx, c).await,
         Command::Migrate => {
             ctx.reader().await?;
-            println!("migrations applied to {}", ctx.db_url);
+            println!("migrations applied to {}", without_password(&ctx.db_url));
             Ok(())
         }
         Command::Plugins(c) => plugins::plugins(&ctx, c).await,

@@ -213,6 +213,11 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> AgentError {
 /// `/stages/0/tasks/3/depends_on/1` → `subtasks[3].depends_on[1]`: spec
 /// errors about a plan's job are reported in the plan's own terms.
 fn plan_field(pointer: &str) -> String {
+    match pointer {
+        "/name" => return "goal".to_string(),
+        "/idempotency_key" => return "idempotency_key".to_string(),
+        _ => {}
+    }
     let rest = pointer.strip_prefix("/stages/0/tasks/").unwrap_or("");
     let mut parts = rest.split('/');
     let Some(index) = parts.next().filter(|i| !i.is_empty()) else {

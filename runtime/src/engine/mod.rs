@@ -78,10 +78,13 @@ pub enum EngineError {
 impl EngineError {
     /// True when the caller, not the system, must fix something.
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            EngineError::Spec(_) | EngineError::NotFound { .. } | EngineError::IllegalTransition(_)
-        )
+        match self {
+            EngineError::Spec(_)
+            | EngineError::NotFound { .. }
+            | EngineError::IllegalTransition(_) => true,
+            // A database URL that cannot be shared, another application's file.
+            EngineError::Store(e) => e.is_bad_input(),
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 //! **Invariant:** every struct denies unknown fields, so a misspelt argument
 //! is an error naming it instead of a silently ignored default.
 
-use super::params::{ArgError, Check, attempt, bounded, id, optional_text, text};
+use super::params::{
+    ArgError, Check, attempt, bounded, id, name, optional_name, optional_text, text,
+};
 use crate::spec::JobSpec;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -53,7 +55,7 @@ pub struct SubmitJobArgs {
 
 impl Check for SubmitJobArgs {
     fn check(&self) -> Result<(), ArgError> {
-        optional_text("idempotency_key", self.idempotency_key.as_deref(), 200)
+        optional_name("idempotency_key", self.idempotency_key.as_deref(), 200)
     }
 }
 
@@ -237,7 +239,7 @@ pub struct SubtaskArg {
 
 impl Check for PlanTaskArgs {
     fn check(&self) -> Result<(), ArgError> {
-        text("goal", &self.goal, crate::engine::agent::MAX_GOAL_CHARS)?;
+        name("goal", &self.goal, crate::engine::agent::MAX_GOAL_CHARS)?;
         if self.subtasks.is_empty() {
             return Err(ArgError::new(
                 "subtasks",
@@ -254,22 +256,22 @@ impl Check for PlanTaskArgs {
                 ),
             ));
         }
-        optional_text("idempotency_key", self.idempotency_key.as_deref(), 200)?;
+        optional_name("idempotency_key", self.idempotency_key.as_deref(), 200)?;
         for (i, s) in self.subtasks.iter().enumerate() {
-            text(&format!("subtasks[{i}].title"), &s.title, MAX_TITLE)?;
+            name(&format!("subtasks[{i}].title"), &s.title, MAX_TITLE)?;
             text(
                 &format!("subtasks[{i}].instructions"),
                 &s.instructions,
                 MAX_TEXT,
             )?;
-            optional_text(
+            optional_name(
                 &format!("subtasks[{i}].specialist"),
                 s.specialist.as_deref(),
                 MAX_NAME,
             )?;
-            optional_text(&format!("subtasks[{i}].key"), s.key.as_deref(), MAX_NAME)?;
+            optional_name(&format!("subtasks[{i}].key"), s.key.as_deref(), MAX_NAME)?;
             for (j, d) in s.depends_on.iter().enumerate() {
-                text(&format!("subtasks[{i}].depends_on[{j}]"), d, MAX_TITLE)?;
+                name(&format!("subtasks[{i}].depends_on[{j}]"), d, MAX_TITLE)?;
             }
             if s.max_attempts == Some(0) {
                 return Err(ArgError::new(
@@ -298,7 +300,7 @@ impl Check for ClaimTaskArgs {
         if let Some(j) = self.job_id {
             id("job_id", j)?;
         }
-        optional_text("specialist", self.specialist.as_deref(), MAX_NAME)
+        optional_name("specialist", self.specialist.as_deref(), MAX_NAME)
     }
 }
 
@@ -370,7 +372,7 @@ impl Check for CompleteTaskArgs {
         }
         for (i, a) in self.artifacts.iter().enumerate() {
             text(&format!("artifacts[{i}].path"), &a.path, MAX_PATH)?;
-            text(&format!("artifacts[{i}].kind"), &a.kind, MAX_NAME)?;
+            name(&format!("artifacts[{i}].kind"), &a.kind, MAX_NAME)?;
         }
         Ok(())
     }

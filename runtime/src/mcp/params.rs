@@ -139,7 +139,23 @@ pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<(),
     }
 }
 
-/// At most `max` characters (may be empty).
+/// A required name (specialist, key, kind): not blank, at most `max`
+/// characters, no control characters (see [`crate::limits`]).
+pub fn name(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
+    text(field, value, max)?;
+    crate::limits::check_name(value, usize::MAX).map_err(|e| ArgError::new(field, e.to_string()))
+}
+
+/// An optional name: when present, as [`name`].
+pub fn optional_name(field: &str, value: Option<&str>, max: usize) -> Result<(), ArgError> {
+    match value {
+        Some(v) => name(field, v, max),
+        None => Ok(()),
+    }
+}
+
+/// At most `max` characters (may be empty), and no NUL, which one backend
+/// would store and the other refuse (see [`crate::limits`]).
 pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
     // Bytes bound characters from above, so most values skip the count.
     if value.len() > max && value.chars().count() > max {
@@ -148,7 +164,7 @@ pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
             format!("is longer than {max} characters"),
         ));
     }
-    Ok(())
+    crate::limits::check_text(value, usize::MAX).map_err(|e| ArgError::new(field, e.to_string()))
 }
 
 /// A positive id.

@@ -88,11 +88,12 @@ pub enum SpecError {
     /// The file name does not say whether it is TOML or JSON.
     #[error("{path}: job files must end in .toml or .json")]
     UnsupportedExtension { path: String },
-    /// The job text is larger than [`Limits::max_spec_bytes`].
+    /// The job text is larger than [`Limits::max_spec_bytes`]; `size` is
+    /// unknown for a stream (only that it is larger).
     #[error("{}", too_large_message(origin.as_deref(), *size, *limit))]
     SpecTooLarge {
         origin: Option<String>,
-        size: u64,
+        size: Option<u64>,
         limit: u64,
     },
     /// The text is not valid TOML/JSON, or does not have the shape of a job
@@ -126,12 +127,19 @@ impl SpecError {
     }
 }
 
-fn too_large_message(origin: Option<&str>, size: u64, limit: u64) -> String {
-    let (size, limit) = sizes_for_comparison(size, limit);
-    format!(
-        "{}: job spec is {size}, larger than the {limit} limit (raise it with --max-spec-bytes)",
-        origin.unwrap_or("job spec")
-    )
+fn too_large_message(origin: Option<&str>, size: Option<u64>, limit: u64) -> String {
+    let what = match origin {
+        Some(origin) => format!("{origin}: job file"),
+        None => "job spec".to_string(),
+    };
+    let size = match size {
+        Some(size) => {
+            let (size, limit) = sizes_for_comparison(size, limit);
+            format!("is {size}, larger than the {limit} limit")
+        }
+        None => format!("is larger than the {} limit", shown_size(limit).2),
+    };
+    format!("{what} {size} (raise it with --max-spec-bytes)")
 }
 
 const KIB: u64 = 1 << 10;

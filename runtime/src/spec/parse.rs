@@ -54,11 +54,23 @@ pub fn parse_job_file(path: &Path, limits: &Limits) -> Result<JobSpec, SpecError
         source,
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
+    // A regular file says how large it is; a stream only that it goes on.
+    let file_size = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
     let mut bytes = Vec::new();
     file.take(limits.max_spec_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(read_error)?;
-    check_spec_size(bytes.len(), Some(&origin), limits)?;
+    if bytes.len() as u64 > limits.max_spec_bytes {
+        return Err(SpecError::SpecTooLarge {
+            origin: Some(origin),
+            size: file_size.filter(|&size| size > limits.max_spec_bytes),
+            limit: limits.max_spec_bytes,
+        });
+    }
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
@@ -76,7 +88,7 @@ pub fn parse_job_file(path: &Path, limits: &Limits) -> Result<JobSpec, SpecError
 
 /// Parses job text in the given format. Errors give the line and column.
 pub fn parse_job_str(text: &str, format: Format, limits: &Limits) -> Result<JobSpec, SpecError> {
-    check_spec_size(text.len(), None, limits)?;
+    check_spec_size(text.len(), limits)?;
     parse_text(text, format, None)
 }
 
@@ -89,12 +101,12 @@ pub fn parse_job_value(value: serde_json::Value) -> Result<JobSpec, SpecError> {
     })
 }
 
-fn check_spec_size(size: usize, origin: Option<&str>, limits: &Limits) -> Result<(), SpecError> {
+fn check_spec_size(size: usize, limits: &Limits) -> Result<(), SpecError> {
     let size = u64::try_from(size).unwrap_or(u64::MAX);
     if size > limits.max_spec_bytes {
         return Err(SpecError::SpecTooLarge {
-            origin: origin.map(str::to_owned),
-            size,
+            origin: None,
+            size: Some(size),
             limit: limits.max_spec_bytes,
         });
     }

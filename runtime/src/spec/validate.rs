@@ -2,9 +2,11 @@
 //! [`SubmitJob`] with every default filled in.
 //!
 //! Rules (each failure is a [`SpecError::Invalid`] whose pointer names the
-//! offending field): a non-empty job name; at least one stage; no more tasks
-//! than [`Limits::max_tasks_per_job`]; stage names non-empty and unique; task
-//! keys non-empty and unique within the job; `depends_on` names a keyed task
+//! offending field): every name, key, title and idempotency key meets
+//! [`crate::limits`] (not blank, bounded in bytes, no control characters —
+//! so no NUL, which one backend would store and the other refuse); at least
+//! one stage; no more tasks than [`Limits::max_tasks_per_job`]; stage names
+//! unique; task keys unique within the job; `depends_on` names a keyed task
 //! of the *same* stage, not the task itself, once, and without cycles; every
 //! WASM task names a registered handler and an input that matches its schema
 //! and fits [`Limits::max_input_bytes`]; agent tasks have a title and no
@@ -17,6 +19,7 @@ use super::catalog::HandlerCatalog;
 use super::model::{JobSpec, TaskSpec};
 use super::parse::parse_job_file;
 use super::{Limits, SpecError, sizes_for_comparison};
+use crate::limits;
 use crate::model::{Executor, Millis, NewStage, NewTask, SubmitJob, TenantId};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -59,16 +62,20 @@ pub fn validate(
     tenant: TenantId,
     now: Millis,
 ) -> Result<SubmitJob, SpecError> {
-    if spec.name.trim().is_empty() {
-        return Err(SpecError::invalid("/name", "job name is empty"));
-    }
-    if let Some(key) = &spec.idempotency_key
-        && key.trim().is_empty()
-    {
-        return Err(SpecError::invalid(
+    check_name("/name", "job name", &spec.name, limits::MAX_JOB_NAME_BYTES)?;
+    if let Some(key) = &spec.idempotency_key {
+        if key.trim().is_empty() {
+            return Err(SpecError::invalid(
+                "/idempotency_key",
+                "idempotency key is empty; omit it to use the hash of the spec",
+            ));
+        }
+        check_name(
             "/idempotency_key",
-            "idempotency key is empty; omit it to use the hash of the spec",
-        ));
+            "idempotency key",
+            key,
+            limits::MAX_IDEMPOTENCY_KEY_BYTES,
+        )?;
     }
     if spec.stages.is_empty() {
         return Err(SpecError::invalid(
@@ -178,9 +185,7 @@ fn check_stage_names(spec: &JobSpec) -> Result<(), SpecError> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (s, stage) in spec.stages.iter().enumerate() {
         let pointer = format!("/stages/{s}/name");
-        if stage.name.trim().is_empty() {
-            return Err(SpecError::invalid(pointer, "stage name is empty"));
-        }
+        check_name(&pointer, "stage name", &stage.name, limits::MAX_NAME_BYTES)?;
         if let Some(first) = seen.insert(&stage.name, s) {
             return Err(SpecError::invalid(
                 pointer,
@@ -203,9 +208,7 @@ fn collect_keys(spec: &JobSpec) -> Result<KeyIndex<'_>, SpecError> {
         for (t, task) in stage.tasks.iter().enumerate() {
             let Some(key) = &task.key else { continue };
             let pointer = format!("/stages/{s}/tasks/{t}/key");
-            if key.trim().is_empty() {
-                return Err(SpecError::invalid(pointer, "task key is empty"));
-            }
+            check_name(&pointer, "task key", key, limits::MAX_NAME_BYTES)?;
             if let Some((fs, ft)) = keys.insert(key, (s, t)) {
                 return Err(SpecError::invalid(
                     pointer,
@@ -243,6 +246,12 @@ fn wasm_handler(
             format!("task has no handler; {}", registered_list(registered)),
         ));
     };
+    check_name(
+        &format!("{pointer}/handler"),
+        "handler name",
+        handler,
+        limits::MAX_NAME_BYTES,
+    )?;
     if !registered.contains(handler) {
         return Err(SpecError::invalid(
             format!("{pointer}/handler"),
@@ -274,27 +283,40 @@ fn agent_handler(task: &TaskSpec, pointer: &str) -> Result<String, SpecError> {
             "agent tasks take no handler; name a specialist instead",
         ));
     }
-    match &task.title {
-        None => {
-            return Err(SpecError::invalid(
-                pointer,
-                "agent task has no title; give it a short title",
-            ));
-        }
-        Some(title) if title.trim().is_empty() => {
-            return Err(SpecError::invalid(
-                format!("{pointer}/title"),
-                "agent task title is empty",
-            ));
-        }
-        Some(_) => {}
+    let Some(title) = &task.title else {
+        return Err(SpecError::invalid(
+            pointer,
+            "agent task has no title; give it a short title",
+        ));
+    };
+    check_name(
+        &format!("{pointer}/title"),
+        "agent task title",
+        title,
+        limits::MAX_TITLE_BYTES,
+    )?;
+    if let Some(instructions) = &task.instructions {
+        limits::check_text(instructions, limits::MAX_INSTRUCTIONS_BYTES).map_err(|e| {
+            SpecError::invalid(
+                format!("{pointer}/instructions"),
+                format!("instructions {e}"),
+            )
+        })?;
     }
     match &task.specialist {
         Some(specialist) if specialist.trim().is_empty() => Err(SpecError::invalid(
             format!("{pointer}/specialist"),
             "specialist is empty; name one or remove the field",
         )),
-        Some(specialist) => Ok(specialist.clone()),
+        Some(specialist) => {
+            check_name(
+                &format!("{pointer}/specialist"),
+                "specialist",
+                specialist,
+                limits::MAX_NAME_BYTES,
+            )?;
+            Ok(specialist.clone())
+        }
         None => Ok(AGENT_HANDLER.to_string()),
     }
 }
@@ -352,6 +374,7 @@ fn check_dependencies(
     let mut seen = BTreeSet::new();
     for (d, dep) in task.depends_on.iter().enumerate() {
         let dep_pointer = format!("{pointer}/depends_on/{d}");
+        check_name(&dep_pointer, "task key", dep, limits::MAX_NAME_BYTES)?;
         if task.key.as_deref() == Some(dep.as_str()) {
             return Err(SpecError::invalid(
                 dep_pointer,
@@ -481,6 +504,12 @@ fn cycle_error(tasks: &[TaskSpec], cycle: &[usize], stage_pointer: &str) -> Spec
             path.join(" -> ")
         ),
     )
+}
+
+/// `what` (a name, key or title of the spec at `pointer`) against the rules
+/// of [`limits::check_name`]: `stage name is 300 bytes, longer than …`.
+fn check_name(pointer: &str, what: &str, value: &str, max: usize) -> Result<(), SpecError> {
+    limits::check_name(value, max).map_err(|e| SpecError::invalid(pointer, format!("{what} {e}")))
 }
 
 /// A name from the spec as quoted in an error, cut to a readable length: a

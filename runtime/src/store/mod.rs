@@ -42,8 +42,34 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://HOST/DB")]
     UnsupportedUrl(String),
+    /// A database URL lockstep refuses to use (it could not be shared
+    /// between processes); the text says why and what to use instead.
+    #[error("{0}")]
+    UnusableUrl(String),
+    /// The file is not lockstep's: nothing was written to it.
+    #[error("{path} is not a lockstep database: {reason}")]
+    NotLockstep { path: String, reason: String },
+    /// The database cannot be written by this process; the text names it.
+    #[error("{0}")]
+    ReadOnly(String),
+    /// The database server cannot be reached at all.
+    #[error("cannot connect to PostgreSQL at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the caller named the wrong database (a URL that cannot be
+    /// shared, another application's file), as opposed to a fault.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            StoreError::UnsupportedUrl(_)
+                | StoreError::UnusableUrl(_)
+                | StoreError::NotLockstep { .. }
+        )
+    }
 }
 
 // ---------------------------------------------------------------- submit

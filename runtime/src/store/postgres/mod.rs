@@ -42,8 +42,10 @@ use super::{
     RescueExpiredLeases, RetryTask, StoreError,
 };
 use crate::model::{JobState, SubmitJob, Submitted, TaskState};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _};
 use std::future::Future;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -103,13 +105,42 @@ impl SqlStore<PgBackend> {
     }
 
     pub async fn open_with(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
+        let connect = PgConnectOptions::from_str(url)?
+            // Large submits are single statements by design; sqlx would
+            // print their whole SQL as a warning.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
+        // One plain connection first: the pool retries a refused connection
+        // until its acquire timeout and then reports only "pool timed out";
+        // a single attempt fails at once and says why, naming the server.
+        let first = tokio::time::timeout(options.acquire_timeout, connect.connect()).await;
+        match first {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(sqlx::Error::Io(e))) => {
+                return Err(StoreError::Unreachable {
+                    address: server_address(&connect),
+                    reason: e.to_string(),
+                });
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(StoreError::Unreachable {
+                    address: server_address(&connect),
+                    reason: format!(
+                        "no answer within {} s",
+                        options.acquire_timeout.as_secs_f64()
+                    ),
+                });
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             // A connection killed by a restart or `pg_terminate_backend` is
             // noticed here and replaced instead of failing the next call.
             .test_before_acquire(true)
-            .connect(url)
+            .connect_with(connect)
             .await?;
         SqlStore::with_backend(PgBackend {
             pool,
@@ -168,6 +199,11 @@ impl PgBackend {
             }
         }
     }
+}
+
+/// `host:port` (or the socket directory) a connection goes to, for errors.
+fn server_address(connect: &PgConnectOptions) -> String {
+    format!("{}:{}", connect.get_host(), connect.get_port())
 }
 
 /// SQLSTATE 40P01 (deadlock detected) or 40001 (serialization failure).

@@ -33,7 +33,10 @@ use crate::model::{JobState, SubmitJob, Submitted, TaskState};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions as _, Connection as _};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 // Shared spellings and helpers, re-exported for the modules below.
@@ -62,48 +65,280 @@ impl Default for SqliteOptions {
 /// The SQLite store.
 pub type SqliteStore = SqlStore<SqliteBackend>;
 
+/// lockstep's schema migrations for SQLite.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
 /// The SQLite database behind a [`SqliteStore`]: one writer, a few readers.
 #[derive(Debug, Clone)]
 pub struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The file, as the URL names it.
+    path: String,
+    /// The file cannot be written (permissions, a read-only mount): reads
+    /// work, every write is refused with the file's name.
+    read_only: bool,
+    /// Writer connections closed because a failed commit left them inside
+    /// a transaction.
+    replaced_writers: Arc<AtomicU64>,
 }
 
 impl SqlStore<SqliteBackend> {
     /// Open (creating if missing) `sqlite://PATH` and run the migrations.
+    ///
+    /// Refuses URLs no other process could open (`sqlite::memory:`, an empty
+    /// path), a file that is not SQLite, and a SQLite file of another
+    /// application (tables, but none of lockstep's bookkeeping) — before
+    /// anything is written to it. A file this process may not write is
+    /// opened read-only when its schema is current.
     pub async fn open(url: &str, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
-        let connect = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+        let path = shareable_path(url)?;
+        let base = SqliteConnectOptions::from_str(url)?
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout)
-            .statement_cache_capacity(256);
+            .statement_cache_capacity(256)
+            // A large submit is one long statement by design; sqlx would
+            // print its whole SQL as a warning.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
+        let read_only = inspect_existing(&path, &base).await?;
+        let replaced_writers = Arc::new(AtomicU64::new(0));
+        if read_only {
+            let reader = SqlitePoolOptions::new()
+                .max_connections(options.readers.max(1))
+                .connect_with(reading_options(&base).await?)
+                .await?;
+            return SqlStore::with_backend(SqliteBackend {
+                writer: reader.clone(),
+                reader,
+                path,
+                read_only: true,
+                replaced_writers,
+            })
+            .await;
+        }
+        let connect = base
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let replaced = replaced_writers.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(600))
+            // A write whose COMMIT failed (a full disk) can leave the
+            // connection inside a transaction SQLite has already rolled
+            // back; used again, every BEGIN would fail for good. Such a
+            // connection is closed, and the pool opens a fresh one for the
+            // next write.
+            .after_release(move |conn, _| {
+                let replaced = replaced.clone();
+                Box::pin(async move {
+                    // The ping runs after any rollback a dropped transaction
+                    // queued, so the depth read next is final.
+                    conn.ping().await?;
+                    if !conn.is_in_transaction() {
+                        return Ok(true);
+                    }
+                    let n = replaced.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(
+                        replaced_writers = n,
+                        "a failed SQLite commit left the writer connection inside a transaction; it is replaced by a new one"
+                    );
+                    Ok(false)
+                })
+            })
             .connect_with(connect.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
-            .connect_with(connect.read_only(false))
+            .connect_with(connect)
             .await?;
-        SqlStore::with_backend(SqliteBackend { writer, reader }).await
+        SqlStore::with_backend(SqliteBackend {
+            writer,
+            reader,
+            path,
+            read_only: false,
+            replaced_writers,
+        })
+        .await
     }
 
     /// The write pool (one connection), for tests and maintenance tools.
     pub fn writer(&self) -> &SqlitePool {
         &self.backend().writer
     }
+
+    /// How many times the writer connection was replaced because a failed
+    /// commit (e.g. `database or disk is full`) left it unusable.
+    pub fn replaced_writers(&self) -> u64 {
+        self.backend().replaced_writers.load(Ordering::Relaxed)
+    }
 }
 
 impl SqliteBackend {
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(format!(
+                "the database {} cannot be written by this process (no write permission, or a read-only file system); commands that only read it work",
+                self.path
+            )));
+        }
         // IMMEDIATE takes the write lock up front: a deferred transaction that
         // reads first and writes later can fail with SQLITE_BUSY without ever
         // consulting the busy timeout.
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
+
+    /// True when every lockstep migration is applied with its checksum.
+    async fn schema_is_current(conn: &mut sqlx::SqliteConnection) -> Result<bool, StoreError> {
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        let applied: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&mut *conn)
+                .await?;
+        Ok(MIGRATOR.iter().all(|m| {
+            applied
+                .iter()
+                .any(|(v, c)| *v == m.version && c.as_slice() == m.checksum.as_ref())
+        }))
+    }
+}
+
+/// The file a `sqlite:` URL names, refusing URLs that name no file another
+/// process could open: lockstep's state must outlive the process that wrote
+/// it and be shared with `serve`.
+fn shareable_path(url: &str) -> Result<String, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory =
+        path.starts_with(":memory:") || query.split('&').any(|pair| pair == "mode=memory");
+    if in_memory {
+        return Err(StoreError::UnusableUrl(
+            "an in-memory SQLite database lives and dies with one process, so nothing written would remain for the next command; name a file, e.g. sqlite://lockstep.db".to_string(),
+        ));
+    }
+    if path.is_empty() {
+        return Err(StoreError::UnusableUrl(
+            "the URL names no file (SQLite would use a private temporary database that no other command sees); name a file, e.g. sqlite://lockstep.db".to_string(),
+        ));
+    }
+    Ok(path.to_string())
+}
+
+/// Options that read a file this process may not write. SQLite reads a WAL
+/// database through a shared-memory file beside it; when that cannot be
+/// created (the directory is not writable either), the file is opened as
+/// immutable, without locks — acceptable for a file nobody here may change.
+async fn reading_options(base: &SqliteConnectOptions) -> Result<SqliteConnectOptions, StoreError> {
+    let plain = base.clone().read_only(true);
+    let probe = async {
+        let mut conn = plain.connect().await?;
+        let read = sqlx::query("SELECT 1 FROM sqlite_master LIMIT 1")
+            .fetch_optional(&mut conn)
+            .await;
+        let _ = conn.close().await;
+        read.map(|_| ())
+    };
+    match probe.await {
+        Ok(()) => Ok(plain),
+        Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| is_read_only_code(&c)) => {
+            Ok(plain.immutable(true))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// SQLITE_READONLY (8) and its extended codes (`8 | n << 8`), and
+/// SQLITE_CANTOPEN (14) and its extended codes.
+fn is_read_only_code(code: &str) -> bool {
+    code.parse::<i32>()
+        .is_ok_and(|c| matches!(c & 0xff, 8 | 14))
+}
+
+/// Looks at an existing file before lockstep changes anything in it (even
+/// switching it to WAL rewrites its header). Refuses what is not SQLite or
+/// belongs to another application; returns true when the file exists but
+/// this process may not write it.
+async fn inspect_existing(path: &str, base: &SqliteConnectOptions) -> Result<bool, StoreError> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(StoreError::NotLockstep {
+                path: path.to_string(),
+                reason: format!("it cannot be read ({e})"),
+            });
+        }
+    };
+    if !metadata.is_file() {
+        return Err(StoreError::NotLockstep {
+            path: path.to_string(),
+            reason: "it is not a regular file".to_string(),
+        });
+    }
+    let writable = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(_) => true,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+        {
+            false
+        }
+        Err(e) => return Err(StoreError::Database(sqlx::Error::Io(e))),
+    };
+    if metadata.len() == 0 {
+        return Ok(!writable);
+    }
+    let mut conn = if writable {
+        base.clone().read_only(true).connect().await?
+    } else {
+        reading_options(base).await?.connect().await?
+    };
+    let tables: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await;
+    let _ = sqlx::Connection::close(conn).await;
+    let tables = match tables {
+        Ok(t) => t,
+        // SQLITE_NOTADB: the header is not SQLite's.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("26") => {
+            return Err(StoreError::NotLockstep {
+                path: path.to_string(),
+                reason: "it is not a SQLite database".to_string(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !tables.is_empty() && !tables.iter().any(|t| t == "_sqlx_migrations") {
+        const SHOWN: usize = 5;
+        let mut named = tables
+            .iter()
+            .take(SHOWN)
+            .map(|t| crate::limits::printable(t).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if tables.len() > SHOWN {
+            named.push_str(&format!(" and {} more", tables.len() - SHOWN));
+        }
+        return Err(StoreError::NotLockstep {
+            path: path.to_string(),
+            reason: format!(
+                "it holds another application's tables ({named}) and none of lockstep's; lockstep adds nothing to it"
+            ),
+        });
+    }
+    Ok(!writable)
 }
 
 /// Bind a batch as one JSON array (joined through `json_each`).
@@ -114,9 +349,41 @@ pub(super) fn json_array<T: serde::Serialize>(rows: &[T]) -> String {
 #[async_trait::async_trait]
 impl Backend for SqliteBackend {
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&self.writer)
-            .await?;
+        let mut conn = self.writer.acquire().await?;
+        if Self::schema_is_current(&mut conn).await? {
+            return Ok(());
+        }
+        if self.read_only {
+            return Err(StoreError::ReadOnly(format!(
+                "the database {} cannot be written by this process and its schema is older than this lockstep's; run `lockstep migrate` once with write access",
+                self.path
+            )));
+        }
+        // SQLite's migrator takes no lock: serialize concurrent first starts
+        // on the file's write lock (others wait on the busy timeout), then
+        // look again, since the process before us may have done the work.
+        // Each migration runs inside this transaction as a savepoint.
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        if !Self::schema_is_current(&mut tx).await? {
+            // `run_direct` is sqlx's own way around "Acquire is not general
+            // enough" inside async-trait futures.
+            let conn: &mut sqlx::SqliteConnection = &mut tx;
+            MIGRATOR
+                .run_direct(None, conn, false)
+                .await
+                .map_err(|e| match e {
+                    sqlx::migrate::MigrateError::VersionMissing(version) => {
+                        StoreError::NotLockstep {
+                            path: self.path.clone(),
+                            reason: format!(
+                                "it records migration {version}, which this lockstep does not know (a newer lockstep or another application wrote it)"
+                            ),
+                        }
+                    }
+                    other => other.into(),
+                })?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -1,0 +1,369 @@
+//! The database under faults, met from the outside: real `lockstep`
+//! processes on real SQLite files and PostgreSQL databases — twenty processes
+//! racing to create one database, URLs no other process could open, another
+//! application's file, a file this user may not write, a server that is not
+//! there, a name PostgreSQL cannot store.
+
+use crate::harness::{cli_bin, test_cache_dir};
+use crate::postgres_test_db::with_pg;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A scratch directory with an empty plugin directory: these tests submit
+/// agent tasks, which need no plugin.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("no-plugins")).expect("plugin dir");
+        Scratch { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn sqlite(&self, name: &str) -> String {
+        format!("sqlite://{}", self.path(name).display())
+    }
+
+    /// `lockstep --db DB ARGS…` in the scratch directory.
+    fn command(&self, db: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(cli_bin());
+        command
+            .current_dir(self.dir.path())
+            .env_remove("LOCKSTEP_DB")
+            .env_remove("DATABASE_URL")
+            .args(["--db", db, "--plugins"])
+            .arg(self.path("no-plugins"))
+            .arg("--cache-dir")
+            .arg(test_cache_dir())
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, db: &str, args: &[&str]) -> Output {
+        self.command(db, args).output().expect("run lockstep")
+    }
+
+    /// A job file of one agent task (no plugin needed) named `name`.
+    fn agent_job(&self, name: &str) -> String {
+        let path = self.path(&format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\n[[stages]]\nname = \"s\"\nexecutor = \"agent\"\ntasks = [{{ title = \"t\" }}]\n"
+            ),
+        )
+        .expect("write job file");
+        path.display().to_string()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn job_count(scratch: &Scratch, db: &str) -> usize {
+    let out = scratch.run(db, &["jobs", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("jobs json");
+    jobs.len()
+}
+
+/// Names of the tables in a SQLite file, read without lockstep.
+async fn sqlite_tables(path: &Path) -> Vec<String> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .connect()
+        .await
+        .expect("open the file with sqlx");
+    let tables =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut conn)
+            .await
+            .expect("list tables");
+    conn.close().await.expect("close");
+    tables
+}
+
+#[test]
+fn urls_no_other_process_could_open_are_refused_with_a_sentence() {
+    let scratch = Scratch::new();
+    let job = scratch.agent_job("vanishing");
+    let memory = "in-memory SQLite database lives and dies with one process";
+    let empty = "the URL names no file";
+    for (url, why) in [
+        ("sqlite::memory:", memory),
+        ("sqlite://:memory:", memory),
+        ("sqlite://data.db?mode=memory", memory),
+        ("sqlite://", empty),
+        ("sqlite:", empty),
+    ] {
+        for args in [vec!["submit", job.as_str()], vec!["serve"]] {
+            let out = scratch.run(url, &args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{url} {args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{url}: {err}");
+            assert!(
+                err.starts_with(&format!("error: could not open the database {url}: ")),
+                "{url}: {err}"
+            );
+            assert!(err.contains(why), "{url}: {err}");
+            assert!(err.contains("sqlite://lockstep.db"), "{url}: {err}");
+            assert_eq!(stdout(&out), "", "{url}: nothing may be reported as done");
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(scratch.dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "no-plugins" && n != "vanishing.toml")
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "no database file was created");
+}
+
+#[test]
+fn an_unreachable_postgres_fails_at_once_naming_host_and_port() {
+    // A port nothing listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let scratch = Scratch::new();
+    let url = format!("postgres://postgres:s3cret@127.0.0.1:{port}/lockstep");
+    let out = scratch.run(&url, &["jobs"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error: could not open the database postgres://postgres:***@127.0.0.1:{port}/lockstep: \
+             cannot connect to PostgreSQL at 127.0.0.1:{port}: Connection refused (os error 111)\n"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_applications_sqlite_file_is_refused_and_left_untouched() {
+    let scratch = Scratch::new();
+    let foreign = scratch.path("app.db");
+    {
+        use sqlx::{ConnectOptions, Connection};
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&foreign)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .expect("create the other application's file");
+        sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+            .execute(&mut conn)
+            .await
+            .expect("create table");
+        sqlx::query("INSERT INTO users (name) VALUES ('ada')")
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        conn.close().await.expect("close");
+    }
+    let before = std::fs::read(&foreign).expect("read the file");
+    let job = scratch.agent_job("intruder");
+    let db = format!("sqlite://{}", foreign.display());
+    for args in [vec!["jobs"], vec!["submit", job.as_str()], vec!["migrate"]] {
+        let out = scratch.run(&db, &args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "error: could not open the database {db}: {} is not a lockstep database: it holds another application's tables (users) and none of lockstep's; lockstep adds nothing to it\n",
+                foreign.display()
+            ),
+            "{args:?}"
+        );
+    }
+    assert_eq!(sqlite_tables(&foreign).await, ["users"]);
+    assert_eq!(
+        std::fs::read(&foreign).expect("read the file"),
+        before,
+        "not a byte of the file changed"
+    );
+    // A file that is not SQLite at all.
+    let text = scratch.path("notes.db");
+    std::fs::write(&text, "these are my notes, not a database\n".repeat(200)).expect("write");
+    let db = format!("sqlite://{}", text.display());
+    let out = scratch.run(&db, &["jobs"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: could not open the database {db}: {} is not a lockstep database: it is not a SQLite database\n",
+            text.display()
+        )
+    );
+}
+
+/// Runs `command` as the unprivileged user `nobody` when the tests run as
+/// root (for whom file modes are no obstacle), so a mode of 0444 means what
+/// it says.
+fn as_unprivileged(command: &mut Command) {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        use std::os::unix::process::CommandExt;
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the forked child before exec and calls
+        // only async-signal-safe functions (setgroups, setgid, setuid).
+        unsafe {
+            command.pre_exec(|| {
+                let nobody = 65534;
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(nobody) != 0
+                    || libc::setuid(nobody) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+#[test]
+fn a_database_this_user_may_not_write_can_still_be_read() {
+    let scratch = Scratch::new();
+    let db = scratch.sqlite("shared.db");
+    let job = scratch.agent_job("kept");
+    let out = scratch.run(&db, &["submit", &job]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt;
+    let set_mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    // The file and its directory may be read, not written: SQLite cannot
+    // create the shared-memory file it reads a WAL database through.
+    set_mode(scratch.dir.path(), 0o755);
+    set_mode(&scratch.path("shared.db"), 0o444);
+    for entry in std::fs::read_dir(scratch.dir.path()).expect("list") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with("shared.db-") {
+            set_mode(&path, 0o444);
+        }
+    }
+    let reader = |args: &[&str]| {
+        let mut command = scratch.command(&db, args);
+        as_unprivileged(&mut command);
+        command.output().expect("run lockstep")
+    };
+    let out = reader(&["jobs", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("jobs json");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["name"], "kept");
+    let out = reader(&["status", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Writing is refused with a sentence naming the file.
+    let other = scratch.agent_job("refused");
+    let out = reader(&["submit", &other]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: the database {} cannot be written by this process (no write permission, or a read-only file system); commands that only read it work\n",
+            scratch.path("shared.db").display()
+        )
+    );
+    set_mode(&scratch.path("shared.db"), 0o644);
+    assert_eq!(job_count(&scratch, &db), 1);
+}
+
+/// Starts `n` submits of distinct jobs at once and returns their outputs.
+fn racing_submits(scratch: &Scratch, db: &str, n: usize) -> Vec<Output> {
+    let jobs: Vec<String> = (0..n)
+        .map(|i| scratch.agent_job(&format!("race-{i}")))
+        .collect();
+    let children: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            scratch
+                .command(db, &["submit", job])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start lockstep submit")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect()
+}
+
+fn assert_all_submitted(outputs: &[Output]) {
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(
+            (out.status.code(), stderr(out)),
+            (Some(0), String::new()),
+            "submit {i} failed"
+        );
+    }
+}
+
+#[test]
+fn twenty_processes_racing_to_create_one_sqlite_file_all_succeed() {
+    let scratch = Scratch::new();
+    let db = scratch.sqlite("new.db");
+    let outputs = racing_submits(&scratch, &db, 20);
+    assert_all_submitted(&outputs);
+    assert_eq!(job_count(&scratch, &db), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_processes_racing_to_migrate_one_new_postgres_database_all_succeed() {
+    with_pg(|db| async move {
+        let scratch = Scratch::new();
+        let outputs = racing_submits(&scratch, &db.url, 20);
+        assert_all_submitted(&outputs);
+        assert_eq!(job_count(&scratch, &db.url), 20);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_name_is_refused_alike_by_sqlite_and_postgres() {
+    with_pg(|pg| async move {
+        let scratch = Scratch::new();
+        let path = scratch.path("nul.toml");
+        std::fs::write(
+            &path,
+            "name = \"nul\"\n[[stages]]\nname = \"a\\u0000b\"\nexecutor = \"agent\"\ntasks = [{ title = \"t\" }]\n",
+        )
+        .expect("write job file");
+        let job = path.display().to_string();
+        for db in [scratch.sqlite("nul.db"), pg.url.clone()] {
+            let out = scratch.run(&db, &["submit", &job]);
+            assert_eq!(out.status.code(), Some(2), "{db}: {}", stderr(&out));
+            assert_eq!(
+                stderr(&out),
+                format!(
+                    "error: {job}: /stages/0/name: stage name contains the control character U+0000 at byte 1; NUL cannot be stored\n"
+                ),
+                "{db}"
+            );
+            assert_eq!(job_count(&scratch, &db), 0, "{db}: nothing was written");
+        }
+    })
+    .await;
+}
