@@ -6,6 +6,13 @@
 //! the completer (drains finished runs into one `complete_batch`), and the
 //! rescuer (returns expired leases — of this or a dead process — to `pending`).
 //!
+//! **Backpressure:** a slot is taken by a claim and given back only when the
+//! task's completion has committed (or was given up on), not when its
+//! handler returns. Claimed-but-unrecorded tasks are therefore bounded by the
+//! slots: when recording falls behind, claiming waits, and no load can leave
+//! thousands of finished tasks waiting for a commit while their leases run
+//! out.
+//!
 //! **Invariant:** no database transaction is open while a handler runs.
 //! **Invariant:** a result is recorded only through the fenced completion;
 //! if it is refused (stale lease) it is logged and dropped.
@@ -22,7 +29,7 @@ use crate::store::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Most completions committed in one transaction.
@@ -98,7 +105,7 @@ impl WorkerPool {
     pub(super) fn start(engine: Arc<Engine>, config: WorkerConfig) -> WorkerPool {
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(WorkerStats::default());
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
         let completer = tokio::spawn(completer(engine.clone(), done_rx, stats.clone()));
         let claimer = tokio::spawn(claimer(
             engine.clone(),
@@ -124,10 +131,13 @@ impl WorkerPool {
     }
 }
 
+/// A run's completion with the slot it holds until the completion commits.
+type Finished = (Completion, OwnedSemaphorePermit);
+
 async fn claimer(
     engine: Arc<Engine>,
     config: WorkerConfig,
-    done: mpsc::UnboundedSender<Completion>,
+    done: mpsc::UnboundedSender<Finished>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<WorkerStats>,
 ) {
@@ -213,8 +223,9 @@ async fn claimer(
                     Execution::Sandbox => run_task(&engine, task, lease).await,
                     Execution::HostNoop => host_noop(task),
                 };
-                let _ = done.send(completion);
-                drop(permit);
+                // The slot goes with the completion: the completer frees it
+                // once the completion is recorded.
+                let _ = done.send((completion, permit));
             });
         }
         // Reap finished runs so the set does not grow without bound.
@@ -337,12 +348,15 @@ fn spawns_for(
 
 async fn completer(
     engine: Arc<Engine>,
-    mut done: mpsc::UnboundedReceiver<Completion>,
+    mut done: mpsc::UnboundedReceiver<Finished>,
     stats: Arc<WorkerStats>,
 ) {
     let mut buf = Vec::with_capacity(MAX_GROUP_COMMIT);
     while done.recv_many(&mut buf, MAX_GROUP_COMMIT).await > 0 {
-        let batch: Vec<Completion> = std::mem::take(&mut buf);
+        // The slots are freed when this batch is recorded (or given up on),
+        // at the end of this iteration.
+        let (batch, _slots): (Vec<Completion>, Vec<OwnedSemaphorePermit>) =
+            std::mem::take(&mut buf).into_iter().unzip();
         let n = batch.len() as u64;
         let mut attempt = 0u32;
         loop {

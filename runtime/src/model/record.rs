@@ -26,7 +26,8 @@ pub struct StageStatus {
     pub on_failure: OnFailure,
     pub total: i64,
     pub remaining: i64,
-    /// Task counts by state (every state present, zero when none).
+    /// Task counts by state (every state present, zero when none); empty
+    /// when read by `Store::job_counters`, which reads only the counters.
     pub counts: Vec<(TaskState, i64)>,
     pub opened_at: Option<Millis>,
     pub closed_at: Option<Millis>,

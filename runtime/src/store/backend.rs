@@ -14,7 +14,7 @@ use super::{
     RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken, StageResults,
     Store, StoreError, TaskEvents, TokenLookup,
 };
-use super::{agent, reads};
+use super::{agent, complete, operator, reads, submit};
 use crate::model::{
     Event, JobState, JobStatus, JobSummary, QueueDepth, SubmitJob, Submitted, TaskId, TaskRecord,
     TaskState, TokenRecord,
@@ -50,15 +50,6 @@ pub trait Backend: Send + Sync + 'static {
     fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
     }
-
-    // Operations not yet written once (each backend's own algorithm).
-    async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError>;
-    async fn claim_batch(&self, p: ClaimBatch) -> Result<Vec<ClaimedTask>, StoreError>;
-    async fn complete_batch(&self, p: CompleteBatch) -> Result<Vec<CompletionOutcome>, StoreError>;
-    async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError>;
-    async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError>;
-    async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError>;
-    async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError>;
 }
 
 /// The [`Store`] over one database.
@@ -164,27 +155,62 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError> {
-        self.backend.submit_job(p).await
+        self.write("submit_job", || async |db| submit::submit_job(db, &p).await)
+            .await
     }
 
     async fn claim_batch(&self, p: ClaimBatch) -> Result<Vec<ClaimedTask>, StoreError> {
-        self.backend.claim_batch(p).await
+        if p.limit == 0 || p.handlers.as_ref().is_some_and(|h| h.is_empty()) {
+            return Ok(Vec::new());
+        }
+        self.write("claim_batch", || {
+            async |db| complete::claim_batch(db, &p).await
+        })
+        .await
     }
 
     async fn complete_batch(&self, p: CompleteBatch) -> Result<Vec<CompletionOutcome>, StoreError> {
-        self.backend.complete_batch(p).await
+        if p.completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write("complete_batch", || {
+            async |db| complete::complete_batch(db, &p).await
+        })
+        .await
     }
 
     async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError> {
-        self.backend.renew_lease(p).await
+        self.write("renew_lease", || {
+            async |db| complete::renew_lease(db, &p).await
+        })
+        .await
     }
 
     async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError> {
-        self.backend.rescue_expired_leases(p).await
+        if p.limit == 0 {
+            return Ok(0);
+        }
+        // A cheap read first: almost always nothing has expired, and a write
+        // transaction every second would stall the claimers.
+        if !self
+            .read(async |db| complete::any_expired(db, p.now).await)
+            .await?
+        {
+            return Ok(0);
+        }
+        self.write("rescue_expired_leases", || {
+            async |db| complete::rescue_expired_leases(db, &p).await
+        })
+        .await
     }
 
     async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError> {
         self.snapshot(async |db| reads::get_job(db, &p).await).await
+    }
+
+    async fn job_counters(&self, p: GetJob) -> Result<JobStatus, StoreError> {
+        self.read(async |db| reads::job_counters(db, &p).await)
+            .await
     }
 
     async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError> {
@@ -205,11 +231,17 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError> {
-        self.backend.cancel_job(p).await
+        self.write("cancel_job", || {
+            async |db| operator::cancel_job(db, &p).await
+        })
+        .await
     }
 
     async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError> {
-        self.backend.retry_task(p).await
+        self.write("retry_task", || {
+            async |db| operator::retry_task(db, &p).await
+        })
+        .await
     }
 
     async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError> {

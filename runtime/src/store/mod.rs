@@ -17,14 +17,19 @@ use crate::model::{
 use serde::Serialize;
 use std::time::Duration;
 
+mod advance;
 mod agent;
 mod backend;
 mod codec;
+mod complete;
+mod effects;
+mod operator;
 pub mod postgres;
 mod reads;
 mod rules;
 mod sql;
 pub mod sqlite;
+mod submit;
 
 pub use backend::SqlStore;
 pub use codec::SPAWN_LIMIT;
@@ -349,6 +354,10 @@ pub trait Store: Send + Sync + 'static {
     /// up). Returns how many were rescued.
     async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError>;
     async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError>;
+    /// The job and its stages' counters (`total`, `remaining`) without
+    /// counting its tasks: each stage's `counts` is empty. Its cost does not
+    /// grow with the job (what waiting for a job polls).
+    async fn job_counters(&self, p: GetJob) -> Result<JobStatus, StoreError>;
     async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError>;
     async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError>;
     async fn job_events(&self, p: JobEvents) -> Result<Vec<Event>, StoreError>;

@@ -28,23 +28,49 @@ pub(crate) enum Dialect {
     Postgres,
 }
 
-/// One statement's SQL text for each database.
+/// One statement's SQL text for each database; `None` where the database
+/// needs no such statement (it is then not sent at all).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sql {
-    sqlite: &'static str,
-    postgres: &'static str,
+    sqlite: Option<&'static str>,
+    postgres: Option<&'static str>,
 }
 
 impl Sql {
     /// A text both databases accept as written.
     pub(crate) const fn both(text: &'static str) -> Sql {
         Sql {
-            sqlite: text,
-            postgres: text,
+            sqlite: Some(text),
+            postgres: Some(text),
         }
     }
 
-    fn text(&self, dialect: Dialect) -> &'static str {
+    /// A text for each database, where they really differ.
+    pub(crate) const fn each(sqlite: &'static str, postgres: &'static str) -> Sql {
+        Sql {
+            sqlite: Some(sqlite),
+            postgres: Some(postgres),
+        }
+    }
+
+    /// A statement only SQLite needs (PostgreSQL does the same work inside
+    /// another statement).
+    pub(crate) const fn sqlite_only(text: &'static str) -> Sql {
+        Sql {
+            sqlite: Some(text),
+            postgres: None,
+        }
+    }
+
+    /// A statement only PostgreSQL needs (e.g. `pg_notify`).
+    pub(crate) const fn postgres_only(text: &'static str) -> Sql {
+        Sql {
+            sqlite: None,
+            postgres: Some(text),
+        }
+    }
+
+    fn text(&self, dialect: Dialect) -> Option<&'static str> {
         match dialect {
             Dialect::Sqlite => self.sqlite,
             Dialect::Postgres => self.postgres,
@@ -63,7 +89,7 @@ pub struct Counters {
     transactions: AtomicU64,
 }
 
-/// A snapshot of [`Counters`].
+/// How many statements, round trips and transactions a store has run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StoreCounters {
     pub statements: u64,
@@ -113,7 +139,8 @@ enum Args {
 /// A statement with its bound parameters, ready to run on the [`Db`] it was
 /// made for.
 pub(crate) struct Query {
-    sql: &'static str,
+    /// `None`: nothing to run on this database.
+    sql: Option<&'static str>,
     args: Args,
     /// The first value that failed to encode (reported when the query runs).
     error: Option<BoxDynError>,
@@ -155,6 +182,198 @@ impl Query {
         }
         self
     }
+
+    /// Bind a batch: on PostgreSQL one array per column (the next as many
+    /// `$N` as the batch has columns, for `unnest`), on SQLite one JSON array
+    /// of rows (the next `$N`, for `json_each`, each row an array read with
+    /// `value ->> column`).
+    pub(crate) fn bind_batch(mut self, batch: &Batch<'_>) -> Query {
+        match &self.args {
+            Args::Sqlite(_) => {
+                let json = batch.json();
+                self.bind(json)
+            }
+            Args::Postgres(_) => {
+                for column in &batch.columns {
+                    self = match column {
+                        Column::Int8(v) => self.bind_array(v.as_slice()),
+                        Column::Int4(v) => self.bind_array(v.as_slice()),
+                        Column::Text(v) => self.bind_array(v.as_slice()),
+                        Column::OptInt8(v) => self.bind_array(v.as_slice()),
+                        Column::OptInt4(v) => self.bind_array(v.as_slice()),
+                        Column::OptText(v) => self.bind_array(v.as_slice()),
+                    };
+                }
+                self
+            }
+        }
+    }
+
+    /// Bind a list of ids: a PostgreSQL `int8[]` (for `= ANY($N)`), or a
+    /// JSON array on SQLite (for `IN (SELECT value FROM json_each($N))`).
+    pub(crate) fn bind_ids(self, ids: &[i64]) -> Query {
+        match &self.args {
+            Args::Sqlite(_) => {
+                let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string());
+                self.bind(json)
+            }
+            Args::Postgres(_) => self.bind_array(ids),
+        }
+    }
+
+    /// Bind an optional list of names: a PostgreSQL `text[]` or a JSON array
+    /// on SQLite; `None` is SQL NULL on both.
+    pub(crate) fn bind_names(self, names: Option<&[String]>) -> Query {
+        match (&self.args, names) {
+            (Args::Sqlite(_), None) => self.bind(None::<&str>),
+            (Args::Postgres(_), None) => self.bind_array(None::<&[String]>),
+            (Args::Sqlite(_), Some(names)) => {
+                let json = serde_json::to_string(names).unwrap_or_else(|_| "[]".to_string());
+                self.bind(json)
+            }
+            (Args::Postgres(_), Some(names)) => self.bind_array(names),
+        }
+    }
+
+    /// Bind a PostgreSQL array (only batches do, on PostgreSQL only).
+    fn bind_array<'t>(mut self, value: impl Encode<'t, Postgres> + Type<Postgres>) -> Query {
+        if let Args::Postgres(args) = &mut self.args
+            && let Err(error) = args.add(value)
+            && self.error.is_none()
+        {
+            self.error = Some(error);
+        }
+        self
+    }
+}
+
+/// Rows bound as one parameter set, column by column (see
+/// [`Query::bind_batch`]). Every column must have the same length.
+#[derive(Debug, Default)]
+pub(crate) struct Batch<'a> {
+    columns: Vec<Column<'a>>,
+}
+
+#[derive(Debug)]
+enum Column<'a> {
+    Int8(Vec<i64>),
+    Int4(Vec<i32>),
+    Text(Vec<&'a str>),
+    OptInt8(Vec<Option<i64>>),
+    OptInt4(Vec<Option<i32>>),
+    OptText(Vec<Option<&'a str>>),
+}
+
+impl Column<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Column::Int8(v) => v.len(),
+            Column::Int4(v) => v.len(),
+            Column::Text(v) => v.len(),
+            Column::OptInt8(v) => v.len(),
+            Column::OptInt4(v) => v.len(),
+            Column::OptText(v) => v.len(),
+        }
+    }
+
+    fn write_json(&self, row: usize, out: &mut String) {
+        use std::fmt::Write as _;
+        let text = |out: &mut String, s: &str| {
+            // A JSON string literal; serializing a &str cannot fail.
+            out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "null".to_string()));
+        };
+        match self {
+            Column::Int8(v) => {
+                let _ = write!(out, "{}", v[row]);
+            }
+            Column::Int4(v) => {
+                let _ = write!(out, "{}", v[row]);
+            }
+            Column::Text(v) => text(out, v[row]),
+            Column::OptInt8(v) => match v[row] {
+                Some(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                None => out.push_str("null"),
+            },
+            Column::OptInt4(v) => match v[row] {
+                Some(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                None => out.push_str("null"),
+            },
+            Column::OptText(v) => match v[row] {
+                Some(s) => text(out, s),
+                None => out.push_str("null"),
+            },
+        }
+    }
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn new() -> Batch<'a> {
+        Batch {
+            columns: Vec::new(),
+        }
+    }
+
+    pub(crate) fn int8(mut self, column: Vec<i64>) -> Self {
+        self.columns.push(Column::Int8(column));
+        self
+    }
+
+    pub(crate) fn int4(mut self, column: Vec<i32>) -> Self {
+        self.columns.push(Column::Int4(column));
+        self
+    }
+
+    pub(crate) fn text(mut self, column: Vec<&'a str>) -> Self {
+        self.columns.push(Column::Text(column));
+        self
+    }
+
+    pub(crate) fn opt_int8(mut self, column: Vec<Option<i64>>) -> Self {
+        self.columns.push(Column::OptInt8(column));
+        self
+    }
+
+    pub(crate) fn opt_int4(mut self, column: Vec<Option<i32>>) -> Self {
+        self.columns.push(Column::OptInt4(column));
+        self
+    }
+
+    pub(crate) fn opt_text(mut self, column: Vec<Option<&'a str>>) -> Self {
+        self.columns.push(Column::OptText(column));
+        self
+    }
+
+    /// Rows in the batch (the length of its first column).
+    pub(crate) fn len(&self) -> usize {
+        self.columns.first().map_or(0, Column::len)
+    }
+
+    /// `[[c0, c1, …], …]`, one array per row.
+    fn json(&self) -> String {
+        let rows = self.len();
+        debug_assert!(self.columns.iter().all(|c| c.len() == rows));
+        let mut out = String::with_capacity(rows * 16 * self.columns.len().max(1) + 2);
+        out.push('[');
+        for row in 0..rows {
+            if row > 0 {
+                out.push(',');
+            }
+            out.push('[');
+            for (i, column) in self.columns.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                column.write_json(row, &mut out);
+            }
+            out.push(']');
+        }
+        out.push(']');
+        out
+    }
 }
 
 impl<'c> Db<'c> {
@@ -194,8 +413,11 @@ impl<'c> Db<'c> {
 
     /// Run a statement; the number of rows it changed.
     pub(crate) async fn execute(&mut self, query: Query) -> Result<u64, StoreError> {
-        self.counters.statement();
         let Query { sql, args, error } = query;
+        let Some(sql) = sql else {
+            return Ok(0);
+        };
+        self.counters.statement();
         if let Some(error) = error {
             return Err(StoreError::Database(sqlx::Error::Encode(error)));
         }
@@ -218,8 +440,11 @@ impl<'c> Db<'c> {
         &mut self,
         query: Query,
     ) -> Result<Vec<R>, StoreError> {
-        self.counters.statement();
         let Query { sql, args, error } = query;
+        let Some(sql) = sql else {
+            return Ok(Vec::new());
+        };
+        self.counters.statement();
         if let Some(error) = error {
             return Err(StoreError::Database(sqlx::Error::Encode(error)));
         }
@@ -244,8 +469,11 @@ impl<'c> Db<'c> {
         &mut self,
         query: Query,
     ) -> Result<Option<R>, StoreError> {
-        self.counters.statement();
         let Query { sql, args, error } = query;
+        let Some(sql) = sql else {
+            return Ok(None);
+        };
+        self.counters.statement();
         if let Some(error) = error {
             return Err(StoreError::Database(sqlx::Error::Encode(error)));
         }
@@ -280,6 +508,7 @@ fn mixed() -> StoreError {
 
 /// An open transaction of either database. Dropped without
 /// [`Tx::commit`], it rolls back. (Public only so backends can name it; the
+/// module is private, so nothing outside the store can.) (Public only so backends can name it; the
 /// module is private, so nothing outside the store can.)
 pub enum Tx {
     Sqlite(sqlx::Transaction<'static, Sqlite>),

@@ -1,7 +1,9 @@
 //! PostgreSQL store: many `lockstep` processes on one database.
 //!
-//! Same semantics as the SQLite store (the conformance suite checks both);
-//! what is particular to PostgreSQL:
+//! The algorithms are the store's own, written once for both databases
+//! (their PostgreSQL statement texts sit beside the SQLite ones); this module
+//! opens the pool and says how transactions begin and when they are retried.
+//! What is particular to PostgreSQL:
 //!
 //! - **Claims** take pending rows with `FOR UPDATE SKIP LOCKED` in one
 //!   statement, so any number of nodes claim concurrently without waiting on
@@ -13,7 +15,7 @@
 //!   RETURNING`) decides the single advancement; no advisory locks, no
 //!   "am I last?" reads. Task rows touched after stage rows are only ever
 //!   those of a stage the same transaction has just opened or failed, which no
-//!   other transaction can hold (see `advance`).
+//!   other transaction can hold (see `store::advance`).
 //! - **Deadlocks and serialization failures** (SQLSTATE 40P01 / 40001), should
 //!   one ever occur, roll back and retry the whole transaction a bounded number
 //!   of times; each retry is counted ([`PgStore::deadlock_retries`]) and logged
@@ -21,30 +23,20 @@
 //! - **Wake-ups.** Every transaction that makes tasks ready sends
 //!   `pg_notify('lockstep_ready', executor)` before it commits; a background
 //!   `LISTEN` connection turns them into a [`tokio::sync::Notify`]
-//!   ([`Store::ready_signal`]) and reconnects with backoff. Polling stays the
+//!   ([`Store::ready_signal`](super::Store::ready_signal)) and reconnects with backoff. Polling stays the
 //!   fallback for lost notifications.
 //! - **Connection loss** surfaces as [`StoreError::Database`]; every state
 //!   change is one transaction, so an interrupted one leaves nothing behind,
 //!   and the pool tests connections before handing them out, so the next call
 //!   gets a live one.
 
-mod advance;
-mod complete;
-mod effects;
 mod listen;
-mod operator;
-mod submit;
 
+use super::StoreError;
 use super::backend::{Backend, SqlStore};
 use super::sql::{Conn, Tx};
-use super::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, RenewLease,
-    RescueExpiredLeases, RetryTask, StoreError,
-};
-use crate::model::{JobState, SubmitJob, Submitted, TaskState};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -172,35 +164,6 @@ impl SqlStore<PgBackend> {
     }
 }
 
-impl PgBackend {
-    /// Run `attempt` (one whole transaction) again when it failed with a
-    /// deadlock or serialization failure, up to [`MAX_TRANSACTION_RETRIES`]
-    /// times. Safe because a failed transaction wrote nothing.
-    async fn retrying<T, F, Fut>(
-        &self,
-        operation: &'static str,
-        mut attempt: F,
-    ) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        let mut retries = 0;
-        loop {
-            match attempt().await {
-                Err(error) => match self.retry_delay(operation, &error, retries) {
-                    Some(delay) => {
-                        retries += 1;
-                        tokio::time::sleep(delay).await;
-                    }
-                    None => return Err(error),
-                },
-                other => return other,
-            }
-        }
-    }
-}
-
 /// `host:port` (or the socket directory) a connection goes to, for errors.
 fn server_address(connect: &PgConnectOptions) -> String {
     format!("{}:{}", connect.get_host(), connect.get_port())
@@ -215,11 +178,6 @@ fn is_lock_conflict(error: &StoreError) -> bool {
         _ => false,
     }
 }
-
-// Shared spellings and helpers, re-exported for the modules below.
-pub(super) use super::codec::{
-    after, job_not_found, parse_job_state, parse_stage_state, parse_task_state, task_not_found,
-};
 
 #[async_trait::async_trait]
 impl Backend for PgBackend {
@@ -278,43 +236,5 @@ impl Backend for PgBackend {
             .listener
             .get_or_init(|| listen::ReadyListener::start(&runtime, self.url.clone()));
         Some(listener.notify())
-    }
-
-    async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError> {
-        self.retrying("submit_job", || submit::submit_job(&self.pool, &p))
-            .await
-    }
-
-    async fn claim_batch(&self, p: ClaimBatch) -> Result<Vec<ClaimedTask>, StoreError> {
-        self.retrying("claim_batch", || complete::claim_batch(&self.pool, &p))
-            .await
-    }
-
-    async fn complete_batch(&self, p: CompleteBatch) -> Result<Vec<CompletionOutcome>, StoreError> {
-        self.retrying("complete_batch", || {
-            complete::complete_batch(&self.pool, &p)
-        })
-        .await
-    }
-
-    async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError> {
-        complete::renew_lease(&self.pool, &p).await
-    }
-
-    async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError> {
-        self.retrying("rescue_expired_leases", || {
-            complete::rescue_expired_leases(&self.pool, &p)
-        })
-        .await
-    }
-
-    async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError> {
-        self.retrying("cancel_job", || operator::cancel_job(&self.pool, &p))
-            .await
-    }
-
-    async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError> {
-        self.retrying("retry_task", || operator::retry_task(&self.pool, &p))
-            .await
     }
 }

@@ -1,8 +1,8 @@
 //! SQLite store: the embedded default, one file, no server.
 //!
-//! Same semantics as the Postgres store (the conformance suite checks both;
-//! the decisions themselves come from `store::rules`). What is particular to
-//! SQLite:
+//! The algorithms are the store's own (written once for both databases);
+//! this module only opens the file and says how its transactions begin.
+//! What is particular to SQLite:
 //!
 //! - **Durability.** WAL with `synchronous = FULL`: a commit is on disk before
 //!   it returns, so a crash at any point loses nothing committed. Foreign keys
@@ -15,21 +15,12 @@
 //!   and per group of completions), not from concurrent writers.
 //! - **Set-based statements.** A batch is bound once as a JSON array and
 //!   joined through `json_each` (`CROSS JOIN` keeps the array as the outer
-//!   loop, so each row is a primary-key lookup), never a statement per task.
+//!   loop, so each row is a primary-key lookup), never a statement per task;
+//!   the statements' SQLite texts are beside their PostgreSQL ones.
 
-mod advance;
-mod complete;
-mod effects;
-mod operator;
-mod submit;
-
+use super::StoreError;
 use super::backend::{Backend, SqlStore};
 use super::sql::{Conn, Tx};
-use super::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, RenewLease,
-    RescueExpiredLeases, RetryTask, StoreError,
-};
-use crate::model::{JobState, SubmitJob, Submitted, TaskState};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -38,11 +29,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-// Shared spellings and helpers, re-exported for the modules below.
-pub(super) use super::codec::{
-    after, job_not_found, parse_job_state, parse_stage_state, parse_task_state, task_not_found,
-};
 
 /// Settings for [`SqliteStore::open`].
 #[derive(Debug, Clone)]
@@ -341,11 +327,6 @@ async fn inspect_existing(path: &str, base: &SqliteConnectOptions) -> Result<boo
     Ok(!writable)
 }
 
-/// Bind a batch as one JSON array (joined through `json_each`).
-pub(super) fn json_array<T: serde::Serialize>(rows: &[T]) -> String {
-    serde_json::to_string(rows).unwrap_or_else(|_| "[]".to_string())
-}
-
 #[async_trait::async_trait]
 impl Backend for SqliteBackend {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -398,78 +379,5 @@ impl Backend for SqliteBackend {
 
     async fn read(&self) -> Result<Conn, StoreError> {
         Ok(Conn::Sqlite(self.reader.acquire().await?))
-    }
-
-    async fn submit_job(&self, p: SubmitJob) -> Result<Submitted, StoreError> {
-        let mut tx = self.begin().await?;
-        let submitted = submit::submit_job(&mut tx, &p).await?;
-        if submitted.created {
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(submitted)
-    }
-
-    async fn claim_batch(&self, p: ClaimBatch) -> Result<Vec<ClaimedTask>, StoreError> {
-        if p.limit == 0 || p.handlers.as_ref().is_some_and(|h| h.is_empty()) {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.begin().await?;
-        let claimed = complete::claim_batch(&mut tx, &p).await?;
-        tx.commit().await?;
-        Ok(claimed)
-    }
-
-    async fn complete_batch(&self, p: CompleteBatch) -> Result<Vec<CompletionOutcome>, StoreError> {
-        if p.completions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.begin().await?;
-        let outcomes = complete::complete_batch(&mut tx, &p).await?;
-        tx.commit().await?;
-        Ok(outcomes)
-    }
-
-    async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let held = complete::renew_lease(&mut tx, &p).await?;
-        tx.commit().await?;
-        Ok(held)
-    }
-
-    async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError> {
-        if p.limit == 0 {
-            return Ok(0);
-        }
-        // A cheap read first: almost always nothing has expired, and taking
-        // the write lock every second would stall the claimers.
-        let any: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM tasks WHERE state = 'running' AND lease_expires_at <= ?1 LIMIT 1",
-        )
-        .bind(p.now)
-        .fetch_optional(&self.reader)
-        .await?;
-        if any.is_none() {
-            return Ok(0);
-        }
-        let mut tx = self.begin().await?;
-        let n = complete::rescue_expired_leases(&mut tx, &p).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError> {
-        let mut tx = self.begin().await?;
-        let state = operator::cancel_job(&mut tx, &p).await?;
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError> {
-        let mut tx = self.begin().await?;
-        let state = operator::retry_task(&mut tx, &p).await?;
-        tx.commit().await?;
-        Ok(state)
     }
 }

@@ -1,18 +1,20 @@
-//! What a write transaction has to append before it commits: event rows,
-//! ready notifications and finished jobs.
+//! What a write transaction appends before it commits: event rows, ready
+//! notifications and finished jobs.
 //!
 //! Collected while the transaction runs and written at its end, set-based
-//! (one `INSERT … SELECT FROM unnest` for all events), in the order they
-//! happened. Jobs are finished last, after every task and stage row, with
-//! their rows locked in ascending id order (the job step of the lock order).
+//! (one insert for all events, in the order they happened). Jobs are
+//! finished last, after every task and stage row, their rows locked in
+//! ascending id order on PostgreSQL (the job step of the lock order).
 
-use super::{READY_CHANNEL, parse_job_state};
+use super::StoreError;
+use super::codec::parse_job_state;
+use super::postgres::READY_CHANNEL;
+use super::sql::{Batch, Db, Sql};
 use crate::model::{EventKind, JobState, Millis};
-use crate::store::StoreError;
-use sqlx::PgConnection;
+
 use std::collections::{BTreeMap, BTreeSet};
 
-pub(super) struct Effects {
+pub(crate) struct Effects {
     now: Millis,
     tenants: Vec<String>,
     jobs: Vec<i64>,
@@ -26,8 +28,31 @@ pub(super) struct Effects {
     finishes: BTreeMap<i64, (String, JobState, Option<String>)>,
 }
 
+const INSERT_EVENTS: Sql = Sql::each(
+    "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+     SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4,
+            e.value ->> 5, $2
+     FROM json_each($1) AS e
+     ORDER BY e.key",
+    "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+     SELECT e.tenant_id, e.job_id, e.task_id, e.kind, e.stage_position, e.detail, $7
+     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int4[], $6::text[])
+          WITH ORDINALITY AS e(tenant_id, job_id, task_id, kind, stage_position, detail, ord)
+     ORDER BY e.ord",
+);
+const JOB_STATES: Sql = Sql::each(
+    "SELECT id, state FROM jobs WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
+    "SELECT id, state FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+);
+const FINISH_JOB: Sql = Sql::both(
+    "UPDATE jobs SET state = $2, error = $3, finished_at = $4, updated_at = $4 WHERE id = $1",
+);
+// Delivered at commit, and only if the transaction commits. SQLite has no
+// other process to wake: its engine wakes its own workers.
+const NOTIFY_READY: Sql = Sql::postgres_only("SELECT pg_notify($1, $2)");
+
 impl Effects {
-    pub(super) fn new(now: Millis) -> Effects {
+    pub(crate) fn new(now: Millis) -> Effects {
         Effects {
             now,
             tenants: Vec::new(),
@@ -41,11 +66,11 @@ impl Effects {
         }
     }
 
-    pub(super) fn now(&self) -> Millis {
+    pub(crate) fn now(&self) -> Millis {
         self.now
     }
 
-    pub(super) fn event(
+    pub(crate) fn event(
         &mut self,
         tenant: &str,
         job: i64,
@@ -63,7 +88,7 @@ impl Effects {
     }
 
     /// Tasks for this executor (`"wasm"`/`"agent"`) became ready.
-    pub(super) fn ready(&mut self, executor: &str) {
+    pub(crate) fn ready(&mut self, executor: &str) {
         match executor {
             "agent" => self.ready.insert("agent"),
             _ => self.ready.insert("wasm"),
@@ -72,7 +97,7 @@ impl Effects {
 
     /// The job's last stage closed (`Succeeded`) or a stage closed with dead
     /// tasks under `fail_job` (`Failed`). Failure wins over success.
-    pub(super) fn finish_job(
+    pub(crate) fn finish_job(
         &mut self,
         tenant: &str,
         job: i64,
@@ -89,62 +114,42 @@ impl Effects {
 
     /// Finish jobs, append events and send notifications. Call once, just
     /// before commit.
-    pub(super) async fn write(mut self, conn: &mut PgConnection) -> Result<(), StoreError> {
-        self.finish_jobs(conn).await?;
-        self.flush_events(conn).await?;
+    pub(crate) async fn write(mut self, db: &mut Db<'_>) -> Result<(), StoreError> {
+        self.finish_jobs(db).await?;
+        self.flush_events(db).await?;
         for executor in &self.ready {
-            // Delivered at commit, and only if the transaction commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(READY_CHANNEL)
-                .bind(*executor)
-                .execute(&mut *conn)
+            db.execute(db.query(&NOTIFY_READY).bind(READY_CHANNEL).bind(*executor))
                 .await?;
         }
         Ok(())
     }
 
     /// Append the events collected so far. Completions call this before they
-    /// lock stage rows, so the hot stage row is held for less time.
-    pub(super) async fn flush_events(&mut self, conn: &mut PgConnection) -> Result<(), StoreError> {
+    /// lock stage rows, so a hot stage row is held for less time.
+    pub(crate) async fn flush_events(&mut self, db: &mut Db<'_>) -> Result<(), StoreError> {
         if self.kinds.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
-             SELECT e.tenant_id, e.job_id, e.task_id, e.kind, e.stage_position, e.detail, $7
-             FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int4[], $6::text[])
-                  WITH ORDINALITY AS e(tenant_id, job_id, task_id, kind, stage_position, detail, ord)
-             ORDER BY e.ord",
-        )
-        .bind(&self.tenants)
-        .bind(&self.jobs)
-        .bind(&self.tasks)
-        .bind(&self.kinds)
-        .bind(&self.positions)
-        .bind(&self.details)
-        .bind(self.now)
-        .execute(&mut *conn)
-        .await?;
-        self.tenants.clear();
-        self.jobs.clear();
-        self.tasks.clear();
-        self.kinds.clear();
-        self.positions.clear();
-        self.details.clear();
+        let tenants = std::mem::take(&mut self.tenants);
+        let details = std::mem::take(&mut self.details);
+        let batch = Batch::new()
+            .text(tenants.iter().map(String::as_str).collect())
+            .int8(std::mem::take(&mut self.jobs))
+            .opt_int8(std::mem::take(&mut self.tasks))
+            .text(std::mem::take(&mut self.kinds))
+            .opt_int4(std::mem::take(&mut self.positions))
+            .opt_text(details.iter().map(Option::as_deref).collect());
+        db.execute(db.query(&INSERT_EVENTS).bind_batch(&batch).bind(self.now))
+            .await?;
         Ok(())
     }
 
-    async fn finish_jobs(&mut self, conn: &mut PgConnection) -> Result<(), StoreError> {
+    async fn finish_jobs(&mut self, db: &mut Db<'_>) -> Result<(), StoreError> {
         if self.finishes.is_empty() {
             return Ok(());
         }
         let ids: Vec<i64> = self.finishes.keys().copied().collect();
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, state FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows: Vec<(i64, String)> = db.fetch_all(db.query(&JOB_STATES).bind_ids(&ids)).await?;
         let finishes = std::mem::take(&mut self.finishes);
         for (id, state) in rows {
             let Some((tenant, to, error)) = finishes.get(&id) else {
@@ -157,15 +162,13 @@ impl Effects {
                 tracing::warn!(job = id, %from, %to, "job not finished: it is no longer running");
                 continue;
             }
-            sqlx::query(
-                "UPDATE jobs SET state = $2, error = $3, finished_at = $4, updated_at = $4
-                 WHERE id = $1",
+            db.execute(
+                db.query(&FINISH_JOB)
+                    .bind(id)
+                    .bind(to.as_str())
+                    .bind(error.as_deref())
+                    .bind(self.now),
             )
-            .bind(id)
-            .bind(to.as_str())
-            .bind(error.as_deref())
-            .bind(self.now)
-            .execute(&mut *conn)
             .await?;
             let detail = match error {
                 Some(e) => format!("{to}: {e}"),

@@ -1,0 +1,325 @@
+//! Stage counters and advancement: the one place a stage closes and the next
+//! one opens.
+//!
+//! **Invariant (exactly one advancement):** a stage closes only through
+//! `UPDATE stages SET state = 'done' … WHERE state = 'open' AND remaining = 0
+//! RETURNING`, run by the transaction that changed the counter. On SQLite one
+//! write transaction runs at a time; on PostgreSQL the transaction holds the
+//! stage row lock ([`lock_stages`]), which serializes the decrements. Either
+//! way exactly one transaction sees the counter reach zero and gets the row
+//! back.
+//!
+//! **Lock order (PostgreSQL):** stage rows are locked here in ascending (job,
+//! position) order, after the caller has locked every task row it completes.
+//! The task rows locked afterwards — the blocked tasks of the stage being
+//! opened, or the tasks of later stages of a job that failed — belong to
+//! stages none of whose tasks can be running, and only the transaction that
+//! closed the stage before them reaches them, so nobody holding them can be
+//! waiting for us.
+
+use super::StoreError;
+use super::codec::parse_stage_state;
+use super::effects::Effects;
+use super::rules::StageDelta;
+use super::sql::{Batch, Db, Sql};
+use crate::model::{EventKind, JobState, StageState, TaskState};
+use std::collections::BTreeMap;
+
+const LOCK_STAGES: Sql = Sql::each(
+    "SELECT s.job_id, s.position, s.state
+     FROM json_each($1) AS k
+     CROSS JOIN stages s ON s.job_id = k.value ->> 0 AND s.position = k.value ->> 1",
+    "SELECT s.job_id, s.position, s.state
+     FROM stages s
+     JOIN unnest($1::int8[], $2::int4[]) AS k(job_id, position)
+       ON s.job_id = k.job_id AND s.position = k.position
+     WHERE s.job_id = ANY($1)
+     ORDER BY s.job_id, s.position
+     FOR NO KEY UPDATE OF s",
+);
+
+fn stage_keys(keys: &[(i64, i32)]) -> Batch<'static> {
+    let (jobs, positions): (Vec<i64>, Vec<i32>) = keys.iter().copied().unzip();
+    Batch::new().int8(jobs).int4(positions)
+}
+
+/// Lock the given stage rows (PostgreSQL: in ascending (job, position)
+/// order) and return their current states.
+pub(crate) async fn lock_stages(
+    db: &mut Db<'_>,
+    keys: &[(i64, i32)],
+) -> Result<BTreeMap<(i64, i32), StageState>, StoreError> {
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let rows: Vec<(i64, i32, String)> = db
+        .fetch_all(db.query(&LOCK_STAGES).bind_batch(&stage_keys(&sorted)))
+        .await?;
+    rows.into_iter()
+        .map(|(j, p, s)| Ok(((j, p), parse_stage_state(&s)?)))
+        .collect()
+}
+
+const APPLY_DELTAS: Sql = Sql::each(
+    "UPDATE stages AS s
+     SET total = s.total + (d.value ->> 2),
+         remaining = s.remaining + (d.value ->> 2) - (d.value ->> 3)
+     FROM json_each($1) AS d
+     WHERE s.job_id = d.value ->> 0 AND s.position = d.value ->> 1",
+    "UPDATE stages s
+     SET total = s.total + d.add, remaining = s.remaining + d.add - d.done
+     FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[]) AS d(job_id, position, add, done)
+     WHERE s.job_id = d.job_id AND s.position = d.position AND s.job_id = ANY($1)",
+);
+
+/// Apply counter deltas to stage rows the caller has locked with
+/// [`lock_stages`].
+pub(crate) async fn apply_deltas(
+    db: &mut Db<'_>,
+    deltas: &BTreeMap<(i64, i32), StageDelta>,
+) -> Result<(), StoreError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let mut jobs = Vec::with_capacity(deltas.len());
+    let mut positions = Vec::with_capacity(deltas.len());
+    let mut adds = Vec::with_capacity(deltas.len());
+    let mut dones = Vec::with_capacity(deltas.len());
+    for (&(j, p), d) in deltas {
+        jobs.push(j);
+        positions.push(p);
+        adds.push(d.add);
+        dones.push(d.done);
+    }
+    let batch = Batch::new()
+        .int8(jobs)
+        .int4(positions)
+        .int8(adds)
+        .int8(dones);
+    db.execute(db.query(&APPLY_DELTAS).bind_batch(&batch))
+        .await?;
+    Ok(())
+}
+
+const CLOSE_DRAINED: Sql = Sql::each(
+    "UPDATE stages AS s SET state = 'done', closed_at = $2
+     FROM json_each($1) AS k
+     WHERE s.job_id = k.value ->> 0 AND s.position = k.value ->> 1
+       AND s.state = 'open' AND s.remaining = 0
+     RETURNING job_id, position",
+    "UPDATE stages s SET state = 'done', closed_at = $3
+     FROM unnest($1::int8[], $2::int4[]) AS k(job_id, position)
+     WHERE s.job_id = k.job_id AND s.position = k.position AND s.job_id = ANY($1)
+       AND s.state = 'open' AND s.remaining = 0
+     RETURNING s.job_id, s.position",
+);
+
+/// Close every given stage whose counter is at zero (each closes exactly
+/// once, here) and advance its job. The rows must be locked by the caller.
+pub(crate) async fn close_drained(
+    db: &mut Db<'_>,
+    keys: &[(i64, i32)],
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut closed: Vec<(i64, i32)> = db
+        .fetch_all(
+            db.query(&CLOSE_DRAINED)
+                .bind_batch(&stage_keys(keys))
+                .bind(fx.now()),
+        )
+        .await?;
+    closed.sort_unstable();
+    for (job, position) in closed {
+        after_stage_closed(db, job, position, fx).await?;
+    }
+    Ok(())
+}
+
+// Only deaths of tasks under `fail_job` (their own setting) fail the job.
+const CLOSED_STAGE: Sql = Sql::both(
+    "SELECT s.tenant_id, s.name,
+            (SELECT count(*) FROM tasks t
+             WHERE t.job_id = s.job_id AND t.stage_position = s.position
+               AND t.state = 'dead' AND t.on_failure = 'fail_job')
+     FROM stages s WHERE s.job_id = $1 AND s.position = $2",
+);
+const NEXT_STAGE: Sql = Sql::both(
+    "SELECT position, name, state FROM stages
+     WHERE job_id = $1 AND position > $2 AND state <> 'done'
+     ORDER BY position LIMIT 1",
+);
+const OPEN_STAGE: Sql = Sql::both(
+    "UPDATE stages SET state = 'open', opened_at = $3
+     WHERE job_id = $1 AND position = $2 AND state = 'waiting'
+     RETURNING remaining",
+);
+// The executors that got ready tasks, for the wake-up (PostgreSQL only:
+// SQLite's engine wakes its own workers).
+const READY_OPENED_STAGE: Sql = Sql::each(
+    "UPDATE tasks SET state = 'pending', run_after = $3, updated_at = $3
+     WHERE job_id = $1 AND stage_position = $2 AND state = 'blocked' AND deps_remaining = 0",
+    "WITH ready AS (
+         SELECT id FROM tasks
+         WHERE job_id = $1 AND stage_position = $2
+           AND state = 'blocked' AND deps_remaining = 0
+         ORDER BY id
+         FOR NO KEY UPDATE
+     ),
+     opened AS (
+         UPDATE tasks t SET state = 'pending', run_after = $3, updated_at = $3
+         WHERE t.id = ANY(ARRAY(SELECT id FROM ready))
+         RETURNING t.executor
+     )
+     SELECT DISTINCT executor FROM opened",
+);
+const CLOSE_EMPTY_STAGE: Sql = Sql::both(
+    "UPDATE stages SET state = 'done', closed_at = $3
+     WHERE job_id = $1 AND position = $2 AND state = 'open' AND remaining = 0",
+);
+
+/// A stage of `job` has just closed (this transaction set it `done`): fail
+/// the job if the stage ended with dead tasks under `fail_job` (each task's
+/// own setting), otherwise open the next stage — closing it at once when it
+/// has no tasks, and so on — or finish the job when none is left.
+pub(crate) async fn after_stage_closed(
+    db: &mut Db<'_>,
+    job: i64,
+    mut position: i32,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    loop {
+        let (tenant, name, dead): (String, String, i64) = db
+            .fetch_one(db.query(&CLOSED_STAGE).bind(job).bind(position))
+            .await?;
+        fx.event(
+            &tenant,
+            job,
+            None,
+            EventKind::StageClosed,
+            Some(position),
+            Some(name.clone()),
+        );
+        if dead > 0 {
+            let reason = format!("stage {name:?} finished with {dead} dead task(s)");
+            cancel_later_tasks(db, &tenant, job, position, &reason, fx).await?;
+            fx.finish_job(&tenant, job, JobState::Failed, Some(reason));
+            return Ok(());
+        }
+        let next: Option<(i32, String, String)> = db
+            .fetch_optional(db.query(&NEXT_STAGE).bind(job).bind(position))
+            .await?;
+        let Some((next_position, next_name, next_state)) = next else {
+            fx.finish_job(&tenant, job, JobState::Succeeded, None);
+            return Ok(());
+        };
+        if parse_stage_state(&next_state)? != StageState::Waiting {
+            // Already open: only after `retry` reopened an earlier stage.
+            return Ok(());
+        }
+        let (remaining,): (i64,) = db
+            .fetch_one(
+                db.query(&OPEN_STAGE)
+                    .bind(job)
+                    .bind(next_position)
+                    .bind(fx.now()),
+            )
+            .await?;
+        fx.event(
+            &tenant,
+            job,
+            None,
+            EventKind::StageOpened,
+            Some(next_position),
+            Some(next_name),
+        );
+        debug_assert!(TaskState::Blocked.can_become(TaskState::Pending));
+        let ready: Vec<(String,)> = db
+            .fetch_all(
+                db.query(&READY_OPENED_STAGE)
+                    .bind(job)
+                    .bind(next_position)
+                    .bind(fx.now()),
+            )
+            .await?;
+        for (executor,) in &ready {
+            fx.ready(executor);
+        }
+        if remaining > 0 {
+            return Ok(());
+        }
+        // A stage with no tasks completes at once.
+        db.execute(
+            db.query(&CLOSE_EMPTY_STAGE)
+                .bind(job)
+                .bind(next_position)
+                .bind(fx.now()),
+        )
+        .await?;
+        position = next_position;
+    }
+}
+
+const CANCEL_LATER_TASKS: Sql = Sql::each(
+    "UPDATE tasks
+     SET state = 'cancelled', error = $3, lease_expires_at = NULL,
+         finished_at = $4, updated_at = $4
+     WHERE job_id = $1 AND stage_position > $2
+       AND state IN ('blocked', 'pending', 'running')
+     RETURNING id, stage_position",
+    "WITH doomed AS (
+         SELECT id FROM tasks
+         WHERE job_id = $1 AND stage_position > $2
+           AND state IN ('blocked', 'pending', 'running')
+         ORDER BY id
+         FOR NO KEY UPDATE
+     )
+     UPDATE tasks t
+     SET state = 'cancelled', error = $3, lease_expires_at = NULL,
+         finished_at = $4, updated_at = $4
+     WHERE t.id = ANY(ARRAY(SELECT id FROM doomed))
+     RETURNING t.id, t.stage_position",
+);
+
+/// The job failed at stage `position`: cancel every unfinished task of the
+/// stages after it (each cancellation counted off its stage).
+async fn cancel_later_tasks(
+    db: &mut Db<'_>,
+    tenant: &str,
+    job: i64,
+    position: i32,
+    reason: &str,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    let error = format!("cancelled: the job failed ({reason})");
+    let mut cancelled: Vec<(i64, i32)> = db
+        .fetch_all(
+            db.query(&CANCEL_LATER_TASKS)
+                .bind(job)
+                .bind(position)
+                .bind(&error)
+                .bind(fx.now()),
+        )
+        .await?;
+    if cancelled.is_empty() {
+        return Ok(());
+    }
+    cancelled.sort_unstable();
+    let mut deltas: BTreeMap<(i64, i32), StageDelta> = BTreeMap::new();
+    for &(task, stage) in &cancelled {
+        deltas.entry((job, stage)).or_default().done += 1;
+        fx.event(
+            tenant,
+            job,
+            Some(task),
+            EventKind::TaskCancelled,
+            Some(stage),
+            Some(error.clone()),
+        );
+    }
+    let keys: Vec<(i64, i32)> = deltas.keys().copied().collect();
+    lock_stages(db, &keys).await?;
+    apply_deltas(db, &deltas).await
+}
