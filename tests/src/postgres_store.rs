@@ -687,3 +687,79 @@ async fn postgres_ready_signal_wakes_an_idle_worker_and_survives_a_dropped_conne
     })
     .await;
 }
+
+/// Backpressure: a worker slot is freed when its task's completion commits,
+/// not when the handler returns. With every completion stuck behind a lock,
+/// the workers hold exactly their slots' worth of claimed tasks and claim no
+/// more; once the lock goes, the job finishes with no completion refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_worker_slot_is_freed_only_when_its_completion_commits() {
+    with_pg(|db| async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let h = crate::harness::Harness::on(db.url.clone(), dir).await;
+        let mut body = String::from(
+            "name = \"held\"\nidempotency_key = \"held\"\n[[stages]]\nname = \"work\"\ntasks = [\n",
+        );
+        for i in 0..40 {
+            body.push_str(&format!(
+                "  {{ handler = \"example:noop\", input = {{ value = {i} }} }},\n"
+            ));
+        }
+        body.push_str("]\n");
+        let job = h.submit(&body).await;
+
+        // Completions lock their task rows, then the stage row: hold the
+        // stage row so that every completion waits.
+        let mut other = PgConnection::connect(&db.url).await.expect("connect");
+        let other_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut other)
+            .await
+            .expect("pid");
+        let mut tx = other.begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM stages WHERE job_id = $1 FOR UPDATE")
+            .bind(job.0)
+            .execute(&mut *tx)
+            .await
+            .expect("lock stage");
+
+        let pool = h.engine.start_workers(lockstep::engine::WorkerConfig {
+            slots: 4,
+            batch: 4,
+            idle_poll: Duration::from_millis(5),
+            ..lockstep::engine::WorkerConfig::default()
+        });
+        wait_for_lock_waiter(&db.admin, &db.name, other_pid).await;
+        // Time enough for a claimer that freed slots early to claim the rest.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let by_state = |state: &'static str| {
+            let admin_url = db.url.clone();
+            async move {
+                let mut conn = PgConnection::connect(&admin_url).await.expect("connect");
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state = $1")
+                    .bind(state)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count");
+                n
+            }
+        };
+        assert_eq!(by_state("running").await, 4, "claimed beyond the slots");
+        assert_eq!(by_state("pending").await, 36);
+
+        tx.rollback().await.expect("release the stage row");
+        let done = h
+            .engine
+            .wait(&h.tenant, job, Some(Duration::from_secs(120)), |_| {})
+            .await
+            .expect("wait");
+        let stats = pool.stats.clone();
+        pool.shutdown().await;
+        assert_eq!(done.job.state, JobState::Succeeded);
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(
+            (stats.completed.load(Relaxed), stats.stale.load(Relaxed)),
+            (40, 0)
+        );
+    })
+    .await;
+}

@@ -298,6 +298,50 @@ pub async fn job_state_follows_a_job_to_its_end(store: &dyn Store) {
     assert_eq!(e.to_string(), format!("job {} not found", unknown.0));
 }
 
+pub async fn job_counters_read_the_stage_counters_without_counting_tasks(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "counters",
+            vec![
+                stage("a", vec![task("work"), task("work"), task("work")]),
+                stage("b", vec![task("work")]),
+            ],
+        ),
+    )
+    .await;
+    let t = claim_one(store).await;
+    complete(store, vec![ok(&t)]).await;
+    let read = |tenant| store.job_counters(GetJob { tenant, job });
+    let s = read(acme()).await.expect("counters");
+    assert_eq!(
+        (s.job_id, s.name.as_str(), s.state),
+        (job, "counters", JobState::Running)
+    );
+    let stages: Vec<(&str, StageState, i64, i64, usize)> = s
+        .stages
+        .iter()
+        .map(|st| {
+            (
+                st.name.as_str(),
+                st.state,
+                st.total,
+                st.remaining,
+                st.counts.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        vec![
+            ("a", StageState::Open, 3, 2, 0),
+            ("b", StageState::Waiting, 1, 1, 0)
+        ]
+    );
+    let e = read(globex()).await.expect_err("another tenant");
+    assert_eq!(e.to_string(), format!("job {} not found", job.0));
+}
+
 conformance_cases!(
     ready_handlers_names_what_a_jobs_ready_tasks_wait_for,
     stage_results_pages_through_an_earlier_stages_outputs,
@@ -305,4 +349,5 @@ conformance_cases!(
     get_job_counts_tasks_by_every_state,
     recent_completions_counts_tasks_finished_since_a_moment,
     job_state_follows_a_job_to_its_end,
+    job_counters_read_the_stage_counters_without_counting_tasks,
 );
