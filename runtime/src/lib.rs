@@ -14,3 +14,4 @@ pub mod model;
 pub mod plugin;
 pub mod spec;
 pub mod store;
+pub mod template;

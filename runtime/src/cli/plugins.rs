@@ -1,9 +1,11 @@
-//! `lockstep plugins list` and `lockstep exec`: for operators and plugin authors.
+//! `lockstep plugins …` and `lockstep exec`: for operators and plugin authors.
 
 use super::{CliResult, Ctx, Failure};
-use crate::plugin::{RunRequest, StandaloneContext};
+use crate::plugin::{CheckReport, RunRequest, StandaloneContext};
+use crate::template::{self, Language, ProjectName};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +13,26 @@ use std::time::Duration;
 pub enum PluginsCommand {
     /// List every registered handler with its plugin file, hash, grants and input schema.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a new plugin project (rust, python or js) that builds outside this repository.
+    New {
+        /// Project name: lowercase letters, digits and `-`; the handler is NAME:greet.
+        name: String,
+        /// Language of the project: rust, python or js.
+        #[arg(long, value_name = "LANG")]
+        lang: String,
+        /// Directory to create (must not exist or be empty; default ./NAME).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print the WIT contract (world `plugin`) that this host links.
+    Wit,
+    /// Say whether FILE.wasm is a plugin this host loads: its exports, the imports it
+    /// lacks, its handlers and their input schemas. Exit 1 when it is not.
+    Check {
+        file: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -55,7 +77,127 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
             }
             Ok(())
         }
+        PluginsCommand::New { name, lang, dir } => new_project(&name, &lang, dir),
+        PluginsCommand::Wit => {
+            print!("{}", crate::plugin::WIT);
+            Ok(())
+        }
+        PluginsCommand::Check { file, json } => {
+            let report = crate::plugin::check_file(&file, ctx.cache_dir.as_deref())
+                .await
+                .map_err(anyhow::Error::new)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("rendering JSON")?
+                );
+            } else {
+                print!("{}", render_check(&report));
+            }
+            if report.is_valid() {
+                Ok(())
+            } else {
+                Err(Failure::JobFailed(format!(
+                    "error: {} is not a plugin this host loads",
+                    file.display()
+                )))
+            }
+        }
     }
+}
+
+fn new_project(name: &str, lang: &str, dir: Option<PathBuf>) -> CliResult {
+    let bad = |e: template::TemplateError| Failure::BadInput(e.into());
+    let language: Language = lang.parse().map_err(bad)?;
+    let name = ProjectName::new(name).map_err(bad)?;
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name.as_str()));
+    let files = template::write(&dir, &name, language).map_err(|e| match e {
+        template::TemplateError::NotEmpty(_) => bad(e),
+        other => Failure::Other(other.into()),
+    })?;
+    println!(
+        "wrote a {} plugin project with handler {} to {} ({} files)",
+        language.flag(),
+        name.handler(),
+        dir.display(),
+        files.len()
+    );
+    println!("build it:");
+    println!("  cd {}", dir.display());
+    for command in language.build_commands(&name) {
+        println!("  {command}");
+    }
+    println!(
+        "then check it: lockstep plugins check {}",
+        dir.join(language.component_path(&name)).display()
+    );
+    Ok(())
+}
+
+/// The human form of a check: a verdict line, then what was found.
+fn render_check(report: &CheckReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let verdict = if report.is_valid() {
+        "a plugin this host loads"
+    } else {
+        "NOT a plugin this host loads"
+    };
+    let _ = writeln!(out, "{}: {verdict}", report.path.display());
+    for problem in &report.problems {
+        let _ = writeln!(out, "  problem: {}", printable(problem));
+    }
+    if !report.sha256.is_empty() {
+        let _ = writeln!(
+            out,
+            "  file:    {} bytes, sha256 {}",
+            report.bytes, report.sha256
+        );
+    }
+    if !report.exports.is_empty() {
+        let _ = writeln!(out, "  exports: {}", report.exports.join(", "));
+    }
+    for import in &report.imports {
+        let status = if import.linked { "linked" } else { "NOT LINKED" };
+        let _ = writeln!(out, "  import:  {} ({status})", import.name);
+    }
+    if let Some(needs) = &report.needs {
+        let _ = writeln!(
+            out,
+            "  needs:   {} memories (largest starts at {} KiB), {} tables (largest starts at {} elements)",
+            needs.memories,
+            needs.largest_initial_memory_bytes / 1024,
+            needs.tables,
+            needs.largest_initial_table_elements
+        );
+    }
+    for handler in &report.handlers {
+        let schema = serde_json::to_string(&handler.input_schema)
+            .unwrap_or_else(|_| "(unprintable)".to_owned());
+        let _ = writeln!(
+            out,
+            "  handler: {} — {}
+    input: {}",
+            printable(&handler.name),
+            printable(&handler.description),
+            printable(&schema)
+        );
+    }
+    out
+}
+
+/// Guest text with control characters escaped, so a description cannot
+/// rewrite the operator's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 pub async fn exec(ctx: &Ctx, args: ExecArgs) -> CliResult {

@@ -12,3 +12,7 @@ wasmtime::component::bindgen!({
     imports: { default: async },
     exports: { default: async },
 });
+
+/// The WIT contract (`wit/plugin.wit`) this host links, as `lockstep plugins
+/// wit` prints it and `lockstep plugins new` copies it into projects.
+pub const WIT: &str = include_str!("../../../wit/plugin.wit");

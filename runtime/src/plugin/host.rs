@@ -196,6 +196,24 @@ impl PluginHost {
         let dirs = discovery::resolve_plugin_dirs(&config.dirs);
         let cache_dir = discovery::resolve_cache_dir(config.cache_dir.as_deref())?;
         let files = discovery::scan(&dirs)?;
+        Self::load_files(dirs, cache_dir, files, config.strict).await
+    }
+
+    /// Load one plugin file the way a scan would load it (`plugins check`).
+    pub async fn load_file(
+        path: &Path,
+        cache_dir: Option<&Path>,
+    ) -> Result<(PluginHost, LoadReport), PluginError> {
+        let cache_dir = discovery::resolve_cache_dir(cache_dir)?;
+        Self::load_files(Vec::new(), cache_dir, vec![path.to_owned()], false).await
+    }
+
+    async fn load_files(
+        dirs: Vec<PathBuf>,
+        cache_dir: PathBuf,
+        files: Vec<PathBuf>,
+        strict: bool,
+    ) -> Result<(PluginHost, LoadReport), PluginError> {
         let mut report = LoadReport {
             dirs: dirs.clone(),
             cache_dir: cache_dir.clone(),
@@ -223,10 +241,7 @@ impl PluginHost {
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         sandbox::start_epoch_ticks(&engine).map_err(PluginError::Engine)?;
         let cache = CompileCache::new(&cache_dir, &engine);
-        let mut linker = Linker::<RunState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| Plugin::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s))
-            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let linker = plugin_linker(&engine)?;
 
         let mut host = PluginHost {
             dirs,
@@ -277,7 +292,7 @@ impl PluginHost {
                 Err(reason) => report.failures.push(LoadFailure { path, reason }),
             }
         }
-        if config.strict && !report.failures.is_empty() {
+        if strict && !report.failures.is_empty() {
             return Err(PluginError::Strict(report.failures));
         }
         Ok((host, report))
@@ -515,6 +530,16 @@ impl PluginHost {
                 reason: "the plugin host is shutting down".to_owned(),
             })
     }
+}
+
+/// What every plugin is linked against: the WASI 0.2 interfaces (with a
+/// context that grants nothing by default) and the `plugin` world's imports.
+pub(crate) fn plugin_linker(engine: &Engine) -> Result<Linker<RunState>, PluginError> {
+    let mut linker = Linker::<RunState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| Plugin::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s))
+        .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    Ok(linker)
 }
 
 /// A fresh store for one call into `plugin`, with its limits and deadline.

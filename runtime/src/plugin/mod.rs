@@ -16,6 +16,7 @@
 //! - [`inspect`]: `plugins list` and `exec`.
 //! - [`command`], [`command_output`]: `wasi:cli/command` components (CI
 //!   steps, test binaries): loading, running, streamed bounded output.
+//! - [`check`]: `plugins check`, whether a file is a plugin this host loads.
 //!
 //! **Invariants:** a plugin gets nothing the operator did not grant; there is
 //! no fallback handler; a guest can fail only its own attempt.
@@ -24,6 +25,7 @@ pub mod bindings;
 pub mod cache;
 pub mod command;
 pub mod command_output;
+pub mod check;
 pub mod context;
 pub mod discovery;
 pub mod failure;
@@ -36,11 +38,13 @@ pub use instance_state::{MAX_LOG_LINES, MAX_LOG_MESSAGE};
 pub mod registry;
 pub mod sandbox;
 
+pub use bindings::WIT;
 pub use cache::CacheStats;
 pub use command::{CommandEnd, CommandHost, CommandLoadError, Invocation, LoadedCommand, Preopen};
 pub use command_output::{
     OutputChunk, OutputLimits, OutputReceiver, OutputSender, StreamKind, output_channel,
 };
+pub use check::{CheckReport, check_file};
 pub use context::{LogLevel, NO_JOB_CONTEXT, StandaloneContext, TaskContext};
 pub use discovery::{resolve_cache_dir, resolve_plugin_dirs};
 pub use failure::RunFailure;
