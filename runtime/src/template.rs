@@ -61,8 +61,9 @@ impl Language {
     /// Where the built component ends up, relative to the project.
     pub fn component_path(self, name: &ProjectName) -> PathBuf {
         match self {
-            Language::Rust => Path::new("target/wasm32-wasip2/release")
-                .join(format!("{}.wasm", name.file_stem())),
+            Language::Rust => {
+                Path::new("target/wasm32-wasip2/release").join(format!("{}.wasm", name.file_stem()))
+            }
             Language::Python | Language::JavaScript => {
                 PathBuf::from(format!("{}.wasm", name.file_stem()))
             }
@@ -133,9 +134,7 @@ impl ProjectName {
 /// Why a project was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error(
-        "--lang {0:?} is not a template language; choose one of: rust, python, js"
-    )]
+    #[error("--lang {0:?} is not a template language; choose one of: rust, python, js")]
     Language(String),
     #[error(
         "plugin name {name:?} is not usable: {why}; use lowercase letters, digits and `-`, starting with a letter (e.g. `word-count`)"

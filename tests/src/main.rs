@@ -16,6 +16,7 @@ mod mcp_tools;
 mod model_vocabulary;
 mod plugin_host;
 mod plugin_support;
+mod plugin_templates;
 mod postgres_cluster;
 mod postgres_store;
 mod postgres_test_db;

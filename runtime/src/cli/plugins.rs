@@ -158,7 +158,11 @@ fn render_check(report: &CheckReport) -> String {
         let _ = writeln!(out, "  exports: {}", report.exports.join(", "));
     }
     for import in &report.imports {
-        let status = if import.linked { "linked" } else { "NOT LINKED" };
+        let status = if import.linked {
+            "linked"
+        } else {
+            "NOT LINKED"
+        };
         let _ = writeln!(out, "  import:  {} ({status})", import.name);
     }
     if let Some(needs) = &report.needs {

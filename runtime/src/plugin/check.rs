@@ -115,7 +115,10 @@ pub async fn check_file(path: &Path, cache_dir: Option<&Path>) -> Result<CheckRe
         }
     };
     let ty = component.component_type();
-    report.exports = ty.exports(&engine).map(|(name, _)| name.to_owned()).collect();
+    report.exports = ty
+        .exports(&engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
     if !report.exports.iter().any(|e| e == HANDLER_EXPORT) {
         report.problems.push(format!(
             "it does not export {HANDLER_EXPORT} (it exports: {}); build it against the world `plugin` of `lockstep plugins wit`",
@@ -177,7 +180,8 @@ fn header_problem(wasm: &[u8]) -> Option<String> {
     const MAGIC: &[u8] = b"\0asm";
     if !wasm.starts_with(MAGIC) {
         return Some(
-            "it is not WebAssembly (no `\\0asm` header); a plugin is a WASI 0.2 component".to_owned(),
+            "it is not WebAssembly (no `\\0asm` header); a plugin is a WASI 0.2 component"
+                .to_owned(),
         );
     }
     // Bytes 6 and 7 are the layer: 0 for a core module, 1 for a component.
@@ -213,7 +217,10 @@ fn unlinked_imports(
                 .func_new_async(exact, |_, _, _, _| Box::new(async { unlinked_call() }))
                 .is_err()
         };
-        if !compatible_names(name).iter().any(|candidate| defined(candidate)) {
+        if !compatible_names(name)
+            .iter()
+            .any(|candidate| defined(candidate))
+        {
             unlinked.push((
                 name.to_owned(),
                 "no interface of this name and a compatible version is linked".to_owned(),
