@@ -23,9 +23,9 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod check;
 pub mod command;
 pub mod command_output;
-pub mod check;
 pub mod context;
 pub mod discovery;
 pub mod failure;
@@ -40,11 +40,11 @@ pub mod sandbox;
 
 pub use bindings::WIT;
 pub use cache::CacheStats;
+pub use check::{CheckReport, check_file};
 pub use command::{CommandEnd, CommandHost, CommandLoadError, Invocation, LoadedCommand, Preopen};
 pub use command_output::{
     OutputChunk, OutputLimits, OutputReceiver, OutputSender, StreamKind, output_channel,
 };
-pub use check::{CheckReport, check_file};
 pub use context::{LogLevel, NO_JOB_CONTEXT, StandaloneContext, TaskContext};
 pub use discovery::{resolve_cache_dir, resolve_plugin_dirs};
 pub use failure::RunFailure;
