@@ -518,3 +518,28 @@ fn a_tenant_name_with_control_characters_is_refused_by_every_command() {
         );
     }
 }
+
+#[test]
+fn retry_of_a_task_still_on_its_way_is_exit_two_in_one_sentence() {
+    let cli = Cli::new();
+    // Submitted without a worker: task 1 is pending, task 2 waits for its stage.
+    let file = cli.write(
+        "two.toml",
+        "name = \"two\"\n[[stages]]\nname = \"a\"\ntasks = [{ handler = \"example:noop\" }]\n[[stages]]\nname = \"b\"\ntasks = [{ handler = \"example:noop\" }]\n",
+    );
+    let out = cli.run(&["submit", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for (task, state) in [("2", "blocked"), ("1", "pending")] {
+        let err = assert_bad_input(&cli.run(&["retry", task]));
+        assert_eq!(
+            err.trim_end(),
+            format!("error: task {task} is {state}: only a dead or cancelled task can be retried")
+        );
+    }
+    // Nothing changed: the job still runs both tasks to the end.
+    let out = cli.run(&["run", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = cli.run(&["status", "1", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["job"]["state"], "succeeded", "{status}");
+}

@@ -514,7 +514,10 @@ async fn retrying_a_succeeded_task_is_an_illegal_transition() {
     let err = h.engine.retry(&h.tenant, task).await.expect_err("illegal");
     assert_eq!(
         err.to_string(),
-        "illegal task transition: succeeded -> pending"
+        format!(
+            "task {} is succeeded: only a dead or cancelled task can be retried",
+            task.0
+        )
     );
     assert_eq!(h.events(job).await.len(), before);
 }

@@ -12,6 +12,7 @@ mod harness;
 mod mcp_agent;
 mod mcp_harness;
 mod mcp_http;
+mod mcp_protocol;
 mod mcp_tools;
 mod model_vocabulary;
 mod plugin_host;

@@ -375,3 +375,42 @@ async fn planning_the_same_plan_twice_returns_the_first() {
     let jobs = ok(c, "list_jobs", json!({})).await;
     assert_eq!(jobs["jobs"].as_array().expect("jobs").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_of_a_running_or_blocked_task_is_an_illegal_state_refusal() {
+    let db = Db::new().await;
+    let server = StdioServer::start(&db, "local", &[]).await;
+    let c = &server.client;
+    let plan = plan(
+        c,
+        "retry too early",
+        &[("first", "First", &[]), ("second", "Second", &["first"])],
+    )
+    .await;
+    let job = plan["job_id"].as_i64().expect("job");
+    let (first, second) = (task_id(&plan, "first"), task_id(&plan, "second"));
+    let claimed = claim(c, job).await.expect("claim first");
+    assert_eq!(claimed["task_id"], first);
+
+    for (task, state) in [(first, "running"), (second, "blocked")] {
+        assert_eq!(
+            call(c, "retry_task", json!({ "task_id": task })).await,
+            Err(Refusal::Tool {
+                code: "illegal_state".into(),
+                message: format!(
+                    "task {task} is {state}: only a dead or cancelled task can be retried"
+                ),
+            })
+        );
+    }
+    // Nothing was counted twice: the plan runs to the end exactly as before.
+    complete(c, &claimed, "first done").await;
+    let next = claim(c, job).await.expect("claim second");
+    assert_eq!(next["task_id"], second);
+    let done = complete(c, &next, "second done").await;
+    assert_eq!(done["job_state"], "succeeded");
+    let view = ok(c, "get_job", json!({ "job_id": job })).await;
+    assert_eq!(view["counts"]["succeeded"], 2);
+    assert_eq!(view["stages"][0]["done"], 2);
+    assert_eq!(view["stages"][0]["total"], 2);
+}

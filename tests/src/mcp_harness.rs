@@ -294,16 +294,33 @@ fn read_result(
 ) -> Result<Value, Refusal> {
     match result {
         Ok(r) if r.is_error == Some(true) => {
-            let error = r.structured_content.unwrap_or(Value::Null);
+            // A refusal is not the tool's result: no structured content (a
+            // client would validate it against the output schema), its
+            // message as text, and {code, message} under _meta.
+            assert_eq!(
+                r.structured_content, None,
+                "a refusal with structured content"
+            );
+            let error = r
+                .meta
+                .as_ref()
+                .and_then(|m| m.0.get("lockstep/error"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let message = error["message"].as_str().unwrap_or_default().to_string();
+            let text: Vec<&str> = r
+                .content
+                .iter()
+                .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+                .collect();
+            assert_eq!(
+                text,
+                [message.as_str()],
+                "the refusal's text is its message"
+            );
             Err(Refusal::Tool {
-                code: error["error"]["code"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                message: error["error"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                code: error["code"].as_str().unwrap_or_default().to_string(),
+                message,
             })
         }
         Ok(r) => Ok(r
@@ -322,7 +339,10 @@ fn read_result(
 pub async fn ok(client: &Client, tool: &str, args: Value) -> Value {
     match call(client, tool, args.clone()).await {
         Ok(v) => v,
-        Err(e) => panic!("{tool} {args} was refused: {e:?}"),
+        Err(e) => {
+            let shown: String = args.to_string().chars().take(300).collect();
+            panic!("{tool} {shown} was refused: {e:?}")
+        }
     }
 }
 

@@ -306,7 +306,7 @@ fn bad_calls() -> Vec<(&'static str, Value, &'static str, &'static str)> {
                 { "key": "a", "title": "A", "instructions": "i", "depends_on": ["b"] },
                 { "key": "b", "title": "B", "instructions": "i", "depends_on": ["a"] }
             ] }),
-            "subtasks[",
+            "subtasks[0].depends_on",
             "",
         ),
         (
@@ -372,8 +372,14 @@ fn bad_calls() -> Vec<(&'static str, Value, &'static str, &'static str)> {
         (
             "complete_task",
             json!({ "task_id": 1, "attempt": 1, "summary": "x".repeat(1_200_000) }),
+            "summary",
+            "is longer than 65536 characters",
+        ),
+        (
+            "complete_task",
+            json!({ "task_id": 1, "attempt": 1, "summary": "x".repeat(2_010_000) }),
             "arguments",
-            "are ",
+            "are 2010",
         ),
         // Names are bounded in bytes and hold no control characters; no text
         // holds a NUL (PostgreSQL cannot store it, SQLite could).
@@ -413,7 +419,7 @@ fn bad_calls() -> Vec<(&'static str, Value, &'static str, &'static str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_name_the_field_and_write_nothing() {
     let db = Db::new().await;
-    let server = StdioServer::start(&db, "local", &[]).await;
+    let server = StdioServer::start(&db, "local", &["--max-argument-bytes", "2000000"]).await;
     let c = &server.client;
     // One real claimed task, so the task tools would have something to write to.
     let plan = plan(c, "target", &[("a", "A", &[])]).await;
@@ -426,10 +432,7 @@ async fn bad_arguments_name_the_field_and_write_nothing() {
         match call(c, tool, args).await {
             Err(refusal @ Refusal::Protocol { code: -32602, .. }) => {
                 let named = refusal.field().unwrap_or_default();
-                assert!(
-                    named.starts_with(field),
-                    "{tool} {shown}: named {named:?}, expected {field:?}"
-                );
+                assert_eq!(named, field, "{tool} {shown}");
                 let message = refusal.message();
                 assert!(
                     message.starts_with(&format!("invalid argument {named}: {reason}")),
@@ -540,5 +543,160 @@ async fn get_job_names_a_ready_handler_no_plugin_here_registers() {
     assert!(
         text.ends_with("; nothing runs: no plugin in this server registers example:noop"),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_quote_a_bounded_part_of_a_bad_value() {
+    let db = Db::new().await;
+    let server = StdioServer::start(&db, "local", &[]).await;
+    let c = &server.client;
+    let huge = "7".repeat(100_000);
+    let calls = [
+        ("get_job", json!({ "job_id": huge }), "job_id"),
+        ("list_jobs", json!({ "state": huge }), "state"),
+        ("get_job", json!({ "job_id": 1, huge.as_str(): true }), ""),
+        (
+            "submit_job",
+            json!({ "job": { "name": "j", "stages": [{ "name": "s", "tasks": [{ "handler": huge, "input": {} }] }] } }),
+            "job.stages[0].tasks[0].handler",
+        ),
+    ];
+    for (tool, args, field) in calls {
+        let refusal = call(c, tool, args).await.expect_err(tool);
+        let message = refusal.message();
+        if tool != "submit_job" {
+            assert!(
+                message.contains("(100000 characters)"),
+                "{tool}: the message gives the value's size: {message}"
+            );
+        }
+        let named = refusal.field().unwrap_or_default();
+        let message = refusal.message();
+        assert!(
+            matches!(refusal, Refusal::Protocol { code: -32602, .. }),
+            "{tool}: {refusal:?}"
+        );
+        if !field.is_empty() {
+            assert_eq!(named, field, "{tool}");
+        }
+        assert!(named.len() <= 200, "{tool}: field of {} bytes", named.len());
+        assert!(
+            message.len() <= 600,
+            "{tool}: a {}-byte message: {}…",
+            message.len(),
+            message.chars().take(200).collect::<String>()
+        );
+        assert!(
+            message.contains("7777777777"),
+            "{tool}: the message shows the start of the value: {message}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_task_takes_details_of_exactly_the_documented_limit() {
+    let db = Db::new().await;
+    let token = db.create_token("local");
+    let stdio = StdioServer::start(&db, "local", &[]).await;
+    let http = HttpServer::start(&db, &[]);
+    let over_http = http.client(&token).await;
+    // `details` may hold 1 Mi characters, however many bytes they take in
+    // UTF-8 (4 for U+1D11E) or in JSON (6 for the escape of U+0001).
+    let limit = 1024 * 1024;
+    let details = [
+        "d".repeat(limit),
+        "\u{1D11E}".repeat(limit),
+        format!("{}\n\"", "\u{1}".repeat(limit - 2)),
+    ];
+    for (client, transport) in [(&stdio.client, "stdio"), (&over_http, "http")] {
+        for (i, details) in details.iter().enumerate() {
+            let plan = plan(
+                client,
+                &format!("big details {transport} {i}"),
+                &[("only", "Only", &[])],
+            )
+            .await;
+            let task = claim(client, plan["job_id"].as_i64().expect("job"))
+                .await
+                .expect("claim");
+            let done = ok(
+                client,
+                "complete_task",
+                json!({ "task_id": task["task_id"], "attempt": task["attempt"], "summary": "s", "details": details }),
+            )
+            .await;
+            assert_eq!(done["state"], "succeeded", "{transport} {i}");
+            let view = ok(client, "get_task", json!({ "task_id": task["task_id"] })).await;
+            assert_eq!(
+                view["output"]["details"]
+                    .as_str()
+                    .map(|d| d.chars().count()),
+                Some(limit),
+                "{transport} {i}"
+            );
+        }
+        let plan = plan(
+            client,
+            &format!("too big {transport}"),
+            &[("only", "Only", &[])],
+        )
+        .await;
+        let task = claim(client, plan["job_id"].as_i64().expect("job"))
+            .await
+            .expect("claim");
+        let refusal = call(
+            client,
+            "complete_task",
+            json!({ "task_id": task["task_id"], "attempt": task["attempt"], "summary": "s", "details": "d".repeat(limit + 1) }),
+        )
+        .await
+        .expect_err("one character over");
+        assert_eq!(refusal.field().as_deref(), Some("details"), "{transport}");
+        assert_eq!(
+            refusal.message(),
+            "invalid argument details: is longer than 1048576 characters",
+            "{transport}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_name_submit_job_accepts_list_jobs_can_find() {
+    let db = Db::new().await;
+    let server = StdioServer::start_with_plugins(
+        &db,
+        "local",
+        Path::new(guest_artifacts::EXAMPLES_DIR),
+        &[],
+    )
+    .await;
+    let c = &server.client;
+    let mut accepted = 0;
+    for length in [1000, 1001, 4096, 4097, 200_000] {
+        let name = "n".repeat(length);
+        let job = json!({ "name": name, "stages": [{ "name": "s", "tasks": [{ "handler": "example:noop", "input": {} }] }] });
+        match call(c, "submit_job", json!({ "job": job })).await {
+            Ok(submitted) => {
+                accepted += 1;
+                let found = ok(c, "list_jobs", json!({ "name": name })).await;
+                assert_eq!(
+                    found["jobs"][0]["job_id"], submitted["job_id"],
+                    "a {length}-character name"
+                );
+            }
+            Err(refusal) => {
+                // Refused at submit: list_jobs refuses the same name for the same reason.
+                assert_eq!(refusal.field().as_deref(), Some("job.name"), "{refusal:?}");
+                let listed = call(c, "list_jobs", json!({ "name": name }))
+                    .await
+                    .expect_err("a name no job can have");
+                assert_eq!(listed.field().as_deref(), Some("name"), "{listed:?}");
+            }
+        }
+    }
+    assert!(
+        accepted >= 3,
+        "names of 1,000 to 4,096 characters are accepted"
     );
 }

@@ -19,7 +19,7 @@ pub struct McpOptions {
     #[arg(long, default_value_t = 900.0)]
     pub agent_lease_secs: f64,
     /// Largest tool arguments accepted, in bytes of JSON.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = mcp::DEFAULT_MAX_ARGUMENT_BYTES)]
     pub max_argument_bytes: usize,
 }
 

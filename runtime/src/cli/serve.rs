@@ -25,6 +25,11 @@ pub struct ServeArgs {
     /// Every request needs a bearer token from `lockstep token create`.
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// Serve --http without tokens: every request acts as --tenant. Only on
+    /// a loopback address (127.0.0.1, [::1], localhost), for MCP clients and
+    /// test suites on this machine that cannot send a token.
+    #[arg(long, requires = "http")]
+    no_auth: bool,
     /// Host header value to accept besides localhost/127.0.0.1/::1 (repeatable),
     /// e.g. the server's DNS name when binding a public address.
     #[arg(long = "allow-host", value_name = "HOST")]
@@ -40,7 +45,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 100)]
     rate_burst: u32,
     /// Largest MCP request body, in bytes.
-    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    #[arg(long, default_value_t = http::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     #[command(flatten)]
     mcp: McpOptions,
@@ -59,14 +64,28 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
             args.rate_limit
         )));
     }
+    if args.no_auth && !args.allow_hosts.is_empty() {
+        return Err(super::Failure::BadInput(anyhow::anyhow!(
+            "--no-auth serves only this machine, so it takes no --allow-host; drop --allow-host, or drop --no-auth and use a token from `lockstep token create`"
+        )));
+    }
     let mcp_config = args.mcp.config()?;
-    let engine = ctx.engine().await?;
-    let lease = Duration::from_secs_f64(args.lease_secs);
-    // Bind before starting anything, so a taken port is a clean error.
+    // Bind before starting anything, so a taken port or a public address
+    // without tokens is a clean error and nothing has been opened.
     let listener = match &args.http {
-        Some(addr) => Some(http::bind(addr).await.map_err(anyhow::Error::new)?),
+        Some(addr) => {
+            let listener = http::bind(addr).await.map_err(anyhow::Error::new)?;
+            if args.no_auth {
+                let local = listener.local_addr().map_err(anyhow::Error::new)?;
+                http::check_loopback(local)
+                    .map_err(|e| super::Failure::BadInput(anyhow::anyhow!(e)))?;
+            }
+            Some(listener)
+        }
         None => None,
     };
+    let engine = ctx.engine().await?;
+    let lease = Duration::from_secs_f64(args.lease_secs);
     let pool = engine.start_workers(WorkerConfig {
         slots: args.workers.max(1),
         batch: args.batch.max(1),
@@ -82,6 +101,11 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
     let mut http_server = None;
     if let Some(listener) = listener {
         let http_config = HttpConfig {
+            auth: if args.no_auth {
+                http::Auth::LoopbackOnly(ctx.tenant.clone())
+            } else {
+                http::Auth::Tokens
+            },
             allowed_hosts: args.allow_hosts.clone(),
             allowed_origins: args.allow_origins.clone(),
             rate_per_second: args.rate_limit,
@@ -91,6 +115,12 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
         let local = listener.local_addr().map_err(anyhow::Error::new)?;
         let router = http::router(engine.clone(), mcp_config, &http_config, shutdown.clone());
         eprintln!("lockstep serve: MCP listening on http://{local}/mcp");
+        if args.no_auth {
+            eprintln!(
+                "lockstep serve: --no-auth: every MCP request acts as tenant {:?} without a token",
+                ctx.tenant.0
+            );
+        }
         http_server = Some(tokio::spawn(http::serve(
             listener,
             router,

@@ -71,6 +71,9 @@ pub enum EngineError {
     /// The requested change is not allowed from the current state.
     #[error(transparent)]
     IllegalTransition(#[from] crate::model::IllegalTransition),
+    /// `retry` of a task that has not stopped for good.
+    #[error("task {task} is {state}: only a dead or cancelled task can be retried")]
+    NotRetryable { task: i64, state: String },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -81,7 +84,8 @@ impl EngineError {
         match self {
             EngineError::Spec(_)
             | EngineError::NotFound { .. }
-            | EngineError::IllegalTransition(_) => true,
+            | EngineError::IllegalTransition(_)
+            | EngineError::NotRetryable { .. } => true,
             // A database URL that cannot be shared, another application's file.
             EngineError::Store(e) => e.is_bad_input(),
         }
@@ -400,7 +404,16 @@ impl Engine {
                 task,
                 now: now_millis(),
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::IllegalTransition(t) if t.entity == "task" => {
+                    EngineError::NotRetryable {
+                        task: task.0,
+                        state: t.from,
+                    }
+                }
+                other => EngineError::from(other),
+            })?;
         self.wake.notify_waiters();
         Ok(state)
     }

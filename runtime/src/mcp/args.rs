@@ -150,8 +150,10 @@ impl ListJobsArgs {
 
 impl Check for ListJobsArgs {
     fn check(&self) -> Result<(), ArgError> {
+        // A name is searched for exactly as submit_job accepts it: job names
+        // have no bound of their own yet besides the size of the arguments.
         if let Some(name) = &self.name {
-            bounded("name", name, 1000)?;
+            text("name", name, usize::MAX)?;
         }
         if let Some(limit) = self.limit
             && !(1..=MAX_PAGE).contains(&limit)

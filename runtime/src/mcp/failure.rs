@@ -2,8 +2,14 @@
 //!
 //! Three kinds: a wrong argument is an `invalid_params` MCP error naming the
 //! field; a refusal the caller can act on (not found, lease lost, wrong
-//! state) is a tool result with `isError: true` and a code; anything else is
-//! logged with a correlation id and reaches the client as that id only.
+//! state) is a tool result with `isError: true`, its message as text and
+//! `_meta["lockstep/error"] = {code, message}`; anything else is logged
+//! with a correlation id and reaches the client as that id only.
+//!
+//! A refusal carries no `structuredContent`: a client validates structured
+//! content against the tool's output schema even on an error (the
+//! TypeScript SDK does, and turns a mismatch into a thrown `-32602`), and a
+//! refusal is not the tool's result.
 //!
 //! **Invariant:** no SQL, file path, or error chain from the store reaches a
 //! client; internal errors are logged in full on the server.
@@ -14,6 +20,9 @@ use crate::engine::agent::AgentError;
 use crate::spec::SpecError;
 use rmcp::ErrorData;
 use rmcp::model::{CallToolResult, ContentBlock};
+
+/// The `_meta` key of a refusal's `{code, message}`.
+pub const ERROR_META: &str = "lockstep/error";
 
 /// Why a tool call did not succeed.
 #[derive(Debug)]
@@ -41,10 +50,12 @@ impl ToolFailure {
                 code: "not_found",
                 message: e.to_string(),
             },
-            EngineError::IllegalTransition(_) => ToolFailure::Refused {
-                code: "illegal_state",
-                message: e.to_string(),
-            },
+            EngineError::IllegalTransition(_) | EngineError::NotRetryable { .. } => {
+                ToolFailure::Refused {
+                    code: "illegal_state",
+                    message: e.to_string(),
+                }
+            }
             other => ToolFailure::internal(tool, &other),
         }
     }
@@ -71,9 +82,14 @@ impl ToolFailure {
         match self {
             ToolFailure::Argument(a) => Err(a.into_error_data()),
             ToolFailure::Refused { code, message } => {
+                let message = super::params::clip(&message, super::params::MAX_MESSAGE_BYTES);
                 let mut result = CallToolResult::error(vec![ContentBlock::text(message.clone())]);
-                result.structured_content =
-                    Some(serde_json::json!({ "error": { "code": code, "message": message } }));
+                let mut meta = rmcp::model::JsonObject::new();
+                meta.insert(
+                    ERROR_META.to_string(),
+                    serde_json::json!({ "code": code, "message": message }),
+                );
+                result.meta = Some(rmcp::model::MetaObject(meta));
                 Ok(result)
             }
             ToolFailure::Internal { correlation_id } => Err(ErrorData::internal_error(

@@ -17,7 +17,10 @@
 pub mod args;
 pub mod failure;
 pub mod http;
+pub mod jsonrpc;
 pub mod params;
+pub mod schema;
+mod stdio;
 mod tools;
 pub mod views;
 
@@ -43,6 +46,35 @@ summaries of the subtasks it depends on; report progress with update_task; finis
 complete_task (or fail_task), passing the task_id and attempt from claim_task. Everything is \
 stored durably and survives restarts.";
 
+/// Largest tool arguments accepted by default, in bytes of JSON: room for
+/// the largest single field (`complete_task`'s `details`, 1 Mi characters)
+/// however its characters are encoded (up to 6 bytes each as JSON escapes).
+pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Room for the JSON-RPC envelope around the arguments of one call.
+pub const ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// The requests of the MCP specification a client may send.
+const MCP_METHODS: [&str; 17] = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "completion/complete",
+    "logging/setLevel",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+];
+
 /// Settings of an MCP server (either transport).
 #[derive(Debug, Clone)]
 pub struct McpConfig {
@@ -56,7 +88,7 @@ impl Default for McpConfig {
     fn default() -> Self {
         McpConfig {
             agent_lease: Duration::from_secs(15 * 60),
-            max_argument_bytes: 1024 * 1024,
+            max_argument_bytes: DEFAULT_MAX_ARGUMENT_BYTES,
         }
     }
 }
@@ -90,7 +122,7 @@ impl LockstepMcp {
             engine,
             config,
             local: Some(caller),
-            tool_router: Self::tool_router(),
+            tool_router: Self::tools(),
         }
     }
 
@@ -100,8 +132,21 @@ impl LockstepMcp {
             engine,
             config,
             local: None,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tools(),
         }
+    }
+
+    /// The built-in tools with their published (portable, flat) schemas;
+    /// built once per process. More tools join by merging routes into this
+    /// router.
+    fn tools() -> ToolRouter<Self> {
+        static TOOLS: std::sync::LazyLock<ToolRouter<LockstepMcp>> =
+            std::sync::LazyLock::new(|| {
+                let mut router = LockstepMcp::tool_router();
+                schema::publish(&mut router);
+                router
+            });
+        TOOLS.clone()
     }
 }
 
@@ -129,6 +174,29 @@ impl ServerHandler for LockstepMcp {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("lockstep", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
+    }
+
+    /// A request of an MCP method whose params did not decode reaches here
+    /// as a "custom" request: it is invalid params (-32602), not an unknown
+    /// method (-32601, rmcp's default).
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        let method = params::clip(&request.method, 100);
+        if MCP_METHODS.contains(&request.method.as_str()) {
+            Err(ErrorData::invalid_params(
+                format!("the params of {method} do not match its schema"),
+                None,
+            ))
+        } else {
+            Err(ErrorData::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!("lockstep serves no method {method}"),
+                None,
+            ))
+        }
     }
 
     async fn call_tool(
@@ -167,9 +235,10 @@ pub async fn serve_stdio(
     config: McpConfig,
     tenant: TenantId,
 ) -> Result<(), McpServeError> {
+    let max_line_bytes = config.max_argument_bytes.saturating_add(ENVELOPE_BYTES);
     let server = LockstepMcp::local(engine, Arc::new(config), tenant);
     let running = server
-        .serve(rmcp::transport::stdio())
+        .serve(stdio::StdioTransport::process(max_line_bytes))
         .await
         .map_err(|e| McpServeError::Start(e.to_string()))?;
     running

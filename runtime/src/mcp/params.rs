@@ -29,11 +29,19 @@ impl ArgError {
         }
     }
 
-    /// The MCP error a client sees: message `field: why`, and the field in `data`.
+    /// The MCP error a client sees: message `field: why`, and the field in
+    /// `data`. Quoted values longer than a few words are shortened to their
+    /// start and their length, and the whole is bounded: the value may be
+    /// megabytes of hostile text.
     pub fn into_error_data(self) -> ErrorData {
+        let field = clip(&shorten_quoted(&self.field), MAX_FIELD_BYTES);
+        let reason = clip(&shorten_quoted(&self.message), MAX_MESSAGE_BYTES);
         ErrorData::invalid_params(
-            format!("invalid argument {}: {}", self.field, self.message),
-            Some(serde_json::json!({ "field": self.field, "reason": self.message })),
+            clip(
+                &format!("invalid argument {field}: {reason}"),
+                MAX_FIELD_BYTES + MAX_MESSAGE_BYTES,
+            ),
+            Some(serde_json::json!({ "field": field, "reason": reason })),
         )
     }
 }
@@ -89,10 +97,11 @@ pub fn decode<T: DeserializeOwned + Check>(value: serde_json::Value) -> Result<T
     Ok(decoded)
 }
 
-/// serde reports a missing or unknown field at its parent's path; name the field itself.
+/// serde reports a missing field at its parent's path and an unknown one at
+/// its own; name the field itself, once.
 fn field_error(path: &str, message: &str) -> ArgError {
-    let parent = if path == "." { "" } else { path };
-    let join = |name: &str| {
+    let path = if path == "." { "" } else { path };
+    let join = |parent: &str, name: &str| {
         if parent.is_empty() {
             name.to_string()
         } else {
@@ -101,24 +110,105 @@ fn field_error(path: &str, message: &str) -> ArgError {
     };
     let quoted = message.split('`').nth(1);
     if let (Some(name), true) = (quoted, message.starts_with("missing field")) {
-        return ArgError::new(join(name), "is required");
+        return ArgError::new(join(path, name), "is required");
     }
     if let (Some(name), true) = (quoted, message.starts_with("unknown field")) {
+        let parent = path
+            .strip_suffix(name)
+            .map(|p| p.strip_suffix('.').unwrap_or(p))
+            .unwrap_or(path);
         let expected = message
             .split_once(", expected ")
             .map(|(_, rest)| format!("; expected {rest}"))
             .unwrap_or_default();
         return ArgError::new(
-            join(name),
+            join(parent, &shorten(name)),
             format!("is not an argument of this tool{expected}"),
         );
     }
-    let field = if parent.is_empty() {
+    let field = if path.is_empty() {
         "arguments".to_string()
     } else {
-        parent.to_string()
+        path.to_string()
     };
     ArgError::new(field, message.to_string())
+}
+
+// ---------------------------------------------------------------- bounded error texts
+
+/// Longest field path in an error, in bytes.
+pub const MAX_FIELD_BYTES: usize = 200;
+/// Longest reason (or refusal message), in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 500;
+/// Quoted values up to this many characters are shown whole.
+const SHOWN_WHOLE: usize = 40;
+/// How much of a longer quoted value is shown.
+const SHOWN_START: usize = 32;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A long name as its start and its length.
+fn shorten(name: &str) -> String {
+    let count = name.chars().count();
+    if count <= SHOWN_WHOLE {
+        return name.to_string();
+    }
+    let start: String = name.chars().take(SHOWN_START).collect();
+    format!("{start}…({count} characters)")
+}
+
+/// Every `"…"` or `` `…` `` segment of `message` longer than a few words
+/// shortened to its start and its length.
+pub fn shorten_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '"' && c != '`' {
+            out.push(c);
+            continue;
+        }
+        let mut inside = String::new();
+        let mut closed = false;
+        while let Some(d) = chars.next() {
+            if d == c {
+                closed = true;
+                break;
+            }
+            inside.push(d);
+            // A backslash escapes the next character inside double quotes.
+            if c == '"'
+                && d == '\\'
+                && let Some(e) = chars.next()
+            {
+                inside.push(e);
+            }
+        }
+        let count = inside.chars().count();
+        out.push(c);
+        if count <= SHOWN_WHOLE {
+            out.push_str(&inside);
+        } else {
+            out.extend(inside.chars().take(SHOWN_START));
+            out.push('…');
+        }
+        if closed {
+            out.push(c);
+        }
+        if count > SHOWN_WHOLE {
+            out.push_str(&format!(" ({count} characters)"));
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------- checks used by the argument structs

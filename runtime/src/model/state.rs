@@ -88,6 +88,21 @@ impl TaskState {
         )
     }
 
+    /// `lockstep retry`: only a task that stopped for good without
+    /// succeeding (dead or cancelled) is revived; a blocked, pending or
+    /// running task is still on its way, and counting it in again would
+    /// count it twice.
+    pub fn revive(self) -> Result<TaskState, IllegalTransition> {
+        match self {
+            TaskState::Dead | TaskState::Cancelled => self.transition(TaskState::Pending),
+            _ => Err(IllegalTransition {
+                entity: "task",
+                from: self.to_string(),
+                to: TaskState::Pending.to_string(),
+            }),
+        }
+    }
+
     pub fn transition(self, to: TaskState) -> Result<TaskState, IllegalTransition> {
         if self.can_become(to) {
             Ok(to)

@@ -142,7 +142,7 @@ pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskSta
     let (job, position, state, executor, attempt, max_attempts) =
         row.ok_or_else(|| task_not_found(p.task))?;
     let from = parse_task_state(&state)?;
-    from.transition(TaskState::Pending)?;
+    from.revive()?;
 
     // Refuse before writing when the job cannot run again (it succeeded).
     let (job_state,): (String,) = db.fetch_one(db.query(&JOB_STATE).bind(job)).await?;

@@ -128,9 +128,62 @@ pub async fn retrying_a_succeeded_task_is_an_illegal_transition(store: &dyn Stor
     assert_eq!(events(store, job).await.len(), before);
 }
 
+pub async fn retrying_a_task_still_on_its_way_is_an_illegal_transition(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "too-early",
+            vec![
+                stage("a", vec![task("work"), task("work")]),
+                stage("b", vec![task("work")]),
+            ],
+        ),
+    )
+    .await;
+    let running = claim(store, 1).await.remove(0);
+    let counts = serde_json::to_value(status(store, job).await).expect("status as JSON");
+    let before = events(store, job).await.len();
+    let pending = TaskId(if running.lease.task_id.0 == 1 { 2 } else { 1 });
+    let blocked = TaskId(3);
+    assert_eq!(get_task(store, pending).await.state, TaskState::Pending);
+    assert_eq!(get_task(store, blocked).await.state, TaskState::Blocked);
+    for (task, state) in [
+        (running.lease.task_id, "running"),
+        (pending, "pending"),
+        (blocked, "blocked"),
+    ] {
+        let err = store
+            .retry_task(RetryTask {
+                tenant: acme(),
+                task,
+                now: NOW,
+            })
+            .await
+            .expect_err(state);
+        assert_eq!(
+            err.to_string(),
+            format!("illegal task transition: {state} -> pending")
+        );
+    }
+    // Nothing was written: the same counts and events, and the job runs to the end.
+    assert_eq!(
+        serde_json::to_value(status(store, job).await).expect("status as JSON"),
+        counts
+    );
+    assert_eq!(events(store, job).await.len(), before);
+    complete(store, vec![ok(&running)]).await;
+    let rest = claim_one(store).await;
+    complete(store, vec![ok(&rest)]).await;
+    let last = claim_one(store).await;
+    assert_eq!(last.lease.task_id, blocked);
+    complete(store, vec![ok(&last)]).await;
+    assert_eq!(job_state(store, job).await, JobState::Succeeded);
+}
+
 conformance_cases!(
     cancelling_a_job_cancels_every_unfinished_task,
     cancelling_a_finished_job_is_an_illegal_transition,
     retrying_a_dead_task_reopens_its_stage_and_job,
     retrying_a_succeeded_task_is_an_illegal_transition,
+    retrying_a_task_still_on_its_way_is_an_illegal_transition,
 );
