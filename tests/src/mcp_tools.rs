@@ -565,10 +565,12 @@ async fn errors_quote_a_bounded_part_of_a_bad_value() {
     for (tool, args, field) in calls {
         let refusal = call(c, tool, args).await.expect_err(tool);
         let message = refusal.message();
+        // A value is shown by its start and its size (submit_job names the
+        // limit a handler name broke instead).
         if tool != "submit_job" {
             assert!(
-                message.contains("(100000 characters)"),
-                "{tool}: the message gives the value's size: {message}"
+                message.contains("77777777…") && message.contains("(100000 characters)"),
+                "{tool}: {message}"
             );
         }
         let named = refusal.field().unwrap_or_default();
@@ -586,10 +588,6 @@ async fn errors_quote_a_bounded_part_of_a_bad_value() {
             "{tool}: a {}-byte message: {}…",
             message.len(),
             message.chars().take(200).collect::<String>()
-        );
-        assert!(
-            message.contains("7777777777"),
-            "{tool}: the message shows the start of the value: {message}"
         );
     }
 }

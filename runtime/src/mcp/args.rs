@@ -150,10 +150,11 @@ impl ListJobsArgs {
 
 impl Check for ListJobsArgs {
     fn check(&self) -> Result<(), ArgError> {
-        // A name is searched for exactly as submit_job accepts it: job names
-        // have no bound of their own yet besides the size of the arguments.
+        // Searched for by the rule submit_job accepts a job name with, so
+        // every name a job can have can be found, and no other.
         if let Some(name) = &self.name {
-            text("name", name, usize::MAX)?;
+            crate::limits::check_name(name, crate::limits::MAX_JOB_NAME_BYTES)
+                .map_err(|e| ArgError::new("name", format!("job name {e}")))?;
         }
         if let Some(limit) = self.limit
             && !(1..=MAX_PAGE).contains(&limit)

@@ -20,7 +20,7 @@ use super::failure::log_internal;
 use super::jsonrpc;
 use super::{Caller, LockstepMcp, McpConfig, McpServeError};
 use crate::engine::Engine;
-use crate::store::TenantId;
+use crate::model::TenantId;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
