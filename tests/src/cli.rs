@@ -543,3 +543,52 @@ fn retry_of_a_task_still_on_its_way_is_exit_two_in_one_sentence() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
     assert_eq!(status["job"]["state"], "succeeded", "{status}");
 }
+
+#[test]
+fn a_failed_run_lists_its_dead_tasks_with_their_errors() {
+    let cli = Cli::new();
+    let tasks = ["{ handler = \"example:flaky\", input = { fail_times = 9 }, max_attempts = 1 }";
+        12]
+        .join(", ");
+    let file = cli.write(
+        "dead.toml",
+        &format!("name = \"dead\"\n[[stages]]\nname = \"split\"\ntasks = [{tasks}]\n"),
+    );
+    let out = cli.run(&["run", &file]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    let listed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "dead tasks (12):")
+        .collect();
+    let mut expected = vec!["dead tasks (12):".to_string()];
+    expected.extend((1..=10).map(|id| {
+        format!(
+            "  task {id} (stage split, example:flaky, attempt 1 of 1): attempt 1 fails on purpose (fail_times = 9)"
+        )
+    }));
+    expected.push("  … and 2 more".to_string());
+    expected.push("  whole record: lockstep task 1   run it again: lockstep retry 1".to_string());
+    assert_eq!(listed, expected, "{text}");
+}
+
+#[test]
+fn logs_off_a_terminal_have_no_colour_codes_and_no_sql_text() {
+    let cli = Cli::new();
+    // Debug logs of this process's own work, written to a pipe.
+    let out = cli.run(&["--log", "debug", "jobs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.trim().is_empty(), "debug logging wrote nothing");
+    assert!(!err.contains('\u{1b}'), "colour codes in a log: {err:?}");
+    // A large submit is one long statement; at the default level nothing
+    // about it reaches stderr (sqlx would warn with the whole SQL text).
+    let tasks = vec!["{ handler = \"example:noop\" }"; 50_000].join(", ");
+    let file = cli.write(
+        "large.toml",
+        &format!("name = \"large\"\n[[stages]]\nname = \"s\"\ntasks = [{tasks}]\n"),
+    );
+    let out = cli.run(&["submit", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}

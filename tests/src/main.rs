@@ -22,6 +22,7 @@ mod postgres_cluster;
 mod postgres_store;
 mod postgres_test_db;
 mod schema_upgrade;
+mod serve_stop;
 mod spec_files;
 mod store_conformance;
 mod store_faults;

@@ -4,10 +4,13 @@
 //! application's file, a file this user may not write, a server that is not
 //! there, a name PostgreSQL cannot store.
 
-use crate::harness::{cli_bin, test_cache_dir};
+use crate::crash_recovery::{assert_finished_exactly_once, fanin_job, spawn_serve, wait_for};
+use crate::harness::{Harness, cli_bin, test_cache_dir};
 use crate::postgres_test_db::with_pg;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 /// A scratch directory with an empty plugin directory: these tests submit
 /// agent tasks, which need no plugin.
@@ -366,4 +369,158 @@ async fn a_nul_in_a_name_is_refused_alike_by_sqlite_and_postgres() {
         }
     })
     .await;
+}
+
+/// A real, small file system: a tmpfs mounted for one test (the tests run as
+/// root, as CI does; mounting needs it). Unmounted when dropped.
+struct SmallDisk {
+    mount_point: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let mount_point = tempfile::tempdir().expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(mount_point.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test fills a real disk: it mounts a {size} tmpfs, which needs root (or CAP_SYS_ADMIN): {}",
+            stderr(&out)
+        );
+        SmallDisk { mount_point }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.mount_point.path().join(name)
+    }
+
+    /// Fills every free byte with one file, which is returned; removing it
+    /// frees the space again.
+    fn fill(&self) -> PathBuf {
+        let path = self.path("filler");
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        for chunk in [1 << 20, 4 << 10, 1] {
+            let bytes = vec![0u8; chunk];
+            while file.write_all(&bytes).is_ok() {}
+        }
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: a process of a failed test may still hold a file open.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.mount_point.path())
+            .status();
+    }
+}
+
+/// The text of every `serve` log in `dir`.
+fn serve_logs(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).expect("list logs") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with("serve-") && name.ends_with(".log") {
+            text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+        }
+    }
+    text
+}
+
+/// SIGTERM, then the exit code (panics if it does not exit within 60 s).
+fn terminate(mut child: Child) -> Option<i32> {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on a child we spawned and have not yet reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("lockstep serve did not stop within 60 s of SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_until_space_returns_then_serve_carries_on() {
+    let disk = SmallDisk::mount("64m");
+    let logs = tempfile::tempdir().expect("log dir");
+    let db = format!("sqlite://{}", disk.path("lockstep.db").display());
+    let h = Harness::on(db, logs).await;
+    let job = h.submit(&fanin_job(10_000)).await;
+    let serve = spawn_serve(&h, 4);
+    let mut finished = false;
+    wait_for(&h, job, |done, terminal| {
+        finished = terminal;
+        done >= 1_000 || terminal
+    })
+    .await;
+    assert!(!finished, "the job finished before the disk could fill");
+    let filler = disk.fill();
+    // Writes fail now: wait until serve has met the full disk.
+    let mut met = false;
+    for _ in 0..1200 {
+        if serve_logs(h.dir.path()).contains("database or disk is full") {
+            met = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        met,
+        "serve never reported the full disk: {}",
+        serve_logs(h.dir.path())
+    );
+    // Keep it full a little longer, then free the space.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::remove_file(&filler).expect("free the disk");
+    wait_for(&h, job, |_, terminal| terminal).await;
+    assert_eq!(terminate(serve), Some(0), "{}", serve_logs(h.dir.path()));
+    assert_finished_exactly_once(&h, job, 10_000).await;
+
+    let log = serve_logs(h.dir.path());
+    assert!(
+        !log.contains("non-zero transaction depth"),
+        "the writer was wedged: {log}"
+    );
+    // Each loop says once that it fails and once that it works again.
+    let mut outages = 0;
+    for what in [
+        "claiming tasks",
+        "recording completions",
+        "rescuing expired leases",
+    ] {
+        let failed = log.matches(&format!("{what} failed: ")).count();
+        let recovered = log.matches(&format!("{what} works again after ")).count();
+        assert_eq!(failed, recovered, "{what}: {log}");
+        outages += failed;
+    }
+    assert!(outages >= 1, "no outage was logged: {log}");
+    // The failed commits left the writer inside a transaction: it was
+    // replaced (said once; later replacements are counted quietly).
+    assert_eq!(
+        log.matches("the writer connection is replaced by a new one")
+            .count(),
+        1,
+        "{log}"
+    );
+    let stopped = log
+        .lines()
+        .find(|l| l.starts_with("stopped: "))
+        .unwrap_or_else(|| panic!("no summary line: {log}"));
+    assert!(
+        !stopped.ends_with(", 0 failed database calls"),
+        "the failures were not counted: {stopped}"
+    );
 }

@@ -2,7 +2,8 @@
 
 use super::{CliResult, Ctx, Failure};
 use crate::engine::{Engine, JobFilter, JobProgress, WorkerConfig};
-use crate::model::{EventKind, Executor, JobId, JobState, TaskId};
+use crate::limits::printable;
+use crate::model::{EventKind, Executor, JobId, JobState, TaskId, TaskState};
 use crate::spec;
 use anyhow::Context as _;
 use clap::Args;
@@ -217,9 +218,62 @@ async fn print_outcome(engine: &Engine, ctx: &Ctx, p: &JobProgress) -> CliResult
         p.stages.len()
     );
     print_stages(p);
+    print_dead_tasks(engine, ctx, p).await?;
     // Show the output of the last stage's tasks (the result of the job).
     if let Some(last) = p.job.stages.last() {
         print_stage_outputs(engine, ctx, p.job.job_id, &last.name, 5).await?;
+    }
+    Ok(())
+}
+
+/// Most dead tasks a finished run lists; `lockstep task ID` shows any one.
+const DEAD_TASKS_SHOWN: u32 = 10;
+/// Longest error shown per dead task, in characters.
+const ERROR_CHARS_SHOWN: usize = 300;
+
+/// The dead tasks of a finished job with their errors, so nobody has to go
+/// looking: at most [`DEAD_TASKS_SHOWN`], each error cut to
+/// [`ERROR_CHARS_SHOWN`] characters and escaped (it is guest text).
+async fn print_dead_tasks(engine: &Engine, ctx: &Ctx, p: &JobProgress) -> CliResult {
+    let dead: i64 = p
+        .job
+        .stages
+        .iter()
+        .flat_map(|s| &s.counts)
+        .filter(|(state, _)| *state == TaskState::Dead)
+        .map(|(_, n)| n)
+        .sum();
+    if dead == 0 {
+        return Ok(());
+    }
+    let tasks = engine
+        .dead_tasks(&ctx.tenant, p.job.job_id, DEAD_TASKS_SHOWN)
+        .await?;
+    println!("dead tasks ({dead}):");
+    for task in &tasks {
+        let error = task.error.as_deref().unwrap_or("(no error recorded)");
+        let mut shown: String = printable(error).chars().take(ERROR_CHARS_SHOWN).collect();
+        if printable(error).chars().count() > ERROR_CHARS_SHOWN {
+            shown.push('…');
+        }
+        println!(
+            "  task {} (stage {}, {}, attempt {} of {}): {shown}",
+            task.task_id.0,
+            printable(&task.stage_name),
+            printable(&task.handler),
+            task.attempt,
+            task.max_attempts
+        );
+    }
+    let more = dead - tasks.len() as i64;
+    if more > 0 {
+        println!("  … and {more} more");
+    }
+    if let Some(first) = tasks.first() {
+        println!(
+            "  whole record: lockstep task {id}   run it again: lockstep retry {id}",
+            id = first.task_id.0
+        );
     }
     Ok(())
 }

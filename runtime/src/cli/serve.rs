@@ -21,6 +21,13 @@ pub struct ServeArgs {
     /// re-run after this long.
     #[arg(long, default_value_t = 60.0)]
     lease_secs: f64,
+    /// On Ctrl-C or SIGTERM, how long running tasks may take to finish, in
+    /// seconds; then they are interrupted (a retryable failure) and their
+    /// results committed. Tasks still waiting for a plugin slot are handed
+    /// back at once, unrun. A second signal stops at once: running tasks
+    /// are then abandoned and rescued when their leases expire.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    shutdown_grace: f64,
     /// Also serve MCP over streamable HTTP at http://ADDR/mcp (e.g. 127.0.0.1:7300).
     /// Every request needs a bearer token from `lockstep token create`.
     #[arg(long, value_name = "ADDR")]
@@ -69,6 +76,13 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
             "--no-auth serves only this machine, so it takes no --allow-host; drop --allow-host, or drop --no-auth and use a token from `lockstep token create`"
         )));
     }
+    if !(args.shutdown_grace >= 0.0 && args.shutdown_grace.is_finite()) {
+        return Err(super::Failure::BadInput(anyhow::anyhow!(
+            "--shutdown-grace must be a number of seconds (0 or more), got {}",
+            args.shutdown_grace
+        )));
+    }
+    let grace = Duration::from_secs_f64(args.shutdown_grace);
     let mcp_config = args.mcp.config()?;
     // Bind before starting anything, so a taken port or a public address
     // without tokens is a clean error and nothing has been opened.
@@ -134,21 +148,49 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
         std::process::id()
     );
     shutdown_signal().await;
-    eprintln!("stopping: letting running tasks finish");
-    shutdown.cancel();
-    if let Some(server) = http_server {
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    }
-    let stats = pool.stats.clone();
-    pool.shutdown().await;
+    // Listen for the second signal before saying how to send it.
+    let second = tokio::spawn(shutdown_signal());
     eprintln!(
-        "stopped: {} claimed, {} completed, {} refused as stale, {} leases rescued",
-        stats.claimed.load(Ordering::Relaxed),
-        stats.completed.load(Ordering::Relaxed),
-        stats.stale.load(Ordering::Relaxed),
-        stats.rescued.load(Ordering::Relaxed)
+        "stopping: no new tasks; tasks waiting for a plugin slot go back to the queue now, running ones get up to {} (--shutdown-grace); signal again to stop at once",
+        seconds(grace)
+    );
+    shutdown.cancel();
+    let stats = pool.stats.clone();
+    let stop = async {
+        if let Some(server) = http_server {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+        pool.stop(Some(grace)).await;
+    };
+    tokio::select! {
+        () = stop => {}
+        _ = second => {
+            eprintln!(
+                "stopped at once: tasks still running were abandoned; their leases expire within {} and any lockstep process runs them again",
+                seconds(lease)
+            );
+            // Nothing more may run: not even the runtime's orderly shutdown,
+            // which would wait for the abandoned runs.
+            std::process::exit(130);
+        }
+    }
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    eprintln!(
+        "stopped: {} claimed, {} completed, {} handed back unrun, {} interrupted after the grace period, {} refused as stale, {} leases rescued, {} failed database calls",
+        count(&stats.claimed),
+        count(&stats.completed),
+        count(&stats.released),
+        count(&stats.interrupted),
+        count(&stats.stale),
+        count(&stats.rescued),
+        count(&stats.commit_errors) + count(&stats.database_errors)
     );
     Ok(())
+}
+
+/// A duration as `30 s` or `1.5 s`.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 pub(super) async fn shutdown_signal() {

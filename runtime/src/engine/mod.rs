@@ -332,6 +332,23 @@ impl Engine {
             .await?)
     }
 
+    /// The first `limit` dead tasks of a job, by task id, with their errors.
+    pub async fn dead_tasks(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, EngineError> {
+        Ok(self
+            .store
+            .dead_tasks(crate::store::DeadTasks {
+                tenant: tenant.clone(),
+                job,
+                limit,
+            })
+            .await?)
+    }
+
     /// Outputs of a stage's succeeded tasks (the first `limit`, by task id),
     /// e.g. the result of a job's last stage.
     pub async fn stage_outputs(

@@ -5,7 +5,7 @@
 use crate::model::{JobId, JobState, TaskId, TenantId};
 use crate::plugin::{LogLevel, TaskContext};
 use crate::store::{GetJob, StageResults, Store};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// How often a running task may hit the database to learn about cancellation.
@@ -29,7 +29,14 @@ pub(crate) struct JobTaskContext {
     pub cancelled: AtomicBool,
     pub last_cancel_check: AtomicI64,
     log: Mutex<GuestLog>,
+    /// Whether the guest started or the task was handed back first
+    /// ([`QUEUED`], [`STARTED`], [`RELEASED`]): exactly one of the two wins.
+    turn: AtomicU8,
 }
+
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const RELEASED: u8 = 2;
 
 impl JobTaskContext {
     pub fn new(
@@ -48,6 +55,19 @@ impl JobTaskContext {
             cancelled: AtomicBool::new(false),
             last_cancel_check: AtomicI64::new(0),
             log: Mutex::new(GuestLog::default()),
+            turn: AtomicU8::new(QUEUED),
+        }
+    }
+
+    /// Hand the task back if its guest has not started; `false` when it has
+    /// (it then runs to its end or its interruption).
+    pub fn release(&self) -> bool {
+        match self
+            .turn
+            .compare_exchange(QUEUED, RELEASED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(current) => current == RELEASED,
         }
     }
 
@@ -141,5 +161,11 @@ impl TaskContext for JobTaskContext {
             self.cancelled.store(true, Ordering::Relaxed);
         }
         gone
+    }
+
+    fn start(&self) -> bool {
+        self.turn
+            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }

@@ -6,6 +6,11 @@
 //! the completer (drains finished runs into one `complete_batch`), and the
 //! rescuer (returns expired leases — of this or a dead process — to `pending`).
 //!
+//! Stopping ([`WorkerPool::stop`]) is bounded: claiming stops, tasks claimed
+//! but still waiting for a plugin slot are handed back at once (unrun and
+//! uncharged), running ones get a grace period and are then interrupted (a
+//! retryable failure that says so), and every result is committed.
+//!
 //! **Backpressure:** a slot is taken by a claim and given back only when the
 //! task's completion has committed (or was given up on), not when its
 //! handler returns. Claimed-but-unrecorded tasks are therefore bounded by the
@@ -13,18 +18,22 @@
 //! thousands of finished tasks waiting for a commit while their leases run
 //! out.
 //!
+//! A loop whose database calls fail (a full disk, a lost server) logs the
+//! first failure with its cause and the recovery, not every retry.
+//!
 //! **Invariant:** no database transaction is open while a handler runs.
 //! **Invariant:** a result is recorded only through the fenced completion;
 //! if it is refused (stale lease) it is logged and dropped.
+//! **Invariant:** a task is handed back only if its guest never started.
 
 use super::backoff::retry_delay;
 use super::task_context::JobTaskContext;
 use super::{Engine, now_millis};
-use crate::model::Executor;
+use crate::model::{Executor, LeaseToken, TenantId};
 use crate::plugin::RunRequest;
 use crate::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, RenewLease,
-    RescueExpiredLeases, SpawnTask, TaskResult,
+    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, ReleaseLeases,
+    RenewLease, RescueExpiredLeases, SpawnTask, StoreError, TaskResult,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,18 +101,45 @@ pub struct WorkerStats {
     pub stale: AtomicU64,
     pub rescued: AtomicU64,
     pub commit_errors: AtomicU64,
+    /// Failed database calls of the claimer and the rescuer.
+    pub database_errors: AtomicU64,
+    /// Claimed tasks handed back unrun because the pool stopped.
+    pub released: AtomicU64,
+    /// Running tasks interrupted at the end of the grace period.
+    pub interrupted: AtomicU64,
 }
 
-/// Running workers; dropping it does not stop them, `shutdown` does.
+/// Where a pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// No new claims; queued tasks go back; running ones may finish.
+    Stopping,
+    /// The grace period is over: running tasks stop now.
+    Interrupting,
+}
+
+/// What ended a claimed task's turn in this process.
+enum Done {
+    /// Its handler ran (or was interrupted): record the result.
+    Completed(Completion),
+    /// Its handler never started: hand the claim back.
+    Released(TenantId, LeaseToken),
+}
+
+/// A run's end with the slot it holds until that end is recorded.
+type Finished = (Done, OwnedSemaphorePermit);
+
+/// Running workers; dropping it does not stop them, [`WorkerPool::stop`] does.
 pub struct WorkerPool {
-    stop: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
     handles: Vec<JoinHandle<()>>,
     pub stats: Arc<WorkerStats>,
 }
 
 impl WorkerPool {
     pub(super) fn start(engine: Arc<Engine>, config: WorkerConfig) -> WorkerPool {
-        let (stop, stop_rx) = watch::channel(false);
+        let (phase, stop_rx) = watch::channel(Phase::Running);
         let stats = Arc::new(WorkerStats::default());
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
         let completer = tokio::spawn(completer(engine.clone(), done_rx, stats.clone()));
@@ -116,7 +152,7 @@ impl WorkerPool {
         ));
         let rescuer = tokio::spawn(rescuer(engine, config, stop_rx, stats.clone()));
         WorkerPool {
-            stop,
+            phase,
             handles: vec![claimer, rescuer, completer],
             stats,
         }
@@ -124,21 +160,77 @@ impl WorkerPool {
 
     /// Stop claiming, let running tasks finish and their results commit.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for h in self.handles {
-            let _ = h.await;
+        self.stop(None).await;
+    }
+
+    /// Stop: no new claims; tasks claimed but waiting for a plugin slot are
+    /// handed back at once; running tasks get `grace` (unbounded when
+    /// `None`) and are then interrupted, each recorded as a retryable
+    /// failure. Returns when every result is committed.
+    pub async fn stop(self, grace: Option<Duration>) {
+        let _ = self.phase.send(Phase::Stopping);
+        let mut handles = self.handles.into_iter();
+        // The claimer ends when its last run has ended.
+        if let Some(claimer) = handles.next() {
+            tokio::pin!(claimer);
+            let finished = match grace {
+                Some(grace) => tokio::time::timeout(grace, &mut claimer).await.is_ok(),
+                None => {
+                    let _ = (&mut claimer).await;
+                    true
+                }
+            };
+            if !finished {
+                let _ = self.phase.send(Phase::Interrupting);
+                let _ = claimer.await;
+            }
+        }
+        for handle in handles {
+            let _ = handle.await;
         }
     }
 }
 
-/// A run's completion with the slot it holds until the completion commits.
-type Finished = (Completion, OwnedSemaphorePermit);
+/// A loop's database failures, logged once per outage: the first failure at
+/// error level with its cause, nothing while it keeps failing, one line when
+/// it works again — an hour of full disk is two lines, not thousands.
+struct Outage {
+    what: &'static str,
+    failures: u64,
+}
+
+impl Outage {
+    fn new(what: &'static str) -> Outage {
+        Outage { what, failures: 0 }
+    }
+
+    fn failed(&mut self, error: &StoreError) {
+        self.failures += 1;
+        if self.failures == 1 {
+            tracing::error!(
+                "{} failed: {error}; retrying with backoff (said again when it works)",
+                self.what
+            );
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.failures > 0 {
+            tracing::warn!(
+                "{} works again after {} failed attempts",
+                self.what,
+                self.failures
+            );
+            self.failures = 0;
+        }
+    }
+}
 
 async fn claimer(
     engine: Arc<Engine>,
     config: WorkerConfig,
     done: mpsc::UnboundedSender<Finished>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Phase>,
     stats: Arc<WorkerStats>,
 ) {
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
@@ -148,8 +240,9 @@ async fn claimer(
     let ready = engine.store().ready_signal();
     let mut running = tokio::task::JoinSet::new();
     let mut db_backoff = Duration::from_millis(50);
+    let mut outage = Outage::new("claiming tasks");
     loop {
-        if *stop.borrow() {
+        if *stop.borrow() != Phase::Running {
             break;
         }
         // Wait for one free slot, then take every other free one up to a batch.
@@ -180,10 +273,12 @@ async fn claimer(
         let claimed = match claimed {
             Ok(c) => {
                 db_backoff = Duration::from_millis(50);
+                outage.recovered();
                 c
             }
             Err(e) => {
-                tracing::warn!(error = %e, "claiming tasks failed; backing off");
+                stats.database_errors.fetch_add(1, Ordering::Relaxed);
+                outage.failed(&e);
                 drop(permits);
                 tokio::select! {
                     _ = tokio::time::sleep(db_backoff) => {},
@@ -218,14 +313,15 @@ async fn claimer(
             let done = done.clone();
             let lease = config.lease;
             let execution = config.execution;
+            let phase = stop.clone();
             running.spawn(async move {
-                let completion = match execution {
-                    Execution::Sandbox => run_task(&engine, task, lease).await,
-                    Execution::HostNoop => host_noop(task),
+                let ended = match execution {
+                    Execution::Sandbox => run_task(&engine, task, lease, phase).await,
+                    Execution::HostNoop => Done::Completed(host_noop(task)),
                 };
-                // The slot goes with the completion: the completer frees it
-                // once the completion is recorded.
-                let _ = done.send((completion, permit));
+                // The slot goes with the run's end: the completer frees it
+                // once that end is recorded.
+                let _ = done.send((ended, permit));
             });
         }
         // Reap finished runs so the set does not grow without bound.
@@ -235,7 +331,12 @@ async fn claimer(
     while running.join_next().await.is_some() {}
 }
 
-async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> Completion {
+async fn run_task(
+    engine: &Arc<Engine>,
+    task: ClaimedTask,
+    lease: Duration,
+    mut phase: watch::Receiver<Phase>,
+) -> Done {
     let cx = Arc::new(JobTaskContext::new(
         engine.store().clone(),
         task.tenant.clone(),
@@ -258,9 +359,25 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
     let renew_every = lease / 3;
     let mut renew =
         tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let mut handed_back_tried = false;
+    // False once the pool is gone without stopping (then nothing changes).
+    let mut phase_open = true;
     let result = loop {
+        let now = *phase.borrow_and_update();
+        // Stopping: hand the task back unless its guest already started.
+        if now != Phase::Running && !handed_back_tried {
+            handed_back_tried = true;
+            if cx.release() {
+                return Done::Released(task.tenant, task.lease);
+            }
+        }
+        // The grace period is over: dropping the run stops the guest.
+        if now == Phase::Interrupting {
+            break None;
+        }
         tokio::select! {
-            r = &mut run => break r,
+            r = &mut run => break Some(r),
+            changed = phase.changed(), if phase_open => phase_open = changed.is_ok(),
             _ = renew.tick() => {
                 let held = engine.store().renew_lease(RenewLease {
                     tenant: task.tenant.clone(),
@@ -276,17 +393,21 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
         }
     };
     let result = match result {
-        Ok(outcome) => match spawns_for(engine, &task, outcome.spawn) {
+        None => TaskResult::Retryable {
+            error: "interrupted: its lockstep process stopped and the attempt did not finish within the grace period (--shutdown-grace)".to_string(),
+            retry_after: Duration::ZERO,
+        },
+        Some(Ok(outcome)) => match spawns_for(engine, &task, outcome.spawn) {
             Ok(spawn) => TaskResult::Succeeded {
                 output_json: outcome.output,
                 spawn,
             },
             Err(error) => TaskResult::Fatal { error },
         },
-        Err(failure) if !failure.is_retryable() => TaskResult::Fatal {
+        Some(Err(failure)) if !failure.is_retryable() => TaskResult::Fatal {
             error: failure.to_string(),
         },
-        Err(failure) => TaskResult::Retryable {
+        Some(Err(failure)) => TaskResult::Retryable {
             error: failure.to_string(),
             retry_after: retry_delay(
                 task.lease.attempt,
@@ -295,12 +416,12 @@ async fn run_task(engine: &Arc<Engine>, task: ClaimedTask, lease: Duration) -> C
             ),
         },
     };
-    Completion {
+    Done::Completed(Completion {
         tenant: task.tenant,
         lease: task.lease,
         result,
         logs: cx.take_logs(),
-    }
+    })
 }
 
 /// A claimed task's completion as if its handler returned `null` at once.
@@ -352,11 +473,26 @@ async fn completer(
     stats: Arc<WorkerStats>,
 ) {
     let mut buf = Vec::with_capacity(MAX_GROUP_COMMIT);
+    let mut outage = Outage::new("recording completions");
     while done.recv_many(&mut buf, MAX_GROUP_COMMIT).await > 0 {
         // The slots are freed when this batch is recorded (or given up on),
         // at the end of this iteration.
-        let (batch, _slots): (Vec<Completion>, Vec<OwnedSemaphorePermit>) =
+        let (ends, _slots): (Vec<Done>, Vec<OwnedSemaphorePermit>) =
             std::mem::take(&mut buf).into_iter().unzip();
+        let mut batch = Vec::with_capacity(ends.len());
+        let mut handed_back = Vec::new();
+        for ended in ends {
+            match ended {
+                Done::Completed(completion) => batch.push(completion),
+                Done::Released(tenant, lease) => handed_back.push((tenant, lease)),
+            }
+        }
+        if !handed_back.is_empty() {
+            release(&engine, handed_back, &stats).await;
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let n = batch.len() as u64;
         let mut attempt = 0u32;
         loop {
@@ -369,6 +505,7 @@ async fn completer(
                 .await
             {
                 Ok(outcomes) => {
+                    outage.recovered();
                     let stale = outcomes
                         .iter()
                         .filter(|o| matches!(o, CompletionOutcome::Stale))
@@ -379,6 +516,11 @@ async fn completer(
                             "late completions refused: their leases had expired and the tasks were taken over"
                         );
                     }
+                    let interrupted = batch
+                        .iter()
+                        .filter(|c| matches!(&c.result, TaskResult::Retryable { error, .. } if error.starts_with("interrupted: ")))
+                        .count() as u64;
+                    stats.interrupted.fetch_add(interrupted, Ordering::Relaxed);
                     stats.stale.fetch_add(stale, Ordering::Relaxed);
                     stats.completed.fetch_add(n - stale, Ordering::Relaxed);
                     stats.completion_batches.fetch_add(1, Ordering::Relaxed);
@@ -387,15 +529,15 @@ async fn completer(
                 }
                 Err(e) => {
                     stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                    outage.failed(&e);
                     attempt += 1;
                     // Keep trying: the leases will expire and the tasks be rescued
                     // anyway, but a transient error should not cost a re-run.
                     let wait = Duration::from_millis(50u64 << attempt.min(7));
-                    tracing::warn!(error = %e, attempt, "recording completions failed; retrying in {wait:?}");
                     if attempt >= 20 {
                         tracing::error!(
                             completions = n,
-                            "giving up on a batch of completions; their tasks will be re-run after their leases expire"
+                            "giving up on a batch of completions after {attempt} failed attempts; their tasks run again after their leases expire"
                         );
                         break;
                     }
@@ -406,12 +548,35 @@ async fn completer(
     }
 }
 
+/// Hand back claimed tasks whose guests never started (a stopping pool).
+/// A failure is logged: their leases expire and they are rescued instead.
+async fn release(engine: &Engine, leases: Vec<(TenantId, LeaseToken)>, stats: &WorkerStats) {
+    let n = leases.len();
+    match engine
+        .store()
+        .release_leases(ReleaseLeases {
+            leases,
+            now: now_millis(),
+        })
+        .await
+    {
+        Ok(released) => {
+            stats.released.fetch_add(released, Ordering::Relaxed);
+            engine.wake().notify_waiters();
+        }
+        Err(e) => tracing::error!(
+            "handing back {n} unstarted tasks failed: {e}; they run again once their leases expire"
+        ),
+    }
+}
+
 async fn rescuer(
     engine: Arc<Engine>,
     config: WorkerConfig,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Phase>,
     stats: Arc<WorkerStats>,
 ) {
+    let mut outage = Outage::new("rescuing expired leases");
     loop {
         let rescued = engine
             .store()
@@ -422,13 +587,18 @@ async fn rescuer(
             })
             .await;
         match rescued {
-            Ok(0) => {}
             Ok(n) => {
-                tracing::info!(rescued = n, "expired leases returned to pending");
-                stats.rescued.fetch_add(n, Ordering::Relaxed);
-                engine.wake().notify_waiters();
+                outage.recovered();
+                if n > 0 {
+                    tracing::info!(rescued = n, "expired leases returned to pending");
+                    stats.rescued.fetch_add(n, Ordering::Relaxed);
+                    engine.wake().notify_waiters();
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
+            Err(e) => {
+                stats.database_errors.fetch_add(1, Ordering::Relaxed);
+                outage.failed(&e);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(config.rescue_every) => {},

@@ -65,6 +65,13 @@ pub trait TaskContext: Send + Sync {
 
     /// True once the task's job has been cancelled.
     async fn cancelled(&self) -> bool;
+
+    /// Called once, when the run has its plugin slot and the guest is about
+    /// to start. `false`: the task was handed back while it waited (its
+    /// worker is stopping), and the guest must not start.
+    fn start(&self) -> bool {
+        true
+    }
 }
 
 /// The largest page `stage-results` returns, whatever the guest asks for.

@@ -453,6 +453,12 @@ impl PluginHost {
         let handler = task.handler.clone();
 
         let _slot = self.instance_slot(&handler).await?;
+        if !cx.start() {
+            return Err(RunFailure::Setup {
+                handler,
+                reason: "handed back before it started: its worker is stopping".to_owned(),
+            });
+        }
         let mut store = new_store(plugin, &handler, cx, timeout)?;
         let call = async {
             let instance = plugin

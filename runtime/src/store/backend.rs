@@ -14,7 +14,7 @@ use super::{
     RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken, StageResults,
     Store, StoreError, TaskEvents, TokenLookup,
 };
-use super::{agent, complete, operator, reads, submit};
+use super::{DeadTasks, ReleaseLeases, agent, complete, operator, reads, release, submit};
 use crate::model::{
     Event, JobState, JobStatus, JobSummary, QueueDepth, SubmitJob, Submitted, TaskId, TaskRecord,
     TaskState, TokenRecord,
@@ -204,6 +204,16 @@ impl<B: Backend> Store for SqlStore<B> {
         .await
     }
 
+    async fn release_leases(&self, p: ReleaseLeases) -> Result<u64, StoreError> {
+        if p.leases.is_empty() {
+            return Ok(0);
+        }
+        self.write("release_leases", || {
+            async |db| release::release_leases(db, &p).await
+        })
+        .await
+    }
+
     async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError> {
         self.snapshot(async |db| reads::get_job(db, &p).await).await
     }
@@ -219,6 +229,10 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError> {
         self.read(async |db| reads::get_task(db, &p).await).await
+    }
+
+    async fn dead_tasks(&self, p: DeadTasks) -> Result<Vec<TaskRecord>, StoreError> {
+        self.read(async |db| reads::dead_tasks(db, &p).await).await
     }
 
     async fn job_events(&self, p: JobEvents) -> Result<Vec<Event>, StoreError> {

@@ -26,6 +26,7 @@ mod effects;
 mod operator;
 pub mod postgres;
 mod reads;
+mod release;
 mod rules;
 mod sql;
 pub mod sqlite;
@@ -186,6 +187,13 @@ pub struct RenewLease {
     pub note: Option<String>,
 }
 
+/// Claimed tasks to hand back unrun (a worker stopping).
+#[derive(Debug, Clone)]
+pub struct ReleaseLeases {
+    pub leases: Vec<(TenantId, LeaseToken)>,
+    pub now: Millis,
+}
+
 // ---------------------------------------------------------------- reads
 
 #[derive(Debug, Clone)]
@@ -210,6 +218,14 @@ pub struct ListJobs {
 pub struct GetTask {
     pub tenant: TenantId,
     pub task: TaskId,
+}
+
+/// The first `limit` dead tasks of a job, by task id.
+#[derive(Debug, Clone)]
+pub struct DeadTasks {
+    pub tenant: TenantId,
+    pub job: JobId,
+    pub limit: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +369,10 @@ pub trait Store: Send + Sync + 'static {
     /// Expired leases go back to `pending` (or `dead` when attempts are used
     /// up). Returns how many were rescued.
     async fn rescue_expired_leases(&self, p: RescueExpiredLeases) -> Result<u64, StoreError>;
+    /// Hand back claimed tasks whose handlers never started: each goes back
+    /// to `pending`, ready at `now`, with its claim's attempt given back;
+    /// fenced on (running, attempt). Returns how many were released.
+    async fn release_leases(&self, p: ReleaseLeases) -> Result<u64, StoreError>;
     async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError>;
     /// The job and its stages' counters (`total`, `remaining`) without
     /// counting its tasks: each stage's `counts` is empty. Its cost does not
@@ -360,6 +380,9 @@ pub trait Store: Send + Sync + 'static {
     async fn job_counters(&self, p: GetJob) -> Result<JobStatus, StoreError>;
     async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError>;
     async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError>;
+    /// The first `limit` dead tasks of a job, by id, with their errors
+    /// (none for an unknown job).
+    async fn dead_tasks(&self, p: DeadTasks) -> Result<Vec<TaskRecord>, StoreError>;
     async fn job_events(&self, p: JobEvents) -> Result<Vec<Event>, StoreError>;
     /// Outputs of succeeded tasks of an earlier stage, ordered by task id.
     async fn stage_results(&self, p: StageResults) -> Result<Vec<(TaskId, String)>, StoreError>;

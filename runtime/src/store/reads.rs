@@ -10,8 +10,8 @@ use super::codec::{
 };
 use super::sql::{Db, Sql};
 use super::{
-    GetJob, GetTask, JobEvents, ListJobs, ReadyHandler, ReadyHandlers, RecentCompletions,
-    StageResults, StoreError,
+    DeadTasks, GetJob, GetTask, JobEvents, ListJobs, ReadyHandler, ReadyHandlers,
+    RecentCompletions, StageResults, StoreError,
 };
 use crate::model::{
     Event, JobId, JobState, JobStatus, JobSummary, StageStatus, TaskId, TaskRecord, TaskState,
@@ -240,6 +240,32 @@ const TASK: Sql = Sql::both(concat!(
      JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
      WHERE t.id = $1 AND t.tenant_id = $2"
 ));
+
+const DEAD_TASKS: Sql = Sql::both(concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks t
+     JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
+     WHERE t.job_id = $1 AND t.tenant_id = $2 AND t.state = 'dead'
+     ORDER BY t.id
+     LIMIT $3"
+));
+
+/// The first dead tasks of a job, by id. An unknown job has none.
+pub(crate) async fn dead_tasks(
+    db: &mut Db<'_>,
+    p: &DeadTasks,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let rows: Vec<TaskRow> = db
+        .fetch_all(
+            db.query(&DEAD_TASKS)
+                .bind(p.job.0)
+                .bind(&p.tenant.0)
+                .bind(i64::from(p.limit)),
+        )
+        .await?;
+    rows.into_iter().map(TaskRow::into_record).collect()
+}
 
 pub(crate) async fn get_task(db: &mut Db<'_>, p: &GetTask) -> Result<TaskRecord, StoreError> {
     let row: Option<TaskRow> = db

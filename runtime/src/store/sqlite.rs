@@ -125,10 +125,15 @@ impl SqlStore<SqliteBackend> {
                         return Ok(true);
                     }
                     let n = replaced.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::warn!(
-                        replaced_writers = n,
-                        "a failed SQLite commit left the writer connection inside a transaction; it is replaced by a new one"
-                    );
+                    // The failure itself reaches the caller, which logs it;
+                    // this says once what was done about it.
+                    if n == 1 {
+                        tracing::warn!(
+                            "a failed SQLite commit left the writer connection inside a transaction: the writer connection is replaced by a new one (each time this happens; counted in replaced_writers)"
+                        );
+                    } else {
+                        tracing::debug!(replaced_writers = n, "writer connection replaced");
+                    }
                     Ok(false)
                 })
             })

@@ -10,9 +10,10 @@ pub(crate) use lockstep::model::{
 };
 pub(crate) use lockstep::store::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, CreateToken,
-    GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler, ReadyHandlers,
-    RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken, SpawnTask,
-    StageResults, Store, StoreError, TaskEvents, TaskResult, TokenLookup, TokenRef,
+    DeadTasks, GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler,
+    ReadyHandlers, RecentCompletions, ReleaseLeases, RenewLease, RescueExpiredLeases, RetryTask,
+    RevokeToken, SpawnTask, StageResults, Store, StoreError, TaskEvents, TaskResult, TokenLookup,
+    TokenRef,
 };
 pub(crate) use std::time::Duration;
 

@@ -89,7 +89,81 @@ pub async fn renewing_extends_only_a_lease_still_held(store: &dyn Store) {
     assert!(!store.renew_lease(renew(acme(), 1)).await.expect("renew"));
 }
 
+pub async fn a_released_lease_goes_back_to_pending_with_its_attempt_given_back(store: &dyn Store) {
+    submit(
+        store,
+        spec(
+            "release",
+            vec![stage("a", vec![with_attempts(task("work"), 1)])],
+        ),
+    )
+    .await;
+    let t = claim_one(store).await;
+    assert_eq!(t.lease.attempt, 1);
+    let release = |tenant: TenantId, attempt| ReleaseLeases {
+        leases: vec![(
+            tenant,
+            LeaseToken {
+                task_id: t.lease.task_id,
+                attempt,
+            },
+        )],
+        now: NOW + 5,
+    };
+    // Fenced: another attempt or another tenant releases nothing.
+    assert_eq!(
+        store
+            .release_leases(release(acme(), 2))
+            .await
+            .expect("release"),
+        0
+    );
+    assert_eq!(
+        store
+            .release_leases(release(globex(), 1))
+            .await
+            .expect("release"),
+        0
+    );
+    assert_eq!(
+        get_task(store, t.lease.task_id).await.state,
+        TaskState::Running
+    );
+    assert_eq!(
+        store
+            .release_leases(release(acme(), 1))
+            .await
+            .expect("release"),
+        1
+    );
+    let record = get_task(store, t.lease.task_id).await;
+    assert_eq!(
+        (record.state, record.attempt, record.run_after, record.error),
+        (TaskState::Pending, 0, NOW + 5, None)
+    );
+    assert_eq!(
+        store
+            .release_leases(release(acme(), 1))
+            .await
+            .expect("release"),
+        0
+    );
+    // Its one attempt is still whole: claimed again, it is attempt 1.
+    let again = store
+        .claim_batch(claim_at(1, NOW + 5))
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].lease, t.lease);
+    complete(store, vec![ok(&again[0])]).await;
+    assert_eq!(
+        get_task(store, t.lease.task_id).await.state,
+        TaskState::Succeeded
+    );
+}
+
 conformance_cases!(
     an_expired_lease_goes_back_to_pending_and_then_dies,
     renewing_extends_only_a_lease_still_held,
+    a_released_lease_goes_back_to_pending_with_its_attempt_given_back,
 );

@@ -342,7 +342,86 @@ pub async fn job_counters_read_the_stage_counters_without_counting_tasks(store: 
     assert_eq!(e.to_string(), format!("job {} not found", job.0));
 }
 
+pub async fn dead_tasks_lists_a_jobs_dead_tasks_with_their_errors(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "dead",
+            vec![stage(
+                "a",
+                vec![
+                    with_attempts(task("work"), 1),
+                    with_attempts(task("work"), 1),
+                    with_attempts(task("work"), 1),
+                ],
+            )],
+        ),
+    )
+    .await;
+    let t = claim(store, 3).await;
+    assert_eq!(t.len(), 3);
+    complete(
+        store,
+        vec![
+            fatal(&t[0], "first boom"),
+            ok(&t[1]),
+            fatal(&t[2], "second boom"),
+        ],
+    )
+    .await;
+    let dead = |tenant: TenantId, job: JobId, limit| DeadTasks { tenant, job, limit };
+    let all = store
+        .dead_tasks(dead(acme(), job, 10))
+        .await
+        .expect("dead tasks");
+    let seen: Vec<(TaskId, TaskState, Option<&str>, &str)> = all
+        .iter()
+        .map(|r| {
+            (
+                r.task_id,
+                r.state,
+                r.error.as_deref(),
+                r.stage_name.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (t[0].lease.task_id, TaskState::Dead, Some("first boom"), "a"),
+            (
+                t[2].lease.task_id,
+                TaskState::Dead,
+                Some("second boom"),
+                "a"
+            ),
+        ]
+    );
+    let first = store
+        .dead_tasks(dead(acme(), job, 1))
+        .await
+        .expect("dead tasks");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].task_id, t[0].lease.task_id);
+    // Another tenant's job, or no job, has none.
+    assert!(
+        store
+            .dead_tasks(dead(globex(), job, 10))
+            .await
+            .expect("dead tasks")
+            .is_empty()
+    );
+    assert!(
+        store
+            .dead_tasks(dead(acme(), JobId(job.0 + 1000), 10))
+            .await
+            .expect("dead tasks")
+            .is_empty()
+    );
+}
+
 conformance_cases!(
+    dead_tasks_lists_a_jobs_dead_tasks_with_their_errors,
     ready_handlers_names_what_a_jobs_ready_tasks_wait_for,
     stage_results_pages_through_an_earlier_stages_outputs,
     list_jobs_pages_newest_first_and_filters,
