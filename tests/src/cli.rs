@@ -592,3 +592,116 @@ fn logs_off_a_terminal_have_no_colour_codes_and_no_sql_text() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 }
+
+/// Programs whose flags lockstep's messages quote (build recipes for
+/// plugin authors); a literal naming one of them is not about lockstep's flags.
+const OTHER_PROGRAMS: [&str; 7] = [
+    "cargo ",
+    "componentize",
+    "jco ",
+    "wasm-tools ",
+    "npm ",
+    "npx ",
+    "pip ",
+];
+
+/// Every `--flag` written inside a string literal of the runtime's source,
+/// except in literals that quote another program's command line.
+fn flags_cited_in_messages() -> std::collections::BTreeSet<String> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read source dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/src"),
+        &mut files,
+    );
+    let mut flags = std::collections::BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for line in text.lines() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            // The odd pieces between quotes are string literals.
+            for literal in code.split('"').skip(1).step_by(2) {
+                if OTHER_PROGRAMS.iter().any(|p| literal.contains(p)) {
+                    continue;
+                }
+                let mut rest = literal;
+                while let Some(at) = rest.find("--") {
+                    let name: String = rest[at + 2..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                        .collect();
+                    if name.len() > 1 && !name.starts_with('-') {
+                        flags.insert(format!("--{}", name.trim_end_matches('-')));
+                    }
+                    rest = &rest[at + 2..];
+                }
+            }
+        }
+    }
+    flags
+}
+
+/// `--help` of the program and of every command under it.
+fn every_help(prefix: &mut Vec<String>, out: &mut String) {
+    let mut args = prefix.clone();
+    args.push("--help".to_string());
+    let help = Command::new(cli_bin())
+        .args(&args)
+        .output()
+        .expect("run --help");
+    let text = String::from_utf8_lossy(&help.stdout).into_owned();
+    out.push_str(&text);
+    let commands: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    for command in commands {
+        prefix.push(command);
+        every_help(prefix, out);
+        prefix.pop();
+    }
+}
+
+#[test]
+fn every_flag_a_message_suggests_exists() {
+    let mut helps = String::new();
+    every_help(&mut Vec::new(), &mut helps);
+    let documented: std::collections::BTreeSet<&str> = helps
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--"))
+        .collect();
+    let cited = flags_cited_in_messages();
+    // Not vacuous: the limits' errors cite their flags.
+    for flag in [
+        "--max-input-bytes",
+        "--max-tasks-per-job",
+        "--max-spec-bytes",
+    ] {
+        assert!(cited.contains(flag), "{flag} not found in the messages");
+    }
+    let missing: Vec<String> = cited
+        .into_iter()
+        .filter(|f| !documented.contains(f.as_str()))
+        .collect();
+    assert_eq!(
+        missing,
+        Vec::<String>::new(),
+        "flags cited but not accepted"
+    );
+}
