@@ -32,9 +32,9 @@ fn every_vocabulary_enum_has_one_spelling() {
     spelled_once(&Executor::ALL);
     spelled_once(&OnFailure::ALL);
     spelled_once(&EventKind::ALL);
-    assert_eq!(TaskState::ALL.len(), 6);
+    assert_eq!(TaskState::ALL.len(), 7);
     assert_eq!(JobState::ALL.len(), 4);
-    assert_eq!(EventKind::ALL.len(), 16);
+    assert_eq!(EventKind::ALL.len(), 17);
 }
 
 #[test]
@@ -42,17 +42,17 @@ fn an_unknown_name_lists_the_known_ones() {
     let err = "runing".parse::<TaskState>().expect_err("unknown");
     assert_eq!(
         err.to_string(),
-        "unknown task state \"runing\" (expected one of: blocked, pending, running, succeeded, dead, cancelled)"
+        "unknown task state \"runing\" (expected one of: blocked, pending, running, succeeded, dead, cancelled, skipped)"
     );
     let err = "docker".parse::<Executor>().expect_err("unknown");
     assert_eq!(
         err.to_string(),
-        "unknown executor \"docker\" (expected one of: wasm, agent)"
+        "unknown executor \"docker\" (expected one of: wasm, agent, command)"
     );
     let err = "skip".parse::<OnFailure>().expect_err("unknown");
     assert_eq!(
         err.to_string(),
-        "unknown on_failure \"skip\" (expected one of: fail_job, continue)"
+        "unknown on_failure \"skip\" (expected one of: fail_job, continue, release_then_fail)"
     );
 }
 
@@ -75,8 +75,10 @@ fn the_transition_table_allows_exactly_the_documented_moves() {
             (Running, Succeeded),
             (Running, Dead),
             (Running, Cancelled),
+            (Running, Skipped),
             (Dead, Pending),
             (Cancelled, Pending),
+            (Skipped, Pending),
         ]
     );
     assert_eq!(

@@ -83,6 +83,7 @@ async fn the_old_continue_stage_still_continues(store: &dyn Store) {
         &first[0],
         TaskResult::Fatal {
             error: "broken".into(),
+            output_json: None,
         },
     )
     .await;

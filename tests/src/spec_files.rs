@@ -139,7 +139,16 @@ fn unknown_executor_is_rejected_with_the_accepted_values() {
     let text = "name = \"t\"\n[[stages]]\nname = \"a\"\nexecutor = \"wsam\"\n";
     assert_eq!(
         error_text(toml(text)),
-        "line 4, column 12: unknown variant \"wsam\", expected wasm or agent"
+        "line 4, column 12: unknown variant \"wsam\", expected one of wasm, agent, command"
+    );
+}
+
+#[test]
+fn command_tasks_belong_to_pipelines_not_job_files() {
+    let text = "name = \"t\"\n[[stages]]\nname = \"a\"\ntasks = [{ handler = \"x\", executor = \"command\" }]\n";
+    assert_eq!(
+        error_text(check_toml(text)),
+        "/stages/0/tasks/0/executor: executor \"command\" tasks are CI pipeline steps: run a pipeline file with `lockstep ci run` (or the run_pipeline MCP tool)"
     );
 }
 

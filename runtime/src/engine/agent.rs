@@ -445,6 +445,7 @@ impl Engine {
                 lease_for,
                 now,
                 note,
+                logs: Vec::new(),
             })
             .await?;
         if !held {
@@ -492,7 +493,10 @@ impl Engine {
                 ),
             }
         } else {
-            TaskResult::Fatal { error: reason }
+            TaskResult::Fatal {
+                error: reason,
+                output_json: None,
+            }
         };
         self.finish_agent_task(tenant, lease, result).await
     }
@@ -582,6 +586,7 @@ pub fn lease_lost_reason(task: &TaskRecord, attempt: i32) -> String {
             None => "it is dead".to_string(),
         },
         TaskState::Cancelled => "it was cancelled".to_string(),
+        TaskState::Skipped => "it was skipped".to_string(),
         TaskState::Blocked => "it is blocked".to_string(),
     }
 }

@@ -385,6 +385,7 @@ async fn run_task(
                     lease_for: lease,
                     now: now_millis(),
                     note: None,
+                    logs: Vec::new(),
                 }).await;
                 if let Ok(false) = held {
                     tracing::warn!(task = task.lease.task_id.0, "lease lost while running; the result will be refused");
@@ -402,10 +403,14 @@ async fn run_task(
                 output_json: outcome.output,
                 spawn,
             },
-            Err(error) => TaskResult::Fatal { error },
+            Err(error) => TaskResult::Fatal {
+                error,
+                output_json: None,
+            },
         },
         Some(Err(failure)) if !failure.is_retryable() => TaskResult::Fatal {
             error: failure.to_string(),
+            output_json: None,
         },
         Some(Err(failure)) => TaskResult::Retryable {
             error: failure.to_string(),

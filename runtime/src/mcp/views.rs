@@ -6,7 +6,7 @@
 
 use crate::engine::agent::{AgentBrief, ClaimedAgentTask, PlannedJob};
 use crate::engine::{JobProgress, WaitingFor};
-use crate::model::{Event, Executor, JobSummary, TaskRecord};
+use crate::model::{Event, JobSummary, TaskRecord};
 use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -54,7 +54,7 @@ pub struct JobView {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct WaitingForView {
-    /// wasm or agent.
+    /// wasm, agent or command.
     pub executor: String,
     pub handler: String,
     /// For wasm handlers: whether this server has a plugin for it.
@@ -64,11 +64,7 @@ pub struct WaitingForView {
 impl From<WaitingFor> for WaitingForView {
     fn from(w: WaitingFor) -> Self {
         WaitingForView {
-            executor: match w.executor {
-                Executor::Wasm => "wasm",
-                Executor::Agent => "agent",
-            }
-            .to_string(),
+            executor: w.executor.as_str().to_string(),
             handler: w.handler,
             registered_here: w.registered_here,
         }
@@ -227,7 +223,7 @@ pub struct TaskView {
     pub stage: String,
     /// The WASM handler, or the specialist (`agent` when none) of an agent task.
     pub handler: String,
-    /// wasm or agent.
+    /// wasm, agent or command.
     pub executor: String,
     pub key: Option<String>,
     /// blocked, pending, running, succeeded, dead or cancelled.
@@ -288,10 +284,7 @@ impl TaskView {
             job_id: t.job_id.0,
             stage: t.stage_name.clone(),
             handler: t.handler.clone(),
-            executor: match t.executor {
-                Executor::Wasm => "wasm".to_string(),
-                Executor::Agent => "agent".to_string(),
-            },
+            executor: t.executor.as_str().to_string(),
             key: t.key.clone(),
             state: t.state.to_string(),
             attempt: t.attempt,

@@ -24,6 +24,8 @@ pub enum EventKind {
     TaskNote,
     /// A line the task's handler logged, or its last progress report.
     TaskLog,
+    /// The task decided not to run (a CI step whose `if` is false).
+    TaskSkipped,
 }
 
 spelled!(
@@ -46,5 +48,6 @@ spelled!(
         JobReopened => "job_reopened",
         TaskNote => "task_note",
         TaskLog => "task_log",
+        TaskSkipped => "task_skipped",
     ]
 );

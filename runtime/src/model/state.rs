@@ -24,6 +24,9 @@ pub enum TaskState {
     Dead,
     /// Will never run: its job was cancelled or failed, or a dependency died.
     Cancelled,
+    /// Claimed and decided not to run (a CI step whose `if` is false, or
+    /// stopped by `fail_fast`); finished, with an output saying why.
+    Skipped,
 }
 
 /// Lifecycle of one job.
@@ -61,7 +64,7 @@ impl TaskState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled
+            TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled | TaskState::Skipped
         )
     }
 
@@ -78,6 +81,8 @@ impl TaskState {
                 | (Running, Succeeded)
                 | (Running, Dead)
                 | (Running, Pending)
+                // a CI step whose `if` is false
+                | (Running, Skipped)
                 // job cancelled or failed, or a dependency died
                 | (Blocked, Cancelled)
                 | (Pending, Cancelled)
@@ -85,6 +90,7 @@ impl TaskState {
                 // `lockstep retry`: a dead or cancelled task is revived
                 | (Dead, Pending)
                 | (Cancelled, Pending)
+                | (Skipped, Pending)
         )
     }
 
@@ -158,6 +164,7 @@ spelled!(
         Succeeded => "succeeded",
         Dead => "dead",
         Cancelled => "cancelled",
+        Skipped => "skipped",
     ]
 );
 spelled!(

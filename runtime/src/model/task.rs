@@ -13,6 +13,22 @@ pub enum OnFailure {
     FailJob,
     /// Dependents are released as if the task had succeeded; the job goes on.
     Continue,
+    /// Dependents are released to decide for themselves (a CI step's `if`),
+    /// and the job fails when the stage closes.
+    ReleaseThenFail,
+}
+
+impl OnFailure {
+    /// Whether a death releases the task's dependents (instead of
+    /// cancelling them).
+    pub fn releases_dependents(self) -> bool {
+        matches!(self, OnFailure::Continue | OnFailure::ReleaseThenFail)
+    }
+
+    /// Whether a death fails the job when its stage closes.
+    pub fn fails_job(self) -> bool {
+        matches!(self, OnFailure::FailJob | OnFailure::ReleaseThenFail)
+    }
 }
 
 /// Who executes a task.
@@ -24,7 +40,13 @@ pub enum Executor {
     Wasm,
     /// An AI agent that claims and completes the task over MCP.
     Agent,
+    /// A CI step: a `wasi:cli/command` component run by `lockstep ci`.
+    Command,
 }
 
-spelled!(OnFailure, "on_failure", [FailJob => "fail_job", Continue => "continue"]);
-spelled!(Executor, "executor", [Wasm => "wasm", Agent => "agent"]);
+spelled!(
+    OnFailure,
+    "on_failure",
+    [FailJob => "fail_job", Continue => "continue", ReleaseThenFail => "release_then_fail"]
+);
+spelled!(Executor, "executor", [Wasm => "wasm", Agent => "agent", Command => "command"]);

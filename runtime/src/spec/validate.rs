@@ -109,6 +109,12 @@ pub fn validate(
             let handler = match executor {
                 Executor::Wasm => wasm_handler(task, &pointer, &registered)?,
                 Executor::Agent => agent_handler(task, &pointer)?,
+                Executor::Command => {
+                    return Err(SpecError::invalid(
+                        format!("{pointer}/executor"),
+                        "executor \"command\" tasks are CI pipeline steps: run a pipeline file with `lockstep ci run` (or the run_pipeline MCP tool)",
+                    ));
+                }
             };
             let input_json = task.input.to_string();
             check_input_size(&input_json, &pointer, limits)?;

@@ -138,12 +138,13 @@ pub(crate) async fn close_drained(
     Ok(())
 }
 
-// Only deaths of tasks under `fail_job` (their own setting) fail the job.
+// Only deaths of tasks under `fail_job` or `release_then_fail` (their own
+// setting) fail the job.
 const CLOSED_STAGE: Sql = Sql::both(
     "SELECT s.tenant_id, s.name,
             (SELECT count(*) FROM tasks t
              WHERE t.job_id = s.job_id AND t.stage_position = s.position
-               AND t.state = 'dead' AND t.on_failure = 'fail_job')
+               AND t.state = 'dead' AND t.on_failure IN ('fail_job', 'release_then_fail'))
      FROM stages s WHERE s.job_id = $1 AND s.position = $2",
 );
 const NEXT_STAGE: Sql = Sql::both(

@@ -162,7 +162,7 @@ pub(crate) async fn claim_batch(
 const RENEW: Sql = Sql::both(
     "UPDATE tasks SET lease_expires_at = $4, updated_at = $5
      WHERE id = $1 AND tenant_id = $2 AND state = 'running' AND attempt = $3
-     RETURNING id",
+     RETURNING id, job_id, stage_position",
 );
 const NOTE: Sql = Sql::both(
     "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
@@ -170,10 +170,10 @@ const NOTE: Sql = Sql::both(
      FROM tasks WHERE id = $1",
 );
 
-/// Extend a held lease; a note is recorded only with a held lease, in the
-/// renewal's transaction.
+/// Extend a held lease; a note and log lines are recorded only with a held
+/// lease, in the renewal's transaction.
 pub(crate) async fn renew_lease(db: &mut Db<'_>, p: &RenewLease) -> Result<bool, StoreError> {
-    let renewed: Option<(i64,)> = db
+    let renewed: Option<(i64, i64, i32)> = db
         .fetch_optional(
             db.query(&RENEW)
                 .bind(p.lease.task_id.0)
@@ -192,6 +192,22 @@ pub(crate) async fn renew_lease(db: &mut Db<'_>, p: &RenewLease) -> Result<bool,
                 .bind(p.now),
         )
         .await?;
+    }
+    if let Some((task, job, position)) = renewed
+        && !p.logs.is_empty()
+    {
+        let mut fx = Effects::new(p.now);
+        for line in &p.logs {
+            fx.event(
+                &p.tenant.0,
+                job,
+                Some(task),
+                EventKind::TaskLog,
+                Some(position),
+                Some(line.clone()),
+            );
+        }
+        fx.write(db).await?;
     }
     Ok(held)
 }
@@ -492,14 +508,14 @@ const WRITE_TASKS: Sql = Sql::each(
      SET state = u.value ->> 1, output_json = u.value ->> 2, error = u.value ->> 3,
          run_after = COALESCE(u.value ->> 4, t.run_after),
          lease_expires_at = NULL, updated_at = $2,
-         finished_at = CASE WHEN u.value ->> 1 IN ('succeeded', 'dead') THEN $2 END
+         finished_at = CASE WHEN u.value ->> 1 IN ('succeeded', 'dead', 'skipped') THEN $2 END
      FROM json_each($1) AS u
      WHERE t.id = u.value ->> 0",
     "UPDATE tasks t
      SET state = u.state, output_json = u.output, error = u.error,
          run_after = COALESCE(u.run_after, t.run_after),
          lease_expires_at = NULL, updated_at = $6,
-         finished_at = CASE WHEN u.state IN ('succeeded', 'dead') THEN $6 END
+         finished_at = CASE WHEN u.state IN ('succeeded', 'dead', 'skipped') THEN $6 END
      FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[])
           AS u(id, state, output, error, run_after)
      WHERE t.id = u.id AND t.id = ANY($1)",

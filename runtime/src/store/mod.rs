@@ -142,7 +142,13 @@ pub enum TaskResult {
     },
     Fatal {
         error: String,
+        /// What the attempt produced before it failed (a CI step's report),
+        /// kept as the dead task's output.
+        output_json: Option<String>,
     },
+    /// The task decided not to run (a CI step whose `if` is false): it is
+    /// `skipped`, with this output saying why; its dependents are released.
+    Skipped { output_json: String },
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +191,10 @@ pub struct RenewLease {
     /// A progress note (agents' `update_task`), recorded as a `task_note`
     /// event in the renewal's transaction when the lease is still held.
     pub note: Option<String>,
+    /// Log lines of the running attempt (a CI step's streamed output),
+    /// recorded as `task_log` events in the renewal's transaction when the
+    /// lease is still held, and dropped with it otherwise.
+    pub logs: Vec<String>,
 }
 
 /// Claimed tasks to hand back unrun (a worker stopping).

@@ -111,8 +111,9 @@ const UNMET_DEPENDENCIES: Sql = Sql::both(
     "SELECT count(*) FROM task_deps d
      JOIN tasks t ON t.id = d.depends_on
      WHERE d.task_id = $1
-       AND NOT (t.state = 'succeeded'
-                OR (t.on_failure = 'continue' AND t.state IN ('dead', 'cancelled')))",
+       AND NOT (t.state IN ('succeeded', 'skipped')
+                OR (t.on_failure IN ('continue', 'release_then_fail')
+                    AND t.state IN ('dead', 'cancelled')))",
 );
 const REVIVE_TASK: Sql = Sql::both(
     "UPDATE tasks

@@ -346,7 +346,7 @@ pub(crate) async fn stage_results(
 const RECENT_COMPLETIONS: Sql = Sql::both(
     "SELECT count(*) FROM tasks
      WHERE job_id = $1 AND tenant_id = $2 AND finished_at >= $3
-       AND state IN ('succeeded', 'dead')",
+       AND state IN ('succeeded', 'dead', 'skipped')",
 );
 
 pub(crate) async fn recent_completions(

@@ -140,15 +140,25 @@ pub(crate) fn decide(
                 }
             }
         }
-        TaskResult::Fatal { error } => Decision {
+        TaskResult::Fatal { error, output_json } => Decision {
             held,
             to: TaskState::Dead,
-            output: None,
+            output: output_json,
             error: Some(error.clone()),
             run_after: None,
             spawn: Vec::new(),
             outcome: CompletionOutcome::Recorded(TaskState::Dead),
             event: (EventKind::TaskDead, Some(error)),
+        },
+        TaskResult::Skipped { output_json } => Decision {
+            held,
+            to: TaskState::Skipped,
+            output: Some(output_json),
+            error: None,
+            run_after: None,
+            spawn: Vec::new(),
+            outcome: CompletionOutcome::Recorded(TaskState::Skipped),
+            event: (EventKind::TaskSkipped, None),
         },
     }
 }
@@ -221,7 +231,8 @@ pub(crate) fn decide_all(
 
 /// What a batch of decisions does beyond its own rows.
 pub(crate) struct Consequences {
-    /// Tasks whose dependents are released: successes, and deaths under `continue`.
+    /// Tasks whose dependents are released: successes, skips, and deaths
+    /// under `continue` or `release_then_fail`.
     pub released: Vec<i64>,
     /// Deaths under `fail_job`: their transitive dependents are cancelled.
     pub doomed_roots: Vec<i64>,
@@ -235,8 +246,8 @@ pub(crate) fn consequences(decisions: &[Decision]) -> Consequences {
     let mut deltas: BTreeMap<(i64, i32), StageDelta> = BTreeMap::new();
     for d in decisions {
         match d.to {
-            TaskState::Succeeded => released.push(d.held.id),
-            TaskState::Dead if d.held.on_failure == OnFailure::Continue => released.push(d.held.id),
+            TaskState::Succeeded | TaskState::Skipped => released.push(d.held.id),
+            TaskState::Dead if d.held.on_failure.releases_dependents() => released.push(d.held.id),
             TaskState::Dead => doomed_roots.push(d.held.id),
             _ => {}
         }

@@ -221,6 +221,7 @@ pub async fn a_renewal_note_is_recorded_only_while_the_lease_is_held(store: &dyn
         lease_for: Duration::from_millis(LEASE_MS as u64),
         now: NOW + 10,
         note: Some(note.to_string()),
+        logs: Vec::new(),
     };
     assert!(
         store

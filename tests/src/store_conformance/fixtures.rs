@@ -150,6 +150,7 @@ pub(crate) fn fatal(t: &ClaimedTask, error: &str) -> Completion {
         lease: t.lease,
         result: TaskResult::Fatal {
             error: error.to_string(),
+            output_json: None,
         },
         logs: vec![],
     }

@@ -77,6 +77,7 @@ pub async fn renewing_extends_only_a_lease_still_held(store: &dyn Store) {
         lease_for: Duration::from_millis(30_000),
         now: NOW + 100,
         note: None,
+        logs: Vec::new(),
     };
     assert!(store.renew_lease(renew(acme(), 1)).await.expect("renew"));
     assert_eq!(

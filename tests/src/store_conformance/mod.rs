@@ -45,6 +45,7 @@ macro_rules! conformance_cases {
 
 mod advance;
 mod agent;
+mod ci_steps;
 mod claim;
 mod complete;
 mod dependencies;

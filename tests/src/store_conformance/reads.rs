@@ -211,6 +211,7 @@ pub async fn get_job_counts_tasks_by_every_state(store: &dyn Store) {
             (TaskState::Succeeded, 1),
             (TaskState::Dead, 0),
             (TaskState::Cancelled, 0),
+            (TaskState::Skipped, 0),
         ]
     );
     assert_eq!((s.stages[0].total, s.stages[0].remaining), (5, 4));

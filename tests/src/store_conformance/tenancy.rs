@@ -133,6 +133,7 @@ pub async fn another_tenant_gets_not_found_for_every_job_and_task(store: &dyn St
             lease_for: Duration::from_secs(600),
             now: NOW,
             note: Some("not yours".to_string()),
+            logs: Vec::new(),
         })
         .await
         .expect("renew");
