@@ -176,10 +176,14 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(db: &Db, extra: &[&str]) -> HttpServer {
+        Self::start_with_plugins(db, &db.no_plugins(), extra)
+    }
+
+    pub fn start_with_plugins(db: &Db, plugins: &Path, extra: &[&str]) -> HttpServer {
         let mut child = Command::new(cli_bin())
             .args(["--db", &db.url])
             .arg("--plugins")
-            .arg(db.no_plugins())
+            .arg(plugins)
             .arg("--cache-dir")
             .arg(test_cache_dir())
             .args(["--log", "lockstep=info"])

@@ -394,3 +394,83 @@ async fn every_schema_uses_only_what_every_client_understands() {
     }
     assert_eq!(found, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_auth_serves_only_loopback_and_acts_as_the_tenant() {
+    let db = Db::new().await;
+    // Refused before anything listens: an address others can reach, or
+    // names besides loopback.
+    for (args, expected) in [
+        (
+            vec!["--http", "0.0.0.0:0", "--no-auth"],
+            "error: --no-auth serves every request without a token, so it listens only on a loopback address (127.0.0.1, [::1] or localhost), not on 0.0.0.0:0; create a token with `lockstep token create` to serve 0.0.0.0",
+        ),
+        (
+            vec![
+                "--http",
+                "127.0.0.1:0",
+                "--no-auth",
+                "--allow-host",
+                "mcp.example.com",
+            ],
+            "error: --no-auth serves only this machine, so it takes no --allow-host; drop --allow-host, or drop --no-auth and use a token from `lockstep token create`",
+        ),
+    ] {
+        let out = std::process::Command::new(cli_bin())
+            .args(["--db", &db.url, "--plugins"])
+            .arg(db.no_plugins())
+            .arg("serve")
+            .args(&args)
+            .output()
+            .expect("run lockstep serve");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), expected);
+    }
+    let out = std::process::Command::new(cli_bin())
+        .args(["--db", &db.url, "serve", "--no-auth"])
+        .output()
+        .expect("run lockstep serve");
+    assert_eq!(out.status.code(), Some(2), "--no-auth needs --http");
+
+    // Served without a token, as --tenant: the plan is acme's.
+    let server = HttpServer::start(&db, &["--no-auth", "--tenant", "acme"]);
+    let init = post(&server.url, INITIALIZE, &[], None).await;
+    assert_eq!(init.status(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .expect("session id")
+        .to_string();
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let initialized = post(
+        &server.url,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        &headers,
+        None,
+    )
+    .await;
+    assert_eq!(initialized.status(), 202);
+    let planned = post(
+        &server.url,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"plan_task","arguments":{"goal":"no token","subtasks":[{"title":"t","instructions":"i"}]}}}"#,
+        &headers,
+        None,
+    )
+    .await;
+    assert_eq!(planned.status(), 200);
+    let body = planned.text().await.expect("body");
+    assert!(body.contains(r#""job_id":1"#), "{body}");
+    let acme = StdioServer::start(&db, "acme", &[]).await;
+    assert_eq!(
+        ok(&acme.client, "get_job", json!({ "job_id": 1 })).await["name"],
+        "no token"
+    );
+    let other = StdioServer::start(&db, "globex", &[]).await;
+    assert!(
+        call(&other.client, "get_job", json!({ "job_id": 1 }))
+            .await
+            .is_err()
+    );
+}

@@ -86,13 +86,23 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
     let mcp_config = args.mcp.config()?;
     // Bind before starting anything, so a taken port or a public address
     // without tokens is a clean error and nothing has been opened.
+    let refuse = |e: String| super::Failure::BadInput(anyhow::anyhow!(e));
     let listener = match &args.http {
         Some(addr) => {
+            if args.no_auth {
+                // Every address the name stands for, before anything listens on it…
+                let resolved = tokio::net::lookup_host(addr.as_str()).await.map_err(|e| {
+                    refuse(format!("--http {addr} is not an address to listen on: {e}"))
+                })?;
+                for candidate in resolved {
+                    http::check_loopback(candidate).map_err(refuse)?;
+                }
+            }
             let listener = http::bind(addr).await.map_err(anyhow::Error::new)?;
             if args.no_auth {
+                // …and the one it listens on.
                 let local = listener.local_addr().map_err(anyhow::Error::new)?;
-                http::check_loopback(local)
-                    .map_err(|e| super::Failure::BadInput(anyhow::anyhow!(e)))?;
+                http::check_loopback(local).map_err(refuse)?;
             }
             Some(listener)
         }
