@@ -221,7 +221,23 @@ fn the_default_database_is_lockstep_db_in_the_working_directory() {
 #[test]
 fn bench_mcp_prints_one_json_line_per_case_with_every_sample() {
     let cli = Cli::new();
-    let out = cli.run(&["bench", "mcp", "--tasks", "400", "--samples", "30"]);
+    let sdks = crate::interop_tools::python_sdks();
+    let mut args = vec![
+        "bench",
+        "mcp",
+        "--tasks",
+        "400",
+        "--samples",
+        "30",
+        "--validations",
+        "50",
+        "--python-samples",
+        "5",
+    ];
+    for sdk in sdks {
+        args.extend(["--python", sdk.python.to_str().expect("a UTF-8 path")]);
+    }
+    let out = cli.run(&args);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let lines: Vec<serde_json::Value> = stdout(&out)
         .lines()
@@ -232,7 +248,7 @@ fn bench_mcp_prints_one_json_line_per_case_with_every_sample() {
         .map(|l| l["case"].as_str().expect("case"))
         .collect();
     assert_eq!(
-        cases,
+        cases[..5],
         [
             "fill",
             "get_job",
@@ -241,7 +257,7 @@ fn bench_mcp_prints_one_json_line_per_case_with_every_sample() {
             "complete_task"
         ]
     );
-    for line in &lines[1..] {
+    for line in &lines[1..5] {
         assert_eq!(line["bench"], "mcp");
         assert_eq!(line["tasks"], 400);
         assert_eq!(line["samples"], 30, "{line}");
@@ -253,29 +269,121 @@ fn bench_mcp_prints_one_json_line_per_case_with_every_sample() {
         assert!(p50 > 0.0 && p50 <= p99, "{line}");
     }
     // The plan holds the 30 samples and 200 warm-up calls; the filler the rest.
-    let job_tasks: Vec<i64> = lines[1..]
+    let job_tasks: Vec<i64> = lines[1..5]
         .iter()
         .map(|l| l["job_tasks"].as_i64().expect("job_tasks"))
         .collect();
     assert_eq!(job_tasks, [230, 170, 230, 230]);
+
+    // Then one line per tool: its output schema's size, a compiled
+    // validator's runs and each Python SDK's timed calls on a typical result.
+    let mut tools: Vec<&str> = lines[5..]
+        .iter()
+        .map(|l| {
+            assert_eq!(l["case"], "output_schema", "{l}");
+            l["tool"].as_str().expect("tool")
+        })
+        .collect();
+    tools.sort();
+    assert_eq!(tools, crate::mcp_official_clients::TOOLS);
+    let summary = |s: &serde_json::Value, samples: u64| {
+        assert_eq!(s["samples"], samples, "{s}");
+        let (p50, p99) = (
+            s["p50_us"].as_f64().expect("p50"),
+            s["p99_us"].as_f64().expect("p99"),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{s}");
+    };
+    for line in &lines[5..] {
+        let bytes = line["schema_bytes"].as_u64().expect("schema_bytes");
+        assert!(bytes > 50, "{line}");
+        assert!(
+            line["result_bytes"].as_u64().expect("result_bytes") > 10,
+            "{line}"
+        );
+        summary(&line["compiled"], 50);
+        let python = line["python_sdk"].as_array().expect("python_sdk");
+        let versions: Vec<&str> = python
+            .iter()
+            .map(|run| run["sdk"].as_str().expect("sdk"))
+            .collect();
+        let expected: Vec<&str> = sdks.iter().map(|s| s.version.as_str()).collect();
+        assert_eq!(versions, expected, "{line}");
+        for run in python {
+            assert_eq!(run["tool"], line["tool"]);
+            assert_eq!(run["transport"], "stdio");
+            summary(&run["call_validated"], 5);
+            summary(&run["call_unvalidated"], 5);
+            summary(&run["validate"], 10);
+        }
+    }
+
     // The benchmark's own database holds what it did: the plan, every one of
-    // its 230 tasks (200 warm-up, 30 samples) completed once, and the filler
-    // job of the remaining 170 tasks untouched.
+    // its 230 tasks (200 warm-up, 30 samples) completed once, the filler job
+    // of the remaining 170 tasks untouched; and each tool's calls of the
+    // client side exactly once: 1 by the compiled validator's run and 14
+    // (4 warm-up, 5 validated, 5 not) by each of the 2 Python runs, 29 in all.
     let status = |job: &serde_json::Value| {
         let id = job["job_id"].as_i64().expect("job id").to_string();
         let out = cli.run(&["status", &id, "--json"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status json")
     };
-    let jobs = cli.run(&["jobs", "--json"]);
+    let counts = |job: &serde_json::Value| -> Vec<(String, i64)> {
+        status(job)["counts"]
+            .as_array()
+            .expect("counts")
+            .iter()
+            .filter(|c| c[1].as_i64() != Some(0))
+            .map(|c| {
+                (
+                    c[0].as_str().expect("state").to_string(),
+                    c[1].as_i64().expect("n"),
+                )
+            })
+            .collect()
+    };
+    let jobs = cli.run(&["jobs", "--json", "--limit", "100"]);
+    assert_eq!(jobs.status.code(), Some(0), "{}", stderr(&jobs));
     let jobs: Vec<serde_json::Value> = serde_json::from_slice(&jobs.stdout).expect("jobs json");
-    let names: Vec<&str> = jobs.iter().filter_map(|j| j["name"].as_str()).collect();
-    assert_eq!(names, ["bench mcp", "bench-fill-1"], "{jobs:?}");
-    let plan = status(&jobs[0]);
+    let named = |name: &str| -> Vec<&serde_json::Value> {
+        jobs.iter().filter(|j| j["name"] == name).collect()
+    };
+    let one = |name: &str| -> &serde_json::Value {
+        let found = named(name);
+        assert_eq!(found.len(), 1, "{name}: {jobs:?}");
+        found[0]
+    };
+    let plan = status(one("bench mcp"));
     assert_eq!(plan["job"]["state"], "succeeded", "{plan}");
-    let fill = status(&jobs[1]);
+    let fill = status(one("bench-fill-1"));
     assert_eq!(fill["job"]["state"], "running", "{fill}");
     assert_eq!(fill["job"]["stages"][0]["remaining"], 170, "{fill}");
+    let n = |state: &str, count: i64| (state.to_string(), count);
+    // docs/mcp.md's example plan: its first subtask completed, once.
+    assert_eq!(
+        counts(one("Add email login")),
+        [n("blocked", 2), n("pending", 2), n("succeeded", 1)]
+    );
+    // Claims: the subtask they depend on, and 29 claimed.
+    assert_eq!(
+        counts(one("bench mcp: claims")),
+        [n("running", 29), n("succeeded", 1)]
+    );
+    // One task updated 29 times, 29 completed, 29 failed (to be retried).
+    assert_eq!(
+        counts(one("bench mcp: work")),
+        [n("pending", 29), n("running", 1), n("succeeded", 29)]
+    );
+    // 29 plans cancelled; 29 cancelled tasks retried.
+    for i in 0..29 {
+        assert_eq!(one(&format!("bench mcp: cancel {i}"))["state"], "cancelled");
+    }
+    assert_eq!(counts(one("bench mcp: retries")), [n("pending", 29)]);
+    assert_eq!(counts(one("bench mcp: finished")), [n("succeeded", 1)]);
+    // submit_job with one idempotency key 29 times: one job.
+    assert_eq!(counts(one("review the login change")), [n("pending", 2)]);
+    assert_eq!(jobs.len(), 2 + 6 + 29, "{jobs:?}");
 }
 
 #[test]
@@ -291,6 +399,26 @@ fn bench_mcp_with_more_samples_than_one_plan_holds_is_exit_two() {
     let err = assert_bad_input(&out);
     assert!(
         err.contains("--tasks 100 is too small: it must be at least --samples + 200 = 210"),
+        "{err}"
+    );
+    let out = cli.run(&[
+        "bench",
+        "mcp",
+        "--python",
+        "python3",
+        "--python",
+        "python3",
+        "--python-samples",
+        "1248",
+    ]);
+    let err = assert_bad_input(&out);
+    assert!(
+        err.contains("--python-samples 1248 is out of range: with 2 --python it must be 1 to 1247 (the calls of every run are prepared in plans of at most 10000 subtasks)"),
+        "{err}"
+    );
+    let err = assert_bad_input(&cli.run(&["bench", "mcp", "--validations", "0"]));
+    assert!(
+        err.contains("--validations 0 is out of range: it must be 1 to 1000000"),
         "{err}"
     );
 }

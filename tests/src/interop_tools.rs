@@ -6,6 +6,9 @@
 //!   npm packages of `tests/js/package.json` — the TypeScript SDK, the
 //!   conformance suite and the MCP Inspector — by `npm ci` from the
 //!   committed lockfile;
+//! - `target/mcp-interop/python-mcp-1`, `python-mcp-2`: virtual environments
+//!   with the official MCP Python SDK, 1.x and 2.x, each from its pinned list
+//!   in `tests/python/` (PyPI, with the machine's `python3`).
 //!
 //! An install that fails panics with the tool's own words: these tests never
 //! skip (CI reaches both registries).
@@ -159,6 +162,62 @@ pub fn node_tools() -> &'static NodeTools {
             .unwrap_or(0);
         assert!(major >= 22, "{} is Node {version}, not 22 or later", node.display());
         NodeTools { dir, node }
+    })
+}
+
+/// A virtual environment with one version of the official MCP Python SDK.
+pub struct PythonSdk {
+    /// The environment's interpreter.
+    pub python: PathBuf,
+    /// `mcp 1.30.0`, as the SDK names itself in `lockstep bench mcp`.
+    pub version: String,
+}
+
+/// Install (once per target directory and pinned list) and return the
+/// Python SDKs of `tests/python/`: 1.x, then 2.x.
+pub fn python_sdks() -> &'static [PythonSdk] {
+    static SDKS: OnceLock<Vec<PythonSdk>> = OnceLock::new();
+    SDKS.get_or_init(|| {
+        ["mcp-1", "mcp-2"]
+            .iter()
+            .map(|name| {
+                let pinned = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("python")
+                    .join(format!("{name}.txt"));
+                let requirements =
+                    std::fs::read(&pinned).unwrap_or_else(|e| panic!("{}: {e}", pinned.display()));
+                let dir = interop_dir().join(format!("python-{name}"));
+                let marker = dir.join(".installed");
+                let stamp = format!("{:x}", fingerprint(&[&requirements]));
+                let _lock = InstallLock::take(&interop_dir().join("python.lock"));
+                if std::fs::read_to_string(&marker).ok().as_deref() != Some(stamp.as_str()) {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    run_install(
+                        &format!("creating the virtual environment for {name}"),
+                        Command::new("python3").args(["-m", "venv"]).arg(&dir),
+                    );
+                    run_install(
+                        &format!(
+                            "installing the official MCP Python SDK from {}",
+                            pinned.display()
+                        ),
+                        Command::new(dir.join("bin/pip"))
+                            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+                            .arg(&pinned),
+                    );
+                    std::fs::write(&marker, &stamp).expect("write the install marker");
+                }
+                let text = String::from_utf8_lossy(&requirements);
+                let version = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("mcp=="))
+                    .unwrap_or_else(|| panic!("{} pins no mcp==", pinned.display()));
+                PythonSdk {
+                    python: dir.join("bin/python"),
+                    version: format!("mcp {version}"),
+                }
+            })
+            .collect()
     })
 }
 

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 
-const TOOLS: [&str; 14] = [
+pub const TOOLS: [&str; 14] = [
     "cancel_job",
     "claim_task",
     "complete_task",

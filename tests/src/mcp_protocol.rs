@@ -373,6 +373,35 @@ fn unportable(schema: &Value, at: &str, found: &mut Vec<String>) {
     }
 }
 
+/// Subschemas of an output schema below its top-level fields: an output
+/// schema is flat (a client may validate, and before the Python SDK 2.0
+/// check, the whole schema on every call), so a nested object or array
+/// item is described by the keys it carries, not by a subschema per key.
+fn nested(schema: &Value, at: &str, depth: usize, found: &mut Vec<String>) {
+    let Some(object) = schema.as_object() else {
+        return;
+    };
+    for key in SUBSCHEMA_MAPS {
+        if let Some(map) = object.get(key).and_then(Value::as_object) {
+            if depth > 0 {
+                found.push(format!("{at}/{key} nests {} subschemas", map.len()));
+            }
+            for (name, sub) in map {
+                nested(sub, &format!("{at}/{key}/{name}"), depth + 1, found);
+            }
+        }
+    }
+    for key in SUBSCHEMA_ONE.iter().chain(&SUBSCHEMA_LISTS) {
+        match object.get(*key) {
+            Some(Value::Bool(_)) | None => {}
+            Some(sub) if *key == "items" && depth == 1 => {
+                nested(sub, &format!("{at}/{key}"), depth, found)
+            }
+            Some(_) => found.push(format!("{at}/{key} is a nested subschema")),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_schema_uses_only_what_every_client_understands() {
     let db = Db::new().await;
@@ -391,6 +420,12 @@ async fn every_schema_uses_only_what_every_client_understands() {
         );
         assert_eq!(output["type"], "object", "{}", tool.name);
         unportable(&output, &format!("{}.outputSchema", tool.name), &mut found);
+        nested(
+            &output,
+            &format!("{}.outputSchema", tool.name),
+            0,
+            &mut found,
+        );
     }
     assert_eq!(found, Vec::<String>::new());
 }

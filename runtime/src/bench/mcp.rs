@@ -7,6 +7,7 @@
 //! validation, the engine call, rendering and both JSON encodings. The
 //! per-token rate limit is off (a benchmark is far above any sane rate).
 
+use super::mcp_clients::ClientSide;
 use super::percentile;
 use crate::engine::Engine;
 use crate::engine::agent::{Plan, PlannedSubtask};
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-type Client = RunningService<RoleClient, ()>;
+pub(super) type Client = RunningService<RoleClient, ()>;
 
 /// Calls made before measuring, so connection set-up and first-use costs
 /// (statement caches, page cache) are not counted.
@@ -49,13 +50,15 @@ pub fn check_sizes(tasks: u64, samples: u32) -> Result<(), String> {
 }
 
 /// Fill the database to `tasks` tasks of `tenant` (of which `samples` + 200
-/// are one agent plan), serve MCP over HTTP on 127.0.0.1, and time `get_job` and
-/// `claim_task` + `complete_task` through a real client.
+/// are one agent plan), serve MCP over HTTP on 127.0.0.1, time `get_job` and
+/// `claim_task` + `complete_task` through a real client, then measure what
+/// each tool's output schema costs clients ([`super::mcp_clients`]).
 pub async fn mcp(
     engine: Arc<Engine>,
     tenant: &TenantId,
     tasks: u64,
     samples: u32,
+    client_side: &ClientSide,
 ) -> anyhow::Result<Vec<Value>> {
     if let Err(problem) = check_sizes(tasks, samples) {
         anyhow::bail!(problem);
@@ -112,12 +115,17 @@ pub async fn mcp(
         .await
         .context("MCP handshake with the benchmark server")?;
 
-    let result = measure(
-        &client,
-        (plan.job_id, u64::from(plan_size)),
-        fill_jobs.last().copied(),
-        samples,
-    )
+    let measured = async {
+        let cases = measure(
+            &client,
+            (plan.job_id, u64::from(plan_size)),
+            fill_jobs.last().copied(),
+            samples,
+        )
+        .await?;
+        let schemas = super::mcp_clients::measure(&client, client_side).await?;
+        anyhow::Ok((cases, schemas))
+    }
     .await;
     let _ = client.cancel().await;
     shutdown.cancel();
@@ -125,11 +133,13 @@ pub async fn mcp(
     let mut lines = vec![json!({
         "bench": "mcp", "case": "fill", "tasks": tasks, "seconds": fill_seconds,
     })];
+    let (cases, schemas) = measured?;
     lines.extend(
-        result?
+        cases
             .into_iter()
             .map(|(case, job_tasks, micros, note)| summary(case, tasks, job_tasks, &micros, note)),
     );
+    lines.extend(schemas);
     Ok(lines)
 }
 
@@ -206,7 +216,7 @@ async fn measure(
     Ok(cases)
 }
 
-async fn claim(client: &Client, job: JobId) -> anyhow::Result<(i64, i64)> {
+pub(super) async fn claim(client: &Client, job: JobId) -> anyhow::Result<(i64, i64)> {
     let claimed = call(client, "claim_task", json!({ "job_id": job.0 })).await?;
     let task = &claimed["task"];
     match (task["task_id"].as_i64(), task["attempt"].as_i64()) {
@@ -226,8 +236,8 @@ async fn complete(client: &Client, task: i64, attempt: i64) -> anyhow::Result<()
 }
 
 /// Call a tool; its structured result, or an error naming the tool's refusal.
-async fn call(client: &Client, tool: &'static str, args: Value) -> anyhow::Result<Value> {
-    let mut params = CallToolRequestParams::new(tool);
+pub(super) async fn call(client: &Client, tool: &str, args: Value) -> anyhow::Result<Value> {
+    let mut params = CallToolRequestParams::new(tool.to_string());
     params.arguments = args.as_object().cloned();
     let result = client
         .call_tool(params)

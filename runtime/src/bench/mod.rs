@@ -5,6 +5,7 @@
 pub mod engine_flow;
 pub mod lookup;
 pub mod mcp;
+pub mod mcp_clients;
 pub mod plugin;
 
 /// Percentile of a sorted sample (nearest rank).

@@ -43,13 +43,26 @@ pub enum BenchCommand {
         workers: usize,
     },
     /// get_job, claim_task and complete_task over MCP (streamable HTTP on
-    /// loopback, bearer token) with this many tasks in the database.
+    /// loopback, bearer token) with this many tasks in the database; then,
+    /// per tool, its output schema's size and what validating a typical
+    /// result against it costs clients.
     Mcp {
         #[arg(long, default_value_t = 100_000)]
         tasks: u64,
         /// Measured calls per case (at most 9,800).
         #[arg(long, default_value_t = 2_000)]
         samples: u32,
+        /// Runs of the compiled validator per tool.
+        #[arg(long, default_value_t = 10_000)]
+        validations: u32,
+        /// A Python interpreter with the official MCP SDK installed (PyPI
+        /// `mcp`); repeatable, one run each. It calls every tool over stdio
+        /// with and without the SDK's output-schema validation.
+        #[arg(long = "python", value_name = "PYTHON")]
+        pythons: Vec<std::path::PathBuf>,
+        /// Timed calls per tool and per mode of each --python run.
+        #[arg(long, default_value_t = 100)]
+        python_samples: u32,
     },
     /// Status and update of one task in a database holding this many tasks.
     Lookup {
@@ -77,8 +90,16 @@ fn print(lines: Vec<serde_json::Value>) {
     }
 }
 
+/// A benchmark's store and engine, its database URL, and the temporary
+/// directory holding the database unless `--db` was given.
+struct BenchDb {
+    engine: Arc<Engine>,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
 /// Store and engine for a benchmark: the given `--db`, or a fresh SQLite file.
-async fn bench_engine(ctx: &Ctx) -> anyhow::Result<(Arc<Engine>, Option<tempfile::TempDir>)> {
+async fn bench_db(ctx: &Ctx) -> anyhow::Result<BenchDb> {
     let (url, dir) = if ctx.db_explicit {
         (ctx.db_url.clone(), None)
     } else {
@@ -91,7 +112,11 @@ async fn bench_engine(ctx: &Ctx) -> anyhow::Result<(Arc<Engine>, Option<tempfile
     let engine = Engine::open(&url, plugins, ctx.config.clone())
         .await
         .with_context(|| format!("could not open the database {url}"))?;
-    Ok((engine, dir))
+    Ok(BenchDb {
+        engine,
+        url,
+        _dir: dir,
+    })
 }
 
 pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
@@ -115,21 +140,21 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                     "--handler host-noop runs the workers in this process: leave out --processes"
                 )));
             }
-            let (engine, _dir) = bench_engine(ctx).await?;
+            let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
             if processes > 0 {
                 if !ctx.db_explicit {
                     return Err(super::Failure::BadInput(anyhow::anyhow!(
                         "--processes needs a shared database: pass --db (e.g. postgres://…)"
                     )));
                 }
-                let serve = ServeCommand::new(ctx, workers)?;
+                let serve = Lockstep::new(ctx, &ctx.db_url)?.serve(workers);
                 print(
                     bench::engine_flow::throughput_processes(
                         &engine,
                         &ctx.tenant,
                         tasks,
                         processes,
-                        || serve.spawn(),
+                        || spawn(&serve),
                     )
                     .await?,
                 );
@@ -144,33 +169,59 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
             );
         }
         BenchCommand::Fanin { tasks, workers } => {
-            let (engine, _dir) = bench_engine(ctx).await?;
+            let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
             print(bench::engine_flow::fanin(&engine, &ctx.tenant, tasks, workers).await?);
         }
-        BenchCommand::Mcp { tasks, samples } => {
+        BenchCommand::Mcp {
+            tasks,
+            samples,
+            validations,
+            pythons,
+            python_samples,
+        } => {
             bench::mcp::check_sizes(tasks, samples)
+                .and_then(|()| {
+                    bench::mcp_clients::check_sizes(validations, pythons.len(), python_samples)
+                })
                 .map_err(|problem| super::Failure::BadInput(anyhow::anyhow!(problem)))?;
-            let (engine, _dir) = bench_engine(ctx).await?;
-            print(bench::mcp::mcp(engine, &ctx.tenant, tasks, samples).await?);
+            if pythons.is_empty() {
+                eprintln!(
+                    "bench mcp: the Python SDK is not measured: pass --python with an interpreter that has the `mcp` package installed"
+                );
+            }
+            let db = bench_db(ctx).await?;
+            let client_side = bench::mcp_clients::ClientSide {
+                validations,
+                pythons,
+                python_samples,
+                stdio_server: Lockstep::new(ctx, &db.url)?.mcp_stdio(),
+            };
+            print(bench::mcp::mcp(db.engine, &ctx.tenant, tasks, samples, &client_side).await?);
         }
         BenchCommand::Lookup { tasks } => {
-            let (engine, _dir) = bench_engine(ctx).await?;
+            let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
             print(bench::lookup::lookup(&engine, tasks).await?);
         }
     }
     Ok(())
 }
 
-/// How to start one `lockstep serve` worker process like this one.
-struct ServeCommand {
+/// Another lockstep process on a benchmark's database, with this one's
+/// tenant, plugins and cache.
+struct Lockstep {
     exe: std::path::PathBuf,
     args: Vec<std::ffi::OsString>,
 }
 
-impl ServeCommand {
-    fn new(ctx: &Ctx, workers: usize) -> anyhow::Result<ServeCommand> {
+impl Lockstep {
+    fn new(ctx: &Ctx, db_url: &str) -> anyhow::Result<Lockstep> {
         let exe = std::env::current_exe().context("locating the lockstep binary")?;
-        let mut args: Vec<std::ffi::OsString> = vec!["--db".into(), ctx.db_url.clone().into()];
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--db".into(),
+            db_url.into(),
+            "--tenant".into(),
+            ctx.tenant.0.clone().into(),
+        ];
         for dir in &ctx.plugin_dirs {
             args.push("--plugins".into());
             args.push(dir.clone().into());
@@ -179,21 +230,33 @@ impl ServeCommand {
             args.push("--cache-dir".into());
             args.push(cache.clone().into());
         }
-        args.extend([
+        Ok(Lockstep { exe, args })
+    }
+
+    /// `lockstep serve` with this many worker slots.
+    fn serve(mut self, workers: usize) -> Lockstep {
+        self.args.extend([
             "serve".into(),
             "--workers".into(),
             workers.to_string().into(),
         ]);
-        Ok(ServeCommand { exe, args })
+        self
     }
 
-    fn spawn(&self) -> anyhow::Result<std::process::Child> {
-        std::process::Command::new(&self.exe)
-            .args(&self.args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting a lockstep serve process")
+    /// `lockstep mcp` (the benchmark's tasks are agent tasks: one worker slot is plenty).
+    fn mcp_stdio(mut self) -> (std::path::PathBuf, Vec<std::ffi::OsString>) {
+        self.args
+            .extend(["mcp".into(), "--workers".into(), "1".into()]);
+        (self.exe, self.args)
     }
+}
+
+fn spawn(command: &Lockstep) -> anyhow::Result<std::process::Child> {
+    std::process::Command::new(&command.exe)
+        .args(&command.args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting a lockstep serve process")
 }
