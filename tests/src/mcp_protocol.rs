@@ -1,8 +1,9 @@
 //! The MCP wire contract as a raw client meets it, on both transports:
 //! malformed JSON-RPC gets a JSON-RPC error (never silence, never a text
 //! page), loopback browser origins are served, ending a session answers
-//! 200, and every tool's schemas use only what every client's validator
-//! understands.
+//! 200, a dropped event stream is resumed with `Last-Event-ID`, and every
+//! tool's schemas use only what every client's validator understands (and
+//! output schemas stay flat).
 
 use crate::harness::{cli_bin, test_cache_dir};
 use crate::mcp_harness::*;
@@ -508,4 +509,135 @@ async fn no_auth_serves_only_loopback_and_acts_as_the_tenant() {
             .await
             .is_err()
     );
+}
+
+/// The SSE events of `body` read so far: (id, data) per event.
+fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|event| {
+            let mut id = None;
+            let mut data = String::new();
+            for line in event.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            (id, data)
+        })
+        .collect()
+}
+
+/// Read `response`'s SSE body until an event whose data is the JSON-RPC
+/// response to request `id`; every event read, and that response.
+async fn read_until_response(
+    response: &mut reqwest::Response,
+    id: i64,
+) -> (Vec<(Option<String>, String)>, Option<Value>) {
+    let mut body = String::new();
+    loop {
+        let events = sse_events(&body);
+        let answer = events
+            .iter()
+            .filter_map(|(_, data)| serde_json::from_str::<Value>(data).ok())
+            .find(|v| v["id"] == id);
+        if answer.is_some() {
+            return (events, answer);
+        }
+        match tokio::time::timeout(Duration::from_secs(30), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => body.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => return (events, None),
+            Ok(Err(e)) => panic!("reading the event stream: {e}"),
+            Err(_) => panic!("no event for 30 s; read so far: {body:?}"),
+        }
+    }
+}
+
+/// The conformance suite's resume check (SEP-1699) needs its fixture tool
+/// `test_reconnection`; lockstep's own long call is wait_job. A client
+/// whose wait_job stream drops reconnects with `Last-Event-ID` and gets the
+/// answer, including a job that finished while it was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_wait_job_stream_is_resumed_with_last_event_id() {
+    let db = Db::new().await;
+    let token = db.create_token("acme");
+    let server = HttpServer::start(&db, &[]);
+    let agent = server.client(&token).await;
+    let plan = ok(
+        &agent,
+        "plan_task",
+        json!({ "goal": "g", "subtasks": [{ "title": "only", "instructions": "do it" }] }),
+    )
+    .await;
+    let job = plan["job_id"].as_i64().expect("job id");
+
+    let auth = format!("Bearer {token}");
+    let init = post(&server.url, INITIALIZE, &[("authorization", &auth)], None).await;
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .expect("session id")
+        .to_string();
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let initialized = post(
+        &server.url,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        &headers,
+        None,
+    )
+    .await;
+    assert_eq!(initialized.status(), 202);
+
+    let wait = json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "wait_job", "arguments": { "job_id": job, "timeout_seconds": 60 } } });
+    let mut stream = post(&server.url, &wait.to_string(), &headers, None).await;
+    assert_eq!(stream.status(), 200);
+    // The priming event: an id and no data, before anything else.
+    let mut body = String::new();
+    let primed = loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), stream.chunk())
+            .await
+            .expect("the priming event within 30 s")
+            .expect("the stream")
+            .expect("an event before the stream ends");
+        body.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some((Some(id), data)) = sse_events(&body).into_iter().next()
+            && body.contains("\n\n")
+        {
+            assert_eq!(data, "", "{body:?}");
+            break id;
+        }
+    };
+    drop(stream);
+
+    // While the client is away, the job finishes.
+    let claimed = ok(&agent, "claim_task", json!({ "job_id": job })).await;
+    let done = ok(
+        &agent,
+        "complete_task",
+        json!({ "task_id": claimed["task"]["task_id"], "attempt": claimed["task"]["attempt"], "summary": "done" }),
+    )
+    .await;
+    assert_eq!(done["job_state"], "succeeded");
+
+    let mut resumed = reqwest::Client::new()
+        .get(&server.url)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", &primed);
+    for (k, v) in headers {
+        resumed = resumed.header(k, v);
+    }
+    let mut resumed = resumed.send().await.expect("GET with Last-Event-ID");
+    assert_eq!(resumed.status(), 200);
+    let (events, answer) = read_until_response(&mut resumed, 7).await;
+    let answer = answer.unwrap_or_else(|| panic!("no answer to wait_job: {events:?}"));
+    let result = &answer["result"]["structuredContent"];
+    assert_eq!(result["finished"], true, "{answer}");
+    assert_eq!(result["job"]["state"], "succeeded", "{answer}");
+    assert_eq!(result["job"]["done"], 1, "{answer}");
 }
