@@ -10,6 +10,11 @@
 //! - **free text** — agent instructions, notes, reasons: anything printable
 //!   including newlines and tabs, bounded in bytes; no NUL.
 //!
+//! Guest text (what a handler returns, logs or describes) is not refused for
+//! its characters: it is bounded with [`cut`] before it is stored and
+//! escaped with [`printable`] before it is printed. What a handler hands
+//! back is bounded by the `MAX_*` limits below (errors, spawns, JSON depth).
+//!
 //! **Invariant:** a text accepted here is stored alike by SQLite and
 //! PostgreSQL (PostgreSQL `text` cannot hold NUL, SQLite can: without this
 //! check the two backends would disagree), and a text refused here is refused
@@ -128,4 +133,134 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// Longest error text of a task attempt that is stored, in bytes (a guest's
+/// own message, a trap with its panic message): longer ones are cut (see
+/// [`cut`]) before they reach the database, so a retried task adds at most
+/// this much per attempt.
+pub const MAX_ERROR_BYTES: usize = 4 * 1024;
+
+/// Most tasks one task may spawn (in one successful run).
+pub const MAX_SPAWNS_PER_TASK: usize = 10_000;
+
+/// Most bytes of input (JSON text) the tasks spawned by one task may hold
+/// together; each one also meets `--max-input-bytes`.
+pub const MAX_SPAWNED_BYTES_PER_TASK: usize = 16 << 20;
+
+/// Deepest nesting of arrays and objects accepted in task inputs and
+/// outputs: well inside what the guest SDK's JSON parser reads (serde_json
+/// stops at 128), so an accepted value can always be read back.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// `text` bounded to `max_bytes`: text that fits is returned as is, longer
+/// text is cut (at a character boundary) and ends in ` [cut: N bytes]`
+/// naming its full length, the whole at most `max_bytes` — so cutting again
+/// changes nothing. The one way guest text is bounded before it is stored.
+pub fn cut(mut text: String, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let marker = format!(" [cut: {} bytes]", text.len());
+    let mut at = max_bytes.saturating_sub(marker.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text.truncate(at);
+    text.push_str(&marker);
+    text
+}
+
+/// Whether `json` nests arrays and objects at most `max` levels deep.
+/// Counts brackets outside string literals without parsing (and without
+/// recursion), so a hostile value a million levels deep costs one pass; it
+/// does not check that the text is JSON.
+pub fn check_json_depth(json: &str, max: usize) -> Result<(), JsonTooDeep> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(JsonTooDeep { max });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A JSON value nested deeper than the limit. Displays as the end of a
+/// sentence: `output` + ` nests arrays and objects more than 64 levels deep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonTooDeep {
+    pub max: usize,
+}
+
+impl fmt::Display for JsonTooDeep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "nests arrays and objects more than {} levels deep",
+            self.max
+        )
+    }
+}
+
+impl std::error::Error for JsonTooDeep {}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+/// A byte count as people read it (`512 bytes`, `3 KiB`, `2.1 MiB`): the
+/// value in tenths of the unit as displayed, the unit, and the text.
+fn shown_size(bytes: u64) -> (u64, &'static str, String) {
+    let (unit, name) = if bytes >= MIB {
+        (MIB, "MiB")
+    } else if bytes >= KIB {
+        (KIB, "KiB")
+    } else {
+        return (bytes * 10, "bytes", format!("{bytes} bytes"));
+    };
+    // Tenths of the unit, rounded half up, as the text shows them.
+    let tenths = (u128::from(bytes) * 10 + u128::from(unit) / 2) / u128::from(unit);
+    let tenths = u64::try_from(tenths).unwrap_or(u64::MAX);
+    let text = if bytes.is_multiple_of(unit) {
+        format!("{} {name}", bytes / unit)
+    } else {
+        format!("{}.{} {name}", tenths / 10, tenths % 10)
+    };
+    (tenths, name, text)
+}
+
+/// A size and the limit it exceeds, rounded for people unless rounding would
+/// make them look equal (`1.0 MiB, larger than the 1 MiB limit`), in which
+/// case both are given in bytes.
+pub fn sizes_for_comparison(size: u64, limit: u64) -> (String, String) {
+    let (size_tenths, size_unit, size_text) = shown_size(size);
+    let (limit_tenths, limit_unit, limit_text) = shown_size(limit);
+    if size_unit == limit_unit && size_tenths <= limit_tenths {
+        (format!("{size} bytes"), format!("{limit}-byte"))
+    } else {
+        (size_text, limit_text)
+    }
+}
+
+/// A byte count as people read it: `512 bytes`, `3 KiB`, `2.1 MiB`.
+pub fn show_bytes(bytes: u64) -> String {
+    shown_size(bytes).2
 }

@@ -476,6 +476,7 @@ fn bench_throughput_host_noop_records_every_task_without_running_its_plugin() {
                     stage_name: "work".into(),
                     after: None,
                     limit: 1000,
+                    max_bytes: u64::MAX,
                 })
                 .await
                 .expect("outputs")

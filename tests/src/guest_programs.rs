@@ -6,8 +6,10 @@ use crate::plugin_support::{
     LineageContext, Logged, PluginDir, RecordingContext, assert_still_serving, attempts, request,
     run,
 };
+use lockstep::engine::JobProgress;
 use lockstep::guest_artifacts;
-use lockstep::plugin::{LogLevel, PluginHost, RunFailure, Spawn};
+use lockstep::model::TenantId;
+use lockstep::plugin::{LoadFailure, LogLevel, PluginHost, RunFailure, Spawn};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,10 +75,18 @@ async fn example_fanout_spawns_count_tasks_into_the_later_stage() {
             })
             .collect::<Vec<_>>()
     );
-    let (result, _) = run(&host, "example:fanout", json!({"count": 100_001})).await;
+    // The example, the SDK and the host agree on the most one task may spawn.
+    assert_eq!(lockstep::limits::MAX_SPAWNS_PER_TASK, 10_000);
+    assert_eq!(
+        lockstep::store::SPAWN_LIMIT,
+        lockstep::limits::MAX_SPAWNS_PER_TASK
+    );
+    let (result, _) = run(&host, "example:fanout", json!({"count": 10_000})).await;
+    assert_eq!(result.expect("the most").spawn.len(), 10_000);
+    let (result, _) = run(&host, "example:fanout", json!({"count": 10_001})).await;
     assert_eq!(
         result.expect_err("too many").to_string(),
-        "count 100001 is more than example:fanout spawns in one run (100000); split the work over several tasks"
+        "count 10001 is more than one task may spawn (10000); split the work over several tasks"
     );
 }
 
@@ -382,31 +392,19 @@ async fn hostile_open_socket_cannot_connect_resolve_or_listen() {
 /// on what reaches the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_log_flood_leaves_a_bounded_log_in_the_database() {
-    use lockstep::engine::{Engine, EngineConfig, WorkerConfig};
-    use lockstep::model::{EventKind, TenantId};
+    use lockstep::model::EventKind;
     use lockstep::plugin::{MAX_LOG_LINES, MAX_LOG_MESSAGE};
 
     let (dir, host) = host_with(guest_artifacts::HOSTILE_LOG_FLOOD, None).await;
-    let url = format!("sqlite://{}", dir.root.path().join("flood.db").display());
-    let store = lockstep::store::open(&url).await.expect("open store");
-    let engine = Engine::new(store, Arc::new(host), EngineConfig::default());
-    let tenant = TenantId("local".into());
-    let spec = lockstep::spec::parse_job_str(
+    let (engine, tenant, done) = run_job(
+        &dir,
+        host,
         "name = \"flood\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"hostile:log-flood\", timeout = \"5m\" }]\n",
-        lockstep::spec::Format::Toml,
-        &Default::default(),
     )
-    .expect("job parses");
-    let job = engine.submit(&tenant, spec).await.expect("submit").job_id;
-    let pool = engine.start_workers(WorkerConfig::default());
-    let done = engine
-        .wait(&tenant, job, Some(Duration::from_secs(240)), |_| {})
-        .await
-        .expect("wait");
-    pool.shutdown().await;
+    .await;
     assert_eq!(done.job.state, lockstep::model::JobState::Succeeded);
 
-    let logs: Vec<String> = crate::harness::all_events(&engine, &tenant, job)
+    let logs: Vec<String> = crate::harness::all_events(&engine, &tenant, done.job.job_id)
         .await
         .into_iter()
         .filter(|e| e.kind == EventKind::TaskLog)
@@ -415,7 +413,9 @@ async fn hostile_log_flood_leaves_a_bounded_log_in_the_database() {
     // 100 lines cut to 4 KiB, the host's note of the rest, and only the last
     // progress report (also cut).
     assert_eq!(logs.len(), MAX_LOG_LINES + 2);
-    let cut_line = format!("info: {} [cut: 5000 bytes]", "x".repeat(MAX_LOG_MESSAGE));
+    // Each cut to 4 KiB with its marker.
+    let kept = MAX_LOG_MESSAGE - " [cut: 5000 bytes]".len();
+    let cut_line = format!("info: {} [cut: 5000 bytes]", "x".repeat(kept));
     assert!(logs[..MAX_LOG_LINES].iter().all(|l| *l == cut_line));
     assert_eq!(
         logs[MAX_LOG_LINES],
@@ -423,7 +423,10 @@ async fn hostile_log_flood_leaves_a_bounded_log_in_the_database() {
     );
     assert_eq!(
         logs[MAX_LOG_LINES + 1],
-        format!("progress 20000/20000: {}", "x".repeat(MAX_LOG_MESSAGE))
+        format!(
+            "progress 20000/20000: {} [cut: 5000 bytes]",
+            "x".repeat(kept)
+        )
     );
 }
 
@@ -453,34 +456,35 @@ async fn hostile_infinite_loop_is_stopped_at_its_deadline() {
 
 #[tokio::test]
 async fn hostile_infinite_loop_does_not_hold_up_other_tasks() {
-    // One runtime thread: the spinning guest must yield so noop can run.
+    // One runtime thread and a loop granted a whole day: noop can only run
+    // (and finish) while the loop spins if the spinning guest yields.
     let (_dir, host) = host_with(
         guest_artifacts::HOSTILE_INFINITE_LOOP,
-        Some("timeout_ms = 2000\n"),
+        Some("timeout_ms = 86400000\n"),
     )
     .await;
     let host = Arc::new(host);
+    let cx = RecordingContext::new();
     let spinning = {
         let host = host.clone();
+        let cx = cx.clone();
         tokio::spawn(async move {
-            host.run(
-                request("hostile:infinite-loop", json!({})),
-                RecordingContext::new(),
-            )
-            .await
+            host.run(request("hostile:infinite-loop", json!({})), cx)
+                .await
         })
     };
+    // Let the loop start before noop asks for the thread.
     tokio::task::yield_now().await;
     assert_still_serving(&host).await;
     assert!(
         !spinning.is_finished(),
-        "noop finished while the loop was still spinning"
+        "the loop ended before its day was up: {:?}",
+        cx.lines()
     );
-    let err = spinning.await.expect("join").expect_err("stopped");
-    assert_eq!(
-        err.to_string(),
-        "handler hostile:infinite-loop exceeded its 2s deadline and was stopped"
-    );
+    // Dropping the run stops the guest; the host keeps serving.
+    spinning.abort();
+    assert!(spinning.await.expect_err("aborted").is_cancelled());
+    assert_still_serving(&host).await;
 }
 
 #[tokio::test]
@@ -630,4 +634,476 @@ async fn hostile_write_readonly_cannot_write_to_a_read_only_grant() {
         "first line\n"
     );
     assert_still_serving(&host).await;
+}
+
+// -------------------------------------------- what a guest hands the host
+
+/// A fresh SQLite database with `host`'s plugins (retries after 10 ms),
+/// the job `text` (JSON when it starts with `{`, else TOML) submitted and
+/// run to its end.
+async fn run_job(
+    dir: &PluginDir,
+    host: PluginHost,
+    text: &str,
+) -> (Arc<lockstep::engine::Engine>, TenantId, JobProgress) {
+    use lockstep::engine::{Engine, EngineConfig, WorkerConfig};
+    let url = format!("sqlite://{}", dir.root.path().join("job.db").display());
+    let store = lockstep::store::open(&url).await.expect("open store");
+    let config = EngineConfig {
+        retry_base: Duration::from_millis(10),
+        retry_cap: Duration::from_millis(10),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(store, Arc::new(host), config);
+    let tenant = TenantId("local".into());
+    let format = if text.starts_with('{') {
+        lockstep::spec::Format::Json
+    } else {
+        lockstep::spec::Format::Toml
+    };
+    let spec =
+        lockstep::spec::parse_job_str(text, format, &Default::default()).expect("job parses");
+    let job = engine.submit(&tenant, spec).await.expect("submit").job_id;
+    let pool = engine.start_workers(WorkerConfig::default());
+    let done = engine
+        .wait(&tenant, job, Some(Duration::from_secs(240)), |_| {})
+        .await
+        .expect("wait");
+    pool.shutdown().await;
+    assert!(done.job.state.is_terminal(), "{:?}", done.job);
+    (engine, tenant, done)
+}
+
+/// The dead tasks of a finished job: input → error.
+async fn dead_errors(
+    engine: &lockstep::engine::Engine,
+    tenant: &TenantId,
+    job: &JobProgress,
+) -> std::collections::BTreeMap<String, String> {
+    engine
+        .dead_tasks(tenant, job.job.job_id, 100)
+        .await
+        .expect("dead tasks")
+        .into_iter()
+        .map(|t| (t.input_json, t.error.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn hostile_oversize_output_past_its_grant_is_refused_and_a_grant_raises_the_limit() {
+    let (_dir, host) = host_with(guest_artifacts::HOSTILE_OVERSIZE, None).await;
+    let (result, _) = run(
+        &host,
+        "hostile:oversize",
+        json!({"output_bytes": 2_000_000}),
+    )
+    .await;
+    let err = result.expect_err("past the default 1 MiB");
+    assert_eq!(
+        err,
+        RunFailure::Fatal(
+            "handler hostile:oversize returned an output of 1.9 MiB, larger than the 1 MiB limit of its plugin (raise it with max_output_bytes in the plugin's grants file)".into()
+        )
+    );
+    assert!(!err.is_retryable());
+    let (result, _) = run(&host, "hostile:oversize", json!({"output_bytes": 1 << 20})).await;
+    assert_eq!(result.expect("exactly the limit").output.len(), 1 << 20);
+    assert_still_serving(&host).await;
+
+    let (_dir, host) = host_with(
+        guest_artifacts::HOSTILE_OVERSIZE,
+        Some("max_output_bytes = 4194304\n"),
+    )
+    .await;
+    let (result, _) = run(
+        &host,
+        "hostile:oversize",
+        json!({"output_bytes": 2_000_000}),
+    )
+    .await;
+    assert_eq!(result.expect("granted").output.len(), 2_000_000);
+}
+
+/// Far past every limit (40 MiB, under the guest's 256 MiB): wasmtime
+/// refuses to copy it at all, for outputs and error texts alike.
+#[tokio::test]
+async fn hostile_oversize_results_past_the_call_budget_are_refused_before_they_are_copied() {
+    let (_dir, host) = host_with(
+        guest_artifacts::HOSTILE_OVERSIZE,
+        Some("memory_mib = 256\n"),
+    )
+    .await;
+    let budget = lockstep::plugin::host::run_budget(&lockstep::plugin::Grants::default());
+    assert_eq!(budget, 23_731_328);
+    for input in [
+        json!({"output_bytes": 40 << 20}),
+        json!({"error_bytes": 40 << 20, "retryable": true}),
+    ] {
+        let (result, _) = run(&host, "hostile:oversize", input).await;
+        let err = result.expect_err("too much");
+        assert_eq!(
+            err,
+            RunFailure::TooMuchData {
+                handler: "hostile:oversize".into(),
+                limit_bytes: budget as u64,
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "handler hostile:oversize tried to hand the host more than 22.6 MiB in one call and was stopped (outputs are limited by max_output_bytes in its grants file, spawned inputs to 16 MiB per task)"
+        );
+        assert!(!err.is_retryable(), "the same input fails the same way");
+    }
+    assert_still_serving(&host).await;
+}
+
+/// A retried 1 MB error is stored cut to 4 KiB, once per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_oversize_error_text_is_cut_before_it_is_stored() {
+    use lockstep::limits::MAX_ERROR_BYTES;
+    let (dir, host) = host_with(guest_artifacts::HOSTILE_OVERSIZE, None).await;
+    let (engine, tenant, done) = run_job(
+        &dir,
+        host,
+        "name = \"errors\"\n[[stages]]\nname = \"s\"\nmax_attempts = 3\ntasks = [{ handler = \"hostile:oversize\", input = { error_bytes = 1000000, retryable = true } }]\n",
+    )
+    .await;
+    assert_eq!(done.job.state, lockstep::model::JobState::Failed);
+    let marker = " [cut: 1000000 bytes]";
+    let cut = format!("{}{marker}", "e".repeat(MAX_ERROR_BYTES - marker.len()));
+    assert_eq!(cut.len(), MAX_ERROR_BYTES);
+    let errors = dead_errors(&engine, &tenant, &done).await;
+    assert_eq!(errors.values().collect::<Vec<_>>(), vec![&cut]);
+    let details: Vec<String> = crate::harness::all_events(&engine, &tenant, done.job.job_id)
+        .await
+        .into_iter()
+        .filter_map(|e| e.detail)
+        .filter(|d| d.starts_with("eee"))
+        .collect();
+    let expected = [
+        format!("{cut} (attempt 1 of 3, retry at "),
+        format!("{cut} (attempt 2 of 3, retry at "),
+        format!("{cut} (attempt 3 of 3, no attempts left)"),
+    ];
+    assert_eq!(details.len(), expected.len(), "{details:?}");
+    for (got, want) in details.iter().zip(&expected) {
+        assert!(got.starts_with(want.as_str()), "{got}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_oversize_spawned_inputs_meet_the_limits_of_submitted_ones() {
+    let (dir, host) = host_with(
+        guest_artifacts::HOSTILE_OVERSIZE,
+        Some("memory_mib = 128\n"),
+    )
+    .await;
+    let (engine, tenant, done) = run_job(
+        &dir,
+        host,
+        r#"name = "spawns"
+[[stages]]
+name = "first"
+on_failure = "continue"
+tasks = [
+  { handler = "hostile:oversize", input = { spawns = 1, spawn_bytes = 2000000 } },
+  { handler = "hostile:oversize", input = { spawns = 20, spawn_bytes = 1000000 } },
+  { handler = "hostile:oversize", input = { spawns = 1, spawn_depth = 65 } },
+  { handler = "hostile:oversize", input = { spawns = 3, spawn_bytes = 1000 } },
+]
+[[stages]]
+name = "next"
+"#,
+    )
+    .await;
+    let errors = dead_errors(&engine, &tenant, &done).await;
+    assert_eq!(
+        errors,
+        [
+            (
+                r#"{"spawn_bytes":2000000,"spawns":1}"#,
+                "spawned task 0 has an input of 1.9 MiB, larger than the 1 MiB limit (raise it with --max-input-bytes)",
+            ),
+            (
+                r#"{"spawn_bytes":1000000,"spawns":20}"#,
+                "handler hostile:oversize spawned tasks whose inputs total 19.1 MiB, more than the 16 MiB one task may spawn; split the work over several tasks",
+            ),
+            (
+                r#"{"spawn_depth":65,"spawns":1}"#,
+                "spawned task 0 has an input that nests arrays and objects more than 64 levels deep",
+            ),
+        ]
+        .into_iter()
+        .map(|(input, error)| (input.to_owned(), error.to_owned()))
+        .collect()
+    );
+    // Only the task within the limits spawned (three tasks, all run).
+    let next = engine
+        .stage_outputs(&tenant, done.job.job_id, "next", 10)
+        .await
+        .expect("outputs");
+    assert_eq!(next.len(), 3);
+}
+
+#[tokio::test]
+async fn hostile_oversize_deep_output_is_refused_and_the_deepest_accepted_reads_back() {
+    let (_dir, host) = host_with(guest_artifacts::HOSTILE_OVERSIZE, None).await;
+    let (result, _) = run(&host, "hostile:oversize", json!({"depth": 100_000})).await;
+    assert_eq!(
+        result.expect_err("too deep"),
+        RunFailure::Fatal(
+            "handler hostile:oversize returned output that nests arrays and objects more than 64 levels deep".into()
+        )
+    );
+    let depth = lockstep::limits::MAX_JSON_DEPTH;
+    let (result, _) = run(&host, "hostile:oversize", json!({"depth": depth})).await;
+    let output = result.expect("the deepest accepted").output;
+    // The SDK reads outputs with serde_json, which reads this back.
+    serde_json::from_str::<serde_json::Value>(&output).expect("readable");
+    assert_still_serving(&host).await;
+
+    // A submitted input is held to the same depth.
+    let store = lockstep::store::open(&format!(
+        "sqlite://{}",
+        _dir.root.path().join("deep.db").display()
+    ))
+    .await
+    .expect("store");
+    let engine = lockstep::engine::Engine::new(
+        store,
+        Arc::new(host),
+        lockstep::engine::EngineConfig::default(),
+    );
+    let deep = format!("{}{}", "[".repeat(depth + 1), "]".repeat(depth + 1));
+    let spec = lockstep::spec::parse_job_str(
+        &format!(
+            r#"{{"name": "deep", "stages": [{{"name": "s", "tasks": [{{"handler": "example:noop", "input": {deep}}}]}}]}}"#
+        ),
+        lockstep::spec::Format::Json,
+        &Default::default(),
+    )
+    .expect("parses");
+    let err = engine
+        .submit(&TenantId("local".into()), spec)
+        .await
+        .expect_err("too deep");
+    assert_eq!(
+        err.to_string(),
+        "/stages/0/tasks/0/input: input nests arrays and objects more than 64 levels deep"
+    );
+}
+
+/// Six outputs of 900,000 bytes: a page stops once it holds 4 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_lineage_probe_pages_are_bounded_by_bytes_as_well_as_count() {
+    let dir = PluginDir::new();
+    dir.add(guest_artifacts::EXAMPLE_NOOP);
+    dir.add(guest_artifacts::HOSTILE_OVERSIZE);
+    dir.add(guest_artifacts::HOSTILE_LINEAGE_PROBE);
+    let (host, report) = dir.load().await;
+    assert_eq!(report.failures, vec![]);
+    let task = r#"{ handler = "hostile:oversize", input = { output_bytes = 900000 } }"#;
+    let (engine, tenant, done) = run_job(
+        &dir,
+        host,
+        &format!(
+            "name = \"pages\"\n[[stages]]\nname = \"first\"\ntasks = [{}]\n[[stages]]\nname = \"second\"\ntasks = [{{ handler = \"hostile:lineage-probe\", input = {{ stage = \"first\" }} }}]\n",
+            [task; 6].join(", ")
+        ),
+    )
+    .await;
+    assert_eq!(done.job.state, lockstep::model::JobState::Succeeded);
+    let outputs = engine
+        .stage_outputs(&tenant, done.job.job_id, "second", 1)
+        .await
+        .expect("outputs");
+    assert_eq!(outputs[0].1, r#"{"pages":[5,1]}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_lineage_probe_after_past_i64_max_is_refused_not_wrapped() {
+    let (dir, host) = host_with(guest_artifacts::HOSTILE_LINEAGE_PROBE, None).await;
+    let (engine, tenant, done) = run_job(
+        &dir,
+        host,
+        // JSON: a TOML integer cannot hold 2^63.
+        r#"{"name": "wrap", "stages": [
+            {"name": "first", "tasks": [{"handler": "example:noop"}, {"handler": "example:noop"}]},
+            {"name": "second", "tasks": [{"handler": "hostile:lineage-probe",
+                "input": {"stage": "first", "after": 9223372036854775808}}]}
+        ]}"#,
+    )
+    .await;
+    assert_eq!(done.job.state, lockstep::model::JobState::Failed);
+    assert_eq!(
+        dead_errors(&engine, &tenant, &done)
+            .await
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![
+            "after 9223372036854775808 is not a task id: task ids are at most 9223372036854775807"
+        ]
+    );
+}
+
+// ------------------------------------------------- describe() misbehaving
+
+/// A plugin directory with example:noop and `hostile:describe` granted a
+/// `/config` directory whose `mode` file says how to misbehave, plus
+/// `grants` (TOML top-level keys).
+fn describe_dir(mode: &str, grants: &str) -> (PluginDir, std::path::PathBuf) {
+    let dir = PluginDir::new();
+    dir.add(guest_artifacts::EXAMPLE_NOOP);
+    let config = dir.mkdir("config");
+    std::fs::write(config.join("mode"), mode).expect("write mode");
+    let wasm = dir.add(guest_artifacts::HOSTILE_DESCRIBE);
+    dir.grant(
+        &wasm,
+        &format!(
+            "{grants}\n[[dirs]]\nhost = {:?}\nguest = \"/config\"\n",
+            config.display().to_string()
+        ),
+    );
+    (dir, wasm)
+}
+
+/// Loads `dir`, failing (rather than hanging) if the load never finishes.
+async fn load_within_two_minutes(dir: &PluginDir) -> (PluginHost, lockstep::plugin::LoadReport) {
+    tokio::time::timeout(Duration::from_secs(120), dir.load())
+        .await
+        .expect("the load finishes")
+}
+
+#[tokio::test]
+async fn hostile_describe_that_never_returns_is_given_up_on_and_remembered() {
+    // Its grant allows a task a whole day; describe() gets 5 s.
+    let (dir, wasm) = describe_dir("hang", "timeout_ms = 86400000");
+    let (host, report) = load_within_two_minutes(&dir).await;
+    assert_eq!(host.handler_names(), vec!["example:noop"]);
+    assert_eq!(
+        report.failures,
+        vec![LoadFailure {
+            path: wasm.clone(),
+            reason: "describe() did not return within 5s".into(),
+        }]
+    );
+    assert_still_serving(&host).await;
+    // The next start does not pay again: the failure is remembered by digest.
+    let (_, report) = load_within_two_minutes(&dir).await;
+    let reason = &report.failures[0].reason;
+    assert!(
+        reason.starts_with(
+            "describe() did not return within 5s (remembered from an earlier load; delete "
+        ),
+        "{reason}"
+    );
+    assert!(reason.ends_with(".failed to try again)"), "{reason}");
+}
+
+#[tokio::test]
+async fn hostile_describe_claiming_a_taken_name_is_refused_and_the_rest_still_serve() {
+    let (dir, wasm) = describe_dir("claim:example:noop", "");
+    let (host, report) = load_within_two_minutes(&dir).await;
+    assert_eq!(
+        report.failures,
+        vec![LoadFailure {
+            path: wasm,
+            reason: format!(
+                "it provides handler \"example:noop\", which {} already provides; this plugin was not loaded (remove or rename one of them)",
+                dir.plugins().join("example-noop.wasm").display()
+            ),
+        }]
+    );
+    assert_eq!(host.handler_names(), vec!["example:noop"]);
+    assert_still_serving(&host).await;
+}
+
+#[tokio::test]
+async fn hostile_describe_listing_too_many_handlers_or_too_long_a_description_is_refused() {
+    for (mode, reason) in [
+        (
+            "handlers:100000",
+            "describe() lists 100000 handlers, more than the 1000 one plugin may provide",
+        ),
+        (
+            "description-bytes:8388608",
+            "describe() gives handler \"hostile:describe\" a description of 8 MiB, longer than the 4 KiB limit",
+        ),
+        (
+            "description-bytes:33554432",
+            "describe() returned more than 16 MiB and was stopped",
+        ),
+    ] {
+        let (dir, wasm) = describe_dir(mode, "memory_mib = 128");
+        let (host, report) = load_within_two_minutes(&dir).await;
+        assert_eq!(
+            report.failures,
+            vec![LoadFailure {
+                path: wasm,
+                reason: reason.into(),
+            }],
+            "{mode}"
+        );
+        assert_eq!(host.handler_names(), vec!["example:noop"]);
+    }
+    // The most a plugin may provide registers.
+    let (dir, _) = describe_dir("handlers:1000", "");
+    let (host, report) = load_within_two_minutes(&dir).await;
+    assert_eq!(report.failures, vec![]);
+    assert_eq!(host.handler_names().len(), 1001);
+}
+
+// ------------------------------------------------ guest text on a terminal
+
+/// Every place the CLI prints what the guest wrote: `plugins list`, `exec`
+/// (its log lines and its error), `run`, `events`, `task`.
+#[tokio::test]
+async fn hostile_terminal_escape_text_is_escaped_wherever_it_is_printed() {
+    let dir = PluginDir::new();
+    dir.add(guest_artifacts::EXAMPLE_NOOP);
+    dir.add(guest_artifacts::HOSTILE_TERMINAL_ESCAPE);
+    let db = format!("sqlite://{}", dir.root.path().join("cli.db").display());
+    let job = dir.root.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "name = \"escape\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"hostile:terminal-escape\" }]\n",
+    )
+    .expect("job file");
+    let lockstep = |args: &[&str]| {
+        std::process::Command::new(crate::harness::cli_bin())
+            .args(["--db", &db, "--plugins"])
+            .arg(dir.plugins())
+            .arg("--cache-dir")
+            .arg(dir.cache())
+            .args(args)
+            .output()
+            .expect("run lockstep")
+    };
+    let job_path = job.display().to_string();
+    let mut printed = String::new();
+    for args in [
+        &["plugins", "list"][..],
+        &["exec", "hostile:terminal-escape"],
+        &["run", &job_path],
+        &["events", "1"],
+        &["task", "1"],
+    ] {
+        let out = lockstep(args);
+        for stream in [&out.stdout, &out.stderr] {
+            let text = String::from_utf8_lossy(stream);
+            assert!(
+                !text.contains(['\u{1b}', '\u{7}', '\r']),
+                "{args:?} printed a control character: {text:?}"
+            );
+            printed.push_str(&text);
+        }
+    }
+    for escaped in [
+        "\\u{1b}[2J\\u{1b}[H\\u{1b}[32mALL PLUGINS VERIFIED OK\\u{1b}[0m\\u{7} hostile description",
+        "\\u{1b}[2J\\u{1b}[Hlog: ALL TASKS SUCCEEDED\\u{7}",
+        "\\u{1b}]0;fake title\\u{7}progress\\r",
+        "\\u{1b}[31mfailed\\u{1b}[0m\\r\\u{1b}[2Kerror: nothing failed",
+    ] {
+        assert!(printed.contains(escaped), "{escaped} not in {printed}");
+    }
 }

@@ -296,6 +296,7 @@ async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlo
                     stage_name: "process".to_string(),
                     after,
                     limit: 300,
+                    max_bytes: u64::MAX,
                 })
                 .await
                 .expect("stage results");

@@ -73,13 +73,21 @@ impl Context {
     /// Adds a task to a *later* stage of the same job, run by `handler` with
     /// `input` (serialized to JSON). The host commits spawned tasks together
     /// with this task's output, only if the run succeeds; spawning into the
-    /// current or an earlier stage fails the task fatally.
+    /// current or an earlier stage fails the task fatally. A run may spawn at
+    /// most [`crate::MAX_SPAWNS`] tasks, whose inputs meet the host's
+    /// `--max-input-bytes` each and 16 MiB together.
     pub fn spawn(
         &self,
         stage: &str,
         handler: &str,
         input: &impl Serialize,
     ) -> Result<(), TaskError> {
+        if self.spawned.borrow().len() >= crate::MAX_SPAWNS {
+            return Err(TaskError::fatal(format!(
+                "a task may spawn at most {} tasks; split the work over several tasks",
+                crate::MAX_SPAWNS
+            )));
+        }
         let input = serde_json::to_string(input).map_err(|e| {
             TaskError::fatal(format!(
                 "the input of a task spawned into stage `{stage}` could not be encoded as JSON: {e}"

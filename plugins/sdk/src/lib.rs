@@ -53,6 +53,14 @@ mod error;
 pub use context::{Context, StageResult, StageResults};
 pub use error::TaskError;
 
+/// The most tasks one run may spawn: the host fails a run that spawns more
+/// (and [`Context::spawn`] refuses the one past it).
+pub const MAX_SPAWNS: usize = 10_000;
+
+/// The deepest nesting of arrays and objects the host accepts in an output
+/// or a spawned input (serde_json, which the SDK reads with, stops at 128).
+pub const MAX_JSON_DEPTH: usize = 64;
+
 /// Severity of a log line written with [`Context::log`].
 pub use bindings::lockstep::plugin::types::LogLevel;
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How many tasks the fan-out stage spawns.
-    #[arg(long, default_value_t = 1000)]
+    /// How many tasks the fan-out stage spawns (1 to 10000, the most one task may spawn).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=crate::limits::MAX_SPAWNS_PER_TASK as i64))]
     count: u32,
     /// Tasks run concurrently.
     #[arg(long, default_value_t = 64)]
@@ -175,7 +175,7 @@ fn finish(progress: &JobProgress) -> CliResult {
                 .job
                 .error
                 .as_deref()
-                .map(|e| format!(": {e}"))
+                .map(|e| format!(": {}", printable(e)))
                 .unwrap_or_default()
         ))),
     }
@@ -286,7 +286,11 @@ async fn print_stage_outputs(
     limit: u32,
 ) -> CliResult {
     for (task, output) in engine.stage_outputs(&ctx.tenant, job, stage, limit).await? {
-        println!("result of task {} ({stage}): {output}", task.0);
+        println!(
+            "result of task {} ({stage}): {}",
+            task.0,
+            printable(&output)
+        );
     }
     Ok(())
 }
@@ -357,7 +361,7 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
     println!("  {}", p.summary_line());
     print_stages(&p);
     if let Some(err) = &p.job.error {
-        println!("  error: {err}");
+        println!("  error: {}", printable(err));
     }
     let wasm: Vec<&str> = waiting
         .iter()
@@ -440,7 +444,7 @@ pub async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult {
                     e.task_id
                         .map(|t| t.0.to_string())
                         .unwrap_or_else(|| "-".into()),
-                    e.detail.unwrap_or_default()
+                    printable(e.detail.as_deref().unwrap_or_default())
                 );
             }
         }
@@ -481,19 +485,22 @@ pub async fn task(ctx: &Ctx, args: TaskArgs) -> CliResult {
     );
     println!("  handler  {}", t.handler);
     println!("  attempt  {}/{}", t.attempt, t.max_attempts);
-    println!("  input    {}", t.input_json);
+    println!("  input    {}", printable(&t.input_json));
     if let Some(o) = &t.output_json {
-        println!("  output   {o}");
+        println!("  output   {}", printable(o));
     }
     if let Some(e) = &t.error {
-        println!("  error    {e}");
+        println!("  error    {}", printable(e));
     }
     // What the handler logged, newest attempts last (`lockstep events` has all).
     let events = engine
         .task_events(&ctx.tenant, TaskId(args.task), TASK_LOG_LINES)
         .await?;
     for e in events.iter().filter(|e| e.kind == EventKind::TaskLog) {
-        println!("  log      {}", e.detail.as_deref().unwrap_or_default());
+        println!(
+            "  log      {}",
+            printable(e.detail.as_deref().unwrap_or_default())
+        );
     }
     Ok(())
 }

@@ -32,7 +32,8 @@ pub struct Cli {
     /// (falls back to $DATABASE_URL when neither the flag nor $LOCKSTEP_DB is set).
     #[arg(long, global = true, env = "LOCKSTEP_DB")]
     db: Option<String>,
-    /// Plugin directory to scan for *.wasm (repeatable; default ./plugins or $LOCKSTEP_PLUGINS).
+    /// Plugin directory to scan for *.wasm (repeatable; default ./plugins or $LOCKSTEP_PLUGINS);
+    /// the limits plugins meet are listed by `lockstep plugins --help`.
     #[arg(long = "plugins", global = true, value_name = "DIR")]
     plugins: Vec<PathBuf>,
     /// Where compiled plugins are cached (default $XDG_CACHE_HOME/lockstep).
@@ -44,7 +45,7 @@ pub struct Cli {
     /// Refuse to start when any plugin fails to load.
     #[arg(long, global = true)]
     strict: bool,
-    /// Largest task input accepted at submit, in bytes (as JSON text).
+    /// Largest task input accepted at submit and from a spawning handler, in bytes (as JSON text).
     #[arg(long, global = true, default_value_t = 1024 * 1024)]
     max_input_bytes: u64,
     /// Most tasks a job may hold at submit.
@@ -90,7 +91,7 @@ enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Inspect the plugins found in the plugin directories.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = crate::plugin::inspect::limits_help())]
     Plugins(plugins::PluginsCommand),
     /// Run one task in the sandbox and print its output (for plugin authors).
     Exec(plugins::ExecArgs),
@@ -175,8 +176,12 @@ impl Ctx {
         let (host, report) = PluginHost::load(self.plugin_config())
             .await
             .map_err(anyhow::Error::new)?;
+        // Reasons may quote guest text (a describe() panic message).
         for failure in &report.failures {
-            eprintln!("warning: {failure}");
+            eprintln!(
+                "warning: {}",
+                crate::limits::printable(&failure.to_string())
+            );
         }
         Ok(Arc::new(host))
     }

@@ -1,6 +1,7 @@
 //! `lockstep plugins …` and `lockstep exec`: for operators and plugin authors.
 
 use super::{CliResult, Ctx, Failure};
+use crate::limits::printable;
 use crate::plugin::{CheckReport, RunRequest, StandaloneContext};
 use crate::template::{self, Language, ProjectName};
 use anyhow::Context as _;
@@ -190,20 +191,6 @@ fn render_check(report: &CheckReport) -> String {
     out
 }
 
-/// Guest text with control characters escaped, so a description cannot
-/// rewrite the operator's terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 pub async fn exec(ctx: &Ctx, args: ExecArgs) -> CliResult {
     let input: serde_json::Value = serde_json::from_str(&args.input)
         .map_err(|e| Failure::BadInput(anyhow::anyhow!("--input is not valid JSON: {e}")))?;
@@ -221,15 +208,20 @@ pub async fn exec(ctx: &Ctx, args: ExecArgs) -> CliResult {
     };
     match host.run(req, Arc::new(StandaloneContext)).await {
         Ok(outcome) => {
-            println!("{}", outcome.output);
+            println!("{}", printable(&outcome.output));
             for s in outcome.spawn {
                 eprintln!(
                     "would spawn into stage {:?}: {} {}",
-                    s.stage, s.handler, s.input
+                    s.stage,
+                    printable(&s.handler),
+                    printable(&s.input)
                 );
             }
             Ok(())
         }
-        Err(failure) => Err(Failure::JobFailed(format!("task failed: {failure}"))),
+        Err(failure) => Err(Failure::JobFailed(format!(
+            "task failed: {}",
+            printable(&failure.to_string())
+        ))),
     }
 }

@@ -368,6 +368,7 @@ impl Engine {
                 stage_name: stage.to_string(),
                 after: None,
                 limit,
+                max_bytes: crate::plugin::STAGE_RESULTS_PAGE_BYTES,
             })
             .await?)
     }

@@ -2,8 +2,9 @@
 //! lineage reads go to the store, cancellation is read from the job's state,
 //! and what the handler logs is kept to be recorded with its result.
 
+use crate::limits::printable;
 use crate::model::{JobId, JobState, TaskId, TenantId};
-use crate::plugin::{LogLevel, TaskContext};
+use crate::plugin::{LogLevel, STAGE_RESULTS_PAGE_BYTES, STAGE_RESULTS_PAGE_MAX, TaskContext};
 use crate::store::{GetJob, StageResults, Store};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,12 +86,13 @@ impl JobTaskContext {
 impl TaskContext for JobTaskContext {
     fn log(&self, level: LogLevel, message: &str) {
         let (job, task) = (self.job.0, self.task.0);
+        let shown = printable(message);
         match level {
-            LogLevel::Error => tracing::error!(job, task, "{message}"),
-            LogLevel::Warn => tracing::warn!(job, task, "{message}"),
-            LogLevel::Info => tracing::info!(job, task, "{message}"),
-            LogLevel::Debug => tracing::debug!(job, task, "{message}"),
-            LogLevel::Trace => tracing::trace!(job, task, "{message}"),
+            LogLevel::Error => tracing::error!(job, task, "{shown}"),
+            LogLevel::Warn => tracing::warn!(job, task, "{shown}"),
+            LogLevel::Info => tracing::info!(job, task, "{shown}"),
+            LogLevel::Debug => tracing::debug!(job, task, "{shown}"),
+            LogLevel::Trace => tracing::trace!(job, task, "{shown}"),
         }
         self.log
             .lock()
@@ -105,7 +107,8 @@ impl TaskContext for JobTaskContext {
             task = self.task.0,
             done,
             total,
-            "{message}"
+            "{}",
+            printable(message)
         );
         // Only the latest report is kept: progress is a state, not a history.
         let report = format!("progress {done}/{total}: {message}");
@@ -121,6 +124,11 @@ impl TaskContext for JobTaskContext {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<(u64, String)>, String> {
+        let after = match after.map(i64::try_from) {
+            None => None,
+            Some(Ok(after)) => Some(TaskId(after)),
+            Some(Err(_)) => return Err("after is not a task id".to_owned()),
+        };
         let rows = self
             .store
             .stage_results(StageResults {
@@ -128,8 +136,9 @@ impl TaskContext for JobTaskContext {
                 job: self.job,
                 from_stage_position: self.stage_position,
                 stage_name: stage.to_string(),
-                after: after.map(|a| TaskId(a as i64)),
-                limit: limit.clamp(1, 1000),
+                after,
+                limit: limit.clamp(1, STAGE_RESULTS_PAGE_MAX),
+                max_bytes: STAGE_RESULTS_PAGE_BYTES,
             })
             .await
             .map_err(|e| e.to_string())?;

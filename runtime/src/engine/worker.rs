@@ -29,6 +29,7 @@
 use super::backoff::retry_delay;
 use super::task_context::JobTaskContext;
 use super::{Engine, now_millis};
+use crate::limits::{MAX_ERROR_BYTES, MAX_JSON_DEPTH, check_json_depth, cut, sizes_for_comparison};
 use crate::model::{Executor, LeaseToken, TenantId};
 use crate::plugin::RunRequest;
 use crate::store::{
@@ -409,11 +410,11 @@ async fn run_task(
             },
         },
         Some(Err(failure)) if !failure.is_retryable() => TaskResult::Fatal {
-            error: failure.to_string(),
+            error: cut(failure.to_string(), MAX_ERROR_BYTES),
             output_json: None,
         },
         Some(Err(failure)) => TaskResult::Retryable {
-            error: failure.to_string(),
+            error: cut(failure.to_string(), MAX_ERROR_BYTES),
             retry_after: retry_delay(
                 task.lease.attempt,
                 engine.config().retry_base,
@@ -442,17 +443,29 @@ fn host_noop(task: ClaimedTask) -> Completion {
     }
 }
 
-/// Spawned tasks must name a registered handler and match its input schema,
-/// or the spawning task fails fatally: a task for an unknown handler would
-/// otherwise wait forever.
+/// Spawned tasks must meet the limits of submitted ones (`--max-input-bytes`,
+/// JSON nesting), name a registered handler and match its input schema, or
+/// the spawning task fails fatally: a task for an unknown handler would
+/// otherwise wait forever. (The plugin host already bounded how many there
+/// are and their bytes in all.)
 fn spawns_for(
     engine: &Engine,
     task: &ClaimedTask,
     spawns: Vec<crate::plugin::Spawn>,
 ) -> Result<Vec<SpawnTask>, String> {
     let plugins = engine.plugins();
+    let max_input = engine.config().limits.max_input_bytes;
     let mut out = Vec::with_capacity(spawns.len());
     for (i, s) in spawns.into_iter().enumerate() {
+        let size = s.input.len() as u64;
+        if size > max_input {
+            let (size, limit) = sizes_for_comparison(size, max_input);
+            return Err(format!(
+                "spawned task {i} has an input of {size}, larger than the {limit} limit (raise it with --max-input-bytes)"
+            ));
+        }
+        check_json_depth(&s.input, MAX_JSON_DEPTH)
+            .map_err(|e| format!("spawned task {i} has an input that {e}"))?;
         let input: serde_json::Value = serde_json::from_str(&s.input)
             .map_err(|e| format!("spawned task {i} has input that is not JSON: {e}"))?;
         plugins.validate_input(&s.handler, &input).map_err(|e| {

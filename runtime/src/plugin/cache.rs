@@ -18,6 +18,12 @@
 //!   then fails verification and is rebuilt).
 //! - A cache that cannot be written (read-only directory, full disk) costs
 //!   a recompile at the next start, never a failed load.
+//!
+//! The cache also remembers plugins whose `describe()` failed
+//! (`<key>-<settings>.failed`, holding the reason), so a plugin that hangs
+//! or traps at registration costs its deadline once, not at every start.
+//! The key names the file's content and the settings `describe()` ran under
+//! (memory, deadline): a changed file or grant is tried again.
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -104,6 +110,36 @@ impl CompileCache {
     pub fn artifact_path(&self, wasm_sha256: &str) -> PathBuf {
         self.dir
             .join(format!("{wasm_sha256}-{}.cwasm", self.engine_key))
+    }
+
+    /// Where the failed `describe()` of a plugin with this content hash,
+    /// run under `settings`, is remembered.
+    pub fn failure_path(&self, wasm_sha256: &str, settings: &str) -> PathBuf {
+        self.dir.join(format!(
+            "{wasm_sha256}-{}-{settings}.failed",
+            self.engine_key
+        ))
+    }
+
+    /// The reason an earlier load gave for refusing this plugin, if any.
+    pub(crate) fn remembered_failure(&self, wasm_sha256: &str, settings: &str) -> Option<String> {
+        let path = self.failure_path(wasm_sha256, settings);
+        let bytes = super::discovery::read_regular_file(&path, 64 * 1024).ok()?;
+        String::from_utf8(bytes).ok()
+    }
+
+    /// Remember why this plugin was refused (best effort: a cache that
+    /// cannot be written costs the failure again at the next start).
+    pub(crate) fn remember_failure(&self, wasm_sha256: &str, settings: &str, reason: &str) {
+        let path = self.failure_path(wasm_sha256, settings);
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| write_atomically(&path, reason.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(
+                "cannot remember a failed plugin in {}: {e}; it will be tried again at the next start",
+                path.display()
+            );
+        }
     }
 
     fn checksum_path(artifact: &Path) -> PathBuf {

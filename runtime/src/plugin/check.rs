@@ -13,6 +13,7 @@
 
 use super::PluginError;
 use super::cache::{CompileCache, sha256_hex};
+use super::discovery::{MAX_PLUGIN_FILE_BYTES, read_regular_file};
 use super::grants::Grants;
 use super::host::{PluginHost, plugin_linker};
 use super::instance_state::RunState;
@@ -87,10 +88,10 @@ pub async fn check_file(path: &Path, cache_dir: Option<&Path>) -> Result<CheckRe
         handlers: Vec::new(),
         problems: Vec::new(),
     };
-    let wasm = match read_plugin_file(path) {
+    let wasm = match read_regular_file(path, MAX_PLUGIN_FILE_BYTES) {
         Ok(wasm) => wasm,
         Err(problem) => {
-            report.problems.push(problem);
+            report.problems.push(problem.to_string());
             return Ok(report);
         }
     };
@@ -166,17 +167,8 @@ pub async fn check_file(path: &Path, cache_dir: Option<&Path>) -> Result<CheckRe
     Ok(report)
 }
 
-/// The plugin file's bytes, or why it cannot be a plugin.
-fn read_plugin_file(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
-    if !meta.is_file() {
-        return Err("it is not a regular file".to_owned());
-    }
-    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
-}
-
 /// A core module or a file that is no WebAssembly at all, in words.
-fn header_problem(wasm: &[u8]) -> Option<String> {
+pub(crate) fn header_problem(wasm: &[u8]) -> Option<String> {
     const MAGIC: &[u8] = b"\0asm";
     if !wasm.starts_with(MAGIC) {
         return Some(

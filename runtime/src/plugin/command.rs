@@ -185,7 +185,9 @@ impl CommandHost {
             path: path.to_owned(),
             reason,
         };
-        let wasm = std::fs::read(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+        let wasm =
+            super::discovery::read_regular_file(path, super::discovery::MAX_PLUGIN_FILE_BYTES)
+                .map_err(|e| refuse(e.to_string()))?;
         self.load_bytes(path, &wasm)
     }
 

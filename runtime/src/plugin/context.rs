@@ -8,6 +8,7 @@
 //! guest-controlled arguments already bounded (message length, page size), so
 //! implementations need not re-check those limits.
 
+use crate::limits::printable;
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -53,8 +54,10 @@ pub trait TaskContext: Send + Sync {
     fn progress(&self, done: u64, total: u64, message: &str);
 
     /// Lineage: outputs of succeeded tasks of an earlier stage of the same
-    /// job, ordered by task id, starting after `after`, at most `limit`
-    /// (already capped by the host at [`STAGE_RESULTS_PAGE_MAX`]). The error
+    /// job, ordered by task id, starting after `after` (a task id: at most
+    /// `i64::MAX`), at most `limit` (already capped by the host at
+    /// [`STAGE_RESULTS_PAGE_MAX`]) and at most [`STAGE_RESULTS_PAGE_BYTES`]
+    /// before the last output of the page. The error
     /// string is handed to the guest as is, so it must be one clear sentence.
     async fn stage_results(
         &self,
@@ -77,23 +80,30 @@ pub trait TaskContext: Send + Sync {
 /// The largest page `stage-results` returns, whatever the guest asks for.
 pub const STAGE_RESULTS_PAGE_MAX: u32 = 1_000;
 
+/// The bytes of output a `stage-results` page holds at most before its last
+/// output: outputs are added to a page until they reach this total, so a
+/// page is never larger than this plus one output (at least one output, so
+/// paging always moves on).
+pub const STAGE_RESULTS_PAGE_BYTES: u64 = 4 << 20;
+
 /// The error `stage-results` returns outside a job.
 pub const NO_JOB_CONTEXT: &str = "no job context: stage-results is only available inside a job";
 
 /// The context of a task run outside any job (`lockstep exec`): lineage is
 /// unavailable, nothing is ever cancelled, and log lines are printed to
-/// stderr as `[level] message` for the plugin author to read.
+/// stderr as `[level] message` for the plugin author to read (control
+/// characters escaped).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StandaloneContext;
 
 #[async_trait]
 impl TaskContext for StandaloneContext {
     fn log(&self, level: LogLevel, message: &str) {
-        eprintln!("[{level}] {message}");
+        eprintln!("[{level}] {}", printable(message));
     }
 
     fn progress(&self, done: u64, total: u64, message: &str) {
-        eprintln!("[progress {done}/{total}] {message}");
+        eprintln!("[progress {done}/{total}] {}", printable(message));
     }
 
     async fn stage_results(
@@ -121,6 +131,7 @@ pub(crate) struct LoadContext {
 #[async_trait]
 impl TaskContext for LoadContext {
     fn log(&self, level: LogLevel, message: &str) {
+        let message = printable(message);
         tracing::debug!(target: "lockstep::guest", plugin = %self.plugin, %level, "{message}");
     }
 

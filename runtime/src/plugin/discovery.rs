@@ -8,10 +8,95 @@
 //! and is sorted (directories in the order given, files by name), so which
 //! of two plugins claiming one name is "first" never depends on the file
 //! system. A directory named twice is scanned once.
+//!
+//! **Invariant:** no file of a plugin directory can stall or bloat a load:
+//! plugin and grants files are read only when they are regular files (a
+//! symlink is followed to one; FIFOs, devices and sockets are refused
+//! without being opened for long: the open does not block and the opened
+//! file is checked again), and only up to [`MAX_PLUGIN_FILE_BYTES`] /
+//! [`MAX_GRANTS_FILE_BYTES`]. A refusal names the kind of file, never its
+//! contents.
 
 use super::PluginError;
 use std::ffi::OsString;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
+
+/// Largest plugin file loaded (a componentize-py component is ~40 MiB).
+pub const MAX_PLUGIN_FILE_BYTES: u64 = 256 << 20;
+/// Largest grants file read.
+pub const MAX_GRANTS_FILE_BYTES: u64 = 1 << 20;
+
+/// Why a file of a plugin directory was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read it: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("it is {0}, not a regular file; only regular files (or symlinks to them) are read")]
+    NotRegular(&'static str),
+    #[error("{}", too_large(*.size, *.max))]
+    TooLarge { size: u64, max: u64 },
+}
+
+fn too_large(size: u64, max: u64) -> String {
+    let (size, limit) = crate::limits::sizes_for_comparison(size, max);
+    format!("it is {size}, larger than the {limit} limit")
+}
+
+/// What kind of non-regular file `t` is, for messages.
+fn kind_of(t: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a file")
+    }
+}
+
+/// The bytes of the regular file at `path` (symlinks followed), at most
+/// `max`. A FIFO or device is refused before it is read: the open does not
+/// block, and the opened file is checked again in case it was swapped.
+pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let check = |meta: &std::fs::Metadata| -> Result<(), FileError> {
+        if let Some(kind) = kind_of(&meta.file_type()) {
+            return Err(FileError::NotRegular(kind));
+        }
+        if meta.len() > max {
+            return Err(FileError::TooLarge {
+                size: meta.len(),
+                max,
+            });
+        }
+        Ok(())
+    };
+    check(&std::fs::metadata(path)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    check(&meta)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(FileError::TooLarge {
+            size: bytes.len() as u64,
+            max,
+        });
+    }
+    Ok(bytes)
+}
 
 /// Env var holding the plugin directories (a path list).
 pub const PLUGINS_ENV: &str = "LOCKSTEP_PLUGINS";

@@ -34,6 +34,15 @@ pub enum RunFailure {
     /// The guest's wasm stack overflowed (unbounded recursion).
     #[error("handler {handler} overflowed its stack (too deep recursion) and was stopped")]
     StackOverflow { handler: String },
+    /// The guest tried to hand the host more bytes in one call (its
+    /// results, or one host call's arguments) than the run's budget allows;
+    /// nothing was copied.
+    #[error(
+        "handler {handler} tried to hand the host more than {} in one call and was stopped (outputs are limited by max_output_bytes in its grants file, spawned inputs to {} per task)",
+        crate::limits::show_bytes(*.limit_bytes),
+        crate::limits::show_bytes(crate::limits::MAX_SPAWNED_BYTES_PER_TASK as u64)
+    )]
+    TooMuchData { handler: String, limit_bytes: u64 },
     /// No plugin provides the handler.
     #[error(transparent)]
     UnknownHandler(#[from] UnknownHandler),
@@ -45,10 +54,13 @@ pub enum RunFailure {
 
 impl RunFailure {
     /// Whether another attempt may succeed. Guest-reported fatal errors,
-    /// invalid outcomes and unknown handlers are final; everything else
-    /// counts as a failed attempt.
+    /// invalid or oversized outcomes and unknown handlers are final;
+    /// everything else counts as a failed attempt.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, RunFailure::Fatal(_) | RunFailure::UnknownHandler(_))
+        !matches!(
+            self,
+            RunFailure::Fatal(_) | RunFailure::UnknownHandler(_) | RunFailure::TooMuchData { .. }
+        )
     }
 }
 

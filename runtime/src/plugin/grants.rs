@@ -2,8 +2,8 @@
 //!
 //! Grants come from the operator, never from the plugin. Without a grants
 //! file a plugin gets nothing: no directories, no env, no network, 64 MiB of
-//! memory, 30 s per attempt, 5 attempts, and as many concurrent runs as the
-//! machine has CPUs. The format (top-level keys first, then any number of
+//! memory, 30 s per attempt, 5 attempts, outputs of at most 1 MiB, and as many
+//! concurrent runs as the machine has CPUs. The format (top-level keys first, then any number of
 //! `[[dirs]]` tables, as TOML requires):
 //!
 //! ```toml
@@ -13,6 +13,7 @@
 //! timeout_ms = 30000
 //! max_attempts = 5
 //! concurrency = 8
+//! max_output_bytes = 1048576
 //!
 //! [[dirs]]
 //! host = "data"   # relative to the grants file's directory, or absolute
@@ -45,6 +46,11 @@ pub const MAX_MEMORY_MIB: u32 = 4_096;
 pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// The most concurrent runs one plugin may be granted.
 pub const MAX_CONCURRENCY: u32 = 1_024;
+/// Default largest task output (JSON text) a handler may return.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u32 = 1 << 20;
+/// The largest output limit a grant may set: outputs are stored, read back
+/// by later stages and copied a few times on the way.
+pub const MAX_OUTPUT_BYTES: u32 = 64 << 20;
 
 /// A grants file could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +133,8 @@ pub struct Grants {
     pub timeout_ms: u64,
     pub max_attempts: u32,
     pub concurrency: u32,
+    /// Largest output (JSON text) a run may return.
+    pub max_output_bytes: u32,
 }
 
 impl Default for Grants {
@@ -140,6 +148,7 @@ impl Default for Grants {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             concurrency: default_concurrency(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         }
     }
 }
@@ -165,6 +174,7 @@ struct GrantsFile {
     timeout_ms: Option<Spanned<u64>>,
     max_attempts: Option<Spanned<u32>>,
     concurrency: Option<Spanned<u32>>,
+    max_output_bytes: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,11 +196,25 @@ impl Grants {
     /// Load the grants of the plugin at `wasm`: defaults when there is no
     /// grants file, the parsed and checked file otherwise.
     pub fn load_for(wasm: &Path) -> Result<Grants, GrantsError> {
+        use super::discovery::{FileError, MAX_GRANTS_FILE_BYTES, read_regular_file};
         let path = Self::file_for(wasm);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Grants::default()),
-            Err(source) => Err(GrantsError::Read { path, source }),
+        let read = |source: std::io::Error| GrantsError::Read {
+            path: path.clone(),
+            source,
+        };
+        match read_regular_file(&path, MAX_GRANTS_FILE_BYTES) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Self::parse(&path, &text),
+                Err(e) => Err(read(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.utf8_error(),
+                ))),
+            },
+            Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Grants::default())
+            }
+            Err(FileError::Io(e)) => Err(read(e)),
+            Err(other) => Err(read(std::io::Error::other(other.to_string()))),
         }
     }
 
@@ -333,6 +357,14 @@ impl Grants {
             MAX_CONCURRENCY,
             &format!("it must be between 1 and {MAX_CONCURRENCY}"),
         )?;
+        let max_output_bytes = bounded_u32(
+            &file.max_output_bytes,
+            "max_output_bytes",
+            DEFAULT_MAX_OUTPUT_BYTES,
+            2,
+            MAX_OUTPUT_BYTES,
+            &format!("it must be between 2 and {MAX_OUTPUT_BYTES}"),
+        )?;
         let timeout_ms = match &file.timeout_ms {
             None => DEFAULT_TIMEOUT_MS,
             Some(v) if (1..=MAX_TIMEOUT_MS).contains(v.get_ref()) => *v.get_ref(),
@@ -357,6 +389,7 @@ impl Grants {
             timeout_ms,
             max_attempts,
             concurrency,
+            max_output_bytes,
         })
     }
 
@@ -406,11 +439,12 @@ impl Grants {
                 .join(", ")
         };
         format!(
-            "dirs: {dirs}; env: {env}; network: {network}; memory {} MiB; timeout {}; attempts {}; concurrency {}",
+            "dirs: {dirs}; env: {env}; network: {network}; memory {} MiB; timeout {}; attempts {}; concurrency {}; output {}",
             self.memory_mib,
             format_duration(self.timeout()),
             self.max_attempts,
-            self.concurrency
+            self.concurrency,
+            crate::limits::show_bytes(u64::from(self.max_output_bytes))
         )
     }
 }
@@ -444,6 +478,7 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> GrantsError {
             "timeout_ms",
             "max_attempts",
             "concurrency",
+            "max_output_bytes",
         ]
         .iter()
         .any(|k| message.contains(&format!("`{k}`")))

@@ -3,22 +3,35 @@
 //! sandbox.
 //!
 //! **Invariants:**
-//! - Loading: each plugin is compiled (through the cache), linked against
-//!   the `plugin` world plus WASI 0.2 once (`PluginPre`), instantiated once
-//!   to call `describe()`, and its schemas are compiled. A plugin that fails
-//!   any step is reported with its path and reason and the others still load
-//!   (unless `strict`); two plugins claiming one name fail the whole load.
+//! - Loading: the plugins of a scan load concurrently. Each is read (a
+//!   regular file, size-capped), compiled (through the cache), linked
+//!   against the `plugin` world plus WASI 0.2 once (`PluginPre`),
+//!   instantiated once to call `describe()` under its own short deadline
+//!   ([`DESCRIBE_TIMEOUT`]) and byte budget, and its handler list is checked
+//!   (count, sizes, names, duplicates, schemas). A plugin that fails any step
+//!   is reported with its path and reason and the others still load (unless
+//!   `strict`); a failed `describe()` is remembered by the compile cache.
+//!   Registration is in scan order: a plugin claiming a name an earlier one
+//!   registered is refused as a whole and reported, and the host serves the
+//!   rest.
 //! - Running: every attempt gets a new `Store` (fresh memory, fresh WASI
 //!   context from the grants, memory limiter, epoch deadline), so nothing
 //!   leaks between tasks; concurrency is bounded per plugin (its grant) and
 //!   per host ([`sandbox::MAX_INSTANCES`]) by waiting, never by failing.
 //! - A guest can only fail its own attempt: traps, deadlines, memory and
 //!   stack exhaustion come back as a [`RunFailure`].
+//! - What a guest hands back is bounded before the host copies it: every
+//!   call's results and host-call arguments together are limited to the
+//!   store's hostcall budget ([`run_budget`]), then the output is checked
+//!   against its grant (`max_output_bytes`), JSON nesting
+//!   ([`limits::MAX_JSON_DEPTH`]) and validity, spawns against
+//!   [`limits::MAX_SPAWNS_PER_TASK`] and [`limits::MAX_SPAWNED_BYTES_PER_TASK`],
+//!   and error texts are cut to [`limits::MAX_ERROR_BYTES`].
 
 use super::bindings::exports::lockstep::plugin::handler::TaskError;
 use super::bindings::lockstep::plugin::types;
 use super::bindings::{Plugin, PluginPre};
-use super::cache::{CacheStats, CompileCache};
+use super::cache::{CacheOutcome, CacheStats, CompileCache};
 use super::context::{LoadContext, TaskContext};
 use super::failure::{Observed, RunFailure, classify};
 use super::grants::{Grants, format_duration};
@@ -27,8 +40,9 @@ use super::registry::{
     HandlerEntry, HandlerInfo, InputError, Registry, UnknownHandler, compile_schema,
 };
 use super::{PluginError, discovery, sandbox};
+use crate::limits;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +50,23 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
+
+/// The longest a plugin's `describe()` may take at load (or its grant's
+/// timeout, when that is shorter): registration must not wait for a task's
+/// deadline, which a grant may set to a day.
+pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most handlers one plugin may provide.
+pub const MAX_HANDLERS_PER_PLUGIN: usize = 1_000;
+
+/// Longest handler description, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 4 * 1024;
+
+/// Longest input schema (JSON text) of one handler, in bytes.
+pub const MAX_SCHEMA_BYTES: usize = 256 * 1024;
+
+/// Most bytes `describe()` may hand the host in all.
+pub const MAX_DESCRIBE_BYTES: usize = 16 << 20;
 
 /// How to load a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +172,7 @@ pub struct PluginHost {
     /// Handler-less `wasi:cli/command` components of the plugin
     /// directories, by file stem (pipelines name them).
     commands: BTreeMap<String, PathBuf>,
-    instance_slots: Semaphore,
+    instance_slots: Arc<Semaphore>,
     /// Kept so the epoch ticker keeps ticking while the host lives.
     _engine: Option<Engine>,
 }
@@ -186,7 +217,7 @@ impl PluginHost {
             plugins: Vec::new(),
             registry: Registry::default(),
             commands: BTreeMap::new(),
-            instance_slots: Semaphore::new(sandbox::MAX_INSTANCES as usize),
+            instance_slots: Arc::new(Semaphore::new(sandbox::MAX_INSTANCES as usize)),
             _engine: None,
         }
     }
@@ -220,20 +251,20 @@ impl PluginHost {
             ..LoadReport::default()
         };
 
+        // Every file's result, in scan order.
+        let mut results: Vec<Option<(PathBuf, Result<Loaded, String>)>> =
+            (0..files.len()).map(|_| None).collect();
         // Grants first: the engine's memory slots must fit the largest one.
         let mut candidates = Vec::with_capacity(files.len());
-        for path in files {
+        for (index, path) in files.into_iter().enumerate() {
             match Grants::load_for(&path) {
-                Ok(grants) => candidates.push((path, grants)),
-                Err(e) => report.failures.push(LoadFailure {
-                    path,
-                    reason: e.to_string(),
-                }),
+                Ok(grants) => candidates.push((index, path, grants)),
+                Err(e) => results[index] = Some((path, Err(e.to_string()))),
             }
         }
         let largest_memory = candidates
             .iter()
-            .map(|(_, g)| g.memory_bytes())
+            .map(|(_, _, g)| g.memory_bytes())
             .max()
             .unwrap_or(Grants::default().memory_bytes());
 
@@ -248,44 +279,79 @@ impl PluginHost {
             plugins: Vec::new(),
             registry: Registry::default(),
             commands: BTreeMap::new(),
-            instance_slots: Semaphore::new(sandbox::MAX_INSTANCES as usize),
+            instance_slots: Arc::new(Semaphore::new(sandbox::MAX_INSTANCES as usize)),
             _engine: Some(engine.clone()),
         };
-        for (path, grants) in candidates {
-            match host
-                .load_plugin(&engine, &cache, &linker, &path, grants, &mut report.cache)
-                .await
-            {
+
+        // Every plugin at once: a describe() that hangs costs its deadline
+        // once, not once per plugin scanned after it.
+        let linker = Arc::new(linker);
+        let mut loads = tokio::task::JoinSet::new();
+        for (index, path, grants) in candidates {
+            let job = LoadJob {
+                engine: engine.clone(),
+                cache: cache.clone(),
+                linker: linker.clone(),
+                slots: host.instance_slots.clone(),
+            };
+            loads.spawn(async move {
+                let (outcome, loaded) = job.load(&path, grants).await;
+                (index, path, outcome, loaded)
+            });
+        }
+        while let Some(joined) = loads.join_next().await {
+            let (index, path, outcome, loaded) = joined.map_err(|e| {
+                PluginError::Engine(format!("loading a plugin failed unexpectedly: {e}"))
+            })?;
+            if let Some(outcome) = outcome {
+                report.cache.count(outcome);
+            }
+            results[index] = Some((path, loaded));
+        }
+
+        // Register in scan order, so which of two plugins claiming one name
+        // is refused never depends on timing.
+        for (path, loaded) in results.into_iter().flatten() {
+            match loaded {
                 Ok(Loaded::Command) => {
                     let name = command_name(&path);
                     if let Some(first) = host.commands.get(&name) {
-                        return Err(PluginError::DuplicateCommand {
-                            name,
-                            first: first.clone(),
-                            second: path,
+                        report.failures.push(LoadFailure {
+                            reason: format!(
+                                "command component {name:?} is already provided by {}; this one was not loaded (remove or rename one of them)",
+                                first.display()
+                            ),
+                            path,
                         });
+                        continue;
                     }
                     host.commands.insert(name, path.clone());
                     report.commands.push(path);
                 }
                 Ok(Loaded::Plugin(plugin, infos)) => {
+                    let taken = infos.iter().find_map(|(info, _)| {
+                        host.registry
+                            .owner(&info.name)
+                            .map(|owner| (info.name.clone(), host.plugins[owner].path.clone()))
+                    });
+                    if let Some((name, first)) = taken {
+                        report.failures.push(LoadFailure {
+                            reason: format!(
+                                "it provides handler {name:?}, which {} already provides; this plugin was not loaded (remove or rename one of them)",
+                                first.display()
+                            ),
+                            path,
+                        });
+                        continue;
+                    }
                     let index = host.plugins.len();
                     host.plugins.push(*plugin);
                     for (info, validator) in infos {
-                        let name = info.name.clone();
-                        let entry = HandlerEntry {
+                        host.registry.insert(HandlerEntry {
                             info,
                             validator,
                             plugin: index,
-                        };
-                        let plugins = &host.plugins;
-                        host.registry
-                            .insert(entry, |i| plugins[i].path.clone())
-                            .map_err(|first| PluginError::DuplicateHandler {
-                                name,
-                                first,
-                                second: path.clone(),
-                            })?;
+                        });
                     }
                     report.loaded.push(path);
                 }
@@ -296,78 +362,6 @@ impl PluginHost {
             return Err(PluginError::Strict(report.failures));
         }
         Ok((host, report))
-    }
-
-    /// Load one plugin: compile, link, describe, check schemas. A
-    /// `wasi:cli/command` component is recognised and only named.
-    async fn load_plugin(
-        &self,
-        engine: &Engine,
-        cache: &CompileCache,
-        linker: &Linker<RunState>,
-        path: &Path,
-        grants: Grants,
-        stats: &mut CacheStats,
-    ) -> Result<Loaded, String> {
-        let wasm = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
-        let sha256 = super::cache::sha256_hex(&wasm);
-        let (component, outcome) = cache
-            .component(engine, &wasm, &sha256)
-            .map_err(|e| format!("it is not a valid WebAssembly component: {e:#}"))?;
-        stats.count(outcome);
-        let pre = match linker.instantiate_pre(&component).and_then(PluginPre::new) {
-            Ok(pre) => pre,
-            Err(_) if super::command::exports_run(engine, &component) => {
-                return Ok(Loaded::Command);
-            }
-            Err(e) => {
-                return Err(format!(
-                    "it does not fit the lockstep:plugin world (wit/plugin.wit): {e:#}"
-                ));
-            }
-        };
-        let plugin = LoadedPlugin {
-            path: path.to_owned(),
-            sha256,
-            env: grants.env_values(),
-            network: grants.network.iter().copied().collect(),
-            concurrency: Semaphore::new(grants.concurrency as usize),
-            grants,
-            pre,
-        };
-
-        let file = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let cx = Arc::new(LoadContext {
-            plugin: path.display().to_string(),
-        });
-        let infos = self
-            .describe(&plugin, &file, cx)
-            .await
-            .map_err(describe_failure)?;
-        if infos.is_empty() {
-            return Err("describe() returned no handlers".to_owned());
-        }
-        let mut checked: Vec<(HandlerInfo, jsonschema::Validator)> = Vec::new();
-        for info in infos {
-            check_handler_name(&info.name)?;
-            if checked.iter().any(|(c, _)| c.name == info.name) {
-                return Err(format!("describe() lists handler {:?} twice", info.name));
-            }
-            let (schema, validator) =
-                compile_schema(&info.name, &info.input_schema).map_err(|e| e.to_string())?;
-            checked.push((
-                HandlerInfo {
-                    name: info.name,
-                    description: info.description,
-                    input_schema: schema,
-                },
-                validator,
-            ));
-        }
-        Ok(Loaded::Plugin(Box::new(plugin), checked))
     }
 
     /// Names of the `wasi:cli/command` components found in the plugin
@@ -460,6 +454,7 @@ impl PluginHost {
             });
         }
         let mut store = new_store(plugin, &handler, cx, timeout)?;
+        store.set_hostcall_fuel(run_budget(&plugin.grants));
         let call = async {
             let instance = plugin
                 .pre
@@ -474,54 +469,16 @@ impl PluginHost {
         };
         let result = tokio::time::timeout(timeout, call).await;
         match settle(&mut store, &handler, timeout, result)? {
-            Ok(outcome) => {
-                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&outcome.output) {
-                    return Err(RunFailure::Fatal(format!(
-                        "handler {handler} returned output that is not valid JSON: {e}"
-                    )));
-                }
-                Ok(RunOutcome {
-                    output: outcome.output,
-                    spawn: outcome
-                        .spawn
-                        .into_iter()
-                        .map(|s| Spawn {
-                            stage: s.stage,
-                            handler: s.handler,
-                            input: s.input,
-                        })
-                        .collect(),
-                })
-            }
-            Err(TaskError::Retryable(message)) => Err(RunFailure::Retryable(message)),
-            Err(TaskError::Fatal(message)) => Err(RunFailure::Fatal(message)),
+            Ok(outcome) => checked_outcome(&handler, &plugin.grants, outcome),
+            Err(TaskError::Retryable(message)) => Err(RunFailure::Retryable(limits::cut(
+                message,
+                limits::MAX_ERROR_BYTES,
+            ))),
+            Err(TaskError::Fatal(message)) => Err(RunFailure::Fatal(limits::cut(
+                message,
+                limits::MAX_ERROR_BYTES,
+            ))),
         }
-    }
-
-    /// Call `describe()` in a fresh sandbox of `plugin`.
-    async fn describe(
-        &self,
-        plugin: &LoadedPlugin,
-        label: &str,
-        cx: Arc<dyn TaskContext>,
-    ) -> Result<Vec<types::HandlerInfo>, RunFailure> {
-        let timeout = plugin.grants.timeout();
-        let _slot = self.instance_slot(label).await?;
-        let mut store = new_store(plugin, label, cx, timeout)?;
-        let call = async {
-            let instance = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(CallError::Instantiate)?;
-            instance
-                .lockstep_plugin_handler()
-                .call_describe(&mut store)
-                .await
-                .map_err(CallError::Call)
-        };
-        let result = tokio::time::timeout(timeout, call).await;
-        settle(&mut store, label, timeout, result)
     }
 
     async fn instance_slot(
@@ -531,11 +488,262 @@ impl PluginHost {
         self.instance_slots
             .acquire()
             .await
-            .map_err(|_| RunFailure::Setup {
-                handler: handler.to_owned(),
-                reason: "the plugin host is shutting down".to_owned(),
-            })
+            .map_err(|_| shutting_down(handler))
     }
+}
+
+fn shutting_down(handler: &str) -> RunFailure {
+    RunFailure::Setup {
+        handler: handler.to_owned(),
+        reason: "the plugin host is shutting down".to_owned(),
+    }
+}
+
+/// The bytes one call into a run may hand the host (its results, or the
+/// arguments of one host call): the output its grant allows, the spawned
+/// inputs a task may carry with their stage and handler names, and room for
+/// the list itself. Checked by wasmtime before it copies anything.
+pub fn run_budget(grants: &Grants) -> usize {
+    let per_spawn = 2 * limits::MAX_NAME_BYTES + 3 * std::mem::size_of::<String>();
+    grants.max_output_bytes as usize
+        + limits::MAX_SPAWNED_BYTES_PER_TASK
+        + limits::MAX_SPAWNS_PER_TASK * per_spawn
+        + 64 * 1024
+}
+
+/// A run's outcome as the host accepts it: output within its grant, JSON
+/// nested at most [`limits::MAX_JSON_DEPTH`] deep, spawns within the
+/// per-task limits. Anything else fails the task for good: the same input
+/// would give the same outcome again.
+fn checked_outcome(
+    handler: &str,
+    grants: &Grants,
+    outcome: types::Outcome,
+) -> Result<RunOutcome, RunFailure> {
+    let max = u64::from(grants.max_output_bytes);
+    let size = outcome.output.len() as u64;
+    if size > max {
+        let (size, limit) = limits::sizes_for_comparison(size, max);
+        return Err(RunFailure::Fatal(format!(
+            "handler {handler} returned an output of {size}, larger than the {limit} limit of its plugin (raise it with max_output_bytes in the plugin's grants file)"
+        )));
+    }
+    if let Err(e) = limits::check_json_depth(&outcome.output, limits::MAX_JSON_DEPTH) {
+        return Err(RunFailure::Fatal(format!(
+            "handler {handler} returned output that {e}"
+        )));
+    }
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&outcome.output) {
+        return Err(RunFailure::Fatal(format!(
+            "handler {handler} returned output that is not valid JSON: {e}"
+        )));
+    }
+    if outcome.spawn.len() > limits::MAX_SPAWNS_PER_TASK {
+        return Err(RunFailure::Fatal(format!(
+            "handler {handler} spawned {} tasks, more than the {} one task may spawn; split the work over several tasks",
+            outcome.spawn.len(),
+            limits::MAX_SPAWNS_PER_TASK
+        )));
+    }
+    let spawned: u64 = outcome.spawn.iter().map(|s| s.input.len() as u64).sum();
+    let max_spawned = limits::MAX_SPAWNED_BYTES_PER_TASK as u64;
+    if spawned > max_spawned {
+        let (size, limit) = limits::sizes_for_comparison(spawned, max_spawned);
+        return Err(RunFailure::Fatal(format!(
+            "handler {handler} spawned tasks whose inputs total {size}, more than the {limit} one task may spawn; split the work over several tasks"
+        )));
+    }
+    Ok(RunOutcome {
+        output: outcome.output,
+        spawn: outcome
+            .spawn
+            .into_iter()
+            .map(|s| Spawn {
+                stage: s.stage,
+                handler: s.handler,
+                input: s.input,
+            })
+            .collect(),
+    })
+}
+
+/// What loading one plugin file needs; each load runs as its own task.
+struct LoadJob {
+    engine: Engine,
+    cache: CompileCache,
+    linker: Arc<Linker<RunState>>,
+    slots: Arc<Semaphore>,
+}
+
+impl LoadJob {
+    /// Load one plugin file: read, compile, link, describe, check. A
+    /// `wasi:cli/command` component is recognised and only named. Returns
+    /// how the compile cache served it, when it got that far.
+    async fn load(
+        &self,
+        path: &Path,
+        grants: Grants,
+    ) -> (Option<CacheOutcome>, Result<Loaded, String>) {
+        let wasm = match discovery::read_regular_file(path, discovery::MAX_PLUGIN_FILE_BYTES) {
+            Ok(wasm) => wasm,
+            Err(e) => return (None, Err(e.to_string())),
+        };
+        if let Some(problem) = super::check::header_problem(&wasm) {
+            return (None, Err(problem));
+        }
+        let sha256 = super::cache::sha256_hex(&wasm);
+        let describe_timeout = grants.timeout().min(DESCRIBE_TIMEOUT);
+        let settings = format!("m{}-t{}", grants.memory_mib, describe_timeout.as_millis());
+        if let Some(reason) = self.cache.remembered_failure(&sha256, &settings) {
+            let entry = self.cache.failure_path(&sha256, &settings);
+            return (
+                None,
+                Err(format!(
+                    "{reason} (remembered from an earlier load; delete {} to try again)",
+                    entry.display()
+                )),
+            );
+        }
+        let (component, outcome) = match self.cache.component(&self.engine, &wasm, &sha256) {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                return (
+                    None,
+                    Err(format!("it is not a valid WebAssembly component: {e:#}")),
+                );
+            }
+        };
+        drop(wasm);
+        let pre = match self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+        {
+            Ok(pre) => pre,
+            Err(_) if super::command::exports_run(&self.engine, &component) => {
+                return (Some(outcome), Ok(Loaded::Command));
+            }
+            Err(e) => {
+                return (
+                    Some(outcome),
+                    Err(format!(
+                        "it does not fit the lockstep:plugin world (wit/plugin.wit): {e:#}"
+                    )),
+                );
+            }
+        };
+        let plugin = LoadedPlugin {
+            path: path.to_owned(),
+            sha256,
+            env: grants.env_values(),
+            network: grants.network.iter().copied().collect(),
+            concurrency: Semaphore::new(grants.concurrency as usize),
+            grants,
+            pre,
+        };
+        let file = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let cx = Arc::new(LoadContext {
+            plugin: path.display().to_string(),
+        });
+        let described = describe(&plugin, &file, cx, &self.slots, describe_timeout).await;
+        // A sandbox that could not be set up (a granted directory vanished,
+        // the host stopping) is no fault of the plugin's: not remembered.
+        let its_own = !matches!(described, Err(RunFailure::Setup { .. }));
+        match described
+            .map_err(describe_failure)
+            .and_then(checked_handlers)
+        {
+            Ok(checked) => (Some(outcome), Ok(Loaded::Plugin(Box::new(plugin), checked))),
+            Err(reason) => {
+                let reason = limits::cut(reason, limits::MAX_ERROR_BYTES);
+                if its_own {
+                    self.cache
+                        .remember_failure(&plugin.sha256, &settings, &reason);
+                }
+                (Some(outcome), Err(reason))
+            }
+        }
+    }
+}
+
+/// Call `describe()` in a fresh sandbox of `plugin`, with its own deadline
+/// and [`MAX_DESCRIBE_BYTES`] of results.
+async fn describe(
+    plugin: &LoadedPlugin,
+    label: &str,
+    cx: Arc<dyn TaskContext>,
+    slots: &Semaphore,
+    timeout: Duration,
+) -> Result<Vec<types::HandlerInfo>, RunFailure> {
+    let _slot = slots.acquire().await.map_err(|_| shutting_down(label))?;
+    let mut store = new_store(plugin, label, cx, timeout)?;
+    store.set_hostcall_fuel(MAX_DESCRIBE_BYTES);
+    let call = async {
+        let instance = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(CallError::Instantiate)?;
+        instance
+            .lockstep_plugin_handler()
+            .call_describe(&mut store)
+            .await
+            .map_err(CallError::Call)
+    };
+    let result = tokio::time::timeout(timeout, call).await;
+    settle(&mut store, label, timeout, result)
+}
+
+/// The handlers a `describe()` listed, checked: at most
+/// [`MAX_HANDLERS_PER_PLUGIN`], each with a plain unique name, a description
+/// of at most [`MAX_DESCRIPTION_BYTES`] and an input schema of at most
+/// [`MAX_SCHEMA_BYTES`] that compiles.
+fn checked_handlers(
+    infos: Vec<types::HandlerInfo>,
+) -> Result<Vec<(HandlerInfo, jsonschema::Validator)>, String> {
+    if infos.is_empty() {
+        return Err("describe() returned no handlers".to_owned());
+    }
+    if infos.len() > MAX_HANDLERS_PER_PLUGIN {
+        return Err(format!(
+            "describe() lists {} handlers, more than the {MAX_HANDLERS_PER_PLUGIN} one plugin may provide",
+            infos.len()
+        ));
+    }
+    let mut names = HashSet::with_capacity(infos.len());
+    let mut checked = Vec::with_capacity(infos.len());
+    for info in infos {
+        check_handler_name(&info.name)?;
+        if !names.insert(info.name.clone()) {
+            return Err(format!("describe() lists handler {:?} twice", info.name));
+        }
+        for (what, text, max) in [
+            ("a description", &info.description, MAX_DESCRIPTION_BYTES),
+            ("an input schema", &info.input_schema, MAX_SCHEMA_BYTES),
+        ] {
+            if text.len() > max {
+                let (size, limit) = limits::sizes_for_comparison(text.len() as u64, max as u64);
+                return Err(format!(
+                    "describe() gives handler {:?} {what} of {size}, longer than the {limit} limit",
+                    info.name
+                ));
+            }
+        }
+        let (schema, validator) =
+            compile_schema(&info.name, &info.input_schema).map_err(|e| e.to_string())?;
+        checked.push((
+            HandlerInfo {
+                name: info.name,
+                description: info.description,
+                input_schema: schema,
+            },
+            validator,
+        ));
+    }
+    Ok(checked)
 }
 
 /// What every plugin is linked against: the WASI 0.2 interfaces (with a
@@ -602,6 +810,13 @@ fn settle<R>(
         Ok(Err(CallError::Instantiate(e))) => (e, true),
         Ok(Err(CallError::Call(e))) => (e, false),
     };
+    // wasmtime refused to copy more than the store's hostcall budget.
+    if format!("{err:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return Err(RunFailure::TooMuchData {
+            handler: handler.to_owned(),
+            limit_bytes: store.hostcall_fuel() as u64,
+        });
+    }
     let observed = Observed {
         handler,
         deadline_hit: state.deadline_hit,
@@ -638,6 +853,10 @@ fn describe_failure(failure: RunFailure) -> String {
             limit_bytes >> 20
         ),
         RunFailure::StackOverflow { .. } => "describe() overflowed its stack".to_owned(),
+        RunFailure::TooMuchData { limit_bytes, .. } => format!(
+            "describe() returned more than {} and was stopped",
+            limits::show_bytes(limit_bytes)
+        ),
         RunFailure::Setup { reason, .. } => {
             format!("its sandbox could not be set up: {reason}")
         }

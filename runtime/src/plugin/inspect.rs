@@ -11,6 +11,7 @@ use super::failure::RunFailure;
 use super::grants::Grants;
 use super::host::{PluginHost, RunOutcome, RunRequest};
 use super::registry::InputError;
+use crate::limits::printable;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,18 +40,20 @@ impl HandlerListing {
     }
 
     /// The human form: name and description, then plugin, grants and the
-    /// input schema (compact JSON), indented.
+    /// input schema (compact JSON), indented. What the plugin wrote has its
+    /// control characters escaped, so a description cannot rewrite the
+    /// operator's terminal.
     pub fn render_text(&self) -> String {
         let schema = serde_json::to_string(&self.input_schema)
             .unwrap_or_else(|_| "(unprintable)".to_owned());
         format!(
             "{} — {}\n  plugin: {} (sha256 {})\n  grants: {}\n  input:  {}",
-            self.name,
-            self.description,
-            self.plugin.display(),
+            printable(&self.name),
+            printable(&self.description),
+            printable(&self.plugin.display().to_string()),
             self.sha256_short(),
-            self.grants_summary,
-            schema
+            printable(&self.grants_summary),
+            printable(&schema)
         )
     }
 }
@@ -107,4 +110,46 @@ impl PluginHost {
         };
         Ok(self.run(req, cx).await?)
     }
+}
+
+/// The limits every plugin meets, one per line, for `--help` (the same
+/// numbers as docs/plugins.md, from the constants that enforce them).
+pub fn limits_help() -> String {
+    use super::context::STAGE_RESULTS_PAGE_BYTES;
+    use super::discovery::{MAX_GRANTS_FILE_BYTES, MAX_PLUGIN_FILE_BYTES};
+    use super::grants::{DEFAULT_MAX_OUTPUT_BYTES, MAX_OUTPUT_BYTES};
+    use super::host::{
+        DESCRIBE_TIMEOUT, MAX_DESCRIBE_BYTES, MAX_DESCRIPTION_BYTES, MAX_HANDLERS_PER_PLUGIN,
+        MAX_SCHEMA_BYTES,
+    };
+    use crate::limits::{
+        MAX_ERROR_BYTES, MAX_JSON_DEPTH, MAX_SPAWNED_BYTES_PER_TASK, MAX_SPAWNS_PER_TASK,
+        show_bytes,
+    };
+    let b = |n: u64| show_bytes(n);
+    format!(
+        "Limits every plugin meets (docs/plugins.md, \"Limits\"):\n  \
+         files: regular *.wasm files (or symlinks to them) of at most {}; grants files of at most {}\n  \
+         describe(): returns within {}s (or the grant's timeout if shorter), at most {} handlers, \
+         descriptions of {}, input schemas of {}, {} in all; a failure is remembered in the cache directory\n  \
+         a handler name another plugin registered first: the newcomer is not loaded\n  \
+         outputs: at most {} (grant max_output_bytes, up to {}), JSON nested at most {} deep\n  \
+         spawns: at most {} per task, each input within --max-input-bytes, {} together\n  \
+         error texts: cut to {}; log lines: 100 per attempt of {}; stage-results pages: 1000 outputs or {}",
+        b(MAX_PLUGIN_FILE_BYTES),
+        b(MAX_GRANTS_FILE_BYTES),
+        DESCRIBE_TIMEOUT.as_secs(),
+        MAX_HANDLERS_PER_PLUGIN,
+        b(MAX_DESCRIPTION_BYTES as u64),
+        b(MAX_SCHEMA_BYTES as u64),
+        b(MAX_DESCRIBE_BYTES as u64),
+        b(u64::from(DEFAULT_MAX_OUTPUT_BYTES)),
+        b(u64::from(MAX_OUTPUT_BYTES)),
+        MAX_JSON_DEPTH,
+        MAX_SPAWNS_PER_TASK,
+        b(MAX_SPAWNED_BYTES_PER_TASK as u64),
+        b(MAX_ERROR_BYTES as u64),
+        b(super::MAX_LOG_MESSAGE as u64),
+        b(STAGE_RESULTS_PAGE_BYTES),
+    )
 }

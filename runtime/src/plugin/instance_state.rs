@@ -11,12 +11,14 @@
 //!   grant: the limiter refuses growth past it and remembers that it did, so
 //!   a guest that then dies is reported as out of memory.
 //! - Guest-controlled sizes reaching the task context are bounded (log line
-//!   length, log lines per run, stage-results page size).
+//!   length, log lines per run, stage-results page size), and a
+//!   stage-results `after` that is no task id is refused.
 
 use super::bindings::lockstep::plugin::{context, types};
 use super::context::{LogLevel, STAGE_RESULTS_PAGE_MAX, TaskContext};
 use super::grants::{DirMode, Grants};
 use super::guest_output::CapturedOutput;
+use crate::limits::cut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,22 +194,13 @@ impl RunState {
         err_lines
     }
 
-    fn emit(&mut self, level: LogLevel, mut message: String) {
+    fn emit(&mut self, level: LogLevel, message: String) {
         if self.log_lines >= MAX_LOG_LINES {
             self.log_lines_dropped += 1;
             return;
         }
         self.log_lines += 1;
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let total = message.len();
-            message.truncate(cut);
-            message.push_str(&format!(" [cut: {total} bytes]"));
-        }
-        self.cx.log(level, &message);
+        self.cx.log(level, &cut(message, MAX_LOG_MESSAGE));
     }
 }
 
@@ -249,15 +242,9 @@ impl context::Host for RunState {
         self.emit(level, message);
     }
 
-    async fn progress(&mut self, done: u64, total: u64, mut message: String) {
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        self.cx.progress(done, total, &message);
+    async fn progress(&mut self, done: u64, total: u64, message: String) {
+        self.cx
+            .progress(done, total, &cut(message, MAX_LOG_MESSAGE));
     }
 
     async fn stage_results(
@@ -266,6 +253,16 @@ impl context::Host for RunState {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<(u64, String)>, String> {
+        // Task ids are positive i64s: a larger `after` names no task (and
+        // must not wrap around to the first page).
+        if let Some(after) = after
+            && i64::try_from(after).is_err()
+        {
+            return Err(format!(
+                "after {after} is not a task id: task ids are at most {}",
+                i64::MAX
+            ));
+        }
         let limit = limit.min(STAGE_RESULTS_PAGE_MAX);
         if limit == 0 {
             return Ok(Vec::new());

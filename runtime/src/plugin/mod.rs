@@ -45,11 +45,18 @@ pub use command::{CommandEnd, CommandHost, CommandLoadError, Invocation, LoadedC
 pub use command_output::{
     OutputChunk, OutputLimits, OutputReceiver, OutputSender, StreamKind, output_channel,
 };
-pub use context::{LogLevel, NO_JOB_CONTEXT, StandaloneContext, TaskContext};
+pub use context::{
+    LogLevel, NO_JOB_CONTEXT, STAGE_RESULTS_PAGE_BYTES, STAGE_RESULTS_PAGE_MAX, StandaloneContext,
+    TaskContext,
+};
 pub use discovery::{resolve_cache_dir, resolve_plugin_dirs};
 pub use failure::RunFailure;
 pub use grants::{DirGrant, DirMode, Grants, GrantsError};
-pub use host::{HostConfig, LoadFailure, LoadReport, PluginHost, RunOutcome, RunRequest, Spawn};
+pub use host::{
+    DESCRIBE_TIMEOUT, HostConfig, LoadFailure, LoadReport, MAX_DESCRIBE_BYTES,
+    MAX_DESCRIPTION_BYTES, MAX_HANDLERS_PER_PLUGIN, MAX_SCHEMA_BYTES, PluginHost, RunOutcome,
+    RunRequest, Spawn,
+};
 pub use inspect::{ExecError, HandlerListing};
 pub use registry::{HandlerInfo, InputError, UnknownHandler};
 
@@ -72,26 +79,6 @@ pub enum PluginError {
     NoCacheDir,
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
-    #[error(
-        "handler {name:?} is provided by two plugins: {} and {}; remove or rename one of them",
-        .first.display(),
-        .second.display()
-    )]
-    DuplicateHandler {
-        name: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
-    #[error(
-        "command component {name:?} is in two plugin directories: {} and {}; remove or rename one of them",
-        .first.display(),
-        .second.display()
-    )]
-    DuplicateCommand {
-        name: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
     #[error("{} (strict mode makes this fatal)", join_failures(.0))]
     Strict(Vec<LoadFailure>),
 }

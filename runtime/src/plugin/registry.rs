@@ -1,15 +1,14 @@
 //! The registered handler names: which plugin provides each, its
 //! description and its compiled input schema.
 //!
-//! **Invariants:** a name is provided by exactly one plugin (a second claim
-//! fails the load naming both files); there is no fallback handler, so a
+//! **Invariants:** a name is provided by exactly one plugin (a later plugin
+//! claiming it is refused, naming both files); there is no fallback handler, so a
 //! lookup of an unregistered name is an [`UnknownHandler`] error listing the
 //! registered names; every registered schema is valid JSON and compiles as a
 //! JSON Schema, so input validation never meets a broken schema.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// What a handler says about itself in `describe()`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -129,18 +128,17 @@ impl Registry {
         })
     }
 
-    /// Register a handler of the plugin at `plugin_path` (index `plugin`).
-    /// A name already taken returns the path of the plugin that has it.
-    pub(crate) fn insert(
-        &mut self,
-        entry: HandlerEntry,
-        owner_of: impl Fn(usize) -> PathBuf,
-    ) -> Result<(), PathBuf> {
-        if let Some(existing) = self.handlers.get(&entry.info.name) {
-            return Err(owner_of(existing.plugin));
-        }
-        self.handlers.insert(entry.info.name.clone(), entry);
-        Ok(())
+    /// The index of the plugin that registered `name`, if one did.
+    pub(crate) fn owner(&self, name: &str) -> Option<usize> {
+        self.handlers.get(name).map(|e| e.plugin)
+    }
+
+    /// Register a handler (the caller checked [`Registry::owner`]: a taken
+    /// name is never replaced).
+    pub(crate) fn insert(&mut self, entry: HandlerEntry) {
+        self.handlers
+            .entry(entry.info.name.clone())
+            .or_insert(entry);
     }
 
     pub(crate) fn validate(&self, name: &str, input: &serde_json::Value) -> Result<(), InputError> {

@@ -30,6 +30,8 @@ pub use validate::{
     AGENT_HANDLER, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_MS, load_job_file, validate,
 };
 
+use crate::limits::show_bytes;
+pub(crate) use crate::limits::sizes_for_comparison;
 use std::fmt;
 
 /// Size limits enforced at submit. Operators raise them with the CLI flags
@@ -137,46 +139,9 @@ fn too_large_message(origin: Option<&str>, size: Option<u64>, limit: u64) -> Str
             let (size, limit) = sizes_for_comparison(size, limit);
             format!("is {size}, larger than the {limit} limit")
         }
-        None => format!("is larger than the {} limit", shown_size(limit).2),
+        None => format!("is larger than the {} limit", show_bytes(limit)),
     };
     format!("{what} {size} (raise it with --max-spec-bytes)")
-}
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-
-/// A byte count as people read it (`512 bytes`, `3 KiB`, `2.1 MiB`): the
-/// value in tenths of the unit as displayed, the unit, and the text.
-fn shown_size(bytes: u64) -> (u64, &'static str, String) {
-    let (unit, name) = if bytes >= MIB {
-        (MIB, "MiB")
-    } else if bytes >= KIB {
-        (KIB, "KiB")
-    } else {
-        return (bytes * 10, "bytes", format!("{bytes} bytes"));
-    };
-    // Tenths of the unit, rounded half up, as the text shows them.
-    let tenths = (u128::from(bytes) * 10 + u128::from(unit) / 2) / u128::from(unit);
-    let tenths = u64::try_from(tenths).unwrap_or(u64::MAX);
-    let text = if bytes.is_multiple_of(unit) {
-        format!("{} {name}", bytes / unit)
-    } else {
-        format!("{}.{} {name}", tenths / 10, tenths % 10)
-    };
-    (tenths, name, text)
-}
-
-/// A size and the limit it exceeds, rounded for people unless rounding would
-/// make them look equal (`1.0 MiB, larger than the 1 MiB limit`), in which
-/// case both are given in bytes.
-pub(crate) fn sizes_for_comparison(size: u64, limit: u64) -> (String, String) {
-    let (size_tenths, size_unit, size_text) = shown_size(size);
-    let (limit_tenths, limit_unit, limit_text) = shown_size(limit);
-    if size_unit == limit_unit && size_tenths <= limit_tenths {
-        (format!("{size} bytes"), format!("{limit}-byte"))
-    } else {
-        (size_text, limit_text)
-    }
 }
 
 /// The JSON Schema of a job spec, as published by the MCP server for

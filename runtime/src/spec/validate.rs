@@ -118,6 +118,9 @@ pub fn validate(
             };
             let input_json = task.input.to_string();
             check_input_size(&input_json, &pointer, limits)?;
+            limits::check_json_depth(&input_json, limits::MAX_JSON_DEPTH).map_err(|e| {
+                SpecError::invalid(format!("{pointer}/input"), format!("input {e}"))
+            })?;
             if executor == Executor::Wasm {
                 catalog
                     .validate_input(&handler, &task.input)

@@ -12,8 +12,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// A handler may spawn at most this many children per completion; more is a
-/// fatal task error.
-pub const SPAWN_LIMIT: usize = 10_000;
+/// fatal task error (the plugin host checks it first; the store holds it for
+/// every completion).
+pub const SPAWN_LIMIT: usize = crate::limits::MAX_SPAWNS_PER_TASK;
 
 fn parse<T: FromStr<Err = UnknownName>>(s: &str) -> Result<T, StoreError> {
     s.parse()

@@ -255,6 +255,9 @@ pub struct StageResults {
     pub stage_name: String,
     pub after: Option<TaskId>,
     pub limit: u32,
+    /// Outputs are added to the page until their bytes reach this (a page
+    /// holds at least one output).
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]

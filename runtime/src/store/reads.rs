@@ -297,10 +297,20 @@ pub(crate) async fn job_events(db: &mut Db<'_>, p: &JobEvents) -> Result<Vec<Eve
 
 const STAGE_POSITION: Sql =
     Sql::both("SELECT position FROM stages WHERE job_id = $1 AND tenant_id = $2 AND name = $3");
+// A page is chosen by the outputs' sizes first, so no more than its byte
+// bound is ever read into memory.
+const STAGE_OUTPUT_SIZES: Sql = Sql::both(
+    "SELECT id, CAST(octet_length(output_json) AS BIGINT) FROM tasks
+     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded'
+       AND tenant_id = $3 AND ($4 IS NULL OR id > $4)
+     ORDER BY id
+     LIMIT $5",
+);
+
 const STAGE_OUTPUTS: Sql = Sql::both(
     "SELECT id, output_json FROM tasks
      WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded'
-       AND tenant_id = $3 AND ($4 IS NULL OR id > $4)
+       AND tenant_id = $3 AND ($4 IS NULL OR id > $4) AND id <= $6
      ORDER BY id
      LIMIT $5",
 );
@@ -327,6 +337,31 @@ pub(crate) async fn stage_results(
             entity: "earlier stage",
             id: format!("{:?}", p.stage_name),
         })?;
+    let sizes: Vec<(i64, Option<i64>)> = db
+        .fetch_all(
+            db.query(&STAGE_OUTPUT_SIZES)
+                .bind(p.job.0)
+                .bind(position)
+                .bind(&p.tenant.0)
+                .bind(p.after.map(|t| t.0))
+                .bind(i64::from(p.limit)),
+        )
+        .await?;
+    // Outputs are added until they reach `max_bytes` (at least one, so a
+    // reader always moves on).
+    let mut total = 0u64;
+    let mut last = None;
+    for (id, size) in sizes {
+        if last.is_some() && total >= p.max_bytes {
+            break;
+        }
+        // A missing output reads as `null`.
+        total = total.saturating_add(size.map_or(4, |n| n.max(0) as u64));
+        last = Some(id);
+    }
+    let Some(last) = last else {
+        return Ok(Vec::new());
+    };
     let rows: Vec<(i64, Option<String>)> = db
         .fetch_all(
             db.query(&STAGE_OUTPUTS)
@@ -334,7 +369,8 @@ pub(crate) async fn stage_results(
                 .bind(position)
                 .bind(&p.tenant.0)
                 .bind(p.after.map(|t| t.0))
-                .bind(i64::from(p.limit)),
+                .bind(i64::from(p.limit))
+                .bind(last),
         )
         .await?;
     Ok(rows

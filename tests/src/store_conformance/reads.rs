@@ -94,6 +94,7 @@ pub async fn stage_results_pages_through_an_earlier_stages_outputs(store: &dyn S
         stage_name: "a".to_string(),
         after,
         limit,
+        max_bytes: u64::MAX,
     };
     let mut seen = Vec::new();
     let mut after = None;
@@ -114,6 +115,34 @@ pub async fn stage_results_pages_through_an_earlier_stages_outputs(store: &dyn S
         })
         .collect();
     assert_eq!(seen, expected);
+
+    // Pages are bounded by bytes too: outputs are added until they reach
+    // max_bytes, and a page holds at least one.
+    let bounded = |after, max_bytes| StageResults {
+        max_bytes,
+        ..page(after, 5)
+    };
+    let one = store
+        .stage_results(bounded(None, 1))
+        .await
+        .expect("results");
+    assert_eq!(one, expected[..1]);
+    let two_outputs = (expected[0].1.len() + expected[1].1.len()) as u64;
+    let two = store
+        .stage_results(bounded(None, two_outputs))
+        .await
+        .expect("results");
+    assert_eq!(two, expected[..2]);
+    let three = store
+        .stage_results(bounded(None, two_outputs + 1))
+        .await
+        .expect("results");
+    assert_eq!(three, expected[..3]);
+    let rest = store
+        .stage_results(bounded(Some(expected[2].0), two_outputs))
+        .await
+        .expect("results");
+    assert_eq!(rest, expected[3..]);
 
     let own = store
         .stage_results(StageResults {

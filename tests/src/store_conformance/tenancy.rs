@@ -49,6 +49,7 @@ pub async fn another_tenant_gets_not_found_for_every_job_and_task(store: &dyn St
             stage_name: "a".to_string(),
             after: None,
             limit: 10,
+            max_bytes: u64::MAX,
         })
         .await
         .expect_err("stage_results");

@@ -6,13 +6,14 @@ use lockstep_sdk::{Context, TaskError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The most tasks one run may spawn.
-const MAX_COUNT: u64 = 100_000;
+/// The most tasks one run may spawn (the host's limit).
+const MAX_COUNT: u64 = lockstep_sdk::MAX_SPAWNS as u64;
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Input {
-    /// How many tasks to spawn; more than 100,000 is a fatal error.
+    /// How many tasks to spawn; more than 10,000 (the most one task may
+    /// spawn) is a fatal error.
     count: u64,
     /// The later stage of this job to spawn into.
     #[serde(default = "default_stage")]
@@ -43,7 +44,7 @@ struct Output {
 fn fanout(ctx: &Context, input: Input) -> Result<Output, TaskError> {
     if input.count > MAX_COUNT {
         return Err(TaskError::fatal(format!(
-            "count {} is more than example:fanout spawns in one run ({MAX_COUNT}); split the work over several tasks",
+            "count {} is more than one task may spawn ({MAX_COUNT}); split the work over several tasks",
             input.count
         )));
     }
@@ -56,7 +57,7 @@ fn fanout(ctx: &Context, input: Input) -> Result<Output, TaskError> {
 }
 
 lockstep_sdk::export_handlers! {
-    /// Spawns `count` tasks (at most 100,000) into a later `stage` (default
+    /// Spawns `count` tasks (at most 10,000) into a later `stage` (default
     /// "process"), each run by `handler` (default "example:noop") with input
     /// {"value": i} for i = 1..=count; outputs {"spawned": count}.
     "example:fanout" => fanout,
