@@ -10,15 +10,18 @@
 //! - **free text** — agent instructions, notes, reasons: anything printable
 //!   including newlines and tabs, bounded in bytes; no NUL.
 //!
-//! Guest text (what a handler returns, logs or describes) is not refused for
-//! its characters: it is bounded with [`cut`] before it is stored and
-//! escaped with [`printable`] before it is printed. What a handler hands
-//! back is bounded by the `MAX_*` limits below (errors, spawns, JSON depth).
-//!
 //! **Invariant:** a text accepted here is stored alike by SQLite and
 //! PostgreSQL (PostgreSQL `text` cannot hold NUL, SQLite can: without this
 //! check the two backends would disagree), and a text refused here is refused
 //! before anything is written, with the same sentence on every path.
+//!
+//! Guest text (what a handler returns, logs or describes) is neither: it is
+//! not refused for its characters, since it reports what went wrong. It is
+//! bounded with [`cut`] before it is stored, [`storable`] escapes the one
+//! character the two databases disagree on (NUL) as it is written, and
+//! [`printable`] escapes every control character before it is printed. What
+//! a handler hands back is bounded by the `MAX_*` limits below (errors,
+//! spawns, JSON depth).
 //!
 //! Like `model`, this module imports nothing from the crate, so every layer
 //! (including `plugin`) may use it.
@@ -263,4 +266,16 @@ pub fn sizes_for_comparison(size: u64, limit: u64) -> (String, String) {
 /// A byte count as people read it: `512 bytes`, `3 KiB`, `2.1 MiB`.
 pub fn show_bytes(bytes: u64) -> String {
     shown_size(bytes).2
+}
+
+/// Guest text as the store writes it: each NUL replaced by its escape
+/// (`\u{0}`, as [`printable`] writes it). PostgreSQL `text` cannot hold NUL
+/// and refuses the whole statement (with it a whole group of completions);
+/// SQLite stores it. Escaped, both backends store and return the same text.
+/// Other control characters are kept: they are escaped when printed.
+pub fn storable(text: String) -> String {
+    if !text.contains('\0') {
+        return text;
+    }
+    text.replace('\0', "\\u{0}")
 }

@@ -710,3 +710,44 @@ tasks = [{ key = "back", handler = "example:fanout", input = { count = 3, stage 
         rec.error
     );
 }
+
+#[tokio::test]
+async fn spawned_stage_and_handler_names_meet_the_rules_of_submitted_ones() {
+    let h = Harness::new().await;
+    let long = "s".repeat(300);
+    let job = h
+        .submit(&format!(
+            r#"
+name = "spawned-names"
+[[stages]]
+name = "first"
+on_failure = "continue"
+tasks = [
+  {{ handler = "example:fanout", input = {{ count = 1, stage = "{long}" }} }},
+  {{ handler = "example:fanout", input = {{ count = 1, stage = "a\u001b[2Jb" }} }},
+  {{ handler = "example:fanout", input = {{ count = 1, stage = "second", handler = "{long}" }} }},
+  {{ handler = "example:fanout", input = {{ count = 1, stage = "second", handler = "ex\u0000ample:noop" }} }},
+]
+[[stages]]
+name = "second"
+"#
+        ))
+        .await;
+    let done = h.run_to_end(job).await;
+    assert_eq!(done.job.stages[1].total, 0, "nothing was spawned");
+    let mut errors = Vec::new();
+    for id in 1..=4 {
+        let task = h.engine.task(&h.tenant, TaskId(id)).await.expect("task");
+        assert_eq!((task.state, task.attempt), (TaskState::Dead, 1), "{task:?}");
+        errors.push(task.error.unwrap_or_default());
+    }
+    assert_eq!(
+        errors,
+        [
+            "spawned task 0: stage name is 300 bytes, longer than the 256-byte limit",
+            "spawned task 0: stage name contains the control character U+001B at byte 1; names may only hold printable characters",
+            "spawned task 0: handler name is 300 bytes, longer than the 256-byte limit",
+            "spawned task 0: handler name contains the control character U+0000 at byte 2; NUL cannot be stored",
+        ]
+    );
+}

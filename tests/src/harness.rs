@@ -15,9 +15,13 @@ use tokio::sync::OnceCell;
 
 static EXAMPLES: OnceCell<Arc<PluginHost>> = OnceCell::const_new();
 
-/// Compile cache shared by the tests of one run (the examples compile once).
+/// Compile cache shared by the tests of every run, under `target/` (Cargo's
+/// directory for integration tests' files): the examples compile once, and
+/// nothing is left behind in the system's temporary directory. Sharing is
+/// safe: entries are keyed by content, written by rename and verified before
+/// use (`plugin::cache`).
 pub fn test_cache_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("lockstep-test-cache-{}", std::process::id()))
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lockstep-test-cache")
 }
 
 /// The example plugins, loaded once per test process.

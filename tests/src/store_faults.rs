@@ -106,10 +106,16 @@ fn urls_no_other_process_could_open_are_refused_with_a_sentence() {
     let job = scratch.agent_job("vanishing");
     let memory = "in-memory SQLite database lives and dies with one process";
     let empty = "the URL names no file";
+    let uri = "a SQLite URI filename (file:…) carries options of its own";
     for (url, why) in [
         ("sqlite::memory:", memory),
         ("sqlite://:memory:", memory),
         ("sqlite://data.db?mode=memory", memory),
+        // Spellings SQLite reads as the same thing.
+        ("sqlite://%3Amemory%3A", memory),
+        ("sqlite://data.db?mode=%6Demory", memory),
+        ("sqlite://file::memory:", uri),
+        ("sqlite://file:data.db%3Fmode%3Dmemory", uri),
         ("sqlite://", empty),
         ("sqlite:", empty),
     ] {
@@ -195,6 +201,22 @@ async fn another_applications_sqlite_file_is_refused_and_left_untouched() {
             "{args:?}"
         );
     }
+    // The same file, its name percent-encoded: SQLite opens what the name
+    // decodes to, and so is it judged.
+    let encoded = format!(
+        "sqlite://{}",
+        foreign.display().to_string().replace(".db", "%2Edb")
+    );
+    let out = scratch.run(&encoded, &["submit", &job]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{} is not a lockstep database: it holds another application's tables (users)",
+            foreign.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(sqlite_tables(&foreign).await, ["users"]);
     assert_eq!(
         std::fs::read(&foreign).expect("read the file"),
@@ -371,6 +393,62 @@ async fn a_nul_in_a_name_is_refused_alike_by_sqlite_and_postgres() {
     .await;
 }
 
+/// A statement that takes longer than sqlx's one-second alert threshold (a
+/// large submit; here a query kept waiting on a lock another session holds)
+/// prints nothing: sqlx would warn with the statement's whole SQL text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_statement_prints_no_sql_text() {
+    with_pg(|pg| async move {
+        use sqlx::Connection;
+        let scratch = Scratch::new();
+        assert_eq!(job_count(&scratch, &pg.url), 0, "migrated, no jobs");
+        let mut holder = sqlx::PgConnection::connect(&pg.url)
+            .await
+            .expect("connect");
+        sqlx::query("BEGIN").execute(&mut holder).await.expect("begin");
+        sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut holder)
+            .await
+            .expect("lock jobs");
+        let child = scratch
+            .command(&pg.url, &["jobs"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lockstep jobs");
+        // Wait until its query waits for the lock, then keep it waiting past
+        // the threshold.
+        let mut watcher = sqlx::PgConnection::connect(&pg.url)
+            .await
+            .expect("connect");
+        let mut waiting = false;
+        for _ in 0..600 {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .expect("pg_stat_activity");
+            if n > 0 {
+                waiting = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(waiting, "lockstep jobs never waited for the lock");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sqlx::query("ROLLBACK").execute(&mut holder).await.expect("unlock");
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait"))
+            .await
+            .expect("join");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "");
+        let _ = holder.close().await;
+        let _ = watcher.close().await;
+    })
+    .await;
+}
+
 /// A real, small file system: a tmpfs mounted for one test (the tests run as
 /// root, as CI does; mounting needs it). Unmounted when dropped.
 struct SmallDisk {
@@ -434,6 +512,25 @@ fn serve_logs(dir: &Path) -> String {
     text
 }
 
+/// A `lockstep serve` killed when the test ends early (a failed assertion),
+/// so none outlives its test.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn take(mut self) -> Child {
+        self.0.take().expect("the child is still held")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// SIGTERM, then the exit code (panics if it does not exit within 60 s).
 fn terminate(mut child: Child) -> Option<i32> {
     #[allow(unsafe_code)]
@@ -459,7 +556,7 @@ async fn a_full_disk_fails_writes_until_space_returns_then_serve_carries_on() {
     let db = format!("sqlite://{}", disk.path("lockstep.db").display());
     let h = Harness::on(db, logs).await;
     let job = h.submit(&fanin_job(10_000)).await;
-    let serve = spawn_serve(&h, 4);
+    let serve = KillOnDrop(Some(spawn_serve(&h, 4)));
     let mut finished = false;
     wait_for(&h, job, |done, terminal| {
         finished = terminal;
@@ -486,7 +583,12 @@ async fn a_full_disk_fails_writes_until_space_returns_then_serve_carries_on() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     std::fs::remove_file(&filler).expect("free the disk");
     wait_for(&h, job, |_, terminal| terminal).await;
-    assert_eq!(terminate(serve), Some(0), "{}", serve_logs(h.dir.path()));
+    assert_eq!(
+        terminate(serve.take()),
+        Some(0),
+        "{}",
+        serve_logs(h.dir.path())
+    );
     assert_finished_exactly_once(&h, job, 10_000).await;
 
     let log = serve_logs(h.dir.path());

@@ -26,6 +26,7 @@ use std::sync::Arc;
     version,
     about = "Durable orchestration whose task handlers are sandboxed WebAssembly components",
     long_about = None,
+    after_help = limits_help(),
 )]
 pub struct Cli {
     /// Database URL: sqlite://PATH (default sqlite://lockstep.db) or postgres://…
@@ -98,6 +99,23 @@ enum Command {
     /// Benchmarks; each prints JSON lines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+/// The fixed limits on names and text, for `--help` (the ones a flag sets
+/// are described with their flags).
+fn limits_help() -> String {
+    use crate::limits::{
+        MAX_IDEMPOTENCY_KEY_BYTES, MAX_INSTRUCTIONS_BYTES, MAX_JOB_NAME_BYTES, MAX_NAME_BYTES,
+        MAX_TENANT_BYTES, MAX_TITLE_BYTES,
+    };
+    format!(
+        "Limits (job files, MCP arguments and the tasks handlers spawn alike): a job name is at most \
+         {MAX_JOB_NAME_BYTES} bytes; stage names, task keys, depends_on entries, handler and specialist \
+         names at most {MAX_NAME_BYTES}; an idempotency key {MAX_IDEMPOTENCY_KEY_BYTES}; a tenant \
+         {MAX_TENANT_BYTES}; an agent task's title {MAX_TITLE_BYTES} and its instructions \
+         {MAX_INSTRUCTIONS_BYTES}. Names hold no control characters and no text holds a NUL. \
+         --db must name a database other processes can open (not sqlite::memory:)."
+    )
 }
 
 /// How a command ended, mapped to the process exit code.

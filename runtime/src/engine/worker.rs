@@ -443,11 +443,13 @@ fn host_noop(task: ClaimedTask) -> Completion {
     }
 }
 
-/// Spawned tasks must meet the limits of submitted ones (`--max-input-bytes`,
-/// JSON nesting), name a registered handler and match its input schema, or
-/// the spawning task fails fatally: a task for an unknown handler would
-/// otherwise wait forever. (The plugin host already bounded how many there
-/// are and their bytes in all.)
+/// Spawned tasks must meet the rules and limits of submitted ones — stage
+/// and handler names as `limits` bounds them, `--max-input-bytes`, JSON
+/// nesting — name a registered handler and match its input schema, or the
+/// spawning task fails fatally: a task for an unknown handler would otherwise
+/// wait forever. Names are checked first, so a hostile name is never quoted
+/// back into an error. (The plugin host already bounded how many there are
+/// and their bytes in all.)
 fn spawns_for(
     engine: &Engine,
     task: &ClaimedTask,
@@ -457,6 +459,10 @@ fn spawns_for(
     let max_input = engine.config().limits.max_input_bytes;
     let mut out = Vec::with_capacity(spawns.len());
     for (i, s) in spawns.into_iter().enumerate() {
+        for (what, name) in [("stage name", &s.stage), ("handler name", &s.handler)] {
+            crate::limits::check_name(name, crate::limits::MAX_NAME_BYTES)
+                .map_err(|e| format!("spawned task {i}: {what} {e}"))?;
+        }
         let size = s.input.len() as u64;
         if size > max_input {
             let (size, limit) = sizes_for_comparison(size, max_input);

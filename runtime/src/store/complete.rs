@@ -188,7 +188,7 @@ pub(crate) async fn renew_lease(db: &mut Db<'_>, p: &RenewLease) -> Result<bool,
         db.execute(
             db.query(&NOTE)
                 .bind(p.lease.task_id.0)
-                .bind(note)
+                .bind(crate::limits::storable(note.clone()))
                 .bind(p.now),
         )
         .await?;

@@ -84,7 +84,8 @@ impl Effects {
         self.tasks.push(task);
         self.kinds.push(kind.as_str());
         self.positions.push(stage_position);
-        self.details.push(detail);
+        // Details carry guest text (log lines, errors, notes).
+        self.details.push(detail.map(crate::limits::storable));
     }
 
     /// Tasks for this executor (`"wasm"`/`"agent"`) became ready.

@@ -75,6 +75,18 @@ pub(crate) fn decide(
     stages: &[StageMeta],
     now: Millis,
 ) -> Decision {
+    // A handler's error is guest text: stored alike by both backends.
+    let result = match result {
+        TaskResult::Retryable { error, retry_after } => TaskResult::Retryable {
+            error: crate::limits::storable(error),
+            retry_after,
+        },
+        TaskResult::Fatal { error, output_json } => TaskResult::Fatal {
+            error: crate::limits::storable(error),
+            output_json,
+        },
+        other => other,
+    };
     match result {
         TaskResult::Succeeded { output_json, spawn } => match validate_spawn(&held, &spawn, stages)
         {

@@ -78,8 +78,9 @@ impl SqlStore<SqliteBackend> {
     /// anything is written to it. A file this process may not write is
     /// opened read-only when its schema is current.
     pub async fn open(url: &str, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
-        let path = shareable_path(url)?;
-        let base = SqliteConnectOptions::from_str(url)?
+        let parsed = SqliteConnectOptions::from_str(url)?;
+        let path = shareable_path(url, &parsed)?;
+        let base = parsed
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout)
             .statement_cache_capacity(256)
@@ -139,6 +140,16 @@ impl SqlStore<SqliteBackend> {
             })
             .connect_with(connect.clone())
             .await?;
+        // SQLite's own word on what was opened, for URL spellings the text
+        // check above does not know (`mode=%6Demory`): a database without a
+        // file is private to this process.
+        let file: String =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(&writer)
+                .await?;
+        if file.is_empty() {
+            return Err(in_memory_url());
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
             .connect_with(connect)
@@ -201,28 +212,37 @@ impl SqliteBackend {
     }
 }
 
-/// The file a `sqlite:` URL names, refusing URLs that name no file another
-/// process could open: lockstep's state must outlive the process that wrote
-/// it and be shared with `serve`.
-fn shareable_path(url: &str) -> Result<String, StoreError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let in_memory =
-        path.starts_with(":memory:") || query.split('&').any(|pair| pair == "mode=memory");
-    if in_memory {
+/// The file a `sqlite:` URL names (percent-decoded, as SQLite will open
+/// it), refusing URLs that name no file another process could open:
+/// lockstep's state must outlive the process that wrote it and be shared
+/// with `serve`.
+fn shareable_path(url: &str, parsed: &SqliteConnectOptions) -> Result<String, StoreError> {
+    let query = url.split_once('?').map_or("", |(_, query)| query);
+    let file = parsed.get_filename().to_string_lossy().into_owned();
+    // sqlx opens `:memory:` as the shared-cache URI `file:sqlx-in-memory-N`.
+    if file == ":memory:"
+        || file.starts_with("file:sqlx-in-memory-")
+        || query.split('&').any(|pair| pair == "mode=memory")
+    {
+        return Err(in_memory_url());
+    }
+    if file.starts_with("file:") {
         return Err(StoreError::UnusableUrl(
-            "an in-memory SQLite database lives and dies with one process, so nothing written would remain for the next command; name a file, e.g. sqlite://lockstep.db".to_string(),
+            "a SQLite URI filename (file:…) carries options of its own, an in-memory database among them; name the file as a path, e.g. sqlite://lockstep.db".to_string(),
         ));
     }
-    if path.is_empty() {
+    if file.is_empty() {
         return Err(StoreError::UnusableUrl(
             "the URL names no file (SQLite would use a private temporary database that no other command sees); name a file, e.g. sqlite://lockstep.db".to_string(),
         ));
     }
-    Ok(path.to_string())
+    Ok(file)
+}
+
+fn in_memory_url() -> StoreError {
+    StoreError::UnusableUrl(
+        "an in-memory SQLite database lives and dies with one process, so nothing written would remain for the next command; name a file, e.g. sqlite://lockstep.db".to_string(),
+    )
 }
 
 /// Options that read a file this process may not write. SQLite reads a WAL

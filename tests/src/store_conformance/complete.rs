@@ -187,6 +187,78 @@ pub async fn a_retryable_error_on_the_last_attempt_is_dead(store: &dyn Store) {
     );
 }
 
+/// A handler's text may hold NUL, which PostgreSQL `text` cannot store:
+/// errors, log lines and notes are stored with each NUL escaped, the same
+/// text on every backend, and the completion that carries them commits.
+pub async fn guest_text_with_nul_is_stored_escaped_alike(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "nul",
+            vec![continuing(
+                "a",
+                vec![with_attempts(task("work"), 2), task("work")],
+            )],
+        ),
+    )
+    .await;
+    let mut claimed = claim(store, 2).await;
+    claimed.sort_by_key(|t| t.lease.task_id.0);
+    let (first, second) = (&claimed[0], &claimed[1]);
+    assert!(
+        store
+            .renew_lease(RenewLease {
+                tenant: acme(),
+                lease: second.lease,
+                lease_for: Duration::from_millis(LEASE_MS as u64),
+                now: NOW + 1,
+                note: Some("note\0here".to_string()),
+                logs: vec!["streamed\0line".to_string()],
+            })
+            .await
+            .expect("renew")
+    );
+    let mut retried = retryable(first, "retry\0me", 0);
+    retried.logs = vec!["info: log\0line".to_string()];
+    assert_eq!(
+        complete(store, vec![retried, fatal(second, "dead\0end")]).await,
+        vec![
+            CompletionOutcome::Recorded(TaskState::Pending),
+            CompletionOutcome::Recorded(TaskState::Dead),
+        ]
+    );
+    let errors = (
+        get_task(store, first.lease.task_id).await.error,
+        get_task(store, second.lease.task_id).await.error,
+    );
+    assert_eq!(
+        errors,
+        (
+            Some("retry\\u{0}me".to_string()),
+            Some("dead\\u{0}end".to_string())
+        )
+    );
+    let details: Vec<(EventKind, String)> = events(store, job)
+        .await
+        .into_iter()
+        .filter(|e| e.task_id.is_some() && e.kind != EventKind::TaskClaimed)
+        .map(|e| (e.kind, e.detail.unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        details,
+        [
+            (EventKind::TaskNote, "note\\u{0}here".to_string()),
+            (EventKind::TaskLog, "streamed\\u{0}line".to_string()),
+            (EventKind::TaskLog, "info: log\\u{0}line".to_string()),
+            (
+                EventKind::TaskRetried,
+                format!("retry\\u{{0}}me (attempt 1 of 2, retry at {})", NOW),
+            ),
+            (EventKind::TaskDead, "dead\\u{0}end".to_string()),
+        ]
+    );
+}
+
 conformance_cases!(
     a_completion_for_an_earlier_attempt_is_refused_and_logged,
     a_duplicate_completion_is_refused,
@@ -194,4 +266,5 @@ conformance_cases!(
     a_completions_log_lines_precede_its_outcome_and_a_stale_ones_are_dropped,
     a_retryable_error_returns_the_task_to_pending_after_its_backoff,
     a_retryable_error_on_the_last_attempt_is_dead,
+    guest_text_with_nul_is_stored_escaped_alike,
 );
