@@ -20,6 +20,7 @@ mod model_vocabulary;
 mod plugin_host;
 mod plugin_support;
 mod plugin_templates;
+mod plugin_trust;
 mod postgres_cluster;
 mod postgres_store;
 mod postgres_test_db;

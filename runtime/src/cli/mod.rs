@@ -13,7 +13,7 @@ mod serve;
 
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::model::TenantId;
-use crate::plugin::{HostConfig, PluginHost};
+use crate::plugin::{HostConfig, PluginHost, TrustPolicy};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -46,6 +46,17 @@ pub struct Cli {
     /// Refuse to start when any plugin fails to load.
     #[arg(long, global = true)]
     strict: bool,
+    /// Refuse plugins whose sha256 is not the one pinned in their directory's plugins.lock
+    /// (written by `lockstep plugins lock`).
+    #[arg(long, global = true)]
+    require_lock: bool,
+    /// Directory of trusted minisign public keys (*.pub); NAME.wasm.minisig signatures are
+    /// verified against them.
+    #[arg(long, global = true, env = "LOCKSTEP_TRUSTED_KEYS", value_name = "DIR")]
+    trusted_keys: Option<PathBuf>,
+    /// Refuse plugins without a valid signature by a key of --trusted-keys.
+    #[arg(long, global = true)]
+    require_signatures: bool,
     /// Largest task input accepted at submit and from a spawning handler, in bytes (as JSON text).
     #[arg(long, global = true, default_value_t = 1024 * 1024)]
     max_input_bytes: u64,
@@ -137,7 +148,14 @@ impl From<anyhow::Error> for Failure {
                 .downcast_ref::<EngineError>()
                 .is_some_and(EngineError::is_bad_input)
         });
-        if wrong_database {
+        // Trust settings and plugin directories are the operator's input too.
+        let untrusted = e.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<crate::plugin::PluginError>(),
+                Some(crate::plugin::PluginError::Trust(_))
+            )
+        });
+        if wrong_database || untrusted {
             Failure::BadInput(e)
         } else {
             Failure::Other(e)
@@ -165,6 +183,7 @@ pub(crate) struct Ctx {
     plugin_dirs: Vec<PathBuf>,
     cache_dir: Option<PathBuf>,
     strict: bool,
+    trust: TrustPolicy,
     pub tenant: TenantId,
     pub config: EngineConfig,
 }
@@ -183,11 +202,13 @@ impl Ctx {
     }
 
     pub fn plugin_config(&self) -> HostConfig {
-        HostConfig::new(
+        let mut config = HostConfig::new(
             self.plugin_dirs.clone(),
             self.cache_dir.clone(),
             self.strict,
-        )
+        );
+        config.trust = self.trust.clone();
+        config
     }
 
     pub async fn plugins(&self) -> anyhow::Result<Arc<PluginHost>> {
@@ -304,6 +325,11 @@ async fn dispatch(cli: Cli) -> CliResult {
         plugin_dirs: cli.plugins.clone(),
         cache_dir: cli.cache_dir.clone(),
         strict: cli.strict,
+        trust: TrustPolicy {
+            require_lock: cli.require_lock,
+            trusted_keys: cli.trusted_keys.clone(),
+            require_signatures: cli.require_signatures,
+        },
         tenant: TenantId(cli.tenant.clone()),
         config,
     };

@@ -2,7 +2,8 @@
 
 use super::{CliResult, Ctx, Failure};
 use crate::limits::printable;
-use crate::plugin::{CheckReport, RunRequest, StandaloneContext};
+use crate::plugin::trust::{self, Trust};
+use crate::plugin::{CheckReport, RunRequest, StandaloneContext, TrustPolicy, discovery};
 use crate::template::{self, Language, ProjectName};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -30,6 +31,9 @@ pub enum PluginsCommand {
     },
     /// Print the WIT contract (world `plugin`) that this host links.
     Wit,
+    /// Pin every plugin of the plugin directories in DIR/plugins.lock (file, sha256, and the
+    /// signer when --trusted-keys verifies its NAME.wasm.minisig); --require-lock enforces it.
+    Lock,
     /// Say whether FILE.wasm is a plugin this host loads: its exports, the imports it
     /// lacks, its handlers and their input schemas. Exit 1 when it is not.
     Check {
@@ -79,6 +83,7 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
             Ok(())
         }
         PluginsCommand::New { name, lang, dir } => new_project(&name, &lang, dir),
+        PluginsCommand::Lock => lock(ctx),
         PluginsCommand::Wit => {
             print!("{}", crate::plugin::WIT);
             Ok(())
@@ -105,6 +110,30 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
             }
         }
     }
+}
+
+/// `plugins lock`: write the lock of each plugin directory.
+fn lock(ctx: &Ctx) -> CliResult {
+    let bad = |e: String| Failure::BadInput(anyhow::anyhow!(e));
+    let config = ctx.plugin_config();
+    let dirs = crate::plugin::resolve_plugin_dirs(&config.dirs);
+    // The lock pins what the host would read; it does not itself require one.
+    let policy = TrustPolicy {
+        require_lock: false,
+        ..config.trust
+    };
+    let trust = Trust::load(&policy, &dirs).map_err(|e| bad(e.to_string()))?;
+    for dir in &dirs {
+        let files = discovery::scan(std::slice::from_ref(dir)).map_err(|e| bad(e.to_string()))?;
+        let (path, entries) = trust::lock_dir(&trust, dir, &files).map_err(bad)?;
+        let signed = entries.iter().filter(|e| e.signer.is_some()).count();
+        println!(
+            "pinned {} plugins ({signed} signed by a trusted key) in {}",
+            entries.len(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn new_project(name: &str, lang: &str, dir: Option<PathBuf>) -> CliResult {

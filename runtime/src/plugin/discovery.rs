@@ -16,6 +16,7 @@
 //! file is checked again), and only up to [`MAX_PLUGIN_FILE_BYTES`] /
 //! [`MAX_GRANTS_FILE_BYTES`]. A refusal names the kind of file, never its
 //! contents.
+//! A directory others can write to is refused ([`super::trust::check_dir`]).
 
 use super::PluginError;
 use std::ffi::OsString;
@@ -175,6 +176,7 @@ pub fn scan(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, PluginError> {
             continue;
         }
         seen_dirs.push(canonical);
+        super::trust::check_dir(dir)?;
         let entries = std::fs::read_dir(dir).map_err(|source| PluginError::PluginDir {
             path: dir.clone(),
             source,

@@ -11,7 +11,8 @@
 //!   (count, sizes, names, duplicates, schemas). A plugin that fails any step
 //!   is reported with its path and reason and the others still load (unless
 //!   `strict`); a failed `describe()` is remembered by the compile cache.
-//!   Registration is in scan order: a plugin claiming a name an earlier one
+//!   Trust ([`super::trust`]) is checked on the read bytes before they
+//!   compile. Registration is in scan order: a plugin claiming a name an earlier one
 //!   registered is refused as a whole and reported, and the host serves the
 //!   rest.
 //! - Running: every attempt gets a new `Store` (fresh memory, fresh WASI
@@ -39,6 +40,7 @@ use super::instance_state::RunState;
 use super::registry::{
     HandlerEntry, HandlerInfo, InputError, Registry, UnknownHandler, compile_schema,
 };
+use super::trust::{Trust, TrustPolicy};
 use super::{PluginError, discovery, sandbox};
 use crate::limits;
 use serde::Serialize;
@@ -79,6 +81,8 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// Make any plugin that fails to load fatal.
     pub strict: bool,
+    /// Lock, signature and key requirements ([`super::trust`]).
+    pub trust: TrustPolicy,
 }
 
 impl HostConfig {
@@ -87,6 +91,7 @@ impl HostConfig {
             dirs,
             cache_dir,
             strict,
+            trust: TrustPolicy::default(),
         }
     }
 }
@@ -155,6 +160,8 @@ pub struct RunOutcome {
 pub(crate) struct LoadedPlugin {
     pub(crate) path: PathBuf,
     pub(crate) sha256: String,
+    /// Key id of the trusted key that signed it, when verified.
+    pub(crate) signer: Option<String>,
     pub(crate) grants: Grants,
     /// Granted env vars with their values, read once at load.
     env: Vec<(String, String)>,
@@ -227,7 +234,8 @@ impl PluginHost {
         let dirs = discovery::resolve_plugin_dirs(&config.dirs);
         let cache_dir = discovery::resolve_cache_dir(config.cache_dir.as_deref())?;
         let files = discovery::scan(&dirs)?;
-        Self::load_files(dirs, cache_dir, files, config.strict).await
+        let trust = Trust::load(&config.trust, &dirs)?;
+        Self::load_files(dirs, cache_dir, files, config.strict, trust).await
     }
 
     /// Load one plugin file the way a scan would load it (`plugins check`).
@@ -236,7 +244,14 @@ impl PluginHost {
         cache_dir: Option<&Path>,
     ) -> Result<(PluginHost, LoadReport), PluginError> {
         let cache_dir = discovery::resolve_cache_dir(cache_dir)?;
-        Self::load_files(Vec::new(), cache_dir, vec![path.to_owned()], false).await
+        Self::load_files(
+            Vec::new(),
+            cache_dir,
+            vec![path.to_owned()],
+            false,
+            Trust::none(),
+        )
+        .await
     }
 
     async fn load_files(
@@ -244,6 +259,7 @@ impl PluginHost {
         cache_dir: PathBuf,
         files: Vec<PathBuf>,
         strict: bool,
+        trust: Trust,
     ) -> Result<(PluginHost, LoadReport), PluginError> {
         let mut report = LoadReport {
             dirs: dirs.clone(),
@@ -273,6 +289,7 @@ impl PluginHost {
         sandbox::start_epoch_ticks(&engine).map_err(PluginError::Engine)?;
         let cache = CompileCache::new(&cache_dir, &engine);
         let linker = plugin_linker(&engine)?;
+        let trust = Arc::new(trust);
 
         let mut host = PluginHost {
             dirs,
@@ -293,6 +310,7 @@ impl PluginHost {
                 cache: cache.clone(),
                 linker: linker.clone(),
                 slots: host.instance_slots.clone(),
+                trust: trust.clone(),
             };
             loads.spawn(async move {
                 let (outcome, loaded) = job.load(&path, grants).await;
@@ -573,6 +591,7 @@ struct LoadJob {
     cache: CompileCache,
     linker: Arc<Linker<RunState>>,
     slots: Arc<Semaphore>,
+    trust: Arc<Trust>,
 }
 
 impl LoadJob {
@@ -592,6 +611,11 @@ impl LoadJob {
             return (None, Err(problem));
         }
         let sha256 = super::cache::sha256_hex(&wasm);
+        // Before compiling: untrusted bytes never reach the compiler.
+        let admitted = match self.trust.admit(path, &wasm, &sha256) {
+            Ok(admitted) => admitted,
+            Err(reason) => return (None, Err(reason)),
+        };
         let describe_timeout = grants.timeout().min(DESCRIBE_TIMEOUT);
         let settings = format!("m{}-t{}", grants.memory_mib, describe_timeout.as_millis());
         if let Some(reason) = self.cache.remembered_failure(&sha256, &settings) {
@@ -635,6 +659,7 @@ impl LoadJob {
         let plugin = LoadedPlugin {
             path: path.to_owned(),
             sha256,
+            signer: admitted.signer,
             env: grants.env_values(),
             network: grants.network.iter().copied().collect(),
             concurrency: Semaphore::new(grants.concurrency as usize),

@@ -26,6 +26,8 @@ pub struct HandlerListing {
     pub plugin: PathBuf,
     /// sha256 of the plugin file (hex).
     pub sha256: String,
+    /// Key id of the trusted minisign key whose signature verified.
+    pub signer: Option<String>,
     /// What the operator granted the plugin.
     pub grants: Grants,
     /// One-line form of `grants`.
@@ -46,8 +48,12 @@ impl HandlerListing {
     pub fn render_text(&self) -> String {
         let schema = serde_json::to_string(&self.input_schema)
             .unwrap_or_else(|_| "(unprintable)".to_owned());
+        let signed = match &self.signer {
+            Some(key) => format!(", signed by key {key}"),
+            None => String::new(),
+        };
         format!(
-            "{} — {}\n  plugin: {} (sha256 {})\n  grants: {}\n  input:  {}",
+            "{} — {}\n  plugin: {} (sha256 {}{signed})\n  grants: {}\n  input:  {}",
             printable(&self.name),
             printable(&self.description),
             printable(&self.plugin.display().to_string()),
@@ -80,6 +86,7 @@ impl PluginHost {
                     description: entry.info.description.clone(),
                     plugin: plugin.path.clone(),
                     sha256: plugin.sha256.clone(),
+                    signer: plugin.signer.clone(),
                     grants: plugin.grants.clone(),
                     grants_summary: plugin.grants.summary(),
                     input_schema: entry.info.input_schema.clone(),

@@ -17,6 +17,8 @@
 //! - [`command`], [`command_output`]: `wasi:cli/command` components (CI
 //!   steps, test binaries): loading, running, streamed bounded output.
 //! - [`check`]: `plugins check`, whether a file is a plugin this host loads.
+//! - [`trust`]: directory modes, `plugins.lock` pins and minisign signatures,
+//!   checked before a file is compiled.
 //!
 //! **Invariants:** a plugin gets nothing the operator did not grant; there is
 //! no fallback handler; a guest can fail only its own attempt.
@@ -37,6 +39,7 @@ pub(crate) mod instance_state;
 pub use instance_state::{MAX_LOG_LINES, MAX_LOG_MESSAGE};
 pub mod registry;
 pub mod sandbox;
+pub mod trust;
 
 pub use bindings::WIT;
 pub use cache::CacheStats;
@@ -59,6 +62,7 @@ pub use host::{
 };
 pub use inspect::{ExecError, HandlerListing};
 pub use registry::{HandlerInfo, InputError, UnknownHandler};
+pub use trust::{TrustError, TrustPolicy};
 
 use std::path::PathBuf;
 
@@ -79,6 +83,8 @@ pub enum PluginError {
     NoCacheDir,
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error("{} (strict mode makes this fatal)", join_failures(.0))]
     Strict(Vec<LoadFailure>),
 }
