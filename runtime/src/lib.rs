@@ -5,6 +5,7 @@
 //! (`cli`, later `mcp` and `ci`) call the engine and never the store's SQL.
 
 pub mod bench;
+pub mod ci;
 pub mod cli;
 pub mod engine;
 pub mod guest_artifacts;

@@ -3,6 +3,7 @@
 //! processes.
 
 mod api_boundary;
+mod ci_pipelines;
 mod cli;
 mod command_host;
 mod crash_recovery;

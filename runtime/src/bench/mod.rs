@@ -2,6 +2,7 @@
 //! `serde_json::Value` per measured case) for the CLI to print; speed is
 //! measured here, never asserted in tests.
 
+pub mod ci;
 pub mod engine_flow;
 pub mod lookup;
 pub mod mcp;

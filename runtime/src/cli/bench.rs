@@ -64,6 +64,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         python_samples: u32,
     },
+    /// Per-step overhead of a no-op pipeline step, and tests/s of the sample
+    /// test binary one instance per test vs natively (needs cargo).
+    Ci {
+        #[arg(long, default_value_t = 50)]
+        steps: u32,
+        /// Rounds of the sample tests, each way.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// Steps (and tests) at once.
+        #[arg(long, default_value_t = 2)]
+        slots: usize,
+    },
     /// Status and update of one task in a database holding this many tasks.
     Lookup {
         #[arg(long, default_value_t = 1_000_000)]
@@ -197,6 +209,16 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                 stdio_server: Lockstep::new(ctx, &db.url)?.mcp_stdio(),
             };
             print(bench::mcp::mcp(db.engine, &ctx.tenant, tasks, samples, &client_side).await?);
+        }
+        BenchCommand::Ci {
+            steps,
+            rounds,
+            slots,
+        } => {
+            let plugins = ctx.plugins().await?;
+            let cache = crate::plugin::resolve_cache_dir(ctx.cache_dir.as_deref())
+                .map_err(|e| super::Failure::BadInput(e.into()))?;
+            print(bench::ci::ci(plugins, &cache, steps, rounds, slots).await?);
         }
         BenchCommand::Lookup { tasks } => {
             let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;

@@ -110,6 +110,9 @@ enum Command {
     /// Benchmarks; each prints JSON lines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// CI pipelines of sandboxed wasi:cli/command steps (lockstep-ci.toml).
+    #[command(subcommand)]
+    Ci(crate::ci::CiCommand),
 }
 
 /// The fixed limits on names and text, for `--help` (the ones a flag sets
@@ -190,7 +193,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     /// An engine on this command's database with these plugins.
-    async fn open(&self, plugins: Arc<PluginHost>) -> anyhow::Result<Arc<Engine>> {
+    pub(crate) async fn open(&self, plugins: Arc<PluginHost>) -> anyhow::Result<Arc<Engine>> {
         Engine::open(&self.db_url, plugins, self.config.clone())
             .await
             .with_context(|| {
@@ -199,6 +202,11 @@ impl Ctx {
                     without_password(&self.db_url)
                 )
             })
+    }
+
+    /// The `--cache-dir` given, if any.
+    pub(crate) fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.cache_dir.as_deref()
     }
 
     pub fn plugin_config(&self) -> HostConfig {
@@ -354,6 +362,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Plugins(c) => plugins::plugins(&ctx, c).await,
         Command::Exec(a) => plugins::exec(&ctx, a).await,
         Command::Bench(c) => bench::bench(&ctx, c).await,
+        Command::Ci(c) => crate::ci::ci(&ctx, c).await,
     }
 }
 

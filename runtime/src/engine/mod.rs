@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod pipeline;
 pub mod progress;
 mod task_context;
 pub mod tokens;
@@ -74,6 +75,10 @@ pub enum EngineError {
     /// `retry` of a task that has not stopped for good.
     #[error("task {task} is {state}: only a dead or cancelled task can be retried")]
     NotRetryable { task: i64, state: String },
+    /// A request that cannot be done as asked; the text says why and what
+    /// to do instead (re-running a run that is still going, say).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -85,7 +90,8 @@ impl EngineError {
             EngineError::Spec(_)
             | EngineError::NotFound { .. }
             | EngineError::IllegalTransition(_)
-            | EngineError::NotRetryable { .. } => true,
+            | EngineError::NotRetryable { .. }
+            | EngineError::Refused(_) => true,
             // A database URL that cannot be shared, another application's file.
             EngineError::Store(e) => e.is_bad_input(),
         }
@@ -190,7 +196,10 @@ impl Engine {
         self.insert(new_job).await
     }
 
-    async fn insert(&self, job: crate::model::SubmitJob) -> Result<Submitted, EngineError> {
+    pub(crate) async fn insert(
+        &self,
+        job: crate::model::SubmitJob,
+    ) -> Result<Submitted, EngineError> {
         let submitted = self.store.submit_job(job).await?;
         self.wake.notify_waiters();
         Ok(submitted)

@@ -56,6 +56,10 @@ impl ToolFailure {
                     message: e.to_string(),
                 }
             }
+            EngineError::Refused(message) => ToolFailure::Refused {
+                code: "refused",
+                message,
+            },
             other => ToolFailure::internal(tool, &other),
         }
     }

@@ -1,8 +1,8 @@
 //! The vocabulary every layer speaks: ids, timestamps, the lease token, who
 //! executes a task, what a death does, event kinds, the states and their one
 //! transition table, how each of these is spelled as text, and the plain data
-//! that passes between layers (a validated job; jobs, tasks and events as
-//! read back).
+//! that passes between layers (a validated job; a CI step's plan and report;
+//! jobs, tasks and events as read back).
 //!
 //! `spec`, `store`, `engine`, `plugin` and the front doors depend on this
 //! module; it depends on none of them (only serde and thiserror), so a type
@@ -13,6 +13,7 @@ mod ids;
 mod name;
 mod record;
 mod state;
+mod step;
 mod submit;
 mod task;
 
@@ -21,5 +22,9 @@ pub use ids::{JobId, LeaseToken, Millis, TaskId, TenantId};
 pub use name::UnknownName;
 pub use record::{Event, JobStatus, JobSummary, QueueDepth, StageStatus, TaskRecord, TokenRecord};
 pub use state::{IllegalTransition, JobState, StageState, TaskState};
+pub use step::{
+    CachePlan, CacheReport, Condition, MAX_MATRIX_JOBS, MatrixGroup, RetryOn, Reuse, StepKind,
+    StepOutcome, StepPlan, StepReport, TestReport,
+};
 pub use submit::{NewStage, NewTask, SubmitJob, Submitted};
 pub use task::{Executor, OnFailure};

@@ -20,6 +20,7 @@ mod canonical;
 mod catalog;
 mod model;
 mod parse;
+pub mod pipeline;
 mod validate;
 
 pub use canonical::{canonical_json, canonical_spec_json, default_idempotency_key};

@@ -114,6 +114,16 @@ fn check_spec_size(size: usize, limits: &Limits) -> Result<(), SpecError> {
 }
 
 fn parse_text(text: &str, format: Format, origin: Option<&str>) -> Result<JobSpec, SpecError> {
+    parse_typed(text, format, origin)
+}
+
+/// Parses text of any file language of `spec` (job files, pipelines), with
+/// `file:line:column` errors.
+pub(crate) fn parse_typed<T: serde::de::DeserializeOwned>(
+    text: &str,
+    format: Format,
+    origin: Option<&str>,
+) -> Result<T, SpecError> {
     let malformed = |line_column, message: &str| SpecError::Malformed {
         format,
         location: TextLocation {
@@ -123,9 +133,9 @@ fn parse_text(text: &str, format: Format, origin: Option<&str>) -> Result<JobSpe
         message: plain_message(message),
     };
     match format {
-        Format::Toml => toml::from_str::<JobSpec>(text)
+        Format::Toml => toml::from_str::<T>(text)
             .map_err(|e| malformed(e.span().map(|s| line_column(text, s.start)), e.message())),
-        Format::Json => serde_json::from_str::<JobSpec>(text).map_err(|e| {
+        Format::Json => serde_json::from_str::<T>(text).map_err(|e| {
             let full = e.to_string();
             let suffix = format!(" at line {} column {}", e.line(), e.column());
             let message = full.strip_suffix(&suffix).unwrap_or(&full);
@@ -136,7 +146,7 @@ fn parse_text(text: &str, format: Format, origin: Option<&str>) -> Result<JobSpe
 }
 
 /// 1-based line and character column of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;

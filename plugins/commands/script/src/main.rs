@@ -15,6 +15,7 @@
 //! | `lines:N`         | print N numbered lines                                    |
 //! | `sleep:MS`        | sleep MS milliseconds                                     |
 //! | `fail:TEXT`       | print `error: TEXT` to stderr and exit 1                  |
+//! | `failenv:NAME`    | print `error: login with <NAME's value> refused` to stderr and exit 1 |
 //! | `exit:N`          | exit with status N                                        |
 //!
 //! An operation that cannot be done (a missing file, say) prints why to
@@ -121,6 +122,10 @@ fn op(arg: &str) -> Result<Option<ExitCode>, String> {
         }
         "fail" => {
             eprintln!("error: {value}");
+            return Ok(Some(exit_with(1)));
+        }
+        "failenv" => {
+            eprintln!("error: login with {} refused", env(value)?);
             return Ok(Some(exit_with(1)));
         }
         "exit" => {
