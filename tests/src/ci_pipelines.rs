@@ -1292,3 +1292,82 @@ timeout = "3s"
         "trap"
     );
 }
+
+// ------------------------------------------------------------ MCP
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_a_pipeline_over_mcp_only_from_the_pipelines_root() {
+    use crate::mcp_harness::{Db, Refusal, StdioServer, call, ok};
+    use serde_json::json;
+    let db = Db::new().await;
+    let root = db.dir.path().join("pipelines");
+    std::fs::create_dir_all(&root).expect("root");
+    let pipeline = "name = \"gate\"\n[[steps]]\nkey = \"check\"\ncomponent = \"command-script\"\nargs = [\"echo:checked over mcp\"]\n";
+    std::fs::write(root.join("lockstep-ci.toml"), pipeline).expect("write");
+    std::fs::write(db.dir.path().join("outside.toml"), pipeline).expect("write");
+    let plugins = Path::new(guest_artifacts::EXAMPLES_DIR);
+    let root_arg = root.to_str().expect("utf-8").to_string();
+    let server =
+        StdioServer::start_with_plugins(&db, "local", plugins, &["--pipelines-root", &root_arg])
+            .await;
+    let c = &server.client;
+    let started = ok(c, "run_pipeline", json!({ "path": "lockstep-ci.toml" })).await;
+    assert_eq!(started["resumed"], false);
+    assert_eq!(started["steps"], json!(["check"]));
+    let job = started["job_id"].as_i64().expect("job id");
+    let waited = ok(
+        c,
+        "wait_job",
+        json!({ "job_id": job, "timeout_seconds": 120 }),
+    )
+    .await;
+    assert_eq!(waited["job"]["state"], "succeeded", "{waited}");
+    let view = ok(c, "get_job", json!({ "job_id": job })).await;
+    assert_eq!(view["name"], "gate");
+    assert_eq!(view["state"], "succeeded");
+    assert_eq!(view["total"], 1);
+
+    for path in [
+        "../outside.toml",
+        root.join("../outside.toml").to_str().expect("utf-8"),
+    ] {
+        match call(c, "run_pipeline", json!({ "path": path })).await {
+            Err(refusal @ Refusal::Protocol { code: -32602, .. }) => {
+                assert_eq!(refusal.field().as_deref(), Some("path"));
+                assert!(
+                    refusal.message().ends_with(
+                        "is outside the pipelines root; name a file inside it, relative to it"
+                    ),
+                    "{}",
+                    refusal.message()
+                );
+            }
+            other => panic!("{path}: expected invalid_params naming path, got {other:?}"),
+        }
+    }
+    let jobs = ok(c, "list_jobs", json!({})).await;
+    assert_eq!(
+        jobs["jobs"].as_array().expect("jobs").len(),
+        1,
+        "nothing else ran"
+    );
+
+    // A server without --pipelines-root runs none.
+    let plain = StdioServer::start_with_plugins(&db, "local", plugins, &[]).await;
+    match call(
+        &plain.client,
+        "run_pipeline",
+        json!({ "path": "lockstep-ci.toml" }),
+    )
+    .await
+    {
+        Err(Refusal::Tool { code, message }) => {
+            assert_eq!(code, "not_enabled");
+            assert_eq!(
+                message,
+                "this server runs no pipelines: its operator can start it with --pipelines-root DIR"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 
-pub const TOOLS: [&str; 14] = [
+pub const TOOLS: [&str; 15] = [
     "cancel_job",
     "claim_task",
     "complete_task",
@@ -26,6 +26,7 @@ pub const TOOLS: [&str; 14] = [
     "list_jobs",
     "plan_task",
     "retry_task",
+    "run_pipeline",
     "submit_job",
     "update_task",
     "wait_job",

@@ -408,7 +408,7 @@ async fn every_schema_uses_only_what_every_client_understands() {
     let db = Db::new().await;
     let server = StdioServer::start(&db, "local", &[]).await;
     let tools = server.client.list_all_tools().await.expect("tools/list");
-    assert_eq!(tools.len(), 14);
+    assert_eq!(tools.len(), 15);
     let mut found = Vec::new();
     for tool in &tools {
         let input = Value::Object((*tool.input_schema).clone());

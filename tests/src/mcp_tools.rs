@@ -28,6 +28,7 @@ async fn every_tool_is_listed_with_an_input_schema() {
             "list_jobs",
             "plan_task",
             "retry_task",
+            "run_pipeline",
             "submit_job",
             "update_task",
             "wait_job",
@@ -191,6 +192,7 @@ fn bad_calls() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "is not an argument of this tool",
         ),
         ("submit_job", json!({}), "job", "is required"),
+        ("run_pipeline", json!({}), "path", "is required"),
         (
             "submit_job",
             json!({ "job": { "stages": [] } }),

@@ -21,6 +21,10 @@ pub struct McpOptions {
     /// Largest tool arguments accepted, in bytes of JSON.
     #[arg(long, default_value_t = mcp::DEFAULT_MAX_ARGUMENT_BYTES)]
     pub max_argument_bytes: usize,
+    /// Directory whose pipeline files the run_pipeline tool may run (steps
+    /// run in this server, with the secrets of its environment).
+    #[arg(long, value_name = "DIR")]
+    pub pipelines_root: Option<std::path::PathBuf>,
 }
 
 impl McpOptions {
@@ -42,7 +46,26 @@ impl McpOptions {
         Ok(McpConfig {
             agent_lease: Duration::from_secs_f64(self.agent_lease_secs),
             max_argument_bytes: self.max_argument_bytes,
+            pipelines: None,
         })
+    }
+
+    /// The config, with `--pipelines-root` resolved (a command host is made
+    /// for it).
+    pub fn config_for(&self, ctx: &Ctx) -> Result<McpConfig, Failure> {
+        let mut config = self.config()?;
+        if let Some(root) = &self.pipelines_root {
+            let bad = |e: String| Failure::BadInput(anyhow::anyhow!(e));
+            let cache = crate::plugin::resolve_cache_dir(ctx.cache_dir())
+                .map_err(|e| bad(e.to_string()))?;
+            let commands =
+                crate::plugin::CommandHost::new(&cache).map_err(|e| Failure::Other(e.into()))?;
+            config.pipelines = Some(
+                mcp::pipelines::PipelineAccess::new(root, std::sync::Arc::new(commands))
+                    .map_err(bad)?,
+            );
+        }
+        Ok(config)
     }
 
     /// How often expired leases are looked for, given the agent lease.
@@ -64,7 +87,7 @@ pub struct McpArgs {
 
 /// `lockstep mcp`: serve MCP over stdio as `--tenant`, with workers, until stdin closes.
 pub async fn mcp(ctx: &Ctx, args: McpArgs) -> CliResult {
-    let config = args.options.config()?;
+    let config = args.options.config_for(ctx)?;
     let engine = ctx.engine().await?;
     let worker_lease = Duration::from_secs(60);
     let pool = engine.start_workers(WorkerConfig {

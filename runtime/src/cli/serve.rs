@@ -83,7 +83,7 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
         )));
     }
     let grace = Duration::from_secs_f64(args.shutdown_grace);
-    let mcp_config = args.mcp.config()?;
+    let mcp_config = args.mcp.config_for(ctx)?;
     // Bind before starting anything, so a taken port or a public address
     // without tokens is a clean error and nothing has been opened.
     let refuse = |e: String| super::Failure::BadInput(anyhow::anyhow!(e));

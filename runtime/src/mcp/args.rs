@@ -61,6 +61,20 @@ impl Check for SubmitJobArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct RunPipelineArgs {
+    /// The pipeline file (`lockstep-ci.toml` or `.json`), relative to the
+    /// server's pipelines root.
+    pub path: String,
+}
+
+impl Check for RunPipelineArgs {
+    fn check(&self) -> Result<(), ArgError> {
+        name("path", &self.path, MAX_PATH)
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct JobIdArgs {
     /// The job's id, as returned by submit_job, plan_task or list_jobs.
     pub job_id: i64,

@@ -19,6 +19,7 @@ pub mod failure;
 pub mod http;
 pub mod jsonrpc;
 pub mod params;
+pub mod pipelines;
 pub mod schema;
 mod stdio;
 mod tools;
@@ -82,6 +83,8 @@ pub struct McpConfig {
     pub agent_lease: Duration,
     /// Largest tool arguments accepted, as JSON bytes.
     pub max_argument_bytes: usize,
+    /// Pipelines `run_pipeline` may run (`--pipelines-root`); `None`: none.
+    pub pipelines: Option<pipelines::PipelineAccess>,
 }
 
 impl Default for McpConfig {
@@ -89,6 +92,7 @@ impl Default for McpConfig {
         McpConfig {
             agent_lease: Duration::from_secs(15 * 60),
             max_argument_bytes: DEFAULT_MAX_ARGUMENT_BYTES,
+            pipelines: None,
         }
     }
 }

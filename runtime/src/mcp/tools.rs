@@ -103,6 +103,78 @@ impl LockstepMcp {
     }
 
     #[tool(
+        description = "Run a CI pipeline file (lockstep-ci.toml) from the server's pipelines root: its sandboxed steps run in this server, and the run is a job (watch it with get_job or wait_job; it succeeds when every step passed). Returns the job id at once. An unfinished run of the same pipeline is resumed instead of started again.",
+        output_schema = schema_for_output::<PipelineStarted>()
+    )]
+    async fn run_pipeline(
+        &self,
+        caller: Caller,
+        Parameters(args): Parameters<RunPipelineArgs>,
+    ) -> ToolResult {
+        let Some(access) = &self.config.pipelines else {
+            return ToolFailure::Refused {
+                code: "not_enabled",
+                message: "this server runs no pipelines: its operator can start it with --pipelines-root DIR".to_string(),
+            }
+            .into_response();
+        };
+        let path = access
+            .resolve(&args.path)
+            .map_err(|m| ArgError::new("path", m).into_error_data())?;
+        let pipeline = crate::engine::pipeline::load(
+            self.engine.plugins(),
+            &access.commands,
+            &path,
+            &crate::spec::pipeline::PipelineOptions::default(),
+        )
+        .map_err(|e| ArgError::new("path", e.to_string()).into_error_data())?;
+        let needed: Vec<(String, String)> = pipeline
+            .steps
+            .iter()
+            .flat_map(|s| s.secrets.iter().map(|n| (n.clone(), s.key.clone())))
+            .collect();
+        let secrets =
+            match crate::engine::pipeline::Secrets::load(&needed, None, &|n| std::env::var(n).ok())
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    return ToolFailure::Refused {
+                        code: "secret_unavailable",
+                        message: e.to_string(),
+                    }
+                    .into_response();
+                }
+            };
+        let start = match self.engine.start_pipeline(&caller.tenant, &pipeline).await {
+            Ok(s) => s,
+            Err(e) => return ToolFailure::from_engine("run_pipeline", e).into_response(),
+        };
+        // The runner works on in this process; it ends with the run.
+        drop(self.engine.run_steps(
+            caller.tenant.clone(),
+            start.job,
+            access.commands.clone(),
+            crate::engine::pipeline::StepRunConfig {
+                secrets,
+                ..Default::default()
+            },
+        ));
+        let view = PipelineStarted {
+            job_id: start.job.0,
+            resumed: start.resumed,
+            steps: pipeline.steps.iter().map(|s| s.key.clone()).collect(),
+        };
+        let line = format!(
+            "{} run {} of pipeline {:?}: {} steps",
+            if start.resumed { "resumed" } else { "started" },
+            start.job.0,
+            pipeline.name,
+            view.steps.len()
+        );
+        ok(&view, line)
+    }
+
+    #[tool(
         description = "Show a job: its state, per-stage progress and task counts, percent done, ETA and error.",
         annotations(read_only_hint = true),
         output_schema = schema_for_output::<JobView>()

@@ -25,6 +25,16 @@ pub struct Submitted {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+pub struct PipelineStarted {
+    /// The run: a job id (watch it with get_job or wait_job).
+    pub job_id: i64,
+    /// True when an unfinished run of the same pipeline was found and goes on.
+    pub resumed: bool,
+    /// The steps' keys (matrix steps expanded).
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct JobView {
     pub job_id: i64,
     pub name: String,
