@@ -1017,6 +1017,11 @@ key = "flood"
 component = "{hostile}"
 args = ["flood"]
 timeout = "2s"
+
+[[steps]]
+key = "std-exit"
+component = "{hostile}"
+args = ["no-such-mode"]
 "#
         ),
     );
@@ -1032,6 +1037,11 @@ timeout = "2s"
     assert_eq!(outcome("sleep"), StepOutcome::Timeout);
     assert_eq!(outcome("alloc"), StepOutcome::Memory);
     assert_eq!(outcome("flood"), StepOutcome::Timeout);
+    // Rust's std::process::exit(2) on wasm32-wasip2 reaches the host as
+    // status 1 (docs/ci.md says so; exit-with-code carries the status).
+    let std_exit = steps["std-exit"].report.as_ref().expect("report");
+    assert_eq!(std_exit.outcome, StepOutcome::Failed);
+    assert_eq!(std_exit.exit_code, Some(1));
     assert_eq!(
         steps["loop"].report.as_ref().expect("report").summary,
         "timed out after 1s and was stopped"
@@ -1370,4 +1380,109 @@ async fn an_agent_runs_a_pipeline_over_mcp_only_from_the_pipelines_root() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+// ------------------------------------------------------------ the example
+
+#[tokio::test]
+async fn the_example_pipeline_runs_with_the_components_cargo_builds() {
+    let ci = Ci::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ci/lockstep-ci.toml");
+    let state = ci.dir.path().join("state");
+    let out = ci.run(&[
+        "ci",
+        "run",
+        example.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = run_id(&out);
+    let steps = steps(&ci, run).await;
+    let mut keys: Vec<&str> = steps.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "deps",
+            "hash",
+            "lint",
+            "report",
+            "smoke-linux",
+            "smoke-windows",
+            "unit",
+            "verify"
+        ]
+    );
+    for key in [
+        "hash",
+        "verify",
+        "smoke-linux",
+        "smoke-windows",
+        "deps",
+        "lint",
+        "report",
+    ] {
+        assert_eq!(
+            state_of(&steps, key),
+            TaskState::Succeeded,
+            "{key}: {}",
+            text(&out)
+        );
+    }
+    let unit = steps["unit"].report.as_ref().expect("unit report");
+    assert!(
+        unit.soft_failure,
+        "the sample's failing tests fail the step softly"
+    );
+    assert_eq!(unit.tests.len(), 7);
+    let events = events(&ci, run).await;
+    assert_eq!(
+        logs_of(&events, &steps, "smoke-windows"),
+        ["stdout: smoke test on windows", "stdout: windows"]
+    );
+}
+
+// ------------------------------------------------------------ bench ci
+
+#[test]
+fn bench_ci_prints_the_step_overhead_and_the_wasm_over_native_test_rate() {
+    let ci = Ci::new();
+    let out = ci.run(&["bench", "ci", "--steps", "3", "--rounds", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&out));
+    let overhead = &lines[0];
+    assert_eq!(overhead["bench"], "ci");
+    assert_eq!(overhead["case"], "step_overhead");
+    assert_eq!(overhead["steps"], 3);
+    assert_eq!(overhead["run_state"], "succeeded");
+    for field in [
+        "per_step_ms",
+        "steps_per_s",
+        "bare_run_ms_p50",
+        "bare_run_ms_p99",
+    ] {
+        assert!(
+            overhead[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {overhead}"
+        );
+    }
+    let tests = &lines[1];
+    assert_eq!(tests["case"], "rust_tests");
+    assert_eq!(tests["tests_per_round"], 5);
+    for field in [
+        "wasm_one_instance_per_test_tests_per_s",
+        "native_cargo_test_tests_per_s",
+        "native_over_wasm",
+    ] {
+        assert!(
+            tests[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {tests}"
+        );
+    }
+    assert!(overhead["machine"]["cpus"].as_u64().is_some());
 }
