@@ -1,8 +1,11 @@
 //! lockstep: a durable orchestration runtime whose task handlers are sandboxed
 //! WebAssembly components. See ARCHITECTURE.md for the code map.
 //!
-//! Data flows one way: `spec` → `store` ← `engine` ← `plugin`; the front doors
-//! (`cli`, later `mcp` and `ci`) call the engine and never the store's SQL.
+//! The front doors (`cli`, `mcp`, `bench`) call the `engine`, and only it;
+//! the engine validates requests with `spec`, persists with `store` and runs
+//! handlers in `plugin`, and answers with its views; `model` and `limits`
+//! are the vocabulary and text rules under every layer (ARCHITECTURE.md,
+//! "Data Flow").
 
 pub mod bench;
 pub mod ci;

@@ -10,7 +10,7 @@
 //! - **free text** — agent instructions, notes, reasons: anything printable
 //!   including newlines and tabs, bounded in bytes; no NUL.
 //!
-//! **Invariant:** a text accepted here is stored alike by SQLite and
+//! **Invariant 4:** a text accepted here is stored alike by SQLite and
 //! PostgreSQL (PostgreSQL `text` cannot hold NUL, SQLite can: without this
 //! check the two backends would disagree), and a text refused here is refused
 //! before anything is written, with the same sentence on every path.

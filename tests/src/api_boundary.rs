@@ -1,4 +1,4 @@
-//! The API boundary (ARCHITECTURE.md, "API Boundary"): the front doors —
+//! The API boundary (ARCHITECTURE.md, "API Boundary", Invariant 29): the front doors —
 //! `cli`, `mcp`, `bench`, and `ci` and the dashboard (`ui`/`dashboard`) when
 //! they exist — call the engine and nothing below it. This reads their
 //! sources and names every file and line that reaches into `store`.

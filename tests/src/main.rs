@@ -1,11 +1,13 @@
 //! lockstep's end-to-end tests: one binary, one module per area. Everything
 //! runs against real plugins, real database files and servers, and real
-//! processes.
+//! processes (Invariant 28).
 
 mod api_boundary;
+mod architecture;
 mod ci_pipelines;
 mod cli;
 mod command_host;
+mod corrupt_rows;
 mod crash_recovery;
 mod engine_flow;
 mod guest_programs;

@@ -700,3 +700,57 @@ async fn every_job_name_submit_job_accepts_list_jobs_can_find() {
         "names of 1,000 to 4,096 characters are accepted"
     );
 }
+
+/// `lockstep … --json` as a process on the server's database.
+fn cli_json(db: &Db, args: &[&str]) -> Value {
+    let out = std::process::Command::new(crate::harness::cli_bin())
+        .args(["--db", &db.url, "--tenant", "local", "--plugins"])
+        .arg(db.no_plugins())
+        .arg("--cache-dir")
+        .arg(crate::harness::test_cache_dir())
+        .args(args)
+        .output()
+        .expect("run lockstep");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// A job view without the figures that move with the clock.
+fn timeless(mut job: Value) -> Value {
+    let object = job.as_object_mut().expect("a job view");
+    object.remove("throughput_per_s");
+    object.remove("eta_seconds");
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_the_views_the_tools_return() {
+    let db = Db::new().await;
+    let server = StdioServer::start(&db, "local", &[]).await;
+    let c = &server.client;
+    let planned = plan(c, "same views", &[("a", "A", &[]), ("b", "B", &["a"])]).await;
+    let job = planned["job_id"].as_i64().expect("job id");
+    let task = claim(c, job).await.expect("a is ready");
+    complete(c, &task, "a is done").await;
+    let job_arg = job.to_string();
+
+    let status = cli_json(&db, &["status", &job_arg, "--json"]);
+    let get_job = ok(c, "get_job", json!({ "job_id": job })).await;
+    assert_eq!(timeless(status), timeless(get_job));
+    for id in [1, 2] {
+        let view = cli_json(&db, &["task", &id.to_string(), "--json"]);
+        assert_eq!(view, ok(c, "get_task", json!({ "task_id": id })).await);
+    }
+    let jobs = cli_json(&db, &["jobs", "--json"]);
+    assert_eq!(jobs, ok(c, "list_jobs", json!({})).await["jobs"]);
+    // What the views hold: the dependency's summary reached the task view
+    // as a JSON value, not as the stored text.
+    let a = cli_json(&db, &["task", "1", "--json"]);
+    assert_eq!(a["output"], json!({ "summary": "a is done" }), "{a}");
+    assert_eq!(a["title"], "A", "{a}");
+}

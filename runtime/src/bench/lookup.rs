@@ -105,7 +105,7 @@ pub async fn lookup(engine: &Engine, tasks: u64) -> anyhow::Result<Vec<serde_jso
             break;
         };
         let lease = LeaseToken {
-            task_id: task.task_id,
+            task_id: TaskId(task.task_id),
             attempt: task.attempt,
         };
         let output = AgentOutput {

@@ -10,10 +10,10 @@
 use super::mcp_clients::ClientSide;
 use super::percentile;
 use crate::engine::Engine;
-use crate::engine::agent::{Plan, PlannedSubtask};
 use crate::mcp::McpConfig;
 use crate::mcp::http::{self, HttpConfig};
 use crate::model::{JobId, TenantId};
+use crate::spec::plan::{MAX_SUBTASKS, Plan, PlannedSubtask};
 use anyhow::Context as _;
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
@@ -33,7 +33,7 @@ const WARM_UP: u32 = 200;
 
 /// Why `--tasks`/`--samples` cannot be run, if they cannot.
 pub fn check_sizes(tasks: u64, samples: u32) -> Result<(), String> {
-    let max = crate::engine::agent::MAX_SUBTASKS;
+    let max = MAX_SUBTASKS;
     let plan_size = samples as usize + WARM_UP as usize;
     if samples == 0 || plan_size > max {
         return Err(format!(
@@ -118,7 +118,7 @@ pub async fn mcp(
     let measured = async {
         let cases = measure(
             &client,
-            (plan.job_id, u64::from(plan_size)),
+            (JobId(plan.job_id), u64::from(plan_size)),
             fill_jobs.last().copied(),
             samples,
         )

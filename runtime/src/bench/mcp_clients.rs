@@ -28,7 +28,7 @@ use std::time::Instant;
 pub const PYTHON_WARM_UP: usize = 4;
 
 /// Largest plan the preparation makes, in subtasks.
-const MAX_POOL: usize = crate::engine::agent::MAX_SUBTASKS;
+const MAX_POOL: usize = crate::spec::plan::MAX_SUBTASKS;
 
 /// What to measure on the client side.
 #[derive(Debug, Clone)]

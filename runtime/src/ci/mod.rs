@@ -8,9 +8,9 @@
 //! 1 when the pipeline failed. `ci status`, `ci logs` and `ci rerun` read
 //! and re-run stored runs.
 //!
-//! **Invariant:** a front door: it calls the engine (and the plugin host to
+//! **Invariant 29:** a front door: it calls the engine (and the plugin host to
 //! load components) and never the store.
-//! **Invariant:** everything it prints or writes passes the run's secret
+//! **Invariant 35:** everything it prints or writes passes the run's secret
 //! masker and `limits::printable`.
 
 mod report;

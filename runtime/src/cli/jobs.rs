@@ -1,6 +1,7 @@
 //! Job commands: demo, run, submit, status, jobs, events, cancel, retry, task.
 
 use super::{CliResult, Ctx, Failure};
+use crate::engine::views::{JobEventView, JobListEntry, Submitted, View};
 use crate::engine::{Engine, JobFilter, JobProgress, WorkerConfig};
 use crate::limits::printable;
 use crate::model::{EventKind, Executor, JobId, JobState, TaskId, TaskState};
@@ -321,7 +322,7 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string(&submitted).context("rendering JSON")?
+            serde_json::to_string(&Submitted::from(submitted)).context("rendering JSON")?
         );
     } else if submitted.created {
         println!("job {} submitted", submitted.job_id.0);
@@ -336,27 +337,18 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
 
 pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
     let engine = ctx.reader().await?;
-    let (p, waiting) = engine
-        .progress_and_waiting(&ctx.tenant, JobId(args.job))
-        .await?;
     if args.json {
-        /// The progress, plus what a stalled job waits for.
-        #[derive(serde::Serialize)]
-        struct Status<'a> {
-            #[serde(flatten)]
-            progress: &'a JobProgress,
-            waiting_for: &'a [crate::engine::WaitingFor],
-        }
-        let status = Status {
-            progress: &p,
-            waiting_for: &waiting,
-        };
+        // The view MCP's get_job returns.
+        let view = engine.job_view(&ctx.tenant, JobId(args.job)).await?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&status).context("rendering JSON")?
+            serde_json::to_string_pretty(&view).context("rendering JSON")?
         );
         return Ok(());
     }
+    let (p, waiting) = engine
+        .progress_and_waiting(&ctx.tenant, JobId(args.job))
+        .await?;
     println!("job {} {:?}: {}", p.job.job_id.0, p.job.name, p.job.state);
     println!("  {}", p.summary_line());
     print_stages(&p);
@@ -400,9 +392,11 @@ pub async fn list(ctx: &Ctx, args: JobsArgs) -> CliResult {
         )
         .await?;
     if args.json {
+        // The entries of MCP's list_jobs page.
+        let entries: Vec<JobListEntry> = jobs.iter().map(JobListEntry::from).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&jobs).context("rendering JSON")?
+            serde_json::to_string_pretty(&entries).context("rendering JSON")?
         );
         return Ok(());
     }
@@ -426,26 +420,15 @@ pub async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult {
             break;
         }
         after = page.last().map(|e| e.id);
-        for e in page {
+        for e in &page {
+            let view = JobEventView::from(e);
             if args.json {
-                println!("{}", serde_json::to_string(&e).context("rendering JSON")?);
-            } else {
                 println!(
-                    "{:>8} {} {:<18} stage={} task={} {}",
-                    e.id,
-                    e.at,
-                    serde_json::to_value(e.kind)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    e.stage_position
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    e.task_id
-                        .map(|t| t.0.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    printable(e.detail.as_deref().unwrap_or_default())
+                    "{}",
+                    serde_json::to_string(&view).context("rendering JSON")?
                 );
+            } else {
+                println!("{}", view.line());
             }
         }
     }
@@ -471,14 +454,16 @@ pub async fn retry(ctx: &Ctx, args: RetryArgs) -> CliResult {
 
 pub async fn task(ctx: &Ctx, args: TaskArgs) -> CliResult {
     let engine = ctx.reader().await?;
-    let t = engine.task(&ctx.tenant, TaskId(args.task)).await?;
     if args.json {
+        // The view MCP's get_task returns.
+        let view = engine.task_view(&ctx.tenant, TaskId(args.task)).await?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&t).context("rendering JSON")?
+            serde_json::to_string_pretty(&view).context("rendering JSON")?
         );
         return Ok(());
     }
+    let t = engine.task(&ctx.tenant, TaskId(args.task)).await?;
     println!(
         "task {} of job {} (stage {}): {}",
         t.task_id.0, t.job_id.0, t.stage_name, t.state

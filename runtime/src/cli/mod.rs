@@ -1,8 +1,8 @@
 //! The `lockstep` command line: argument parsing, exit codes and rendering.
 //!
-//! **Invariant:** the CLI is a front door: it calls the engine (and, for
+//! **Invariant 29:** the CLI is a front door: it calls the engine (and, for
 //! `plugins`/`exec`, the plugin host) and never touches SQL.
-//! **Invariant:** bad input is one sentence on stderr and exit code 2, with
+//! **Invariant 27:** bad input is one sentence on stderr and exit code 2, with
 //! nothing written; a failed job is exit code 1.
 
 mod bench;

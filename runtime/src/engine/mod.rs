@@ -4,10 +4,10 @@
 //! store, runs workers that claim tasks, execute them in the plugin sandbox
 //! and record results, rescues expired leases and reports progress.
 //!
-//! **Invariant:** the engine never holds a database transaction open while a
+//! **Invariant 18:** the engine never holds a database transaction open while a
 //! handler runs: claim, run and complete are three separate steps, and only
 //! the fenced completion decides what a run meant.
-//! **Invariant:** nothing is routed to a stand-in handler: a task runs in a
+//! **Invariant 19:** nothing is routed to a stand-in handler: a task runs in a
 //! registered plugin or is never claimed (and spawning one for an unknown
 //! handler is a fatal task error).
 
@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod progress;
 mod task_context;
 pub mod tokens;
+pub mod views;
 pub mod worker;
 
 use crate::model::{
@@ -79,6 +80,9 @@ pub enum EngineError {
     /// to do instead (re-running a run that is still going, say).
     #[error("{0}")]
     Refused(String),
+    /// A stored value the engine cannot read; names the row and the column.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -92,6 +96,7 @@ impl EngineError {
             | EngineError::IllegalTransition(_)
             | EngineError::NotRetryable { .. }
             | EngineError::Refused(_) => true,
+            EngineError::Corrupt(_) => false,
             // A database URL that cannot be shared, another application's file.
             EngineError::Store(e) => e.is_bad_input(),
         }
@@ -247,6 +252,29 @@ impl Engine {
             Vec::new()
         };
         Ok((progress, waiting))
+    }
+
+    /// The view of a job: its progress and what it waits for (`get_job`,
+    /// `lockstep status --json`).
+    pub async fn job_view(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+    ) -> Result<views::JobView, EngineError> {
+        let (progress, waiting) = self.progress_and_waiting(tenant, job).await?;
+        Ok(views::JobView::from_progress(&progress).waiting_for(waiting))
+    }
+
+    /// The view of a task with its [`views::RECENT_EVENTS`] most recent
+    /// events (`get_task`, `lockstep task --json`).
+    pub async fn task_view(
+        &self,
+        tenant: &TenantId,
+        task: TaskId,
+    ) -> Result<views::TaskView, EngineError> {
+        let record = self.task(tenant, task).await?;
+        let events = self.task_events(tenant, task, views::RECENT_EVENTS).await?;
+        views::TaskView::new(&record, &events)
     }
 
     /// What a job waits for (see [`Engine::progress_and_waiting`]), given

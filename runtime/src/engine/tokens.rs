@@ -1,10 +1,10 @@
 //! Bearer tokens for MCP over HTTP: each maps to one tenant. The engine owns
 //! them so the front doors (`mcp`, `cli token …`) never reach the store.
 //!
-//! **Invariant:** a token's text exists only in the output of `token create`
+//! **Invariant 22:** a token's text exists only in the output of `token create`
 //! and in the client's configuration; the store keeps its SHA-256 and looks
 //! tokens up by that hash, so a copy of the database does not grant access.
-//! **Invariant:** a revoked token never authenticates again.
+//! **Invariant 22:** a revoked token never authenticates again.
 
 use crate::model::{Millis, TenantId, TokenRecord};
 use crate::store::{CreateToken, RevokeToken, Store, StoreError, TokenLookup, TokenRef};

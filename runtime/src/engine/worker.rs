@@ -21,10 +21,10 @@
 //! A loop whose database calls fail (a full disk, a lost server) logs the
 //! first failure with its cause and the recovery, not every retry.
 //!
-//! **Invariant:** no database transaction is open while a handler runs.
-//! **Invariant:** a result is recorded only through the fenced completion;
+//! **Invariant 18:** no database transaction is open while a handler runs.
+//! **Invariant 8:** a result is recorded only through the fenced completion;
 //! if it is refused (stale lease) it is logged and dropped.
-//! **Invariant:** a task is handed back only if its guest never started.
+//! **Invariant 20:** a task is handed back only if its guest never started.
 
 use super::backoff::retry_delay;
 use super::task_context::JobTaskContext;

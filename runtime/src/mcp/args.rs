@@ -9,17 +9,16 @@ use super::params::{
     ArgError, Check, attempt, bounded, id, name, optional_name, optional_text, text,
 };
 use crate::spec::JobSpec;
+use crate::spec::plan::{self, Plan, plan_job};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// Longest title of a subtask, in characters.
-pub const MAX_TITLE: usize = 200;
-/// Longest instructions, reason, summary or note, in characters.
-pub const MAX_TEXT: usize = 64 * 1024;
+/// Longest reason, summary or note, in characters (as a plan's instructions).
+pub const MAX_TEXT: usize = plan::MAX_INSTRUCTIONS_CHARS;
 /// Longest `details` of a completion, in characters.
 pub const MAX_DETAILS: usize = 1024 * 1024;
-/// Longest specialist, key, artifact kind, in characters.
-pub const MAX_NAME: usize = 100;
+/// Longest specialist or artifact kind, in characters (as a plan's keys).
+pub const MAX_NAME: usize = plan::MAX_NAME_CHARS;
 /// Longest artifact path, in characters.
 pub const MAX_PATH: usize = 4096;
 /// Most artifacts per completion.
@@ -55,7 +54,11 @@ pub struct SubmitJobArgs {
 
 impl Check for SubmitJobArgs {
     fn check(&self) -> Result<(), ArgError> {
-        optional_name("idempotency_key", self.idempotency_key.as_deref(), 200)
+        optional_name(
+            "idempotency_key",
+            self.idempotency_key.as_deref(),
+            plan::MAX_IDEMPOTENCY_KEY_CHARS,
+        )
     }
 }
 
@@ -216,88 +219,11 @@ impl Check for WaitJobArgs {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlanTaskArgs {
-    /// What the whole plan achieves, in one sentence (becomes the job's name).
-    pub goal: String,
-    /// The steps. Each becomes an agent task; a task can be claimed as soon
-    /// as every task in its `depends_on` is completed.
-    pub subtasks: Vec<SubtaskArg>,
-    /// Planning again with the same key returns the existing plan instead of a
-    /// second copy; default: derived from the plan's content.
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubtaskArg {
-    /// Short name of the step, e.g. "Write the migration".
-    pub title: String,
-    /// What to do, in enough detail for an agent that sees only this and the
-    /// summaries of the steps it depends on.
-    pub instructions: String,
-    /// Which kind of agent should do it (e.g. "backend", "reviewer"); claim_task
-    /// can ask for one specialist. Omit for any agent.
-    #[serde(default)]
-    pub specialist: Option<String>,
-    /// A short unique name other subtasks use in depends_on; default `subtask-N`
-    /// (N counts from 1 in this list).
-    #[serde(default)]
-    pub key: Option<String>,
-    /// Keys (or exact titles) of the subtasks that must be completed first.
-    #[serde(default)]
-    pub depends_on: Vec<String>,
-    /// How many times the step may be claimed before it is given up (default 5).
-    #[serde(default)]
-    pub max_attempts: Option<u32>,
-}
-
-impl Check for PlanTaskArgs {
+/// `plan_task`'s arguments are a [`Plan`]: the one validation of a plan
+/// ([`plan_job`]) is its check.
+impl Check for Plan {
     fn check(&self) -> Result<(), ArgError> {
-        name("goal", &self.goal, crate::engine::agent::MAX_GOAL_CHARS)?;
-        if self.subtasks.is_empty() {
-            return Err(ArgError::new(
-                "subtasks",
-                "is empty; a plan needs at least one subtask",
-            ));
-        }
-        let max = crate::engine::agent::MAX_SUBTASKS;
-        if self.subtasks.len() > max {
-            return Err(ArgError::new(
-                "subtasks",
-                format!(
-                    "has {} entries, more than the {max} limit",
-                    self.subtasks.len()
-                ),
-            ));
-        }
-        optional_name("idempotency_key", self.idempotency_key.as_deref(), 200)?;
-        for (i, s) in self.subtasks.iter().enumerate() {
-            name(&format!("subtasks[{i}].title"), &s.title, MAX_TITLE)?;
-            text(
-                &format!("subtasks[{i}].instructions"),
-                &s.instructions,
-                MAX_TEXT,
-            )?;
-            optional_name(
-                &format!("subtasks[{i}].specialist"),
-                s.specialist.as_deref(),
-                MAX_NAME,
-            )?;
-            optional_name(&format!("subtasks[{i}].key"), s.key.as_deref(), MAX_NAME)?;
-            for (j, d) in s.depends_on.iter().enumerate() {
-                name(&format!("subtasks[{i}].depends_on[{j}]"), d, MAX_TITLE)?;
-            }
-            if s.max_attempts == Some(0) {
-                return Err(ArgError::new(
-                    format!("subtasks[{i}].max_attempts"),
-                    "must be at least 1",
-                ));
-            }
-        }
-        Ok(())
+        plan_job(self).map(|_| ())
     }
 }
 

@@ -11,13 +11,14 @@
 //! TypeScript SDK does, and turns a mismatch into a thrown `-32602`), and a
 //! refusal is not the tool's result.
 //!
-//! **Invariant:** no SQL, file path, or error chain from the store reaches a
+//! **Invariant 26:** no SQL, file path, or error chain from the store reaches a
 //! client; internal errors are logged in full on the server.
 
 use super::params::ArgError;
 use crate::engine::EngineError;
 use crate::engine::agent::AgentError;
 use crate::spec::SpecError;
+use crate::spec::field::pointer_field;
 use rmcp::ErrorData;
 use rmcp::model::{CallToolResult, ContentBlock};
 
@@ -67,9 +68,7 @@ impl ToolFailure {
     pub fn from_agent(tool: &str, e: AgentError) -> ToolFailure {
         match e {
             AgentError::Engine(e) => ToolFailure::from_engine(tool, e),
-            AgentError::InvalidPlan { field, message } => {
-                ToolFailure::Argument(ArgError::new(field, message))
-            }
+            AgentError::InvalidPlan(field) => ToolFailure::Argument(field),
             AgentError::LeaseLost { .. } => ToolFailure::Refused {
                 code: "lease_lost",
                 message: e.to_string(),
@@ -129,19 +128,4 @@ fn spec_argument(e: SpecError) -> ArgError {
         SpecError::InFile { source, .. } => spec_argument(*source),
         other => ArgError::new("job", other.to_string()),
     }
-}
-
-/// `/stages/1/tasks/0` under `root` → `root.stages[1].tasks[0]`.
-pub fn pointer_field(root: &str, pointer: &str) -> String {
-    let mut field = root.to_string();
-    for part in pointer.split('/').filter(|p| !p.is_empty()) {
-        let part = part.replace("~1", "/").replace("~0", "~");
-        if part.chars().all(|c| c.is_ascii_digit()) {
-            field.push_str(&format!("[{part}]"));
-        } else {
-            field.push('.');
-            field.push_str(&part);
-        }
-    }
-    field
 }

@@ -5,7 +5,7 @@
 //! **Invariant:** a request without a live token is answered 401 before any
 //! MCP processing, and one over its token's rate 429 with `Retry-After`;
 //! neither reaches a tool or writes anything.
-//! **Invariant:** the tenant of every tool call is the tenant of the token
+//! **Invariant 23:** the tenant of every tool call is the tenant of the token
 //! that authenticated that very request (attached as a [`Caller`]).
 //! **Invariant:** only the configured Host names (loopback by default) and
 //! Origins (pages served from this machine — loopback origins — by default)

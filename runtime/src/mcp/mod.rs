@@ -6,12 +6,12 @@
 //! runs as one tenant: the `--tenant` of a stdio server, or the tenant of the
 //! bearer token on HTTP ([`http`]).
 //!
-//! **Invariant:** this module calls the engine and never touches SQL; every
+//! **Invariant 29:** this module calls the engine and never touches SQL; every
 //! write goes through the engine's one-transaction-per-change store calls, so
 //! a tool that answers "created" has committed.
-//! **Invariant:** a call that fails validation (argument size, types,
+//! **Invariant 24:** a call that fails validation (argument size, types,
 //! [`params::Check`]) reaches no engine method.
-//! **Invariant:** a tool's tenant comes from the transport (stdio flag or
+//! **Invariant 23:** a tool's tenant comes from the transport (stdio flag or
 //! token), never from its arguments.
 
 pub mod args;
@@ -23,7 +23,6 @@ pub mod pipelines;
 pub mod schema;
 mod stdio;
 mod tools;
-pub mod views;
 
 use crate::engine::Engine;
 use crate::model::TenantId;

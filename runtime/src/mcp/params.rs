@@ -1,7 +1,7 @@
 //! Tool arguments: decoding with the path of the offending field, and the
 //! checks every argument struct runs before a tool touches the engine.
 //!
-//! **Invariant:** a tool body only ever sees arguments that decoded and
+//! **Invariant 24:** a tool body only ever sees arguments that decoded and
 //! passed [`Check`]; anything else is an `invalid_params` MCP error whose
 //! message starts with the field (`subtasks[2].title: is empty …`), and no
 //! engine call has been made.
@@ -13,22 +13,12 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
 
-/// An argument that is wrong: which one, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArgError {
-    /// `job_id`, `subtasks[3].depends_on[0]`, … (the arguments themselves: `arguments`).
-    pub field: String,
-    pub message: String,
-}
+/// An argument that is wrong: which one, and why (the field errors of
+/// [`crate::spec::field`], whose checks the argument structs use).
+pub use crate::spec::FieldError as ArgError;
+pub use crate::spec::field::{bounded, name, optional_name, optional_text, text};
 
 impl ArgError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ArgError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
     /// The MCP error a client sees: message `field: why`, and the field in
     /// `data`. Quoted values longer than a few words are shortened to their
     /// start and their length, and the whole is bounded: the value may be
@@ -212,50 +202,6 @@ pub fn shorten_quoted(message: &str) -> String {
 }
 
 // ---------------------------------------------------------------- checks used by the argument structs
-
-/// A required text: not blank, at most `max` characters.
-pub fn text(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
-    if value.trim().is_empty() {
-        return Err(ArgError::new(field, "is empty"));
-    }
-    bounded(field, value, max)
-}
-
-/// An optional text: when present, not blank and at most `max` characters.
-pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<(), ArgError> {
-    match value {
-        Some(v) => text(field, v, max),
-        None => Ok(()),
-    }
-}
-
-/// A required name (specialist, key, kind): not blank, at most `max`
-/// characters, no control characters (see [`crate::limits`]).
-pub fn name(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
-    text(field, value, max)?;
-    crate::limits::check_name(value, usize::MAX).map_err(|e| ArgError::new(field, e.to_string()))
-}
-
-/// An optional name: when present, as [`name`].
-pub fn optional_name(field: &str, value: Option<&str>, max: usize) -> Result<(), ArgError> {
-    match value {
-        Some(v) => name(field, v, max),
-        None => Ok(()),
-    }
-}
-
-/// At most `max` characters (may be empty), and no NUL, which one backend
-/// would store and the other refuse (see [`crate::limits`]).
-pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), ArgError> {
-    // Bytes bound characters from above, so most values skip the count.
-    if value.len() > max && value.chars().count() > max {
-        return Err(ArgError::new(
-            field,
-            format!("is longer than {max} characters"),
-        ));
-    }
-    crate::limits::check_text(value, usize::MAX).map_err(|e| ArgError::new(field, e.to_string()))
-}
 
 /// A positive id.
 pub fn id(field: &str, value: i64) -> Result<(), ArgError> {

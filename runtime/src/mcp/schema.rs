@@ -17,7 +17,7 @@
 //!   against the meta-schema on every call, at about a millisecond per
 //!   subschema (`lockstep bench mcp` measures it per tool).
 //!
-//! **Invariant:** every published schema holds only object subschemas
+//! **Invariant 25:** every published schema holds only object subschemas
 //! (booleans only as `additionalProperties`), standard formats, and no
 //! `$ref`; every output schema is `type: object` at its root.
 

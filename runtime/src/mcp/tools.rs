@@ -1,36 +1,61 @@
 //! The tools: one method each, registered with rmcp's tool router. Every
 //! tool runs as the calling tenant ([`Caller`]), calls the engine, and
-//! answers with a structured result plus one line of text.
+//! answers with the engine's view (`engine::views`) as structured content
+//! plus the view's one line of text.
 //!
-//! **Invariant:** a tool never touches the store's SQL and never sees another
-//! tenant: every engine call takes the caller's tenant.
+//! **Invariants 23 and 30:** a tool never sees another tenant (every
+//! engine call takes the caller's tenant) and answers only with views.
 
 use super::args::*;
 use super::failure::ToolFailure;
 use super::params::{ArgError, Parameters};
-use super::views::*;
 use super::{Caller, LockstepMcp};
-use crate::engine::JobFilter;
-use crate::engine::agent::{AgentClaim, AgentOutput, Artifact, Plan, PlannedSubtask};
+use crate::engine::agent::{AgentClaim, AgentError, AgentOutput, Artifact};
+use crate::engine::views::*;
+use crate::engine::{EngineError, JobFilter};
 use crate::model::{JobId, LeaseToken, TaskId};
+use crate::spec::plan::Plan;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, tool, tool_router};
-use serde::Serialize;
 use std::time::Duration;
 
 type ToolResult = Result<CallToolResult, ErrorData>;
 
-/// A structured result with its one-line text.
-fn ok<T: Serialize>(view: &T, line: String) -> ToolResult {
+/// A view as the structured result, with its one-line text.
+fn ok<T: View>(view: &T) -> ToolResult {
     let value = match serde_json::to_value(view) {
         Ok(v) => v,
         Err(e) => return ToolFailure::internal("render", &e).into_response(),
     };
-    let mut result = CallToolResult::success(vec![ContentBlock::text(line)]);
+    let mut result = CallToolResult::success(vec![ContentBlock::text(view.line())]);
     result.structured_content = Some(value);
     Ok(result)
+}
+
+/// An engine call's answer: its view, or the failure as MCP reports it.
+fn answer<T: View>(tool: &str, result: Result<T, EngineError>) -> ToolResult {
+    match result {
+        Ok(view) => ok(&view),
+        Err(e) => ToolFailure::from_engine(tool, e).into_response(),
+    }
+}
+
+/// An agent workflow call's answer.
+fn agent_answer<T: View>(tool: &str, result: Result<T, AgentError>) -> ToolResult {
+    match result {
+        Ok(view) => ok(&view),
+        Err(e) => ToolFailure::from_agent(tool, e).into_response(),
+    }
+}
+
+/// The lease a task tool's `task_id` and `attempt` stand for.
+fn lease(task_id: i64, attempt: i32) -> LeaseToken {
+    LeaseToken {
+        task_id: TaskId(task_id),
+        attempt,
+    }
 }
 
 /// How often wait_job looks at the job.
@@ -48,23 +73,10 @@ impl LockstepMcp {
         _caller: Caller,
         Parameters(_): Parameters<NoArgs>,
     ) -> ToolResult {
-        let handlers: Vec<serde_json::Value> = self
-            .engine
-            .plugins()
-            .describe_all()
-            .iter()
-            .filter_map(|h| serde_json::to_value(h).ok())
-            .collect();
-        let names: Vec<String> = handlers
-            .iter()
-            .filter_map(|h| h.get("name").and_then(|n| n.as_str()).map(str::to_string))
-            .collect();
-        let line = if names.is_empty() {
-            "no handlers are registered".to_string()
-        } else {
-            format!("{} handlers: {}", names.len(), names.join(", "))
-        };
-        ok(&HandlerList { handlers }, line)
+        match HandlerList::new(&self.engine.plugins().describe_all()) {
+            Ok(list) => ok(&list),
+            Err(e) => ToolFailure::internal("list_handlers", &e).into_response(),
+        }
     }
 
     #[tool(
@@ -80,26 +92,8 @@ impl LockstepMcp {
         if args.idempotency_key.is_some() {
             job.idempotency_key = args.idempotency_key;
         }
-        match self.engine.submit(&caller.tenant, job).await {
-            Ok(s) => {
-                let line = if s.created {
-                    format!("submitted job {}", s.job_id.0)
-                } else {
-                    format!(
-                        "job {} already existed with this idempotency key; nothing new was submitted",
-                        s.job_id.0
-                    )
-                };
-                ok(
-                    &Submitted {
-                        job_id: s.job_id.0,
-                        created: s.created,
-                    },
-                    line,
-                )
-            }
-            Err(e) => ToolFailure::from_engine("submit_job", e).into_response(),
-        }
+        let submitted = self.engine.submit(&caller.tenant, job).await;
+        answer("submit_job", submitted.map(Submitted::from))
     }
 
     #[tool(
@@ -159,19 +153,12 @@ impl LockstepMcp {
                 ..Default::default()
             },
         ));
-        let view = PipelineStarted {
+        ok(&PipelineStarted {
             job_id: start.job.0,
             resumed: start.resumed,
             steps: pipeline.steps.iter().map(|s| s.key.clone()).collect(),
-        };
-        let line = format!(
-            "{} run {} of pipeline {:?}: {} steps",
-            if start.resumed { "resumed" } else { "started" },
-            start.job.0,
-            pipeline.name,
-            view.steps.len()
-        );
-        ok(&view, line)
+            pipeline: pipeline.name.clone(),
+        })
     }
 
     #[tool(
@@ -180,18 +167,8 @@ impl LockstepMcp {
         output_schema = schema_for_output::<JobView>()
     )]
     async fn get_job(&self, caller: Caller, Parameters(args): Parameters<JobIdArgs>) -> ToolResult {
-        match self
-            .engine
-            .progress_and_waiting(&caller.tenant, JobId(args.job_id))
-            .await
-        {
-            Ok((p, waiting)) => {
-                let view = JobView::from_progress(&p).waiting_for(waiting);
-                let line = view.line();
-                ok(&view, line)
-            }
-            Err(e) => ToolFailure::from_engine("get_job", e).into_response(),
-        }
+        let view = self.engine.job_view(&caller.tenant, JobId(args.job_id));
+        answer("get_job", view.await)
     }
 
     #[tool(
@@ -219,24 +196,10 @@ impl LockstepMcp {
                 let next_cursor = (jobs.len() == limit as usize)
                     .then(|| jobs.last().map(|j| format!("before:{}", j.job_id.0)))
                     .flatten();
-                let page = JobPage {
+                ok(&JobPage {
                     jobs: jobs.iter().map(JobListEntry::from).collect(),
                     next_cursor,
-                };
-                let line = match page.jobs.len() {
-                    0 => "no jobs match".to_string(),
-                    n => format!(
-                        "{n} jobs: {}{}",
-                        page.jobs
-                            .iter()
-                            .take(10)
-                            .map(|j| format!("{} {:?} {}", j.job_id, j.name, j.state))
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        if n > 10 { "; …" } else { "" }
-                    ),
-                };
-                ok(&page, line)
+                })
             }
             Err(e) => ToolFailure::from_engine("list_jobs", e).into_response(),
         }
@@ -291,23 +254,12 @@ impl LockstepMcp {
                         view = view.waiting_for(waiting);
                     }
                 }
-                let line = if finished {
-                    format!("finished: {}", view.line())
-                } else {
-                    format!(
-                        "still running after {:.0}s: {}",
-                        timeout.as_secs_f64(),
-                        view.line()
-                    )
-                };
-                return ok(
-                    &WaitResult {
-                        finished,
-                        timed_out: !finished,
-                        job: view,
-                    },
-                    line,
-                );
+                return ok(&WaitResult {
+                    finished,
+                    timed_out: !finished,
+                    job: view,
+                    timeout_seconds: timeout.as_secs_f64(),
+                });
             }
             let nap = WAIT_POLL.min(deadline - now);
             tokio::select! {
@@ -329,16 +281,9 @@ impl LockstepMcp {
         caller: Caller,
         Parameters(args): Parameters<JobIdArgs>,
     ) -> ToolResult {
-        match self.engine.cancel(&caller.tenant, JobId(args.job_id)).await {
-            Ok(state) => ok(
-                &JobStateView {
-                    job_id: args.job_id,
-                    state: state.to_string(),
-                },
-                format!("job {} is {state}", args.job_id),
-            ),
-            Err(e) => ToolFailure::from_engine("cancel_job", e).into_response(),
-        }
+        let job = JobId(args.job_id);
+        let state = self.engine.cancel(&caller.tenant, job).await;
+        answer("cancel_job", state.map(|s| JobStateView::new(job, s)))
     }
 
     #[tool(
@@ -351,21 +296,8 @@ impl LockstepMcp {
         caller: Caller,
         Parameters(args): Parameters<TaskIdArgs>,
     ) -> ToolResult {
-        let task = match self.engine.task(&caller.tenant, TaskId(args.task_id)).await {
-            Ok(t) => t,
-            Err(e) => return ToolFailure::from_engine("get_task", e).into_response(),
-        };
-        let events = self
-            .engine
-            .task_events(&caller.tenant, task.task_id, 20)
-            .await;
-        let events = match events {
-            Ok(ev) => ev,
-            Err(e) => return ToolFailure::from_engine("get_task", e).into_response(),
-        };
-        let view = TaskView::new(&task, &events);
-        let line = view.line();
-        ok(&view, line)
+        let view = self.engine.task_view(&caller.tenant, TaskId(args.task_id));
+        answer("get_task", view.await)
     }
 
     #[tool(
@@ -377,20 +309,9 @@ impl LockstepMcp {
         caller: Caller,
         Parameters(args): Parameters<TaskIdArgs>,
     ) -> ToolResult {
-        match self
-            .engine
-            .retry(&caller.tenant, TaskId(args.task_id))
-            .await
-        {
-            Ok(state) => ok(
-                &TaskStateView {
-                    task_id: args.task_id,
-                    state: state.to_string(),
-                },
-                format!("task {} is {state} again", args.task_id),
-            ),
-            Err(e) => ToolFailure::from_engine("retry_task", e).into_response(),
-        }
+        let task = TaskId(args.task_id);
+        let state = self.engine.retry(&caller.tenant, task).await;
+        answer("retry_task", state.map(|s| TaskStateView::new(task, s)))
     }
 
     #[tool(
@@ -427,62 +348,15 @@ impl LockstepMcp {
                 }
             }
         };
-        let line = format!(
-            "{}: database {}, {} handlers, {} pending / {} running / {} blocked tasks, version {}",
-            if health.ok { "healthy" } else { "unhealthy" },
-            health.database,
-            health.plugins_loaded,
-            health.queue_pending,
-            health.queue_running,
-            health.queue_blocked,
-            health.version
-        );
-        ok(&health, line)
+        ok(&health)
     }
 
     #[tool(
         description = "Plan multi-step work: a goal and its subtasks (title, instructions, optional specialist, optional key, depends_on other subtasks' keys or titles). The plan is stored durably as a job of agent tasks; a subtask becomes claimable (claim_task) as soon as the subtasks it depends on are completed. Returns the job id and every subtask's task id and state.",
         output_schema = schema_for_output::<PlanView>()
     )]
-    async fn plan_task(
-        &self,
-        caller: Caller,
-        Parameters(args): Parameters<PlanTaskArgs>,
-    ) -> ToolResult {
-        let plan = Plan {
-            goal: args.goal,
-            idempotency_key: args.idempotency_key,
-            subtasks: args
-                .subtasks
-                .into_iter()
-                .map(|s| PlannedSubtask {
-                    title: s.title,
-                    instructions: s.instructions,
-                    specialist: s.specialist,
-                    key: s.key,
-                    depends_on: s.depends_on,
-                    max_attempts: s.max_attempts,
-                })
-                .collect(),
-        };
-        match self.engine.plan(&caller.tenant, plan).await {
-            Ok(planned) => {
-                let view = PlanView::from(&planned);
-                let ready = view.tasks.iter().filter(|t| t.state == "pending").count();
-                let line = format!(
-                    "{} plan {} with {} subtasks ({ready} ready to claim now)",
-                    if view.created {
-                        "stored"
-                    } else {
-                        "found the existing"
-                    },
-                    view.job_id,
-                    view.tasks.len()
-                );
-                ok(&view, line)
-            }
-            Err(e) => ToolFailure::from_agent("plan_task", e).into_response(),
-        }
+    async fn plan_task(&self, caller: Caller, Parameters(plan): Parameters<Plan>) -> ToolResult {
+        agent_answer("plan_task", self.engine.plan(&caller.tenant, plan).await)
     }
 
     #[tool(
@@ -500,33 +374,8 @@ impl LockstepMcp {
             lease: self.config.agent_lease,
             worker: caller.name.clone(),
         };
-        match self.engine.claim_agent_task(&caller.tenant, claim).await {
-            Ok(Some(task)) => {
-                let view = ClaimedTaskView::from(&task);
-                let line = format!(
-                    "claimed task {} attempt {}: {:?} ({} dependency summaries attached)",
-                    view.task_id,
-                    view.attempt,
-                    view.title,
-                    view.dependencies.len()
-                );
-                ok(
-                    &ClaimResult {
-                        claimed: true,
-                        task: Some(view),
-                    },
-                    line,
-                )
-            }
-            Ok(None) => ok(
-                &ClaimResult {
-                    claimed: false,
-                    task: None,
-                },
-                "no agent task is ready to claim right now".to_string(),
-            ),
-            Err(e) => ToolFailure::from_agent("claim_task", e).into_response(),
-        }
+        let task = self.engine.claim_agent_task(&caller.tenant, claim).await;
+        agent_answer("claim_task", task.map(ClaimResult::from))
     }
 
     #[tool(
@@ -538,35 +387,13 @@ impl LockstepMcp {
         caller: Caller,
         Parameters(args): Parameters<UpdateTaskArgs>,
     ) -> ToolResult {
-        let lease = LeaseToken {
-            task_id: TaskId(args.task_id),
-            attempt: args.attempt,
-        };
-        match self
-            .engine
-            .update_agent_task(
-                &caller.tenant,
-                lease,
-                Some(args.note),
-                self.config.agent_lease,
-            )
-            .await
-        {
-            Ok(until) => ok(
-                &LeaseView {
-                    task_id: args.task_id,
-                    attempt: args.attempt,
-                    lease_expires_at: until,
-                },
-                format!(
-                    "noted; task {} attempt {} is yours for another {}s",
-                    args.task_id,
-                    args.attempt,
-                    self.config.agent_lease.as_secs()
-                ),
-            ),
-            Err(e) => ToolFailure::from_agent("update_task", e).into_response(),
-        }
+        let renewed = self.engine.update_agent_task(
+            &caller.tenant,
+            lease(args.task_id, args.attempt),
+            Some(args.note),
+            self.config.agent_lease,
+        );
+        agent_answer("update_task", renewed.await)
     }
 
     #[tool(
@@ -578,10 +405,7 @@ impl LockstepMcp {
         caller: Caller,
         Parameters(args): Parameters<CompleteTaskArgs>,
     ) -> ToolResult {
-        let lease = LeaseToken {
-            task_id: TaskId(args.task_id),
-            attempt: args.attempt,
-        };
+        let lease = lease(args.task_id, args.attempt);
         let output = AgentOutput {
             summary: args.summary,
             details: args.details,
@@ -595,25 +419,10 @@ impl LockstepMcp {
                 .collect(),
             next_action: args.next_action,
         };
-        match self
+        let done = self
             .engine
-            .complete_agent_task(&caller.tenant, lease, output)
-            .await
-        {
-            Ok(done) => ok(
-                &FinishedView {
-                    task_id: done.task_id.0,
-                    job_id: done.job_id.0,
-                    state: done.state.to_string(),
-                    job_state: done.job_state.to_string(),
-                },
-                format!(
-                    "task {} is {}; job {} is {}",
-                    done.task_id.0, done.state, done.job_id.0, done.job_state
-                ),
-            ),
-            Err(e) => ToolFailure::from_agent("complete_task", e).into_response(),
-        }
+            .complete_agent_task(&caller.tenant, lease, output);
+        agent_answer("complete_task", done.await)
     }
 
     #[tool(
@@ -625,28 +434,10 @@ impl LockstepMcp {
         caller: Caller,
         Parameters(args): Parameters<FailTaskArgs>,
     ) -> ToolResult {
-        let lease = LeaseToken {
-            task_id: TaskId(args.task_id),
-            attempt: args.attempt,
-        };
-        match self
+        let lease = lease(args.task_id, args.attempt);
+        let done = self
             .engine
-            .fail_agent_task(&caller.tenant, lease, args.reason, args.retryable)
-            .await
-        {
-            Ok(done) => ok(
-                &FinishedView {
-                    task_id: done.task_id.0,
-                    job_id: done.job_id.0,
-                    state: done.state.to_string(),
-                    job_state: done.job_state.to_string(),
-                },
-                format!(
-                    "task {} is {}; job {} is {}",
-                    done.task_id.0, done.state, done.job_id.0, done.job_state
-                ),
-            ),
-            Err(e) => ToolFailure::from_agent("fail_task", e).into_response(),
-        }
+            .fail_agent_task(&caller.tenant, lease, args.reason, args.retryable);
+        agent_answer("fail_task", done.await)
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Every state change the store makes is checked against these tables first;
 //! an illegal transition is an [`IllegalTransition`] naming both states and
-//! nothing is written. The store's SQL encodes the same rules in its `WHERE`
+//! nothing is written (Invariant 3). The store's SQL encodes the same rules in its `WHERE`
 //! clauses (fencing), so a row can never reach a state the table forbids.
 
 use super::name::spelled;

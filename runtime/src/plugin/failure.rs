@@ -1,7 +1,7 @@
 //! Why a run did not produce an outcome, classified so the engine can decide
 //! (retry or not) and an operator can read it in one sentence.
 //!
-//! **Invariant:** every failure of a guest — its own error, a trap, running
+//! **Invariant 17:** every failure of a guest — its own error, a trap, running
 //! out of memory or time, a stack overflow — becomes a [`RunFailure`] of
 //! that run; none of them takes the host down.
 

@@ -3,7 +3,7 @@
 //! sandbox.
 //!
 //! **Invariants:**
-//! - Loading: the plugins of a scan load concurrently. Each is read (a
+//! - Loading (Invariant 31): the plugins of a scan load concurrently. Each is read (a
 //!   regular file, size-capped), compiled (through the cache), linked
 //!   against the `plugin` world plus WASI 0.2 once (`PluginPre`),
 //!   instantiated once to call `describe()` under its own short deadline
@@ -21,7 +21,7 @@
 //!   per host ([`sandbox::MAX_INSTANCES`]) by waiting, never by failing.
 //! - A guest can only fail its own attempt: traps, deadlines, memory and
 //!   stack exhaustion come back as a [`RunFailure`].
-//! - What a guest hands back is bounded before the host copies it: every
+//! - What a guest hands back is bounded before the host copies it (Invariant 32): every
 //!   call's results and host-call arguments together are limited to the
 //!   store's hostcall budget ([`run_budget`]), then the output is checked
 //!   against its grant (`max_output_bytes`), JSON nesting

@@ -20,8 +20,8 @@
 //! - [`trust`]: directory modes, `plugins.lock` pins and minisign signatures,
 //!   checked before a file is compiled.
 //!
-//! **Invariants:** a plugin gets nothing the operator did not grant; there is
-//! no fallback handler; a guest can fail only its own attempt.
+//! **Invariants 16, 19 and 17:** a plugin gets nothing the operator did not
+//! grant; there is no fallback handler; a guest can fail only its own attempt.
 
 pub mod bindings;
 pub mod cache;

@@ -9,7 +9,7 @@
 //!   (or root), is refused with the reason: whoever can write there could
 //!   swap a plugin under the operator.
 //! - Digests and signatures are checked on the exact bytes that are then
-//!   compiled ([`Trust::admit`] takes them, it does not re-read the file).
+//!   compiled (Invariant 33) ([`Trust::admit`] takes them, it does not re-read the file).
 //! - With `--require-lock` a file whose sha256 differs from its pin in its
 //!   directory's `plugins.lock`, or that has no pin, is refused; with
 //!   `--require-signatures` an unsigned file, one signed by a key that is

@@ -1,5 +1,7 @@
 //! Job files: parsing TOML/JSON job specs and validating them into a
-//! [`SubmitJob`](crate::model::SubmitJob) ready for the store.
+//! [`SubmitJob`](crate::model::SubmitJob) ready for the store; and the other
+//! requests that become jobs: plans ([`plan`]), checked field by field
+//! ([`field`]).
 //!
 //! Owns the job file language ([`JobSpec`] and friends, whose JSON Schema
 //! [`job_spec_json_schema`] publishes), where errors point (line and column
@@ -9,7 +11,7 @@
 //! stage and without cycles, registered handlers, inputs that match their
 //! handler's schema, and size limits.
 //!
-//! Invariants: these are pure functions — the only I/O is reading the job
+//! **Invariant 5:** these are pure functions — the only I/O is reading the job
 //! file in [`parse_job_file`]; no database is touched (the store inserts the
 //! result in one transaction). A [`SubmitJob`](crate::model::SubmitJob) is
 //! only ever produced by [`validate`], so every job the store sees passed
@@ -18,13 +20,16 @@
 
 mod canonical;
 mod catalog;
+pub mod field;
 mod model;
 mod parse;
 pub mod pipeline;
+pub mod plan;
 mod validate;
 
 pub use canonical::{canonical_json, canonical_spec_json, default_idempotency_key};
 pub use catalog::{HandlerCatalog, InvalidSchema, SchemaCatalog};
+pub use field::FieldError;
 pub use model::{JobSpec, MAX_TIMEOUT_MS, StageSpec, TaskSpec, Timeout};
 pub use parse::{Format, parse_job_file, parse_job_str, parse_job_value};
 pub use validate::{

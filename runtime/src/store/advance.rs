@@ -1,7 +1,7 @@
 //! Stage counters and advancement: the one place a stage closes and the next
 //! one opens.
 //!
-//! **Invariant (exactly one advancement):** a stage closes only through
+//! **Invariant 9 (exactly one advancement):** a stage closes only through
 //! `UPDATE stages SET state = 'done' … WHERE state = 'open' AND remaining = 0
 //! RETURNING`, run by the transaction that changed the counter. On SQLite one
 //! write transaction runs at a time; on PostgreSQL the transaction holds the
@@ -18,7 +18,7 @@
 //! waiting for us.
 
 use super::StoreError;
-use super::codec::parse_stage_state;
+use super::codec::{parse_column, parse_stage_state};
 use super::effects::Effects;
 use super::rules::StageDelta;
 use super::sql::{Batch, Db, Sql};
@@ -246,7 +246,11 @@ pub(crate) async fn after_stage_closed(
             )
             .await?;
         for (executor,) in &ready {
-            fx.ready(executor);
+            fx.ready(parse_column(
+                &format_args!("a task of stage {next_position} of job {job}"),
+                "executor",
+                executor,
+            )?);
         }
         if remaining > 0 {
             return Ok(());

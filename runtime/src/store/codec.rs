@@ -1,7 +1,8 @@
 //! How store values are read back from SQL rows, shared by every backend:
 //! states, executors, on-failure and event kinds (spelled by `model`),
 //! millisecond arithmetic, and the "not found" errors. A name read back that
-//! is not one of the known spellings is [`StoreError::Corrupt`].
+//! is not one of the known spellings is [`StoreError::Corrupt`], never a
+//! default (Invariant 15).
 
 use super::{ReadyHandler, StoreError};
 use crate::model::{
@@ -19,6 +20,17 @@ pub const SPAWN_LIMIT: usize = crate::limits::MAX_SPAWNS_PER_TASK;
 fn parse<T: FromStr<Err = UnknownName>>(s: &str) -> Result<T, StoreError> {
     s.parse()
         .map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))
+}
+
+/// A name read from `column` of `row` (`task 7`, `stage 2 of job 5`); an
+/// unknown spelling is [`StoreError::Corrupt`] naming the row and the column.
+pub(crate) fn parse_column<T: FromStr<Err = UnknownName>>(
+    row: &dyn std::fmt::Display,
+    column: &str,
+    s: &str,
+) -> Result<T, StoreError> {
+    s.parse()
+        .map_err(|e: UnknownName| StoreError::Corrupt(format!("{row} {column}: {e}")))
 }
 
 pub(crate) fn parse_task_state(s: &str) -> Result<TaskState, StoreError> {

@@ -1,10 +1,10 @@
 //! Claiming, completing, renewing and rescuing tasks.
 //!
-//! **Invariant (fencing):** a completion is recorded only for a row that is
+//! **Invariant 8 (fencing):** a completion is recorded only for a row that is
 //! `state = 'running'` with the claimed attempt and the completing tenant,
 //! read inside the write transaction (locked on PostgreSQL); anything else is
 //! refused as stale and leaves an event, nothing more.
-//! **Invariant (one transaction per batch, set-based):** a batch's task
+//! **Invariant 7 (one transaction per batch, set-based):** a batch's task
 //! updates, dependents, stage counters, spawned children, advancement and
 //! events are a fixed number of statements, whatever its size.
 //! **Lock order (PostgreSQL):** completed task rows (ascending id), then
@@ -12,7 +12,7 @@
 //! rows.
 
 use super::advance;
-use super::codec::{after, parse_stage_state, parse_task_state};
+use super::codec::{after, parse_column, parse_stage_state, parse_task_state};
 use super::effects::Effects;
 use super::rules::{self, Decision, Held, HeldRow, StageDelta, StageMeta, stage_of};
 use super::sql::{Batch, Db, Sql};
@@ -20,7 +20,9 @@ use super::{
     ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, RenewLease, RescueExpiredLeases,
     StoreError, TaskResult,
 };
-use crate::model::{EventKind, JobId, LeaseToken, Millis, StageState, TaskId, TaskState, TenantId};
+use crate::model::{
+    EventKind, Executor, JobId, LeaseToken, Millis, StageState, TaskId, TaskState, TenantId,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 // ------------------------------------------------------------ claim
@@ -670,7 +672,11 @@ async fn settle_dependents(
         let open = stage_of(stages, job, position).map(|s| s.state) == Some(StageState::Open);
         let to = if left == 0 && state == TaskState::Blocked && open {
             state.transition(TaskState::Pending)?;
-            fx.ready(&executor);
+            fx.ready(parse_column(
+                &format_args!("task {id}"),
+                "executor",
+                &executor,
+            )?);
             TaskState::Pending
         } else {
             state
@@ -746,7 +752,8 @@ async fn insert_children(
                 ))
             })?;
             let state = if stage_state == StageState::Open {
-                fx.ready("wasm");
+                // Spawned children are wasm tasks (INSERT_CHILDREN).
+                fx.ready(Executor::Wasm);
                 TaskState::Pending
             } else {
                 TaskState::Blocked

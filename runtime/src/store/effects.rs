@@ -10,7 +10,7 @@ use super::StoreError;
 use super::codec::parse_job_state;
 use super::postgres::READY_CHANNEL;
 use super::sql::{Batch, Db, Sql};
-use crate::model::{EventKind, JobState, Millis};
+use crate::model::{EventKind, Executor, JobState, Millis};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -88,12 +88,13 @@ impl Effects {
         self.details.push(detail.map(crate::limits::storable));
     }
 
-    /// Tasks for this executor (`"wasm"`/`"agent"`) became ready.
-    pub(crate) fn ready(&mut self, executor: &str) {
-        match executor {
-            "agent" => self.ready.insert("agent"),
-            _ => self.ready.insert("wasm"),
-        };
+    /// Tasks for this executor became ready. Workers run wasm and command
+    /// tasks, agents claim agent tasks: one wake-up payload each.
+    pub(crate) fn ready(&mut self, executor: Executor) {
+        self.ready.insert(match executor {
+            Executor::Agent => "agent",
+            Executor::Wasm | Executor::Command => "wasm",
+        });
     }
 
     /// The job's last stage closed (`Succeeded`) or a stage closed with dead

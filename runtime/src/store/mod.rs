@@ -2,12 +2,12 @@
 //! struct. Backends: [`sqlite`] (embedded default) and [`postgres`] (many
 //! processes on one database).
 //!
-//! **Invariant:** only this module (and `migrations/`) contains SQL; every
+//! **Invariant 6:** only this module (and `migrations/`) contains SQL; every
 //! statement is parameterized, never formatted.
-//! **Invariant:** every state change is one transaction: a task's transition,
+//! **Invariant 7:** every state change is one transaction: a task's transition,
 //! its output, its stage counter, its dependents' counters, spawned children
 //! and event rows commit together or not at all.
-//! **Invariant:** every query filters by tenant; another tenant's id answers
+//! **Invariant 10:** every query filters by tenant; another tenant's id answers
 //! [`StoreError::NotFound`].
 
 use crate::model::{

@@ -11,7 +11,8 @@
 
 use super::advance;
 use super::codec::{
-    job_not_found, parse_job_state, parse_stage_state, parse_task_state, task_not_found,
+    job_not_found, parse_column, parse_job_state, parse_stage_state, parse_task_state,
+    task_not_found,
 };
 use super::effects::Effects;
 use super::rules::StageDelta;
@@ -197,7 +198,11 @@ pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskSta
         );
     }
     if unmet == 0 && parse_stage_state(&new_state)? == StageState::Open {
-        fx.ready(&executor);
+        fx.ready(parse_column(
+            &format_args!("task {}", p.task.0),
+            "executor",
+            &executor,
+        )?);
     }
 
     // Job row last.

@@ -373,10 +373,15 @@ pub(crate) async fn stage_results(
                 .bind(last),
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, output)| (TaskId(id), output.unwrap_or_else(|| "null".to_string())))
-        .collect())
+    // Every completion that succeeds records an output: none is corruption.
+    rows.into_iter()
+        .map(|(id, output)| match output {
+            Some(output) => Ok((TaskId(id), output)),
+            None => Err(StoreError::Corrupt(format!(
+                "task {id} output_json: a succeeded task has none"
+            ))),
+        })
+        .collect()
 }
 
 const RECENT_COMPLETIONS: Sql = Sql::both(

@@ -4,7 +4,7 @@
 //! gives back the attempt its claim took — nothing ran, so nothing is
 //! charged or recorded.
 //!
-//! **Invariant:** fenced like a completion (`state = 'running' AND attempt =
+//! **Invariant 8:** fenced like a completion (`state = 'running' AND attempt =
 //! the claimed attempt`): a lease that expired and was taken over releases
 //! nothing.
 

@@ -11,7 +11,7 @@
 //! Every statement of the store runs through [`Db`], which counts statements
 //! and round trips ([`Counters`], read by `lockstep bench throughput`).
 //!
-//! **Invariant:** SQL is never formatted: texts are `&'static str` constants
+//! **Invariant 6:** SQL is never formatted: texts are `&'static str` constants
 //! and every value is a bound parameter.
 
 use super::StoreError;
@@ -214,7 +214,15 @@ impl Query {
     pub(crate) fn bind_ids(self, ids: &[i64]) -> Query {
         match &self.args {
             Args::Sqlite(_) => {
-                let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string());
+                let mut json = String::with_capacity(ids.len() * 8 + 2);
+                json.push('[');
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        json.push(',');
+                    }
+                    json.push_str(&id.to_string());
+                }
+                json.push(']');
                 self.bind(json)
             }
             Args::Postgres(_) => self.bind_array(ids),
@@ -228,7 +236,15 @@ impl Query {
             (Args::Sqlite(_), None) => self.bind(None::<&str>),
             (Args::Postgres(_), None) => self.bind_array(None::<&[String]>),
             (Args::Sqlite(_), Some(names)) => {
-                let json = serde_json::to_string(names).unwrap_or_else(|_| "[]".to_string());
+                let mut json = String::with_capacity(names.len() * 16 + 2);
+                json.push('[');
+                for (i, name) in names.iter().enumerate() {
+                    if i > 0 {
+                        json.push(',');
+                    }
+                    push_json_string(&mut json, name);
+                }
+                json.push(']');
                 self.bind(json)
             }
             (Args::Postgres(_), Some(names)) => self.bind_array(names),
@@ -278,10 +294,7 @@ impl Column<'_> {
 
     fn write_json(&self, row: usize, out: &mut String) {
         use std::fmt::Write as _;
-        let text = |out: &mut String, s: &str| {
-            // A JSON string literal; serializing a &str cannot fail.
-            out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "null".to_string()));
-        };
+        let text = push_json_string;
         match self {
             Column::Int8(v) => {
                 let _ = write!(out, "{}", v[row]);
@@ -308,6 +321,28 @@ impl Column<'_> {
             },
         }
     }
+}
+
+/// Append `s` as a JSON string literal. Written here rather than by serde so
+/// that encoding has no failure path, hence no fallback value that would
+/// bind something other than what the caller passed.
+fn push_json_string(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 impl<'a> Batch<'a> {

@@ -76,7 +76,7 @@ impl SqlStore<SqliteBackend> {
     /// path), a file that is not SQLite, and a SQLite file of another
     /// application (tables, but none of lockstep's bookkeeping) — before
     /// anything is written to it. A file this process may not write is
-    /// opened read-only when its schema is current.
+    /// opened read-only when its schema is current (Invariant 12).
     pub async fn open(url: &str, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let parsed = SqliteConnectOptions::from_str(url)?;
         let path = shareable_path(url, &parsed)?;
@@ -115,7 +115,7 @@ impl SqlStore<SqliteBackend> {
             // connection inside a transaction SQLite has already rolled
             // back; used again, every BEGIN would fail for good. Such a
             // connection is closed, and the pool opens a fresh one for the
-            // next write.
+            // next write (Invariant 13).
             .after_release(move |conn, _| {
                 let replaced = replaced.clone();
                 Box::pin(async move {

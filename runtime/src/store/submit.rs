@@ -216,7 +216,7 @@ async fn insert_tasks(
         for &(position, task) in rows {
             let deps: BTreeSet<&str> = task.depends_on.iter().map(String::as_str).collect();
             if position == 0 && deps.is_empty() {
-                fx.ready(task.executor.as_str());
+                fx.ready(task.executor);
             }
             chunk.push((
                 position,

@@ -7,7 +7,7 @@
 //! module ends with `conformance_cases!(…)`, which makes one test per case
 //! and backend: `store_conformance::<area>::{sqlite,postgres}::<case>`. The
 //! building blocks all areas share are in [`fixtures`]. Every method of the
-//! `Store` trait is called by at least one case.
+//! `Store` trait is called by at least one case (Invariant 14).
 //!
 //! PostgreSQL cases need a server; `.ci/run` starts the local one and sets
 //! `LOCKSTEP_TEST_POSTGRES`, which makes an unreachable server a failure

@@ -14,7 +14,7 @@
 //! into arbitrary chunks: it holds back the last `longest pattern - 1`
 //! bytes, so a value split across two chunks is still found.
 //!
-//! **Invariant:** every path from a guest to the database, an event, a
+//! **Invariant 34:** every path from a guest to the database, an event, a
 //! step's output, the terminal or a report goes through a masker built from
 //! the run's secrets. **Limits** (docs/ci.md): a value transformed any other
 //! way (reversed, split by the guest, hashed, compressed) is not recognised.

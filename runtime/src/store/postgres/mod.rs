@@ -8,7 +8,7 @@
 //! - **Claims** take pending rows with `FOR UPDATE SKIP LOCKED` in one
 //!   statement, so any number of nodes claim concurrently without waiting on
 //!   each other and no row is claimed twice.
-//! - **Fixed lock order (engine invariant 5).** A write transaction locks
+//! - **Fixed lock order (Invariant 11).** A write transaction locks
 //!   task rows, then stage rows, then job rows, each set in ascending key order
 //!   with an explicit `ORDER BY … FOR NO KEY UPDATE` before it updates them.
 //!   The stage counter update (`… WHERE state = 'open' AND remaining = 0

@@ -1,15 +1,44 @@
-//! What the tools return: structured results (with a JSON Schema published
-//! as each tool's output schema) and the one-line text a model reads first.
+//! What the front doors show: one set of views, the JSON that `lockstep
+//! status|task|jobs|submit --json` print and the structured content of every
+//! MCP tool (whose output schemas are derived from these types), each with
+//! the one-line text ([`View::line`]) a person or a model reads first.
 //!
-//! Views are built from engine values only; they carry ids, states, counts
-//! and the caller's own data, never database or file-system details.
+//! Views are built here from engine values only — never by a front door
+//! from store rows — and carry ids, states, counts and the caller's own
+//! data, never database or file-system details (Invariant 30). A stored
+//! value a view cannot read (JSON that is not JSON, a brief that is not a
+//! brief) is [`EngineError::Corrupt`] naming the task and the column, never a
+//! default (Invariant 15).
 
-use crate::engine::agent::{AgentBrief, ClaimedAgentTask, PlannedJob};
-use crate::engine::{JobProgress, WaitingFor};
-use crate::model::{Event, JobSummary, TaskRecord};
+use super::agent::{AgentBrief, AgentOutput, Artifact};
+use super::{EngineError, JobProgress, WaitingFor};
+use crate::model::{Event, JobId, JobState, JobSummary, TaskId, TaskRecord, TaskState};
 use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+/// A view: serializable, with its one line of text.
+pub trait View: Serialize {
+    /// One line saying what the view says, for a terminal or a model.
+    fn line(&self) -> String;
+}
+
+/// The events a task view carries (its most recent, oldest first).
+pub const RECENT_EVENTS: u32 = 20;
+
+/// `json` read back from `task`'s `column`; text that is not JSON is corrupt.
+pub(crate) fn stored_json(
+    task: TaskId,
+    column: &str,
+    json: &str,
+) -> Result<serde_json::Value, EngineError> {
+    serde_json::from_str(json).map_err(|e| corrupt(task, column, &e))
+}
+
+/// The error for a value of `task`'s `column` that cannot be read.
+pub(crate) fn corrupt(task: TaskId, column: &str, why: &dyn std::fmt::Display) -> EngineError {
+    EngineError::Corrupt(format!("task {} {column} cannot be read: {why}", task.0))
+}
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HandlerList {
@@ -17,11 +46,61 @@ pub struct HandlerList {
     pub handlers: Vec<serde_json::Value>,
 }
 
+impl HandlerList {
+    /// The listing of every registered handler, as JSON.
+    pub fn new(
+        listings: &[crate::plugin::HandlerListing],
+    ) -> Result<HandlerList, serde_json::Error> {
+        let handlers = listings
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        Ok(HandlerList { handlers })
+    }
+}
+
+impl View for HandlerList {
+    fn line(&self) -> String {
+        let names: Vec<&str> = self
+            .handlers
+            .iter()
+            .filter_map(|h| h.get("name").and_then(|n| n.as_str()))
+            .collect();
+        if names.is_empty() {
+            "no handlers are registered".to_string()
+        } else {
+            format!("{} handlers: {}", names.len(), names.join(", "))
+        }
+    }
+}
+
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Submitted {
     pub job_id: i64,
     /// False when a job with the same idempotency key already existed; that job is returned.
     pub created: bool,
+}
+
+impl From<crate::model::Submitted> for Submitted {
+    fn from(s: crate::model::Submitted) -> Self {
+        Submitted {
+            job_id: s.job_id.0,
+            created: s.created,
+        }
+    }
+}
+
+impl View for Submitted {
+    fn line(&self) -> String {
+        if self.created {
+            format!("submitted job {}", self.job_id)
+        } else {
+            format!(
+                "job {} already existed with this idempotency key; nothing new was submitted",
+                self.job_id
+            )
+        }
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -32,6 +111,21 @@ pub struct PipelineStarted {
     pub resumed: bool,
     /// The steps' keys (matrix steps expanded).
     pub steps: Vec<String>,
+    /// The pipeline's name (for the line only).
+    #[serde(skip)]
+    pub pipeline: String,
+}
+
+impl View for PipelineStarted {
+    fn line(&self) -> String {
+        format!(
+            "{} run {} of pipeline {:?}: {} steps",
+            if self.resumed { "resumed" } else { "started" },
+            self.job_id,
+            self.pipeline,
+            self.steps.len()
+        )
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -135,8 +229,10 @@ impl JobView {
         self.waiting_for = waiting.into_iter().map(WaitingForView::from).collect();
         self
     }
+}
 
-    pub fn line(&self) -> String {
+impl View for JobView {
+    fn line(&self) -> String {
         let mut line = format!(
             "job {} {:?} is {}: {}/{} tasks done ({}%)",
             self.job_id, self.name, self.state, self.done, self.total, self.percent
@@ -184,6 +280,24 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
+impl View for JobPage {
+    fn line(&self) -> String {
+        match self.jobs.len() {
+            0 => "no jobs match".to_string(),
+            n => format!(
+                "{n} jobs: {}{}",
+                self.jobs
+                    .iter()
+                    .take(10)
+                    .map(|j| format!("{} {:?} {}", j.job_id, j.name, j.state))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                if n > 10 { "; …" } else { "" }
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct JobListEntry {
     pub job_id: i64,
@@ -212,6 +326,23 @@ pub struct WaitResult {
     /// True when the timeout passed first; call wait_job again to keep waiting.
     pub timed_out: bool,
     pub job: JobView,
+    /// How long the wait was allowed to take (for the line only).
+    #[serde(skip)]
+    pub timeout_seconds: f64,
+}
+
+impl View for WaitResult {
+    fn line(&self) -> String {
+        if self.finished {
+            format!("finished: {}", self.job.line())
+        } else {
+            format!(
+                "still running after {:.0}s: {}",
+                self.timeout_seconds,
+                self.job.line()
+            )
+        }
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -220,10 +351,41 @@ pub struct JobStateView {
     pub state: String,
 }
 
+impl JobStateView {
+    pub fn new(job: JobId, state: JobState) -> Self {
+        JobStateView {
+            job_id: job.0,
+            state: state.to_string(),
+        }
+    }
+}
+
+impl View for JobStateView {
+    fn line(&self) -> String {
+        format!("job {} is {}", self.job_id, self.state)
+    }
+}
+
+/// A task's state after a retry.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct TaskStateView {
     pub task_id: i64,
     pub state: String,
+}
+
+impl TaskStateView {
+    pub fn new(task: TaskId, state: TaskState) -> Self {
+        TaskStateView {
+            task_id: task.0,
+            state: state.to_string(),
+        }
+    }
+}
+
+impl View for TaskStateView {
+    fn line(&self) -> String {
+        format!("task {} is {} again", self.task_id, self.state)
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -269,27 +431,24 @@ pub struct EventView {
 
 impl From<&Event> for EventView {
     fn from(e: &Event) -> Self {
-        let kind = serde_json::to_value(e.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
         EventView {
-            kind,
+            kind: e.kind.as_str().to_string(),
             detail: e.detail.clone(),
             at: e.at,
         }
     }
 }
 
-/// A stored JSON text as a value; text that is not JSON stays a string.
-fn json_or_text(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_string()))
-}
-
 impl TaskView {
-    pub fn new(t: &TaskRecord, events: &[Event]) -> TaskView {
-        let brief = AgentBrief::of(t);
-        TaskView {
+    /// The view of a stored task; corrupt input, output or brief is an error
+    /// naming the task and the column.
+    pub fn new(t: &TaskRecord, events: &[Event]) -> Result<TaskView, EngineError> {
+        let brief = AgentBrief::of(t)?;
+        let output = match &t.output_json {
+            Some(json) => Some(stored_json(t.task_id, "output_json", json)?),
+            None => None,
+        };
+        Ok(TaskView {
             task_id: t.task_id.0,
             job_id: t.job_id.0,
             stage: t.stage_name.clone(),
@@ -299,8 +458,8 @@ impl TaskView {
             state: t.state.to_string(),
             attempt: t.attempt,
             max_attempts: t.max_attempts,
-            input: json_or_text(&t.input_json),
-            output: t.output_json.as_deref().map(json_or_text),
+            input: stored_json(t.task_id, "input_json", &t.input_json)?,
+            output,
             error: t.error.clone(),
             title: brief.as_ref().map(|b| b.title.clone()),
             instructions: brief.as_ref().and_then(|b| b.instructions.clone()),
@@ -309,10 +468,12 @@ impl TaskView {
             created_at: t.created_at,
             finished_at: t.finished_at,
             recent_events: events.iter().map(EventView::from).collect(),
-        }
+        })
     }
+}
 
-    pub fn line(&self) -> String {
+impl View for TaskView {
+    fn line(&self) -> String {
         let what = match &self.title {
             Some(title) => format!("{title:?}"),
             None => self.handler.clone(),
@@ -345,6 +506,22 @@ pub struct Health {
     pub queue_blocked: i64,
 }
 
+impl View for Health {
+    fn line(&self) -> String {
+        format!(
+            "{}: database {}, {} handlers, {} pending / {} running / {} blocked tasks, version {}",
+            if self.ok { "healthy" } else { "unhealthy" },
+            self.database,
+            self.plugins_loaded,
+            self.queue_pending,
+            self.queue_running,
+            self.queue_blocked,
+            self.version
+        )
+    }
+}
+
+/// A stored plan: its job and one entry per subtask, in plan order.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct PlanView {
     pub job_id: i64,
@@ -365,25 +542,19 @@ pub struct PlannedTaskView {
     pub state: String,
 }
 
-impl From<&PlannedJob> for PlanView {
-    fn from(p: &PlannedJob) -> Self {
-        PlanView {
-            job_id: p.job_id.0,
-            created: p.created,
-            goal: p.goal.clone(),
-            tasks: p
-                .tasks
-                .iter()
-                .map(|t| PlannedTaskView {
-                    task_id: t.task_id.0,
-                    key: t.key.clone(),
-                    title: t.title.clone(),
-                    specialist: t.specialist.clone(),
-                    depends_on: t.depends_on.clone(),
-                    state: t.state.to_string(),
-                })
-                .collect(),
-        }
+impl View for PlanView {
+    fn line(&self) -> String {
+        let ready = self.tasks.iter().filter(|t| t.state == "pending").count();
+        format!(
+            "{} plan {} with {} subtasks ({ready} ready to claim now)",
+            if self.created {
+                "stored"
+            } else {
+                "found the existing"
+            },
+            self.job_id,
+            self.tasks.len()
+        )
     }
 }
 
@@ -395,6 +566,33 @@ pub struct ClaimResult {
     pub task: Option<ClaimedTaskView>,
 }
 
+impl From<Option<ClaimedTaskView>> for ClaimResult {
+    fn from(task: Option<ClaimedTaskView>) -> Self {
+        ClaimResult {
+            claimed: task.is_some(),
+            task,
+        }
+    }
+}
+
+impl View for ClaimResult {
+    fn line(&self) -> String {
+        match &self.task {
+            Some(task) => format!(
+                "claimed task {} attempt {}: {:?} ({} dependency summaries attached)",
+                task.task_id,
+                task.attempt,
+                task.title,
+                task.dependencies.len()
+            ),
+            None => "no agent task is ready to claim right now".to_string(),
+        }
+    }
+}
+
+// A claimed agent task: what to do, the attempt that proves the claim, and
+// what the tasks it depends on produced. (A line comment: a doc comment would
+// become a description in claim_task's published output schema.)
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ClaimedTaskView {
     pub task_id: i64,
@@ -412,6 +610,7 @@ pub struct ClaimedTaskView {
     pub dependencies: Vec<DependencyView>,
 }
 
+/// A finished dependency of a claimed task.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct DependencyView {
     pub task_id: i64,
@@ -420,62 +619,66 @@ pub struct DependencyView {
     pub state: String,
     pub summary: Option<String>,
     pub next_action: Option<String>,
-    pub artifacts: Vec<ArtifactView>,
+    pub artifacts: Vec<Artifact>,
     /// A non-agent dependency's output.
     pub output: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct ArtifactView {
-    pub path: String,
-    pub kind: String,
-}
-
-impl From<&ClaimedAgentTask> for ClaimedTaskView {
-    fn from(c: &ClaimedAgentTask) -> Self {
-        ClaimedTaskView {
-            task_id: c.task_id.0,
-            attempt: c.attempt,
-            job_id: c.job_id.0,
-            goal: c.goal.clone(),
-            key: c.key.clone(),
-            title: c.title.clone(),
-            instructions: c.instructions.clone(),
-            specialist: c.specialist.clone(),
-            lease_expires_at: c.lease_expires_at,
-            dependencies: c
-                .dependencies
-                .iter()
-                .map(|d| DependencyView {
-                    task_id: d.task_id.0,
-                    key: d.key.clone(),
-                    title: d.title.clone(),
-                    state: d.state.to_string(),
-                    summary: d.summary.clone(),
-                    next_action: d.next_action.clone(),
-                    artifacts: d
-                        .artifacts
-                        .iter()
-                        .map(|a| ArtifactView {
-                            path: a.path.clone(),
-                            kind: a.kind.clone(),
-                        })
-                        .collect(),
-                    output: d.output.clone(),
-                })
-                .collect(),
-        }
+impl DependencyView {
+    /// The view of a dependency row: an agent task that succeeded shows its
+    /// summary, next action and artifacts; any other task its raw output.
+    pub(crate) fn new(d: crate::store::Dependency) -> Result<DependencyView, EngineError> {
+        let brief = AgentBrief::decode(d.task_id, d.agent_json.as_deref())?;
+        let agent_output = match (&brief, d.state, d.output_json.as_deref()) {
+            (Some(_), TaskState::Succeeded, Some(json)) => Some(
+                serde_json::from_str::<AgentOutput>(json)
+                    .map_err(|e| corrupt(d.task_id, "output_json", &e))?,
+            ),
+            _ => None,
+        };
+        let output = match (&agent_output, d.output_json.as_deref()) {
+            (None, Some(json)) => Some(stored_json(d.task_id, "output_json", json)?),
+            _ => None,
+        };
+        let (summary, next_action, artifacts) = match agent_output {
+            Some(o) => (Some(o.summary), o.next_action, o.artifacts),
+            None => (None, None, Vec::new()),
+        };
+        Ok(DependencyView {
+            task_id: d.task_id.0,
+            key: d.key,
+            title: brief.map(|b| b.title),
+            state: d.state.to_string(),
+            summary,
+            next_action,
+            artifacts,
+            output,
+        })
     }
 }
 
+/// A renewed lease.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct LeaseView {
     pub task_id: i64,
     pub attempt: i32,
     /// The renewed lease's end (milliseconds since the Unix epoch).
     pub lease_expires_at: i64,
+    /// How long the lease was renewed for (for the line only).
+    #[serde(skip)]
+    pub lease_seconds: u64,
 }
 
+impl View for LeaseView {
+    fn line(&self) -> String {
+        format!(
+            "noted; task {} attempt {} is yours for another {}s",
+            self.task_id, self.attempt, self.lease_seconds
+        )
+    }
+}
+
+/// The state of a task after an agent completed or failed it.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct FinishedView {
     pub task_id: i64,
@@ -484,4 +687,58 @@ pub struct FinishedView {
     pub state: String,
     /// The job's state now.
     pub job_state: String,
+}
+
+impl View for FinishedView {
+    fn line(&self) -> String {
+        format!(
+            "task {} is {}; job {} is {}",
+            self.task_id, self.state, self.job_id, self.job_state
+        )
+    }
+}
+
+/// One event of a job (`lockstep events --json`, a line each).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct JobEventView {
+    pub id: i64,
+    pub job_id: i64,
+    pub task_id: Option<i64>,
+    /// job_submitted, stage_opened, task_claimed, task_log, …
+    pub kind: String,
+    pub stage_position: Option<i32>,
+    pub detail: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+}
+
+impl From<&Event> for JobEventView {
+    fn from(e: &Event) -> Self {
+        JobEventView {
+            id: e.id,
+            job_id: e.job_id.0,
+            task_id: e.task_id.map(|t| t.0),
+            kind: e.kind.as_str().to_string(),
+            stage_position: e.stage_position,
+            detail: e.detail.clone(),
+            at: e.at,
+        }
+    }
+}
+
+impl View for JobEventView {
+    fn line(&self) -> String {
+        format!(
+            "{:>8} {} {:<18} stage={} task={} {}",
+            self.id,
+            self.at,
+            self.kind,
+            self.stage_position
+                .map_or_else(|| "-".to_string(), |s| s.to_string()),
+            self.task_id
+                .map_or_else(|| "-".to_string(), |t| t.to_string()),
+            // Event details hold guest text (log lines): escaped for a terminal.
+            crate::limits::printable(self.detail.as_deref().unwrap_or_default())
+        )
+    }
 }
