@@ -285,7 +285,7 @@ fn layers_import_only_what_the_data_flow_allows() {
     let allowed: [(&str, &[&str]); 5] = [
         ("model", &[]),
         ("limits", &[]),
-        ("plugin", &[]),
+        ("plugin", &["model", "limits"]),
         ("spec", &["model", "limits"]),
         ("store", &["model", "limits"]),
     ];
