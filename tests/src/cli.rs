@@ -247,6 +247,12 @@ fn bench_mcp_prints_one_json_line_per_case_with_every_sample() {
         .iter()
         .map(|l| l["case"].as_str().expect("case"))
         .collect();
+    // Every line says on what machine, and under what load, it was measured.
+    for line in &lines {
+        assert_eq!(line["machine"]["cpus"].as_u64().map(|n| n > 0), Some(true));
+        let load = line["machine"]["load_average"].as_array().expect("load");
+        assert_eq!(load.len(), 3, "{line}");
+    }
     assert_eq!(
         cases[..5],
         [

@@ -18,7 +18,8 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// A short description of this machine for benchmark output.
+/// A short description of this machine for benchmark output: CPUs, model,
+/// OS, and the 1, 5 and 15-minute load averages (Linux) when it is taken.
 pub fn machine() -> serde_json::Value {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -32,5 +33,13 @@ pub fn machine() -> serde_json::Value {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".to_string());
-    serde_json::json!({ "cpus": cpus, "cpu": model, "os": std::env::consts::OS })
+    // The machine may be shared: the load when the figures were taken says
+    // how much of it the benchmark had.
+    let load: Option<Vec<f64>> = std::fs::read_to_string("/proc/loadavg").ok().map(|s| {
+        s.split_whitespace()
+            .take(3)
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    });
+    serde_json::json!({ "cpus": cpus, "cpu": model, "os": std::env::consts::OS, "load_average": load })
 }
