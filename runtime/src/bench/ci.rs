@@ -172,7 +172,13 @@ async fn rust_tests(
         });
         futures_util::future::join_all(runs).await
     };
-    run_all().await; // warm-up
+    // Warm-up, and proof the tests ran: adds_numbers passes, the two that
+    // panic trap, reads_a_workspace_file passes, writes_an_artifact passes.
+    let ends: Vec<bool> = run_all().await.iter().map(|e| e.succeeded()).collect();
+    anyhow::ensure!(
+        ends == [true, false, false, true, true],
+        "the sample tests did not end as expected (passed: {ends:?})"
+    );
     let started = Instant::now();
     for _ in 0..rounds {
         run_all().await;
