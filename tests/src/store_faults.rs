@@ -314,6 +314,62 @@ fn a_database_this_user_may_not_write_can_still_be_read() {
     assert_eq!(job_count(&scratch, &db), 1);
 }
 
+/// Reading a database this user may not write creates nothing beside it:
+/// SQLite would create the `-wal` and `-shm` files it reads WAL through with
+/// the database's mode (0444) and the reader as owner, and the database's
+/// owner could not write again until someone removed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_database_this_user_may_not_write_creates_no_files_beside_it() {
+    use sqlx::{ConnectOptions, Connection};
+    let scratch = Scratch::new();
+    let db = scratch.sqlite("kept.db");
+    let job = scratch.agent_job("kept");
+    let out = scratch.run(&db, &["submit", &job]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Closed as the last process closes it: SQLite folds the WAL into the
+    // file and removes `-wal` and `-shm`.
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(scratch.path("kept.db"))
+        .connect()
+        .await
+        .expect("open");
+    sqlx::query("SELECT count(*) FROM jobs")
+        .fetch_one(&mut conn)
+        .await
+        .expect("read");
+    conn.close().await.expect("close");
+    let beside = || {
+        let mut names: Vec<String> = std::fs::read_dir(scratch.dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("kept.db"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(beside(), ["kept.db"]);
+    use std::os::unix::fs::PermissionsExt;
+    // Anyone may write the directory; nobody but root may write the file.
+    std::fs::set_permissions(scratch.dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod dir");
+    std::fs::set_permissions(
+        scratch.path("kept.db"),
+        std::fs::Permissions::from_mode(0o444),
+    )
+    .expect("chmod file");
+    let mut command = scratch.command(&db, &["jobs", "--json"]);
+    as_unprivileged(&mut command);
+    let out = command.output().expect("run lockstep");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("jobs json");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        beside(),
+        ["kept.db"],
+        "the reader left files beside the database"
+    );
+}
+
 /// Starts `n` submits of distinct jobs at once and returns their outputs.
 fn racing_submits(scratch: &Scratch, db: &str, n: usize) -> Vec<Output> {
     let jobs: Vec<String> = (0..n)

@@ -246,11 +246,22 @@ fn in_memory_url() -> StoreError {
 }
 
 /// Options that read a file this process may not write. SQLite reads a WAL
-/// database through a shared-memory file beside it; when that cannot be
+/// database through `-wal` and `-shm` files beside it and creates them when
+/// they are missing — with the database's mode and this process's owner,
+/// where the database's own owner could not write them again. So when
+/// neither exists (nobody has the database open), and when they cannot be
 /// created (the directory is not writable either), the file is opened as
-/// immutable, without locks — acceptable for a file nobody here may change.
+/// immutable, without locks: nothing is created, and nobody is writing it.
 async fn reading_options(base: &SqliteConnectOptions) -> Result<SqliteConnectOptions, StoreError> {
     let plain = base.clone().read_only(true);
+    let beside = |suffix: &str| {
+        let mut path = base.get_filename().as_os_str().to_owned();
+        path.push(suffix);
+        std::path::PathBuf::from(path).exists()
+    };
+    if !beside("-wal") && !beside("-shm") {
+        return Ok(plain.immutable(true));
+    }
     let probe = async {
         let mut conn = plain.connect().await?;
         let read = sqlx::query("SELECT 1 FROM sqlite_master LIMIT 1")
