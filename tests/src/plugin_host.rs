@@ -106,8 +106,21 @@ async fn discovery_reads_only_regular_files_of_bounded_size() {
     let granted = dir.add_as(guest_artifacts::EXAMPLE_FLAKY, "y-flaky.wasm");
     fifo(&granted.with_extension("toml"));
 
-    let loaded = tokio::time::timeout(std::time::Duration::from_secs(120), dir.load()).await;
-    let (host, report) = loaded.expect("the load finishes: no file of the directory blocks it");
+    // On a thread of its own, so a load blocked in a read fails the test
+    // instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let config = dir.config(false);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _ = tx.send(runtime.block_on(PluginHost::load(config)));
+    });
+    let (host, report) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the load finishes: no file of the directory blocks it")
+        .expect("the plugin directory loads");
     assert_eq!(host.handler_names(), vec!["example:noop"]);
     let not_regular = |kind: &str| {
         format!(

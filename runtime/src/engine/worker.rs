@@ -18,6 +18,11 @@
 //! thousands of finished tasks waiting for a commit while their leases run
 //! out.
 //!
+//! A group commit holds at most [`MAX_GROUP_COMMIT`] completions and
+//! [`GROUP_COMMIT_BYTES`] of their outputs, errors, spawned inputs and log
+//! lines: each is copied a few times on its way into the database, so bytes,
+//! not only count, bound what a commit costs in memory.
+//!
 //! A loop whose database calls fail (a full disk, a lost server) logs the
 //! first failure with its cause and the recovery, not every retry.
 //!
@@ -44,6 +49,10 @@ use tokio::task::JoinHandle;
 
 /// Most completions committed in one transaction.
 const MAX_GROUP_COMMIT: usize = 2048;
+
+/// Most bytes of outputs, errors, spawned inputs and log lines committed in
+/// one transaction (a single larger completion is committed alone).
+pub const GROUP_COMMIT_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -514,59 +523,103 @@ async fn completer(
         if !handed_back.is_empty() {
             release(&engine, handed_back, &stats).await;
         }
-        if batch.is_empty() {
-            continue;
+        // Large outputs are committed a few at a time: each is copied
+        // several times on its way into the database, so a transaction's
+        // bytes, not only its count, bound the memory a commit takes.
+        for chunk in group_by_bytes(batch, GROUP_COMMIT_BYTES) {
+            commit(&engine, chunk, &stats, &mut outage).await;
         }
-        let n = batch.len() as u64;
-        let mut attempt = 0u32;
-        loop {
-            match engine
-                .store()
-                .complete_batch(CompleteBatch {
-                    completions: batch.clone(),
-                    now: now_millis(),
-                })
-                .await
-            {
-                Ok(outcomes) => {
-                    outage.recovered();
-                    let stale = outcomes
-                        .iter()
-                        .filter(|o| matches!(o, CompletionOutcome::Stale))
-                        .count() as u64;
-                    if stale > 0 {
-                        tracing::info!(
-                            stale,
-                            "late completions refused: their leases had expired and the tasks were taken over"
-                        );
-                    }
-                    let interrupted = batch
-                        .iter()
-                        .filter(|c| matches!(&c.result, TaskResult::Retryable { error, .. } if error.starts_with("interrupted: ")))
-                        .count() as u64;
-                    stats.interrupted.fetch_add(interrupted, Ordering::Relaxed);
-                    stats.stale.fetch_add(stale, Ordering::Relaxed);
-                    stats.completed.fetch_add(n - stale, Ordering::Relaxed);
-                    stats.completion_batches.fetch_add(1, Ordering::Relaxed);
-                    engine.wake().notify_waiters();
+    }
+}
+
+/// `completions` in order, split into groups of at most `max` bytes of
+/// outputs, errors, spawned inputs and log lines (a larger completion is a
+/// group of its own): what the completer commits per transaction.
+pub fn group_by_bytes(completions: Vec<Completion>, max: usize) -> Vec<Vec<Completion>> {
+    let mut chunks: Vec<Vec<Completion>> = Vec::new();
+    let mut bytes = 0usize;
+    for completion in completions {
+        let size = completion_bytes(&completion);
+        match chunks.last_mut() {
+            Some(chunk) if bytes.saturating_add(size) <= max => {
+                bytes += size;
+                chunk.push(completion);
+            }
+            _ => {
+                bytes = size;
+                chunks.push(vec![completion]);
+            }
+        }
+    }
+    chunks
+}
+
+fn completion_bytes(c: &Completion) -> usize {
+    let result = match &c.result {
+        TaskResult::Succeeded { output_json, spawn } => {
+            output_json.len() + spawn.iter().map(|s| s.input_json.len()).sum::<usize>()
+        }
+        TaskResult::Retryable { error, .. } => error.len(),
+        TaskResult::Fatal { error, output_json } => {
+            error.len() + output_json.as_ref().map_or(0, String::len)
+        }
+        TaskResult::Skipped { output_json } => output_json.len(),
+    };
+    result + c.logs.iter().map(String::len).sum::<usize>()
+}
+
+/// Record one group of completions in one transaction, retrying with
+/// backoff while the database fails.
+async fn commit(engine: &Engine, batch: Vec<Completion>, stats: &WorkerStats, outage: &mut Outage) {
+    let n = batch.len() as u64;
+    let mut attempt = 0u32;
+    loop {
+        match engine
+            .store()
+            .complete_batch(CompleteBatch {
+                completions: batch.clone(),
+                now: now_millis(),
+            })
+            .await
+        {
+            Ok(outcomes) => {
+                outage.recovered();
+                let stale = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, CompletionOutcome::Stale))
+                    .count() as u64;
+                if stale > 0 {
+                    tracing::info!(
+                        stale,
+                        "late completions refused: their leases had expired and the tasks were taken over"
+                    );
+                }
+                let interrupted = batch
+                    .iter()
+                    .filter(|c| matches!(&c.result, TaskResult::Retryable { error, .. } if error.starts_with("interrupted: ")))
+                    .count() as u64;
+                stats.interrupted.fetch_add(interrupted, Ordering::Relaxed);
+                stats.stale.fetch_add(stale, Ordering::Relaxed);
+                stats.completed.fetch_add(n - stale, Ordering::Relaxed);
+                stats.completion_batches.fetch_add(1, Ordering::Relaxed);
+                engine.wake().notify_waiters();
+                break;
+            }
+            Err(e) => {
+                stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                outage.failed(&e);
+                attempt += 1;
+                // Keep trying: the leases will expire and the tasks be rescued
+                // anyway, but a transient error should not cost a re-run.
+                let wait = Duration::from_millis(50u64 << attempt.min(7));
+                if attempt >= 20 {
+                    tracing::error!(
+                        completions = n,
+                        "giving up on a batch of completions after {attempt} failed attempts; their tasks run again after their leases expire"
+                    );
                     break;
                 }
-                Err(e) => {
-                    stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-                    outage.failed(&e);
-                    attempt += 1;
-                    // Keep trying: the leases will expire and the tasks be rescued
-                    // anyway, but a transient error should not cost a re-run.
-                    let wait = Duration::from_millis(50u64 << attempt.min(7));
-                    if attempt >= 20 {
-                        tracing::error!(
-                            completions = n,
-                            "giving up on a batch of completions after {attempt} failed attempts; their tasks run again after their leases expire"
-                        );
-                        break;
-                    }
-                    tokio::time::sleep(wait).await;
-                }
+                tokio::time::sleep(wait).await;
             }
         }
     }
