@@ -12,10 +12,12 @@
 //!   that are then deserialized. A missing checksum, a mismatch or a
 //!   deserialize error means the entry is rebuilt and overwritten (with a
 //!   warning), never used.
-//! - Writes are atomic: artifact and checksum are each written to a
-//!   temporary file and renamed into place, artifact first, so a reader that
-//!   sees a checksum sees the artifact it describes (or a newer one, which
-//!   then fails verification and is rebuilt).
+//! - Writes are atomic: checksum and artifact are each written to a
+//!   temporary file and renamed into place, checksum first, so a process that
+//!   finds a new artifact always finds its checksum too; one that comes
+//!   between the two renames finds no artifact and compiles (a plain miss).
+//!   Artifact first made a concurrent first start warn about a "missing
+//!   checksum" for an entry that was only half written.
 //! - A cache that cannot be written (read-only directory, full disk) costs
 //!   a recompile at the next start, never a failed load.
 //!
@@ -229,9 +231,10 @@ impl CompileCache {
 
     fn store(&self, artifact: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        write_atomically(artifact, bytes)?;
+        // Checksum first: see the module's invariants.
         let sum = sha256_hex(bytes);
-        write_atomically(&Self::checksum_path(artifact), sum.as_bytes())
+        write_atomically(&Self::checksum_path(artifact), sum.as_bytes())?;
+        write_atomically(artifact, bytes)
     }
 }
 
