@@ -291,6 +291,7 @@ fn bench_mcp_prints_one_json_line_per_case_with_every_sample() {
         })
         .collect();
     tools.sort();
+    // Handler tools publish no output schema: the built-in tools only.
     assert_eq!(tools, crate::mcp_official_clients::TOOLS);
     let summary = |s: &serde_json::Value, samples: u64| {
         assert_eq!(s["samples"], samples, "{s}");

@@ -15,10 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// An MCP client that records the progress notifications it receives.
+/// An MCP client that records the progress notifications it receives, and
+/// counts `notifications/tools/list_changed`.
 #[derive(Clone, Default)]
 pub struct Recorder {
     pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    pub tool_list_changes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ClientHandler for Recorder {
@@ -28,6 +30,11 @@ impl ClientHandler for Recorder {
         _cx: NotificationContext<RoleClient>,
     ) {
         self.progress.lock().expect("progress log").push(params);
+    }
+
+    async fn on_tool_list_changed(&self, _cx: NotificationContext<RoleClient>) {
+        self.tool_list_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

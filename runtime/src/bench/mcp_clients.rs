@@ -98,7 +98,9 @@ pub async fn measure(client: &Client, side: &ClientSide) -> anyhow::Result<Vec<V
         python_runs.push(python_sdk(python, side, tools).await?);
     }
 
-    for tool in &listed {
+    // Each handler is a tool too (`mcp::handler_tools`); those publish no
+    // output schema, so there is nothing of theirs to measure here.
+    for tool in listed.iter().filter(|t| t.output_schema.is_some()) {
         let name = tool.name.to_string();
         let schema = tool
             .output_schema

@@ -89,6 +89,7 @@ pub struct McpArgs {
 pub async fn mcp(ctx: &Ctx, args: McpArgs) -> CliResult {
     let config = args.options.config_for(ctx)?;
     let engine = ctx.engine().await?;
+    let _watcher = super::watch_plugins(&engine, ctx);
     let worker_lease = Duration::from_secs(60);
     let pool = engine.start_workers(WorkerConfig {
         slots: args.workers.max(1),

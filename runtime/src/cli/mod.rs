@@ -239,6 +239,19 @@ impl Ctx {
     }
 }
 
+/// Reload the plugins of a serving process when their directories change.
+/// A process that cannot watch (the system's inotify limit, say) still
+/// serves, and says once that its plugins are not reloaded.
+fn watch_plugins(engine: &Arc<Engine>, ctx: &Ctx) -> Option<crate::engine::reload::PluginWatcher> {
+    match crate::engine::reload::watch_plugins(engine.clone(), ctx.plugin_config()) {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            tracing::warn!("{e}; plugins are loaded only at start");
+            None
+        }
+    }
+}
+
 /// Parse arguments, run the command, and return the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

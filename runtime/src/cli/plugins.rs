@@ -2,6 +2,7 @@
 
 use super::{CliResult, Ctx, Failure};
 use crate::limits::printable;
+use crate::plugin::oci::{self, OciError, OciRef};
 use crate::plugin::trust::{self, Trust};
 use crate::plugin::{CheckReport, RunRequest, StandaloneContext, TrustPolicy, discovery};
 use crate::template::{self, Language, ProjectName};
@@ -34,6 +35,21 @@ pub enum PluginsCommand {
     /// Pin every plugin of the plugin directories in DIR/plugins.lock (file, sha256, and the
     /// signer when --trusted-keys verifies its NAME.wasm.minisig); --require-lock enforces it.
     Lock,
+    /// Download a plugin from an OCI registry (wasm OCI layout) into the first plugin
+    /// directory, verifying every digest, and pin it (with its source) in plugins.lock.
+    Pull {
+        /// oci://HOST/REPO@sha256:DIGEST, or oci://HOST/REPO:TAG (resolved to a digest).
+        reference: String,
+        /// File name in the plugin directory (default: the repository's last part + .wasm).
+        #[arg(long = "as", value_name = "NAME.wasm")]
+        file_name: Option<String>,
+    },
+    /// Upload FILE.wasm to an OCI registry as oci://HOST/REPO:TAG (wasm OCI layout).
+    Push {
+        file: PathBuf,
+        /// oci://HOST/REPO:TAG
+        reference: String,
+    },
     /// Say whether FILE.wasm is a plugin this host loads: its exports, the imports it
     /// lacks, its handlers and their input schemas. Exit 1 when it is not.
     Check {
@@ -84,6 +100,11 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
         }
         PluginsCommand::New { name, lang, dir } => new_project(&name, &lang, dir),
         PluginsCommand::Lock => lock(ctx),
+        PluginsCommand::Pull {
+            reference,
+            file_name,
+        } => pull(ctx, &reference, file_name).await,
+        PluginsCommand::Push { file, reference } => push(&file, &reference).await,
         PluginsCommand::Wit => {
             print!("{}", crate::plugin::WIT);
             Ok(())
@@ -133,6 +154,82 @@ fn lock(ctx: &Ctx) -> CliResult {
             path.display()
         );
     }
+    Ok(())
+}
+
+/// `plugins pull`: fetch, verify, write, pin.
+async fn pull(ctx: &Ctx, given: &str, file_name: Option<String>) -> CliResult {
+    let bad = |e: String| Failure::BadInput(anyhow::anyhow!(e));
+    let reference: OciRef = given.parse().map_err(|e: OciError| bad(e.to_string()))?;
+    let file = file_name.unwrap_or_else(|| format!("{}.wasm", reference.name()));
+    let plain = !file.is_empty()
+        && file.ends_with(".wasm")
+        && !file.starts_with('.')
+        && file
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !plain {
+        return Err(bad(format!(
+            "--as {}: a plugin file name is letters, digits, `.`, `_` and `-`, ending in .wasm",
+            crate::limits::printable(&file)
+        )));
+    }
+    let dirs = crate::plugin::resolve_plugin_dirs(&ctx.plugin_config().dirs);
+    let dir = dirs.first().cloned().unwrap_or_else(|| PathBuf::from("."));
+    trust::check_dir(&dir).map_err(|e| bad(e.to_string()))?;
+    let pulled = oci::pull(&reference).await.map_err(|e| match e {
+        OciError::BadReference { .. } | OciError::NoTls { .. } => bad(e.to_string()),
+        other => Failure::Other(anyhow::Error::new(other)),
+    })?;
+    let sha256 = crate::plugin::cache::sha256_hex(&pulled.wasm);
+    let path = dir.join(&file);
+    // Into place atomically: a serving process never sees half a file.
+    let tmp = dir.join(format!(".{file}.pull-{}", std::process::id()));
+    let written = std::fs::write(&tmp, &pulled.wasm).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Failure::Other(anyhow::anyhow!(
+            "cannot write {}: {e}",
+            path.display()
+        )));
+    }
+    let lock = trust::pin(
+        &dir,
+        trust::LockedPlugin {
+            file,
+            sha256: sha256.clone(),
+            signer: None,
+            source: Some(pulled.source.to_string()),
+        },
+    )
+    .map_err(|e| Failure::Other(anyhow::Error::new(e)))?;
+    if matches!(reference.reference, oci::Reference::Tag(_)) {
+        println!("resolved {reference} to {}", pulled.manifest_digest);
+    }
+    println!(
+        "pulled {} into {} (sha256 {sha256}), pinned in {}",
+        pulled.source,
+        path.display(),
+        lock.display()
+    );
+    Ok(())
+}
+
+/// `plugins push`: upload a component in the wasm OCI layout.
+async fn push(file: &std::path::Path, given: &str) -> CliResult {
+    let bad = |e: String| Failure::BadInput(anyhow::anyhow!(e));
+    let reference: OciRef = given.parse().map_err(|e: OciError| bad(e.to_string()))?;
+    if matches!(reference.reference, oci::Reference::Digest(_)) {
+        return Err(bad(format!(
+            "{given} names a digest; push to a tag (oci://HOST/REPO:TAG), the digest is computed"
+        )));
+    }
+    let wasm =
+        std::fs::read(file).map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+    let pinned = oci::push(&reference, &wasm)
+        .await
+        .map_err(|e| Failure::Other(anyhow::Error::new(e)))?;
+    println!("pushed {} as {reference} ({pinned})", file.display());
     Ok(())
 }
 

@@ -109,6 +109,7 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
         None => None,
     };
     let engine = ctx.engine().await?;
+    let _watcher = super::watch_plugins(&engine, ctx);
     let lease = Duration::from_secs_f64(args.lease_secs);
     let pool = engine.start_workers(WorkerConfig {
         slots: args.workers.max(1),

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod backoff;
 pub mod pipeline;
 pub mod progress;
+pub mod reload;
 mod task_context;
 pub mod tokens;
 pub mod views;
@@ -131,7 +132,11 @@ pub struct JobFilter {
 
 pub struct Engine {
     store: Arc<dyn Store>,
-    plugins: Arc<PluginHost>,
+    /// The current plugin host: swapped whole by a reload, so a task runs on
+    /// the snapshot it started with (see [`Engine::replace_plugins`]).
+    plugins: std::sync::RwLock<Arc<PluginHost>>,
+    /// Bumped at every swap; MCP sessions announce `tools/list_changed`.
+    plugin_generation: tokio::sync::watch::Sender<u64>,
     config: EngineConfig,
     /// Signalled when new work may be ready in this process (submit, stage opened).
     wake: Arc<tokio::sync::Notify>,
@@ -141,7 +146,8 @@ impl Engine {
     pub fn new(store: Arc<dyn Store>, plugins: Arc<PluginHost>, config: EngineConfig) -> Arc<Self> {
         Arc::new(Engine {
             store,
-            plugins,
+            plugins: std::sync::RwLock::new(plugins),
+            plugin_generation: tokio::sync::watch::Sender::new(0),
             config,
             wake: Arc::new(tokio::sync::Notify::new()),
         })
@@ -165,8 +171,30 @@ impl Engine {
         &self.store
     }
 
-    pub fn plugins(&self) -> &Arc<PluginHost> {
-        &self.plugins
+    /// The current plugin host. Hold the `Arc` for as long as one piece of
+    /// work must see one version (a run, a validation and its submit).
+    pub fn plugins(&self) -> Arc<PluginHost> {
+        self.plugins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swap in a reloaded plugin host: new work sees it at once, tasks
+    /// already running finish on the host they started with, and workers
+    /// waiting for a handler that just appeared are woken (Invariant 36).
+    pub fn replace_plugins(&self, host: Arc<PluginHost>) {
+        *self
+            .plugins
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = host;
+        self.plugin_generation.send_modify(|g| *g += 1);
+        self.wake.notify_waiters();
+    }
+
+    /// Changes whenever [`Engine::replace_plugins`] swapped the host.
+    pub fn plugin_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.plugin_generation.subscribe()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -175,9 +203,10 @@ impl Engine {
 
     /// Validate and insert a job. Nothing is written unless every check passes.
     pub async fn submit(&self, tenant: &TenantId, job: JobSpec) -> Result<Submitted, EngineError> {
+        let plugins = self.plugins();
         let new_job = spec::validate(
             &job,
-            self.plugins.as_ref(),
+            plugins.as_ref(),
             &self.config.limits,
             tenant.clone(),
             now_millis(),
@@ -191,9 +220,10 @@ impl Engine {
         tenant: &TenantId,
         path: &Path,
     ) -> Result<Submitted, EngineError> {
+        let plugins = self.plugins();
         let new_job = spec::load_job_file(
             path,
-            self.plugins.as_ref(),
+            plugins.as_ref(),
             &self.config.limits,
             tenant.clone(),
             now_millis(),
@@ -309,7 +339,7 @@ impl Engine {
 
     fn waiting_for_handlers(&self, ready: Vec<crate::store::ReadyHandler>) -> Vec<WaitingFor> {
         // A process that loaded no plugins (e.g. `lockstep status`) cannot say.
-        let known = self.plugins.handler_names();
+        let known = self.plugins().handler_names();
         ready
             .into_iter()
             .map(|r| WaitingFor {

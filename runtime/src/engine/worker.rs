@@ -244,7 +244,6 @@ async fn claimer(
     stats: Arc<WorkerStats>,
 ) {
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
-    let handlers = engine.plugins().handler_names();
     // Backends that can push wake-ups (Postgres LISTEN/NOTIFY) shorten the
     // idle wait; polling stays the fallback because a signal can be lost.
     let ready = engine.store().ready_signal();
@@ -267,12 +266,17 @@ async fn claimer(
                 Err(_) => break,
             }
         }
+        // Read per claim: a plugin reload adds or removes handlers.
+        // The snapshot a claim is made for is the one its tasks run on:
+        // a reload between claim and run cannot strand them (Invariant 36).
+        let plugins = engine.plugins();
+        let handlers = plugins.handler_names();
         let claimed = engine
             .store()
             .claim_batch(ClaimBatch {
                 tenant: None,
                 executor: Executor::Wasm,
-                handlers: Some(handlers.clone()),
+                handlers: Some(handlers),
                 job: None,
                 limit: permits.len() as u32,
                 lease: config.lease,
@@ -324,9 +328,10 @@ async fn claimer(
             let lease = config.lease;
             let execution = config.execution;
             let phase = stop.clone();
+            let plugins = plugins.clone();
             running.spawn(async move {
                 let ended = match execution {
-                    Execution::Sandbox => run_task(&engine, task, lease, phase).await,
+                    Execution::Sandbox => run_task(&engine, &plugins, task, lease, phase).await,
                     Execution::HostNoop => Done::Completed(host_noop(task)),
                 };
                 // The slot goes with the run's end: the completer frees it
@@ -343,6 +348,7 @@ async fn claimer(
 
 async fn run_task(
     engine: &Arc<Engine>,
+    plugins: &crate::plugin::PluginHost,
     task: ClaimedTask,
     lease: Duration,
     mut phase: watch::Receiver<Phase>,
@@ -363,7 +369,7 @@ async fn run_task(
         input_json: task.input_json.clone(),
         timeout: Duration::from_millis(task.timeout_ms.max(1) as u64),
     };
-    let run = engine.plugins().run(req, cx.clone());
+    let run = plugins.run(req, cx.clone());
     tokio::pin!(run);
     // Renew the lease while a long run goes on, so it is not rescued from under us.
     let renew_every = lease / 3;

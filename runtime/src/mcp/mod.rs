@@ -16,6 +16,7 @@
 
 pub mod args;
 pub mod failure;
+pub mod handler_tools;
 pub mod http;
 pub mod jsonrpc;
 pub mod params;
@@ -174,9 +175,14 @@ impl FromContextPart<ToolCallContext<'_, LockstepMcp>> for Caller {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for LockstepMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("lockstep", env!("CARGO_PKG_VERSION")))
-            .with_instructions(INSTRUCTIONS)
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("lockstep", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
     }
 
     /// A request of an MCP method whose params did not decode reaches here
@@ -199,6 +205,74 @@ impl ServerHandler for LockstepMcp {
                 format!("lockstep serves no method {method}"),
                 None,
             ))
+        }
+    }
+
+    /// The built-in tools, then every registered handler as a tool of its
+    /// own ([`handler_tools`]), read from the current plugins.
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        let mut tools = self.tool_router.list_all();
+        let handlers = handler_tools::handler_tools(&self.engine.plugins(), &tools);
+        tools.extend(handlers.into_values().map(|h| h.tool));
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.tool_router.get(name).cloned().or_else(|| {
+            let builtin = self.tool_router.list_all();
+            handler_tools::handler_tools(&self.engine.plugins(), &builtin)
+                .remove(name)
+                .map(|h| h.tool)
+        })
+    }
+
+    /// Every session hears `notifications/tools/list_changed` when a plugin
+    /// reload changed the handlers, until it disconnects.
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        let mut changes = self.engine.plugin_changes();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.is_transport_closed() || peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Clients of the session-less protocol (2026-07-28) ask for
+    /// `tools/list_changed` through `subscriptions/listen`; that is the one
+    /// notification lockstep offers there.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        let mut accepted = rmcp::model::SubscriptionFilter::new();
+        accepted.tools_list_changed = requested.tools_list_changed;
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.engine.plugin_changes();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let notification = rmcp::model::ServerNotification::ToolListChangedNotification(
+                        rmcp::model::ToolListChangedNotification::default(),
+                    );
+                    if context.sink().send(notification).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
 
@@ -225,6 +299,19 @@ impl ServerHandler for LockstepMcp {
         }
         let tool = request.name.clone();
         let started = std::time::Instant::now();
+        if !self.tool_router.has_route(&tool) {
+            let builtin = self.tool_router.list_all();
+            if let Some(handler) =
+                handler_tools::handler_tools(&self.engine.plugins(), &builtin).remove(tool.as_ref())
+            {
+                let arguments = request.arguments.clone().unwrap_or_default();
+                let mut tcc = ToolCallContext::new(self, request, context);
+                let caller = Caller::from_context_part(&mut tcc)?;
+                let result = handler_tools::call(&self.engine, &caller, &handler, arguments).await;
+                tracing::debug!(tool = %tool, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "handler tool call");
+                return result.map(Into::into);
+            }
+        }
         let tcc = ToolCallContext::new(self, request, context);
         let result = self.tool_router.call(tcc).await;
         tracing::debug!(tool = %tool, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "tool call");

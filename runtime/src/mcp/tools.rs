@@ -116,7 +116,7 @@ impl LockstepMcp {
             .resolve(&args.path)
             .map_err(|m| ArgError::new("path", m).into_error_data())?;
         let pipeline = crate::engine::pipeline::load(
-            self.engine.plugins(),
+            &self.engine.plugins(),
             &access.commands,
             &path,
             &crate::spec::pipeline::PipelineOptions::default(),

@@ -15,6 +15,10 @@
 //!   compile. Registration is in scan order: a plugin claiming a name an earlier one
 //!   registered is refused as a whole and reported, and the host serves the
 //!   rest.
+//! - Reloading ([`PluginHost::reload`]) builds a new host beside the old
+//!   one, on the same engine: unchanged plugins are the same `Arc`, a
+//!   plugin that fails to reload keeps its previous version, and a task
+//!   that started on the old host finishes on it (it holds the old `Arc`).
 //! - Running: every attempt gets a new `Store` (fresh memory, fresh WASI
 //!   context from the grants, memory limiter, epoch deadline), so nothing
 //!   leaks between tasks; concurrency is bounded per plugin (its grant) and
@@ -168,20 +172,28 @@ pub(crate) struct LoadedPlugin {
     network: Arc<[SocketAddr]>,
     pre: PluginPre<RunState>,
     concurrency: Semaphore,
+    /// What `describe()` said, with the compiled input schemas.
+    handlers: Vec<(HandlerInfo, Arc<jsonschema::Validator>)>,
 }
 
 /// The loaded plugins and their handlers. Cheap to share (`Arc`); every
 /// method takes `&self`.
 pub struct PluginHost {
     dirs: Vec<PathBuf>,
-    pub(crate) plugins: Vec<LoadedPlugin>,
+    /// Shared with the hosts reloaded from this one, so a plugin that did
+    /// not change (or failed to reload) keeps serving as the same instance.
+    pub(crate) plugins: Vec<Arc<LoadedPlugin>>,
     pub(crate) registry: Registry,
     /// Handler-less `wasi:cli/command` components of the plugin
     /// directories, by file stem (pipelines name them).
     commands: BTreeMap<String, PathBuf>,
+    /// Shared by every host reloaded from this one: the engine's instance
+    /// pool is one, whichever version a running task started on.
     instance_slots: Arc<Semaphore>,
-    /// Kept so the epoch ticker keeps ticking while the host lives.
-    _engine: Option<Engine>,
+    /// The engine every plugin was compiled for, with the largest memory its
+    /// pool's slots hold (a reload reuses both when its grants fit). Kept
+    /// so the epoch ticker keeps ticking while the host lives.
+    engine: Option<(Engine, u64)>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -195,7 +207,7 @@ impl std::fmt::Debug for PluginHost {
 
 /// What one file of a plugin directory turned out to be.
 enum Loaded {
-    Plugin(Box<LoadedPlugin>, Vec<(HandlerInfo, jsonschema::Validator)>),
+    Plugin(Arc<LoadedPlugin>),
     Command,
 }
 
@@ -225,7 +237,7 @@ impl PluginHost {
             registry: Registry::default(),
             commands: BTreeMap::new(),
             instance_slots: Arc::new(Semaphore::new(sandbox::MAX_INSTANCES as usize)),
-            _engine: None,
+            engine: None,
         }
     }
 
@@ -235,7 +247,43 @@ impl PluginHost {
         let cache_dir = discovery::resolve_cache_dir(config.cache_dir.as_deref())?;
         let files = discovery::scan(&dirs)?;
         let trust = Trust::load(&config.trust, &dirs)?;
-        Self::load_files(dirs, cache_dir, files, config.strict, trust).await
+        Self::load_files(dirs, cache_dir, files, config.strict, trust, None).await
+    }
+
+    /// Load `config` again after its plugin directories changed, as a new
+    /// host that shares this one's engine: a plugin whose file, grants and
+    /// trust did not change is carried over as it is, and a plugin that
+    /// fails to load where this host has one at the same path keeps that
+    /// version serving (its failure is reported, ending in "the previous
+    /// version keeps serving"). `strict` is ignored: a reload never stops a
+    /// serving process.
+    pub async fn reload(
+        &self,
+        config: &HostConfig,
+    ) -> Result<(PluginHost, LoadReport), PluginError> {
+        let dirs = discovery::resolve_plugin_dirs(&config.dirs);
+        let cache_dir = discovery::resolve_cache_dir(config.cache_dir.as_deref())?;
+        let files = discovery::scan(&dirs)?;
+        let trust = Trust::load(&config.trust, &dirs)?;
+        Self::load_files(dirs, cache_dir, files, false, trust, Some(self)).await
+    }
+
+    /// True when `other` holds the very same loaded plugins and commands:
+    /// a reload carries unchanged plugins over as the same `Arc`, so equal
+    /// identities mean nothing was loaded anew.
+    pub fn same_plugins_as(&self, other: &PluginHost) -> bool {
+        self.plugins.len() == other.plugins.len()
+            && self
+                .plugins
+                .iter()
+                .zip(&other.plugins)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && self.commands == other.commands
+    }
+
+    /// The plugin loaded from `path`, if any.
+    fn plugin_at(&self, path: &Path) -> Option<&Arc<LoadedPlugin>> {
+        self.plugins.iter().find(|p| p.path == path)
     }
 
     /// Load one plugin file the way a scan would load it (`plugins check`).
@@ -250,6 +298,7 @@ impl PluginHost {
             vec![path.to_owned()],
             false,
             Trust::none(),
+            None,
         )
         .await
     }
@@ -260,6 +309,7 @@ impl PluginHost {
         files: Vec<PathBuf>,
         strict: bool,
         trust: Trust,
+        previous: Option<&PluginHost>,
     ) -> Result<(PluginHost, LoadReport), PluginError> {
         let mut report = LoadReport {
             dirs: dirs.clone(),
@@ -284,9 +334,24 @@ impl PluginHost {
             .max()
             .unwrap_or(Grants::default().memory_bytes());
 
-        let engine = sandbox::build_engine(largest_memory)
-            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        sandbox::start_epoch_ticks(&engine).map_err(PluginError::Engine)?;
+        // A reload keeps the engine (and so its plugins) when the grants
+        // still fit its memory slots; otherwise it starts over.
+        let reused = previous.filter(|p| {
+            p.engine
+                .as_ref()
+                .is_some_and(|(_, slot)| *slot >= largest_memory)
+        });
+        let (engine, slot, instance_slots) =
+            match reused.and_then(|p| p.engine.clone().map(|e| (e, p))) {
+                Some(((engine, slot), p)) => (engine, slot, p.instance_slots.clone()),
+                None => {
+                    let engine = sandbox::build_engine(largest_memory)
+                        .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+                    sandbox::start_epoch_ticks(&engine).map_err(PluginError::Engine)?;
+                    let slots = Arc::new(Semaphore::new(sandbox::MAX_INSTANCES as usize));
+                    (engine, largest_memory, slots)
+                }
+            };
         let cache = CompileCache::new(&cache_dir, &engine);
         let linker = plugin_linker(&engine)?;
         let trust = Arc::new(trust);
@@ -296,8 +361,8 @@ impl PluginHost {
             plugins: Vec::new(),
             registry: Registry::default(),
             commands: BTreeMap::new(),
-            instance_slots: Arc::new(Semaphore::new(sandbox::MAX_INSTANCES as usize)),
-            _engine: Some(engine.clone()),
+            instance_slots,
+            engine: Some((engine.clone(), slot)),
         };
 
         // Every plugin at once: a describe() that hangs costs its deadline
@@ -311,6 +376,7 @@ impl PluginHost {
                 linker: linker.clone(),
                 slots: host.instance_slots.clone(),
                 trust: trust.clone(),
+                previous: reused.and_then(|p| p.plugin_at(&path)).cloned(),
             };
             loads.spawn(async move {
                 let (outcome, loaded) = job.load(&path, grants).await;
@@ -346,40 +412,53 @@ impl PluginHost {
                     host.commands.insert(name, path.clone());
                     report.commands.push(path);
                 }
-                Ok(Loaded::Plugin(plugin, infos)) => {
-                    let taken = infos.iter().find_map(|(info, _)| {
-                        host.registry
-                            .owner(&info.name)
-                            .map(|owner| (info.name.clone(), host.plugins[owner].path.clone()))
-                    });
-                    if let Some((name, first)) = taken {
-                        report.failures.push(LoadFailure {
-                            reason: format!(
-                                "it provides handler {name:?}, which {} already provides; this plugin was not loaded (remove or rename one of them)",
-                                first.display()
-                            ),
-                            path,
-                        });
-                        continue;
+                Ok(Loaded::Plugin(plugin)) => match host.register(plugin) {
+                    Ok(()) => report.loaded.push(path),
+                    Err(reason) => report.failures.push(LoadFailure { path, reason }),
+                },
+                Err(reason) => match reused.and_then(|p| p.plugin_at(&path)) {
+                    // A reload: the version that served keeps serving.
+                    Some(old) => {
+                        let reason = match host.register(old.clone()) {
+                            Ok(()) => format!("{reason}; the previous version keeps serving"),
+                            Err(taken) => format!("{reason}; {taken}"),
+                        };
+                        report.failures.push(LoadFailure { path, reason });
                     }
-                    let index = host.plugins.len();
-                    host.plugins.push(*plugin);
-                    for (info, validator) in infos {
-                        host.registry.insert(HandlerEntry {
-                            info,
-                            validator,
-                            plugin: index,
-                        });
-                    }
-                    report.loaded.push(path);
-                }
-                Err(reason) => report.failures.push(LoadFailure { path, reason }),
+                    None => report.failures.push(LoadFailure { path, reason }),
+                },
             }
         }
         if strict && !report.failures.is_empty() {
             return Err(PluginError::Strict(report.failures));
         }
         Ok((host, report))
+    }
+
+    /// Add `plugin` and its handlers, unless a plugin registered earlier
+    /// provides one of its names (then the reason it was refused).
+    fn register(&mut self, plugin: Arc<LoadedPlugin>) -> Result<(), String> {
+        let taken = plugin.handlers.iter().find_map(|(info, _)| {
+            self.registry
+                .owner(&info.name)
+                .map(|owner| (info.name.clone(), self.plugins[owner].path.clone()))
+        });
+        if let Some((name, first)) = taken {
+            return Err(format!(
+                "it provides handler {name:?}, which {} already provides; this plugin was not loaded (remove or rename one of them)",
+                first.display()
+            ));
+        }
+        let index = self.plugins.len();
+        for (info, validator) in &plugin.handlers {
+            self.registry.insert(HandlerEntry {
+                info: info.clone(),
+                validator: validator.clone(),
+                plugin: index,
+            });
+        }
+        self.plugins.push(plugin);
+        Ok(())
     }
 
     /// Names of the `wasi:cli/command` components found in the plugin
@@ -592,6 +671,8 @@ struct LoadJob {
     linker: Arc<Linker<RunState>>,
     slots: Arc<Semaphore>,
     trust: Arc<Trust>,
+    /// On a reload, the plugin this path had: carried over if unchanged.
+    previous: Option<Arc<LoadedPlugin>>,
 }
 
 impl LoadJob {
@@ -616,6 +697,12 @@ impl LoadJob {
             Ok(admitted) => admitted,
             Err(reason) => return (None, Err(reason)),
         };
+        // A reload carries over what did not change, as the same instance.
+        if let Some(old) = self.previous.as_ref().filter(|old| {
+            old.sha256 == sha256 && old.grants == grants && old.signer == admitted.signer
+        }) {
+            return (None, Ok(Loaded::Plugin(old.clone())));
+        }
         let describe_timeout = grants.timeout().min(DESCRIBE_TIMEOUT);
         let settings = format!("m{}-t{}", grants.memory_mib, describe_timeout.as_millis());
         if let Some(reason) = self.cache.remembered_failure(&sha256, &settings) {
@@ -656,7 +743,7 @@ impl LoadJob {
                 );
             }
         };
-        let plugin = LoadedPlugin {
+        let mut plugin = LoadedPlugin {
             path: path.to_owned(),
             sha256,
             signer: admitted.signer,
@@ -665,6 +752,7 @@ impl LoadJob {
             concurrency: Semaphore::new(grants.concurrency as usize),
             grants,
             pre,
+            handlers: Vec::new(),
         };
         let file = path.file_name().map_or_else(
             || path.display().to_string(),
@@ -681,7 +769,13 @@ impl LoadJob {
             .map_err(describe_failure)
             .and_then(checked_handlers)
         {
-            Ok(checked) => (Some(outcome), Ok(Loaded::Plugin(Box::new(plugin), checked))),
+            Ok(checked) => {
+                plugin.handlers = checked
+                    .into_iter()
+                    .map(|(info, validator)| (info, Arc::new(validator)))
+                    .collect();
+                (Some(outcome), Ok(Loaded::Plugin(Arc::new(plugin))))
+            }
             Err(reason) => {
                 let reason = limits::cut(reason, limits::MAX_ERROR_BYTES);
                 if its_own {

@@ -17,6 +17,8 @@
 //! - [`command`], [`command_output`]: `wasi:cli/command` components (CI
 //!   steps, test binaries): loading, running, streamed bounded output.
 //! - [`check`]: `plugins check`, whether a file is a plugin this host loads.
+//! - [`oci`]: `plugins pull`/`push`, the wasm OCI layout, every digest
+//!   verified before a byte is written.
 //! - [`trust`]: directory modes, `plugins.lock` pins and minisign signatures,
 //!   checked before a file is compiled.
 //!
@@ -36,6 +38,7 @@ pub mod guest_output;
 pub mod host;
 pub mod inspect;
 pub(crate) mod instance_state;
+pub mod oci;
 pub use instance_state::{MAX_LOG_LINES, MAX_LOG_MESSAGE};
 pub mod registry;
 pub mod sandbox;

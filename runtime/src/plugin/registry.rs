@@ -71,7 +71,7 @@ pub enum SchemaError {
 /// One registered handler.
 pub(crate) struct HandlerEntry {
     pub(crate) info: HandlerInfo,
-    pub(crate) validator: jsonschema::Validator,
+    pub(crate) validator: std::sync::Arc<jsonschema::Validator>,
     /// Index of the providing plugin in the host's plugin list.
     pub(crate) plugin: usize,
 }

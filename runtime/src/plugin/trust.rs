@@ -459,6 +459,15 @@ fn read_keys(dir: &Path) -> Result<Vec<TrustedKey>, TrustError> {
     Ok(keys)
 }
 
+/// Pin one plugin in `dir`'s `plugins.lock` (created when missing),
+/// replacing an entry for the same file and keeping the others.
+pub fn pin(dir: &Path, entry: LockedPlugin) -> Result<PathBuf, TrustError> {
+    let mut lock = LockFile::read(dir)?.unwrap_or_else(|| LockFile::new(Vec::new()));
+    lock.plugins.retain(|p| p.file != entry.file);
+    lock.plugins.push(entry);
+    lock.write(dir)
+}
+
 /// Pin every plugin file of `dir` (as a scan finds them) in its
 /// `plugins.lock`, verifying signatures against `trust`'s keys; keeps the
 /// `source` of entries whose file did not change. Returns the lock's path
