@@ -114,6 +114,8 @@ await step('lease_lost', 'complete_task', {
 await step('illegal_state', 'retry_task', { task_id: design.task.task_id });
 // The submitted job's one WASM task comes after the plan's two.
 await step('not_agent_task', 'complete_task', { task_id: 3, attempt: 1, summary: 'mine' });
+// The server runs no pipelines: it was started without --pipelines-root.
+await step('not_enabled', 'run_pipeline', { path: 'lockstep-ci.toml' });
 // Wrong arguments and unknown tools are protocol errors.
 await step('invalid_params', 'get_job', { job_id: 'seven' });
 await step('unknown_tool', 'no_such_tool', {});

@@ -851,3 +851,69 @@ fn every_flag_a_message_suggests_exists() {
         "flags cited but not accepted"
     );
 }
+
+#[test]
+fn bench_plugin_says_which_templates_it_did_not_measure_and_refuses_what_it_cannot() {
+    let cli = Cli::new();
+    let out = cli.run(&["bench", "plugin", "--iterations", "20"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    for lang in ["python", "js"] {
+        assert!(
+            err.contains(&format!(
+                "bench plugin: the {lang} template is not measured: build it as docs/plugins.md#benchmarks says and pass --component {lang}=PATH\n"
+            )),
+            "{err}"
+        );
+    }
+    let cases: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| {
+            let line: serde_json::Value = serde_json::from_str(l).expect("each line is JSON");
+            line["case"].as_str().expect("case").to_string()
+        })
+        .collect();
+    assert_eq!(cases, ["noop_run", "startup_warm_cache"]);
+
+    let noop = Path::new(guest_artifacts::EXAMPLES_DIR).join("example-noop.wasm");
+    let missing = cli.dir.path().join("missing.wasm");
+    let cases = [
+        (
+            "python".to_string(),
+            "error: --component \"python\" is not LABEL=PATH; e.g. --component python=greet-py/greet_py.wasm".to_string(),
+        ),
+        (
+            "Py=greet.wasm".to_string(),
+            "error: --component: the label \"Py\" is not usable; use 1 to 32 lowercase letters, digits and `-` (e.g. python)".to_string(),
+        ),
+        (
+            format!("rust={}", noop.display()),
+            format!(
+                "error: --component rust={}: it has no handler NAME:greet, so it is not a project of `lockstep plugins new` (its handlers: example:noop)",
+                noop.display()
+            ),
+        ),
+        (
+            format!("js={}", missing.display()),
+            format!(
+                "error: --component js={}: cannot read it: No such file or directory (os error 2)",
+                missing.display()
+            ),
+        ),
+    ];
+    for (component, expected) in cases {
+        let out = cli.run(&[
+            "bench",
+            "plugin",
+            "--iterations",
+            "1",
+            "--cached-loads",
+            "1",
+            "--component",
+            &component,
+        ]);
+        let err = assert_bad_input(&out);
+        assert_eq!(err.trim_end(), expected, "{component}");
+        assert_eq!(stdout(&out), "", "{component}");
+    }
+}

@@ -19,6 +19,7 @@ mod mcp_harness;
 mod mcp_http;
 mod mcp_official_clients;
 mod mcp_protocol;
+mod mcp_resources;
 mod mcp_tools;
 mod model_vocabulary;
 mod plugin_host;

@@ -15,11 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// An MCP client that records the progress notifications it receives, and
-/// counts `notifications/tools/list_changed`.
+/// An MCP client that records the progress and log notifications it
+/// receives, and counts `notifications/tools/list_changed`.
 #[derive(Clone, Default)]
 pub struct Recorder {
     pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    /// `notifications/message` params, as JSON.
+    pub logs: Arc<Mutex<Vec<Value>>>,
     pub tool_list_changes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -30,6 +32,16 @@ impl ClientHandler for Recorder {
         _cx: NotificationContext<RoleClient>,
     ) {
         self.progress.lock().expect("progress log").push(params);
+    }
+
+    #[allow(deprecated)]
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        let params = serde_json::to_value(params).expect("log params are JSON");
+        self.logs.lock().expect("log list").push(params);
     }
 
     async fn on_tool_list_changed(&self, _cx: NotificationContext<RoleClient>) {

@@ -12,10 +12,27 @@ use std::sync::Arc;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Instantiate-and-run of example:noop, and start-up time with the example plugins.
+    /// Instantiate-and-run of example:noop, and start-up time with the
+    /// example plugins; with --component, a template component's cold
+    /// compile, cached start and per-task time beside the noop's.
     Plugin {
         #[arg(long, default_value_t = 20_000)]
         iterations: u32,
+        /// A component built from `lockstep plugins new NAME --lang
+        /// python|js|rust` (its `NAME:greet` handler is run with
+        /// {"name":"Ada"}); repeatable, e.g. `--component
+        /// python=greet-py/greet_py.wasm --component js=greet-js/greet_js.wasm`.
+        #[arg(long = "component", value_name = "LABEL=PATH")]
+        components: Vec<String>,
+        /// Loads of each component against an empty compile cache.
+        #[arg(long, default_value_t = 3)]
+        cold_loads: u32,
+        /// Loads of each component from the warm compile cache.
+        #[arg(long, default_value_t = 20)]
+        cached_loads: u32,
+        /// Timed runs of each component's handler.
+        #[arg(long, default_value_t = 500)]
+        component_runs: u32,
     },
     /// End-to-end no-op WASM tasks per second, and submit-to-start latency.
     Throughput {
@@ -133,8 +150,47 @@ async fn bench_db(ctx: &Ctx) -> anyhow::Result<BenchDb> {
 
 pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
     match cmd {
-        BenchCommand::Plugin { iterations } => {
-            print(bench::plugin::bench_plugin(&ctx.plugin_config(), iterations).await?);
+        BenchCommand::Plugin {
+            iterations,
+            components,
+            cold_loads,
+            cached_loads,
+            component_runs,
+        } => {
+            if iterations == 0 || cold_loads == 0 || cached_loads == 0 || component_runs == 0 {
+                return Err(super::Failure::BadInput(anyhow::anyhow!(
+                    "--iterations, --cold-loads, --cached-loads and --component-runs must each be at least 1"
+                )));
+            }
+            let components = components
+                .iter()
+                .map(|c| bench::plugin::Component::parse(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|problem| super::Failure::BadInput(anyhow::anyhow!(problem)))?;
+            let rounds = bench::plugin::ComponentRounds {
+                cold_loads,
+                cached_loads,
+                runs: component_runs,
+            };
+            let lines = bench::plugin::bench_plugin(
+                &ctx.plugin_config(),
+                iterations,
+                &components,
+                rounds,
+            )
+            .await
+            .map_err(|e| match e.downcast::<bench::plugin::ComponentRefused>() {
+                Ok(refused) => super::Failure::BadInput(refused.into()),
+                Err(e) => super::Failure::Other(e),
+            })?;
+            print(lines);
+            for lang in ["python", "js"] {
+                if !components.iter().any(|c| c.label == lang) {
+                    eprintln!(
+                        "bench plugin: the {lang} template is not measured: build it as docs/plugins.md#benchmarks says and pass --component {lang}=PATH"
+                    );
+                }
+            }
         }
         BenchCommand::Throughput {
             tasks,

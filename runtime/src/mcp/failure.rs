@@ -95,12 +95,7 @@ impl ToolFailure {
                 result.meta = Some(rmcp::model::MetaObject(meta));
                 Ok(result)
             }
-            ToolFailure::Internal { correlation_id } => Err(ErrorData::internal_error(
-                format!(
-                    "internal error (correlation id {correlation_id}); the server's log has the details"
-                ),
-                Some(serde_json::json!({ "correlation_id": correlation_id })),
-            )),
+            ToolFailure::Internal { correlation_id } => Err(correlation_error(&correlation_id)),
         }
     }
 }
@@ -109,6 +104,20 @@ impl From<ArgError> for ToolFailure {
     fn from(a: ArgError) -> Self {
         ToolFailure::Argument(a)
     }
+}
+
+/// The protocol error of an internal failure: its correlation id, nothing else.
+fn correlation_error(correlation_id: &str) -> ErrorData {
+    ErrorData::internal_error(
+        format!("internal error (correlation id {correlation_id}); the server's log has the details"),
+        Some(serde_json::json!({ "correlation_id": correlation_id })),
+    )
+}
+
+/// Log an internal error of a request that is not a tool call (resources,
+/// prompts) in full; the client gets the correlation id.
+pub fn internal_error(what: &str, error: &dyn std::fmt::Display) -> ErrorData {
+    correlation_error(&log_internal(what, error))
 }
 
 /// Log an internal error in full; returns the correlation id the client may see.

@@ -44,6 +44,14 @@ pub struct HandlerTool {
     pub tool: Tool,
 }
 
+impl HandlerTool {
+    /// True when the tool's arguments are the input itself; false when the
+    /// input is its `input` argument.
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+}
+
 /// The MCP tool name of handler `name`.
 pub fn tool_name(name: &str) -> String {
     name.chars()

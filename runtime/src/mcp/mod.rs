@@ -2,9 +2,12 @@
 //! stdio (`lockstep mcp`) and streamable HTTP (`lockstep serve --http`).
 //!
 //! Tools cover handlers, jobs, tasks and the agent workflow (plan → claim →
-//! update → complete/fail, see [`crate::engine::agent`]). Every tool call
-//! runs as one tenant: the `--tenant` of a stdio server, or the tenant of the
-//! bearer token on HTTP ([`http`]).
+//! update → complete/fail, see [`crate::engine::agent`]); jobs and tasks are
+//! also resources ([`resources`]), two prompts guide an agent
+//! ([`prompts`]), and a session that sets a log level hears the log lines of
+//! the jobs it waits on ([`logging`]). Every request runs as one tenant: the
+//! `--tenant` of a stdio server, or the tenant of the bearer token on HTTP
+//! ([`http`]).
 //!
 //! **Invariant 29:** this module calls the engine and never touches SQL; every
 //! write goes through the engine's one-transaction-per-change store calls, so
@@ -19,8 +22,11 @@ pub mod failure;
 pub mod handler_tools;
 pub mod http;
 pub mod jsonrpc;
+pub mod logging;
 pub mod params;
 pub mod pipelines;
+pub mod prompts;
+pub mod resources;
 pub mod schema;
 mod stdio;
 mod tools;
@@ -105,7 +111,8 @@ pub struct Caller {
     pub name: String,
 }
 
-/// The MCP server: the engine, the caller's tenant for stdio, and the tools.
+/// The MCP server of one session: the engine, the caller's tenant for
+/// stdio, the tools, and the session's logging state.
 #[derive(Clone)]
 pub struct LockstepMcp {
     engine: Arc<Engine>,
@@ -113,6 +120,8 @@ pub struct LockstepMcp {
     /// The stdio server's tenant; `None` on HTTP, where each request's token decides.
     local: Option<Caller>,
     tool_router: ToolRouter<Self>,
+    /// One per session: the HTTP service makes a server per session.
+    logging: Arc<logging::Session>,
 }
 
 impl LockstepMcp {
@@ -127,6 +136,7 @@ impl LockstepMcp {
             config,
             local: Some(caller),
             tool_router: Self::tools(),
+            logging: Arc::default(),
         }
     }
 
@@ -137,6 +147,7 @@ impl LockstepMcp {
             config,
             local: None,
             tool_router: Self::tools(),
+            logging: Arc::default(),
         }
     }
 
@@ -154,29 +165,47 @@ impl LockstepMcp {
     }
 }
 
-impl FromContextPart<ToolCallContext<'_, LockstepMcp>> for Caller {
-    fn from_context_part(cx: &mut ToolCallContext<'_, LockstepMcp>) -> Result<Self, ErrorData> {
-        if let Some(parts) = cx
-            .request_context
-            .extensions
-            .get::<axum::http::request::Parts>()
-        {
-            // Attached by the authentication layer; a request without it never gets here.
-            return parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
-                ErrorData::invalid_request("this request carries no valid bearer token", None)
-            });
-        }
-        cx.service.local.clone().ok_or_else(|| {
+impl LockstepMcp {
+    /// Who sent a request: the tenant of its bearer token (attached by the
+    /// authentication layer; a request without one never gets here), or the
+    /// stdio server's `--tenant`.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+        let caller = match context.extensions.get::<axum::http::request::Parts>() {
+            Some(parts) => parts.extensions.get::<Caller>().cloned(),
+            None => self.local.clone(),
+        };
+        caller.ok_or_else(|| {
             ErrorData::invalid_request("this request carries no valid bearer token", None)
         })
+    }
+
+    /// The tool of a registered handler, if it has one ([`handler_tools`]).
+    fn handler_tool(&self, handler: &str) -> Option<handler_tools::HandlerTool> {
+        let builtin = self.tool_router.list_all();
+        handler_tools::handler_tools(&self.engine.plugins(), &builtin)
+            .into_values()
+            .find(|h| h.handler == handler)
+    }
+}
+
+impl FromContextPart<ToolCallContext<'_, LockstepMcp>> for Caller {
+    fn from_context_part(cx: &mut ToolCallContext<'_, LockstepMcp>) -> Result<Self, ErrorData> {
+        cx.service.caller(&cx.request_context)
     }
 }
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for LockstepMcp {
+    // MCP logging is deprecated by SEP-2577 for the 2026-07-28 protocol; it
+    // is the current protocol of every 2025 revision clients speak today.
+    #[allow(deprecated)]
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
+                .enable_logging()
+                .enable_completions()
+                .enable_prompts()
+                .enable_resources()
                 .enable_tools()
                 .enable_tool_list_changed()
                 .build(),
@@ -206,6 +235,81 @@ impl ServerHandler for LockstepMcp {
                 None,
             ))
         }
+    }
+
+    /// The session's minimum level for `notifications/message` ([`logging`]).
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.caller(&context)?;
+        self.logging.set_level(request.level);
+        Ok(())
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        let caller = self.caller(&context)?;
+        let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
+        resources::list(&self.engine, &caller, cursor).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, ErrorData> {
+        self.caller(&context)?;
+        Ok(resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        let caller = self.caller(&context)?;
+        resources::read(&self.engine, &caller, &request.uri)
+            .await
+            .map(Into::into)
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        self.caller(&context)?;
+        Ok(prompts::list())
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        self.caller(&context)?;
+        prompts::get(
+            &self.engine,
+            &request.name,
+            request.arguments.as_ref(),
+            |h| self.handler_tool(h),
+        )
+        .map(Into::into)
+    }
+
+    async fn complete(
+        &self,
+        request: rmcp::model::CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CompleteResult, ErrorData> {
+        let caller = self.caller(&context)?;
+        prompts::complete(&self.engine, &caller, &request).await
     }
 
     /// The built-in tools, then every registered handler as a tool of its

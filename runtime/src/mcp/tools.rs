@@ -206,7 +206,7 @@ impl LockstepMcp {
     }
 
     #[tool(
-        description = "Wait for a job to finish, sending progress notifications while it runs. Returns when the job finishes or after timeout_seconds (default 30) with its current state; call again to keep waiting.",
+        description = "Wait for a job to finish, sending progress notifications while it runs (and, after logging/setLevel, its handlers' log lines at or above that level). Returns when the job finishes or after timeout_seconds (default 30) with its current state; call again to keep waiting.",
         annotations(read_only_hint = true),
         output_schema = schema_for_output::<WaitResult>()
     )]
@@ -228,6 +228,10 @@ impl LockstepMcp {
                 Err(e) => return ToolFailure::from_engine("wait_job", e).into_response(),
             };
             let finished = p.job.state.is_terminal();
+            // The job's log lines up to `p`: a finished job's are all stored
+            // (with each task's completion), so none arrive after the result.
+            super::logging::forward(&self.engine, &caller.tenant, job, &self.logging, &context.peer)
+                .await;
             if let Some(token) = &token
                 && reported != Some((p.done, p.total))
             {

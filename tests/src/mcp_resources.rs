@@ -1,0 +1,333 @@
+//! The MCP server beyond tools, as a real client (rmcp) meets it: jobs and
+//! tasks as resources of their tenant, the `plan_work` and `run_handler`
+//! prompts and the completion of their arguments, and `logging/setLevel`
+//! with the log lines of the jobs a session waits on.
+
+use crate::mcp_harness::*;
+use lockstep::guest_artifacts;
+use rmcp::ServiceError;
+use rmcp::model::{
+    ArgumentInfo, CompleteRequestParams, GetPromptRequestParams, ReadResourceRequestParams,
+    Reference,
+};
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// The JSON-RPC error of a request that failed: code, message, data.
+fn protocol_error<T: std::fmt::Debug>(result: Result<T, ServiceError>) -> (i32, String, Value) {
+    match result {
+        Err(ServiceError::McpError(e)) => (e.code.0, e.message.to_string(), e.data.unwrap_or(Value::Null)),
+        other => panic!("expected a JSON-RPC error, got {other:?}"),
+    }
+}
+
+async fn read(client: &Client, uri: &str) -> Result<Value, ServiceError> {
+    client
+        .read_resource(ReadResourceRequestParams::new(uri))
+        .await
+        .map(|r| serde_json::to_value(r).expect("result JSON"))
+}
+
+/// The view a resource holds, parsed from its one text content.
+async fn view(client: &Client, uri: &str) -> Value {
+    let result = read(client, uri).await.expect("read the resource");
+    let contents = result["contents"].as_array().expect("contents");
+    assert_eq!(contents.len(), 1, "{result}");
+    assert_eq!(contents[0]["uri"], uri);
+    assert_eq!(contents[0]["mimeType"], "application/json");
+    serde_json::from_str(contents[0]["text"].as_str().expect("text")).expect("a JSON view")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_tasks_are_resources_of_their_own_tenant() {
+    let db = Db::new().await;
+    let acme = db.create_token("acme");
+    let other = db.create_token("other");
+    let server = HttpServer::start(&db, &[]);
+    let client = server.client(&acme).await;
+
+    // An empty tenant lists no resources, and still has the two templates.
+    let listed = client.list_resources(None).await.expect("list");
+    assert!(listed.resources.is_empty(), "{listed:?}");
+    let templates = serde_json::to_value(client.list_resource_templates(None).await.expect("templates"))
+        .expect("JSON");
+    let uris: Vec<&Value> = templates["resourceTemplates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .map(|t| &t["uriTemplate"])
+        .collect();
+    assert_eq!(uris, [&json!("lockstep://jobs/{job_id}"), &json!("lockstep://tasks/{task_id}")]);
+
+    let first = plan(&client, "Ship email login", &[("design", "Design the schema", &[])]).await;
+    let second = plan(&client, "Write the docs", &[("docs", "Write docs/login.md", &[])]).await;
+    let listed = serde_json::to_value(client.list_resources(None).await.expect("list")).expect("JSON");
+    assert_eq!(
+        listed["resources"],
+        json!([
+            {
+                "uri": "lockstep://jobs/2", "name": "job-2", "title": "Write the docs",
+                "description": "job 2 (running): Write the docs", "mimeType": "application/json"
+            },
+            {
+                "uri": "lockstep://jobs/1", "name": "job-1", "title": "Ship email login",
+                "description": "job 1 (running): Ship email login", "mimeType": "application/json"
+            }
+        ])
+    );
+    assert_eq!(listed.get("nextCursor"), None);
+
+    // Reading a job or a task gives what get_job / get_task give.
+    let job = view(&client, "lockstep://jobs/1").await;
+    assert_eq!(job, ok(&client, "get_job", json!({ "job_id": 1 })).await);
+    assert_eq!(job["job_id"], first["job_id"]);
+    let task_id = task_id(&second, "docs");
+    let task = view(&client, &format!("lockstep://tasks/{task_id}")).await;
+    assert_eq!(task["task_id"], task_id);
+    assert_eq!(task["title"], "Write docs/login.md");
+
+    // Not found, malformed and foreign URIs.
+    let (code, message, _) = protocol_error(read(&client, "lockstep://jobs/999").await);
+    assert_eq!((code, message.as_str()), (-32002, "job 999 not found"));
+    let (code, message, data) = protocol_error(read(&client, "lockstep://jobs/seven").await);
+    assert_eq!(code, -32602);
+    assert_eq!(
+        message,
+        "invalid argument uri: \"seven\" is not a job id; use lockstep://jobs/{job_id}"
+    );
+    assert_eq!(data["field"], "uri");
+    let (code, message, _) = protocol_error(read(&client, "test://static-text").await);
+    assert_eq!(code, -32002);
+    assert_eq!(
+        message,
+        "lockstep has no resource test://static-text; its resources are lockstep://jobs/{job_id} and lockstep://tasks/{task_id}"
+    );
+
+    // Another tenant sees none of them (Invariant 23).
+    let stranger = server.client(&other).await;
+    assert!(stranger.list_resources(None).await.expect("list").resources.is_empty());
+    let (code, message, _) = protocol_error(read(&stranger, "lockstep://jobs/1").await);
+    assert_eq!((code, message.as_str()), (-32002, "job 1 not found"));
+    let (code, _, _) = protocol_error(read(&stranger, &format!("lockstep://tasks/{task_id}")).await);
+    assert_eq!(code, -32002);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_list_pages_through_every_job_newest_first() {
+    let db = Db::new().await;
+    let server = StdioServer::start(&db, "local", &[]).await;
+    let client = &server.client;
+    for i in 0..101 {
+        plan(client, &format!("goal {i}"), &[("only", "Do it", &[])]).await;
+    }
+    let first = client.list_resources(None).await.expect("first page");
+    assert_eq!(first.resources.len(), 100);
+    assert_eq!(first.resources[0].uri, "lockstep://jobs/101");
+    assert_eq!(first.resources[99].uri, "lockstep://jobs/2");
+    let cursor = first.next_cursor.clone().expect("a next page");
+    let second = client
+        .list_resources(Some(rmcp::model::PaginatedRequestParams::default().with_cursor(Some(cursor.to_string()))))
+        .await
+        .expect("second page");
+    let uris: Vec<&str> = second.resources.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(uris, ["lockstep://jobs/1"]);
+    assert_eq!(second.next_cursor, None);
+    let (code, message, data) = protocol_error(
+        client
+            .list_resources(Some(rmcp::model::PaginatedRequestParams::default().with_cursor(Some("page 2".into()))))
+            .await,
+    );
+    assert_eq!(code, -32602);
+    assert_eq!(
+        message,
+        "invalid argument cursor: is not a cursor this server gave; pass a nextCursor back as it came"
+    );
+    assert_eq!(data["field"], "cursor");
+}
+
+fn arguments(value: Value) -> rmcp::model::JsonObject {
+    value.as_object().expect("an object").clone()
+}
+
+async fn prompt(client: &Client, name: &str, args: Value) -> Result<Value, ServiceError> {
+    client
+        .get_prompt(GetPromptRequestParams::new(name).with_arguments(arguments(args)))
+        .await
+        .map(|r| serde_json::to_value(r).expect("JSON"))
+}
+
+/// The text of a prompt's one user message.
+fn message_text(result: &Value) -> &str {
+    let messages = result["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1, "{result}");
+    assert_eq!(messages[0]["role"], "user");
+    messages[0]["content"]["text"].as_str().expect("text")
+}
+
+async fn complete(client: &Client, r#ref: Reference, argument: &str, value: &str) -> Result<Value, ServiceError> {
+    client
+        .complete(CompleteRequestParams::new(r#ref, ArgumentInfo::new(argument, value)))
+        .await
+        .map(|r| serde_json::to_value(r.completion).expect("JSON"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_guide_planning_and_running_a_handler_and_complete_their_arguments() {
+    let db = Db::new().await;
+    let server =
+        StdioServer::start_with_plugins(&db, "local", Path::new(guest_artifacts::EXAMPLES_DIR), &[])
+            .await;
+    let client = &server.client;
+
+    let listed = serde_json::to_value(client.list_all_prompts().await.expect("prompts")).expect("JSON");
+    let names: Vec<&Value> = listed.as_array().expect("prompts").iter().map(|p| &p["name"]).collect();
+    assert_eq!(names, [&json!("plan_work"), &json!("run_handler")]);
+    assert_eq!(listed[0]["arguments"][0], json!({
+        "name": "goal", "description": "What to achieve (it becomes the plan's name).", "required": true
+    }));
+
+    // plan_work: the goal and the context in a guide to the agent workflow.
+    let guide = prompt(client, "plan_work", json!({ "goal": "Ship email login", "context": "Postgres 15." }))
+        .await
+        .expect("plan_work");
+    assert_eq!(guide["description"], "Plan and carry out: Ship email login");
+    let text = message_text(&guide);
+    assert!(text.contains("\nGoal: Ship email login\n"), "{text}");
+    assert!(text.contains("\nWhat is known already:\nPostgres 15.\n"), "{text}");
+    for tool in ["plan_task", "claim_task", "update_task", "complete_task", "fail_task", "wait_job"] {
+        assert!(text.contains(&format!("`{tool}`")), "{tool}: {text}");
+    }
+
+    // run_handler: what the handler does, its schema, and its own tool.
+    let run = prompt(client, "run_handler", json!({ "handler": "example:fanout" }))
+        .await
+        .expect("run_handler");
+    let text = message_text(&run);
+    assert!(text.starts_with("Run the lockstep handler `example:fanout`.\n"), "{text}");
+    assert!(text.contains("call the tool `example.fanout` with the input as its arguments"), "{text}");
+    assert!(text.contains("\"count\""), "the input schema is shown: {text}");
+    assert!(text.contains("`submit_job`"), "{text}");
+
+    // Arguments are checked like a tool's, naming the argument.
+    let cases = [
+        ("plan_work", json!({}), "invalid argument arguments.goal: is missing"),
+        ("plan_work", json!({ "goal": " " }), "invalid argument arguments.goal: is empty"),
+        (
+            "plan_work",
+            json!({ "goal": "x", "owner": "me" }),
+            "invalid argument arguments.owner: is not an argument of this prompt; it takes goal, context",
+        ),
+        (
+            "run_handler",
+            json!({ "handler": "example:nope" }),
+            "invalid argument arguments.handler: unknown handler \"example:nope\"; registered handlers: example:fanout, example:flaky, example:noop, example:steps, example:sum, example:wordcount",
+        ),
+        (
+            "test_simple_prompt",
+            json!({}),
+            "invalid argument name: lockstep has no prompt \"test_simple_prompt\"; its prompts are plan_work, run_handler",
+        ),
+    ];
+    for (name, args, expected) in cases {
+        let (code, message, _) = protocol_error(prompt(client, name, args.clone()).await);
+        assert_eq!((code, message.as_str()), (-32602, expected), "{name} {args}");
+    }
+
+    // Completion: handler names, job ids, nothing for free text.
+    let handlers = complete(client, Reference::for_prompt("run_handler"), "handler", "example:s")
+        .await
+        .expect("complete");
+    assert_eq!(handlers, json!({ "values": ["example:steps", "example:sum"], "total": 2, "hasMore": false }));
+    let goal = complete(client, Reference::for_prompt("plan_work"), "goal", "Sh").await.expect("complete");
+    assert_eq!(goal, json!({ "values": [], "total": 0, "hasMore": false }));
+    for i in 1..=12 {
+        plan(client, &format!("goal {i}"), &[("only", "Do it", &[])]).await;
+    }
+    let jobs = complete(client, Reference::for_resource("lockstep://jobs/{job_id}"), "job_id", "1")
+        .await
+        .expect("complete");
+    assert_eq!(jobs, json!({ "values": ["12", "11", "10", "1"], "total": 4, "hasMore": false }));
+    let (code, message, _) =
+        protocol_error(complete(client, Reference::for_prompt("test_prompt_with_arguments"), "arg1", "par").await);
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            -32602,
+            "invalid argument ref.name: lockstep has no prompt \"test_prompt_with_arguments\"; its prompts are plan_work, run_handler"
+        )
+    );
+    let (code, message, _) =
+        protocol_error(complete(client, Reference::for_prompt("run_handler"), "name", "x").await);
+    assert_eq!(
+        (code, message.as_str()),
+        (-32602, "invalid argument argument.name: \"name\" is not an argument here; it takes handler")
+    );
+}
+
+#[allow(deprecated)]
+async fn set_level(client: &Client, level: rmcp::model::LoggingLevel) {
+    client
+        .set_level(rmcp::model::SetLevelRequestParams::new(level))
+        .await
+        .expect("logging/setLevel");
+}
+
+/// Submit a job of one `example:steps` task and wait for it over MCP.
+async fn steps_job(client: &Client, key: &str) -> i64 {
+    let submitted = ok(
+        client,
+        "submit_job",
+        json!({
+            "job": { "name": key, "stages": [{ "name": "s", "tasks": [{ "handler": "example:steps", "input": { "steps": 2, "step_ms": 1 } }] }] },
+            "idempotency_key": key,
+        }),
+    )
+    .await;
+    let job = submitted["job_id"].as_i64().expect("job id");
+    let waited = ok(client, "wait_job", json!({ "job_id": job, "timeout_seconds": 120 })).await;
+    assert_eq!(waited["job"]["state"], "succeeded", "{waited}");
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)]
+async fn a_session_that_sets_a_log_level_hears_the_log_lines_of_the_jobs_it_waits_on() {
+    use rmcp::model::LoggingLevel;
+    let db = Db::new().await;
+    let server =
+        StdioServer::start_with_plugins(&db, "local", Path::new(guest_artifacts::EXAMPLES_DIR), &[])
+            .await;
+    let client = &server.client;
+    let logs = client.service().logs.clone();
+
+    // No level set: no log messages. A level above the line's: none either.
+    steps_job(client, "quiet").await;
+    set_level(client, LoggingLevel::Warning).await;
+    steps_job(client, "warnings-only").await;
+
+    // At info, the handler's last progress report (an info line) arrives,
+    // once, however often the job is waited on.
+    set_level(client, LoggingLevel::Info).await;
+    let job = steps_job(client, "chatty").await;
+    let line = json!({
+        "level": "info",
+        "logger": "lockstep",
+        "data": { "job_id": job, "task_id": job, "message": "progress 2/2: working" },
+    });
+    eventually("the log line arrives", || async {
+        (!logs.lock().expect("logs").is_empty()).then_some(())
+    })
+    .await;
+    ok(client, "wait_job", json!({ "job_id": job, "timeout_seconds": 1 })).await;
+    // A later notification would arrive after this call's result: wait for
+    // another job's line to be sure nothing more came for this one.
+    let next = steps_job(client, "chatty-2").await;
+    eventually("the second job's line arrives", || async {
+        (logs.lock().expect("logs").len() >= 2).then_some(())
+    })
+    .await;
+    let mut second = line.clone();
+    second["data"]["job_id"] = json!(next);
+    second["data"]["task_id"] = json!(next);
+    assert_eq!(*logs.lock().expect("logs"), [line, second]);
+}
