@@ -290,8 +290,10 @@ fn fixture_missing(message: &str) -> bool {
     message.contains("MCP error -32602: tool not found")
         || message.starts_with("Failed: MCP error -32601: ")
         || message.starts_with("Tool 'json_schema_2020_12_tool' not found")
-        || message.contains("MCP error -32602: invalid argument name: lockstep has no prompt \"test_")
-        || message.contains("MCP error -32602: invalid argument ref.name: lockstep has no prompt \"test_")
+        || message
+            .contains("MCP error -32602: invalid argument name: lockstep has no prompt \"test_")
+        || message
+            .contains("MCP error -32602: invalid argument ref.name: lockstep has no prompt \"test_")
         || message.contains("MCP error -32002: lockstep has no resource test://")
 }
 
@@ -395,7 +397,10 @@ async fn the_conformance_suite_passes_every_server_scenario_but_the_fixtures() {
     // Besides the protocol's core, lockstep's own logging, resources and
     // prompts pass the scenarios that exercise them.
     for own in ["logging-set-level", "resources-list", "prompts-list"] {
-        assert!(checks.contains_key(own) && !expected_failures.contains(own), "{own}");
+        assert!(
+            checks.contains_key(own) && !expected_failures.contains(own),
+            "{own}"
+        );
     }
     assert!(passed >= 8, "{summary}");
 }

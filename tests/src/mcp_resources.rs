@@ -16,7 +16,11 @@ use std::path::Path;
 /// The JSON-RPC error of a request that failed: code, message, data.
 fn protocol_error<T: std::fmt::Debug>(result: Result<T, ServiceError>) -> (i32, String, Value) {
     match result {
-        Err(ServiceError::McpError(e)) => (e.code.0, e.message.to_string(), e.data.unwrap_or(Value::Null)),
+        Err(ServiceError::McpError(e)) => (
+            e.code.0,
+            e.message.to_string(),
+            e.data.unwrap_or(Value::Null),
+        ),
         other => panic!("expected a JSON-RPC error, got {other:?}"),
     }
 }
@@ -49,19 +53,41 @@ async fn jobs_and_tasks_are_resources_of_their_own_tenant() {
     // An empty tenant lists no resources, and still has the two templates.
     let listed = client.list_resources(None).await.expect("list");
     assert!(listed.resources.is_empty(), "{listed:?}");
-    let templates = serde_json::to_value(client.list_resource_templates(None).await.expect("templates"))
-        .expect("JSON");
+    let templates = serde_json::to_value(
+        client
+            .list_resource_templates(None)
+            .await
+            .expect("templates"),
+    )
+    .expect("JSON");
     let uris: Vec<&Value> = templates["resourceTemplates"]
         .as_array()
         .expect("templates")
         .iter()
         .map(|t| &t["uriTemplate"])
         .collect();
-    assert_eq!(uris, [&json!("lockstep://jobs/{job_id}"), &json!("lockstep://tasks/{task_id}")]);
+    assert_eq!(
+        uris,
+        [
+            &json!("lockstep://jobs/{job_id}"),
+            &json!("lockstep://tasks/{task_id}")
+        ]
+    );
 
-    let first = plan(&client, "Ship email login", &[("design", "Design the schema", &[])]).await;
-    let second = plan(&client, "Write the docs", &[("docs", "Write docs/login.md", &[])]).await;
-    let listed = serde_json::to_value(client.list_resources(None).await.expect("list")).expect("JSON");
+    let first = plan(
+        &client,
+        "Ship email login",
+        &[("design", "Design the schema", &[])],
+    )
+    .await;
+    let second = plan(
+        &client,
+        "Write the docs",
+        &[("docs", "Write docs/login.md", &[])],
+    )
+    .await;
+    let listed =
+        serde_json::to_value(client.list_resources(None).await.expect("list")).expect("JSON");
     assert_eq!(
         listed["resources"],
         json!([
@@ -105,10 +131,18 @@ async fn jobs_and_tasks_are_resources_of_their_own_tenant() {
 
     // Another tenant sees none of them (Invariant 23).
     let stranger = server.client(&other).await;
-    assert!(stranger.list_resources(None).await.expect("list").resources.is_empty());
+    assert!(
+        stranger
+            .list_resources(None)
+            .await
+            .expect("list")
+            .resources
+            .is_empty()
+    );
     let (code, message, _) = protocol_error(read(&stranger, "lockstep://jobs/1").await);
     assert_eq!((code, message.as_str()), (-32002, "job 1 not found"));
-    let (code, _, _) = protocol_error(read(&stranger, &format!("lockstep://tasks/{task_id}")).await);
+    let (code, _, _) =
+        protocol_error(read(&stranger, &format!("lockstep://tasks/{task_id}")).await);
     assert_eq!(code, -32002);
 }
 
@@ -126,7 +160,9 @@ async fn resources_list_pages_through_every_job_newest_first() {
     assert_eq!(first.resources[99].uri, "lockstep://jobs/2");
     let cursor = first.next_cursor.clone().expect("a next page");
     let second = client
-        .list_resources(Some(rmcp::model::PaginatedRequestParams::default().with_cursor(Some(cursor.to_string()))))
+        .list_resources(Some(
+            rmcp::model::PaginatedRequestParams::default().with_cursor(Some(cursor.to_string())),
+        ))
         .await
         .expect("second page");
     let uris: Vec<&str> = second.resources.iter().map(|r| r.uri.as_str()).collect();
@@ -134,7 +170,9 @@ async fn resources_list_pages_through_every_job_newest_first() {
     assert_eq!(second.next_cursor, None);
     let (code, message, data) = protocol_error(
         client
-            .list_resources(Some(rmcp::model::PaginatedRequestParams::default().with_cursor(Some("page 2".into()))))
+            .list_resources(Some(
+                rmcp::model::PaginatedRequestParams::default().with_cursor(Some("page 2".into())),
+            ))
             .await,
     );
     assert_eq!(code, -32602);
@@ -164,9 +202,17 @@ fn message_text(result: &Value) -> &str {
     messages[0]["content"]["text"].as_str().expect("text")
 }
 
-async fn complete(client: &Client, r#ref: Reference, argument: &str, value: &str) -> Result<Value, ServiceError> {
+async fn complete(
+    client: &Client,
+    r#ref: Reference,
+    argument: &str,
+    value: &str,
+) -> Result<Value, ServiceError> {
     client
-        .complete(CompleteRequestParams::new(r#ref, ArgumentInfo::new(argument, value)))
+        .complete(CompleteRequestParams::new(
+            r#ref,
+            ArgumentInfo::new(argument, value),
+        ))
         .await
         .map(|r| serde_json::to_value(r.completion).expect("JSON"))
 }
@@ -174,44 +220,92 @@ async fn complete(client: &Client, r#ref: Reference, argument: &str, value: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_guide_planning_and_running_a_handler_and_complete_their_arguments() {
     let db = Db::new().await;
-    let server =
-        StdioServer::start_with_plugins(&db, "local", Path::new(guest_artifacts::EXAMPLES_DIR), &[])
-            .await;
+    let server = StdioServer::start_with_plugins(
+        &db,
+        "local",
+        Path::new(guest_artifacts::EXAMPLES_DIR),
+        &[],
+    )
+    .await;
     let client = &server.client;
 
-    let listed = serde_json::to_value(client.list_all_prompts().await.expect("prompts")).expect("JSON");
-    let names: Vec<&Value> = listed.as_array().expect("prompts").iter().map(|p| &p["name"]).collect();
+    let listed =
+        serde_json::to_value(client.list_all_prompts().await.expect("prompts")).expect("JSON");
+    let names: Vec<&Value> = listed
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .map(|p| &p["name"])
+        .collect();
     assert_eq!(names, [&json!("plan_work"), &json!("run_handler")]);
-    assert_eq!(listed[0]["arguments"][0], json!({
-        "name": "goal", "description": "What to achieve (it becomes the plan's name).", "required": true
-    }));
+    assert_eq!(
+        listed[0]["arguments"][0],
+        json!({
+            "name": "goal", "description": "What to achieve (it becomes the plan's name).", "required": true
+        })
+    );
 
     // plan_work: the goal and the context in a guide to the agent workflow.
-    let guide = prompt(client, "plan_work", json!({ "goal": "Ship email login", "context": "Postgres 15." }))
-        .await
-        .expect("plan_work");
+    let guide = prompt(
+        client,
+        "plan_work",
+        json!({ "goal": "Ship email login", "context": "Postgres 15." }),
+    )
+    .await
+    .expect("plan_work");
     assert_eq!(guide["description"], "Plan and carry out: Ship email login");
     let text = message_text(&guide);
     assert!(text.contains("\nGoal: Ship email login\n"), "{text}");
-    assert!(text.contains("\nWhat is known already:\nPostgres 15.\n"), "{text}");
-    for tool in ["plan_task", "claim_task", "update_task", "complete_task", "fail_task", "wait_job"] {
+    assert!(
+        text.contains("\nWhat is known already:\nPostgres 15.\n"),
+        "{text}"
+    );
+    for tool in [
+        "plan_task",
+        "claim_task",
+        "update_task",
+        "complete_task",
+        "fail_task",
+        "wait_job",
+    ] {
         assert!(text.contains(&format!("`{tool}`")), "{tool}: {text}");
     }
 
     // run_handler: what the handler does, its schema, and its own tool.
-    let run = prompt(client, "run_handler", json!({ "handler": "example:fanout" }))
-        .await
-        .expect("run_handler");
+    let run = prompt(
+        client,
+        "run_handler",
+        json!({ "handler": "example:fanout" }),
+    )
+    .await
+    .expect("run_handler");
     let text = message_text(&run);
-    assert!(text.starts_with("Run the lockstep handler `example:fanout`.\n"), "{text}");
-    assert!(text.contains("call the tool `example.fanout` with the input as its arguments"), "{text}");
-    assert!(text.contains("\"count\""), "the input schema is shown: {text}");
+    assert!(
+        text.starts_with("Run the lockstep handler `example:fanout`.\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("call the tool `example.fanout` with the input as its arguments"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"count\""),
+        "the input schema is shown: {text}"
+    );
     assert!(text.contains("`submit_job`"), "{text}");
 
     // Arguments are checked like a tool's, naming the argument.
     let cases = [
-        ("plan_work", json!({}), "invalid argument arguments.goal: is missing"),
-        ("plan_work", json!({ "goal": " " }), "invalid argument arguments.goal: is empty"),
+        (
+            "plan_work",
+            json!({}),
+            "invalid argument arguments.goal: is missing",
+        ),
+        (
+            "plan_work",
+            json!({ "goal": " " }),
+            "invalid argument arguments.goal: is empty",
+        ),
         (
             "plan_work",
             json!({ "goal": "x", "owner": "me" }),
@@ -230,25 +324,54 @@ async fn prompts_guide_planning_and_running_a_handler_and_complete_their_argumen
     ];
     for (name, args, expected) in cases {
         let (code, message, _) = protocol_error(prompt(client, name, args.clone()).await);
-        assert_eq!((code, message.as_str()), (-32602, expected), "{name} {args}");
+        assert_eq!(
+            (code, message.as_str()),
+            (-32602, expected),
+            "{name} {args}"
+        );
     }
 
     // Completion: handler names, job ids, nothing for free text.
-    let handlers = complete(client, Reference::for_prompt("run_handler"), "handler", "example:s")
+    let handlers = complete(
+        client,
+        Reference::for_prompt("run_handler"),
+        "handler",
+        "example:s",
+    )
+    .await
+    .expect("complete");
+    assert_eq!(
+        handlers,
+        json!({ "values": ["example:steps", "example:sum"], "total": 2, "hasMore": false })
+    );
+    let goal = complete(client, Reference::for_prompt("plan_work"), "goal", "Sh")
         .await
         .expect("complete");
-    assert_eq!(handlers, json!({ "values": ["example:steps", "example:sum"], "total": 2, "hasMore": false }));
-    let goal = complete(client, Reference::for_prompt("plan_work"), "goal", "Sh").await.expect("complete");
     assert_eq!(goal, json!({ "values": [], "total": 0, "hasMore": false }));
     for i in 1..=12 {
         plan(client, &format!("goal {i}"), &[("only", "Do it", &[])]).await;
     }
-    let jobs = complete(client, Reference::for_resource("lockstep://jobs/{job_id}"), "job_id", "1")
-        .await
-        .expect("complete");
-    assert_eq!(jobs, json!({ "values": ["12", "11", "10", "1"], "total": 4, "hasMore": false }));
-    let (code, message, _) =
-        protocol_error(complete(client, Reference::for_prompt("test_prompt_with_arguments"), "arg1", "par").await);
+    let jobs = complete(
+        client,
+        Reference::for_resource("lockstep://jobs/{job_id}"),
+        "job_id",
+        "1",
+    )
+    .await
+    .expect("complete");
+    assert_eq!(
+        jobs,
+        json!({ "values": ["12", "11", "10", "1"], "total": 4, "hasMore": false })
+    );
+    let (code, message, _) = protocol_error(
+        complete(
+            client,
+            Reference::for_prompt("test_prompt_with_arguments"),
+            "arg1",
+            "par",
+        )
+        .await,
+    );
     assert_eq!(
         (code, message.as_str()),
         (
@@ -260,7 +383,10 @@ async fn prompts_guide_planning_and_running_a_handler_and_complete_their_argumen
         protocol_error(complete(client, Reference::for_prompt("run_handler"), "name", "x").await);
     assert_eq!(
         (code, message.as_str()),
-        (-32602, "invalid argument argument.name: \"name\" is not an argument here; it takes handler")
+        (
+            -32602,
+            "invalid argument argument.name: \"name\" is not an argument here; it takes handler"
+        )
     );
 }
 
@@ -284,7 +410,12 @@ async fn steps_job(client: &Client, key: &str) -> i64 {
     )
     .await;
     let job = submitted["job_id"].as_i64().expect("job id");
-    let waited = ok(client, "wait_job", json!({ "job_id": job, "timeout_seconds": 120 })).await;
+    let waited = ok(
+        client,
+        "wait_job",
+        json!({ "job_id": job, "timeout_seconds": 120 }),
+    )
+    .await;
     assert_eq!(waited["job"]["state"], "succeeded", "{waited}");
     job
 }
@@ -294,9 +425,13 @@ async fn steps_job(client: &Client, key: &str) -> i64 {
 async fn a_session_that_sets_a_log_level_hears_the_log_lines_of_the_jobs_it_waits_on() {
     use rmcp::model::LoggingLevel;
     let db = Db::new().await;
-    let server =
-        StdioServer::start_with_plugins(&db, "local", Path::new(guest_artifacts::EXAMPLES_DIR), &[])
-            .await;
+    let server = StdioServer::start_with_plugins(
+        &db,
+        "local",
+        Path::new(guest_artifacts::EXAMPLES_DIR),
+        &[],
+    )
+    .await;
     let client = &server.client;
     let logs = client.service().logs.clone();
 
@@ -318,7 +453,12 @@ async fn a_session_that_sets_a_log_level_hears_the_log_lines_of_the_jobs_it_wait
         (!logs.lock().expect("logs").is_empty()).then_some(())
     })
     .await;
-    ok(client, "wait_job", json!({ "job_id": job, "timeout_seconds": 1 })).await;
+    ok(
+        client,
+        "wait_job",
+        json!({ "job_id": job, "timeout_seconds": 1 }),
+    )
+    .await;
     // A later notification would arrive after this call's result: wait for
     // another job's line to be sure nothing more came for this one.
     let next = steps_job(client, "chatty-2").await;

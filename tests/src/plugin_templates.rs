@@ -252,6 +252,111 @@ fn assert_checks(ws: &Workspace, component: &Path, handler: &str) {
     assert_eq!(report["handlers"].as_array().map(Vec::len), Some(1));
 }
 
+/// `bench plugin` with the built component: its line has every field, the
+/// counts asked for, and the handler's real output (timings are not asserted).
+fn assert_benches(ws: &Workspace, label: &str, component: &Path, handler: &str) {
+    let out = Command::new(cli_bin())
+        .current_dir(ws.path())
+        .arg("--plugins")
+        .arg(guest_artifacts::EXAMPLES_DIR)
+        .arg("--cache-dir")
+        .arg(test_cache_dir())
+        .args(["bench", "plugin", "--iterations", "10"])
+        .args([
+            "--cold-loads",
+            "1",
+            "--cached-loads",
+            "2",
+            "--component-runs",
+            "3",
+        ])
+        .arg("--component")
+        .arg(format!("{label}={}", component.display()))
+        .output()
+        .expect("run lockstep bench plugin");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let cases: Vec<&str> = lines
+        .iter()
+        .map(|l| l["case"].as_str().expect("case"))
+        .collect();
+    assert_eq!(cases, ["noop_run", "startup_warm_cache", "component"]);
+    let line = lines[2].as_object().expect("an object");
+    let mut fields: Vec<&str> = line.keys().map(String::as_str).collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "bench",
+            "bytes",
+            "cached_loads",
+            "cached_start_median_ms",
+            "cached_start_p90_ms",
+            "case",
+            "cold_load_max_ms",
+            "cold_load_median_ms",
+            "cold_loads",
+            "file",
+            "handler",
+            "label",
+            "machine",
+            "noop_run_median_us",
+            "output",
+            "run_median_us",
+            "run_p99_us",
+            "run_vs_noop",
+            "runs",
+        ]
+    );
+    let bytes = std::fs::metadata(component).expect("component").len();
+    assert_eq!(line["bench"], "plugin");
+    assert_eq!(line["label"], label);
+    assert_eq!(line["file"], component.display().to_string());
+    assert_eq!(line["bytes"], bytes);
+    assert_eq!(line["handler"], handler);
+    assert_eq!(
+        line["output"],
+        serde_json::json!({ "greeting": "hello, Ada" })
+    );
+    assert_eq!(
+        (&line["cold_loads"], &line["cached_loads"], &line["runs"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(2),
+            &serde_json::json!(3)
+        )
+    );
+    for field in [
+        "cold_load_median_ms",
+        "cold_load_max_ms",
+        "cached_start_median_ms",
+        "cached_start_p90_ms",
+        "run_median_us",
+        "run_p99_us",
+        "noop_run_median_us",
+        "run_vs_noop",
+    ] {
+        assert!(
+            line[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {}",
+            lines[2]
+        );
+    }
+    // Only the other template is named as not measured.
+    let other = if label == "python" { "js" } else { "python" };
+    let stderr = text(&out.stderr);
+    let note = |lang: &str| {
+        format!(
+            "bench plugin: the {lang} template is not measured: build it as docs/plugins.md#benchmarks says and pass --component {lang}=PATH\n"
+        )
+    };
+    assert!(stderr.contains(&note(other)), "{stderr}");
+    assert!(!stderr.contains(&note(label)), "{stderr}");
+}
+
 #[test]
 fn rust_template_builds_outside_the_repo_with_cargo_and_runs_in_a_job() {
     let ws = Workspace::new();
@@ -289,6 +394,7 @@ fn python_template_builds_outside_the_repo_with_componentize_py_and_runs_in_a_jo
     let component = ws.path().join("greet-py/greet_py.wasm");
     assert_checks(&ws, &component, "greet-py:greet");
     run_in_jobs(&ws, &component, "greet-py:greet");
+    assert_benches(&ws, "python", &component, "greet-py:greet");
 }
 
 #[test]
@@ -303,6 +409,7 @@ fn js_template_builds_outside_the_repo_with_componentize_js_and_runs_in_a_job() 
     let component = ws.path().join("greet-js/greet_js.wasm");
     assert_checks(&ws, &component, "greet-js:greet");
     run_in_jobs(&ws, &component, "greet-js:greet");
+    assert_benches(&ws, "js", &component, "greet-js:greet");
 
     // The same source built without `--disable http fetch-event` imports
     // wasi:http, which the host does not link: check names it.

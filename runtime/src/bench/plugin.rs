@@ -225,9 +225,9 @@ pub async fn bench_component(
             return Err(component.refused(failure.reason.clone()));
         }
         if report.loaded.is_empty() {
-            return Err(component.refused(
-                "it is a wasi:cli/command program, not a plugin with handlers",
-            ));
+            return Err(
+                component.refused("it is a wasi:cli/command program, not a plugin with handlers")
+            );
         }
         if report.cache.misses != 1 {
             anyhow::bail!(

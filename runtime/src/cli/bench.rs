@@ -172,17 +172,13 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                 cached_loads,
                 runs: component_runs,
             };
-            let lines = bench::plugin::bench_plugin(
-                &ctx.plugin_config(),
-                iterations,
-                &components,
-                rounds,
-            )
-            .await
-            .map_err(|e| match e.downcast::<bench::plugin::ComponentRefused>() {
-                Ok(refused) => super::Failure::BadInput(refused.into()),
-                Err(e) => super::Failure::Other(e),
-            })?;
+            let lines =
+                bench::plugin::bench_plugin(&ctx.plugin_config(), iterations, &components, rounds)
+                    .await
+                    .map_err(|e| match e.downcast::<bench::plugin::ComponentRefused>() {
+                        Ok(refused) => super::Failure::BadInput(refused.into()),
+                        Err(e) => super::Failure::Other(e),
+                    })?;
             print(lines);
             for lang in ["python", "js"] {
                 if !components.iter().any(|c| c.label == lang) {

@@ -109,7 +109,9 @@ impl From<ArgError> for ToolFailure {
 /// The protocol error of an internal failure: its correlation id, nothing else.
 fn correlation_error(correlation_id: &str) -> ErrorData {
     ErrorData::internal_error(
-        format!("internal error (correlation id {correlation_id}); the server's log has the details"),
+        format!(
+            "internal error (correlation id {correlation_id}); the server's log has the details"
+        ),
         Some(serde_json::json!({ "correlation_id": correlation_id })),
     )
 }

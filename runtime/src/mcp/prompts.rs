@@ -85,7 +85,10 @@ fn only(arguments: &JsonObject, known: &[&str]) -> Result<(), ErrorData> {
     match arguments.keys().find(|k| !known.contains(&k.as_str())) {
         Some(unknown) => Err(ArgError::new(
             format!("arguments.{unknown}"),
-            format!("is not an argument of this prompt; it takes {}", known.join(", ")),
+            format!(
+                "is not an argument of this prompt; it takes {}",
+                known.join(", ")
+            ),
         )
         .into_error_data()),
         None => Ok(()),
@@ -286,8 +289,10 @@ pub async fn complete(
             }
         },
         _ => {
-            return Err(ArgError::new("ref.type", "is neither ref/prompt nor ref/resource")
-                .into_error_data());
+            return Err(
+                ArgError::new("ref.type", "is neither ref/prompt nor ref/resource")
+                    .into_error_data(),
+            );
         }
     };
     let matching: Vec<String> = candidates

@@ -124,12 +124,17 @@ pub async fn list(
             let name = crate::limits::printable(&j.name);
             Resource::new(job_uri(j.job_id), format!("job-{}", j.job_id.0))
                 .with_title(super::params::clip(&name, 200))
-                .with_description(format!("job {} ({}): {}", j.job_id.0, j.state, super::params::clip(&name, 200)))
+                .with_description(format!(
+                    "job {} ({}): {}",
+                    j.job_id.0,
+                    j.state,
+                    super::params::clip(&name, 200)
+                ))
                 .with_mime_type(JSON)
         })
         .collect();
     let mut page = ListResourcesResult::with_all_items(resources);
-    page.next_cursor = next.map(Into::into);
+    page.next_cursor = next;
     Ok(page)
 }
 
@@ -168,8 +173,7 @@ pub async fn read(
 
 fn render<T: View>(view: Result<T, EngineError>) -> Result<String, ErrorData> {
     let view = view.map_err(|e| failure("resources/read", e))?;
-    serde_json::to_string_pretty(&view)
-        .map_err(|e| internal("resources/read", &e))
+    serde_json::to_string_pretty(&view).map_err(|e| internal("resources/read", &e))
 }
 
 /// An engine error as a resource request's error: not found is -32002.

@@ -230,8 +230,14 @@ impl LockstepMcp {
             let finished = p.job.state.is_terminal();
             // The job's log lines up to `p`: a finished job's are all stored
             // (with each task's completion), so none arrive after the result.
-            super::logging::forward(&self.engine, &caller.tenant, job, &self.logging, &context.peer)
-                .await;
+            super::logging::forward(
+                &self.engine,
+                &caller.tenant,
+                job,
+                &self.logging,
+                &context.peer,
+            )
+            .await;
             if let Some(token) = &token
                 && reported != Some((p.done, p.total))
             {
