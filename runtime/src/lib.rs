@@ -18,4 +18,5 @@ pub mod model;
 pub mod plugin;
 pub mod spec;
 pub mod store;
+pub mod telemetry;
 pub mod template;

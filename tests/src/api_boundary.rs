@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// Modules under `runtime/src` that are front doors.
-const FRONT_DOORS: [&str; 6] = ["cli", "mcp", "bench", "ci", "ui", "dashboard"];
+const FRONT_DOORS: [&str; 7] = ["cli", "mcp", "bench", "ci", "ui", "dashboard", "telemetry"];
 
 fn runtime_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/src")

@@ -36,3 +36,4 @@ mod serve_stop;
 mod spec_files;
 mod store_conformance;
 mod store_faults;
+mod telemetry;

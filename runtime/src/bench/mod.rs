@@ -7,6 +7,7 @@ pub mod engine_flow;
 pub mod lookup;
 pub mod mcp;
 pub mod mcp_clients;
+pub mod metrics;
 pub mod plugin;
 
 /// Percentile of a sorted sample (nearest rank).

@@ -98,6 +98,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         tasks: u64,
     },
+    /// What a scrape of /metrics costs: sampling the database's counts and
+    /// rendering the text format, with this many tasks in the database.
+    Metrics {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        /// Timed scrapes.
+        #[arg(long, default_value_t = 200)]
+        samples: u32,
+    },
 }
 
 /// What runs the tasks of `bench throughput`.
@@ -204,6 +213,8 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                     "--handler host-noop runs the workers in this process: leave out --processes"
                 )));
             }
+            // The workers record metrics as a serve process's do.
+            crate::telemetry::Exporter::install().map_err(anyhow::Error::new)?;
             let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
             if processes > 0 {
                 if !ctx.db_explicit {
@@ -275,6 +286,16 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
         BenchCommand::Lookup { tasks } => {
             let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
             print(bench::lookup::lookup(&engine, tasks).await?);
+        }
+        BenchCommand::Metrics { tasks, samples } => {
+            if samples == 0 {
+                return Err(super::Failure::BadInput(anyhow::anyhow!(
+                    "--samples must be at least 1"
+                )));
+            }
+            let exporter = crate::telemetry::Exporter::install().map_err(anyhow::Error::new)?;
+            let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
+            print(bench::metrics::metrics(&engine, &exporter, tasks, samples).await?);
         }
     }
     Ok(())

@@ -69,6 +69,16 @@ pub struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. info or lockstep=debug.
     #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "warn")]
     log: String,
+    /// Log lines on stderr: human (one line per event) or json (one JSON object per line,
+    /// with job_id and task_id as fields).
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    log_format: crate::telemetry::logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -255,15 +265,7 @@ fn watch_plugins(engine: &Arc<Engine>, ctx: &Ctx) -> Option<crate::engine::reloa
 /// Parse arguments, run the command, and return the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    // Colours only for a person at a terminal: a log file or a pipe gets
-    // plain text.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::telemetry::logs::init(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

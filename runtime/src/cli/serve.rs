@@ -1,5 +1,6 @@
 //! `lockstep serve`: workers, and with `--http ADDR` MCP over streamable
-//! HTTP at `/mcp` (bearer tokens), until interrupted.
+//! HTTP at `/mcp` (bearer tokens) and Prometheus metrics at `/metrics`,
+//! until interrupted.
 
 use super::mcp::McpOptions;
 use super::{CliResult, Ctx};
@@ -54,6 +55,15 @@ pub struct ServeArgs {
     /// Largest MCP request body, in bytes.
     #[arg(long, default_value_t = http::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Bearer token Prometheus must send to read http://ADDR/metrics (at least 16
+    /// printable characters); without it /metrics is open to whoever reaches --http.
+    #[arg(
+        long,
+        env = "LOCKSTEP_METRICS_TOKEN",
+        requires = "http",
+        value_name = "TOKEN"
+    )]
+    metrics_token: Option<String>,
     #[command(flatten)]
     mcp: McpOptions,
 }
@@ -82,6 +92,10 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
             args.shutdown_grace
         )));
     }
+    if let Some(token) = &args.metrics_token {
+        crate::telemetry::check_token(token)
+            .map_err(|e| super::Failure::BadInput(anyhow::anyhow!(e)))?;
+    }
     let grace = Duration::from_secs_f64(args.shutdown_grace);
     let mcp_config = args.mcp.config_for(ctx)?;
     // Bind before starting anything, so a taken port or a public address
@@ -108,6 +122,8 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
         }
         None => None,
     };
+    // Every serve process records what it does; --http serves it at /metrics.
+    let exporter = crate::telemetry::Exporter::install().map_err(anyhow::Error::new)?;
     let engine = ctx.engine().await?;
     let _watcher = super::watch_plugins(&engine, ctx);
     let lease = Duration::from_secs_f64(args.lease_secs);
@@ -138,8 +154,22 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
             max_body_bytes: args.max_body_bytes,
         };
         let local = listener.local_addr().map_err(anyhow::Error::new)?;
-        let router = http::router(engine.clone(), mcp_config, &http_config, shutdown.clone());
+        let router = http::router(engine.clone(), mcp_config, &http_config, shutdown.clone())
+            .merge(crate::telemetry::router(
+                engine.clone(),
+                exporter.clone(),
+                args.metrics_token.clone(),
+            ));
         eprintln!("lockstep serve: MCP listening on http://{local}/mcp");
+        eprintln!(
+            "lockstep serve: Prometheus metrics at http://{local}{} ({})",
+            crate::telemetry::METRICS_PATH,
+            if args.metrics_token.is_some() {
+                "bearer token of --metrics-token required"
+            } else {
+                "open to whoever reaches this address; set --metrics-token to require one"
+            }
+        );
         if args.no_auth {
             eprintln!(
                 "lockstep serve: --no-auth: every MCP request acts as tenant {:?} without a token",

@@ -348,19 +348,26 @@ impl Engine {
         result: TaskResult,
     ) -> Result<FinishedView, AgentError> {
         let task = self.agent_task(tenant, lease.task_id).await?;
+        let completions = vec![Completion {
+            tenant: tenant.clone(),
+            lease,
+            result,
+            // An agent's notes are recorded by update_task as they come.
+            logs: vec![],
+        }];
         let outcomes = self
             .store()
             .complete_batch(CompleteBatch {
-                completions: vec![Completion {
-                    tenant: tenant.clone(),
-                    lease,
-                    result,
-                    // An agent's notes are recorded by update_task as they come.
-                    logs: vec![],
-                }],
+                completions: completions.clone(),
                 now: now_millis(),
             })
             .await?;
+        let attempt = super::metrics::Attempt {
+            handler: super::metrics::handler_label(task.executor, &task.handler),
+            job: task.job_id,
+            took: None,
+        };
+        super::metrics::recorded(&completions, &[attempt], &outcomes);
         match outcomes.into_iter().next() {
             Some(CompletionOutcome::Recorded(state)) => {
                 self.wake().notify_waiters();

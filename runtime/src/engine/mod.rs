@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod reload;

@@ -32,6 +32,7 @@
 //! **Invariant 20:** a task is handed back only if its guest never started.
 
 use super::backoff::retry_delay;
+use super::metrics::Attempt;
 use super::task_context::JobTaskContext;
 use super::{Engine, now_millis};
 use crate::limits::{MAX_ERROR_BYTES, MAX_JSON_DEPTH, check_json_depth, cut, sizes_for_comparison};
@@ -132,7 +133,7 @@ enum Phase {
 /// What ended a claimed task's turn in this process.
 enum Done {
     /// Its handler ran (or was interrupted): record the result.
-    Completed(Completion),
+    Completed(Completion, Attempt),
     /// Its handler never started: hand the claim back.
     Released(TenantId, LeaseToken),
 }
@@ -292,6 +293,7 @@ async fn claimer(
             }
             Err(e) => {
                 stats.database_errors.fetch_add(1, Ordering::Relaxed);
+                super::metrics::store_retry("claim");
                 outage.failed(&e);
                 drop(permits);
                 tokio::select! {
@@ -322,7 +324,10 @@ async fn claimer(
             .claimed
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         stats.claim_batches.fetch_add(1, Ordering::Relaxed);
+        let claimed_at = now_millis();
         for (task, permit) in claimed.into_iter().zip(permits.drain(..)) {
+            let waited = claimed_at.saturating_sub(task.ready_at).max(0) as u64;
+            super::metrics::claimed(&task.handler, Duration::from_millis(waited));
             let engine = engine.clone();
             let done = done.clone();
             let lease = config.lease;
@@ -332,7 +337,14 @@ async fn claimer(
             running.spawn(async move {
                 let ended = match execution {
                     Execution::Sandbox => run_task(&engine, &plugins, task, lease, phase).await,
-                    Execution::HostNoop => Done::Completed(host_noop(task)),
+                    Execution::HostNoop => {
+                        let ran = Attempt {
+                            handler: task.handler.clone(),
+                            job: task.job_id,
+                            took: Some(Duration::ZERO),
+                        };
+                        Done::Completed(host_noop(task), ran)
+                    }
                 };
                 // The slot goes with the run's end: the completer frees it
                 // once that end is recorded.
@@ -369,6 +381,7 @@ async fn run_task(
         input_json: task.input_json.clone(),
         timeout: Duration::from_millis(task.timeout_ms.max(1) as u64),
     };
+    let started = std::time::Instant::now();
     let run = plugins.run(req, cx.clone());
     tokio::pin!(run);
     // Renew the lease while a long run goes on, so it is not rescued from under us.
@@ -409,6 +422,10 @@ async fn run_task(
             }
         }
     };
+    let took = started.elapsed();
+    if let Some(Err(failure)) = &result {
+        super::metrics::run_failed(&task.handler, failure);
+    }
     let result = match result {
         None => TaskResult::Retryable {
             error: "interrupted: its lockstep process stopped and the attempt did not finish within the grace period (--shutdown-grace)".to_string(),
@@ -437,12 +454,19 @@ async fn run_task(
             ),
         },
     };
-    Done::Completed(Completion {
-        tenant: task.tenant,
-        lease: task.lease,
-        result,
-        logs: cx.take_logs(),
-    })
+    Done::Completed(
+        Completion {
+            tenant: task.tenant,
+            lease: task.lease,
+            result,
+            logs: cx.take_logs(),
+        },
+        Attempt {
+            handler: task.handler,
+            job: task.job_id,
+            took: Some(took),
+        },
+    )
 }
 
 /// A claimed task's completion as if its handler returned `null` at once.
@@ -519,10 +543,14 @@ async fn completer(
         let (ends, _slots): (Vec<Done>, Vec<OwnedSemaphorePermit>) =
             std::mem::take(&mut buf).into_iter().unzip();
         let mut batch = Vec::with_capacity(ends.len());
+        let mut ran = Vec::with_capacity(ends.len());
         let mut handed_back = Vec::new();
         for ended in ends {
             match ended {
-                Done::Completed(completion) => batch.push(completion),
+                Done::Completed(completion, attempt) => {
+                    batch.push(completion);
+                    ran.push(attempt);
+                }
                 Done::Released(tenant, lease) => handed_back.push((tenant, lease)),
             }
         }
@@ -532,8 +560,10 @@ async fn completer(
         // Large outputs are committed a few at a time: each is copied
         // several times on its way into the database, so a transaction's
         // bytes, not only its count, bound the memory a commit takes.
+        let mut ran = ran.into_iter();
         for chunk in group_by_bytes(batch, GROUP_COMMIT_BYTES) {
-            commit(&engine, chunk, &stats, &mut outage).await;
+            let chunk_ran: Vec<Attempt> = ran.by_ref().take(chunk.len()).collect();
+            commit(&engine, chunk, &chunk_ran, &stats, &mut outage).await;
         }
     }
 }
@@ -576,7 +606,13 @@ fn completion_bytes(c: &Completion) -> usize {
 
 /// Record one group of completions in one transaction, retrying with
 /// backoff while the database fails.
-async fn commit(engine: &Engine, batch: Vec<Completion>, stats: &WorkerStats, outage: &mut Outage) {
+async fn commit(
+    engine: &Engine,
+    batch: Vec<Completion>,
+    ran: &[Attempt],
+    stats: &WorkerStats,
+    outage: &mut Outage,
+) {
     let n = batch.len() as u64;
     let mut attempt = 0u32;
     loop {
@@ -590,6 +626,7 @@ async fn commit(engine: &Engine, batch: Vec<Completion>, stats: &WorkerStats, ou
         {
             Ok(outcomes) => {
                 outage.recovered();
+                super::metrics::recorded(&batch, ran, &outcomes);
                 let stale = outcomes
                     .iter()
                     .filter(|o| matches!(o, CompletionOutcome::Stale))
@@ -613,6 +650,7 @@ async fn commit(engine: &Engine, batch: Vec<Completion>, stats: &WorkerStats, ou
             }
             Err(e) => {
                 stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                super::metrics::store_retry("completion");
                 outage.failed(&e);
                 attempt += 1;
                 // Keep trying: the leases will expire and the tasks be rescued
@@ -674,12 +712,14 @@ async fn rescuer(
                 outage.recovered();
                 if n > 0 {
                     tracing::info!(rescued = n, "expired leases returned to pending");
+                    super::metrics::leases_rescued(n);
                     stats.rescued.fetch_add(n, Ordering::Relaxed);
                     engine.wake().notify_waiters();
                 }
             }
             Err(e) => {
                 stats.database_errors.fetch_add(1, Ordering::Relaxed);
+                super::metrics::store_retry("rescue");
                 outage.failed(&e);
             }
         }

@@ -413,14 +413,37 @@ impl ServerHandler for LockstepMcp {
                 let caller = Caller::from_context_part(&mut tcc)?;
                 let result = handler_tools::call(&self.engine, &caller, &handler, arguments).await;
                 tracing::debug!(tool = %tool, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "handler tool call");
+                let outcome = match &result {
+                    Ok(r) if r.is_error == Some(true) => "refused",
+                    Ok(_) => "ok",
+                    Err(_) => "error",
+                };
+                crate::engine::metrics::mcp_call(&tool, outcome, started.elapsed());
                 return result.map(Into::into);
             }
         }
+        // A name that is neither a tool nor a handler is not a label.
+        let label = if self.tool_router.has_route(&tool) {
+            tool.as_ref()
+        } else {
+            "unknown"
+        };
         let tcc = ToolCallContext::new(self, request, context);
         let result = self.tool_router.call(tcc).await;
         tracing::debug!(tool = %tool, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "tool call");
+        let outcome = match &result {
+            Ok(r) if call_refused(r) => "refused",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        crate::engine::metrics::mcp_call(label, outcome, started.elapsed());
         result
     }
+}
+
+/// A tool result that is a refusal (`isError`: bad state, not found, …).
+fn call_refused(response: &CallToolResponse) -> bool {
+    matches!(response, CallToolResponse::Complete(r) if r.is_error == Some(true))
 }
 
 /// Serve MCP over this process's stdin/stdout until the client disconnects.

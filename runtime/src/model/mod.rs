@@ -20,7 +20,9 @@ mod task;
 pub use event::EventKind;
 pub use ids::{JobId, LeaseToken, Millis, TaskId, TenantId};
 pub use name::UnknownName;
-pub use record::{Event, JobStatus, JobSummary, QueueDepth, StageStatus, TaskRecord, TokenRecord};
+pub use record::{
+    Event, JobStatus, JobSummary, QueueDepth, StageStatus, StateTotals, TaskRecord, TokenRecord,
+};
 pub use state::{IllegalTransition, JobState, StageState, TaskState};
 pub use step::{
     CachePlan, CacheReport, Condition, MAX_MATRIX_JOBS, MatrixGroup, RetryOn, Reuse, StepKind,

@@ -85,6 +85,19 @@ pub struct QueueDepth {
     pub blocked: i64,
 }
 
+/// Every tenant's tasks and jobs by state, and the oldest ready task per
+/// executor: what `/metrics` samples from the database. Counts only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateTotals {
+    /// Every task state, in the order of `TaskState::ALL` (0 when none).
+    pub tasks: Vec<(super::TaskState, i64)>,
+    /// Every job state, in the order of `JobState::ALL` (0 when none).
+    pub jobs: Vec<(super::JobState, i64)>,
+    /// Per executor with a ready task (pending, no unfinished dependency,
+    /// `run_after` passed): the oldest such task's `run_after`.
+    pub oldest_ready: Vec<(super::Executor, Millis)>,
+}
+
 /// A live (or just revoked) token: which tenant it acts for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenRecord {

@@ -14,10 +14,11 @@ use super::{
     RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken, StageResults,
     Store, StoreError, TaskEvents, TokenLookup,
 };
-use super::{DeadTasks, ReleaseLeases, agent, complete, operator, reads, release, submit};
+use super::{DeadTasks, ReleaseLeases, StateCounts, agent, complete, operator, reads, release};
+use super::{sample, submit};
 use crate::model::{
-    Event, JobState, JobStatus, JobSummary, QueueDepth, SubmitJob, Submitted, TaskId, TaskRecord,
-    TaskState, TokenRecord,
+    Event, JobState, JobStatus, JobSummary, QueueDepth, StateTotals, SubmitJob, Submitted, TaskId,
+    TaskRecord, TaskState, TokenRecord,
 };
 use std::sync::Arc;
 
@@ -140,6 +141,7 @@ impl<B: Backend> SqlStore<B> {
             match self.backend.retry_delay(operation, &error, retries) {
                 Some(delay) => {
                     retries += 1;
+                    self.counters.retried_transaction();
                     tokio::time::sleep(delay).await;
                 }
                 None => return Err(error),
@@ -287,6 +289,11 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError> {
         self.read(async |db| agent::queue_depth(db, &p).await).await
+    }
+
+    async fn state_counts(&self, p: StateCounts) -> Result<StateTotals, StoreError> {
+        self.snapshot(async |db| sample::state_counts(db, &p).await)
+            .await
     }
 
     async fn create_token(&self, p: CreateToken) -> Result<i64, StoreError> {

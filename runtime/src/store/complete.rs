@@ -52,7 +52,7 @@ const CLAIM: Sql = Sql::each(
                (SELECT s.name FROM stages s
                 WHERE s.job_id = tasks.job_id AND s.position = tasks.stage_position)
                    AS stage_name,
-               attempt, handler, input_json, timeout_ms, max_attempts",
+               attempt, handler, input_json, timeout_ms, max_attempts, run_after",
     "WITH picked AS (
              SELECT t.id FROM tasks t
              JOIN jobs j ON j.id = t.job_id
@@ -73,7 +73,7 @@ const CLAIM: Sql = Sql::each(
                  worker = $8, updated_at = $1
              WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
              RETURNING t.id, t.tenant_id, t.job_id, t.stage_position, t.handler, t.attempt,
-                       t.input_json, t.timeout_ms, t.max_attempts
+                       t.input_json, t.timeout_ms, t.max_attempts, t.run_after
          ),
          logged AS (
              INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
@@ -82,7 +82,7 @@ const CLAIM: Sql = Sql::each(
              FROM claimed c ORDER BY c.id
          )
          SELECT c.id, c.tenant_id, c.job_id, c.stage_position, s.name AS stage_name, c.attempt,
-                c.handler, c.input_json, c.timeout_ms, c.max_attempts
+                c.handler, c.input_json, c.timeout_ms, c.max_attempts, c.run_after
          FROM claimed c
          JOIN stages s ON s.job_id = c.job_id AND s.position = c.stage_position
          ORDER BY c.id",
@@ -108,6 +108,7 @@ struct ClaimedRow {
     input_json: String,
     timeout_ms: i64,
     max_attempts: i32,
+    run_after: i64,
 }
 
 /// Claim up to `limit` ready tasks in one write.
@@ -155,6 +156,7 @@ pub(crate) async fn claim_batch(
             input_json: r.input_json,
             timeout_ms: r.timeout_ms,
             max_attempts: r.max_attempts,
+            ready_at: r.run_after,
         })
         .collect())
 }

@@ -12,7 +12,8 @@
 
 use crate::model::{
     Event, Executor, IllegalTransition, JobId, JobState, JobStatus, JobSummary, LeaseToken, Millis,
-    QueueDepth, SubmitJob, Submitted, TaskId, TaskRecord, TaskState, TenantId, TokenRecord,
+    QueueDepth, StateTotals, SubmitJob, Submitted, TaskId, TaskRecord, TaskState, TenantId,
+    TokenRecord,
 };
 use serde::Serialize;
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub mod postgres;
 mod reads;
 mod release;
 mod rules;
+mod sample;
 mod sql;
 pub mod sqlite;
 mod submit;
@@ -108,6 +110,9 @@ pub struct ClaimedTask {
     pub input_json: String,
     pub timeout_ms: i64,
     pub max_attempts: i32,
+    /// Since when the task could be claimed: its `run_after` (set when it
+    /// became ready, or to the end of a retry's backoff).
+    pub ready_at: Millis,
 }
 
 // ---------------------------------------------------------------- complete
@@ -282,6 +287,13 @@ pub struct RecentCompletions {
     pub since: Millis,
 }
 
+/// Every tenant's tasks and jobs by state (for `/metrics`); tasks ready at
+/// or before `now` count as waiting.
+#[derive(Debug, Clone)]
+pub struct StateCounts {
+    pub now: Millis,
+}
+
 // ---------------------------------------------------------------- agent workflow, tokens (MCP)
 
 /// Tasks of one job in id order, a page at a time.
@@ -420,6 +432,10 @@ pub trait Store: Send + Sync + 'static {
     async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError>;
     /// Counts of the tenant's pending (ready), running and blocked tasks.
     async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError>;
+    /// Every tenant's tasks and jobs by state and the oldest ready task per
+    /// executor, read in one snapshot: counts for an operator (`/metrics`),
+    /// never a row of any tenant.
+    async fn state_counts(&self, p: StateCounts) -> Result<StateTotals, StoreError>;
     /// Store a token hash for a tenant; returns the token's id.
     async fn create_token(&self, p: CreateToken) -> Result<i64, StoreError>;
     /// Revoke a live token; `Ok(None)` when there is no such live token.

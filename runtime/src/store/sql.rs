@@ -87,6 +87,7 @@ pub struct Counters {
     statements: AtomicU64,
     round_trips: AtomicU64,
     transactions: AtomicU64,
+    retried_transactions: AtomicU64,
 }
 
 /// How many statements, round trips and transactions a store has run.
@@ -95,6 +96,9 @@ pub struct StoreCounters {
     pub statements: u64,
     pub round_trips: u64,
     pub transactions: u64,
+    /// Write transactions rolled back and run again (PostgreSQL deadlocks
+    /// and serialization failures; the backend decides which failures).
+    pub retried_transactions: u64,
 }
 
 impl Counters {
@@ -103,12 +107,18 @@ impl Counters {
             statements: self.statements.load(Ordering::Relaxed),
             round_trips: self.round_trips.load(Ordering::Relaxed),
             transactions: self.transactions.load(Ordering::Relaxed),
+            retried_transactions: self.retried_transactions.load(Ordering::Relaxed),
         }
     }
 
     fn statement(&self) {
         self.statements.fetch_add(1, Ordering::Relaxed);
         self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A failed write transaction is run again.
+    pub(crate) fn retried_transaction(&self) {
+        self.retried_transactions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A transaction was begun and ended: two round trips.

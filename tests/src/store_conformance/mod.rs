@@ -53,6 +53,7 @@ mod fixtures;
 mod leases;
 mod operator;
 mod reads;
+mod sampling;
 mod schema;
 mod submit;
 mod tenancy;

@@ -113,8 +113,13 @@ async fn run(
                     limit: 1000,
                 })
                 .await;
-            if let Err(e) = rescued {
-                tracing::warn!("rescuing expired step leases failed: {e}");
+            match rescued {
+                Ok(n) if n > 0 => crate::engine::metrics::leases_rescued(n),
+                Ok(_) => {}
+                Err(e) => {
+                    crate::engine::metrics::store_retry("rescue");
+                    tracing::warn!("rescuing expired step leases failed: {e}");
+                }
             }
         }
         let free = slots.available_permits();

@@ -20,7 +20,8 @@ use super::secrets::Masker;
 use crate::engine::{Engine, now_millis};
 use crate::limits::printable;
 use crate::model::{
-    CacheReport, Condition, RetryOn, StepKind, StepOutcome, StepPlan, StepReport, TaskState,
+    CacheReport, Condition, Executor, RetryOn, StepKind, StepOutcome, StepPlan, StepReport,
+    TaskState,
 };
 use crate::plugin::{
     CommandEnd, CommandHost, Invocation, LoadedCommand, Preopen, StreamKind, output_channel,
@@ -163,6 +164,11 @@ pub(super) async fn run_step(cx: &StepContext, task: ClaimedTask) {
         result,
         logs: lines,
     };
+    let attempt = crate::engine::metrics::Attempt {
+        handler: crate::engine::metrics::handler_label(Executor::Command, &task.handler),
+        job: task.job_id,
+        took: None,
+    };
     let mut wait = Duration::from_millis(50);
     for _ in 0..20 {
         match cx
@@ -174,11 +180,17 @@ pub(super) async fn run_step(cx: &StepContext, task: ClaimedTask) {
             })
             .await
         {
-            Ok(_) => {
+            Ok(outcomes) => {
+                crate::engine::metrics::recorded(
+                    std::slice::from_ref(&completion),
+                    std::slice::from_ref(&attempt),
+                    &outcomes,
+                );
                 cx.engine.wake().notify_waiters();
                 return;
             }
             Err(e) => {
+                crate::engine::metrics::store_retry("completion");
                 tracing::warn!(task = task.lease.task_id.0, "recording a step failed: {e}");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));

@@ -1,0 +1,98 @@
+//! `lockstep bench metrics`: what a Prometheus scrape of `/metrics` costs
+//! a `serve` process — sampling the database's counts (every tenant's tasks
+//! and jobs by state, the oldest ready task) and rendering the text format —
+//! with many tasks in the database and the series a real run leaves.
+//!
+//! The database is filled with pending agent tasks (as `bench lookup`
+//! does), then a job of no-op tasks runs through this process's workers so
+//! the per-handler counters and histograms exist, then the scrape is timed.
+
+use super::percentile;
+use crate::engine::{Engine, WorkerConfig};
+use crate::model::{JobState, TenantId};
+use crate::spec::{self, Format};
+use crate::telemetry::Exporter;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// No-op tasks run first, so the per-handler series exist.
+const RUN_TASKS: u32 = 2_000;
+
+/// Fill the database with `tasks` pending tasks, run a no-op job, then time
+/// `samples` scrapes: sampling plus rendering, and each part alone.
+pub async fn metrics(
+    engine: &Arc<Engine>,
+    exporter: &Exporter,
+    tasks: u64,
+    samples: u32,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let tenant = TenantId("bench".into());
+    super::lookup::fill(engine, &tenant, tasks).await?;
+    let mut body =
+        String::from("name = \"bench-metrics\"\n[[stages]]\nname = \"work\"\ntasks = [\n");
+    for i in 0..RUN_TASKS {
+        body.push_str(&format!(
+            "  {{ handler = \"example:noop\", input = {{ value = {i} }} }},\n"
+        ));
+    }
+    body.push_str("]\n");
+    let job = spec::parse_job_str(&body, Format::Toml, &Default::default())?;
+    let job = engine.submit(&tenant, job).await?.job_id;
+    let pool = engine.start_workers(WorkerConfig::default());
+    let done = engine.wait(&tenant, job, None, |_| {}).await?;
+    pool.shutdown().await;
+    anyhow::ensure!(
+        done.job.state == JobState::Succeeded,
+        "the no-op job ended {}",
+        done.job.state
+    );
+
+    let mut scrape = Vec::with_capacity(samples as usize);
+    let mut sample = Vec::with_capacity(samples as usize);
+    let mut render = Vec::with_capacity(samples as usize);
+    let mut bytes = 0;
+    let mut lines = 0;
+    for _ in 0..samples {
+        let t = Instant::now();
+        let text = exporter.render(engine).await?;
+        scrape.push(t.elapsed().as_secs_f64() * 1e3);
+        bytes = text.len();
+        lines = text.lines().filter(|l| !l.starts_with('#')).count();
+        let t = Instant::now();
+        engine.sample_metrics().await?;
+        sample.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let text = exporter.render_only();
+        render.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(text);
+    }
+    for v in [&mut scrape, &mut sample, &mut render] {
+        v.sort_by(f64::total_cmp);
+    }
+    let case = |name: &str, v: &[f64], note: &str| {
+        json!({
+            "bench": "metrics", "case": name, "tasks": tasks + u64::from(RUN_TASKS),
+            "samples": v.len(), "p50_ms": percentile(v, 50.0), "p99_ms": percentile(v, 99.0),
+            "note": note,
+        })
+    };
+    Ok(vec![
+        json!({
+            "bench": "metrics", "case": "scrape", "tasks": tasks + u64::from(RUN_TASKS),
+            "samples": scrape.len(), "p50_ms": percentile(&scrape, 50.0),
+            "p99_ms": percentile(&scrape, 99.0), "bytes": bytes, "samples_rendered": lines,
+            "note": "what GET /metrics does: sample the database, then render every series",
+        }),
+        case(
+            "sample_database",
+            &sample,
+            "every tenant's tasks and jobs by state and the oldest ready task, one read snapshot",
+        ),
+        case(
+            "render",
+            &render,
+            "the text format of this process's series, no database",
+        ),
+    ])
+}
