@@ -191,6 +191,8 @@ pub struct HttpServer {
     child: Child,
     /// `http://127.0.0.1:PORT/mcp`
     pub url: String,
+    /// Its stderr, line by line as it comes (also written to a log file).
+    pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpServer {
@@ -199,14 +201,26 @@ impl HttpServer {
     }
 
     pub fn start_with_plugins(db: &Db, plugins: &Path, extra: &[&str]) -> HttpServer {
+        Self::start_logging(db, plugins, &["--log", "lockstep=info"], "1", extra)
+    }
+
+    /// `serve --http` with `log` flags (`--log`, `--log-format`) and this
+    /// many worker slots.
+    pub fn start_logging(
+        db: &Db,
+        plugins: &Path,
+        log: &[&str],
+        workers: &str,
+        extra: &[&str],
+    ) -> HttpServer {
         let mut child = Command::new(cli_bin())
             .args(["--db", &db.url])
             .arg("--plugins")
             .arg(plugins)
             .arg("--cache-dir")
             .arg(test_cache_dir())
-            .args(["--log", "lockstep=info"])
-            .args(["serve", "--workers", "1", "--http", "127.0.0.1:0"])
+            .args(log)
+            .args(["serve", "--workers", workers, "--http", "127.0.0.1:0"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -231,13 +245,16 @@ impl HttpServer {
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         let mut log = db.log("serve");
+        let stderr = Arc::new(Mutex::new(seen));
+        let sink = stderr.clone();
         std::thread::spawn(move || {
             use std::io::Write;
             for line in lines.map_while(Result::ok) {
                 let _ = writeln!(log, "{line}");
+                sink.lock().expect("stderr lines").push(line);
             }
         });
-        HttpServer { child, url }
+        HttpServer { child, url, stderr }
     }
 
     pub async fn client(&self, token: &str) -> Client {

@@ -5,97 +5,49 @@
 //! per line carrying the job and task ids (Invariant 37).
 
 use crate::harness::{all_events, cli_bin, test_cache_dir};
-use crate::mcp_harness::{Client, Recorder, Refusal, call};
+use crate::mcp_harness::{Client, Db, HttpServer, Refusal, call};
 use lockstep::engine::{Engine, EngineConfig};
 use lockstep::guest_artifacts;
 use lockstep::model::{EventKind, JobId, TaskState, TenantId};
 use lockstep::plugin::PluginHost;
-use rmcp::ServiceExt;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 const METRICS_TOKEN: &str = "scrape-me-0123456789";
 
-/// A `lockstep serve --http` child logging JSON at debug level; its stderr
-/// lines are collected as they come.
+/// A `lockstep serve --http` child logging JSON at debug level.
 struct Served {
-    child: Child,
+    server: HttpServer,
     /// `http://127.0.0.1:PORT`
     base: String,
-    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Served {
-    fn start(db_url: &str, plugins: &Path, extra: &[&str]) -> Served {
-        let mut child = Command::new(cli_bin())
-            .args(["--db", db_url])
-            .arg("--plugins")
-            .arg(plugins)
-            .arg("--cache-dir")
-            .arg(test_cache_dir())
-            .args(["--log", "lockstep=debug", "--log-format", "json"])
-            .args([
-                "serve",
-                "--workers",
-                "4",
-                "--http",
-                "127.0.0.1:0",
-                "--no-auth",
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lockstep serve --http");
-        let stderr = child.stderr.take().expect("serve stderr");
-        let mut reader = BufReader::new(stderr).lines();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let base = loop {
-            let Some(Ok(line)) = reader.next() else {
-                let _ = child.kill();
-                panic!(
-                    "lockstep serve exited before listening; stderr:\n{}",
-                    lines.lock().expect("lines").join("\n")
-                );
-            };
-            let url = line
-                .split("MCP listening on ")
-                .nth(1)
-                .map(|u| u.trim().trim_end_matches("/mcp").to_string());
-            lines.lock().expect("lines").push(line);
-            if let Some(url) = url {
-                break url;
-            }
-        };
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in reader.map_while(Result::ok) {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Served { child, base, lines }
+    fn start(db: &Db, plugins: &Path, extra: &[&str]) -> Served {
+        let mut args = vec!["--no-auth"];
+        args.extend_from_slice(extra);
+        let server = HttpServer::start_logging(
+            db,
+            plugins,
+            &["--log", "lockstep=debug", "--log-format", "json"],
+            "4",
+            &args,
+        );
+        let base = server.url.trim_end_matches("/mcp").to_string();
+        Served { server, base }
     }
 
     fn lines(&self) -> Vec<String> {
-        self.lines.lock().expect("lines").clone()
+        self.server.stderr.lock().expect("stderr lines").clone()
     }
 
     async fn mcp(&self) -> Client {
-        let transport = StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", self.base)),
-        );
-        Recorder::default()
-            .serve(transport)
-            .await
-            .expect("MCP handshake over HTTP")
+        // --no-auth: the header is not looked at.
+        self.server.client("no-token").await
     }
 
     async fn get_metrics(&self, token: Option<&str>) -> reqwest::Response {
@@ -104,13 +56,6 @@ impl Served {
             request = request.bearer_auth(token);
         }
         request.send().await.expect("GET /metrics")
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -226,10 +171,11 @@ fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_match_the_database_and_json_logs_carry_ids_after_a_real_job() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db_url = format!("sqlite://{}", dir.path().join("lockstep.db").display());
-    let plugins = plugin_dir(dir.path());
-    let served = Served::start(&db_url, &plugins, &["--metrics-token", METRICS_TOKEN]);
+    let db = Db::new().await;
+    let db_url = db.url.clone();
+    let dir = db.dir.path();
+    let plugins = plugin_dir(dir);
+    let served = Served::start(&db, &plugins, &["--metrics-token", METRICS_TOKEN]);
 
     // The token guards /metrics: none, or a wrong one, is refused.
     let refused = served.get_metrics(None).await;
@@ -241,7 +187,7 @@ async fn metrics_match_the_database_and_json_logs_carry_ids_after_a_real_job() {
     let wrong = served.get_metrics(Some("scrape-me-9876543210")).await;
     assert_eq!(wrong.status(), 401);
 
-    let job = submit(&db_url, &plugins, dir.path());
+    let job = submit(&db_url, &plugins, dir);
     let engine = Engine::open(
         &db_url,
         Arc::new(PluginHost::empty()),
@@ -310,9 +256,9 @@ async fn metrics_match_the_database_and_json_logs_carry_ids_after_a_real_job() {
             _ => continue,
         };
         let task = event.task_id.expect("a task event names its task");
-        if !handler_of.contains_key(&task) {
+        if let std::collections::btree_map::Entry::Vacant(entry) = handler_of.entry(task) {
             let record = engine.task(&tenant, task).await.expect("task");
-            handler_of.insert(task, record.handler);
+            entry.insert(record.handler);
         }
         *truth
             .entry((handler_of[&task].clone(), outcome))

@@ -174,16 +174,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         });
         return next.run(request).await;
     }
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .map(str::to_string);
+    let token = bearer_token(request.headers()).map(str::to_string);
     let Some(token) = token else {
         return unauthorized(
             "missing bearer token: send Authorization: Bearer <token from `lockstep token create`>",
@@ -208,6 +199,18 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         name: format!("token-{}", record.token_id),
     });
     next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
 }
 
 fn too_many(wait: u64) -> Response {

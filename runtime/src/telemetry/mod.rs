@@ -126,16 +126,7 @@ fn plain(status: StatusCode, message: &str) -> Response {
 
 async fn scrape(State(state): State<Arc<MetricsState>>, request: Request) -> Response {
     if let Some(expected) = &state.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        let Some(given) = given else {
+        let Some(given) = crate::mcp::http::bearer_token(request.headers()) else {
             let mut response = plain(
                 StatusCode::UNAUTHORIZED,
                 "missing bearer token: /metrics needs Authorization: Bearer <the --metrics-token of this server>",
