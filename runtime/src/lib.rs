@@ -1,7 +1,7 @@
 //! lockstep: a durable orchestration runtime whose task handlers are sandboxed
 //! WebAssembly components. See ARCHITECTURE.md for the code map.
 //!
-//! The front doors (`cli`, `mcp`, `bench`) call the `engine`, and only it;
+//! The front doors (`cli`, `mcp`, `ci`, the `ui` dashboard, `bench`) call the `engine`, and only it;
 //! the engine validates requests with `spec`, persists with `store` and runs
 //! handlers in `plugin`, and answers with its views; `model` and `limits`
 //! are the vocabulary and text rules under every layer (ARCHITECTURE.md,
@@ -20,3 +20,4 @@ pub mod spec;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod ui;

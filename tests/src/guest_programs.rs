@@ -160,10 +160,13 @@ async fn example_flaky_fails_retryably_until_its_attempt_passes_fail_times() {
     for attempt in 1..=2 {
         let mut req = request("example:flaky", json!({"fail_times": 2}));
         req.attempt = attempt;
+        let cx = RecordingContext::new();
         let err = host
-            .run(req, RecordingContext::new())
+            .run(req, cx.clone())
             .await
             .expect_err("fails on purpose");
+        let logged: Vec<String> = cx.lines().into_iter().map(|l| l.message).collect();
+        assert_eq!(logged, [format!("attempt {attempt} of 2 planned failures")]);
         assert_eq!(
             err,
             RunFailure::Retryable(format!(

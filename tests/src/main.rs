@@ -37,3 +37,6 @@ mod spec_files;
 mod store_conformance;
 mod store_faults;
 mod telemetry;
+mod ui_browser;
+mod ui_harness;
+mod ui_http;

@@ -22,7 +22,7 @@ const JOB_SIZE: u64 = 50_000;
 const FILL_SPECIALIST: &str = "bench:fill";
 
 /// One job of `size` pending agent tasks in one stage, `fill`.
-fn fill_job(n: u64, size: u64) -> JobSpec {
+pub(super) fn fill_job(n: u64, size: u64) -> JobSpec {
     let task = TaskSpec {
         executor: Some(Executor::Agent),
         title: Some("fill".into()),

@@ -12,7 +12,7 @@ use super::percentile;
 use crate::engine::Engine;
 use crate::mcp::McpConfig;
 use crate::mcp::http::{self, HttpConfig};
-use crate::model::{JobId, TenantId};
+use crate::model::{JobId, TenantId, TokenRole};
 use crate::spec::plan::{MAX_SUBTASKS, Plan, PlannedSubtask};
 use anyhow::Context as _;
 use rmcp::model::CallToolRequestParams;
@@ -90,7 +90,7 @@ pub async fn mcp(
     let fill_seconds = fill_started.elapsed().as_secs_f64();
 
     let token = engine
-        .create_token(tenant, Some("bench mcp".into()))
+        .create_token(tenant, Some("bench mcp".into()), TokenRole::Admin)
         .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

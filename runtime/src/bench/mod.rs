@@ -9,6 +9,7 @@ pub mod mcp;
 pub mod mcp_clients;
 pub mod metrics;
 pub mod plugin;
+pub mod ui;
 
 /// Percentile of a sorted sample (nearest rank).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -93,6 +93,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         slots: usize,
     },
+    /// Dashboard page render times over HTTP: the jobs list with this many
+    /// jobs, and a job page (first and middle page of tasks) of one job
+    /// with --tasks tasks.
+    Ui {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: u32,
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        /// Measured requests per page.
+        #[arg(long, default_value_t = 200)]
+        samples: u32,
+    },
     /// Status and update of one task in a database holding this many tasks.
     Lookup {
         #[arg(long, default_value_t = 1_000_000)]
@@ -282,6 +294,16 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
             let cache = crate::plugin::resolve_cache_dir(ctx.cache_dir.as_deref())
                 .map_err(|e| super::Failure::BadInput(e.into()))?;
             print(bench::ci::ci(plugins, &cache, steps, rounds, slots).await?);
+        }
+        BenchCommand::Ui {
+            jobs,
+            tasks,
+            samples,
+        } => {
+            bench::ui::check_sizes(jobs, tasks, samples)
+                .map_err(|problem| super::Failure::BadInput(anyhow::anyhow!(problem)))?;
+            let db = bench_db(ctx).await?;
+            print(bench::ui::ui(db.engine, jobs, tasks, samples).await?);
         }
         BenchCommand::Lookup { tasks } => {
             let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;

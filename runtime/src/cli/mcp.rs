@@ -7,6 +7,7 @@
 use super::{CliResult, Ctx, Failure};
 use crate::engine::WorkerConfig;
 use crate::mcp::{self, McpConfig};
+use crate::model::TokenRole;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::time::Duration;
@@ -114,11 +115,17 @@ pub async fn mcp(ctx: &Ctx, args: McpArgs) -> CliResult {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a bearer token for MCP over HTTP acting as --tenant; the token is printed once.
+    /// Create a bearer token for MCP over HTTP and the dashboard acting as --tenant; the
+    /// token is printed once.
     Create {
-        /// A note to recognise the token by (e.g. who uses it).
+        /// A note to recognise the token by (e.g. who uses it); the dashboard records it
+        /// with every action the token takes.
         #[arg(long)]
         label: Option<String>,
+        /// What the token may do in the dashboard: `read` (view) or `admin` (also retry
+        /// and cancel).
+        #[arg(long, default_value = "admin", value_parser = parse_role)]
+        role: TokenRole,
     },
     /// Revoke a token, given as its text or its id; it stops working at once.
     Revoke {
@@ -129,7 +136,7 @@ pub enum TokenCommand {
 
 pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
     match cmd {
-        TokenCommand::Create { label } => {
+        TokenCommand::Create { label, role } => {
             if let Some(l) = &label {
                 if l.chars().count() > 200 {
                     return Err(Failure::BadInput(anyhow::anyhow!(
@@ -141,12 +148,12 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
             }
             let engine = ctx.reader().await?;
             let issued = engine
-                .create_token(&ctx.tenant, label)
+                .create_token(&ctx.tenant, label, role)
                 .await
                 .context("storing the token")?;
             eprintln!(
-                "token {} for tenant {:?}; it is shown only now — store it in your MCP client's configuration",
-                issued.token_id, issued.tenant.0
+                "{} token {} for tenant {:?}; it is shown only now — store it in your MCP client's configuration",
+                issued.role, issued.token_id, issued.tenant.0
             );
             println!("{}", issued.token);
             Ok(())
@@ -176,4 +183,9 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
             }
         }
     }
+}
+
+/// `--role read|admin`, with the known roles named when it is neither.
+fn parse_role(text: &str) -> Result<TokenRole, String> {
+    text.parse::<TokenRole>().map_err(|e| e.to_string())
 }

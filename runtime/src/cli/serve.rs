@@ -1,6 +1,6 @@
 //! `lockstep serve`: workers, and with `--http ADDR` MCP over streamable
-//! HTTP at `/mcp` (bearer tokens) and Prometheus metrics at `/metrics`,
-//! until interrupted.
+//! HTTP at `/mcp`, Prometheus metrics at `/metrics` and the dashboard at
+//! `/ui` (bearer tokens), until interrupted.
 
 use super::mcp::McpOptions;
 use super::{CliResult, Ctx};
@@ -29,8 +29,9 @@ pub struct ServeArgs {
     /// are then abandoned and rescued when their leases expire.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     shutdown_grace: f64,
-    /// Also serve MCP over streamable HTTP at http://ADDR/mcp (e.g. 127.0.0.1:7300).
-    /// Every request needs a bearer token from `lockstep token create`.
+    /// Also serve MCP over streamable HTTP at http://ADDR/mcp and the dashboard at
+    /// http://ADDR/ui (e.g. 127.0.0.1:7300). Every request needs a bearer token from
+    /// `lockstep token create` (the dashboard's login form sets it as a cookie).
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
     /// Serve --http without tokens: every request acts as --tenant. Only on
@@ -154,13 +155,25 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
             max_body_bytes: args.max_body_bytes,
         };
         let local = listener.local_addr().map_err(anyhow::Error::new)?;
+        let dashboard = crate::ui::UiConfig {
+            auth: match &http_config.auth {
+                http::Auth::Tokens => crate::ui::UiAuth::Tokens,
+                http::Auth::LoopbackOnly(tenant) => crate::ui::UiAuth::LoopbackOnly(tenant.clone()),
+            },
+            allowed_hosts: args.allow_hosts.clone(),
+            allowed_origins: args.allow_origins.clone(),
+            shutdown: shutdown.clone(),
+            worker_slots: Some(args.workers.max(1)),
+        };
         let router = http::router(engine.clone(), mcp_config, &http_config, shutdown.clone())
             .merge(crate::telemetry::router(
                 engine.clone(),
                 exporter.clone(),
                 args.metrics_token.clone(),
-            ));
+            ))
+            .merge(crate::ui::router(engine.clone(), dashboard));
         eprintln!("lockstep serve: MCP listening on http://{local}/mcp");
+        eprintln!("lockstep serve: dashboard at http://{local}/ui");
         eprintln!(
             "lockstep serve: Prometheus metrics at http://{local}{} ({})",
             crate::telemetry::METRICS_PATH,

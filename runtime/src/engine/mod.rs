@@ -372,6 +372,24 @@ impl Engine {
             .await?)
     }
 
+    /// How many of the tenant's jobs are in each state (every state, zero
+    /// when none), among those matching `filter`'s name and creation window.
+    pub async fn count_jobs(
+        &self,
+        tenant: &TenantId,
+        filter: &JobFilter,
+    ) -> Result<Vec<(JobState, i64)>, EngineError> {
+        Ok(self
+            .store
+            .count_jobs(crate::store::CountJobs {
+                tenant: tenant.clone(),
+                name: filter.name.clone(),
+                created_after: filter.created_after,
+                created_before: filter.created_before,
+            })
+            .await?)
+    }
+
     pub async fn events(
         &self,
         tenant: &TenantId,
@@ -398,6 +416,42 @@ impl Engine {
                 task,
             })
             .await?)
+    }
+
+    /// A page of a job's tasks in id order: the first `limit` after `after`.
+    pub async fn job_tasks_page(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, EngineError> {
+        Ok(self
+            .store
+            .list_tasks(crate::store::ListTasks {
+                tenant: tenant.clone(),
+                job,
+                after,
+                limit,
+            })
+            .await?)
+    }
+
+    /// A job's progress from its stage counters only (no count over its
+    /// tasks, no throughput): what a list of many jobs can afford per row.
+    pub async fn progress_counters(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+    ) -> Result<JobProgress, EngineError> {
+        let status = self
+            .store
+            .job_counters(GetJob {
+                tenant: tenant.clone(),
+                job,
+            })
+            .await?;
+        Ok(JobProgress::from_status(status, 0, progress::RATE_WINDOW))
     }
 
     /// The first `limit` dead tasks of a job, by task id, with their errors.
@@ -472,23 +526,47 @@ impl Engine {
     }
 
     pub async fn cancel(&self, tenant: &TenantId, job: JobId) -> Result<JobState, EngineError> {
+        self.cancel_as(tenant, job, None).await
+    }
+
+    /// Cancel a job on behalf of `by` (a token's name), recorded in the
+    /// job_cancelled event.
+    pub async fn cancel_as(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+        by: Option<String>,
+    ) -> Result<JobState, EngineError> {
         Ok(self
             .store
             .cancel_job(CancelJob {
                 tenant: tenant.clone(),
                 job,
                 now: now_millis(),
+                by,
             })
             .await?)
     }
 
     pub async fn retry(&self, tenant: &TenantId, task: TaskId) -> Result<TaskState, EngineError> {
+        self.retry_as(tenant, task, None).await
+    }
+
+    /// Revive a dead or cancelled task on behalf of `by` (a token's name),
+    /// recorded in the task_revived event.
+    pub async fn retry_as(
+        &self,
+        tenant: &TenantId,
+        task: TaskId,
+        by: Option<String>,
+    ) -> Result<TaskState, EngineError> {
         let state = self
             .store
             .retry_task(RetryTask {
                 tenant: tenant.clone(),
                 task,
                 now: now_millis(),
+                by,
             })
             .await
             .map_err(|e| match e {

@@ -1,4 +1,5 @@
-//! Bearer tokens for MCP over HTTP: each maps to one tenant. The engine owns
+//! Bearer tokens for MCP over HTTP and the dashboard: each maps to one
+//! tenant and has a role (`read` or `admin`, which the dashboard enforces). The engine owns
 //! them so the front doors (`mcp`, `cli token …`) never reach the store.
 //!
 //! **Invariant 22:** a token's text exists only in the output of `token create`
@@ -6,7 +7,7 @@
 //! tokens up by that hash, so a copy of the database does not grant access.
 //! **Invariant 22:** a revoked token never authenticates again.
 
-use crate::model::{Millis, TenantId, TokenRecord};
+use crate::model::{Millis, TenantId, TokenRecord, TokenRole};
 use crate::store::{CreateToken, RevokeToken, Store, StoreError, TokenLookup, TokenRef};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -19,6 +20,7 @@ pub const TOKEN_PREFIX: &str = "lst_";
 pub struct IssuedToken {
     pub token_id: i64,
     pub tenant: TenantId,
+    pub role: TokenRole,
     pub token: String,
 }
 
@@ -55,6 +57,7 @@ async fn create(
     store: &dyn Store,
     tenant: &TenantId,
     label: Option<String>,
+    role: TokenRole,
     now: Millis,
 ) -> Result<IssuedToken, StoreError> {
     let token = new_token_text();
@@ -63,12 +66,14 @@ async fn create(
             tenant: tenant.clone(),
             token_hash: token_hash(&token),
             label,
+            role,
             now,
         })
         .await?;
     Ok(IssuedToken {
         token_id,
         tenant: tenant.clone(),
+        role,
         token,
     })
 }
@@ -100,13 +105,21 @@ async fn authenticate(store: &dyn Store, token: &str) -> Result<Option<TokenReco
 }
 
 impl super::Engine {
-    /// Create a token for `tenant`; the returned text is the only copy.
+    /// Create a token for `tenant` with `role`; the returned text is the only copy.
     pub async fn create_token(
         &self,
         tenant: &TenantId,
         label: Option<String>,
+        role: TokenRole,
     ) -> Result<IssuedToken, super::EngineError> {
-        Ok(create(self.store().as_ref(), tenant, label, super::now_millis()).await?)
+        Ok(create(
+            self.store().as_ref(),
+            tenant,
+            label,
+            role,
+            super::now_millis(),
+        )
+        .await?)
     }
 
     /// Revoke a token given as its text or its numeric id; `None` when no such

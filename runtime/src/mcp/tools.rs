@@ -292,7 +292,10 @@ impl LockstepMcp {
         Parameters(args): Parameters<JobIdArgs>,
     ) -> ToolResult {
         let job = JobId(args.job_id);
-        let state = self.engine.cancel(&caller.tenant, job).await;
+        let state = self
+            .engine
+            .cancel_as(&caller.tenant, job, Some(caller.name.clone()))
+            .await;
         answer("cancel_job", state.map(|s| JobStateView::new(job, s)))
     }
 
@@ -320,7 +323,10 @@ impl LockstepMcp {
         Parameters(args): Parameters<TaskIdArgs>,
     ) -> ToolResult {
         let task = TaskId(args.task_id);
-        let state = self.engine.retry(&caller.tenant, task).await;
+        let state = self
+            .engine
+            .retry_as(&caller.tenant, task, Some(caller.name.clone()))
+            .await;
         answer("retry_task", state.map(|s| TaskStateView::new(task, s)))
     }
 

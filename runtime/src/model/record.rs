@@ -2,9 +2,10 @@
 //! back: the store returns these and the engine hands them on. Front doors
 //! render them through the engine's views, not as they are.
 
+use super::name::spelled;
 use super::{EventKind, Executor, JobId, JobState, Millis, OnFailure, StageState, TaskId};
 use super::{TaskState, TenantId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
@@ -98,11 +99,33 @@ pub struct StateTotals {
     pub oldest_ready: Vec<(super::Executor, Millis)>,
 }
 
-/// A live (or just revoked) token: which tenant it acts for.
+/// A live (or just revoked) token: which tenant it acts for, and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenRecord {
     pub token_id: i64,
     pub tenant: TenantId,
     pub label: Option<String>,
+    pub role: TokenRole,
     pub created_at: Millis,
 }
+
+impl TokenRecord {
+    /// How the token is named in events and pages: its label, or `token N`.
+    pub fn name(&self) -> String {
+        match &self.label {
+            Some(label) => label.clone(),
+            None => format!("token {}", self.token_id),
+        }
+    }
+}
+
+/// What a token may do in the dashboard: `read` views, `admin` also
+/// retries and cancels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    Read,
+    Admin,
+}
+
+spelled!(TokenRole, "token role", [Read => "read", Admin => "admin"]);

@@ -7,7 +7,7 @@
 //! token hash's unique index). `list_tasks` and `task_dependencies` check
 //! existence and read in two statements: the caller runs them in a snapshot.
 
-use super::codec::{parse_task_state, task_not_found};
+use super::codec::{parse_column, parse_task_state, task_not_found};
 use super::reads::{EventRow, TaskRow, job_exists, task_columns};
 use super::sql::{Db, Sql};
 use super::{
@@ -135,8 +135,8 @@ pub(crate) const INSERT_TENANT: Sql = Sql::both(
      ON CONFLICT (tenant_id) DO NOTHING",
 );
 const INSERT_TOKEN: Sql = Sql::both(
-    "INSERT INTO api_tokens (tenant_id, token_hash, label, created_at)
-     VALUES ($1, $2, $3, $4) RETURNING id",
+    "INSERT INTO api_tokens (tenant_id, token_hash, label, created_at, role)
+     VALUES ($1, $2, $3, $4, $5) RETURNING id",
 );
 
 /// Run in a write transaction: the tenant row and the token commit together.
@@ -149,27 +149,31 @@ pub(crate) async fn create_token(db: &mut Db<'_>, p: &CreateToken) -> Result<i64
                 .bind(&p.tenant.0)
                 .bind(&p.token_hash)
                 .bind(p.label.as_deref())
-                .bind(p.now),
+                .bind(p.now)
+                .bind(p.role.as_str()),
         )
         .await?;
     Ok(id)
 }
 
-type TokenRow = (i64, String, Option<String>, i64);
+type TokenRow = (i64, String, Option<String>, i64, String);
 
-fn token_record((id, tenant, label, created_at): TokenRow) -> TokenRecord {
-    TokenRecord {
+fn token_record(
+    (id, tenant, label, created_at, role): TokenRow,
+) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
         token_id: id,
         tenant: TenantId(tenant),
         label,
+        role: parse_column(&format_args!("token {id}"), "role", &role)?,
         created_at,
-    }
+    })
 }
 
 const REVOKE_TOKEN: Sql = Sql::both(
     "UPDATE api_tokens SET revoked_at = $3
      WHERE revoked_at IS NULL AND (id = $1 OR token_hash = $2)
-     RETURNING id, tenant_id, label, created_at",
+     RETURNING id, tenant_id, label, created_at, role",
 );
 
 pub(crate) async fn revoke_token(
@@ -183,11 +187,11 @@ pub(crate) async fn revoke_token(
     let row: Option<TokenRow> = db
         .fetch_optional(db.query(&REVOKE_TOKEN).bind(id).bind(hash).bind(p.now))
         .await?;
-    Ok(row.map(token_record))
+    row.map(token_record).transpose()
 }
 
 const TOKEN: Sql = Sql::both(
-    "SELECT id, tenant_id, label, created_at FROM api_tokens
+    "SELECT id, tenant_id, label, created_at, role FROM api_tokens
      WHERE token_hash = $1 AND revoked_at IS NULL",
 );
 
@@ -198,5 +202,5 @@ pub(crate) async fn tenant_for_token(
     let row: Option<TokenRow> = db
         .fetch_optional(db.query(&TOKEN).bind(&p.token_hash))
         .await?;
-    Ok(row.map(token_record))
+    row.map(token_record).transpose()
 }

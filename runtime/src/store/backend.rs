@@ -9,10 +9,10 @@
 
 use super::sql::{Conn, Counters, StoreCounters, Tx};
 use super::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CreateToken, Dependency,
-    GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler, ReadyHandlers,
-    RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken, StageResults,
-    Store, StoreError, TaskEvents, TokenLookup,
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CountJobs, CreateToken,
+    Dependency, GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler,
+    ReadyHandlers, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken,
+    StageResults, Store, StoreError, TaskEvents, TokenLookup,
 };
 use super::{DeadTasks, ReleaseLeases, StateCounts, agent, complete, operator, reads, release};
 use super::{sample, submit};
@@ -227,6 +227,10 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError> {
         self.read(async |db| reads::list_jobs(db, &p).await).await
+    }
+
+    async fn count_jobs(&self, p: CountJobs) -> Result<Vec<(JobState, i64)>, StoreError> {
+        self.read(async |db| reads::count_jobs(db, &p).await).await
     }
 
     async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError> {

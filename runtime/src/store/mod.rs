@@ -13,7 +13,7 @@
 use crate::model::{
     Event, Executor, IllegalTransition, JobId, JobState, JobStatus, JobSummary, LeaseToken, Millis,
     QueueDepth, StateTotals, SubmitJob, Submitted, TaskId, TaskRecord, TaskState, TenantId,
-    TokenRecord,
+    TokenRecord, TokenRole,
 };
 use serde::Serialize;
 use std::time::Duration;
@@ -229,6 +229,16 @@ pub struct ListJobs {
     pub limit: u32,
 }
 
+/// How many of a tenant's jobs are in each state, narrowed like [`ListJobs`]
+/// (without its state, cursor and limit).
+#[derive(Debug, Clone)]
+pub struct CountJobs {
+    pub tenant: TenantId,
+    pub name: Option<String>,
+    pub created_after: Option<Millis>,
+    pub created_before: Option<Millis>,
+}
+
 #[derive(Debug, Clone)]
 pub struct GetTask {
     pub tenant: TenantId,
@@ -270,6 +280,8 @@ pub struct CancelJob {
     pub tenant: TenantId,
     pub job: JobId,
     pub now: Millis,
+    /// Who cancelled (a token's name), recorded in the job_cancelled event.
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +289,8 @@ pub struct RetryTask {
     pub tenant: TenantId,
     pub task: TaskId,
     pub now: Millis,
+    /// Who retried (a token's name), recorded in the task_revived event.
+    pub by: Option<String>,
 }
 
 /// Completions per second over a recent window, for progress and ETA.
@@ -353,6 +367,7 @@ pub struct CreateToken {
     pub tenant: TenantId,
     pub token_hash: String,
     pub label: Option<String>,
+    pub role: TokenRole,
     pub now: Millis,
 }
 
@@ -404,6 +419,9 @@ pub trait Store: Send + Sync + 'static {
     /// grow with the job (what waiting for a job polls).
     async fn job_counters(&self, p: GetJob) -> Result<JobStatus, StoreError>;
     async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError>;
+    /// Jobs per state (every state present, zero when none) among the
+    /// tenant's jobs that match the name and creation window.
+    async fn count_jobs(&self, p: CountJobs) -> Result<Vec<(JobState, i64)>, StoreError>;
     async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError>;
     /// The first `limit` dead tasks of a job, by id, with their errors
     /// (none for an unknown job).

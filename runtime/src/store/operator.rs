@@ -92,7 +92,14 @@ pub(crate) async fn cancel_job(db: &mut Db<'_>, p: &CancelJob) -> Result<JobStat
     parse_job_state(&state)?.transition(JobState::Cancelled)?;
     db.execute(db.query(&CANCEL_JOB).bind(p.job.0).bind(p.now))
         .await?;
-    fx.event(tenant, p.job.0, None, EventKind::JobCancelled, None, None);
+    fx.event(
+        tenant,
+        p.job.0,
+        None,
+        EventKind::JobCancelled,
+        None,
+        p.by.as_ref().map(|by| format!("by {by}")),
+    );
     fx.write(db).await?;
     Ok(JobState::Cancelled)
 }
@@ -175,7 +182,10 @@ pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskSta
         Some(p.task.0),
         EventKind::TaskRevived,
         Some(position),
-        Some(format!("{from} -> pending")),
+        Some(match &p.by {
+            Some(by) => format!("{from} -> pending, by {by}"),
+            None => format!("{from} -> pending"),
+        }),
     );
 
     // Stage row: count the task back in; a closed stage reopens.

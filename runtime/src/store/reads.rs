@@ -10,7 +10,7 @@ use super::codec::{
 };
 use super::sql::{Db, Sql};
 use super::{
-    DeadTasks, GetJob, GetTask, JobEvents, ListJobs, ReadyHandler, ReadyHandlers,
+    CountJobs, DeadTasks, GetJob, GetTask, JobEvents, ListJobs, ReadyHandler, ReadyHandlers,
     RecentCompletions, StageResults, StoreError,
 };
 use crate::model::{
@@ -169,6 +169,38 @@ pub(crate) async fn list_jobs(
             })
         })
         .collect()
+}
+
+const COUNT_JOBS: Sql = Sql::both(
+    "SELECT state, count(*) FROM jobs
+     WHERE tenant_id = $1
+       AND ($2 IS NULL OR name = $2)
+       AND ($3 IS NULL OR created_at >= $3)
+       AND ($4 IS NULL OR created_at < $4)
+     GROUP BY state",
+);
+
+pub(crate) async fn count_jobs(
+    db: &mut Db<'_>,
+    p: &CountJobs,
+) -> Result<Vec<(JobState, i64)>, StoreError> {
+    let rows: Vec<(String, i64)> = db
+        .fetch_all(
+            db.query(&COUNT_JOBS)
+                .bind(&p.tenant.0)
+                .bind(p.name.as_deref())
+                .bind(p.created_after)
+                .bind(p.created_before),
+        )
+        .await?;
+    let mut counts: Vec<(JobState, i64)> = JobState::ALL.iter().map(|s| (*s, 0)).collect();
+    for (state, n) in rows {
+        let state = parse_job_state(&state)?;
+        if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+            slot.1 = n;
+        }
+    }
+    Ok(counts)
 }
 
 /// The columns [`TaskRow`] reads, for `FROM tasks t JOIN stages s` (a macro

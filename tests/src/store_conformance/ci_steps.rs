@@ -228,6 +228,7 @@ pub async fn a_revived_task_counts_skipped_and_released_dependencies_as_met(stor
             tenant: acme(),
             task: c[0].lease.task_id,
             now: NOW + 1,
+            by: None,
         })
         .await
         .expect("retry");

@@ -6,14 +6,14 @@
 pub(crate) use lockstep::model::{
     Event, EventKind, Executor, JobId, JobState, JobStatus, LeaseToken, Millis, NewStage, NewTask,
     OnFailure, QueueDepth, StageState, StageStatus, SubmitJob, TaskId, TaskRecord, TaskState,
-    TenantId, TokenRecord,
+    TenantId, TokenRecord, TokenRole,
 };
 pub(crate) use lockstep::store::{
-    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, CreateToken,
-    DeadTasks, GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler,
-    ReadyHandlers, RecentCompletions, ReleaseLeases, RenewLease, RescueExpiredLeases, RetryTask,
-    RevokeToken, SpawnTask, StageResults, Store, StoreError, TaskEvents, TaskResult, TokenLookup,
-    TokenRef,
+    CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, CountJobs,
+    CreateToken, DeadTasks, GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery,
+    ReadyHandler, ReadyHandlers, RecentCompletions, ReleaseLeases, RenewLease, RescueExpiredLeases,
+    RetryTask, RevokeToken, SpawnTask, StageResults, Store, StoreError, TaskEvents, TaskResult,
+    TokenLookup, TokenRef,
 };
 pub(crate) use std::time::Duration;
 

@@ -20,6 +20,7 @@ pub async fn cancelling_a_job_cancels_every_unfinished_task(store: &dyn Store) {
             tenant: acme(),
             job,
             now: NOW,
+            by: Some("alice".to_string()),
         })
         .await
         .expect("cancel");
@@ -35,7 +36,9 @@ pub async fn cancelling_a_job_cancels_every_unfinished_task(store: &dyn Store) {
     );
     let log = events(store, job).await;
     assert_eq!(of_kind(&log, EventKind::TaskCancelled).len(), 3);
-    assert_eq!(of_kind(&log, EventKind::JobCancelled).len(), 1);
+    let cancelled = of_kind(&log, EventKind::JobCancelled);
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0].detail.as_deref(), Some("by alice"));
 }
 
 pub async fn cancelling_a_finished_job_is_an_illegal_transition(store: &dyn Store) {
@@ -48,6 +51,7 @@ pub async fn cancelling_a_finished_job_is_an_illegal_transition(store: &dyn Stor
             tenant: acme(),
             job,
             now: NOW,
+            by: None,
         })
         .await
         .expect_err("finished");
@@ -77,6 +81,7 @@ pub async fn retrying_a_dead_task_reopens_its_stage_and_job(store: &dyn Store) {
             tenant: acme(),
             task: t.lease.task_id,
             now: NOW,
+            by: Some("ops bot".to_string()),
         })
         .await
         .expect("retry");
@@ -91,7 +96,12 @@ pub async fn retrying_a_dead_task_reopens_its_stage_and_job(store: &dyn Store) {
     let record = get_task(store, t.lease.task_id).await;
     assert_eq!((record.state, record.error), (TaskState::Pending, None));
     let log = events(store, job).await;
-    assert_eq!(of_kind(&log, EventKind::TaskRevived).len(), 1);
+    let revived = of_kind(&log, EventKind::TaskRevived);
+    assert_eq!(revived.len(), 1);
+    assert_eq!(
+        revived[0].detail.as_deref(),
+        Some("dead -> pending, by ops bot")
+    );
     assert_eq!(of_kind(&log, EventKind::JobReopened).len(), 1);
 
     let again = claim_one(store).await;
@@ -114,6 +124,7 @@ pub async fn retrying_a_succeeded_task_is_an_illegal_transition(store: &dyn Stor
             tenant: acme(),
             task: t.lease.task_id,
             now: NOW,
+            by: None,
         })
         .await
         .expect_err("succeeded");
@@ -157,6 +168,7 @@ pub async fn retrying_a_task_still_on_its_way_is_an_illegal_transition(store: &d
                 tenant: acme(),
                 task,
                 now: NOW,
+                by: None,
             })
             .await
             .expect_err(state);

@@ -167,6 +167,7 @@ pub async fn list_jobs_pages_newest_first_and_filters(store: &dyn Store) {
             tenant: acme(),
             job: ids[1],
             now: NOW,
+            by: None,
         })
         .await
         .expect("cancel");
@@ -207,6 +208,41 @@ pub async fn list_jobs_pages_newest_first_and_filters(store: &dyn Store) {
         .await
         .expect("list");
     assert_eq!(found(window), vec![ids[1]]);
+
+    let counts = |name: Option<&str>, after| CountJobs {
+        tenant: acme(),
+        name: name.map(str::to_string),
+        created_after: after,
+        created_before: None,
+    };
+    let all = store.count_jobs(counts(None, None)).await.expect("count");
+    assert_eq!(
+        all,
+        vec![
+            (JobState::Running, 2),
+            (JobState::Succeeded, 0),
+            (JobState::Failed, 0),
+            (JobState::Cancelled, 1)
+        ]
+    );
+    let x_later = store
+        .count_jobs(counts(Some("x"), Some(NOW + 1)))
+        .await
+        .expect("count");
+    assert_eq!(
+        x_later.iter().map(|(_, n)| n).sum::<i64>(),
+        1,
+        "{x_later:?}"
+    );
+    // Another tenant counts none of them.
+    let theirs = store
+        .count_jobs(CountJobs {
+            tenant: globex(),
+            ..counts(None, None)
+        })
+        .await
+        .expect("count");
+    assert!(theirs.iter().all(|(_, n)| *n == 0), "{theirs:?}");
 }
 
 pub async fn get_job_counts_tasks_by_every_state(store: &dyn Store) {
@@ -313,6 +349,7 @@ pub async fn job_state_follows_a_job_to_its_end(store: &dyn Store) {
             tenant: acme(),
             job: stopped,
             now: NOW,
+            by: None,
         })
         .await
         .expect("cancel");

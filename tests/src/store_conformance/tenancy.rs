@@ -68,6 +68,7 @@ pub async fn another_tenant_gets_not_found_for_every_job_and_task(store: &dyn St
             tenant: them.clone(),
             job,
             now: NOW,
+            by: None,
         })
         .await
         .expect_err("cancel_job");
@@ -85,6 +86,7 @@ pub async fn another_tenant_gets_not_found_for_every_job_and_task(store: &dyn St
             tenant: them.clone(),
             task: t.lease.task_id,
             now: NOW,
+            by: None,
         })
         .await
         .expect_err("retry_task");

@@ -1,5 +1,5 @@
 //! MCP bearer tokens: only their hashes are stored; a live token names its
-//! tenant until it is revoked, by id or by hash.
+//! tenant and its role until it is revoked, by id or by hash.
 
 use super::fixtures::*;
 
@@ -8,6 +8,7 @@ fn create(tenant: TenantId, hash: &str, label: Option<&str>) -> CreateToken {
         tenant,
         token_hash: hash.to_string(),
         label: label.map(str::to_string),
+        role: TokenRole::Admin,
         now: NOW,
     }
 }
@@ -30,6 +31,7 @@ pub async fn a_token_names_its_tenant_until_it_is_revoked_by_hash(store: &dyn St
         token_id: id,
         tenant: acme(),
         label: Some("ci bot".to_string()),
+        role: TokenRole::Admin,
         created_at: NOW,
     };
     assert_eq!(lookup(store, "hash-a").await, Some(live.clone()));
@@ -62,7 +64,10 @@ pub async fn revoking_by_id_leaves_other_tokens_live(store: &dyn Store) {
         .await
         .expect("create first");
     let second = store
-        .create_token(create(globex(), "hash-2", Some("agent")))
+        .create_token(CreateToken {
+            role: TokenRole::Read,
+            ..create(globex(), "hash-2", Some("agent"))
+        })
         .await
         .expect("create second");
     assert_ne!(first, second);
@@ -82,8 +87,8 @@ pub async fn revoking_by_id_leaves_other_tokens_live(store: &dyn Store) {
     assert_eq!(
         lookup(store, "hash-2")
             .await
-            .map(|t| (t.token_id, t.tenant)),
-        Some((second, globex()))
+            .map(|t| (t.token_id, t.tenant, t.role)),
+        Some((second, globex(), TokenRole::Read))
     );
     let unknown = store
         .revoke_token(RevokeToken {

@@ -1,8 +1,9 @@
 //! `example:flaky`: fails with a retryable error on its first `fail_times`
 //! attempts and succeeds after, so retries and backoff can be watched and
-//! tested with a real plugin.
+//! tested with a real plugin. Each failing attempt logs a line first, so a
+//! dead task has log lines to show beside its error.
 
-use lockstep_sdk::{Context, TaskError};
+use lockstep_sdk::{Context, LogLevel, TaskError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,10 @@ struct Output {
 fn flaky(ctx: &Context, input: Input) -> Result<Output, TaskError> {
     let attempt = ctx.attempt();
     if attempt <= input.fail_times {
+        ctx.log(
+            LogLevel::Warn,
+            &format!("attempt {attempt} of {} planned failures", input.fail_times),
+        );
         return Err(TaskError::retryable(format!(
             "attempt {attempt} fails on purpose (fail_times = {})",
             input.fail_times
