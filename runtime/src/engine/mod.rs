@@ -525,6 +525,19 @@ impl Engine {
             .await?)
     }
 
+    /// Tasks waiting and running for this tenant, per executor and handler.
+    pub async fn queue_by_handler(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<crate::model::HandlerDepth>, EngineError> {
+        Ok(self
+            .store
+            .queue_by_handler(crate::store::QueueDepthQuery {
+                tenant: tenant.clone(),
+            })
+            .await?)
+    }
+
     pub async fn cancel(&self, tenant: &TenantId, job: JobId) -> Result<JobState, EngineError> {
         self.cancel_as(tenant, job, None).await
     }

@@ -21,7 +21,8 @@ pub use event::EventKind;
 pub use ids::{JobId, LeaseToken, Millis, TaskId, TenantId};
 pub use name::UnknownName;
 pub use record::{
-    Event, JobStatus, JobSummary, QueueDepth, StageStatus, StateTotals, TaskRecord, TokenRecord,
+    Event, HandlerDepth, JobStatus, JobSummary, QueueDepth, StageStatus, StateTotals, TaskRecord,
+    TokenRecord,
     TokenRole,
 };
 pub use state::{IllegalTransition, JobState, StageState, TaskState};

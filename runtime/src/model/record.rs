@@ -86,6 +86,15 @@ pub struct QueueDepth {
     pub blocked: i64,
 }
 
+/// One handler's share of a tenant's unfinished tasks (the dashboard's
+/// queues).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HandlerDepth {
+    pub executor: Executor,
+    pub handler: String,
+    pub depth: QueueDepth,
+}
+
 /// Every tenant's tasks and jobs by state, and the oldest ready task per
 /// executor: what `/metrics` samples from the database. Counts only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

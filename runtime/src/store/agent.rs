@@ -14,7 +14,9 @@ use super::{
     CreateToken, Dependency, GetTask, ListTasks, QueueDepthQuery, RevokeToken, StoreError,
     TaskEvents, TokenLookup, TokenRef,
 };
-use crate::model::{Event, JobId, QueueDepth, TaskId, TaskRecord, TenantId, TokenRecord};
+use crate::model::{
+    Event, HandlerDepth, JobId, QueueDepth, TaskId, TaskRecord, TaskState, TenantId, TokenRecord,
+};
 
 const LIST_TASKS: Sql = Sql::both(concat!(
     "SELECT ",
@@ -128,6 +130,51 @@ pub(crate) async fn queue_depth(
         running: count("running"),
         blocked: count("blocked"),
     })
+}
+
+const QUEUE_BY_HANDLER: Sql = Sql::both(
+    "SELECT executor, handler, state, count(*) FROM tasks
+     WHERE tenant_id = $1 AND state IN ('blocked', 'pending', 'running')
+     GROUP BY executor, handler, state
+     ORDER BY executor, handler",
+);
+
+/// Like [`queue_depth`], per executor and handler (through the same partial
+/// index: finished tasks are not read).
+pub(crate) async fn queue_by_handler(
+    db: &mut Db<'_>,
+    p: &QueueDepthQuery,
+) -> Result<Vec<HandlerDepth>, StoreError> {
+    let rows: Vec<(String, String, String, i64)> = db
+        .fetch_all(db.query(&QUEUE_BY_HANDLER).bind(&p.tenant.0))
+        .await?;
+    let mut out: Vec<HandlerDepth> = Vec::new();
+    for (executor, handler, state, n) in rows {
+        let executor = parse_column(&format_args!("handler {handler:?}"), "executor", &executor)?;
+        let state = parse_task_state(&state)?;
+        let same = out
+            .last()
+            .is_some_and(|last| last.executor == executor && last.handler == handler);
+        if !same {
+            out.push(HandlerDepth {
+                executor,
+                handler,
+                depth: QueueDepth {
+                    pending: 0,
+                    running: 0,
+                    blocked: 0,
+                },
+            });
+        }
+        if let Some(entry) = out.last_mut() {
+            match state {
+                TaskState::Pending => entry.depth.pending = n,
+                TaskState::Running => entry.depth.running = n,
+                _ => entry.depth.blocked = n,
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) const INSERT_TENANT: Sql = Sql::both(

@@ -17,7 +17,8 @@ use super::{
 use super::{DeadTasks, ReleaseLeases, StateCounts, agent, complete, operator, reads, release};
 use super::{sample, submit};
 use crate::model::{
-    Event, JobState, JobStatus, JobSummary, QueueDepth, StateTotals, SubmitJob, Submitted, TaskId,
+    Event, HandlerDepth, JobState, JobStatus, JobSummary, QueueDepth, StateTotals, SubmitJob,
+    Submitted, TaskId,
     TaskRecord, TaskState, TokenRecord,
 };
 use std::sync::Arc;
@@ -297,6 +298,11 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn state_counts(&self, p: StateCounts) -> Result<StateTotals, StoreError> {
         self.snapshot(async |db| sample::state_counts(db, &p).await)
+            .await
+    }
+
+    async fn queue_by_handler(&self, p: QueueDepthQuery) -> Result<Vec<HandlerDepth>, StoreError> {
+        self.read(async |db| agent::queue_by_handler(db, &p).await)
             .await
     }
 

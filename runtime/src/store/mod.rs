@@ -11,8 +11,9 @@
 //! [`StoreError::NotFound`].
 
 use crate::model::{
-    Event, Executor, IllegalTransition, JobId, JobState, JobStatus, JobSummary, LeaseToken, Millis,
-    QueueDepth, StateTotals, SubmitJob, Submitted, TaskId, TaskRecord, TaskState, TenantId,
+    Event, Executor, HandlerDepth, IllegalTransition, JobId, JobState, JobStatus, JobSummary,
+    LeaseToken, Millis, QueueDepth, StateTotals, SubmitJob, Submitted, TaskId, TaskRecord, TaskState,
+    TenantId,
     TokenRecord, TokenRole,
 };
 use serde::Serialize;
@@ -450,6 +451,10 @@ pub trait Store: Send + Sync + 'static {
     async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError>;
     /// Counts of the tenant's pending (ready), running and blocked tasks.
     async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError>;
+    /// [`Store::queue_depth`]'s counts per executor and handler, ordered by
+    /// both; handlers
+    /// with no unfinished task are absent.
+    async fn queue_by_handler(&self, p: QueueDepthQuery) -> Result<Vec<HandlerDepth>, StoreError>;
     /// Every tenant's tasks and jobs by state and the oldest ready task per
     /// executor, read in one snapshot: counts for an operator (`/metrics`),
     /// never a row of any tenant.

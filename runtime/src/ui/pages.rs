@@ -808,12 +808,15 @@ pub(crate) async fn queues(
     Extension(viewer): Extension<Viewer>,
 ) -> Page {
     let all = JobFilter::default();
-    let (depth, counts) = tokio::join!(
+    let (depth, by_handler, counts) = tokio::join!(
         state.engine.queue_depth(&viewer.tenant),
+        state.engine.queue_by_handler(&viewer.tenant),
         state.engine.count_jobs(&viewer.tenant, &all)
     );
     let depth = depth?;
+    let by_handler = by_handler?;
     let counts = counts?;
+    let here = state.engine.plugins().handler_names();
     let body = html! {
         h1 { "Queues" }
         table #queue-depth {
@@ -822,6 +825,30 @@ pub(crate) async fn queues(
                 tr { td { (badge("pending")) " ready to run" } td.num { (depth.pending) } }
                 tr { td { (badge("running")) " running" } td.num { (depth.running) } }
                 tr { td { (badge("blocked")) " waiting for a dependency or an earlier stage" } td.num { (depth.blocked) } }
+            }
+        }
+        h2 { "By handler" }
+        @if by_handler.is_empty() {
+            p.muted #no-queues { "No task is waiting or running." }
+        } @else {
+            table #queue-by-handler {
+                thead { tr { th { "Executor" } th { "Handler" } th.num { "Ready" } th.num { "Running" } th.num { "Waiting" } th { "Served here" } } }
+                tbody {
+                    @for h in &by_handler {
+                        tr {
+                            td { (h.executor.as_str()) }
+                            td { code { (cell_text(&h.handler)) } }
+                            td.num { (h.depth.pending) }
+                            td.num { (h.depth.running) }
+                            td.num { (h.depth.blocked) }
+                            td {
+                                @if h.executor == crate::model::Executor::Wasm {
+                                    @if here.contains(&h.handler) { "yes" } @else { span.error { "no plugin in this server" } }
+                                } @else { span.muted { "—" } }
+                            }
+                        }
+                    }
+                }
             }
         }
         h2 { "Jobs by state" }

@@ -299,6 +299,22 @@ pub async fn queue_depth_counts_one_tenants_ready_running_and_blocked_tasks(stor
             blocked: 3
         }
     );
+    let by_handler = store
+        .queue_by_handler(QueueDepthQuery { tenant: acme() })
+        .await
+        .expect("depth by handler");
+    assert_eq!(
+        by_handler,
+        vec![HandlerDepth {
+            executor: Executor::Wasm,
+            handler: "work".to_string(),
+            depth: QueueDepth {
+                pending: 1,
+                running: 1,
+                blocked: 3
+            }
+        }]
+    );
     complete(store, vec![ok(&claimed[0])]).await;
     assert_eq!(
         depth(acme()).await.expect("depth"),
@@ -307,6 +323,15 @@ pub async fn queue_depth_counts_one_tenants_ready_running_and_blocked_tasks(stor
             running: 0,
             blocked: 2
         }
+    );
+    assert_eq!(
+        store
+            .queue_by_handler(QueueDepthQuery {
+                tenant: TenantId("nobody".to_string())
+            })
+            .await
+            .expect("depth by handler of an unknown tenant"),
+        vec![]
     );
     assert_eq!(
         depth(TenantId("nobody".to_string()))

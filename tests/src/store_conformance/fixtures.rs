@@ -4,9 +4,9 @@
 //! so cases never depend on the wall clock.
 
 pub(crate) use lockstep::model::{
-    Event, EventKind, Executor, JobId, JobState, JobStatus, LeaseToken, Millis, NewStage, NewTask,
-    OnFailure, QueueDepth, StageState, StageStatus, SubmitJob, TaskId, TaskRecord, TaskState,
-    TenantId, TokenRecord, TokenRole,
+    Event, EventKind, Executor, HandlerDepth, JobId, JobState, JobStatus, LeaseToken, Millis,
+    NewStage, NewTask, OnFailure, QueueDepth, StageState, StageStatus, SubmitJob, TaskId,
+    TaskRecord, TaskState, TenantId, TokenRecord, TokenRole,
 };
 pub(crate) use lockstep::store::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, CountJobs,
