@@ -1,8 +1,9 @@
 //! `lockstep bench ui`: how long the dashboard takes to answer its heaviest
 //! pages, as a browser asks for them — the jobs list of a tenant with many
 //! jobs, and the page of one job with many tasks (its first page of tasks,
-//! and one from the middle) — over HTTP on loopback, through the same
-//! router `serve --http` mounts, with a bearer token.
+//! and one from the middle) — and a Prometheus scrape of `/metrics` on the
+//! same database, over HTTP on loopback, through the routers `serve --http`
+//! mounts, with a bearer token.
 //!
 //! Each sample is one GET whose whole body is read: the token check, the
 //! engine reads and the rendering. Every answer is checked to be the full
@@ -82,10 +83,13 @@ pub async fn ui(
             worker_slots: None,
         },
     );
+    // /metrics on the same listener, as `serve --http` mounts it.
+    let exporter = crate::telemetry::Exporter::install()?;
+    let router = router.merge(crate::telemetry::router(engine.clone(), exporter, None));
     let server = tokio::spawn(crate::mcp::http::serve(listener, router, shutdown.clone()));
 
     let client = reqwest::Client::new();
-    let pages: [(&str, String, &str, usize); 3] = [
+    let pages: [(&str, String, &str, usize); 4] = [
         (
             "jobs_list",
             format!("{base}/ui/jobs"),
@@ -107,6 +111,13 @@ pub async fn ui(
             ),
             "class=\"task-row\"",
             ui::TASKS_PER_PAGE as usize,
+        ),
+        // Every tenant's tasks and jobs by state, sampled from the database.
+        (
+            "metrics",
+            format!("{base}{}", crate::telemetry::METRICS_PATH),
+            "\nlockstep_tasks{state=",
+            crate::model::TaskState::ALL.len(),
         ),
     ];
     let measured = async {

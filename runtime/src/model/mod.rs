@@ -22,8 +22,7 @@ pub use ids::{JobId, LeaseToken, Millis, TaskId, TenantId};
 pub use name::UnknownName;
 pub use record::{
     Event, HandlerDepth, JobStatus, JobSummary, QueueDepth, StageStatus, StateTotals, TaskRecord,
-    TokenRecord,
-    TokenRole,
+    TokenRecord, TokenRole,
 };
 pub use state::{IllegalTransition, JobState, StageState, TaskState};
 pub use step::{

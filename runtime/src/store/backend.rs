@@ -18,8 +18,7 @@ use super::{DeadTasks, ReleaseLeases, StateCounts, agent, complete, operator, re
 use super::{sample, submit};
 use crate::model::{
     Event, HandlerDepth, JobState, JobStatus, JobSummary, QueueDepth, StateTotals, SubmitJob,
-    Submitted, TaskId,
-    TaskRecord, TaskState, TokenRecord,
+    Submitted, TaskId, TaskRecord, TaskState, TokenRecord,
 };
 use std::sync::Arc;
 

@@ -12,9 +12,8 @@
 
 use crate::model::{
     Event, Executor, HandlerDepth, IllegalTransition, JobId, JobState, JobStatus, JobSummary,
-    LeaseToken, Millis, QueueDepth, StateTotals, SubmitJob, Submitted, TaskId, TaskRecord, TaskState,
-    TenantId,
-    TokenRecord, TokenRole,
+    LeaseToken, Millis, QueueDepth, StateTotals, SubmitJob, Submitted, TaskId, TaskRecord,
+    TaskState, TenantId, TokenRecord, TokenRole,
 };
 use serde::Serialize;
 use std::time::Duration;
@@ -452,8 +451,7 @@ pub trait Store: Send + Sync + 'static {
     /// Counts of the tenant's pending (ready), running and blocked tasks.
     async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError>;
     /// [`Store::queue_depth`]'s counts per executor and handler, ordered by
-    /// both; handlers
-    /// with no unfinished task are absent.
+    /// both; handlers with no unfinished task are absent.
     async fn queue_by_handler(&self, p: QueueDepthQuery) -> Result<Vec<HandlerDepth>, StoreError>;
     /// Every tenant's tasks and jobs by state and the oldest ready task per
     /// executor, read in one snapshot: counts for an operator (`/metrics`),
