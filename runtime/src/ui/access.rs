@@ -9,10 +9,13 @@
 //! carry it in their forms, every POST must send it back, and it reveals
 //! nothing of the token. The login form itself is protected by a random
 //! nonce sent both as a cookie and as a form field (double submit).
-//! Invariants 37 and 38 (see `ui/mod.rs`) are kept here.
+//! Invariants 38 and 39 (see `ui/mod.rs`) are kept here.
 
 use super::{PageError, UiAuth, UiState, render};
 use crate::engine::tokens::TOKEN_PREFIX;
+// The same readings of a request as MCP's door: one bearer-token reader, one
+// list of loopback origins.
+use crate::mcp::http::{LOOPBACK_ORIGINS, bearer_token};
 use crate::model::{TenantId, TokenRole};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -21,16 +24,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-
-/// Browser origins allowed by default: pages from this machine, any port.
-pub const LOOPBACK_ORIGINS: [&str; 6] = [
-    "http://localhost:*",
-    "http://127.0.0.1:*",
-    "http://[::1]:*",
-    "https://localhost:*",
-    "https://127.0.0.1:*",
-    "https://[::1]:*",
-];
 
 /// Host names served by default.
 const LOOPBACK_HOSTS: [&str; 4] = ["localhost", "127.0.0.1", "::1", "[::1]"];
@@ -104,17 +97,6 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim())
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
 }
 
 /// The host name of a Host header value (`name`, `name:port`, `[v6]:port`).
@@ -300,7 +282,7 @@ async fn viewer(state: &UiState, headers: &HeaderMap) -> Result<Option<Viewer>, 
             csrf: csrf_token(&state.loopback_secret),
         }));
     }
-    let Some(token) = bearer(headers).or_else(|| cookie(headers, TOKEN_COOKIE)) else {
+    let Some(token) = bearer_token(headers).or_else(|| cookie(headers, TOKEN_COOKIE)) else {
         return Ok(None);
     };
     if !token.starts_with(TOKEN_PREFIX) {

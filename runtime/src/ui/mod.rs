@@ -6,11 +6,11 @@
 //! viewer's tenant and shows the engine's values and views (Invariant 29,
 //! Invariant 30).
 //!
-//! **Invariant 37:** every page, fragment and action runs as exactly one
+//! **Invariant 38:** every page, fragment and action runs as exactly one
 //! tenant, the tenant of the token that authenticated that very request
 //! (cookie or bearer header); another tenant's ids answer 404, as unknown
 //! ones do.
-//! **Invariant 38:** a POST changes something only with the viewer's CSRF
+//! **Invariant 39:** a POST changes something only with the viewer's CSRF
 //! token, an allowed Host and Origin, and (for retry and cancel) an `admin`
 //! token; everything else is refused before any engine call, and every
 //! action is recorded in the job's events with the token's name.
@@ -32,7 +32,7 @@ use axum::routing::{get, post};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub use access::{LOOPBACK_ORIGINS, csrf_token};
+pub use access::csrf_token;
 
 /// Who may use the dashboard.
 #[derive(Debug, Clone, PartialEq, Eq)]

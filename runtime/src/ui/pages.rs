@@ -3,8 +3,8 @@
 //! events a page at a time), Task (input, output, error, attempts, log
 //! lines, lineage, retry/cancel), Queues, and Workers & plugins.
 //!
-//! Every handler reads the engine as the viewer's tenant (Invariant 37);
-//! every action takes an `admin` viewer and records its name (Invariant 38).
+//! Every handler reads the engine as the viewer's tenant (Invariant 38);
+//! every action takes an `admin` viewer and records its name (Invariant 39).
 //! Query parameters are checked before any engine call: an unknown one or a
 //! bad value is a 400 page naming it.
 
