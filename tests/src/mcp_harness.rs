@@ -176,6 +176,12 @@ impl StdioServer {
         StdioServer { client, pid }
     }
 
+    /// A server with the example plugins, as tenant `local`.
+    pub async fn with_examples(db: &Db) -> StdioServer {
+        let examples = Path::new(lockstep::guest_artifacts::EXAMPLES_DIR);
+        Self::start_with_plugins(db, "local", examples, &[]).await
+    }
+
     /// SIGKILL the server process (no chance to clean up).
     pub fn kill(&self) {
         #[allow(unsafe_code)]

@@ -4,14 +4,12 @@
 //! with the log lines of the jobs a session waits on.
 
 use crate::mcp_harness::*;
-use lockstep::guest_artifacts;
 use rmcp::ServiceError;
 use rmcp::model::{
     ArgumentInfo, CompleteRequestParams, GetPromptRequestParams, ReadResourceRequestParams,
     Reference,
 };
 use serde_json::{Value, json};
-use std::path::Path;
 
 /// The JSON-RPC error of a request that failed: code, message, data.
 fn protocol_error<T: std::fmt::Debug>(result: Result<T, ServiceError>) -> (i32, String, Value) {
@@ -220,13 +218,7 @@ async fn complete(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_guide_planning_and_running_a_handler_and_complete_their_arguments() {
     let db = Db::new().await;
-    let server = StdioServer::start_with_plugins(
-        &db,
-        "local",
-        Path::new(guest_artifacts::EXAMPLES_DIR),
-        &[],
-    )
-    .await;
+    let server = StdioServer::with_examples(&db).await;
     let client = &server.client;
 
     let listed =
@@ -425,13 +417,7 @@ async fn steps_job(client: &Client, key: &str) -> i64 {
 async fn a_session_that_sets_a_log_level_hears_the_log_lines_of_the_jobs_it_waits_on() {
     use rmcp::model::LoggingLevel;
     let db = Db::new().await;
-    let server = StdioServer::start_with_plugins(
-        &db,
-        "local",
-        Path::new(guest_artifacts::EXAMPLES_DIR),
-        &[],
-    )
-    .await;
+    let server = StdioServer::with_examples(&db).await;
     let client = &server.client;
     let logs = client.service().logs.clone();
 

@@ -56,9 +56,16 @@ pub fn list() -> ListPromptsResult {
     ])
 }
 
-/// The names of the prompts, for errors.
-fn names() -> String {
-    format!("{PLAN_WORK}, {RUN_HANDLER}")
+/// A prompt name lockstep does not have, given as `field`: invalid params.
+fn no_prompt(field: &str, name: &str) -> ErrorData {
+    ArgError::new(
+        field,
+        format!(
+            "lockstep has no prompt {:?}; its prompts are {PLAN_WORK}, {RUN_HANDLER}",
+            super::params::clip(name, 100)
+        ),
+    )
+    .into_error_data()
 }
 
 /// An argument of `arguments` as text, checked for presence and length.
@@ -140,15 +147,7 @@ pub fn get(
                     .with_description(format!("Run the handler {}", info.name)),
             )
         }
-        other => Err(ArgError::new(
-            "name",
-            format!(
-                "lockstep has no prompt {:?}; its prompts are {}",
-                super::params::clip(other, 100),
-                names()
-            ),
-        )
-        .into_error_data()),
+        other => Err(no_prompt("name", other)),
     }
 }
 
@@ -243,15 +242,7 @@ pub async fn complete(
             RUN_HANDLER if argument == "handler" => engine.plugins().handler_names(),
             RUN_HANDLER => return Err(unknown_argument("handler")),
             other => {
-                return Err(ArgError::new(
-                    "ref.name",
-                    format!(
-                        "lockstep has no prompt {:?}; its prompts are {}",
-                        super::params::clip(other, 100),
-                        names()
-                    ),
-                )
-                .into_error_data());
+                return Err(no_prompt("ref.name", other));
             }
         },
         Reference::Resource(template) => match template.uri.as_str() {
