@@ -739,6 +739,25 @@ fn logs_off_a_terminal_have_no_colour_codes() {
     assert!(!err.contains('\u{1b}'), "colour codes in a log: {err:?}");
 }
 
+#[test]
+fn an_unreadable_log_filter_is_refused_before_anything_runs() {
+    let cli = Cli::new();
+    // `loud` is no level: this used to log at `warn` without a word.
+    let out = cli.run(&["--log", "lockstep=loud", "jobs"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("error: invalid value 'lockstep=loud' for '--log <LOG>'")
+            && first.contains("expected a level (error, warn, info, debug, trace)"),
+        "{err}"
+    );
+    assert!(
+        !cli.dir.path().join("cli.db").exists(),
+        "a refused command created the database"
+    );
+}
+
 /// Programs whose flags lockstep's messages quote (build recipes for
 /// plugin authors); a literal naming one of them is not about lockstep's flags.
 const OTHER_PROGRAMS: [&str; 7] = [

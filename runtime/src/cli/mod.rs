@@ -67,7 +67,13 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 64 * 1024 * 1024)]
     max_spec_bytes: u64,
     /// Log filter (tracing env-filter syntax), e.g. info or lockstep=debug.
-    #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_LOG",
+        default_value = "warn",
+        value_parser = crate::telemetry::logs::parse_filter
+    )]
     log: String,
     /// Log lines on stderr: human (one line per event) or json (one JSON object per line,
     /// with job_id and task_id as fields).

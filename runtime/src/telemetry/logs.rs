@@ -15,11 +15,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// Check a `--log` filter (tracing's env-filter syntax) while the command
+/// line is parsed, so an unreadable one is refused with exit code 2 instead
+/// of being replaced by another level without a word.
+pub fn parse_filter(filter: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| filter.to_string())
+        .map_err(|e| format!("{e}; expected a level (error, warn, info, debug, trace) or TARGET=LEVEL pairs, e.g. lockstep=debug"))
+}
+
 /// Install the process's log subscriber: `filter` in tracing's env-filter
-/// syntax (an unreadable filter logs warnings only, as before).
+/// syntax, already checked by [`parse_filter`]. A filter that still cannot
+/// be read is said on stderr and nothing is logged.
 pub fn init(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = match tracing_subscriber::EnvFilter::try_new(filter) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("error: the log filter {filter:?} cannot be read: {e}; logging is off");
+            tracing_subscriber::EnvFilter::new("off")
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
