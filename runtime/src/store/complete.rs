@@ -30,7 +30,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 // The pending partial index, walked in id order, is the plan; the stage and
 // job checks are primary-key lookups per candidate. PostgreSQL picks with
 // SKIP LOCKED (never waits on another process) and logs the claims in the
-// same statement; SQLite, one writer at a time, logs them with LOG_CLAIMS.
+// same statement, so its claim is one statement, run without a transaction
+// of its own (`write_statement`); SQLite, one writer at a time, logs them
+// with LOG_CLAIMS.
 const CLAIM: Sql = Sql::each(
     "UPDATE tasks
      SET state = 'running', attempt = attempt + 1, lease_expires_at = $7,
@@ -461,18 +463,11 @@ async fn record(
     // Stage rows: the completed tasks' stages and every spawn target.
     rules::count_spawns(&decisions, &mut deltas);
     fx.flush_events(db).await?;
-    let keys: Vec<(i64, i32)> = deltas.keys().copied().collect();
-    let locked = advance::lock_stages(db, &keys).await?;
-    insert_children(db, &decisions, &locked, now, fx).await?;
-    advance::apply_deltas(db, &deltas).await?;
-    let drained: Vec<(i64, i32)> = deltas
-        .iter()
-        .filter(|(_, d)| d.done > 0)
-        .map(|(k, _)| *k)
-        .collect();
+    let counted = advance::apply_deltas(db, &deltas).await?;
+    insert_children(db, &decisions, &counted, now, fx).await?;
     // A retried task is not announced: it becomes claimable only after its
     // backoff, and the poll loop finds it then.
-    advance::close_drained(db, &drained, fx).await?;
+    advance::close_drained(db, &advance::drained(&counted), fx).await?;
 
     Ok(decisions
         .into_iter()
@@ -728,7 +723,7 @@ const INSERT_CHILDREN: Sql = Sql::each(
 async fn insert_children(
     db: &mut Db<'_>,
     decisions: &[Decision],
-    locked: &BTreeMap<(i64, i32), StageState>,
+    locked: &BTreeMap<(i64, i32), advance::Counted>,
     now: Millis,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
@@ -747,12 +742,15 @@ async fn insert_children(
     let mut states = Vec::with_capacity(count);
     for d in decisions {
         for (target, child) in &d.spawn {
-            let stage_state = locked.get(&(d.held.job, *target)).copied().ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "stage {target} of job {} vanished while spawning into it",
-                    d.held.job
-                ))
-            })?;
+            let stage_state = locked
+                .get(&(d.held.job, *target))
+                .map(|c| c.state)
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "stage {target} of job {} vanished while spawning into it",
+                        d.held.job
+                    ))
+                })?;
             let state = if stage_state == StageState::Open {
                 // Spawned children are wasm tasks (INSERT_CHILDREN).
                 fx.ready(Executor::Wasm);
