@@ -214,6 +214,9 @@ impl Backend for PgBackend {
         Ok(())
     }
 
+    // Every commit waits for the disk, claims too: workers outlive a crash
+    // of the server, and a claim lost to it would let the same attempt
+    // number be claimed again while the first run still holds it.
     async fn begin_write(&self, _: Durability) -> Result<Tx, StoreError> {
         Ok(Tx::Postgres(self.pool.begin().await?))
     }
