@@ -213,15 +213,26 @@ impl<B: Backend> SqlStore<B> {
                     error
                 }
             };
-            match self.backend.retry_delay(operation, &error, retries) {
-                Some(delay) => {
-                    retries += 1;
-                    self.counters.retried_transaction();
-                    tokio::time::sleep(delay).await;
-                }
-                None => return Err(error),
-            }
+            self.after_failure(operation, error, &mut retries).await?;
         }
+    }
+
+    /// A failed write: back off and `Ok` when the backend says to run it
+    /// again (counted), the error otherwise.
+    async fn after_failure(
+        &self,
+        operation: &'static str,
+        error: StoreError,
+        retries: &mut u32,
+    ) -> Result<(), StoreError> {
+        let delay = self
+            .backend
+            .retry_delay(operation, &error, *retries)
+            .ok_or(error)?;
+        *retries += 1;
+        self.counters.retried_transaction();
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
 
     /// Run a write that is a single statement on backends that can run it
@@ -251,14 +262,7 @@ impl<B: Backend> SqlStore<B> {
                 lost += 1;
                 continue;
             }
-            match self.backend.retry_delay(operation, &error, retries) {
-                Some(delay) => {
-                    retries += 1;
-                    self.counters.retried_transaction();
-                    tokio::time::sleep(delay).await;
-                }
-                None => return Err(error),
-            }
+            self.after_failure(operation, error, &mut retries).await?;
         }
     }
 }
