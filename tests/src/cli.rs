@@ -466,6 +466,24 @@ fn bench_throughput_host_noop_records_every_task_without_running_its_plugin() {
         (&"noop_tasks".into(), &"host-noop".into(), &300.into()),
         "{run}"
     );
+    // Each task claimed once, recorded once, no lease lost on the way.
+    assert_eq!(
+        (
+            &run["claims"],
+            &run["refused_completions"],
+            &run["lease_expiries"]
+        ),
+        (&300.into(), &0.into(), &0.into()),
+        "{run}"
+    );
+    for per_task in ["statements_per_task", "round_trips_per_task"] {
+        let n = run[per_task].as_f64().expect(per_task);
+        assert!(n > 0.0, "{per_task}: {run}");
+    }
+    assert!(
+        run["peak_rss_mib"].as_f64().expect("peak RSS") > 1.0,
+        "{run}"
+    );
     // Every task succeeded through the store with the host's `null`, not the
     // plugin's output (example:noop returns its input).
     let outputs = tokio::runtime::Runtime::new()
@@ -500,6 +518,52 @@ fn bench_throughput_host_noop_records_every_task_without_running_its_plugin() {
         });
     assert_eq!(outputs.len(), 300);
     assert!(outputs.iter().all(|(_, output)| output == "null"));
+}
+
+#[test]
+fn bench_fanin_reports_the_stage_advance_over_its_rounds() {
+    let cli = Cli::new();
+    let out = cli.run(&[
+        "bench",
+        "fanin",
+        "--tasks",
+        "20",
+        "--workers",
+        "8",
+        "--rounds",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(
+        (&line["bench"], &line["tasks"], &line["rounds"]),
+        (&"fanin".into(), &20.into(), &3.into()),
+        "{line}"
+    );
+    let gap = &line["last_completion_to_next_stage_claim_ms"];
+    let ms = |p: &str| gap[p].as_f64().unwrap_or_else(|| panic!("{p}: {line}"));
+    assert!(
+        0.0 <= ms("p50") && ms("p50") <= ms("p99") && ms("p99") <= ms("max"),
+        "{line}"
+    );
+    // Three fan-in jobs ran to the end, each summing its 20 spawned tasks.
+    let jobs = stdout(&cli.run(&["jobs", "--json"]));
+    assert_eq!(jobs.matches("bench-fanin-").count(), 3, "{jobs}");
+}
+
+#[test]
+fn bench_fanin_without_rounds_is_exit_two() {
+    let cli = Cli::new();
+    let err = assert_bad_input(&cli.run(&["bench", "fanin", "--rounds", "0"]));
+    assert!(
+        err.contains("--tasks and --rounds must each be at least 1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -57,9 +57,9 @@ pub async fn throughput(
     let stats = pool.stats.clone();
     pool.shutdown().await;
     let per_task = |after: u64, before: u64| after.saturating_sub(before) as f64 / f64::from(tasks);
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     let per_batch = |n: &std::sync::atomic::AtomicU64, batches: &std::sync::atomic::AtomicU64| {
-        let b = batches.load(std::sync::atomic::Ordering::Relaxed).max(1);
-        n.load(std::sync::atomic::Ordering::Relaxed) as f64 / b as f64
+        load(n) as f64 / load(batches).max(1) as f64
     };
     anyhow::ensure!(
         done.job.state == crate::model::JobState::Succeeded,
@@ -77,14 +77,20 @@ pub async fn throughput(
         "slots": slots,
         "seconds": elapsed.as_secs_f64(),
         "tasks_per_s": f64::from(tasks) / elapsed.as_secs_f64(),
+        // Claims counts attempts: more than `tasks` when some ran twice.
+        "claims": load(&stats.claimed),
+        "claim_statements": load(&stats.claim_batches),
         "tasks_per_claim": per_batch(&stats.claimed, &stats.claim_batches),
         "tasks_per_commit": per_batch(&stats.completed, &stats.completion_batches),
         // Everything the store ran meanwhile, the waiter's polls included.
         "statements_per_task": per_task(store.statements, before.statements),
         "round_trips_per_task": per_task(store.round_trips, before.round_trips),
         "transactions_per_task": per_task(store.transactions, before.transactions),
-        "stale_completions": stats.stale.load(std::sync::atomic::Ordering::Relaxed),
-        "rescued_leases": stats.rescued.load(std::sync::atomic::Ordering::Relaxed),
+        "retried_transactions": store.retried_transactions - before.retried_transactions,
+        // Both are 0 when recording keeps up with running.
+        "refused_completions": load(&stats.stale),
+        "lease_expiries": load(&stats.rescued),
+        "peak_rss_mib": super::peak_rss_mib(),
     })])
 }
 
@@ -173,32 +179,84 @@ pub async fn submit_to_start(
     })])
 }
 
-/// Fan-in: stage 1 spawns `tasks` no-op tasks into stage 2; then stage 3
-/// sums them. Reports the whole job and the gap between the last stage-2
-/// completion and the first stage-3 claim.
+/// Fan-in, `rounds` times: stage 1 spawns `tasks` no-op tasks into stage 2;
+/// then stage 3 sums them. Reports the jobs' rates and, over the rounds, the
+/// gap between the last stage-2 completion and the first stage-3 claim (the
+/// stage counter reaching zero, the next stage opening, the wake-up and the
+/// claim).
 pub async fn fanin(
     engine: &Arc<Engine>,
     tenant: &TenantId,
     tasks: u32,
     slots: usize,
+    rounds: u32,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
+    let pool = engine.start_workers(WorkerConfig {
+        slots,
+        ..WorkerConfig::default()
+    });
+    let mut gaps = Vec::with_capacity(rounds as usize);
+    let mut rates = Vec::with_capacity(rounds as usize);
+    let mut seconds = 0.0;
+    for round in 0..rounds {
+        let measured = fanin_round(engine, tenant, tasks, round).await;
+        let (elapsed, gap) = match measured {
+            Ok(m) => m,
+            Err(e) => {
+                pool.shutdown().await;
+                return Err(e);
+            }
+        };
+        seconds += elapsed.as_secs_f64();
+        rates.push(f64::from(tasks) / elapsed.as_secs_f64());
+        gaps.push(gap as f64);
+    }
+    pool.shutdown().await;
+    gaps.sort_by(f64::total_cmp);
+    rates.sort_by(f64::total_cmp);
+    Ok(vec![json!({
+        "bench": "fanin",
+        "tasks": tasks,
+        "slots": slots,
+        "rounds": rounds,
+        "seconds": seconds,
+        "tasks_per_s_p50": percentile(&rates, 50.0),
+        "last_completion_to_next_stage_claim_ms": {
+            "p50": percentile(&gaps, 50.0),
+            "p99": percentile(&gaps, 99.0),
+            "max": gaps.last().copied().unwrap_or(0.0),
+        },
+        "resolution_ms": 1,
+    })])
+}
+
+/// One fan-in job, run by the already started workers: how long it took, and
+/// the milliseconds from its last stage-2 completion to its first stage-3
+/// claim, as the events record them.
+async fn fanin_round(
+    engine: &Arc<Engine>,
+    tenant: &TenantId,
+    tasks: u32,
+    round: u32,
+) -> anyhow::Result<(Duration, i64)> {
     let text = job_text(
-        "bench-fanin",
+        &format!("bench-fanin-{round}"),
         &format!(
             "[[stages]]\nname = \"analyze\"\ntasks = [{{ handler = \"example:fanout\", input = {{ count = {tasks}, stage = \"process\", handler = \"example:noop\" }} }}]\n\
              [[stages]]\nname = \"process\"\n\
              [[stages]]\nname = \"aggregate\"\ntasks = [{{ handler = \"example:sum\", input = {{ from = \"process\" }} }}]\n"
         ),
     );
-    let job = submit(engine, tenant, &text).await?;
     let started = Instant::now();
-    let pool = engine.start_workers(WorkerConfig {
-        slots,
-        ..WorkerConfig::default()
-    });
+    let job = submit(engine, tenant, &text).await?;
     let done = engine.wait(tenant, job, None, |_| {}).await?;
     let elapsed = started.elapsed();
-    pool.shutdown().await;
+    anyhow::ensure!(
+        done.job.state == crate::model::JobState::Succeeded,
+        "fan-in job {} ended {}",
+        job.0,
+        done.job.state
+    );
     let mut last_stage2_done = None;
     let mut first_stage3_claim = None;
     let mut after = None;
@@ -208,7 +266,9 @@ pub async fn fanin(
         after = Some(last.id);
         for e in &page {
             match (e.kind, e.stage_position) {
-                (EventKind::TaskSucceeded, Some(1)) => last_stage2_done = Some(e.at),
+                (EventKind::TaskSucceeded, Some(1)) => {
+                    last_stage2_done = last_stage2_done.max(Some(e.at))
+                }
                 (EventKind::TaskClaimed, Some(2)) if first_stage3_claim.is_none() => {
                     first_stage3_claim = Some(e.at)
                 }
@@ -216,16 +276,11 @@ pub async fn fanin(
             }
         }
     }
-    Ok(vec![json!({
-        "bench": "fanin",
-        "tasks": tasks,
-        "state": done.job.state,
-        "seconds": elapsed.as_secs_f64(),
-        "tasks_per_s": f64::from(tasks) / elapsed.as_secs_f64(),
-        "last_completion_to_next_stage_claim_ms": match (last_stage2_done, first_stage3_claim) {
-            (Some(a), Some(b)) => json!(b - a),
-            _ => serde_json::Value::Null,
-        },
-        "resolution_ms": 1,
-    })])
+    match (last_stage2_done, first_stage3_claim) {
+        (Some(a), Some(b)) => Ok((elapsed, b - a)),
+        _ => anyhow::bail!(
+            "fan-in job {} has no stage-2 completion or no stage-3 claim",
+            job.0
+        ),
+    }
 }

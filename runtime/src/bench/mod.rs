@@ -20,6 +20,21 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// The most resident memory this process has held so far (Linux `VmHWM`),
+/// in MiB; `None` where the kernel does not say.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 /// A short description of this machine for benchmark output: CPUs, model,
 /// OS, and the 1, 5 and 15-minute load averages (Linux) when it is taken.
 pub fn machine() -> serde_json::Value {

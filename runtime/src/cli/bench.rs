@@ -58,6 +58,10 @@ pub enum BenchCommand {
         tasks: u32,
         #[arg(long, default_value_t = 128)]
         workers: usize,
+        /// Fan-in jobs run one after another; the stage-advance latency is
+        /// reported as p50, p99 and max over them.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
     },
     /// get_job, claim_task and complete_task over MCP (streamable HTTP on
     /// loopback, bearer token) with this many tasks in the database; then,
@@ -255,9 +259,18 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                 bench::engine_flow::submit_to_start(&engine, &ctx.tenant, latency_samples).await?,
             );
         }
-        BenchCommand::Fanin { tasks, workers } => {
+        BenchCommand::Fanin {
+            tasks,
+            workers,
+            rounds,
+        } => {
+            if rounds == 0 || tasks == 0 {
+                return Err(super::Failure::BadInput(anyhow::anyhow!(
+                    "--tasks and --rounds must each be at least 1"
+                )));
+            }
             let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
-            print(bench::engine_flow::fanin(&engine, &ctx.tenant, tasks, workers).await?);
+            print(bench::engine_flow::fanin(&engine, &ctx.tenant, tasks, workers, rounds).await?);
         }
         BenchCommand::Mcp {
             tasks,

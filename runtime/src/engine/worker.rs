@@ -272,6 +272,11 @@ async fn claimer(
         // a reload between claim and run cannot strand them (Invariant 36).
         let plugins = engine.plugins();
         let handlers = plugins.handler_names();
+        // Made before the claim: a wake-up sent while it runs (a stage
+        // opened by a commit that the claim did not see yet) still ends the
+        // idle wait below instead of being lost to it.
+        let woken = engine.wake().notified();
+        let pushed = ready.as_ref().map(|signal| signal.notified());
         let claimed = engine
             .store()
             .claim_batch(ClaimBatch {
@@ -307,14 +312,14 @@ async fn claimer(
         if claimed.is_empty() {
             drop(permits);
             let pushed = async {
-                match &ready {
-                    Some(signal) => signal.notified().await,
+                match pushed {
+                    Some(signal) => signal.await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = tokio::time::sleep(config.idle_poll) => {},
-                _ = engine.wake().notified() => {},
+                _ = woken => {},
                 _ = pushed => {},
                 _ = stop.changed() => break,
             }

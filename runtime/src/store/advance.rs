@@ -5,7 +5,8 @@
 //! `UPDATE stages SET state = 'done' … WHERE state = 'open' AND remaining = 0
 //! RETURNING`, run by the transaction that changed the counter. On SQLite one
 //! write transaction runs at a time; on PostgreSQL the transaction holds the
-//! stage row lock ([`lock_stages`]), which serializes the decrements. Either
+//! stage row lock ([`apply_deltas`], [`lock_stages`]), which serializes the
+//! decrements. Either
 //! way exactly one transaction sees the counter reach zero and gets the row
 //! back.
 //!
@@ -60,26 +61,50 @@ pub(crate) async fn lock_stages(
         .collect()
 }
 
+// One statement locks the rows (PostgreSQL: the `locked` InitPlan takes
+// every lock, in ascending key order, before the update touches a row) and
+// counts: a hot stage row is held from here to the commit, so its lock should
+// cost as few round trips as possible.
 const APPLY_DELTAS: Sql = Sql::each(
     "UPDATE stages AS s
      SET total = s.total + (d.value ->> 2),
          remaining = s.remaining + (d.value ->> 2) - (d.value ->> 3)
      FROM json_each($1) AS d
-     WHERE s.job_id = d.value ->> 0 AND s.position = d.value ->> 1",
-    "UPDATE stages s
+     WHERE s.job_id = d.value ->> 0 AND s.position = d.value ->> 1
+     RETURNING job_id, position, state, remaining",
+    "WITH locked AS MATERIALIZED (
+         SELECT s.job_id FROM stages s
+         JOIN unnest($1::int8[], $2::int4[]) AS k(job_id, position)
+           ON s.job_id = k.job_id AND s.position = k.position
+         WHERE s.job_id = ANY($1)
+         ORDER BY s.job_id, s.position
+         FOR NO KEY UPDATE OF s
+     )
+     UPDATE stages s
      SET total = s.total + d.add, remaining = s.remaining + d.add - d.done
      FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[]) AS d(job_id, position, add, done)
-     WHERE s.job_id = d.job_id AND s.position = d.position AND s.job_id = ANY($1)",
+     WHERE s.job_id = d.job_id AND s.position = d.position
+       AND s.job_id = ANY(ARRAY(SELECT job_id FROM locked))
+     RETURNING s.job_id, s.position, s.state, s.remaining",
 );
 
-/// Apply counter deltas to stage rows the caller has locked with
-/// [`lock_stages`].
+/// A stage row as [`apply_deltas`] left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counted {
+    pub state: StageState,
+    pub remaining: i64,
+}
+
+/// Lock the stage rows of `deltas` (PostgreSQL: in ascending (job,
+/// position) order) and apply their counter deltas, in one statement; the
+/// rows' states and what remains of them. Their states are unchanged by it:
+/// [`close_drained`] closes the ones left at zero.
 pub(crate) async fn apply_deltas(
     db: &mut Db<'_>,
     deltas: &BTreeMap<(i64, i32), StageDelta>,
-) -> Result<(), StoreError> {
+) -> Result<BTreeMap<(i64, i32), Counted>, StoreError> {
     if deltas.is_empty() {
-        return Ok(());
+        return Ok(BTreeMap::new());
     }
     let mut jobs = Vec::with_capacity(deltas.len());
     let mut positions = Vec::with_capacity(deltas.len());
@@ -96,9 +121,30 @@ pub(crate) async fn apply_deltas(
         .int4(positions)
         .int8(adds)
         .int8(dones);
-    db.execute(db.query(&APPLY_DELTAS).bind_batch(&batch))
+    let rows: Vec<(i64, i32, String, i64)> = db
+        .fetch_all(db.query(&APPLY_DELTAS).bind_batch(&batch))
         .await?;
-    Ok(())
+    rows.into_iter()
+        .map(|(job, position, state, remaining)| {
+            Ok((
+                (job, position),
+                Counted {
+                    state: parse_stage_state(&state)?,
+                    remaining,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The stages of `counted` whose counter is at zero while they are open:
+/// the ones [`close_drained`] closes.
+pub(crate) fn drained(counted: &BTreeMap<(i64, i32), Counted>) -> Vec<(i64, i32)> {
+    counted
+        .iter()
+        .filter(|(_, c)| c.remaining == 0 && c.state == StageState::Open)
+        .map(|(key, _)| *key)
+        .collect()
 }
 
 const CLOSE_DRAINED: Sql = Sql::each(
@@ -324,7 +370,7 @@ async fn cancel_later_tasks(
             Some(error.clone()),
         );
     }
-    let keys: Vec<(i64, i32)> = deltas.keys().copied().collect();
-    lock_stages(db, &keys).await?;
-    apply_deltas(db, &deltas).await
+    // The stages after a failed one are not open: none closes here.
+    apply_deltas(db, &deltas).await?;
+    Ok(())
 }

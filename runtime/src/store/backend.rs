@@ -22,6 +22,19 @@ use crate::model::{
 };
 use std::sync::Arc;
 
+/// When a write transaction's commit must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Before the commit returns.
+    Commit,
+    /// With the next `Commit` write (SQLite in WAL mode: one sync of the log
+    /// covers every earlier commit in it). Only a crash of the machine in
+    /// between loses it, and only its own effects: used for claims, whose
+    /// loss leaves their tasks pending with their attempts uncounted, as if
+    /// they were never claimed.
+    NextCommit,
+}
+
 /// What one database provides to the store beyond running statements.
 ///
 /// Reads other than `get_job` need no snapshot: rows are never deleted, so a
@@ -30,8 +43,8 @@ use std::sync::Arc;
 pub trait Backend: Send + Sync + 'static {
     /// Apply pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
-    /// Begin a write transaction.
-    async fn begin_write(&self) -> Result<Tx, StoreError>;
+    /// Begin a write transaction whose commit is as durable as `durability` says.
+    async fn begin_write(&self, durability: Durability) -> Result<Tx, StoreError>;
     /// Begin a read-only transaction: its statements see one snapshot.
     async fn begin_snapshot(&self) -> Result<Tx, StoreError>;
     /// A connection for a read of one statement.
@@ -46,6 +59,21 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Option<std::time::Duration> {
         let _ = (operation, error, retries);
         None
+    }
+    /// Whether `error` says the server had closed the connection before
+    /// the work began on it (a restart, `pg_terminate_backend`), after
+    /// `lost` such errors in a row: the pool hands out connections
+    /// untested (a test costs a round trip per call), so a dead one is
+    /// found by using it, discarded, and the work runs again on the next.
+    fn connection_lost(&self, error: &StoreError, lost: u32) -> bool {
+        let _ = (error, lost);
+        false
+    }
+    /// A connection for a write that is one statement on this database,
+    /// atomic by itself, so it needs no `BEGIN` and `COMMIT` round trips;
+    /// `None`: run it in a write transaction.
+    async fn autocommit_write(&self) -> Result<Option<Conn>, StoreError> {
+        Ok(None)
     }
     /// Signalled when tasks may have become ready (see [`Store::ready_signal`]).
     fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
@@ -79,38 +107,63 @@ impl<B: Backend> SqlStore<B> {
         self.counters.snapshot()
     }
 
-    /// Run a read of several statements in one snapshot.
-    async fn snapshot<T>(
-        &self,
-        read: impl AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut tx = self.backend.begin_snapshot().await?;
-        let value = read(&mut tx.db(&self.counters)).await;
-        match value {
-            Ok(value) => {
-                tx.commit(&self.counters).await?;
-                Ok(value)
+    /// Run a read of several statements in one snapshot (again on another
+    /// connection when the first one turns out dead).
+    async fn snapshot<T, R>(&self, mut read: impl FnMut() -> R) -> Result<T, StoreError>
+    where
+        R: AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
+    {
+        let mut lost = 0;
+        loop {
+            let once = read();
+            let value = async {
+                let mut tx = self.backend.begin_snapshot().await?;
+                let value = once(&mut tx.db(&self.counters)).await;
+                match value {
+                    Ok(value) => {
+                        tx.commit(&self.counters).await?;
+                        Ok(value)
+                    }
+                    Err(error) => {
+                        // The snapshot wrote nothing; the error is what matters.
+                        let _ = tx.rollback(&self.counters).await;
+                        Err(error)
+                    }
+                }
             }
-            Err(error) => {
-                // The snapshot wrote nothing; the error is what matters.
-                let _ = tx.rollback(&self.counters).await;
-                Err(error)
+            .await;
+            match value {
+                Err(error) if self.backend.connection_lost(&error, lost) => lost += 1,
+                value => return value,
             }
         }
     }
 
-    /// Run a read of one statement.
-    async fn read<T>(
-        &self,
-        read: impl AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.backend.read().await?;
-        read(&mut conn.db(&self.counters)).await
+    /// Run a read of one statement (again on another connection when the
+    /// first one turns out dead: a read changes nothing).
+    async fn read<T, R>(&self, mut read: impl FnMut() -> R) -> Result<T, StoreError>
+    where
+        R: AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
+    {
+        let mut lost = 0;
+        loop {
+            let once = read();
+            let value = async {
+                let mut conn = self.backend.read().await?;
+                once(&mut conn.db(&self.counters)).await
+            }
+            .await;
+            match value {
+                Err(error) if self.backend.connection_lost(&error, lost) => lost += 1,
+                value => return value,
+            }
+        }
     }
 
     /// Run a write in one transaction: committed when it succeeds, rolled
     /// back when it fails, and run again when the backend says the failure
-    /// was a lock conflict worth retrying (PostgreSQL deadlocks).
+    /// was a lock conflict worth retrying (PostgreSQL deadlocks) or the
+    /// connection was dead before the transaction began.
     ///
     /// `attempt` makes the write for each try (an `AsyncFnOnce`: an async
     /// closure called more than once cannot lend its captures to a `Send`
@@ -118,15 +171,37 @@ impl<B: Backend> SqlStore<B> {
     async fn write<T, W>(
         &self,
         operation: &'static str,
+        attempt: impl FnMut() -> W,
+    ) -> Result<T, StoreError>
+    where
+        W: AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
+    {
+        self.write_durably(operation, Durability::Commit, attempt)
+            .await
+    }
+
+    /// [`SqlStore::write`], committed as durably as `durability` says.
+    async fn write_durably<T, W>(
+        &self,
+        operation: &'static str,
+        durability: Durability,
         mut attempt: impl FnMut() -> W,
     ) -> Result<T, StoreError>
     where
         W: AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
     {
-        let mut retries = 0;
+        let (mut retries, mut lost) = (0, 0);
         loop {
             let write = attempt();
-            let mut tx = self.backend.begin_write().await?;
+            let mut tx = match self.backend.begin_write(durability).await {
+                Ok(tx) => tx,
+                // Nothing was begun: another connection may begin it.
+                Err(error) if self.backend.connection_lost(&error, lost) => {
+                    lost += 1;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             let value = write(&mut tx.db(&self.counters)).await;
             let error = match value {
                 Ok(value) => match tx.commit(&self.counters).await {
@@ -138,14 +213,56 @@ impl<B: Backend> SqlStore<B> {
                     error
                 }
             };
-            match self.backend.retry_delay(operation, &error, retries) {
-                Some(delay) => {
-                    retries += 1;
-                    self.counters.retried_transaction();
-                    tokio::time::sleep(delay).await;
-                }
-                None => return Err(error),
+            self.after_failure(operation, error, &mut retries).await?;
+        }
+    }
+
+    /// A failed write: back off and `Ok` when the backend says to run it
+    /// again (counted), the error otherwise.
+    async fn after_failure(
+        &self,
+        operation: &'static str,
+        error: StoreError,
+        retries: &mut u32,
+    ) -> Result<(), StoreError> {
+        let delay = self
+            .backend
+            .retry_delay(operation, &error, *retries)
+            .ok_or(error)?;
+        *retries += 1;
+        self.counters.retried_transaction();
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    /// Run a write that is a single statement on backends that can run it
+    /// without a transaction ([`Backend::autocommit_write`]), in a write
+    /// transaction committed as `durability` says on the others. Run again
+    /// like [`SqlStore::write`]; a statement that failed on a dead
+    /// connection was not run.
+    async fn write_statement<T, W>(
+        &self,
+        operation: &'static str,
+        durability: Durability,
+        mut attempt: impl FnMut() -> W,
+    ) -> Result<T, StoreError>
+    where
+        W: AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
+    {
+        let (mut retries, mut lost) = (0, 0);
+        loop {
+            let Some(mut conn) = self.backend.autocommit_write().await? else {
+                return self.write_durably(operation, durability, attempt).await;
+            };
+            let error = match attempt()(&mut conn.db(&self.counters)).await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if self.backend.connection_lost(&error, lost) {
+                lost += 1;
+                continue;
             }
+            self.after_failure(operation, error, &mut retries).await?;
         }
     }
 }
@@ -165,7 +282,9 @@ impl<B: Backend> Store for SqlStore<B> {
         if p.limit == 0 || p.handlers.as_ref().is_some_and(|h| h.is_empty()) {
             return Ok(Vec::new());
         }
-        self.write("claim_batch", || {
+        // A claim lost to a crash of the machine leaves its tasks pending,
+        // as if never claimed: it need not wait for the disk.
+        self.write_statement("claim_batch", Durability::NextCommit, || {
             async |db| complete::claim_batch(db, &p).await
         })
         .await
@@ -195,7 +314,7 @@ impl<B: Backend> Store for SqlStore<B> {
         // A cheap read first: almost always nothing has expired, and a write
         // transaction every second would stall the claimers.
         if !self
-            .read(async |db| complete::any_expired(db, p.now).await)
+            .read(|| async |db| complete::any_expired(db, p.now).await)
             .await?
         {
             return Ok(0);
@@ -217,36 +336,41 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn get_job(&self, p: GetJob) -> Result<JobStatus, StoreError> {
-        self.snapshot(async |db| reads::get_job(db, &p).await).await
+        self.snapshot(|| async |db| reads::get_job(db, &p).await)
+            .await
     }
 
     async fn job_counters(&self, p: GetJob) -> Result<JobStatus, StoreError> {
-        self.read(async |db| reads::job_counters(db, &p).await)
+        self.read(|| async |db| reads::job_counters(db, &p).await)
             .await
     }
 
     async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError> {
-        self.read(async |db| reads::list_jobs(db, &p).await).await
+        self.read(|| async |db| reads::list_jobs(db, &p).await)
+            .await
     }
 
     async fn count_jobs(&self, p: CountJobs) -> Result<Vec<(JobState, i64)>, StoreError> {
-        self.read(async |db| reads::count_jobs(db, &p).await).await
+        self.read(|| async |db| reads::count_jobs(db, &p).await)
+            .await
     }
 
     async fn get_task(&self, p: GetTask) -> Result<TaskRecord, StoreError> {
-        self.read(async |db| reads::get_task(db, &p).await).await
+        self.read(|| async |db| reads::get_task(db, &p).await).await
     }
 
     async fn dead_tasks(&self, p: DeadTasks) -> Result<Vec<TaskRecord>, StoreError> {
-        self.read(async |db| reads::dead_tasks(db, &p).await).await
+        self.read(|| async |db| reads::dead_tasks(db, &p).await)
+            .await
     }
 
     async fn job_events(&self, p: JobEvents) -> Result<Vec<Event>, StoreError> {
-        self.read(async |db| reads::job_events(db, &p).await).await
+        self.read(|| async |db| reads::job_events(db, &p).await)
+            .await
     }
 
     async fn stage_results(&self, p: StageResults) -> Result<Vec<(TaskId, String)>, StoreError> {
-        self.read(async |db| reads::stage_results(db, &p).await)
+        self.read(|| async |db| reads::stage_results(db, &p).await)
             .await
     }
 
@@ -265,43 +389,47 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError> {
-        self.read(async |db| reads::recent_completions(db, &p).await)
+        self.read(|| async |db| reads::recent_completions(db, &p).await)
             .await
     }
 
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError> {
-        self.read(async |db| reads::job_state(db, &p).await).await
+        self.read(|| async |db| reads::job_state(db, &p).await)
+            .await
     }
 
     async fn ready_handlers(&self, p: ReadyHandlers) -> Result<Vec<ReadyHandler>, StoreError> {
-        self.read(async |db| reads::ready_handlers(db, &p).await)
+        self.read(|| async |db| reads::ready_handlers(db, &p).await)
             .await
     }
 
     async fn list_tasks(&self, p: ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
-        self.read(async |db| agent::list_tasks(db, &p).await).await
+        self.read(|| async |db| agent::list_tasks(db, &p).await)
+            .await
     }
 
     async fn task_dependencies(&self, p: GetTask) -> Result<Vec<Dependency>, StoreError> {
-        self.read(async |db| agent::task_dependencies(db, &p).await)
+        self.read(|| async |db| agent::task_dependencies(db, &p).await)
             .await
     }
 
     async fn task_events(&self, p: TaskEvents) -> Result<Vec<Event>, StoreError> {
-        self.read(async |db| agent::task_events(db, &p).await).await
+        self.read(|| async |db| agent::task_events(db, &p).await)
+            .await
     }
 
     async fn queue_depth(&self, p: QueueDepthQuery) -> Result<QueueDepth, StoreError> {
-        self.read(async |db| agent::queue_depth(db, &p).await).await
+        self.read(|| async |db| agent::queue_depth(db, &p).await)
+            .await
     }
 
     async fn state_counts(&self, p: StateCounts) -> Result<StateTotals, StoreError> {
-        self.snapshot(async |db| sample::state_counts(db, &p).await)
+        self.snapshot(|| async |db| sample::state_counts(db, &p).await)
             .await
     }
 
     async fn queue_by_handler(&self, p: QueueDepthQuery) -> Result<Vec<HandlerDepth>, StoreError> {
-        self.read(async |db| agent::queue_by_handler(db, &p).await)
+        self.read(|| async |db| agent::queue_by_handler(db, &p).await)
             .await
     }
 
@@ -320,7 +448,7 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn tenant_for_token(&self, p: TokenLookup) -> Result<Option<TokenRecord>, StoreError> {
-        self.read(async |db| agent::tenant_for_token(db, &p).await)
+        self.read(|| async |db| agent::tenant_for_token(db, &p).await)
             .await
     }
 

@@ -30,7 +30,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 // The pending partial index, walked in id order, is the plan; the stage and
 // job checks are primary-key lookups per candidate. PostgreSQL picks with
 // SKIP LOCKED (never waits on another process) and logs the claims in the
-// same statement; SQLite, one writer at a time, logs them with LOG_CLAIMS.
+// same statement, so its claim is one statement, run without a transaction
+// of its own (`write_statement`); SQLite, one writer at a time, logs them
+// with LOG_CLAIMS.
 const CLAIM: Sql = Sql::each(
     "UPDATE tasks
      SET state = 'running', attempt = attempt + 1, lease_expires_at = $7,
@@ -222,15 +224,17 @@ pub(crate) async fn renew_lease(db: &mut Db<'_>, p: &RenewLease) -> Result<bool,
 // make PostgreSQL join the rows to the batch (a nested loop over the whole
 // array per row, measured at 100× slower at 2,048 completions).
 const HOLD_RUNNING: Sql = Sql::each(
-    "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure
+    "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
+            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id)
      FROM tasks
      WHERE id IN (SELECT value FROM json_each($1)) AND state = 'running'
      ORDER BY id",
-    "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure
+    "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
+            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id)
      FROM tasks
      WHERE id = ANY($1) AND state = 'running'
      ORDER BY id
-     FOR NO KEY UPDATE",
+     FOR NO KEY UPDATE OF tasks",
 );
 
 pub(crate) async fn complete_batch(
@@ -370,17 +374,19 @@ async fn refuse_stale(
 // row is taken by exactly one of them, and a row being completed right now is
 // left to its completion.
 const EXPIRED: Sql = Sql::each(
-    "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure
+    "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
+            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id)
      FROM tasks
      WHERE state = 'running' AND lease_expires_at <= $1
      ORDER BY id
      LIMIT $2",
-    "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure
+    "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
+            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id)
      FROM tasks
      WHERE state = 'running' AND lease_expires_at <= $1
      ORDER BY id
      LIMIT $2
-     FOR NO KEY UPDATE SKIP LOCKED",
+     FOR NO KEY UPDATE OF tasks SKIP LOCKED",
 );
 
 /// Whether any lease has expired: a cheap read before taking the write path.
@@ -434,7 +440,17 @@ async fn record(
         return Ok(HashMap::new());
     }
     let now = fx.now();
-    let stages = load_stages(db, items.iter().map(|(h, _)| h.job)).await?;
+    // Stages are read only for what needs them: spawn targets, and whether
+    // a released dependent's stage is open. A batch of tasks that spawn
+    // nothing and have no dependents (most) skips the statement.
+    let needs_stages = items.iter().any(|(h, r)| {
+        h.has_dependents || matches!(r, TaskResult::Succeeded { spawn, .. } if !spawn.is_empty())
+    });
+    let stages = if needs_stages {
+        load_stages(db, items.iter().map(|(h, _)| h.job)).await?
+    } else {
+        HashMap::new()
+    };
 
     // Decide in Rust, checked against the transition table.
     let decisions = rules::decide_all(items, &stages, now)?;
@@ -461,18 +477,11 @@ async fn record(
     // Stage rows: the completed tasks' stages and every spawn target.
     rules::count_spawns(&decisions, &mut deltas);
     fx.flush_events(db).await?;
-    let keys: Vec<(i64, i32)> = deltas.keys().copied().collect();
-    let locked = advance::lock_stages(db, &keys).await?;
-    insert_children(db, &decisions, &locked, now, fx).await?;
-    advance::apply_deltas(db, &deltas).await?;
-    let drained: Vec<(i64, i32)> = deltas
-        .iter()
-        .filter(|(_, d)| d.done > 0)
-        .map(|(k, _)| *k)
-        .collect();
+    let counted = advance::apply_deltas(db, &deltas).await?;
+    insert_children(db, &decisions, &counted, now, fx).await?;
     // A retried task is not announced: it becomes claimable only after its
     // backoff, and the poll loop finds it then.
-    advance::close_drained(db, &drained, fx).await?;
+    advance::close_drained(db, &advance::drained(&counted), fx).await?;
 
     Ok(decisions
         .into_iter()
@@ -728,7 +737,7 @@ const INSERT_CHILDREN: Sql = Sql::each(
 async fn insert_children(
     db: &mut Db<'_>,
     decisions: &[Decision],
-    locked: &BTreeMap<(i64, i32), StageState>,
+    locked: &BTreeMap<(i64, i32), advance::Counted>,
     now: Millis,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
@@ -747,12 +756,15 @@ async fn insert_children(
     let mut states = Vec::with_capacity(count);
     for d in decisions {
         for (target, child) in &d.spawn {
-            let stage_state = locked.get(&(d.held.job, *target)).copied().ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "stage {target} of job {} vanished while spawning into it",
-                    d.held.job
-                ))
-            })?;
+            let stage_state = locked
+                .get(&(d.held.job, *target))
+                .map(|c| c.state)
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "stage {target} of job {} vanished while spawning into it",
+                        d.held.job
+                    ))
+                })?;
             let state = if stage_state == StageState::Open {
                 // Spawned children are wasm tasks (INSERT_CHILDREN).
                 fx.ready(Executor::Wasm);

@@ -82,11 +82,7 @@ pub(crate) async fn cancel_job(db: &mut Db<'_>, p: &CancelJob) -> Result<JobStat
             Some(CANCELLED_BY_OPERATOR.to_string()),
         );
     }
-    let keys: Vec<(i64, i32)> = deltas.keys().copied().collect();
-    if !keys.is_empty() {
-        advance::lock_stages(db, &keys).await?;
-        advance::apply_deltas(db, &deltas).await?;
-    }
+    advance::apply_deltas(db, &deltas).await?;
 
     let (state,): (String,) = db.fetch_one(db.query(&LOCK_JOB).bind(p.job.0)).await?;
     parse_job_state(&state)?.transition(JobState::Cancelled)?;

@@ -20,15 +20,18 @@ pub(crate) struct Held {
     pub max_attempts: i32,
     /// What this task's death does: its own setting, fixed when it was created.
     pub on_failure: OnFailure,
+    /// Other tasks depend on it (`task_deps` rows are written with their
+    /// task and never change): when none do, its end touches no other task.
+    pub has_dependents: bool,
 }
 
 /// A locked task row as both backends select it: id, tenant, job, stage
-/// position, attempt, max_attempts, on_failure.
-pub(crate) type HeldRow = (i64, String, i64, i32, i32, i32, String);
+/// position, attempt, max_attempts, on_failure, whether tasks depend on it.
+pub(crate) type HeldRow = (i64, String, i64, i32, i32, i32, String, bool);
 
 impl Held {
     pub(crate) fn from_row(row: HeldRow) -> Result<Held, StoreError> {
-        let (id, tenant, job, position, attempt, max_attempts, on_failure) = row;
+        let (id, tenant, job, position, attempt, max_attempts, on_failure, has_dependents) = row;
         Ok(Held {
             id,
             tenant,
@@ -37,6 +40,7 @@ impl Held {
             attempt,
             max_attempts,
             on_failure: parse_on_failure(&on_failure)?,
+            has_dependents,
         })
     }
 }
@@ -243,8 +247,8 @@ pub(crate) fn decide_all(
 
 /// What a batch of decisions does beyond its own rows.
 pub(crate) struct Consequences {
-    /// Tasks whose dependents are released: successes, skips, and deaths
-    /// under `continue` or `release_then_fail`.
+    /// Tasks with dependents that release them: successes, skips, and
+    /// deaths under `continue` or `release_then_fail`.
     pub released: Vec<i64>,
     /// Deaths under `fail_job`: their transitive dependents are cancelled.
     pub doomed_roots: Vec<i64>,
@@ -258,6 +262,7 @@ pub(crate) fn consequences(decisions: &[Decision]) -> Consequences {
     let mut deltas: BTreeMap<(i64, i32), StageDelta> = BTreeMap::new();
     for d in decisions {
         match d.to {
+            _ if !d.held.has_dependents => {}
             TaskState::Succeeded | TaskState::Skipped => released.push(d.held.id),
             TaskState::Dead if d.held.on_failure.releases_dependents() => released.push(d.held.id),
             TaskState::Dead => doomed_roots.push(d.held.id),

@@ -6,7 +6,11 @@
 //!
 //! - **Durability.** WAL with `synchronous = FULL`: a commit is on disk before
 //!   it returns, so a crash at any point loses nothing committed. Foreign keys
-//!   on, a busy timeout for other processes on the same file.
+//!   on, a busy timeout for other processes on the same file. Claims alone
+//!   commit at `synchronous = NORMAL` ([`Durability::NextCommit`]): the next
+//!   synced commit's sync of the log carries them, and a crash of the machine
+//!   before it leaves their tasks pending as if never claimed — one sync per
+//!   claim/complete cycle instead of two.
 //! - **One writer.** Every write transaction runs on a single connection with
 //!   `BEGIN IMMEDIATE`, so writers in this process queue instead of failing
 //!   with "database is locked", and a second process waits on the busy
@@ -19,15 +23,15 @@
 //!   the statements' SQLite texts are beside their PostgreSQL ones.
 
 use super::StoreError;
-use super::backend::{Backend, SqlStore};
+use super::backend::{Backend, Durability, SqlStore};
 use super::sql::{Conn, Tx};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions as _, Connection as _};
+use sqlx::{ConnectOptions as _, Connection as _, SqlSafeStr as _};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Settings for [`SqliteStore::open`].
@@ -67,6 +71,9 @@ pub struct SqliteBackend {
     /// Writer connections closed because a failed commit left them inside
     /// a transaction.
     replaced_writers: Arc<AtomicU64>,
+    /// The writer may be at `synchronous = NORMAL` (it ran a
+    /// [`Durability::NextCommit`] write last).
+    unsynced: Arc<AtomicBool>,
 }
 
 impl SqlStore<SqliteBackend> {
@@ -100,6 +107,7 @@ impl SqlStore<SqliteBackend> {
                 path,
                 read_only: true,
                 replaced_writers,
+                unsynced: Arc::new(AtomicBool::new(false)),
             })
             .await;
         }
@@ -119,8 +127,13 @@ impl SqlStore<SqliteBackend> {
             .after_release(move |conn, _| {
                 let replaced = replaced.clone();
                 Box::pin(async move {
-                    // The ping runs after any rollback a dropped transaction
-                    // queued, so the depth read next is final.
+                    // A committed or rolled-back write leaves the depth at
+                    // zero: no round trip to the connection's thread. A
+                    // dropped transaction may only have queued its rollback:
+                    // the ping runs after it, so the depth read next is final.
+                    if !conn.is_in_transaction() {
+                        return Ok(true);
+                    }
                     conn.ping().await?;
                     if !conn.is_in_transaction() {
                         return Ok(true);
@@ -160,6 +173,7 @@ impl SqlStore<SqliteBackend> {
             path,
             read_only: false,
             replaced_writers,
+            unsynced: Arc::new(AtomicBool::new(false)),
         })
         .await
     }
@@ -176,18 +190,43 @@ impl SqlStore<SqliteBackend> {
     }
 }
 
+// What a commit waits for, set on the writer between transactions (SQLite
+// refuses to change it inside one).
+const SYNC_EACH_COMMIT: &str = "PRAGMA synchronous = FULL";
+const SYNC_WITH_NEXT: &str = "PRAGMA synchronous = NORMAL";
+
 impl SqliteBackend {
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    async fn begin(
+        &self,
+        durability: Durability,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly(format!(
                 "the database {} cannot be written by this process (no write permission, or a read-only file system); commands that only read it work",
                 self.path
             )));
         }
+        let mut conn = self.writer.acquire().await?;
+        // The flag is read and changed only while the one writer connection
+        // is held. It is raised before the writer stops syncing and lowered
+        // only once it syncs again, so a `Commit` write never runs unsynced
+        // (a new writer connection starts synced: then one extra PRAGMA).
+        let unsynced = self.unsynced.load(Ordering::Relaxed);
+        match durability {
+            Durability::Commit if unsynced => {
+                sqlx::query(SYNC_EACH_COMMIT).execute(&mut *conn).await?;
+                self.unsynced.store(false, Ordering::Relaxed);
+            }
+            Durability::NextCommit if !unsynced => {
+                self.unsynced.store(true, Ordering::Relaxed);
+                sqlx::query(SYNC_WITH_NEXT).execute(&mut *conn).await?;
+            }
+            _ => {}
+        }
         // IMMEDIATE takes the write lock up front: a deferred transaction that
         // reads first and writes later can fail with SQLITE_BUSY without ever
         // consulting the busy timeout.
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(sqlx::Transaction::begin(conn, Some("BEGIN IMMEDIATE".into_sql_str())).await?)
     }
 
     /// True when every lockstep migration is applied with its checksum.
@@ -404,8 +443,8 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    async fn begin_write(&self) -> Result<Tx, StoreError> {
-        Ok(Tx::Sqlite(self.begin().await?))
+    async fn begin_write(&self, durability: Durability) -> Result<Tx, StoreError> {
+        Ok(Tx::Sqlite(self.begin(durability).await?))
     }
 
     async fn begin_snapshot(&self) -> Result<Tx, StoreError> {

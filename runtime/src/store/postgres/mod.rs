@@ -26,14 +26,21 @@
 //!   ([`Store::ready_signal`](super::Store::ready_signal)) and reconnects with backoff. Polling stays the
 //!   fallback for lost notifications.
 //! - **Connection loss** surfaces as [`StoreError::Database`]; every state
-//!   change is one transaction, so an interrupted one leaves nothing behind,
-//!   and the pool tests connections before handing them out, so the next call
-//!   gets a live one.
+//!   change is one transaction, so an interrupted one leaves nothing behind.
+//!   The pool hands connections out untested (a test is a round trip per
+//!   call): a call that finds its connection dead before its work began
+//!   (SQLSTATE class 57P, or the socket gone) runs again on another one, at
+//!   most once per pooled connection.
+//! - **Plans.** Every connection plans each statement with its parameters
+//!   (`plan_cache_mode = force_custom_plan`): a generic plan cached while the
+//!   tables were empty (an idle `serve` polling) would scan `tasks`
+//!   sequentially on every claim once they are not.
+//! - **Claims** are one statement and run without `BEGIN`/`COMMIT`.
 
 mod listen;
 
 use super::StoreError;
-use super::backend::{Backend, SqlStore};
+use super::backend::{Backend, Durability, SqlStore};
 use super::sql::{Conn, Tx};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
@@ -74,6 +81,7 @@ pub type PgStore = SqlStore<PgBackend>;
 /// The PostgreSQL database behind a [`PgStore`].
 pub struct PgBackend {
     pool: PgPool,
+    max_connections: u32,
     url: String,
     deadlock_retries: AtomicU64,
     listener: OnceLock<listen::ReadyListener>,
@@ -100,7 +108,9 @@ impl SqlStore<PgBackend> {
         let connect = PgConnectOptions::from_str(url)?
             // Large submits are single statements by design; sqlx would
             // print their whole SQL as a warning.
-            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1))
+            // Sent with the startup packet: no round trip of its own.
+            .options([("plan_cache_mode", "force_custom_plan")]);
         // One plain connection first: the pool retries a refused connection
         // until its acquire timeout and then reports only "pool timed out";
         // a single attempt fails at once and says why, naming the server.
@@ -130,11 +140,13 @@ impl SqlStore<PgBackend> {
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             // A connection killed by a restart or `pg_terminate_backend` is
-            // noticed here and replaced instead of failing the next call.
-            .test_before_acquire(true)
+            // found by the call that uses it (`connection_lost`), not by a
+            // round trip before every call.
+            .test_before_acquire(false)
             .connect_with(connect)
             .await?;
         SqlStore::with_backend(PgBackend {
+            max_connections: options.max_connections,
             pool,
             url: url.to_string(),
             deadlock_retries: AtomicU64::new(0),
@@ -179,6 +191,18 @@ fn is_lock_conflict(error: &StoreError) -> bool {
     }
 }
 
+/// The server closed the connection (SQLSTATE class 57P: terminated by an
+/// administrator, a shutdown, a crash) or the socket is gone.
+fn is_connection_lost(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(sqlx::Error::Io(_)) => true,
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            db.code().is_some_and(|code| code.starts_with("57P"))
+        }
+        _ => false,
+    }
+}
+
 #[async_trait::async_trait]
 impl Backend for PgBackend {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -190,7 +214,10 @@ impl Backend for PgBackend {
         Ok(())
     }
 
-    async fn begin_write(&self) -> Result<Tx, StoreError> {
+    // Every commit waits for the disk, claims too: workers outlive a crash
+    // of the server, and a claim lost to it would let the same attempt
+    // number be claimed again while the first run still holds it.
+    async fn begin_write(&self, _: Durability) -> Result<Tx, StoreError> {
         Ok(Tx::Postgres(self.pool.begin().await?))
     }
 
@@ -204,6 +231,20 @@ impl Backend for PgBackend {
 
     async fn read(&self) -> Result<Conn, StoreError> {
         Ok(Conn::Postgres(self.pool.acquire().await?))
+    }
+
+    async fn autocommit_write(&self) -> Result<Option<Conn>, StoreError> {
+        Ok(Some(Conn::Postgres(self.pool.acquire().await?)))
+    }
+
+    fn connection_lost(&self, error: &StoreError, lost: u32) -> bool {
+        // Each dead connection is closed when it goes back to the pool, so
+        // after one per pooled connection the next is a new one.
+        if lost > self.max_connections || !is_connection_lost(error) {
+            return false;
+        }
+        tracing::debug!(%error, "a pooled PostgreSQL connection was closed by the server; using another");
+        true
     }
 
     fn retry_delay(
