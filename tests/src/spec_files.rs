@@ -5,8 +5,9 @@
 
 use lockstep::model::{Executor, OnFailure, SubmitJob, TenantId};
 use lockstep::spec::{
-    Format, HandlerCatalog, JobSpec, Limits, SchemaCatalog, SpecError, StageSpec, TaskSpec,
-    job_spec_json_schema, load_job_file, parse_job_file, parse_job_str, parse_job_value, validate,
+    Format, HandlerCatalog, JobSpec, Limits, SchemaCatalog, SpecError, StageSpec, TaskInput,
+    TaskSpec, job_spec_json_schema, load_job_file, parse_job_file, parse_job_str, parse_job_value,
+    validate, validate_owned,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -496,7 +497,7 @@ fn control_characters_in_names_and_nul_in_free_text_are_refused() {
     let fine = one_task_job(|j| {
         let mut task = agent_task("t");
         task.instructions = Some("step 1\n\tstep 2".into());
-        task.input = json!({ "text": "a\u{0}b" });
+        task.input = TaskInput::new(&json!({ "text": "a\u{0}b" }));
         j.stages[0].tasks = vec![task];
     });
     let job = check(&fine).expect("free text with newlines is accepted");
@@ -574,6 +575,47 @@ fn input_just_over_the_limit_is_reported_in_bytes() {
         error_text(check(&spec)),
         "/stages/0/tasks/0/input: input is 1048577 bytes, larger than the 1048576-byte limit (raise it with --max-input-bytes)"
     );
+}
+
+#[test]
+fn consuming_validation_makes_the_same_job_as_borrowing_validation() {
+    // More tasks than validate_owned turns into rows between two hand-backs
+    // of the spec's memory (65,536), with keys, dependencies, agent tasks and
+    // settings of their own, in two stages: order and every default compared.
+    let mut work: Vec<TaskSpec> = (0..70_000)
+        .map(|i| {
+            let mut task = TaskSpec::wasm("example:fanout", json!({ "count": i % 7 }));
+            if i % 1000 == 0 {
+                task.key = Some(format!("k{i}"));
+            }
+            if i % 1000 == 1 {
+                task.depends_on = vec![format!("k{}", i - 1)];
+                task.max_attempts = Some(9);
+            }
+            task
+        })
+        .collect();
+    work.push(agent_task("review"));
+    let mut specialist = agent_task("deploy");
+    specialist.specialist = Some("ops".into());
+    work.push(specialist);
+    let mut then = stage("then", vec![TaskSpec::wasm("example:noop", json!({}))]);
+    then.max_attempts = Some(2);
+    let limits = Limits {
+        max_tasks_per_job: 100_000,
+        ..Limits::default()
+    };
+    let spec = JobSpec {
+        name: "same".into(),
+        idempotency_key: None,
+        stages: vec![stage("work", work), then],
+    };
+    let borrowed = validate(&spec, &catalog(), &limits, tenant(), NOW).expect("valid");
+    let owned = validate_owned(spec, &catalog(), &limits, tenant(), NOW).expect("valid");
+    assert_eq!(owned.stages[0].tasks.len(), 70_002);
+    assert_eq!(owned.stages[0].tasks[1].depends_on, vec!["k0".to_string()]);
+    assert_eq!(owned.stages[0].tasks[70_001].handler, "ops");
+    assert_eq!(format!("{owned:?}"), format!("{borrowed:?}"));
 }
 
 #[test]

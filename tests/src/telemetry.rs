@@ -236,6 +236,7 @@ async fn metrics_match_the_database_and_json_logs_carry_ids_after_a_real_job() {
         "lockstep_mcp_requests_total",
         "lockstep_mcp_request_duration_seconds",
         "lockstep_oldest_ready_task_age_seconds",
+        "lockstep_database_sampled_timestamp_seconds",
     ] {
         assert!(
             text.contains(&format!("# HELP {name} ")) && text.contains(&format!("# TYPE {name} ")),
@@ -329,7 +330,15 @@ async fn metrics_match_the_database_and_json_logs_carry_ids_after_a_real_job() {
         0.0
     );
 
-    // The sampled gauges are the database's states.
+    // The sampled gauges are the database's states: the first scrape that
+    // passed the token check started the sampler, after the job had ended
+    // (the refused scrapes above read nothing).
+    let sampled_at = value(&samples, "lockstep_database_sampled_timestamp_seconds", &[]);
+    let finished = done.job.finished_at.expect("the job's end time") as f64 / 1000.0;
+    assert!(
+        sampled_at >= finished,
+        "sampled at {sampled_at}, before the job finished at {finished}"
+    );
     let progress = engine.progress(&tenant, job).await.expect("progress");
     for state in TaskState::ALL {
         let n = progress

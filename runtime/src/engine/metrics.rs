@@ -13,8 +13,8 @@
 //! `agent`, `command` for tasks no plugin runs), an outcome, a state, a
 //! failure kind, a built-in or handler tool (`unknown` for any other name).
 //! Gauges sampled from the database (`lockstep_tasks`, `lockstep_jobs`,
-//! `lockstep_oldest_ready_task_age_seconds`) are the same for every process
-//! on one database.
+//! `lockstep_oldest_ready_task_age_seconds`, and the time of that sample)
+//! are the same for every process on one database.
 
 use super::{Engine, EngineError, now_millis};
 use crate::model::{Executor, JobId, TaskState};
@@ -34,6 +34,8 @@ pub const TASKS: &str = "lockstep_tasks";
 pub const JOBS: &str = "lockstep_jobs";
 /// How long the oldest ready, unclaimed task has waited, per executor.
 pub const OLDEST_READY: &str = "lockstep_oldest_ready_task_age_seconds";
+/// When the gauges above were last read from the database (Unix seconds).
+pub const SAMPLED_AT: &str = "lockstep_database_sampled_timestamp_seconds";
 /// Expired leases this process returned to `pending` (or `dead`).
 pub const LEASE_RESCUED: &str = "lockstep_lease_rescued_total";
 /// Completions this process sent that fencing refused (stale attempts).
@@ -48,7 +50,7 @@ pub const MCP_REQUESTS: &str = "lockstep_mcp_requests_total";
 pub const MCP_DURATION: &str = "lockstep_mcp_request_duration_seconds";
 
 /// Every series name with its type and help text (the `# HELP` lines).
-pub const SERIES: [(&str, Kind, &str); 12] = [
+pub const SERIES: [(&str, Kind, &str); 13] = [
     (
         TASKS_TOTAL,
         Kind::Counter,
@@ -67,17 +69,22 @@ pub const SERIES: [(&str, Kind, &str); 12] = [
     (
         TASKS,
         Kind::Gauge,
-        "Tasks of every tenant by state, read from the database at scrape time.",
+        "Tasks of every tenant by state, as last sampled from the database.",
     ),
     (
         JOBS,
         Kind::Gauge,
-        "Jobs of every tenant by state, read from the database at scrape time.",
+        "Jobs of every tenant by state, as last sampled from the database.",
     ),
     (
         OLDEST_READY,
         Kind::Gauge,
-        "Seconds the oldest ready, unclaimed task has waited, by executor (0 when none waits); read from the database.",
+        "Seconds the oldest ready, unclaimed task had waited, by executor (0 when none waits), as last sampled from the database.",
+    ),
+    (
+        SAMPLED_AT,
+        Kind::Gauge,
+        "Unix time at which lockstep_tasks, lockstep_jobs and lockstep_oldest_ready_task_age_seconds were last sampled from the database.",
     ),
     (
         LEASE_RESCUED,
@@ -270,8 +277,8 @@ pub fn mcp_call(tool: &str, outcome: &'static str, took: Duration) {
 
 impl Engine {
     /// Read the database's counts into the sampled gauges (and the store's
-    /// retried transactions into its counter): what a scrape does before it
-    /// renders. One read snapshot.
+    /// retried transactions into its counter): what `telemetry::Sampler`
+    /// does on its timer. One read snapshot.
     pub async fn sample_metrics(&self) -> Result<(), EngineError> {
         let now = now_millis();
         let totals = self.store().state_counts(StateCounts { now }).await?;
@@ -291,6 +298,7 @@ impl Engine {
                 });
             ::metrics::gauge!(OLDEST_READY, "executor" => executor.as_str()).set(age);
         }
+        ::metrics::gauge!(SAMPLED_AT).set(now as f64 / 1000.0);
         ::metrics::counter!(STORE_RETRIES, "kind" => "transaction")
             .absolute(self.store().counters().retried_transactions);
         Ok(())

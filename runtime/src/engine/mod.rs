@@ -205,8 +205,9 @@ impl Engine {
     /// Validate and insert a job. Nothing is written unless every check passes.
     pub async fn submit(&self, tenant: &TenantId, job: JobSpec) -> Result<Submitted, EngineError> {
         let plugins = self.plugins();
-        let new_job = spec::validate(
-            &job,
+        // Consumed: a large job is not held twice (spec and rows to insert).
+        let new_job = spec::validate_owned(
+            job,
             plugins.as_ref(),
             &self.config.limits,
             tenant.clone(),

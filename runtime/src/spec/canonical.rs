@@ -8,7 +8,7 @@
 //! relying on `serde_json::Map`'s order, which changes to insertion order
 //! when any crate in the build enables serde_json's `preserve_order`.
 
-use super::model::JobSpec;
+use super::model::{JobSpec, StageSpec};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -57,7 +57,9 @@ fn write_string(text: &str, out: &mut String) {
 
 /// The canonical JSON of a whole spec (as stored in `SubmitJob::spec_json`).
 pub fn canonical_spec_json(spec: &JobSpec) -> Result<String, serde_json::Error> {
-    Ok(canonical_json(&serde_json::to_value(spec)?))
+    let mut out = String::new();
+    write_spec(spec, true, &mut |text| out.push_str(text))?;
+    Ok(out)
 }
 
 /// The default idempotency key: lowercase hex SHA-256 of the canonical JSON
@@ -69,11 +71,103 @@ pub fn canonical_spec_json(spec: &JobSpec) -> Result<String, serde_json::Error> 
 /// as the same submission, while any change to what the job does (a name,
 /// an input value, a dependency) gives a different key.
 pub fn default_idempotency_key(spec: &JobSpec) -> Result<String, serde_json::Error> {
-    let mut value = serde_json::to_value(spec)?;
-    if let Value::Object(map) = &mut value {
-        map.remove("idempotency_key");
+    let mut hash = Sha256::new();
+    write_spec(spec, false, &mut |text| hash.update(text.as_bytes()))?;
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// Write the canonical JSON of `spec` (without its `idempotency_key` unless
+/// `with_key`) to `out`, a task at a time: the text is what
+/// [`canonical_json`] of the whole spec's JSON value would be, but neither
+/// that value nor (when `out` does not keep it) the text is ever whole in
+/// memory, which for a job of a million tasks would be gigabytes.
+fn write_spec(
+    spec: &JobSpec,
+    with_key: bool,
+    out: &mut dyn FnMut(&str),
+) -> Result<(), serde_json::Error> {
+    // The spec's own fields, with its stages written below one at a time.
+    let head = JobSpec {
+        name: spec.name.clone(),
+        idempotency_key: if with_key {
+            spec.idempotency_key.clone()
+        } else {
+            None
+        },
+        stages: Vec::new(),
+    };
+    write_object(serde_json::to_value(&head)?, "stages", out, &mut |out| {
+        write_array(&spec.stages, out, &mut |stage, out| {
+            let head = StageSpec {
+                name: stage.name.clone(),
+                tasks: Vec::new(),
+                on_failure: stage.on_failure,
+                max_attempts: stage.max_attempts,
+                timeout: stage.timeout,
+                executor: stage.executor,
+            };
+            write_object(serde_json::to_value(&head)?, "tasks", out, &mut |out| {
+                write_array(&stage.tasks, out, &mut |task, out| {
+                    out(&canonical_json(&serde_json::to_value(task)?));
+                    Ok(())
+                })
+            })
+        })
+    })
+}
+
+/// Where canonical text goes, a piece at a time.
+type Sink<'a> = dyn FnMut(&str) + 'a;
+/// Writes one part of the canonical text to a sink.
+type WriteInto<'a> = dyn FnMut(&mut Sink<'_>) -> Result<(), serde_json::Error> + 'a;
+/// Writes one item of an array to a sink.
+type WriteItem<'a, T> = dyn FnMut(&T, &mut Sink<'_>) -> Result<(), serde_json::Error> + 'a;
+
+/// `value` (an object) in canonical form, its member `lazy` written by
+/// `write_lazy` in its place among the sorted keys.
+fn write_object(
+    value: Value,
+    lazy: &str,
+    out: &mut dyn FnMut(&str),
+    write_lazy: &mut WriteInto<'_>,
+) -> Result<(), serde_json::Error> {
+    let Value::Object(map) = value else {
+        out(&canonical_json(&value));
+        return Ok(());
+    };
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out("{");
+    for (i, (key, item)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out(",");
+        }
+        let mut text = String::new();
+        write_string(key, &mut text);
+        text.push(':');
+        out(&text);
+        if key == lazy {
+            write_lazy(out)?;
+        } else {
+            out(&canonical_json(item));
+        }
     }
-    Ok(hex::encode(Sha256::digest(
-        canonical_json(&value).as_bytes(),
-    )))
+    out("}");
+    Ok(())
+}
+
+fn write_array<T>(
+    items: &[T],
+    out: &mut dyn FnMut(&str),
+    write_item: &mut WriteItem<'_, T>,
+) -> Result<(), serde_json::Error> {
+    out("[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out(",");
+        }
+        write_item(item, out)?;
+    }
+    out("]");
+    Ok(())
 }

@@ -30,10 +30,11 @@ mod validate;
 pub use canonical::{canonical_json, canonical_spec_json, default_idempotency_key};
 pub use catalog::{HandlerCatalog, InvalidSchema, SchemaCatalog};
 pub use field::FieldError;
-pub use model::{JobSpec, MAX_TIMEOUT_MS, StageSpec, TaskSpec, Timeout};
+pub use model::{JobSpec, MAX_TIMEOUT_MS, StageSpec, TaskInput, TaskSpec, Timeout};
 pub use parse::{Format, parse_job_file, parse_job_str, parse_job_value};
 pub use validate::{
     AGENT_HANDLER, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_MS, load_job_file, validate,
+    validate_owned,
 };
 
 use crate::limits::show_bytes;

@@ -122,7 +122,7 @@ pub fn plan_job(plan: &Plan) -> Result<PlanJob, FieldError> {
         .zip(&depends_on)
         .map(|((s, key), deps)| TaskSpec {
             handler: None,
-            input: serde_json::json!({}),
+            input: super::TaskInput::empty_object(),
             key: Some(key.clone()),
             depends_on: deps.clone(),
             max_attempts: s.max_attempts,

@@ -16,7 +16,7 @@
 
 use super::canonical::{canonical_json, canonical_spec_json, default_idempotency_key};
 use super::catalog::HandlerCatalog;
-use super::model::{JobSpec, TaskSpec};
+use super::model::{JobSpec, StageSpec, TaskSpec};
 use super::parse::parse_job_file;
 use super::{Limits, SpecError, sizes_for_comparison};
 use crate::limits;
@@ -47,7 +47,7 @@ pub fn load_job_file(
     now: Millis,
 ) -> Result<SubmitJob, SpecError> {
     let spec = parse_job_file(path, limits)?;
-    validate(&spec, catalog, limits, tenant, now).map_err(|e| SpecError::InFile {
+    validate_owned(spec, catalog, limits, tenant, now).map_err(|e| SpecError::InFile {
         path: path.display().to_string(),
         source: Box::new(e),
     })
@@ -62,6 +62,85 @@ pub fn validate(
     tenant: TenantId,
     now: Millis,
 ) -> Result<SubmitJob, SpecError> {
+    check(spec, catalog, limits)?;
+    let (idempotency_key, spec_json) = identity(spec)?;
+    let mut stages = Vec::with_capacity(spec.stages.len());
+    for (s, stage) in spec.stages.iter().enumerate() {
+        let mut tasks = Vec::with_capacity(stage.tasks.len());
+        for (t, task) in stage.tasks.iter().enumerate() {
+            tasks.push(new_task(stage, task.clone(), s, t)?);
+        }
+        stages.push(new_stage(stage, tasks));
+    }
+    Ok(SubmitJob {
+        tenant,
+        name: spec.name.clone(),
+        idempotency_key,
+        spec_json,
+        stages,
+        now,
+    })
+}
+
+/// Tasks turned into the job to insert between two hand-backs of the
+/// spec's memory in [`validate_owned`].
+const TASKS_BETWEEN_RELEASES: usize = 1 << 16;
+
+/// [`validate`], consuming the spec: each task's texts move into the job to
+/// insert, and the spec's list of tasks gives its memory back as it
+/// shrinks, so a job of a million tasks is never held twice.
+pub fn validate_owned(
+    mut spec: JobSpec,
+    catalog: &dyn HandlerCatalog,
+    limits: &Limits,
+    tenant: TenantId,
+    now: Millis,
+) -> Result<SubmitJob, SpecError> {
+    check(&spec, catalog, limits)?;
+    let (idempotency_key, spec_json) = identity(&spec)?;
+    let mut stages = Vec::with_capacity(spec.stages.len());
+    for (s, stage) in spec.stages.iter_mut().enumerate() {
+        let mut specs = std::mem::take(&mut stage.tasks);
+        let mut tasks = Vec::with_capacity(specs.len());
+        // From the last task back, so the list can shrink from its end (a
+        // large list is its own mapping: shrinking it unmaps its tail).
+        while let Some(task) = specs.pop() {
+            tasks.push(new_task(stage, task, s, specs.len())?);
+            if specs.len() % TASKS_BETWEEN_RELEASES == 0 {
+                specs.shrink_to_fit();
+            }
+        }
+        tasks.reverse();
+        stages.push(new_stage(stage, tasks));
+    }
+    Ok(SubmitJob {
+        tenant,
+        name: std::mem::take(&mut spec.name),
+        idempotency_key,
+        spec_json,
+        stages,
+        now,
+    })
+}
+
+/// The idempotency key (the spec's, else its hash) and the canonical spec.
+fn identity(spec: &JobSpec) -> Result<(String, String), SpecError> {
+    let unserializable = |e: serde_json::Error| {
+        SpecError::invalid("", format!("the spec cannot be written as JSON: {e}"))
+    };
+    let idempotency_key = match &spec.idempotency_key {
+        Some(key) => key.clone(),
+        None => default_idempotency_key(spec).map_err(unserializable)?,
+    };
+    Ok((
+        idempotency_key,
+        canonical_spec_json(spec).map_err(unserializable)?,
+    ))
+}
+
+/// Every rule, job-wide ones first, then each task in file order, so the
+/// error is the same one every time.
+fn check(spec: &JobSpec, catalog: &dyn HandlerCatalog, limits: &Limits) -> Result<(), SpecError> {
     check_name("/name", "job name", &spec.name, limits::MAX_JOB_NAME_BYTES)?;
     if let Some(key) = &spec.idempotency_key {
         if key.trim().is_empty() {
@@ -98,11 +177,9 @@ pub fn validate(
     let registered: BTreeSet<String> = catalog.names().into_iter().collect();
     let keys = collect_keys(spec)?;
 
-    let mut stages = Vec::with_capacity(spec.stages.len());
     for (s, stage) in spec.stages.iter().enumerate() {
         let stage_pointer = format!("/stages/{s}");
         check_max_attempts(stage.max_attempts, &format!("{stage_pointer}/max_attempts"))?;
-        let mut tasks = Vec::with_capacity(stage.tasks.len());
         for (t, task) in stage.tasks.iter().enumerate() {
             let pointer = format!("{stage_pointer}/tasks/{t}");
             let executor = task.executor.or(stage.executor).unwrap_or_default();
@@ -116,78 +193,86 @@ pub fn validate(
                     ));
                 }
             };
-            let input_json = task.input.to_string();
-            check_input_size(&input_json, &pointer, limits)?;
-            limits::check_json_depth(&input_json, limits::MAX_JSON_DEPTH).map_err(|e| {
+            let input_json = task.input.as_json();
+            check_input_size(input_json, &pointer, limits)?;
+            limits::check_json_depth(input_json, limits::MAX_JSON_DEPTH).map_err(|e| {
                 SpecError::invalid(format!("{pointer}/input"), format!("input {e}"))
             })?;
             if executor == Executor::Wasm {
-                catalog
-                    .validate_input(&handler, &task.input)
-                    .map_err(|reason| {
-                        SpecError::invalid(
-                            format!("{pointer}/input"),
-                            format!(
-                                "input does not match the schema of handler {}: {reason}",
-                                quoted(&handler)
-                            ),
-                        )
-                    })?;
+                // Parsed for the schema check only, then dropped: the spec
+                // holds inputs as text (see `TaskInput`).
+                let input = task.input.to_value().map_err(|e| {
+                    SpecError::invalid(format!("{pointer}/input"), format!("input {e}"))
+                })?;
+                catalog.validate_input(&handler, &input).map_err(|reason| {
+                    SpecError::invalid(
+                        format!("{pointer}/input"),
+                        format!(
+                            "input does not match the schema of handler {}: {reason}",
+                            quoted(&handler)
+                        ),
+                    )
+                })?;
             }
             check_max_attempts(task.max_attempts, &format!("{pointer}/max_attempts"))?;
             check_dependencies(task, s, &pointer, spec, &keys)?;
-            let max_attempts = task
-                .max_attempts
-                .or(stage.max_attempts)
-                .unwrap_or(DEFAULT_MAX_ATTEMPTS);
-            let timeout_ms = task
-                .timeout
-                .or(stage.timeout)
-                .map_or(DEFAULT_TIMEOUT_MS, |t| t.as_millis());
-            tasks.push(NewTask {
-                handler,
-                executor,
-                key: task.key.clone(),
-                depends_on: task.depends_on.clone(),
-                input_json,
-                // Both bounded by their checks above (max_attempts <= i32::MAX,
-                // timeout <= MAX_TIMEOUT_MS), so the conversions cannot saturate.
-                max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
-                timeout_ms: i64::try_from(timeout_ms).unwrap_or(i64::MAX),
-                on_failure: task.on_failure.or(stage.on_failure).unwrap_or_default(),
-                agent_json: (executor == Executor::Agent).then(|| agent_json(task)),
-            });
         }
         check_cycles(&stage.tasks, &stage_pointer)?;
-        stages.push(NewStage {
-            name: stage.name.clone(),
-            on_failure: stage.on_failure.unwrap_or_default(),
-            // Bounded by the same checks as a task's (see above).
-            max_attempts: stage
-                .max_attempts
-                .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
-            timeout_ms: stage
-                .timeout
-                .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
-            tasks,
-        });
     }
+    Ok(())
+}
 
-    let unserializable = |e: serde_json::Error| {
-        SpecError::invalid("", format!("the spec cannot be written as JSON: {e}"))
+/// The task to insert, every default filled in, from a task [`check`]
+/// passed (task `t` of stage `s`).
+fn new_task(stage: &StageSpec, task: TaskSpec, s: usize, t: usize) -> Result<NewTask, SpecError> {
+    let executor = task.executor.or(stage.executor).unwrap_or_default();
+    let agent_json = (executor == Executor::Agent).then(|| agent_json(&task));
+    let handler = match (executor, task.handler) {
+        (Executor::Agent, _) => task.specialist.unwrap_or_else(|| AGENT_HANDLER.to_string()),
+        (_, Some(handler)) => handler,
+        (_, None) => {
+            return Err(SpecError::invalid(
+                format!("/stages/{s}/tasks/{t}"),
+                "task has no handler",
+            ));
+        }
     };
-    let idempotency_key = match &spec.idempotency_key {
-        Some(key) => key.clone(),
-        None => default_idempotency_key(spec).map_err(unserializable)?,
-    };
-    Ok(SubmitJob {
-        tenant,
-        name: spec.name.clone(),
-        idempotency_key,
-        spec_json: canonical_spec_json(spec).map_err(unserializable)?,
-        stages,
-        now,
+    let max_attempts = task
+        .max_attempts
+        .or(stage.max_attempts)
+        .unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    let timeout_ms = task
+        .timeout
+        .or(stage.timeout)
+        .map_or(DEFAULT_TIMEOUT_MS, |t| t.as_millis());
+    Ok(NewTask {
+        handler,
+        executor,
+        key: task.key,
+        depends_on: task.depends_on,
+        input_json: task.input.into_json(),
+        // Both bounded by their checks (max_attempts <= i32::MAX, timeout <=
+        // MAX_TIMEOUT_MS), so the conversions cannot saturate.
+        max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
+        timeout_ms: i64::try_from(timeout_ms).unwrap_or(i64::MAX),
+        on_failure: task.on_failure.or(stage.on_failure).unwrap_or_default(),
+        agent_json,
     })
+}
+
+fn new_stage(stage: &StageSpec, tasks: Vec<NewTask>) -> NewStage {
+    NewStage {
+        name: stage.name.clone(),
+        on_failure: stage.on_failure.unwrap_or_default(),
+        // Bounded by the same checks as a task's (see above).
+        max_attempts: stage
+            .max_attempts
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+        timeout_ms: stage
+            .timeout
+            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
+        tasks,
+    }
 }
 
 fn check_stage_names(spec: &JobSpec) -> Result<(), SpecError> {

@@ -4,8 +4,12 @@
 //! The engine records what this process does through the `metrics` facade
 //! (`engine::metrics`); [`Exporter::install`] makes this process's recorder
 //! (`metrics-exporter-prometheus`, without its HTTP server) and [`router`]
-//! serves it: each scrape first samples the database's counts
-//! ([`Engine::sample_metrics`]), then renders the text format.
+//! serves it. The database's counts ([`Engine::sample_metrics`]: every
+//! tenant's tasks and jobs by state) are read by a [`Sampler`] on its own
+//! timer, started by the first scrape, not by every scrape: counting a
+//! million tasks takes a second, and a scrape that waited for it would time
+//! out; a scrape renders the last sample, whose time
+//! `lockstep_database_sampled_timestamp_seconds` gives.
 //!
 //! **Invariant:** `/metrics` answers only `GET`; with `--metrics-token`
 //! a request without that bearer token gets 401 and nothing is read.
@@ -20,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Where Prometheus scrapes a `serve --http` process.
 pub const METRICS_PATH: &str = "/metrics";
@@ -84,22 +89,88 @@ impl Exporter {
         Ok(EXPORTER.get_or_init(|| exporter).clone())
     }
 
-    /// Sample the database's counts, then render every series in the
-    /// Prometheus text format.
-    pub async fn render(&self, engine: &Engine) -> Result<String, crate::engine::EngineError> {
-        engine.sample_metrics().await?;
+    /// Every series in the Prometheus text format, the database's counts as
+    /// `sampler` last read them (after its first sample); the latest
+    /// sample's error if it failed.
+    pub async fn render(&self, sampler: &Sampler) -> Result<String, String> {
+        sampler.latest().await?;
         Ok(self.handle.render())
     }
+}
 
-    /// The text format of this process's series as last sampled, without
-    /// reading the database (what `bench metrics` times apart).
-    pub fn render_only(&self) -> String {
-        self.handle.render()
+/// The shortest pause between two samples of the database's counts.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// A sample that took `t` is followed by a pause of at least this many times
+/// `t`: on a database so large that counting is slow, sampling keeps to a
+/// tenth of one connection's time.
+const SAMPLE_SPACING: u32 = 10;
+
+/// Reads the database's counts into the gauges every [`SAMPLE_EVERY`] (or
+/// [`SAMPLE_SPACING`] times the last sample's duration, if longer), from
+/// [`Sampler::start`] until it is dropped.
+pub struct Sampler {
+    /// `None` until the first sample ends; then whether the latest failed.
+    latest: watch::Receiver<Option<Result<(), String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    /// Take the first sample now and the next ones on the timer. Call it
+    /// inside a Tokio runtime.
+    pub fn start(engine: Arc<Engine>) -> Sampler {
+        let (sender, latest) = watch::channel(None);
+        let task = tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                let started = tokio::time::Instant::now();
+                let result = engine.sample_metrics().await.map_err(|e| e.to_string());
+                let took = started.elapsed();
+                // Log a failure once, and the recovery, not every sample.
+                match &result {
+                    Err(e) if !failing => {
+                        tracing::error!("sampling the database for /metrics failed: {e}");
+                    }
+                    Ok(()) if failing => {
+                        tracing::info!("sampling the database for /metrics works again")
+                    }
+                    _ => {}
+                }
+                failing = result.is_err();
+                if sender.send(Some(result)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(SAMPLE_EVERY.max(took * SAMPLE_SPACING)).await;
+            }
+        });
+        Sampler { latest, task }
+    }
+
+    /// Wait for the first sample; the latest sample's error if it failed.
+    pub async fn latest(&self) -> Result<(), String> {
+        let mut latest = self.latest.clone();
+        let sampled = latest
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| "the sampler of the database's counts stopped".to_string())?;
+        match sampled.as_ref() {
+            Some(result) => result.clone(),
+            None => Err("no sample of the database's counts yet".to_string()),
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
 struct MetricsState {
     engine: Arc<Engine>,
+    /// Started by the first scrape that passed the token check, so a server
+    /// nobody scrapes never counts its tasks.
+    sampler: OnceLock<Sampler>,
     exporter: Exporter,
     /// `--metrics-token`: the bearer token a scrape must send, if any.
     token: Option<String>,
@@ -144,22 +215,26 @@ async fn scrape(State(state): State<Arc<MetricsState>>, request: Request) -> Res
             );
         }
     }
-    match state.exporter.render(&state.engine).await {
+    let sampler = state
+        .sampler
+        .get_or_init(|| Sampler::start(state.engine.clone()));
+    match state.exporter.render(sampler).await {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, TEXT_FORMAT)], text).into_response(),
-        Err(e) => {
-            tracing::error!("sampling the database for /metrics failed: {e}");
-            plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot read the database now; the error is in the server's log",
-            )
-        }
+        // The sampler logged the error.
+        Err(_) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot read the database now; the error is in the server's log",
+        ),
     }
 }
 
-/// The `/metrics` route: `GET` only, behind `token` when one is given.
+/// The `/metrics` route: `GET` only, behind `token` when one is given. Its
+/// first scrape starts the route's [`Sampler`], which stops when the route
+/// is dropped.
 pub fn router(engine: Arc<Engine>, exporter: Exporter, token: Option<String>) -> axum::Router {
     let state = Arc::new(MetricsState {
         engine,
+        sampler: OnceLock::new(),
         exporter,
         token,
     });

@@ -7,7 +7,8 @@
 //! module ends with `conformance_cases!(…)`, which makes one test per case
 //! and backend: `store_conformance::<area>::{sqlite,postgres}::<case>`. The
 //! building blocks all areas share are in [`fixtures`]. Every method of the
-//! `Store` trait is called by at least one case (Invariant 14).
+//! `Store` trait is called by at least one case (Invariant 14), which
+//! [`coverage`] checks against the trait's source.
 //!
 //! PostgreSQL cases need a server; `.ci/run` starts the local one and sets
 //! `LOCKSTEP_TEST_POSTGRES`, which makes an unreachable server a failure
@@ -48,6 +49,7 @@ mod agent;
 mod ci_steps;
 mod claim;
 mod complete;
+mod coverage;
 mod dependencies;
 mod fixtures;
 mod leases;

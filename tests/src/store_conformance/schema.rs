@@ -1,5 +1,6 @@
-//! The store as a whole: migrating an up-to-date database is a no-op, and a
-//! backend that pushes ready signals sends one when work becomes ready.
+//! The store as a whole: migrating an up-to-date database is a no-op, a
+//! backend that pushes ready signals sends one when work becomes ready, and
+//! the store counts its statements, round trips and transactions.
 
 use super::fixtures::*;
 
@@ -39,7 +40,58 @@ pub async fn a_ready_signal_follows_a_submit_that_makes_tasks_ready(store: &dyn 
         .expect("a ready signal after the submit");
 }
 
+pub async fn counters_count_each_statement_and_each_transaction(store: &dyn Store) {
+    // A statement is one round trip; a transaction adds its begin and its end.
+    let adds_up = |c: lockstep::store::StoreCounters| {
+        assert_eq!(
+            c.round_trips,
+            c.statements + 2 * c.transactions,
+            "round trips are statements plus a begin and an end per transaction: {c:?}"
+        );
+    };
+    let opened = store.counters();
+    adds_up(opened);
+
+    // A write is exactly one transaction (Invariant 7), holding at least one statement.
+    let job = submit(store, spec("counted", vec![stage("a", vec![task("work")])])).await;
+    let submitted = store.counters();
+    adds_up(submitted);
+    assert_eq!(submitted.transactions - opened.transactions, 1);
+    assert!(submitted.statements > opened.statements, "{submitted:?}");
+
+    // A read of one statement: one statement, one round trip, no transaction.
+    assert_eq!(job_state(store, job).await, JobState::Running);
+    let read = store.counters();
+    assert_eq!(
+        (
+            read.statements - submitted.statements,
+            read.round_trips - submitted.round_trips,
+            read.transactions - submitted.transactions,
+        ),
+        (1, 1, 0)
+    );
+
+    // A claim that asks for nothing runs nothing.
+    assert!(
+        store
+            .claim_batch(claim_at(0, NOW))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(store.counters(), read);
+
+    // A read of several statements runs in one snapshot: one transaction.
+    assert_eq!(status(store, job).await.stages[0].total, 1);
+    let snapshot = store.counters();
+    adds_up(snapshot);
+    assert_eq!(snapshot.transactions - read.transactions, 1);
+    // Nothing conflicted, so nothing was run again.
+    assert_eq!(snapshot.retried_transactions, 0);
+}
+
 conformance_cases!(
     migrating_an_up_to_date_database_changes_nothing,
     a_ready_signal_follows_a_submit_that_makes_tasks_ready,
+    counters_count_each_statement_and_each_transaction,
 );
