@@ -90,8 +90,14 @@ impl Db {
 
     /// `lockstep token create` for `tenant`; returns the token text.
     pub fn create_token(&self, tenant: &str) -> String {
+        self.create_token_with_role(tenant, "admin")
+    }
+
+    /// `lockstep token create --role ROLE` for `tenant`; the token's text.
+    pub fn create_token_with_role(&self, tenant: &str, role: &str) -> String {
         let out = Command::new(cli_bin())
             .args(["--db", &self.url, "--tenant", tenant, "token", "create"])
+            .args(["--role", role])
             .output()
             .expect("run lockstep token create");
         assert!(

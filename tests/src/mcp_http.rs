@@ -1,5 +1,5 @@
 //! MCP over streamable HTTP with real `lockstep serve --http` processes:
-//! bearer tokens and tenant isolation, 401/429/403 at the door, many
+//! bearer tokens, their roles and tenant isolation, 401/429/403 at the door, many
 //! concurrent agents on one plan, and wait_job's progress notifications.
 
 use crate::mcp_harness::*;
@@ -413,4 +413,137 @@ async fn wait_job_returns_as_soon_as_the_job_finishes() {
     assert_eq!(waited["finished"], true);
     assert_eq!(waited["timed_out"], false);
     assert_eq!(waited["job"]["state"], "succeeded");
+}
+
+/// Invariant 40: a `read` token reads jobs, tasks, resources and prompts
+/// but every tool that writes — handler tools included — is refused as a
+/// `forbidden` tool result naming the role, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_calls_only_read_only_tools() {
+    let db = Db::new().await;
+    let admin_token = db.create_token("acme");
+    let read_token = db.create_token_with_role("acme", "read");
+    let examples = std::path::Path::new(lockstep::guest_artifacts::EXAMPLES_DIR);
+    let server = HttpServer::start_with_plugins(&db, examples, &[]);
+    let admin = server.client(&admin_token).await;
+    let reader = server.client(&read_token).await;
+
+    let plan = plan(
+        &admin,
+        "guarded",
+        &[("a", "Step one", &[]), ("b", "Step two", &["a"])],
+    )
+    .await;
+    let job = plan["job_id"].as_i64().expect("job");
+    let task = task_id(&plan, "a");
+
+    // What a read token may do.
+    assert_eq!(
+        ok(&reader, "get_job", json!({ "job_id": job })).await["state"],
+        "running"
+    );
+    assert_eq!(
+        ok(&reader, "get_task", json!({ "task_id": task })).await["state"],
+        "pending"
+    );
+    assert_eq!(
+        ok(&reader, "list_jobs", json!({})).await["jobs"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(ok(&reader, "health_check", json!({})).await["ok"], true);
+    assert!(
+        ok(&reader, "list_handlers", json!({})).await["handlers"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty())
+    );
+    let waited = ok(
+        &reader,
+        "wait_job",
+        json!({ "job_id": job, "timeout_seconds": 0.1 }),
+    )
+    .await;
+    assert_eq!(waited["finished"], false);
+    let resources = reader
+        .list_resources(None)
+        .await
+        .expect("a read token lists resources");
+    assert_eq!(resources.resources.len(), 1, "the one job: {resources:?}");
+    reader
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(format!(
+            "lockstep://jobs/{job}"
+        )))
+        .await
+        .expect("a read token reads a resource");
+    reader
+        .get_prompt(
+            rmcp::model::GetPromptRequestParams::new("plan_work").with_arguments(
+                json!({ "goal": "ship it" })
+                    .as_object()
+                    .cloned()
+                    .expect("object"),
+            ),
+        )
+        .await
+        .expect("a read token gets a prompt");
+
+    // What it may not, each refused before the engine sees it.
+    let refused = |tool: &str| {
+        Err(Refusal::Tool {
+            code: "forbidden".into(),
+            message: format!(
+                "token-2 is a read token: it may call only the read-only tools (get_job, get_task, health_check, list_handlers, list_jobs, wait_job), not {tool}; call it with an admin token (`lockstep token create --role admin`)"
+            ),
+        })
+    };
+    let noop_job = json!({ "name": "n", "stages": [{ "name": "s", "tasks": [{ "handler": "example:noop", "input": {} }] }] });
+    let writes = [
+        ("cancel_job", json!({ "job_id": job })),
+        ("retry_task", json!({ "task_id": task })),
+        ("claim_task", json!({ "job_id": job })),
+        (
+            "update_task",
+            json!({ "task_id": task, "attempt": 1, "note": "x" }),
+        ),
+        (
+            "complete_task",
+            json!({ "task_id": task, "attempt": 1, "summary": "x" }),
+        ),
+        (
+            "fail_task",
+            json!({ "task_id": task, "attempt": 1, "reason": "x", "retryable": false }),
+        ),
+        (
+            "plan_task",
+            json!({ "goal": "g", "subtasks": [{ "title": "t", "instructions": "i" }] }),
+        ),
+        ("submit_job", json!({ "job": noop_job })),
+        ("run_pipeline", json!({ "path": "ci.toml" })),
+        ("example.noop", json!({})),
+    ];
+    for (tool, args) in writes {
+        assert_eq!(call(&reader, tool, args).await, refused(tool), "{tool}");
+    }
+    // An unknown tool is still unknown, not forbidden.
+    assert!(
+        matches!(
+            call(&reader, "no_such_tool", json!({})).await,
+            Err(Refusal::Protocol { code: -32602, .. })
+        ),
+        "an unknown tool name is a protocol error"
+    );
+
+    // Nothing was written: one job, still running, its first task unclaimed.
+    let jobs = ok(&admin, "list_jobs", json!({})).await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+    let status = ok(&admin, "get_job", json!({ "job_id": job })).await;
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["counts"]["pending"], 1);
+    assert_eq!(status["counts"]["blocked"], 1);
+    // The admin token may do what the read token may not.
+    assert_eq!(
+        ok(&admin, "cancel_job", json!({ "job_id": job })).await["state"],
+        "cancelled"
+    );
 }

@@ -6,7 +6,8 @@
 //! MCP processing, and one over its token's rate 429 with `Retry-After`;
 //! neither reaches a tool or writes anything.
 //! **Invariant 23:** the tenant of every tool call is the tenant of the token
-//! that authenticated that very request (attached as a [`Caller`]).
+//! that authenticated that very request (attached as a [`Caller`]), and so
+//! is its role: a `read` token calls only read-only tools (Invariant 40).
 //! **Invariant:** only the configured Host names (loopback by default) and
 //! Origins (pages served from this machine — loopback origins — by default)
 //! are served, against DNS rebinding and cross-site requests from browsers.
@@ -20,7 +21,7 @@ use super::failure::log_internal;
 use super::jsonrpc;
 use super::{Caller, LockstepMcp, McpConfig, McpServeError};
 use crate::engine::Engine;
-use crate::model::TenantId;
+use crate::model::{TenantId, TokenRole};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -171,6 +172,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         request.extensions_mut().insert(Caller {
             tenant: tenant.clone(),
             name: "loopback".into(),
+            role: TokenRole::Admin,
         });
         return next.run(request).await;
     }
@@ -197,6 +199,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
     request.extensions_mut().insert(Caller {
         tenant: record.tenant,
         name: format!("token-{}", record.token_id),
+        role: record.role,
     });
     next.run(request).await
 }

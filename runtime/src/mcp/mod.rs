@@ -32,7 +32,8 @@ mod stdio;
 mod tools;
 
 use crate::engine::Engine;
-use crate::model::TenantId;
+use crate::model::{TenantId, TokenRole};
+use failure::ToolFailure;
 use params::ArgError;
 use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -103,12 +104,16 @@ impl Default for McpConfig {
     }
 }
 
-/// Who is calling: the tenant every engine call is scoped to.
+/// Who is calling: the tenant every engine call is scoped to, and what the
+/// caller may do.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub tenant: TenantId,
     /// Recorded with claims (`mcp-stdio` or `token-N`).
     pub name: String,
+    /// `read` may call only read-only tools; the stdio server's and a
+    /// `--no-auth` server's caller is the operator (`admin`).
+    pub role: TokenRole,
 }
 
 /// The MCP server of one session: the engine, the caller's tenant for
@@ -130,6 +135,7 @@ impl LockstepMcp {
         let caller = Caller {
             tenant,
             name: format!("mcp-stdio-{}", std::process::id()),
+            role: TokenRole::Admin,
         };
         LockstepMcp {
             engine,
@@ -177,6 +183,53 @@ impl LockstepMcp {
         caller.ok_or_else(|| {
             ErrorData::invalid_request("this request carries no valid bearer token", None)
         })
+    }
+
+    /// The metrics label of tool `name`: a built-in tool's name, or
+    /// `unknown` (a name that is not a built-in tool is not a label).
+    fn label<'a>(&self, name: &'a str) -> &'a str {
+        if self.tool_router.has_route(name) {
+            name
+        } else {
+            "unknown"
+        }
+    }
+
+    /// The refusal of a call of tool `name` by a `read` caller, unless the
+    /// tool only reads (its `readOnlyHint`). Handler tools run jobs: they
+    /// write. A name that is no tool is left to the call to refuse.
+    fn refuse_for_role(&self, caller: &Caller, name: &str) -> Option<ToolFailure> {
+        if caller.role != TokenRole::Read {
+            return None;
+        }
+        let read_only = |t: &rmcp::model::Tool| {
+            t.annotations
+                .as_ref()
+                .and_then(|a| a.read_only_hint)
+                .unwrap_or(false)
+        };
+        match self.get_tool(name) {
+            Some(tool) if !read_only(&tool) => {
+                let mut allowed: Vec<String> = self
+                    .tool_router
+                    .list_all()
+                    .into_iter()
+                    .filter(|t| read_only(t))
+                    .map(|t| t.name.to_string())
+                    .collect();
+                allowed.sort();
+                Some(ToolFailure::Refused {
+                    code: "forbidden",
+                    message: format!(
+                        "{} is a read token: it may call only the read-only tools ({}), not {}; call it with an admin token (`lockstep token create --role admin`)",
+                        caller.name,
+                        allowed.join(", "),
+                        params::clip(name, 100)
+                    ),
+                })
+            }
+            _ => None,
+        }
     }
 
     /// The tool of a registered handler, if it has one ([`handler_tools`]).
@@ -403,14 +456,17 @@ impl ServerHandler for LockstepMcp {
         }
         let tool = request.name.clone();
         let started = std::time::Instant::now();
+        let caller = self.caller(&context)?;
+        if let Some(refusal) = self.refuse_for_role(&caller, &tool) {
+            crate::engine::metrics::mcp_call(self.label(&tool), "refused", started.elapsed());
+            return refusal.into_response().map(Into::into);
+        }
         if !self.tool_router.has_route(&tool) {
             let builtin = self.tool_router.list_all();
             if let Some(handler) =
                 handler_tools::handler_tools(&self.engine.plugins(), &builtin).remove(tool.as_ref())
             {
                 let arguments = request.arguments.clone().unwrap_or_default();
-                let mut tcc = ToolCallContext::new(self, request, context);
-                let caller = Caller::from_context_part(&mut tcc)?;
                 let result = handler_tools::call(&self.engine, &caller, &handler, arguments).await;
                 tracing::debug!(tool = %tool, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "handler tool call");
                 let outcome = match &result {
@@ -422,12 +478,7 @@ impl ServerHandler for LockstepMcp {
                 return result.map(Into::into);
             }
         }
-        // A name that is neither a tool nor a handler is not a label.
-        let label = if self.tool_router.has_route(&tool) {
-            tool.as_ref()
-        } else {
-            "unknown"
-        };
+        let label = self.label(&tool);
         let tcc = ToolCallContext::new(self, request, context);
         let result = self.tool_router.call(tcc).await;
         tracing::debug!(tool = %tool, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "tool call");
