@@ -5,8 +5,9 @@
 //!
 //! What it guarantees:
 //! - every crate in `plugins/examples/<name>` (package `example-<name>`,
-//!   handler `example:<name>`) and `plugins/hostile/<name>` (package
-//!   `hostile-<name>`, handler `hostile:<name>`) is built in release mode into
+//!   handler `example:<name>`), `plugins/hostile/<name>` (package
+//!   `hostile-<name>`, handler `hostile:<name>`) and `plugins/fixtures/<name>`
+//!   (package `fixture-<name>`) is built in release mode into
 //!   `plugins/target`, and each result is checked to be a component, not a
 //!   core module;
 //! - so is every `wasi:cli/command` program (a binary crate) in
@@ -77,6 +78,14 @@ const GROUPS: &[Group] = &[
         copied: false,
         list: "HOSTILE",
         what: "hostile plugin (left in `plugins/target`)",
+    },
+    Group {
+        folder: "fixtures",
+        prefix: "fixture",
+        kind: Kind::Handler,
+        copied: false,
+        list: "FIXTURES",
+        what: "fixture plugin for interop tests (left in `plugins/target`)",
     },
     Group {
         folder: "commands",
@@ -167,6 +176,7 @@ fn build() -> Result<(), String> {
         plugins.join("sdk"),
         plugins.join("examples"),
         plugins.join("hostile"),
+        plugins.join("fixtures"),
         plugins.join("commands"),
         plugins.join("hostile-commands"),
         plugins.join("rust-tests"),

@@ -1,4 +1,4 @@
-//! One test per guest program (example and hostile), named after it, each
+//! One test per guest program (example, hostile and fixture), named after it, each
 //! asserting the program's exact outcome in the sandbox. After every hostile
 //! run the same host still serves example:noop.
 
@@ -34,6 +34,7 @@ fn every_guest_program_has_a_test_named_after_it() {
     for (name, _) in guest_artifacts::EXAMPLES
         .iter()
         .chain(guest_artifacts::HOSTILE.iter())
+        .chain(guest_artifacts::FIXTURES.iter())
     {
         let prefix = format!("async fn {}_", name.replace([':', '-'], "_"));
         assert!(
@@ -218,6 +219,94 @@ async fn example_steps_stops_at_the_next_step_once_its_job_is_cancelled() {
     );
     assert_eq!(cx.checks(), 3);
     assert_eq!(cx.lines().len(), 2, "two steps done, then it stopped");
+}
+
+// ------------------------------------------------------------ fixtures
+
+#[tokio::test]
+async fn fixture_mcp_conformance_offers_each_handler_as_the_tool_it_declares() {
+    use lockstep::plugin::{McpResult, McpTool};
+    let (_dir, host) = host_with(guest_artifacts::FIXTURE_MCP_CONFORMANCE, None).await;
+    let declared: Vec<(String, Option<McpTool>)> = host
+        .describe_all()
+        .into_iter()
+        .map(|l| (l.name, l.mcp_tool))
+        .collect();
+    let tool = |name: &str, result| {
+        Some(McpTool {
+            name: name.to_owned(),
+            result,
+        })
+    };
+    use McpResult::{Content, Json};
+    assert_eq!(
+        declared,
+        vec![
+            (
+                "conformance:audio".to_owned(),
+                tool("test_audio_content", Content)
+            ),
+            (
+                "conformance:embedded-resource".to_owned(),
+                tool("test_embedded_resource", Content)
+            ),
+            (
+                "conformance:error".to_owned(),
+                tool("test_error_handling", Content)
+            ),
+            (
+                "conformance:image".to_owned(),
+                tool("test_image_content", Content)
+            ),
+            (
+                "conformance:json-schema-2020-12".to_owned(),
+                tool("json_schema_2020_12_tool", Json)
+            ),
+            (
+                "conformance:logging".to_owned(),
+                tool("test_tool_with_logging", Content)
+            ),
+            (
+                "conformance:mixed-content".to_owned(),
+                tool("test_multiple_content_types", Content)
+            ),
+            (
+                "conformance:progress".to_owned(),
+                tool("test_tool_with_progress", Content)
+            ),
+            (
+                "conformance:simple-text".to_owned(),
+                tool("test_simple_text", Content)
+            ),
+            // A component without the `mcp` export declares nothing.
+            ("example:noop".to_owned(), None),
+        ]
+    );
+    // Its handlers log and report progress through the ordinary context.
+    let (result, cx) = run(&host, "conformance:logging", json!({})).await;
+    let output = result.expect("logging succeeds").output;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&output).expect("JSON"),
+        json!([{ "type": "text", "text": "Tool with logging executed successfully" }])
+    );
+    assert_eq!(
+        cx.lines(),
+        [
+            "Tool execution started",
+            "Tool processing data",
+            "Tool execution completed"
+        ]
+        .map(|message| Logged {
+            level: LogLevel::Info,
+            message: message.to_owned(),
+        })
+        .to_vec()
+    );
+    let (result, _) = run(&host, "conformance:error", json!({})).await;
+    assert_eq!(
+        result.expect_err("error fails"),
+        RunFailure::Fatal("This tool intentionally returns an error for testing".to_owned())
+    );
 }
 
 // ------------------------------------------------------------- hostile
@@ -955,11 +1044,18 @@ async fn hostile_lineage_probe_after_past_i64_max_is_refused_not_wrapped() {
 /// `/config` directory whose `mode` file says how to misbehave, plus
 /// `grants` (TOML top-level keys).
 fn describe_dir(mode: &str, grants: &str) -> (PluginDir, std::path::PathBuf) {
+    misbehaving_dir(guest_artifacts::HOSTILE_DESCRIBE, mode, grants)
+}
+
+/// A plugin directory with example:noop and the hostile plugin `artifact`
+/// granted a `/config` directory whose `mode` file says how to misbehave,
+/// plus `grants` (TOML top-level keys).
+fn misbehaving_dir(artifact: &str, mode: &str, grants: &str) -> (PluginDir, std::path::PathBuf) {
     let dir = PluginDir::new();
     dir.add(guest_artifacts::EXAMPLE_NOOP);
     let config = dir.mkdir("config");
     std::fs::write(config.join("mode"), mode).expect("write mode");
-    let wasm = dir.add(guest_artifacts::HOSTILE_DESCRIBE);
+    let wasm = dir.add(artifact);
     dir.grant(
         &wasm,
         &format!(
@@ -1054,6 +1150,74 @@ async fn hostile_describe_listing_too_many_handlers_or_too_long_a_description_is
     let (host, report) = load_within_two_minutes(&dir).await;
     assert_eq!(report.failures, vec![]);
     assert_eq!(host.handler_names().len(), 1001);
+}
+
+/// A plugin directory with example:noop and `hostile:mcp-tools` whose
+/// `/config/mode` says how to misbehave.
+fn mcp_tools_dir(mode: &str) -> (PluginDir, std::path::PathBuf) {
+    misbehaving_dir(guest_artifacts::HOSTILE_MCP_TOOLS, mode, "")
+}
+
+#[tokio::test]
+async fn hostile_mcp_tools_declaring_bad_tools_is_refused_and_the_rest_still_serve() {
+    let long = format!("name:{}", "x".repeat(65));
+    for (mode, reason) in [
+        (
+            "unknown-handler",
+            "mcp tools() offers handler \"hostile:nobody\" as tool \"nobody\", but describe() lists no such handler".to_owned(),
+        ),
+        (
+            "name:",
+            "mcp tools() lists tool \"\", whose name is not 1 to 64 characters long".to_owned(),
+        ),
+        (
+            long.as_str(),
+            format!("mcp tools() lists tool {:?}, whose name is not 1 to 64 characters long", "x".repeat(65)),
+        ),
+        (
+            "name:run:it",
+            "mcp tools() lists tool \"run:it\", whose name contains ':'; MCP tool names use only `A-Z a-z 0-9 _ - . /`".to_owned(),
+        ),
+        ("same-name", "mcp tools() lists tool \"twin\" twice".to_owned()),
+        (
+            "same-handler",
+            "mcp tools() offers handler \"hostile:mcp-tools\" twice (as \"one\" and \"two\"); offer each handler once".to_owned(),
+        ),
+        ("hang", "mcp tools() did not return within 5s".to_owned()),
+    ] {
+        let (dir, wasm) = mcp_tools_dir(mode);
+        let (host, report) = load_within_two_minutes(&dir).await;
+        assert_eq!(
+            report.failures,
+            vec![LoadFailure { path: wasm, reason }],
+            "{mode}"
+        );
+        assert_eq!(host.handler_names(), vec!["example:noop"], "{mode}");
+        assert_still_serving(&host).await;
+    }
+    // Behaving, its two handlers are offered as the tools it names.
+    let (dir, _) = mcp_tools_dir("");
+    let (host, report) = load_within_two_minutes(&dir).await;
+    assert_eq!(report.failures, vec![]);
+    let tools: Vec<(String, Option<String>)> = host
+        .describe_all()
+        .into_iter()
+        .map(|l| (l.name, l.mcp_tool.map(|t| t.name)))
+        .collect();
+    assert_eq!(
+        tools,
+        vec![
+            ("example:noop".to_owned(), None),
+            (
+                "hostile:mcp-tools".to_owned(),
+                Some("hostile_tool".to_owned())
+            ),
+            (
+                "hostile:mcp-tools-2".to_owned(),
+                Some("hostile_tool_2".to_owned())
+            ),
+        ]
+    );
 }
 
 // ------------------------------------------------ guest text on a terminal

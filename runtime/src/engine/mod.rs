@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod live;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;
@@ -141,6 +142,8 @@ pub struct Engine {
     config: EngineConfig,
     /// Signalled when new work may be ready in this process (submit, stage opened).
     wake: Arc<tokio::sync::Notify>,
+    /// Log lines and progress of the tasks this process runs, as they come.
+    live: live::LiveReports,
 }
 
 impl Engine {
@@ -151,7 +154,19 @@ impl Engine {
             plugin_generation: tokio::sync::watch::Sender::new(0),
             config,
             wake: Arc::new(tokio::sync::Notify::new()),
+            live: live::LiveReports::default(),
         })
+    }
+
+    /// Hear the log lines and progress of the tasks this process's workers
+    /// run from now on ([`live`]).
+    pub fn live_reports(&self) -> tokio::sync::broadcast::Receiver<live::LiveReport> {
+        self.live.subscribe()
+    }
+
+    /// Where the tasks this process runs send their live reports.
+    pub(crate) fn live(&self) -> &live::LiveReports {
+        &self.live
     }
 
     /// Open the database at `db_url` (`sqlite://PATH`, created if missing, or

@@ -1,7 +1,9 @@
 //! The host side of the WIT `context` import for tasks that run inside a job:
 //! lineage reads go to the store, cancellation is read from the job's state,
-//! and what the handler logs is kept to be recorded with its result.
+//! and what the handler logs is kept to be recorded with its result (and
+//! sent live, with its progress, to this process's listeners: [`super::live`]).
 
+use super::live::{Live, LiveReport, LiveReports};
 use crate::limits::printable;
 use crate::model::{JobId, JobState, TaskId, TenantId};
 use crate::plugin::{LogLevel, STAGE_RESULTS_PAGE_BYTES, STAGE_RESULTS_PAGE_MAX, TaskContext};
@@ -30,6 +32,8 @@ pub(crate) struct JobTaskContext {
     pub cancelled: AtomicBool,
     pub last_cancel_check: AtomicI64,
     log: Mutex<GuestLog>,
+    /// Where log lines and progress also go as they come ([`super::live`]).
+    live: LiveReports,
     /// Whether the guest started or the task was handed back first
     /// ([`QUEUED`], [`STARTED`], [`RELEASED`]): exactly one of the two wins.
     turn: AtomicU8,
@@ -46,6 +50,7 @@ impl JobTaskContext {
         job: JobId,
         task: TaskId,
         stage_position: i32,
+        live: LiveReports,
     ) -> Self {
         JobTaskContext {
             store,
@@ -56,6 +61,7 @@ impl JobTaskContext {
             cancelled: AtomicBool::new(false),
             last_cancel_check: AtomicI64::new(0),
             log: Mutex::new(GuestLog::default()),
+            live,
             turn: AtomicU8::new(QUEUED),
         }
     }
@@ -69,6 +75,15 @@ impl JobTaskContext {
         {
             Ok(_) => true,
             Err(current) => current == RELEASED,
+        }
+    }
+
+    fn report(&self, what: Live) -> LiveReport {
+        LiveReport {
+            tenant: self.tenant.clone(),
+            job: self.job,
+            task: self.task,
+            what,
         }
     }
 
@@ -99,6 +114,12 @@ impl TaskContext for JobTaskContext {
             .unwrap_or_else(|p| p.into_inner())
             .lines
             .push(format!("{level}: {message}"));
+        self.live.send(|| {
+            self.report(Live::Log {
+                level,
+                message: message.to_owned(),
+            })
+        });
     }
 
     fn progress(&self, done: u64, total: u64, message: &str) {
@@ -116,6 +137,13 @@ impl TaskContext for JobTaskContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .last_progress = Some(report);
+        self.live.send(|| {
+            self.report(Live::Progress {
+                done,
+                total,
+                message: message.to_owned(),
+            })
+        });
     }
 
     async fn stage_results(

@@ -376,6 +376,7 @@ async fn run_task(
         task.job_id,
         task.lease.task_id,
         task.stage_position,
+        engine.live().clone(),
     ));
     let req = RunRequest {
         handler: task.handler.clone(),

@@ -1,5 +1,6 @@
 //! MCP logging (`logging/setLevel`, `notifications/message`): what a session
-//! hears of the handlers whose jobs it waits on.
+//! hears of the handlers whose jobs it waits on, and of the task a handler
+//! tool call runs (live, see [`super::handler_tools`]).
 //!
 //! A session that set a level hears, while `wait_job` waits on a job, the
 //! lines that job's handlers logged (stored as `task_log` events with the
@@ -18,7 +19,7 @@
 #![allow(deprecated)]
 
 use crate::engine::Engine;
-use crate::model::{EventKind, JobId, TenantId};
+use crate::model::{EventKind, JobId, TaskId, TenantId};
 use rmcp::RoleServer;
 use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
 use rmcp::service::Peer;
@@ -116,6 +117,47 @@ pub fn line_level(line: &str) -> (LoggingLevel, &str) {
         .unwrap_or((LoggingLevel::Info, line))
 }
 
+/// The MCP level of a handler's `log(level, …)`: trace and debug are
+/// MCP's debug, warn its warning.
+pub fn guest_level(level: crate::plugin::LogLevel) -> LoggingLevel {
+    use crate::plugin::LogLevel;
+    match level {
+        LogLevel::Trace | LogLevel::Debug => LoggingLevel::Debug,
+        LogLevel::Info => LoggingLevel::Info,
+        LogLevel::Warn => LoggingLevel::Warning,
+        LogLevel::Error => LoggingLevel::Error,
+    }
+}
+
+/// Send `session` one line of `job` (guest text: escaped and cut to
+/// [`MAX_LINE_BYTES`]) as `notifications/message`, if it set a level at or
+/// below `level`. False only when the peer is gone.
+pub async fn send_line(
+    session: &Session,
+    peer: &Peer<RoleServer>,
+    level: LoggingLevel,
+    job: JobId,
+    task: Option<TaskId>,
+    message: &str,
+) -> bool {
+    if session
+        .level()
+        .is_none_or(|minimum| rank(level) < rank(minimum))
+    {
+        return true;
+    }
+    let text = crate::limits::printable(message);
+    let mut data = serde_json::json!({
+        "job_id": job.0,
+        "message": super::params::clip(&text, MAX_LINE_BYTES),
+    });
+    if let Some(task) = task {
+        data["task_id"] = task.0.into();
+    }
+    let note = LoggingMessageNotificationParam::new(level, data).with_logger(LOGGER);
+    peer.notify_logging_message(note).await.is_ok()
+}
+
 /// Send `session` the log lines of `job` it has not been sent yet, at or
 /// above its level; nothing when it set no level. Read failures and a
 /// closed peer end this poll's forwarding quietly: logging never fails the
@@ -153,32 +195,17 @@ pub async fn forward(
             if rank(level) < rank(minimum) {
                 continue;
             }
-            let data = if state.sent == MAX_LINES_PER_JOB {
-                state.sent += 1;
-                (
-                    LoggingLevel::Warning,
-                    serde_json::json!({
-                        "job_id": job.0,
-                        "message": format!(
-                            "job {} logged more than the {MAX_LINES_PER_JOB} lines a session is sent; read the rest with get_task or `lockstep events {}`",
-                            job.0, job.0
-                        ),
-                    }),
-                )
+            state.sent += 1;
+            let delivered = if state.sent > MAX_LINES_PER_JOB {
+                let warning = format!(
+                    "job {} logged more than the {MAX_LINES_PER_JOB} lines a session is sent; read the rest with get_task or `lockstep events {}`",
+                    job.0, job.0
+                );
+                send_line(session, peer, LoggingLevel::Warning, job, None, &warning).await
             } else {
-                state.sent += 1;
-                let text = crate::limits::printable(message);
-                (
-                    level,
-                    serde_json::json!({
-                        "job_id": job.0,
-                        "task_id": event.task_id.map(|t| t.0),
-                        "message": super::params::clip(&text, MAX_LINE_BYTES),
-                    }),
-                )
+                send_line(session, peer, level, job, event.task_id, message).await
             };
-            let note = LoggingMessageNotificationParam::new(data.0, data.1).with_logger(LOGGER);
-            if peer.notify_logging_message(note).await.is_err() {
+            if !delivered {
                 break 'pages;
             }
             if state.sent > MAX_LINES_PER_JOB {

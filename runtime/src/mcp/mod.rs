@@ -467,7 +467,14 @@ impl ServerHandler for LockstepMcp {
                 handler_tools::handler_tools(&self.engine.plugins(), &builtin).remove(tool.as_ref())
             {
                 let arguments = request.arguments.clone().unwrap_or_default();
-                let result = handler_tools::call(&self.engine, &caller, &handler, arguments).await;
+                let listener = handler_tools::Listener {
+                    peer: &context.peer,
+                    progress_token: context.meta.get_progress_token(),
+                    logging: &self.logging,
+                };
+                let result =
+                    handler_tools::call(&self.engine, &caller, &handler, arguments, &listener)
+                        .await;
                 tracing::debug!(tool = %tool, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "handler tool call");
                 let outcome = match &result {
                     Ok(r) if r.is_error == Some(true) => "refused",

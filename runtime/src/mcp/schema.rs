@@ -17,9 +17,14 @@
 //!   against the meta-schema on every call, at 0.3–0.5 ms per subschema
 //!   (`lockstep bench mcp --python …` measures it per tool).
 //!
+//! A handler tool's input schema is the plugin author's: published
+//! [`intact`], with only its boolean subschemas rewritten (the 2020-12
+//! keywords MCP servers must preserve, SEP-1613).
+//!
 //! **Invariant 25:** every published schema holds only object subschemas
-//! (booleans only as `additionalProperties`), standard formats, and no
-//! `$ref`; every output schema is `type: object` at its root.
+//! (booleans only as `additionalProperties`); the built-in tools' schemas
+//! also hold only standard formats and no `$ref`; every output schema is
+//! `type: object` at its root.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::JsonObject;
@@ -185,41 +190,60 @@ fn rewrite_object(
     {
         schema.remove("format");
     }
-    for key in SCHEMA_MAPS {
-        if let Some(Value::Object(map)) = schema.get_mut(key) {
-            for sub in map.values_mut() {
-                rewrite_subschema(sub, definitions, inlining);
-            }
+    each_subschema(schema, &[], &mut |sub| {
+        objects_only(sub);
+        if let Value::Object(object) = sub {
+            rewrite_object(object, definitions, inlining);
+        }
+    });
+}
+
+/// Call `f` on every direct subschema of `schema` (those under `maps`
+/// beside [`SCHEMA_MAPS`] included), except `additionalProperties: false`
+/// or `true`: the one boolean every client reads.
+fn each_subschema(schema: &mut Map<String, Value>, maps: &[&str], f: &mut dyn FnMut(&mut Value)) {
+    for key in SCHEMA_MAPS.iter().chain(maps) {
+        if let Some(Value::Object(map)) = schema.get_mut(*key) {
+            map.values_mut().for_each(&mut *f);
         }
     }
     for key in SCHEMA_ONE {
         match schema.get_mut(key) {
-            // `additionalProperties: false` is the one boolean every client reads.
             Some(Value::Bool(_)) if key == "additionalProperties" => {}
-            Some(sub) => rewrite_subschema(sub, definitions, inlining),
+            Some(sub) => f(sub),
             None => {}
         }
     }
     for key in SCHEMA_LISTS {
         if let Some(Value::Array(list)) = schema.get_mut(key) {
-            for sub in list.iter_mut() {
-                rewrite_subschema(sub, definitions, inlining);
-            }
+            list.iter_mut().for_each(&mut *f);
         }
     }
 }
 
-fn rewrite_subschema(
-    sub: &mut Value,
-    definitions: &Map<String, Value>,
-    inlining: &mut Vec<String>,
-) {
+/// A boolean subschema as its object form: `true` is `{}`, `false` is
+/// `{"not": {}}`; they accept the same values.
+fn objects_only(sub: &mut Value) {
     match sub {
         Value::Bool(true) => *sub = Value::Object(Map::new()),
-        Value::Bool(false) => {
-            *sub = serde_json::json!({ "not": {} });
-        }
-        Value::Object(object) => rewrite_object(object, definitions, inlining),
+        Value::Bool(false) => *sub = serde_json::json!({ "not": {} }),
         _ => {}
     }
+}
+
+/// A handler's input schema as it is published: intact — every keyword,
+/// `$schema`, `$defs`, `$ref`, `$anchor` and formats included — but for
+/// boolean subschemas, written as their object forms, at any depth.
+pub fn intact(schema: &JsonObject) -> JsonObject {
+    fn walk(schema: &mut Map<String, Value>) {
+        each_subschema(schema, &["$defs", "definitions"], &mut |sub| {
+            objects_only(sub);
+            if let Value::Object(object) = sub {
+                walk(object);
+            }
+        });
+    }
+    let mut root = schema.clone();
+    walk(&mut root);
+    root
 }

@@ -17,3 +17,23 @@ wasmtime::component::bindgen!({
 /// The WIT contract (`wit/plugin.wit`) this host links, as `lockstep plugins
 /// wit` prints it and `lockstep plugins new` copies it into projects.
 pub const WIT: &str = include_str!("../../../wit/plugin.wit");
+
+/// The optional `mcp` export (world `mcp-plugin`): how a component's
+/// handlers are offered as MCP tools. Its types and imports are the `plugin`
+/// world's, so only the `mcp` interface is generated here; a component is
+/// asked for it only when it exports it ([`MCP_EXPORT`]).
+pub mod mcp {
+    wasmtime::component::bindgen!({
+        world: "mcp-plugin",
+        path: "../wit",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "lockstep:plugin/types": crate::plugin::bindings::lockstep::plugin::types,
+            "lockstep:plugin/context": crate::plugin::bindings::lockstep::plugin::context,
+        },
+    });
+}
+
+/// The name of the optional `mcp` export in a component.
+pub const MCP_EXPORT: &str = "lockstep:plugin/mcp@0.1.0";

@@ -8,7 +8,9 @@
 //!   against the `plugin` world plus WASI 0.2 once (`PluginPre`),
 //!   instantiated once to call `describe()` under its own short deadline
 //!   ([`DESCRIBE_TIMEOUT`]) and byte budget, and its handler list is checked
-//!   (count, sizes, names, duplicates, schemas). A plugin that fails any step
+//!   (count, sizes, names, duplicates, schemas); a component that exports
+//!   the optional `mcp` interface is instantiated once more, the same way,
+//!   for `tools()`, and each tool is checked against those handlers. A plugin that fails any step
 //!   is reported with its path and reason and the others still load (unless
 //!   `strict`); a failed `describe()` is remembered by the compile cache.
 //!   Trust ([`super::trust`]) is checked on the read bytes before they
@@ -35,14 +37,18 @@
 
 use super::bindings::exports::lockstep::plugin::handler::TaskError;
 use super::bindings::lockstep::plugin::types;
-use super::bindings::{Plugin, PluginPre};
+use super::bindings::mcp::exports::lockstep::plugin::mcp::{
+    GuestIndices as McpIndices, ResultFormat, Tool as McpWitTool,
+};
+use super::bindings::{MCP_EXPORT, Plugin, PluginPre};
 use super::cache::{CacheOutcome, CacheStats, CompileCache};
 use super::context::{LoadContext, TaskContext};
 use super::failure::{Observed, RunFailure, classify};
 use super::grants::{Grants, format_duration};
 use super::instance_state::RunState;
 use super::registry::{
-    HandlerEntry, HandlerInfo, InputError, Registry, UnknownHandler, compile_schema,
+    HandlerEntry, HandlerInfo, InputError, McpResult, McpTool, Registry, UnknownHandler,
+    compile_schema,
 };
 use super::trust::{Trust, TrustPolicy};
 use super::{PluginError, discovery, sandbox};
@@ -758,16 +764,9 @@ impl LoadJob {
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let cx = Arc::new(LoadContext {
-            plugin: path.display().to_string(),
-        });
-        let described = describe(&plugin, &file, cx, &self.slots, describe_timeout).await;
-        // A sandbox that could not be set up (a granted directory vanished,
-        // the host stopping) is no fault of the plugin's: not remembered.
-        let its_own = !matches!(described, Err(RunFailure::Setup { .. }));
-        match described
-            .map_err(describe_failure)
-            .and_then(checked_handlers)
+        match self
+            .describe(&plugin, &component, &file, describe_timeout)
+            .await
         {
             Ok(checked) => {
                 plugin.handlers = checked
@@ -776,7 +775,7 @@ impl LoadJob {
                     .collect();
                 (Some(outcome), Ok(Loaded::Plugin(Arc::new(plugin))))
             }
-            Err(reason) => {
+            Err(Refusal { reason, its_own }) => {
                 let reason = limits::cut(reason, limits::MAX_ERROR_BYTES);
                 if its_own {
                     self.cache
@@ -788,32 +787,185 @@ impl LoadJob {
     }
 }
 
-/// Call `describe()` in a fresh sandbox of `plugin`, with its own deadline
-/// and [`MAX_DESCRIBE_BYTES`] of results.
-async fn describe(
+/// Why a plugin's self-description was refused, and whether that is the
+/// plugin's own doing (remembered by the compile cache) or not (a sandbox
+/// that could not be set up: a granted directory vanished, the host
+/// stopping).
+struct Refusal {
+    reason: String,
+    its_own: bool,
+}
+
+impl Refusal {
+    fn plugin(reason: String) -> Refusal {
+        Refusal {
+            reason,
+            its_own: true,
+        }
+    }
+
+    fn call(function: &str, failure: RunFailure) -> Refusal {
+        Refusal {
+            its_own: !matches!(failure, RunFailure::Setup { .. }),
+            reason: call_failure(function, failure),
+        }
+    }
+}
+
+impl LoadJob {
+    /// What `plugin` says about itself: `describe()`, checked, and the MCP
+    /// tools its optional `mcp` export declares (`tools()`), checked
+    /// against those handlers. Each call gets a fresh sandbox, its own
+    /// deadline and [`MAX_DESCRIBE_BYTES`] of results.
+    async fn describe(
+        &self,
+        plugin: &LoadedPlugin,
+        component: &wasmtime::component::Component,
+        label: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(HandlerInfo, jsonschema::Validator)>, Refusal> {
+        let cx: Arc<dyn TaskContext> = Arc::new(LoadContext {
+            plugin: plugin.path.display().to_string(),
+        });
+        let infos = call_at_load(
+            plugin,
+            label,
+            cx.clone(),
+            &self.slots,
+            timeout,
+            |store, instance| {
+                Box::pin(async move {
+                    Plugin::new(&mut *store, &instance)?
+                        .lockstep_plugin_handler()
+                        .call_describe(&mut *store)
+                        .await
+                })
+            },
+        )
+        .await
+        .map_err(|f| Refusal::call("describe()", f))?;
+        let mut checked = checked_handlers(infos).map_err(Refusal::plugin)?;
+        if component.get_export_index(None, MCP_EXPORT).is_none() {
+            return Ok(checked);
+        }
+        let indices = McpIndices::new(plugin.pre.instance_pre()).map_err(|e| {
+            Refusal::plugin(format!(
+                "its {MCP_EXPORT} export does not fit wit/plugin.wit: {e:#}"
+            ))
+        })?;
+        let tools = call_at_load(
+            plugin,
+            label,
+            cx,
+            &self.slots,
+            timeout,
+            move |store, instance| {
+                Box::pin(async move {
+                    indices
+                        .load(&mut *store, &instance)?
+                        .call_tools(&mut *store)
+                        .await
+                })
+            },
+        )
+        .await
+        .map_err(|f| Refusal::call("mcp tools()", f))?;
+        declare_tools(&mut checked, tools).map_err(Refusal::plugin)?;
+        Ok(checked)
+    }
+}
+
+/// One call into a fresh instance of `plugin` at load (`describe()`,
+/// `mcp.tools()`), with its own deadline and [`MAX_DESCRIBE_BYTES`] of
+/// results.
+async fn call_at_load<R>(
     plugin: &LoadedPlugin,
     label: &str,
     cx: Arc<dyn TaskContext>,
     slots: &Semaphore,
     timeout: Duration,
-) -> Result<Vec<types::HandlerInfo>, RunFailure> {
+    call: impl for<'s> FnOnce(
+        &'s mut Store<RunState>,
+        wasmtime::component::Instance,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 's>,
+    >,
+) -> Result<R, RunFailure> {
     let _slot = slots.acquire().await.map_err(|_| shutting_down(label))?;
     let mut store = new_store(plugin, label, cx, timeout)?;
     store.set_hostcall_fuel(MAX_DESCRIBE_BYTES);
-    let call = async {
+    let run = async {
         let instance = plugin
             .pre
+            .instance_pre()
             .instantiate_async(&mut store)
             .await
             .map_err(CallError::Instantiate)?;
-        instance
-            .lockstep_plugin_handler()
-            .call_describe(&mut store)
-            .await
-            .map_err(CallError::Call)
+        call(&mut store, instance).await.map_err(CallError::Call)
     };
-    let result = tokio::time::timeout(timeout, call).await;
+    let result = tokio::time::timeout(timeout, run).await;
     settle(&mut store, label, timeout, result)
+}
+
+/// Attach the tools `mcp.tools()` declared to the handlers they run: each
+/// names a handler of this plugin at most once, with a valid name no other
+/// of its tools has.
+fn declare_tools(
+    handlers: &mut [(HandlerInfo, jsonschema::Validator)],
+    tools: Vec<McpWitTool>,
+) -> Result<(), String> {
+    if tools.len() > MAX_HANDLERS_PER_PLUGIN {
+        return Err(format!(
+            "mcp tools() lists {} tools, more than the {MAX_HANDLERS_PER_PLUGIN} one plugin may provide",
+            tools.len()
+        ));
+    }
+    let mut names = HashSet::with_capacity(tools.len());
+    for tool in tools {
+        check_tool_name(&tool.name)?;
+        if !names.insert(tool.name.clone()) {
+            return Err(format!("mcp tools() lists tool {:?} twice", tool.name));
+        }
+        let Some((info, _)) = handlers.iter_mut().find(|(h, _)| h.name == tool.handler) else {
+            return Err(format!(
+                "mcp tools() offers handler {:?} as tool {:?}, but describe() lists no such handler",
+                tool.handler, tool.name
+            ));
+        };
+        if let Some(first) = &info.mcp_tool {
+            return Err(format!(
+                "mcp tools() offers handler {:?} twice (as {:?} and {:?}); offer each handler once",
+                info.name, first.name, tool.name
+            ));
+        }
+        info.mcp_tool = Some(McpTool {
+            name: tool.name,
+            result: match tool.format {
+                ResultFormat::Json => McpResult::Json,
+                ResultFormat::Content => McpResult::Content,
+            },
+        });
+    }
+    Ok(())
+}
+
+/// MCP tool names (SEP-986): 1 to 64 of `A-Z a-z 0-9 _ - . /`.
+fn check_tool_name(name: &str) -> Result<(), String> {
+    let shown = limits::cut(name.to_owned(), 100);
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!(
+            "mcp tools() lists tool {shown:?}, whose name is not 1 to 64 characters long"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')))
+    {
+        return Err(format!(
+            "mcp tools() lists tool {shown:?}, whose name contains {c:?}; MCP tool names use only `A-Z a-z 0-9 _ - . /`"
+        ));
+    }
+    Ok(())
 }
 
 /// The handlers a `describe()` listed, checked: at most
@@ -858,6 +1010,7 @@ fn checked_handlers(
                 name: info.name,
                 description: info.description,
                 input_schema: schema,
+                mcp_tool: None,
             },
             validator,
         ));
@@ -959,27 +1112,28 @@ fn settle<R>(
     Err(failure)
 }
 
-/// Why `describe()` failed, as a load failure reason.
-fn describe_failure(failure: RunFailure) -> String {
+/// Why a call at load (`describe()`, `mcp tools()`) failed, as a load
+/// failure reason.
+fn call_failure(function: &str, failure: RunFailure) -> String {
     match failure {
-        RunFailure::Trap { reason, .. } => format!("describe() trapped: {reason}"),
+        RunFailure::Trap { reason, .. } => format!("{function} trapped: {reason}"),
         RunFailure::Deadline { timeout, .. } => format!(
-            "describe() did not return within {}",
+            "{function} did not return within {}",
             format_duration(timeout)
         ),
         RunFailure::OutOfMemory { limit_bytes, .. } => format!(
-            "describe() ran out of memory (limit {} MiB)",
+            "{function} ran out of memory (limit {} MiB)",
             limit_bytes >> 20
         ),
-        RunFailure::StackOverflow { .. } => "describe() overflowed its stack".to_owned(),
+        RunFailure::StackOverflow { .. } => format!("{function} overflowed its stack"),
         RunFailure::TooMuchData { limit_bytes, .. } => format!(
-            "describe() returned more than {} and was stopped",
+            "{function} returned more than {} and was stopped",
             limits::show_bytes(limit_bytes)
         ),
         RunFailure::Setup { reason, .. } => {
             format!("its sandbox could not be set up: {reason}")
         }
-        other => format!("describe() failed: {other}"),
+        other => format!("{function} failed: {other}"),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct HandlerListing {
     /// One-line form of `grants`.
     pub grants_summary: String,
     pub input_schema: serde_json::Value,
+    /// The MCP tool its component declared for it (WIT `mcp`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_tool: Option<super::registry::McpTool>,
 }
 
 impl HandlerListing {
@@ -90,6 +93,7 @@ impl PluginHost {
                     grants: plugin.grants.clone(),
                     grants_summary: plugin.grants.summary(),
                     input_schema: entry.info.input_schema.clone(),
+                    mcp_tool: entry.info.mcp_tool.clone(),
                 }
             })
             .collect()

@@ -64,7 +64,7 @@ pub use host::{
     RunRequest, Spawn,
 };
 pub use inspect::{ExecError, HandlerListing};
-pub use registry::{HandlerInfo, InputError, UnknownHandler};
+pub use registry::{HandlerInfo, InputError, McpResult, McpTool, UnknownHandler};
 pub use trust::{TrustError, TrustPolicy};
 
 use std::path::PathBuf;

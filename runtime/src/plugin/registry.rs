@@ -10,13 +10,36 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// What a handler says about itself in `describe()`.
+/// What a handler says about itself in `describe()` (and, when its
+/// component exports `mcp`, the tool it is offered as).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HandlerInfo {
     pub name: String,
     pub description: String,
     /// The input JSON Schema, parsed.
     pub input_schema: serde_json::Value,
+    /// The MCP tool its component's `mcp.tools()` declared for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_tool: Option<McpTool>,
+}
+
+/// A handler's MCP tool as its component declared it (WIT `mcp.tool`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct McpTool {
+    /// The tool name (1 to 64 of `A-Z a-z 0-9 _ - . /`).
+    pub name: String,
+    /// How the tool's result is made from the handler's output.
+    pub result: McpResult,
+}
+
+/// WIT `mcp.result-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpResult {
+    /// The output JSON as text (and structured content when an object).
+    Json,
+    /// The output is an array of MCP content blocks.
+    Content,
 }
 
 /// A lookup for a name no plugin provides.
