@@ -224,7 +224,7 @@ async fn example_steps_stops_at_the_next_step_once_its_job_is_cancelled() {
 // ------------------------------------------------------------ fixtures
 
 #[tokio::test]
-async fn fixture_mcp_conformance_offers_each_handler_as_the_tool_it_declares() {
+async fn fixture_mcp_conformance_declares_its_tools_resources_and_prompts() {
     use lockstep::plugin::{McpResult, McpTool};
     let (_dir, host) = host_with(guest_artifacts::FIXTURE_MCP_CONFORMANCE, None).await;
     let declared: Vec<(String, Option<McpTool>)> = host
@@ -274,12 +274,46 @@ async fn fixture_mcp_conformance_offers_each_handler_as_the_tool_it_declares() {
                 "conformance:progress".to_owned(),
                 tool("test_tool_with_progress", Content)
             ),
+            // The handlers of its resources and prompts keep their default tools.
+            ("conformance:prompt-with-arguments".to_owned(), None),
+            ("conformance:prompt-with-embedded-resource".to_owned(), None),
+            ("conformance:prompt-with-image".to_owned(), None),
+            ("conformance:simple-prompt".to_owned(), None),
             (
                 "conformance:simple-text".to_owned(),
                 tool("test_simple_text", Content)
             ),
+            ("conformance:static-binary".to_owned(), None),
+            ("conformance:static-text".to_owned(), None),
+            ("conformance:template-data".to_owned(), None),
             // A component without the `mcp` export declares nothing.
             ("example:noop".to_owned(), None),
+        ]
+    );
+    // Its `mcp-catalog` export: three resources and four prompts, each with
+    // the handler that serves it.
+    let resources: Vec<(String, String, usize)> = host
+        .mcp_resources()
+        .into_iter()
+        .map(|r| (r.uri, r.handler, r.variables.len()))
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            ("test://static-text", "conformance:static-text", 0),
+            ("test://static-binary", "conformance:static-binary", 0),
+            ("test://template/{id}/data", "conformance:template-data", 1),
+        ]
+        .map(|(u, h, n)| (u.to_owned(), h.to_owned(), n))
+    );
+    let prompts: Vec<String> = host.mcp_prompts().into_iter().map(|p| p.name).collect();
+    assert_eq!(
+        prompts,
+        [
+            "test_simple_prompt",
+            "test_prompt_with_arguments",
+            "test_prompt_with_embedded_resource",
+            "test_prompt_with_image"
         ]
     );
     // Its handlers log and report progress through the ordinary context.
@@ -1159,7 +1193,8 @@ fn mcp_tools_dir(mode: &str) -> (PluginDir, std::path::PathBuf) {
 }
 
 #[tokio::test]
-async fn hostile_mcp_tools_declaring_bad_tools_is_refused_and_the_rest_still_serve() {
+async fn hostile_mcp_tools_declaring_bad_tools_resources_or_prompts_is_refused_and_the_rest_still_serve()
+ {
     let long = format!("name:{}", "x".repeat(65));
     for (mode, reason) in [
         (
@@ -1176,7 +1211,7 @@ async fn hostile_mcp_tools_declaring_bad_tools_is_refused_and_the_rest_still_ser
         ),
         (
             "name:run:it",
-            "mcp tools() lists tool \"run:it\", whose name contains ':'; MCP tool names use only `A-Z a-z 0-9 _ - . /`".to_owned(),
+            "mcp tools() lists tool \"run:it\", whose name contains ':'; MCP names use only `A-Z a-z 0-9 _ - . /`".to_owned(),
         ),
         ("same-name", "mcp tools() lists tool \"twin\" twice".to_owned()),
         (
@@ -1184,6 +1219,27 @@ async fn hostile_mcp_tools_declaring_bad_tools_is_refused_and_the_rest_still_ser
             "mcp tools() offers handler \"hostile:mcp-tools\" twice (as \"one\" and \"two\"); offer each handler once".to_owned(),
         ),
         ("hang", "mcp tools() did not return within 5s".to_owned()),
+        (
+            "resource-lockstep",
+            "mcp-catalog resource \"lockstep://jobs/1\" is a lockstep:// URI; those name lockstep's own jobs and tasks".to_owned(),
+        ),
+        (
+            "resource-unknown-handler",
+            "mcp-catalog resource \"test://x\" is read by handler \"hostile:nobody\", which describe() does not list".to_owned(),
+        ),
+        (
+            "resource-bad-template",
+            "mcp-catalog resource \"test://{a}{b}\" is not a URI template: two variables side by side cannot be told apart".to_owned(),
+        ),
+        (
+            "resource-twice",
+            "mcp-catalog resources() lists \"test://x\" twice".to_owned(),
+        ),
+        ("prompt-twice", "mcp-catalog prompts() lists prompt \"twice\" twice".to_owned()),
+        (
+            "prompt-bad-name",
+            "mcp-catalog prompts() lists prompt \"a prompt\", whose name contains ' '; MCP names use only `A-Z a-z 0-9 _ - . /`".to_owned(),
+        ),
     ] {
         let (dir, wasm) = mcp_tools_dir(mode);
         let (host, report) = load_within_two_minutes(&dir).await;

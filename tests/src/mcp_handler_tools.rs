@@ -190,9 +190,17 @@ async fn a_plugin_names_its_tools_and_its_input_schemas_are_published_intact() {
         .filter(|n| !builtin.contains(n))
         .collect();
     offered.sort();
+    // Handlers the plugin declares no tool for keep their default names.
     assert_eq!(
         offered,
         [
+            "conformance.prompt-with-arguments",
+            "conformance.prompt-with-embedded-resource",
+            "conformance.prompt-with-image",
+            "conformance.simple-prompt",
+            "conformance.static-binary",
+            "conformance.static-text",
+            "conformance.template-data",
             "json_schema_2020_12_tool",
             "test_audio_content",
             "test_embedded_resource",

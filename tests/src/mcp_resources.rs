@@ -23,6 +23,19 @@ fn protocol_error<T: std::fmt::Debug>(result: Result<T, ServiceError>) -> (i32, 
     }
 }
 
+/// The URI templates `resources/templates/list` names, in order.
+async fn template_uris(client: &Client) -> Vec<String> {
+    let templates = client
+        .list_resource_templates(None)
+        .await
+        .expect("templates");
+    templates
+        .resource_templates
+        .into_iter()
+        .map(|t| t.uri_template)
+        .collect()
+}
+
 async fn read(client: &Client, uri: &str) -> Result<Value, ServiceError> {
     client
         .read_resource(ReadResourceRequestParams::new(uri))
@@ -51,25 +64,10 @@ async fn jobs_and_tasks_are_resources_of_their_own_tenant() {
     // An empty tenant lists no resources, and still has the two templates.
     let listed = client.list_resources(None).await.expect("list");
     assert!(listed.resources.is_empty(), "{listed:?}");
-    let templates = serde_json::to_value(
-        client
-            .list_resource_templates(None)
-            .await
-            .expect("templates"),
-    )
-    .expect("JSON");
-    let uris: Vec<&Value> = templates["resourceTemplates"]
-        .as_array()
-        .expect("templates")
-        .iter()
-        .map(|t| &t["uriTemplate"])
-        .collect();
+    let uris = template_uris(&client).await;
     assert_eq!(
         uris,
-        [
-            &json!("lockstep://jobs/{job_id}"),
-            &json!("lockstep://tasks/{task_id}")
-        ]
+        ["lockstep://jobs/{job_id}", "lockstep://tasks/{task_id}"]
     );
 
     let first = plan(
@@ -456,4 +454,223 @@ async fn a_session_that_sets_a_log_level_hears_the_log_lines_of_the_jobs_it_wait
     second["data"]["job_id"] = json!(next);
     second["data"]["task_id"] = json!(next);
     assert_eq!(*logs.lock().expect("logs"), [line, second]);
+}
+
+// ------------------------------------------- a plugin's resources and prompts
+
+/// A stdio server with only the conformance fixture plugin, whose
+/// `mcp-catalog` export offers resources, a template and prompts.
+async fn fixture_server(db: &Db) -> (crate::plugin_support::PluginDir, StdioServer) {
+    let dir = crate::plugin_support::PluginDir::new();
+    dir.add(lockstep::guest_artifacts::FIXTURE_MCP_CONFORMANCE);
+    let server = StdioServer::start_with_plugins(db, "local", &dir.plugins(), &[]).await;
+    (dir, server)
+}
+
+const RED_PIXEL_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_offers_resources_and_templates_its_handlers_read() {
+    let db = Db::new().await;
+    let (_dir, server) = fixture_server(&db).await;
+    let client = &server.client;
+
+    let listed =
+        serde_json::to_value(client.list_resources(None).await.expect("list")).expect("JSON");
+    let uris: Vec<&Value> = listed["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| &r["uri"])
+        .collect();
+    assert_eq!(
+        uris,
+        [&json!("test://static-text"), &json!("test://static-binary")]
+    );
+    assert_eq!(listed["resources"][1]["mimeType"], "image/png");
+    let templates = template_uris(client).await;
+    assert_eq!(
+        templates,
+        [
+            "lockstep://jobs/{job_id}",
+            "lockstep://tasks/{task_id}",
+            "test://template/{id}/data"
+        ]
+    );
+
+    assert_eq!(
+        read(client, "test://static-text")
+            .await
+            .expect("static text"),
+        json!({ "contents": [{
+            "uri": "test://static-text",
+            "mimeType": "text/plain",
+            "text": "This is the content of the static text resource."
+        }] })
+    );
+    assert_eq!(
+        read(client, "test://static-binary")
+            .await
+            .expect("static binary"),
+        json!({ "contents": [{
+            "uri": "test://static-binary",
+            "mimeType": "image/png",
+            "blob": RED_PIXEL_PNG
+        }] })
+    );
+    let data = read(client, "test://template/123/data")
+        .await
+        .expect("template");
+    assert_eq!(data["contents"][0]["uri"], "test://template/123/data");
+    assert_eq!(data["contents"][0]["mimeType"], "application/json");
+    assert_eq!(
+        serde_json::from_str::<Value>(data["contents"][0]["text"].as_str().expect("text"))
+            .expect("JSON"),
+        json!({ "id": "123", "templateTest": true, "data": "Data for ID: 123" })
+    );
+    // A variable is one non-empty path segment; nothing else names a resource.
+    for uri in [
+        "test://template/1/2/data",
+        "test://template//data",
+        "test://template/123/data/more",
+        "test://static-text2",
+    ] {
+        let (code, message, _) = protocol_error(read(client, uri).await);
+        assert_eq!(code, -32002, "{uri}: {message}");
+    }
+    // The variable's declared values complete.
+    let completed = complete(
+        client,
+        Reference::for_resource("test://template/{id}/data"),
+        "id",
+        "12",
+    )
+    .await
+    .expect("complete id");
+    assert_eq!(completed["values"], json!(["123", "124"]));
+    let (code, message, _) = protocol_error(
+        complete(
+            client,
+            Reference::for_resource("test://template/{id}/data"),
+            "nope",
+            "",
+        )
+        .await,
+    );
+    assert_eq!(code, -32602);
+    assert_eq!(
+        message,
+        "invalid argument argument.name: \"nope\" is not an argument here; it takes id"
+    );
+    // Reads run the handlers outside any job: nothing was stored.
+    assert_eq!(ok(client, "list_jobs", json!({})).await["jobs"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_offers_prompts_its_handlers_render_with_checked_arguments() {
+    let db = Db::new().await;
+    let (_dir, server) = fixture_server(&db).await;
+    let client = &server.client;
+
+    let listed =
+        serde_json::to_value(client.list_all_prompts().await.expect("prompts")).expect("JSON");
+    let names: Vec<&Value> = listed
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .map(|p| &p["name"])
+        .collect();
+    assert_eq!(
+        names,
+        [
+            &json!("plan_work"),
+            &json!("run_handler"),
+            &json!("test_simple_prompt"),
+            &json!("test_prompt_with_arguments"),
+            &json!("test_prompt_with_embedded_resource"),
+            &json!("test_prompt_with_image"),
+        ]
+    );
+    assert_eq!(
+        listed[3]["arguments"],
+        json!([
+            { "name": "arg1", "description": "The arg1 argument.", "required": true },
+            { "name": "arg2", "description": "The arg2 argument.", "required": true },
+        ])
+    );
+
+    let got = prompt(
+        client,
+        "test_prompt_with_arguments",
+        json!({ "arg1": "Ada", "arg2": "Grace" }),
+    )
+    .await
+    .expect("get");
+    assert_eq!(
+        message_text(&got),
+        "Prompt with arguments: arg1='Ada', arg2='Grace'"
+    );
+    let image = prompt(client, "test_prompt_with_image", json!({}))
+        .await
+        .expect("image prompt");
+    assert_eq!(
+        image["messages"],
+        json!([
+            { "role": "user", "content": { "type": "image", "data": RED_PIXEL_PNG, "mimeType": "image/png" } },
+            { "role": "user", "content": { "type": "text", "text": "Please analyze the image above." } },
+        ])
+    );
+
+    // Arguments are checked before the handler runs.
+    for (args, field, reason) in [
+        (json!({ "arg1": "Ada" }), "arguments.arg2", "is missing"),
+        (
+            json!({ "arg1": "Ada", "arg2": 7 }),
+            "arguments.arg2",
+            "is not a string",
+        ),
+        (
+            json!({ "arg1": "Ada", "arg2": "G", "arg3": "x" }),
+            "arguments.arg3",
+            "is not an argument of this prompt; it takes arg1, arg2",
+        ),
+    ] {
+        let (code, message, data) =
+            protocol_error(prompt(client, "test_prompt_with_arguments", args.clone()).await);
+        assert_eq!(code, -32602, "{args}");
+        assert_eq!(
+            message,
+            format!("invalid argument {field}: {reason}"),
+            "{args}"
+        );
+        assert_eq!(data["field"], field);
+    }
+    let (code, message, _) = protocol_error(prompt(client, "test_nope", json!({})).await);
+    assert_eq!(code, -32602);
+    assert_eq!(
+        message,
+        "invalid argument name: lockstep has no prompt \"test_nope\"; its prompts are plan_work, run_handler, test_simple_prompt, test_prompt_with_arguments, test_prompt_with_embedded_resource, test_prompt_with_image"
+    );
+
+    // An argument's declared values complete.
+    let completed = complete(
+        client,
+        Reference::for_prompt("test_prompt_with_arguments"),
+        "arg1",
+        "par",
+    )
+    .await
+    .expect("complete arg1");
+    assert_eq!(completed["values"], json!(["paris", "park", "party"]));
+    let none = complete(
+        client,
+        Reference::for_prompt("test_prompt_with_arguments"),
+        "arg2",
+        "",
+    )
+    .await
+    .expect("complete arg2");
+    assert_eq!(none["values"], json!([]));
+    assert_eq!(ok(client, "list_jobs", json!({})).await["jobs"], json!([]));
 }

@@ -18,6 +18,7 @@
 //! token), never from its arguments.
 
 pub mod args;
+pub mod catalog;
 pub mod failure;
 pub mod handler_tools;
 pub mod http;
@@ -318,7 +319,7 @@ impl ServerHandler for LockstepMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListResourceTemplatesResult, ErrorData> {
         self.caller(&context)?;
-        Ok(resources::templates())
+        Ok(resources::templates(&self.engine))
     }
 
     async fn read_resource(
@@ -338,7 +339,7 @@ impl ServerHandler for LockstepMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
         self.caller(&context)?;
-        Ok(prompts::list())
+        Ok(prompts::list(&self.engine))
     }
 
     async fn get_prompt(
@@ -353,6 +354,7 @@ impl ServerHandler for LockstepMcp {
             request.arguments.as_ref(),
             |h| self.handler_tool(h),
         )
+        .await
         .map(Into::into)
     }
 

@@ -3,7 +3,9 @@
 //! one registered handler (its description and input schema, the tools that
 //! run it). `completion/complete` suggests registered handler names for
 //! `run_handler`'s `handler`, and the ids of the caller's newest jobs for the
-//! job resource template ([`super::resources`]).
+//! job resource template ([`super::resources`]). The plugins' prompts, and
+//! the values their prompts' arguments and templates' variables declare,
+//! come after ([`super::catalog`]).
 //!
 //! **Invariant 24:** a prompt's arguments are checked like a tool's: a
 //! missing, unknown or oversized one is an `invalid_params` error naming it.
@@ -23,9 +25,12 @@ use rmcp::model::{
 pub const PLAN_WORK: &str = "plan_work";
 pub const RUN_HANDLER: &str = "run_handler";
 
-/// The prompts, as `prompts/list` shows them.
-pub fn list() -> ListPromptsResult {
-    ListPromptsResult::with_all_items(vec![
+/// lockstep's own prompts.
+const OWN: [&str; 2] = [PLAN_WORK, RUN_HANDLER];
+
+/// The prompts, as `prompts/list` shows them: lockstep's, then the plugins'.
+pub fn list(engine: &Engine) -> ListPromptsResult {
+    let mut prompts = vec![
         Prompt::new(
             PLAN_WORK,
             Some(
@@ -53,16 +58,21 @@ pub fn list() -> ListPromptsResult {
             ]),
         )
         .with_title("Run a handler"),
-    ])
+    ];
+    prompts.extend(super::catalog::listed_prompts(engine, &OWN));
+    ListPromptsResult::with_all_items(prompts)
 }
 
 /// A prompt name lockstep does not have, given as `field`: invalid params.
-fn no_prompt(field: &str, name: &str) -> ErrorData {
+fn no_prompt(engine: &Engine, field: &str, name: &str) -> ErrorData {
+    let mut names: Vec<String> = OWN.iter().map(|n| n.to_string()).collect();
+    names.extend(super::catalog::prompt_names(engine, &OWN));
     ArgError::new(
         field,
         format!(
-            "lockstep has no prompt {:?}; its prompts are {PLAN_WORK}, {RUN_HANDLER}",
-            super::params::clip(name, 100)
+            "lockstep has no prompt {:?}; its prompts are {}",
+            super::params::clip(name, 100),
+            names.join(", ")
         ),
     )
     .into_error_data()
@@ -104,7 +114,7 @@ fn only(arguments: &JsonObject, known: &[&str]) -> Result<(), ErrorData> {
 
 /// `prompts/get`. `handler_tool` maps a handler name to its own tool, if it
 /// has one.
-pub fn get(
+pub async fn get(
     engine: &Engine,
     name: &str,
     arguments: Option<&JsonObject>,
@@ -147,7 +157,10 @@ pub fn get(
                     .with_description(format!("Run the handler {}", info.name)),
             )
         }
-        other => Err(no_prompt("name", other)),
+        other => match super::catalog::get(engine, &OWN, other, Some(arguments)).await {
+            Some(got) => got,
+            None => Err(no_prompt(engine, "name", other)),
+        },
     }
 }
 
@@ -241,9 +254,11 @@ pub async fn complete(
             PLAN_WORK => return Err(unknown_argument("goal, context")),
             RUN_HANDLER if argument == "handler" => engine.plugins().handler_names(),
             RUN_HANDLER => return Err(unknown_argument("handler")),
-            other => {
-                return Err(no_prompt("ref.name", other));
-            }
+            other => match super::catalog::prompt_values(engine, &OWN, other, argument) {
+                Some(Ok(values)) => values,
+                Some(Err(known)) => return Err(unknown_argument(&known)),
+                None => return Err(no_prompt(engine, "ref.name", other)),
+            },
         },
         Reference::Resource(template) => match template.uri.as_str() {
             super::resources::JOB_TEMPLATE if argument == "job_id" => {
@@ -266,6 +281,11 @@ pub async fn complete(
             super::resources::JOB_TEMPLATE => return Err(unknown_argument("job_id")),
             super::resources::TASK_TEMPLATE if argument == "task_id" => Vec::new(),
             super::resources::TASK_TEMPLATE => return Err(unknown_argument("task_id")),
+            other
+                if let Some(values) = super::catalog::template_values(engine, other, argument) =>
+            {
+                values.map_err(|known| unknown_argument(&known))?
+            }
             other => {
                 return Err(ArgError::new(
                     "ref.uri",

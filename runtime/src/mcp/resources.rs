@@ -2,7 +2,8 @@
 //! caller's jobs, newest first, as `lockstep://jobs/{job_id}`; two resource
 //! templates name any job or task (`lockstep://jobs/{job_id}`,
 //! `lockstep://tasks/{task_id}`); `resources/read` answers with the same
-//! view `get_job` / `get_task` return, as JSON.
+//! view `get_job` / `get_task` return, as JSON. The plugins' resources and
+//! templates ([`super::catalog`]) are listed and read beside them.
 //!
 //! **Invariants 23 and 30:** every read runs as the caller's tenant (another
 //! tenant's job is "not found") and answers only with engine views.
@@ -22,6 +23,8 @@ use rmcp::model::{
 pub const JOB_TEMPLATE: &str = "lockstep://jobs/{job_id}";
 /// A task's resource URI template.
 pub const TASK_TEMPLATE: &str = "lockstep://tasks/{task_id}";
+/// The scheme of lockstep's own resources (a plugin may not offer it).
+const SCHEME: &str = "lockstep://";
 const JOBS: &str = "lockstep://jobs/";
 const TASKS: &str = "lockstep://tasks/";
 /// Jobs per `resources/list` page.
@@ -118,29 +121,31 @@ pub async fn list(
     let next = (jobs.len() == PAGE as usize)
         .then(|| jobs.last().map(|j| format!("before:{}", j.job_id.0)))
         .flatten();
-    let resources = jobs
-        .iter()
-        .map(|j| {
-            let name = crate::limits::printable(&j.name);
-            Resource::new(job_uri(j.job_id), format!("job-{}", j.job_id.0))
-                .with_title(super::params::clip(&name, 200))
-                .with_description(format!(
-                    "job {} ({}): {}",
-                    j.job_id.0,
-                    j.state,
-                    super::params::clip(&name, 200)
-                ))
-                .with_mime_type(JSON)
-        })
-        .collect();
+    // The plugins' resources head the first page.
+    let mut resources = match cursor {
+        None => super::catalog::listed_resources(engine),
+        Some(_) => Vec::new(),
+    };
+    resources.extend(jobs.iter().map(|j| {
+        let name = crate::limits::printable(&j.name);
+        Resource::new(job_uri(j.job_id), format!("job-{}", j.job_id.0))
+            .with_title(super::params::clip(&name, 200))
+            .with_description(format!(
+                "job {} ({}): {}",
+                j.job_id.0,
+                j.state,
+                super::params::clip(&name, 200)
+            ))
+            .with_mime_type(JSON)
+    }));
     let mut page = ListResourcesResult::with_all_items(resources);
     page.next_cursor = next;
     Ok(page)
 }
 
-/// The two templates.
-pub fn templates() -> ListResourceTemplatesResult {
-    ListResourceTemplatesResult::with_all_items(vec![
+/// lockstep's two templates, then the plugins'.
+pub fn templates(engine: &Engine) -> ListResourceTemplatesResult {
+    let mut templates = vec![
         ResourceTemplate::new(JOB_TEMPLATE, "job")
             .with_title("A job")
             .with_description(
@@ -153,7 +158,9 @@ pub fn templates() -> ListResourceTemplatesResult {
                 "A task's input, output, error, attempts, lease and recent events (what get_task returns).",
             )
             .with_mime_type(JSON),
-    ])
+    ];
+    templates.extend(super::catalog::listed_templates(engine));
+    ListResourceTemplatesResult::with_all_items(templates)
 }
 
 /// The view `uri` names, as JSON text.
@@ -162,6 +169,11 @@ pub async fn read(
     caller: &Caller,
     uri: &str,
 ) -> Result<ReadResourceResult, ErrorData> {
+    if !uri.starts_with(SCHEME)
+        && let Some(read) = super::catalog::read(engine, uri).await
+    {
+        return read;
+    }
     let text = match parse(uri)? {
         Target::Job(job) => render(engine.job_view(&caller.tenant, job).await)?,
         Target::Task(task) => render(engine.task_view(&caller.tenant, task).await)?,

@@ -18,10 +18,11 @@ wasmtime::component::bindgen!({
 /// wit` prints it and `lockstep plugins new` copies it into projects.
 pub const WIT: &str = include_str!("../../../wit/plugin.wit");
 
-/// The optional `mcp` export (world `mcp-plugin`): how a component's
-/// handlers are offered as MCP tools. Its types and imports are the `plugin`
-/// world's, so only the `mcp` interface is generated here; a component is
-/// asked for it only when it exports it ([`MCP_EXPORT`]).
+/// The optional `mcp` and `mcp-catalog` exports (world `mcp-plugin`): how a
+/// component's handlers are offered as MCP tools, and the resources and
+/// prompts they serve. Its types and imports are the `plugin` world's, so
+/// only the two interfaces are generated here; a component is asked for
+/// each only when it exports it ([`MCP_EXPORT`], [`MCP_CATALOG_EXPORT`]).
 pub mod mcp {
     wasmtime::component::bindgen!({
         world: "mcp-plugin",
@@ -37,3 +38,5 @@ pub mod mcp {
 
 /// The name of the optional `mcp` export in a component.
 pub const MCP_EXPORT: &str = "lockstep:plugin/mcp@0.1.0";
+/// The name of the optional `mcp-catalog` export in a component.
+pub const MCP_CATALOG_EXPORT: &str = "lockstep:plugin/mcp-catalog@0.1.0";

@@ -10,7 +10,8 @@
 //!   ([`DESCRIBE_TIMEOUT`]) and byte budget, and its handler list is checked
 //!   (count, sizes, names, duplicates, schemas); a component that exports
 //!   the optional `mcp` interface is instantiated once more, the same way,
-//!   for `tools()`, and each tool is checked against those handlers. A plugin that fails any step
+//!   for `tools()`, and one that exports `mcp-catalog` for `resources()`
+//!   and `prompts()`; each is checked against those handlers. A plugin that fails any step
 //!   is reported with its path and reason and the others still load (unless
 //!   `strict`); a failed `describe()` is remembered by the compile cache.
 //!   Trust ([`super::trust`]) is checked on the read bytes before they
@@ -40,15 +41,19 @@ use super::bindings::lockstep::plugin::types;
 use super::bindings::mcp::exports::lockstep::plugin::mcp::{
     GuestIndices as McpIndices, ResultFormat, Tool as McpWitTool,
 };
-use super::bindings::{MCP_EXPORT, Plugin, PluginPre};
+use super::bindings::mcp::exports::lockstep::plugin::mcp_catalog::{
+    Argument as WitArgument, GuestIndices as CatalogIndices, Prompt as WitPrompt,
+    Resource as WitResource,
+};
+use super::bindings::{MCP_CATALOG_EXPORT, MCP_EXPORT, Plugin, PluginPre};
 use super::cache::{CacheOutcome, CacheStats, CompileCache};
 use super::context::{LoadContext, TaskContext};
 use super::failure::{Observed, RunFailure, classify};
 use super::grants::{Grants, format_duration};
 use super::instance_state::RunState;
 use super::registry::{
-    HandlerEntry, HandlerInfo, InputError, McpResult, McpTool, Registry, UnknownHandler,
-    compile_schema,
+    HandlerEntry, HandlerInfo, InputError, McpArgument, McpPrompt, McpResource, McpResult, McpTool,
+    Registry, UnknownHandler, compile_schema,
 };
 use super::trust::{Trust, TrustPolicy};
 use super::{PluginError, discovery, sandbox};
@@ -180,6 +185,8 @@ pub(crate) struct LoadedPlugin {
     concurrency: Semaphore,
     /// What `describe()` said, with the compiled input schemas.
     handlers: Vec<(HandlerInfo, Arc<jsonschema::Validator>)>,
+    /// The resources and prompts its `mcp-catalog` export offers.
+    pub(crate) catalog: Catalog,
 }
 
 /// The loaded plugins and their handlers. Cheap to share (`Arc`); every
@@ -759,6 +766,7 @@ impl LoadJob {
             grants,
             pre,
             handlers: Vec::new(),
+            catalog: Catalog::default(),
         };
         let file = path.file_name().map_or_else(
             || path.display().to_string(),
@@ -768,11 +776,12 @@ impl LoadJob {
             .describe(&plugin, &component, &file, describe_timeout)
             .await
         {
-            Ok(checked) => {
+            Ok((checked, catalog)) => {
                 plugin.handlers = checked
                     .into_iter()
                     .map(|(info, validator)| (info, Arc::new(validator)))
                     .collect();
+                plugin.catalog = catalog;
                 (Some(outcome), Ok(Loaded::Plugin(Arc::new(plugin))))
             }
             Err(Refusal { reason, its_own }) => {
@@ -823,56 +832,225 @@ impl LoadJob {
         component: &wasmtime::component::Component,
         label: &str,
         timeout: Duration,
-    ) -> Result<Vec<(HandlerInfo, jsonschema::Validator)>, Refusal> {
+    ) -> Result<(Vec<(HandlerInfo, jsonschema::Validator)>, Catalog), Refusal> {
         let cx: Arc<dyn TaskContext> = Arc::new(LoadContext {
             plugin: plugin.path.display().to_string(),
         });
-        let infos = call_at_load(
-            plugin,
-            label,
-            cx.clone(),
-            &self.slots,
-            timeout,
-            |store, instance| {
-                Box::pin(async move {
-                    Plugin::new(&mut *store, &instance)?
-                        .lockstep_plugin_handler()
-                        .call_describe(&mut *store)
-                        .await
-                })
-            },
-        )
-        .await
-        .map_err(|f| Refusal::call("describe()", f))?;
+        let infos = self
+            .call(
+                plugin,
+                label,
+                &cx,
+                timeout,
+                "describe()",
+                |store, instance| {
+                    Box::pin(async move {
+                        Plugin::new(&mut *store, &instance)?
+                            .lockstep_plugin_handler()
+                            .call_describe(&mut *store)
+                            .await
+                    })
+                },
+            )
+            .await?;
         let mut checked = checked_handlers(infos).map_err(Refusal::plugin)?;
-        if component.get_export_index(None, MCP_EXPORT).is_none() {
-            return Ok(checked);
+        if component.get_export_index(None, MCP_EXPORT).is_some() {
+            let mcp =
+                McpIndices::new(plugin.pre.instance_pre()).map_err(|e| misfit(MCP_EXPORT, &e))?;
+            let tools = self
+                .call(
+                    plugin,
+                    label,
+                    &cx,
+                    timeout,
+                    "mcp tools()",
+                    move |store, instance| {
+                        Box::pin(async move {
+                            mcp.load(&mut *store, &instance)?
+                                .call_tools(&mut *store)
+                                .await
+                        })
+                    },
+                )
+                .await?;
+            declare_tools(&mut checked, tools).map_err(Refusal::plugin)?;
         }
-        let indices = McpIndices::new(plugin.pre.instance_pre()).map_err(|e| {
-            Refusal::plugin(format!(
-                "its {MCP_EXPORT} export does not fit wit/plugin.wit: {e:#}"
-            ))
-        })?;
-        let tools = call_at_load(
-            plugin,
-            label,
-            cx,
-            &self.slots,
-            timeout,
-            move |store, instance| {
-                Box::pin(async move {
-                    indices
-                        .load(&mut *store, &instance)?
-                        .call_tools(&mut *store)
-                        .await
-                })
-            },
-        )
-        .await
-        .map_err(|f| Refusal::call("mcp tools()", f))?;
-        declare_tools(&mut checked, tools).map_err(Refusal::plugin)?;
-        Ok(checked)
+        let mut catalog = Catalog::default();
+        if component
+            .get_export_index(None, MCP_CATALOG_EXPORT)
+            .is_some()
+        {
+            let listing = CatalogIndices::new(plugin.pre.instance_pre())
+                .map_err(|e| misfit(MCP_CATALOG_EXPORT, &e))?;
+            let again = listing.clone();
+            let resources = self
+                .call(
+                    plugin,
+                    label,
+                    &cx,
+                    timeout,
+                    "mcp-catalog resources()",
+                    move |store, instance| {
+                        Box::pin(async move {
+                            listing
+                                .load(&mut *store, &instance)?
+                                .call_resources(&mut *store)
+                                .await
+                        })
+                    },
+                )
+                .await?;
+            let prompts = self
+                .call(
+                    plugin,
+                    label,
+                    &cx,
+                    timeout,
+                    "mcp-catalog prompts()",
+                    move |store, instance| {
+                        Box::pin(async move {
+                            again
+                                .load(&mut *store, &instance)?
+                                .call_prompts(&mut *store)
+                                .await
+                        })
+                    },
+                )
+                .await?;
+            catalog = checked_catalog(&checked, resources, prompts).map_err(Refusal::plugin)?;
+        }
+        Ok((checked, catalog))
     }
+
+    /// [`call_at_load`] for `function`, its failure as a load refusal.
+    async fn call<R>(
+        &self,
+        plugin: &LoadedPlugin,
+        label: &str,
+        cx: &Arc<dyn TaskContext>,
+        timeout: Duration,
+        function: &str,
+        call: impl for<'s> FnOnce(
+            &'s mut Store<RunState>,
+            wasmtime::component::Instance,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 's>,
+        >,
+    ) -> Result<R, Refusal> {
+        call_at_load(plugin, label, cx.clone(), &self.slots, timeout, call)
+            .await
+            .map_err(|f| Refusal::call(function, f))
+    }
+}
+
+/// The refusal of an MCP export whose functions do not match the WIT.
+fn misfit(export: &str, e: &wasmtime::Error) -> Refusal {
+    Refusal::plugin(format!(
+        "its {export} export does not fit wit/plugin.wit: {e:#}"
+    ))
+}
+
+/// The resources and prompts a plugin's `mcp-catalog` export offers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Catalog {
+    pub(crate) resources: Vec<McpResource>,
+    pub(crate) prompts: Vec<McpPrompt>,
+}
+
+/// Longest resource URI (or URI template), in bytes.
+pub const MAX_URI_BYTES: usize = 2048;
+
+/// The catalog as the host keeps it, checked: every entry names a handler
+/// `describe()` listed; URIs are at most [`MAX_URI_BYTES`], printable, not
+/// `lockstep://`, well-formed templates, and unique; names are plain and
+/// prompt names unique; at most [`MAX_HANDLERS_PER_PLUGIN`] of each.
+fn checked_catalog(
+    handlers: &[(HandlerInfo, jsonschema::Validator)],
+    resources: Vec<WitResource>,
+    prompts: Vec<WitPrompt>,
+) -> Result<Catalog, String> {
+    let known = |what: &str, handler: &str| {
+        if handlers.iter().any(|(h, _)| h.name == handler) {
+            Ok(())
+        } else {
+            Err(format!(
+                "mcp-catalog {what} is read by handler {handler:?}, which describe() does not list"
+            ))
+        }
+    };
+    for (what, count) in [
+        ("resources()", resources.len()),
+        ("prompts()", prompts.len()),
+    ] {
+        if count > MAX_HANDLERS_PER_PLUGIN {
+            return Err(format!(
+                "mcp-catalog {what} lists {count} entries, more than the {MAX_HANDLERS_PER_PLUGIN} one plugin may offer"
+            ));
+        }
+    }
+    let argument = |a: WitArgument| McpArgument {
+        name: a.name,
+        description: a.description,
+        required: a.required,
+        values: a.values,
+    };
+    let mut uris = HashSet::new();
+    let mut checked = Catalog::default();
+    for r in resources {
+        let shown = limits::cut(r.uri.clone(), 200);
+        let what = format!("resource {shown:?}");
+        if r.uri.is_empty()
+            || r.uri.len() > MAX_URI_BYTES
+            || r.uri.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(format!(
+                "mcp-catalog {what} has a URI that is empty, longer than {MAX_URI_BYTES} bytes, or holds spaces or control characters"
+            ));
+        }
+        if r.uri.starts_with("lockstep://") {
+            return Err(format!(
+                "mcp-catalog {what} is a lockstep:// URI; those name lockstep's own jobs and tasks"
+            ));
+        }
+        if let Err(why) = super::registry::template_parts(&r.uri) {
+            return Err(format!("mcp-catalog {what} is not a URI template: {why}"));
+        }
+        if r.name.is_empty() || r.name.len() > 128 || r.name.chars().any(char::is_control) {
+            return Err(format!(
+                "mcp-catalog {what} has a name that is empty, longer than 128 bytes or holds control characters"
+            ));
+        }
+        if !uris.insert(r.uri.clone()) {
+            return Err(format!("mcp-catalog resources() lists {shown:?} twice"));
+        }
+        known(&what, &r.handler)?;
+        checked.resources.push(McpResource {
+            uri: r.uri,
+            name: r.name,
+            description: r.description,
+            mime_type: r.mime_type,
+            variables: r.variables.into_iter().map(argument).collect(),
+            handler: r.handler,
+        });
+    }
+    let mut names = HashSet::new();
+    for p in prompts {
+        check_mcp_name("mcp-catalog prompts() lists prompt", &p.name)?;
+        if !names.insert(p.name.clone()) {
+            return Err(format!(
+                "mcp-catalog prompts() lists prompt {:?} twice",
+                p.name
+            ));
+        }
+        known(&format!("prompt {:?}", p.name), &p.handler)?;
+        checked.prompts.push(McpPrompt {
+            name: p.name,
+            description: p.description,
+            arguments: p.arguments.into_iter().map(argument).collect(),
+            handler: p.handler,
+        });
+    }
+    Ok(checked)
 }
 
 /// One call into a fresh instance of `plugin` at load (`describe()`,
@@ -922,7 +1100,7 @@ fn declare_tools(
     }
     let mut names = HashSet::with_capacity(tools.len());
     for tool in tools {
-        check_tool_name(&tool.name)?;
+        check_mcp_name("mcp tools() lists tool", &tool.name)?;
         if !names.insert(tool.name.clone()) {
             return Err(format!("mcp tools() lists tool {:?} twice", tool.name));
         }
@@ -949,12 +1127,13 @@ fn declare_tools(
     Ok(())
 }
 
-/// MCP tool names (SEP-986): 1 to 64 of `A-Z a-z 0-9 _ - . /`.
-fn check_tool_name(name: &str) -> Result<(), String> {
+/// MCP tool (SEP-986) and prompt names: 1 to 64 of `A-Z a-z 0-9 _ - . /`;
+/// `listed` says where the name comes from (`mcp tools() lists tool`).
+fn check_mcp_name(listed: &str, name: &str) -> Result<(), String> {
     let shown = limits::cut(name.to_owned(), 100);
     if name.is_empty() || name.len() > 64 {
         return Err(format!(
-            "mcp tools() lists tool {shown:?}, whose name is not 1 to 64 characters long"
+            "{listed} {shown:?}, whose name is not 1 to 64 characters long"
         ));
     }
     if let Some(c) = name
@@ -962,7 +1141,7 @@ fn check_tool_name(name: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')))
     {
         return Err(format!(
-            "mcp tools() lists tool {shown:?}, whose name contains {c:?}; MCP tool names use only `A-Z a-z 0-9 _ - . /`"
+            "{listed} {shown:?}, whose name contains {c:?}; MCP names use only `A-Z a-z 0-9 _ - . /`"
         ));
     }
     Ok(())

@@ -10,7 +10,7 @@ use super::context::TaskContext;
 use super::failure::RunFailure;
 use super::grants::Grants;
 use super::host::{PluginHost, RunOutcome, RunRequest};
-use super::registry::InputError;
+use super::registry::{InputError, McpPrompt, McpResource};
 use crate::limits::printable;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -97,6 +97,37 @@ impl PluginHost {
                 }
             })
             .collect()
+    }
+
+    /// The resources (and templates) the plugins' `mcp-catalog` exports
+    /// offer, in scan order.
+    pub fn mcp_resources(&self) -> Vec<McpResource> {
+        self.plugins
+            .iter()
+            .flat_map(|p| p.catalog.resources.iter().cloned())
+            .collect()
+    }
+
+    /// The prompts the plugins' `mcp-catalog` exports offer, in scan order.
+    pub fn mcp_prompts(&self) -> Vec<McpPrompt> {
+        self.plugins
+            .iter()
+            .flat_map(|p| p.catalog.prompts.iter().cloned())
+            .collect()
+    }
+
+    /// Run `handler` once outside any job to answer an MCP request (a
+    /// resource read, a prompt), like `exec`; its log lines go to this
+    /// process's log at debug level.
+    pub async fn answer(
+        &self,
+        handler: &str,
+        input: &serde_json::Value,
+    ) -> Result<RunOutcome, ExecError> {
+        let cx = Arc::new(super::context::LoadContext {
+            plugin: format!("handler {handler}"),
+        });
+        self.exec(handler, input, 1, cx).await
     }
 
     /// Run one task of `handler` outside any job (job and task id 0, stage

@@ -64,7 +64,10 @@ pub use host::{
     RunRequest, Spawn,
 };
 pub use inspect::{ExecError, HandlerListing};
-pub use registry::{HandlerInfo, InputError, McpResult, McpTool, UnknownHandler};
+pub use registry::{
+    HandlerInfo, InputError, McpArgument, McpPrompt, McpResource, McpResult, McpTool,
+    UnknownHandler,
+};
 pub use trust::{TrustError, TrustPolicy};
 
 use std::path::PathBuf;

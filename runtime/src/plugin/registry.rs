@@ -32,6 +32,120 @@ pub struct McpTool {
     pub result: McpResult,
 }
 
+/// WIT `mcp-catalog.argument`: a prompt's argument or a resource template's
+/// variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct McpArgument {
+    pub name: String,
+    pub description: String,
+    pub required: bool,
+    /// What completion suggests for it.
+    pub values: Vec<String>,
+}
+
+/// WIT `mcp-catalog.resource`: a resource (or a URI template of them) a
+/// handler reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct McpResource {
+    pub uri: String,
+    pub name: String,
+    pub description: String,
+    pub mime_type: String,
+    /// Template variables; empty for a plain URI.
+    pub variables: Vec<McpArgument>,
+    pub handler: String,
+}
+
+impl McpResource {
+    /// True when the URI is a template (holds a `{variable}`).
+    pub fn is_template(&self) -> bool {
+        self.uri.contains('{')
+    }
+
+    /// The variables `uri` gives this resource's URI (template), when it
+    /// names this resource: each `{variable}` stands for one non-empty
+    /// path segment (no `/`); a plain URI matches only itself.
+    pub fn matches(&self, uri: &str) -> Option<Vec<(String, String)>> {
+        let parts = template_parts(&self.uri).ok()?;
+        let mut rest = uri;
+        let mut found = Vec::new();
+        let mut parts = parts.iter().peekable();
+        while let Some(part) = parts.next() {
+            match part {
+                TemplatePart::Literal(text) => rest = rest.strip_prefix(text.as_str())?,
+                TemplatePart::Variable(name) => {
+                    // Up to the next literal's start within this segment.
+                    let segment_end = rest.find('/').unwrap_or(rest.len());
+                    let end = match parts.peek() {
+                        Some(TemplatePart::Literal(next)) => rest[..segment_end]
+                            .find(next.as_str())
+                            .unwrap_or(segment_end),
+                        _ => segment_end,
+                    };
+                    if end == 0 {
+                        return None;
+                    }
+                    found.push((name.clone(), rest[..end].to_owned()));
+                    rest = &rest[end..];
+                }
+            }
+        }
+        rest.is_empty().then_some(found)
+    }
+}
+
+/// A piece of a URI template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    Variable(String),
+}
+
+/// A URI template (RFC 6570 level 1: `{name}`, names of `A-Z a-z 0-9 _`,
+/// never two variables side by side) in pieces; a plain URI is one literal.
+pub fn template_parts(template: &str) -> Result<Vec<TemplatePart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while !rest.is_empty() {
+        match rest.find(['{', '}']) {
+            None => {
+                parts.push(TemplatePart::Literal(rest.to_owned()));
+                break;
+            }
+            Some(at) if rest.as_bytes()[at] == b'}' => {
+                return Err("a `}` closes no `{`".to_owned());
+            }
+            Some(at) => {
+                if at > 0 {
+                    parts.push(TemplatePart::Literal(rest[..at].to_owned()));
+                }
+                let close = rest[at..].find('}').ok_or("a `{` is never closed")? + at;
+                let name = &rest[at + 1..close];
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "{{{name}}} is not a variable: use a name of letters, digits and `_`"
+                    ));
+                }
+                if matches!(parts.last(), Some(TemplatePart::Variable(_))) {
+                    return Err("two variables side by side cannot be told apart".to_owned());
+                }
+                parts.push(TemplatePart::Variable(name.to_owned()));
+                rest = &rest[close + 1..];
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// WIT `mcp-catalog.prompt`: a prompt a handler renders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct McpPrompt {
+    pub name: String,
+    pub description: String,
+    pub arguments: Vec<McpArgument>,
+    pub handler: String,
+}
+
 /// WIT `mcp.result-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

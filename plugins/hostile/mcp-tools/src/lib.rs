@@ -1,12 +1,16 @@
 //! `hostile:mcp-tools`: describes itself properly (handlers
 //! `hostile:mcp-tools` and `hostile:mcp-tools-2`), then misbehaves when the
-//! host asks its `mcp` export for tools, in the way the file `/config/mode`
-//! (a directory the test grants) names:
+//! host asks its `mcp` export for tools (or its `mcp-catalog` export for
+//! resources and prompts), in the way the file `/config/mode` (a directory
+//! the test grants) names:
 //! - `hang`: never returns;
 //! - `unknown-handler`: offers a handler `describe()` does not list;
 //! - `name:NAME`: offers its handler as the tool NAME;
 //! - `same-name`: offers both handlers under one name;
 //! - `same-handler`: offers one handler twice, under two names;
+//! - `resource-lockstep`, `resource-unknown-handler`,
+//!   `resource-bad-template`, `resource-twice`, `prompt-twice`,
+//!   `prompt-bad-name`: a resource or prompt of that fault;
 //! - anything else (or no file): offers its handlers as `hostile_tool` and
 //!   `hostile_tool_2`.
 //!
@@ -22,6 +26,7 @@ wit_bindgen::generate!({
 
 use exports::lockstep::plugin::handler::{Guest as Handler, HandlerInfo, Outcome, Task, TaskError};
 use exports::lockstep::plugin::mcp::{Guest as Mcp, ResultFormat, Tool};
+use exports::lockstep::plugin::mcp_catalog::{Guest as Catalog, Prompt, Resource};
 
 const HANDLERS: [&str; 2] = ["hostile:mcp-tools", "hostile:mcp-tools-2"];
 
@@ -57,10 +62,9 @@ impl Handler for Hostile {
 
 impl Mcp for Hostile {
     fn tools() -> Vec<Tool> {
-        let mode = std::fs::read_to_string("/config/mode").unwrap_or_default();
-        let mode = mode.trim();
+        let mode = mode();
         let [first, second] = HANDLERS;
-        match mode {
+        match mode.as_str() {
             "hang" => {
                 let mut spins = 0u64;
                 loop {
@@ -74,6 +78,56 @@ impl Mcp for Hostile {
                 Some(name) => vec![tool(first, name)],
                 None => vec![tool(first, "hostile_tool"), tool(second, "hostile_tool_2")],
             },
+        }
+    }
+}
+
+fn mode() -> String {
+    std::fs::read_to_string("/config/mode")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn resource(uri: &str, handler: &str) -> Resource {
+    Resource {
+        uri: uri.to_owned(),
+        name: "hostile".to_owned(),
+        description: String::new(),
+        mime_type: "text/plain".to_owned(),
+        variables: Vec::new(),
+        handler: handler.to_owned(),
+    }
+}
+
+fn prompt(name: &str) -> Prompt {
+    Prompt {
+        name: name.to_owned(),
+        description: String::new(),
+        arguments: Vec::new(),
+        handler: HANDLERS[0].to_owned(),
+    }
+}
+
+impl Catalog for Hostile {
+    fn resources() -> Vec<Resource> {
+        match mode().as_str() {
+            "resource-lockstep" => vec![resource("lockstep://jobs/1", HANDLERS[0])],
+            "resource-unknown-handler" => vec![resource("test://x", "hostile:nobody")],
+            "resource-bad-template" => vec![resource("test://{a}{b}", HANDLERS[0])],
+            "resource-twice" => vec![
+                resource("test://x", HANDLERS[0]),
+                resource("test://x", HANDLERS[1]),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    fn prompts() -> Vec<Prompt> {
+        match mode().as_str() {
+            "prompt-twice" => vec![prompt("twice"), prompt("twice")],
+            "prompt-bad-name" => vec![prompt("a prompt")],
+            _ => Vec::new(),
         }
     }
 }
