@@ -286,11 +286,12 @@ async fn fixture_mcp_conformance_declares_its_tools_resources_and_prompts() {
             ("conformance:static-binary".to_owned(), None),
             ("conformance:static-text".to_owned(), None),
             ("conformance:template-data".to_owned(), None),
+            ("conformance:watched".to_owned(), None),
             // A component without the `mcp` export declares nothing.
             ("example:noop".to_owned(), None),
         ]
     );
-    // Its `mcp-catalog` export: three resources and four prompts, each with
+    // Its `mcp-catalog` export: four resources and four prompts, each with
     // the handler that serves it.
     let resources: Vec<(String, String, usize)> = host
         .mcp_resources()
@@ -303,6 +304,7 @@ async fn fixture_mcp_conformance_declares_its_tools_resources_and_prompts() {
             ("test://static-text", "conformance:static-text", 0),
             ("test://static-binary", "conformance:static-binary", 0),
             ("test://template/{id}/data", "conformance:template-data", 1),
+            ("test://watched-resource", "conformance:watched", 0),
         ]
         .map(|(u, h, n)| (u.to_owned(), h.to_owned(), n))
     );

@@ -201,6 +201,7 @@ async fn a_plugin_names_its_tools_and_its_input_schemas_are_published_intact() {
             "conformance.static-binary",
             "conformance.static-text",
             "conformance.template-data",
+            "conformance.watched",
             "json_schema_2020_12_tool",
             "test_audio_content",
             "test_embedded_resource",

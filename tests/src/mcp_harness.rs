@@ -15,14 +15,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// An MCP client that records the progress and log notifications it
-/// receives, and counts `notifications/tools/list_changed`.
+/// An MCP client that records the progress, log and resource-update
+/// notifications it receives, and counts `notifications/tools/list_changed`.
 #[derive(Clone, Default)]
 pub struct Recorder {
     pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
     /// `notifications/message` params, as JSON.
     pub logs: Arc<Mutex<Vec<Value>>>,
     pub tool_list_changes: Arc<std::sync::atomic::AtomicUsize>,
+    /// The URIs of `notifications/resources/updated`, in order.
+    pub resource_updates: Arc<Mutex<Vec<String>>>,
 }
 
 impl ClientHandler for Recorder {
@@ -42,6 +44,17 @@ impl ClientHandler for Recorder {
     ) {
         let params = serde_json::to_value(params).expect("log params are JSON");
         self.logs.lock().expect("log list").push(params);
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        self.resource_updates
+            .lock()
+            .expect("resource updates")
+            .push(params.uri);
     }
 
     async fn on_tool_list_changed(&self, _cx: NotificationContext<RoleClient>) {

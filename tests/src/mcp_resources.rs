@@ -486,7 +486,11 @@ async fn a_plugin_offers_resources_and_templates_its_handlers_read() {
         .collect();
     assert_eq!(
         uris,
-        [&json!("test://static-text"), &json!("test://static-binary")]
+        [
+            &json!("test://static-text"),
+            &json!("test://static-binary"),
+            &json!("test://watched-resource")
+        ]
     );
     assert_eq!(listed["resources"][1]["mimeType"], "image/png");
     let templates = template_uris(client).await;
@@ -673,4 +677,66 @@ async fn a_plugin_offers_prompts_its_handlers_render_with_checked_arguments() {
     .expect("complete arg2");
     assert_eq!(none["values"], json!([]));
     assert_eq!(ok(client, "list_jobs", json!({})).await["jobs"], json!([]));
+}
+
+// ------------------------------------------------------- resources/subscribe
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)]
+async fn a_session_follows_a_job_and_hears_each_time_it_changes() {
+    use rmcp::model::{SubscribeRequestParams, UnsubscribeRequestParams};
+    let db = Db::new().await;
+    let (_dir, server) = fixture_server(&db).await;
+    let client = &server.client;
+    let updates = client.service().resource_updates.clone();
+    let subscribe = |uri: &str| client.subscribe(SubscribeRequestParams::new(uri));
+
+    let first = plan(client, "followed", &[("a", "A", &[]), ("b", "B", &[])]).await;
+    let first_job = first["job_id"].as_i64().expect("job");
+    let first_uri = format!("lockstep://jobs/{first_job}");
+    subscribe(&first_uri).await.expect("subscribe to a job");
+    // A plugin's resource can be followed (it never changes by itself).
+    subscribe("test://watched-resource")
+        .await
+        .expect("subscribe to a plugin resource");
+    // Nothing else can.
+    for uri in [
+        "lockstep://jobs/999",
+        "test://nothing",
+        "lockstep://tasks/999",
+    ] {
+        let (code, message, _) = protocol_error(subscribe(uri).await);
+        assert_eq!(code, -32002, "{uri}: {message}");
+    }
+
+    // Claiming a task changes the job: the session hears it, once.
+    let task = claim(client, first_job).await.expect("a ready task");
+    eventually("the job's update", || async {
+        (!updates.lock().expect("updates").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        *updates.lock().expect("updates"),
+        std::slice::from_ref(&first_uri)
+    );
+
+    // After unsubscribing, its changes are not sent; a second job's are.
+    client
+        .unsubscribe(UnsubscribeRequestParams::new(&first_uri))
+        .await
+        .expect("unsubscribe");
+    crate::mcp_harness::complete(client, &task, "done").await;
+    let second = plan(client, "second", &[("a", "A", &[])]).await;
+    let second_uri = format!("lockstep://jobs/{}", second["job_id"]);
+    subscribe(&second_uri)
+        .await
+        .expect("subscribe to the second");
+    claim(client, second["job_id"].as_i64().expect("job"))
+        .await
+        .expect("a task");
+    eventually("the second job's update", || async {
+        (updates.lock().expect("updates").len() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(*updates.lock().expect("updates"), [first_uri, second_uri]);
 }

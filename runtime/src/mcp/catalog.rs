@@ -122,6 +122,11 @@ pub fn prompt_names(engine: &Engine, taken: &[&str]) -> Vec<String> {
     prompts(engine, taken).into_iter().map(|p| p.name).collect()
 }
 
+/// True when `uri` names a plugin's resource (or matches its template).
+pub fn names_resource(engine: &Engine, uri: &str) -> bool {
+    resources(engine).iter().any(|r| r.matches(uri).is_some())
+}
+
 /// Read `uri` through the plugin resource it names, if one does.
 pub async fn read(engine: &Engine, uri: &str) -> Option<Result<ReadResourceResult, ErrorData>> {
     let (resource, variables) = resources(engine)

@@ -3,9 +3,11 @@
 //!
 //! Tools cover handlers, jobs, tasks and the agent workflow (plan → claim →
 //! update → complete/fail, see [`crate::engine::agent`]); jobs and tasks are
-//! also resources ([`resources`]), two prompts guide an agent
-//! ([`prompts`]), and a session that sets a log level hears the log lines of
-//! the jobs it waits on ([`logging`]). Every request runs as one tenant: the
+//! also resources ([`resources`]) a session can follow ([`subscriptions`]),
+//! two prompts guide an agent ([`prompts`]), plugins add tools, resources
+//! and prompts ([`handler_tools`], [`catalog`]), and a session that sets a
+//! log level hears the log lines of the jobs it waits on ([`logging`]).
+//! Every request runs as one tenant: the
 //! `--tenant` of a stdio server, or the tenant of the bearer token on HTTP
 //! ([`http`]).
 //!
@@ -30,6 +32,7 @@ pub mod prompts;
 pub mod resources;
 pub mod schema;
 mod stdio;
+pub mod subscriptions;
 mod tools;
 
 use crate::engine::Engine;
@@ -128,6 +131,8 @@ pub struct LockstepMcp {
     tool_router: ToolRouter<Self>,
     /// One per session: the HTTP service makes a server per session.
     logging: Arc<logging::Session>,
+    /// The resources the session follows; one per session, like `logging`.
+    subscriptions: Arc<subscriptions::Session>,
 }
 
 impl LockstepMcp {
@@ -144,6 +149,7 @@ impl LockstepMcp {
             local: Some(caller),
             tool_router: Self::tools(),
             logging: Arc::default(),
+            subscriptions: Arc::default(),
         }
     }
 
@@ -155,6 +161,7 @@ impl LockstepMcp {
             local: None,
             tool_router: Self::tools(),
             logging: Arc::default(),
+            subscriptions: Arc::default(),
         }
     }
 
@@ -260,6 +267,7 @@ impl ServerHandler for LockstepMcp {
                 .enable_completions()
                 .enable_prompts()
                 .enable_resources()
+                .enable_resources_subscribe()
                 .enable_tools()
                 .enable_tool_list_changed()
                 .build(),
@@ -311,6 +319,35 @@ impl ServerHandler for LockstepMcp {
         let caller = self.caller(&context)?;
         let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
         resources::list(&self.engine, &caller, cursor).await
+    }
+
+    /// Follow a resource ([`subscriptions`]).
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let caller = self.caller(&context)?;
+        subscriptions::subscribe(
+            &self.engine,
+            &caller,
+            &self.subscriptions,
+            &context.peer,
+            &request.uri,
+        )
+        .await
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.caller(&context)?;
+        subscriptions::unsubscribe(&self.subscriptions, &request.uri);
+        Ok(())
     }
 
     async fn list_resource_templates(

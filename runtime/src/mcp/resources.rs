@@ -24,7 +24,7 @@ pub const JOB_TEMPLATE: &str = "lockstep://jobs/{job_id}";
 /// A task's resource URI template.
 pub const TASK_TEMPLATE: &str = "lockstep://tasks/{task_id}";
 /// The scheme of lockstep's own resources (a plugin may not offer it).
-const SCHEME: &str = "lockstep://";
+pub(super) const SCHEME: &str = "lockstep://";
 const JOBS: &str = "lockstep://jobs/";
 const TASKS: &str = "lockstep://tasks/";
 /// Jobs per `resources/list` page.
@@ -45,15 +45,7 @@ pub fn parse(uri: &str) -> Result<Target, ErrorData> {
     let (rest, job) = match (uri.strip_prefix(JOBS), uri.strip_prefix(TASKS)) {
         (Some(rest), _) => (rest, true),
         (_, Some(rest)) => (rest, false),
-        _ => {
-            return Err(ErrorData::resource_not_found(
-                format!(
-                    "lockstep has no resource {}; its resources are {JOB_TEMPLATE} and {TASK_TEMPLATE}",
-                    super::params::clip(&crate::limits::printable(uri), 200)
-                ),
-                Some(serde_json::json!({ "uri": super::params::clip(uri, 200) })),
-            ));
-        }
+        _ => return Err(no_resource(uri)),
     };
     let id = rest
         .parse::<i64>()
@@ -76,6 +68,17 @@ pub fn parse(uri: &str) -> Result<Target, ErrorData> {
     } else {
         Target::Task(TaskId(id))
     })
+}
+
+/// The error for a URI that names no resource: -32002.
+pub fn no_resource(uri: &str) -> ErrorData {
+    ErrorData::resource_not_found(
+        format!(
+            "lockstep has no resource {}; its resources are {JOB_TEMPLATE} and {TASK_TEMPLATE}",
+            super::params::clip(&crate::limits::printable(uri), 200)
+        ),
+        Some(serde_json::json!({ "uri": super::params::clip(uri, 200) })),
+    )
 }
 
 /// A job's URI.
