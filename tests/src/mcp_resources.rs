@@ -183,6 +183,19 @@ fn arguments(value: Value) -> rmcp::model::JsonObject {
     value.as_object().expect("an object").clone()
 }
 
+/// `prompts/list` as JSON, and the prompts' names in order.
+async fn listed_prompts(client: &Client) -> (Value, Vec<String>) {
+    let listed =
+        serde_json::to_value(client.list_all_prompts().await.expect("prompts")).expect("JSON");
+    let names = listed
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .map(|p| p["name"].as_str().expect("a name").to_owned())
+        .collect();
+    (listed, names)
+}
+
 async fn prompt(client: &Client, name: &str, args: Value) -> Result<Value, ServiceError> {
     client
         .get_prompt(GetPromptRequestParams::new(name).with_arguments(arguments(args)))
@@ -219,15 +232,8 @@ async fn prompts_guide_planning_and_running_a_handler_and_complete_their_argumen
     let server = StdioServer::with_examples(&db).await;
     let client = &server.client;
 
-    let listed =
-        serde_json::to_value(client.list_all_prompts().await.expect("prompts")).expect("JSON");
-    let names: Vec<&Value> = listed
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .map(|p| &p["name"])
-        .collect();
-    assert_eq!(names, [&json!("plan_work"), &json!("run_handler")]);
+    let (listed, names) = listed_prompts(client).await;
+    assert_eq!(names, ["plan_work", "run_handler"]);
     assert_eq!(
         listed[0]["arguments"][0],
         json!({
@@ -577,23 +583,16 @@ async fn a_plugin_offers_prompts_its_handlers_render_with_checked_arguments() {
     let (_dir, server) = fixture_server(&db).await;
     let client = &server.client;
 
-    let listed =
-        serde_json::to_value(client.list_all_prompts().await.expect("prompts")).expect("JSON");
-    let names: Vec<&Value> = listed
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .map(|p| &p["name"])
-        .collect();
+    let (listed, names) = listed_prompts(client).await;
     assert_eq!(
         names,
         [
-            &json!("plan_work"),
-            &json!("run_handler"),
-            &json!("test_simple_prompt"),
-            &json!("test_prompt_with_arguments"),
-            &json!("test_prompt_with_embedded_resource"),
-            &json!("test_prompt_with_image"),
+            "plan_work",
+            "run_handler",
+            "test_simple_prompt",
+            "test_prompt_with_arguments",
+            "test_prompt_with_embedded_resource",
+            "test_prompt_with_image",
         ]
     );
     assert_eq!(

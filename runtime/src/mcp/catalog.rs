@@ -32,39 +32,37 @@ pub const MAX_ARGUMENT_BYTES: usize = 64 * 1024;
 /// The plugins' resources and templates whose URI no earlier one has
 /// (none can be lockstep's own: a plugin may not offer `lockstep://`).
 fn resources(engine: &Engine) -> Vec<McpResource> {
-    let mut seen = BTreeSet::new();
-    engine
-        .plugins()
-        .mcp_resources()
-        .into_iter()
-        .filter(|r| {
-            let first = seen.insert(r.uri.clone());
-            if !first {
-                tracing::warn!(
-                    "resource {} of handler {} is not offered: an earlier plugin offers that URI",
-                    crate::limits::printable(&r.uri),
-                    crate::limits::printable(&r.handler)
-                );
-            }
-            first
-        })
-        .collect()
+    firsts(engine.plugins().mcp_resources(), &[], "resource", |r| {
+        (&r.uri, &r.handler)
+    })
 }
 
 /// The plugins' prompts whose name is not in `taken` nor an earlier one's.
 fn prompts(engine: &Engine, taken: &[&str]) -> Vec<McpPrompt> {
+    firsts(engine.plugins().mcp_prompts(), taken, "prompt", |p| {
+        (&p.name, &p.handler)
+    })
+}
+
+/// `items` but those whose name (by `name_of`, with the serving handler)
+/// is in `taken` or an earlier item's; each left out is logged.
+fn firsts<T>(
+    items: Vec<T>,
+    taken: &[&str],
+    what: &str,
+    name_of: impl Fn(&T) -> (&String, &String),
+) -> Vec<T> {
     let mut seen: BTreeSet<String> = taken.iter().map(|t| t.to_string()).collect();
-    engine
-        .plugins()
-        .mcp_prompts()
+    items
         .into_iter()
-        .filter(|p| {
-            let first = seen.insert(p.name.clone());
+        .filter(|item| {
+            let (name, handler) = name_of(item);
+            let first = seen.insert(name.clone());
             if !first {
                 tracing::warn!(
-                    "prompt {} of handler {} is not offered: the name is taken",
-                    crate::limits::printable(&p.name),
-                    crate::limits::printable(&p.handler)
+                    "{what} {} of handler {} is not offered: lockstep or an earlier plugin offers that name",
+                    crate::limits::printable(name),
+                    crate::limits::printable(handler)
                 );
             }
             first
