@@ -1,7 +1,8 @@
 //! Crash safety and multi-process correctness with real `lockstep serve`
 //! processes on one SQLite file: SIGKILL at random moments, restart, and the
 //! job still finishes exactly once — no task lost, none succeeded twice, no
-//! stage opened twice.
+//! stage opened twice. And which SQLite commits wait for the disk: every one
+//! but a claim's.
 
 use crate::engine_flow::aggregate_output;
 use crate::harness::{Harness, cli_bin, test_cache_dir};
@@ -174,4 +175,100 @@ async fn two_serve_processes_on_one_database_finish_a_job_exactly_once() {
     stop(a);
     stop(b);
     assert_finished_exactly_once(&h, job, 5_000).await;
+}
+
+/// What a SQLite commit waits for, as the writer connection says
+/// (`PRAGMA synchronous`: 1 = NORMAL, 2 = FULL).
+async fn writer_sync_level(store: &lockstep::store::sqlite::SqliteStore) -> i64 {
+    sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.writer())
+        .await
+        .expect("read synchronous")
+}
+
+/// Claims alone commit without waiting for the disk (a lost claim leaves its
+/// task pending); every other write — here a submit and a completion right
+/// after claims — syncs before it returns, so no completion can be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_claims_alone_skip_the_sync_every_other_write_syncs() {
+    use lockstep::model::{Executor, NewStage, NewTask, OnFailure, SubmitJob, TaskState, TenantId};
+    use lockstep::store::{
+        ClaimBatch, CompleteBatch, Completion, CompletionOutcome, Store, TaskResult,
+    };
+    crate::store_conformance::with_sqlite_store(|store| async move {
+        let tenant = TenantId("acme".into());
+        assert_eq!(writer_sync_level(&store).await, 2, "a new writer syncs");
+        let task = NewTask {
+            key: None,
+            handler: "work".into(),
+            executor: Executor::Wasm,
+            input_json: "{}".into(),
+            max_attempts: 3,
+            timeout_ms: 60_000,
+            depends_on: Vec::new(),
+            agent_json: None,
+            on_failure: OnFailure::FailJob,
+        };
+        store
+            .submit_job(SubmitJob {
+                tenant: tenant.clone(),
+                name: "durability".into(),
+                idempotency_key: "durability".into(),
+                spec_json: "{}".into(),
+                stages: vec![NewStage {
+                    name: "only".into(),
+                    tasks: vec![task.clone(), task],
+                    on_failure: OnFailure::FailJob,
+                    max_attempts: None,
+                    timeout_ms: None,
+                }],
+                now: 1,
+            })
+            .await
+            .expect("submit");
+        assert_eq!(writer_sync_level(&store).await, 2, "after a submit");
+        let mut claimed = Vec::new();
+        for n in 1..=2 {
+            let one = store
+                .claim_batch(ClaimBatch {
+                    tenant: None,
+                    executor: Executor::Wasm,
+                    handlers: None,
+                    job: None,
+                    limit: 1,
+                    lease: Duration::from_secs(60),
+                    worker: "w".into(),
+                    now: 2,
+                })
+                .await
+                .expect("claim");
+            assert_eq!(one.len(), 1);
+            claimed.extend(one);
+            assert_eq!(writer_sync_level(&store).await, 1, "after claim {n}");
+        }
+        let outcomes = store
+            .complete_batch(CompleteBatch {
+                completions: claimed
+                    .iter()
+                    .map(|t| Completion {
+                        tenant: tenant.clone(),
+                        lease: t.lease,
+                        result: TaskResult::Succeeded {
+                            output_json: "1".into(),
+                            spawn: Vec::new(),
+                        },
+                        logs: Vec::new(),
+                    })
+                    .collect(),
+                now: 3,
+            })
+            .await
+            .expect("complete");
+        assert_eq!(
+            outcomes,
+            vec![CompletionOutcome::Recorded(TaskState::Succeeded); 2]
+        );
+        assert_eq!(writer_sync_level(&store).await, 2, "after a completion");
+    })
+    .await;
 }
