@@ -313,6 +313,46 @@ async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlo
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_large_submit_leaves_the_planner_statistics_of_its_tasks() {
+    with_pg(|db| async move {
+        let store = db.open_store().await;
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        // A small job first: it pays for no ANALYZE.
+        store
+            .submit_job(job(
+                "small",
+                vec![stage("only", vec![task("work", None, &[])])],
+            ))
+            .await
+            .expect("submit");
+        let tasks = (0..10_000).map(|_| task("work", None, &[])).collect();
+        store
+            .submit_job(job("large", vec![stage("only", tasks)]))
+            .await
+            .expect("submit");
+        // Counted by the submit's own ANALYZE, committed with its rows.
+        let (reltuples,): (f32,) =
+            sqlx::query_as("SELECT reltuples FROM pg_class WHERE relname = 'tasks'")
+                .fetch_one(&mut conn)
+                .await
+                .expect("read pg_class");
+        assert_eq!(reltuples, 10_001.0);
+        // Claims after it take the oldest tasks first, as always.
+        let claimed = store
+            .claim_batch(claim(100, "w", NOW))
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 100);
+        assert!(
+            claimed
+                .windows(2)
+                .all(|w| w[0].lease.task_id < w[1].lease.task_id)
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_rescue_on_four_nodes_takes_each_expired_lease_exactly_once() {
     with_pg(|db| async move {

@@ -114,12 +114,12 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         tasks: u64,
     },
-    /// What a scrape of /metrics costs: sampling the database's counts and
-    /// rendering the text format, with this many tasks in the database.
+    /// What a scrape of /metrics costs (rendering the last sample) and what
+    /// the sampler's read of the database's counts costs, with this many tasks in the database.
     Metrics {
         #[arg(long, default_value_t = 100_000)]
         tasks: u64,
-        /// Timed scrapes.
+        /// Timed scrapes, and as many timed samples.
         #[arg(long, default_value_t = 200)]
         samples: u32,
     },
