@@ -822,6 +822,26 @@ fn an_unreadable_log_filter_is_refused_before_anything_runs() {
     );
 }
 
+#[test]
+fn a_refused_job_file_writes_nothing_not_even_the_database() {
+    let cli = Cli::new();
+    let file = cli.write(
+        "unknown.toml",
+        "name = \"x\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"nobody:here\", input = {} }]\n",
+    );
+    for command in ["submit", "run"] {
+        let out = cli.run(&[command, &file]);
+        let err = assert_bad_input(&out);
+        assert!(err.contains("nobody:here"), "{command}: {err}");
+        // The file is checked before the store opens: a first refused
+        // submit used to leave an empty, migrated database behind.
+        assert!(
+            !cli.dir.path().join("cli.db").exists(),
+            "{command}: a refused job file created the database"
+        );
+    }
+}
+
 /// Programs whose flags lockstep's messages quote (build recipes for
 /// plugin authors); a literal naming one of them is not about lockstep's flags.
 const OTHER_PROGRAMS: [&str; 7] = [

@@ -153,8 +153,7 @@ pub async fn demo(ctx: &Ctx, args: DemoArgs) -> CliResult {
 }
 
 pub async fn run(ctx: &Ctx, args: RunArgs) -> CliResult {
-    let engine = ctx.engine().await?;
-    let submitted = engine.submit_file(&ctx.tenant, &args.file).await?;
+    let (engine, submitted) = submit_checked(ctx, &args.file).await?;
     if !submitted.created {
         println!(
             "job {} already exists with this idempotency key; following it",
@@ -316,9 +315,21 @@ fn print_stages(p: &JobProgress) {
     }
 }
 
+/// Check the job file, then open the database and submit it: a refused
+/// file writes nothing, not even a new database file.
+async fn submit_checked(
+    ctx: &Ctx,
+    file: &std::path::Path,
+) -> Result<(Arc<Engine>, crate::model::Submitted), Failure> {
+    let plugins = ctx.plugins().await?;
+    let job = Engine::load_job_file(&plugins, &ctx.config.limits, &ctx.tenant, file)?;
+    let engine = ctx.open(plugins).await?;
+    let submitted = engine.insert(job).await?;
+    Ok((engine, submitted))
+}
+
 pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
-    let engine = ctx.engine().await?;
-    let submitted = engine.submit_file(&ctx.tenant, &args.file).await?;
+    let (_, submitted) = submit_checked(ctx, &args.file).await?;
     if args.json {
         println!(
             "{}",

@@ -237,15 +237,27 @@ impl Engine {
         tenant: &TenantId,
         path: &Path,
     ) -> Result<Submitted, EngineError> {
-        let plugins = self.plugins();
-        let new_job = spec::load_job_file(
+        let new_job = Self::load_job_file(&self.plugins(), &self.config.limits, tenant, path)?;
+        self.insert(new_job).await
+    }
+
+    /// Read, parse and check a job file against `plugins` and `limits`
+    /// without a database: a front door that has not opened its store yet
+    /// refuses a bad file before anything (even a new database file) is
+    /// written.
+    pub fn load_job_file(
+        plugins: &PluginHost,
+        limits: &spec::Limits,
+        tenant: &TenantId,
+        path: &Path,
+    ) -> Result<crate::model::SubmitJob, EngineError> {
+        Ok(spec::load_job_file(
             path,
-            plugins.as_ref(),
-            &self.config.limits,
+            plugins,
+            limits,
             tenant.clone(),
             now_millis(),
-        )?;
-        self.insert(new_job).await
+        )?)
     }
 
     pub(crate) async fn insert(
