@@ -553,7 +553,6 @@ fn mixed() -> StoreError {
 
 /// An open transaction of either database. Dropped without
 /// [`Tx::commit`], it rolls back. (Public only so backends can name it; the
-/// module is private, so nothing outside the store can.) (Public only so backends can name it; the
 /// module is private, so nothing outside the store can.)
 pub enum Tx {
     Sqlite(sqlx::Transaction<'static, Sqlite>),
