@@ -156,6 +156,17 @@ pub const MAX_SPAWNED_BYTES_PER_TASK: usize = 16 << 20;
 /// stops at 128), so an accepted value can always be read back.
 pub const MAX_JSON_DEPTH: usize = 64;
 
+/// Longest request a handler may send the agent that called it (the WIT
+/// `agent` import: the JSON of a `sampling/createMessage` or
+/// `elicitation/create` request's params). Checked on the copy the host
+/// took, before it is parsed or sent.
+pub const MAX_AGENT_REQUEST_BYTES: usize = 1 << 20;
+
+/// Longest answer of an agent handed to the handler that asked (the JSON
+/// of the client's result). Checked where the answer is written as JSON,
+/// and again by the plugin host before the guest gets it.
+pub const MAX_AGENT_ANSWER_BYTES: usize = 1 << 20;
+
 /// `text` bounded to `max_bytes`: text that fits is returned as is, longer
 /// text is cut (at a character boundary) and ends in ` [cut: N bytes]`
 /// naming its full length, the whole at most `max_bytes` — so cutting again

@@ -20,9 +20,11 @@ pub const WIT: &str = include_str!("../../../wit/plugin.wit");
 
 /// The optional `mcp` and `mcp-catalog` exports (world `mcp-plugin`): how a
 /// component's handlers are offered as MCP tools, and the resources and
-/// prompts they serve. Its types and imports are the `plugin` world's, so
-/// only the two interfaces are generated here; a component is asked for
-/// each only when it exports it ([`MCP_EXPORT`], [`MCP_CATALOG_EXPORT`]).
+/// prompts they serve; and its `agent` import, which the host links for
+/// every plugin (a component that does not import it is not affected). Its
+/// other types and imports are the `plugin` world's, so only these three
+/// interfaces are generated here; a component is asked for each export only
+/// when it exports it ([`MCP_EXPORT`], [`MCP_CATALOG_EXPORT`]).
 pub mod mcp {
     wasmtime::component::bindgen!({
         world: "mcp-plugin",

@@ -1,5 +1,7 @@
 //! What a running handler may ask of its surroundings: the `context` imports
-//! of the WIT world (`log`, `progress`, `stage-results`, `cancelled`).
+//! of the WIT world (`log`, `progress`, `stage-results`, `cancelled`), and
+//! the `agent` import of the `mcp-plugin` world (`sample`, `elicit`: ask the
+//! MCP agent whose tool call waits on the task).
 //!
 //! [`TaskContext`] is implemented by whoever runs the task: the engine
 //! implements it over the store (logs and progress are recorded against the
@@ -69,12 +71,94 @@ pub trait TaskContext: Send + Sync {
     /// True once the task's job has been cancelled.
     async fn cancelled(&self) -> bool;
 
+    /// Ask the agent waiting on this task ([`AskKind`]) with `request`, the
+    /// JSON of the MCP request's params (at most
+    /// [`crate::limits::MAX_AGENT_REQUEST_BYTES`], checked by the sandbox);
+    /// the answer is the JSON of the client's result. Without an agent (the
+    /// default: `lockstep exec`, load-time calls) it is [`AskError::NoAgent`].
+    async fn ask(&self, kind: AskKind, request: &str) -> Result<String, AskError> {
+        let _ = request;
+        Err(AskError::NoAgent(format!(
+            "no agent is attached to this task: {} only reaches the MCP agent whose handler tool call waits on the task",
+            kind.import()
+        )))
+    }
+
+    /// Let the agent's client reconnect after `retry` (the WIT
+    /// `release-connection`, `retry` already capped at
+    /// [`MAX_RELEASE_RETRY`] by the sandbox). Without an agent it is
+    /// [`AskError::NoAgent`].
+    async fn release_connection(&self, retry: std::time::Duration) -> Result<(), AskError> {
+        let _ = retry;
+        Err(AskError::NoAgent(
+            "no agent is attached to this task: agent.release-connection only reaches the MCP agent whose handler tool call waits on the task".to_owned(),
+        ))
+    }
+
     /// Called once, when the run has its plugin slot and the guest is about
     /// to start. `false`: the task was handed back while it waited (its
     /// worker is stopping), and the guest must not start.
     fn start(&self) -> bool {
         true
     }
+}
+
+/// The longest reconnection delay `release-connection` passes on.
+pub const MAX_RELEASE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a handler asks its agent (the WIT `agent` import).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskKind {
+    /// `agent.sample`: MCP `sampling/createMessage`.
+    Sample,
+    /// `agent.elicit`: MCP `elicitation/create`.
+    Elicit,
+}
+
+impl AskKind {
+    /// The WIT function, as messages name it.
+    pub fn import(self) -> &'static str {
+        match self {
+            AskKind::Sample => "agent.sample",
+            AskKind::Elicit => "agent.elicit",
+        }
+    }
+
+    /// The MCP request it sends.
+    pub fn method(self) -> &'static str {
+        match self {
+            AskKind::Sample => "sampling/createMessage",
+            AskKind::Elicit => "elicitation/create",
+        }
+    }
+
+    /// The client capability it needs.
+    pub fn capability(self) -> &'static str {
+        match self {
+            AskKind::Sample => "sampling",
+            AskKind::Elicit => "elicitation",
+        }
+    }
+}
+
+/// Why an agent could not be asked or did not answer: the WIT
+/// `agent.ask-error`, each a sentence handed to the guest (cut to
+/// [`crate::limits::MAX_ERROR_BYTES`] by the sandbox).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AskError {
+    /// No MCP tool call in this process waits on the task.
+    #[error("{0}")]
+    NoAgent(String),
+    /// The agent's client did not declare the capability.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The request is not the MCP params object, or too long.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The client answered with an error, too long an answer, or the call
+    /// ended before it answered.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The largest page `stage-results` returns, whatever the guest asks for.

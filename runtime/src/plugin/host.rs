@@ -1198,11 +1198,18 @@ fn checked_handlers(
 }
 
 /// What every plugin is linked against: the WASI 0.2 interfaces (with a
-/// context that grants nothing by default) and the `plugin` world's imports.
+/// context that grants nothing by default), the `plugin` world's imports
+/// and the `mcp-plugin` world's `agent` import.
 pub(crate) fn plugin_linker(engine: &Engine) -> Result<Linker<RunState>, PluginError> {
     let mut linker = Linker::<RunState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| Plugin::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s))
+        .and_then(|()| {
+            super::bindings::mcp::lockstep::plugin::agent::add_to_linker::<_, HasSelf<RunState>>(
+                &mut linker,
+                |s| s,
+            )
+        })
         .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
     Ok(linker)
 }

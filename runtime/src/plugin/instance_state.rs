@@ -11,14 +11,22 @@
 //!   grant: the limiter refuses growth past it and remembers that it did, so
 //!   a guest that then dies is reported as out of memory.
 //! - Guest-controlled sizes reaching the task context are bounded (log line
-//!   length, log lines per run, stage-results page size), and a
-//!   stage-results `after` that is no task id is refused.
+//!   length, log lines per run, stage-results page size, an `agent` request
+//!   at [`limits::MAX_AGENT_REQUEST_BYTES`]), and a stage-results `after`
+//!   that is no task id is refused.
+//! - What reaches the guest from an agent is bounded too: an answer longer
+//!   than [`limits::MAX_AGENT_ANSWER_BYTES`] is an error, whatever the task
+//!   context let through, and an error text is cut to
+//!   [`limits::MAX_ERROR_BYTES`].
 
 use super::bindings::lockstep::plugin::{context, types};
-use super::context::{LogLevel, STAGE_RESULTS_PAGE_MAX, TaskContext};
+use super::bindings::mcp::lockstep::plugin::agent;
+use super::context::{
+    AskError, AskKind, LogLevel, MAX_RELEASE_RETRY, STAGE_RESULTS_PAGE_MAX, TaskContext,
+};
 use super::grants::{DirMode, Grants};
 use super::guest_output::CapturedOutput;
-use crate::limits::cut;
+use crate::limits::{self, cut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,5 +280,63 @@ impl context::Host for RunState {
 
     async fn cancelled(&mut self) -> bool {
         self.cx.cancelled().await
+    }
+}
+
+/// One `agent` question: the request bounded before anything reads it, the
+/// answer and any error text bounded before the guest gets them. (A free
+/// function holding only `cx`: the sandbox's state is not `Sync`.)
+async fn ask(
+    cx: Arc<dyn TaskContext>,
+    kind: AskKind,
+    request: String,
+) -> Result<String, agent::AskError> {
+    if request.len() > limits::MAX_AGENT_REQUEST_BYTES {
+        let (size, limit) = limits::sizes_for_comparison(
+            request.len() as u64,
+            limits::MAX_AGENT_REQUEST_BYTES as u64,
+        );
+        return Err(agent::AskError::InvalidRequest(format!(
+            "the {} request is {size}, larger than the {limit} limit",
+            kind.method()
+        )));
+    }
+    let answer = cx.ask(kind, &request).await.map_err(guest_error)?;
+    if answer.len() > limits::MAX_AGENT_ANSWER_BYTES {
+        let (size, limit) = limits::sizes_for_comparison(
+            answer.len() as u64,
+            limits::MAX_AGENT_ANSWER_BYTES as u64,
+        );
+        return Err(agent::AskError::Failed(format!(
+            "the agent's answer to {} is {size}, larger than the {limit} limit",
+            kind.method()
+        )));
+    }
+    Ok(answer)
+}
+
+/// An [`AskError`] as the guest gets it, its text cut.
+fn guest_error(e: AskError) -> agent::AskError {
+    let bounded = |text: String| cut(text, limits::MAX_ERROR_BYTES);
+    match e {
+        AskError::NoAgent(m) => agent::AskError::NoAgent(bounded(m)),
+        AskError::Unsupported(m) => agent::AskError::Unsupported(bounded(m)),
+        AskError::InvalidRequest(m) => agent::AskError::InvalidRequest(bounded(m)),
+        AskError::Failed(m) => agent::AskError::Failed(bounded(m)),
+    }
+}
+
+impl agent::Host for RunState {
+    async fn sample(&mut self, request: String) -> Result<String, agent::AskError> {
+        ask(self.cx.clone(), AskKind::Sample, request).await
+    }
+
+    async fn elicit(&mut self, request: String) -> Result<String, agent::AskError> {
+        ask(self.cx.clone(), AskKind::Elicit, request).await
+    }
+
+    async fn release_connection(&mut self, retry_ms: u32) -> Result<(), agent::AskError> {
+        let retry = Duration::from_millis(u64::from(retry_ms)).min(MAX_RELEASE_RETRY);
+        self.cx.release_connection(retry).await.map_err(guest_error)
     }
 }

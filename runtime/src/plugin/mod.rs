@@ -9,7 +9,8 @@
 //! - [`sandbox`]: the engine, its pooling limits and the epoch ticker.
 //! - [`instance_state`]: what one run owns (WASI context, limiter, deadline).
 //! - [`guest_output`]: captured, bounded guest stdout/stderr.
-//! - [`context`]: [`TaskContext`], the host services a handler can call.
+//! - [`context`]: [`TaskContext`], the host services a handler can call
+//!   (and [`AskKind`]: what it may ask the agent that called it).
 //! - [`registry`]: handler names, schemas, input validation.
 //! - [`host`]: [`PluginHost`]: loading and running.
 //! - [`failure`]: [`RunFailure`], why a run failed.
@@ -52,8 +53,8 @@ pub use command_output::{
     OutputChunk, OutputLimits, OutputReceiver, OutputSender, StreamKind, output_channel,
 };
 pub use context::{
-    LogLevel, NO_JOB_CONTEXT, STAGE_RESULTS_PAGE_BYTES, STAGE_RESULTS_PAGE_MAX, StandaloneContext,
-    TaskContext,
+    AskError, AskKind, LogLevel, MAX_RELEASE_RETRY, NO_JOB_CONTEXT, STAGE_RESULTS_PAGE_BYTES,
+    STAGE_RESULTS_PAGE_MAX, StandaloneContext, TaskContext,
 };
 pub use discovery::{resolve_cache_dir, resolve_plugin_dirs};
 pub use failure::RunFailure;
