@@ -12,6 +12,7 @@
 //! handler is a fatal task error).
 
 pub mod agent;
+pub mod ask;
 pub mod backoff;
 pub mod live;
 pub mod metrics;
@@ -144,6 +145,8 @@ pub struct Engine {
     wake: Arc<tokio::sync::Notify>,
     /// Log lines and progress of the tasks this process runs, as they come.
     live: live::LiveReports,
+    /// The MCP agents attached to this process's jobs ([`ask`]).
+    agents: Arc<ask::AgentLinks>,
 }
 
 impl Engine {
@@ -155,6 +158,7 @@ impl Engine {
             config,
             wake: Arc::new(tokio::sync::Notify::new()),
             live: live::LiveReports::default(),
+            agents: Arc::default(),
         })
     }
 
@@ -162,6 +166,12 @@ impl Engine {
     /// run from now on ([`live`]).
     pub fn live_reports(&self) -> tokio::sync::broadcast::Receiver<live::LiveReport> {
         self.live.subscribe()
+    }
+
+    /// The agents a handler tool call attaches to the job it waits on, for
+    /// its task's `agent` import to ask ([`ask`]).
+    pub fn agent_links(&self) -> &Arc<ask::AgentLinks> {
+        &self.agents
     }
 
     /// Where the tasks this process runs send their live reports.

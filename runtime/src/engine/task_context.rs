@@ -1,12 +1,17 @@
 //! The host side of the WIT `context` import for tasks that run inside a job:
 //! lineage reads go to the store, cancellation is read from the job's state,
 //! and what the handler logs is kept to be recorded with its result (and
-//! sent live, with its progress, to this process's listeners: [`super::live`]).
+//! sent live, with its progress, to this process's listeners: [`super::live`]),
+//! and what it asks its agent goes to the MCP session attached to its job
+//! ([`super::ask`]).
 
+use super::ask::AgentLinks;
 use super::live::{Live, LiveReport, LiveReports};
 use crate::limits::printable;
 use crate::model::{JobId, JobState, TaskId, TenantId};
-use crate::plugin::{LogLevel, STAGE_RESULTS_PAGE_BYTES, STAGE_RESULTS_PAGE_MAX, TaskContext};
+use crate::plugin::{
+    AskError, AskKind, LogLevel, STAGE_RESULTS_PAGE_BYTES, STAGE_RESULTS_PAGE_MAX, TaskContext,
+};
 use crate::store::{GetJob, StageResults, Store};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +39,8 @@ pub(crate) struct JobTaskContext {
     log: Mutex<GuestLog>,
     /// Where log lines and progress also go as they come ([`super::live`]).
     live: LiveReports,
+    /// Who the `agent` import asks.
+    agents: Arc<AgentLinks>,
     /// Whether the guest started or the task was handed back first
     /// ([`QUEUED`], [`STARTED`], [`RELEASED`]): exactly one of the two wins.
     turn: AtomicU8,
@@ -51,6 +58,7 @@ impl JobTaskContext {
         task: TaskId,
         stage_position: i32,
         live: LiveReports,
+        agents: Arc<AgentLinks>,
     ) -> Self {
         JobTaskContext {
             store,
@@ -62,6 +70,7 @@ impl JobTaskContext {
             last_cancel_check: AtomicI64::new(0),
             log: Mutex::new(GuestLog::default()),
             live,
+            agents,
             turn: AtomicU8::new(QUEUED),
         }
     }
@@ -198,6 +207,16 @@ impl TaskContext for JobTaskContext {
             self.cancelled.store(true, Ordering::Relaxed);
         }
         gone
+    }
+
+    async fn ask(&self, kind: AskKind, request: &str) -> Result<String, AskError> {
+        self.agents.ask(&self.tenant, self.job, kind, request).await
+    }
+
+    async fn release_connection(&self, retry: std::time::Duration) -> Result<(), AskError> {
+        self.agents
+            .release_connection(&self.tenant, self.job, retry)
+            .await
     }
 
     fn start(&self) -> bool {

@@ -377,6 +377,7 @@ async fn run_task(
         task.lease.task_id,
         task.stage_position,
         engine.live().clone(),
+        engine.agent_links().clone(),
     ));
     let req = RunRequest {
         handler: task.handler.clone(),

@@ -10,7 +10,9 @@
 //! task runs in this process, its log lines go to the caller as
 //! `notifications/message` (after `logging/setLevel`, at or above that
 //! level) and its progress as `notifications/progress` (when the call
-//! carries a `progressToken`).
+//! carries a `progressToken`), and what its handler asks the agent (the WIT
+//! `agent` import: sampling, elicitation) goes to the calling session
+//! ([`super::ask`]) while the call waits.
 //!
 //! **Invariants:**
 //! - Tool names use only MCP's characters (`A-Z a-z 0-9 _ - . /`): a
@@ -41,7 +43,8 @@ use crate::model::{JobId, JobState};
 use crate::plugin::{InputError, McpResult, PluginHost};
 use crate::spec::field::pointer_field;
 use rmcp::model::{
-    CallToolResult, ContentBlock, JsonObject, ProgressNotificationParam, ProgressToken, Tool,
+    CallToolResult, ContentBlock, JsonObject, ProgressNotificationParam, ProgressToken, RequestId,
+    Tool,
 };
 use rmcp::service::Peer;
 use rmcp::{ErrorData, RoleServer};
@@ -69,9 +72,13 @@ pub struct HandlerTool {
 }
 
 /// Who hears a call's task as it runs: the session's peer, the call's
-/// progress token, and the session's log level.
+/// request id and progress token, and the session's log level.
 pub struct Listener<'a> {
     pub peer: &'a Peer<RoleServer>,
+    /// The `tools/call` request: the handler's questions ride its stream.
+    pub call: RequestId,
+    /// Its SSE stream over HTTP, which the handler may release.
+    pub stream: Option<super::streams::HeldStream>,
     pub progress_token: Option<ProgressToken>,
     pub logging: &'a logging::Session,
 }
@@ -188,13 +195,25 @@ pub async fn call(
         Ok(job) => job,
         Err(e) => return ToolFailure::internal(&tool.tool.name, &e).into_response(),
     };
-    // Listening before the job exists: its task may start at once.
+    // Listening, and reserving the task's agent, before the job exists:
+    // its task may start (and ask) at once.
     let mut reports = engine.live_reports();
+    let reservation = engine.agent_links().reserve();
     let submitted = match engine.submit(&caller.tenant, job).await {
         Ok(s) => s,
         Err(e) => return ToolFailure::from_engine(&tool.tool.name, e).into_response(),
     };
     let job = submitted.job_id;
+    // Held while the call waits: its end detaches the agent (Invariant 41).
+    let _attached = reservation.attach(
+        caller.tenant.clone(),
+        job,
+        Arc::new(super::ask::SessionAgent::new(
+            listener.peer.clone(),
+            listener.call.clone(),
+            listener.stream.as_ref().map(|held| held.stream.clone()),
+        )),
+    );
     let mut relay = Relay::new(caller, job, listener);
     let waited = {
         let wait = engine.wait(&caller.tenant, job, None, |_| {});
@@ -216,6 +235,10 @@ pub async fn call(
     };
     while let Ok(report) = reports.try_recv() {
         relay.forward(report).await;
+    }
+    if let Some(held) = &listener.stream {
+        // A released stream's answer waits for its client (see `streams`).
+        held.stream.resumed().await;
     }
     answer(engine, caller, tool, job, waited).await
 }

@@ -27,7 +27,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -346,9 +345,17 @@ pub fn router(
         .with_cancellation_token(shutdown.child_token());
     let mcp = Arc::new(mcp);
     let service_engine = engine.clone();
+    let sessions = Arc::new(super::streams::Sessions::default());
+    let service_sessions = sessions.clone();
     let service = StreamableHttpService::new(
-        move || Ok(LockstepMcp::remote(service_engine.clone(), mcp.clone())),
-        LocalSessionManager::default().into(),
+        move || {
+            Ok(LockstepMcp::remote(
+                service_engine.clone(),
+                mcp.clone(),
+                service_sessions.clone(),
+            ))
+        },
+        sessions,
         config,
     );
     let gate = Arc::new(Gate {

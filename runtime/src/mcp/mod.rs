@@ -20,6 +20,7 @@
 //! token), never from its arguments.
 
 pub mod args;
+pub mod ask;
 pub mod catalog;
 pub mod failure;
 pub mod handler_tools;
@@ -32,6 +33,7 @@ pub mod prompts;
 pub mod resources;
 pub mod schema;
 mod stdio;
+pub mod streams;
 pub mod subscriptions;
 mod tools;
 
@@ -133,6 +135,9 @@ pub struct LockstepMcp {
     logging: Arc<logging::Session>,
     /// The resources the session follows; one per session, like `logging`.
     subscriptions: Arc<subscriptions::Session>,
+    /// The HTTP server's sessions and their requests' SSE streams; `None`
+    /// on stdio.
+    sessions: Option<Arc<streams::Sessions>>,
 }
 
 impl LockstepMcp {
@@ -150,11 +155,17 @@ impl LockstepMcp {
             tool_router: Self::tools(),
             logging: Arc::default(),
             subscriptions: Arc::default(),
+            sessions: None,
         }
     }
 
-    /// A server whose calls run as the tenant the HTTP layer attached to each request.
-    pub fn remote(engine: Arc<Engine>, config: Arc<McpConfig>) -> Self {
+    /// A server whose calls run as the tenant the HTTP layer attached to
+    /// each request, in one of `sessions`.
+    pub fn remote(
+        engine: Arc<Engine>,
+        config: Arc<McpConfig>,
+        sessions: Arc<streams::Sessions>,
+    ) -> Self {
         LockstepMcp {
             engine,
             config,
@@ -162,6 +173,7 @@ impl LockstepMcp {
             tool_router: Self::tools(),
             logging: Arc::default(),
             subscriptions: Arc::default(),
+            sessions: Some(sessions),
         }
     }
 
@@ -191,6 +203,14 @@ impl LockstepMcp {
         caller.ok_or_else(|| {
             ErrorData::invalid_request("this request carries no valid bearer token", None)
         })
+    }
+
+    /// The SSE stream an HTTP request answers on (none on stdio).
+    fn stream(&self, context: &RequestContext<RoleServer>) -> Option<streams::HeldStream> {
+        let sessions = self.sessions.as_ref()?;
+        let parts = context.extensions.get::<axum::http::request::Parts>()?;
+        let session = parts.headers.get("mcp-session-id")?.to_str().ok()?;
+        sessions.stream(&session.into(), &context.id)
     }
 
     /// The metrics label of tool `name`: a built-in tool's name, or
@@ -508,6 +528,8 @@ impl ServerHandler for LockstepMcp {
                 let arguments = request.arguments.clone().unwrap_or_default();
                 let listener = handler_tools::Listener {
                     peer: &context.peer,
+                    call: context.id.clone(),
+                    stream: self.stream(&context),
                     progress_token: context.meta.get_progress_token(),
                     logging: &self.logging,
                 };
