@@ -223,6 +223,88 @@ async fn example_steps_stops_at_the_next_step_once_its_job_is_cancelled() {
 
 // ------------------------------------------------------------ fixtures
 
+/// The sandbox bounds what a handler and its agent exchange through the WIT
+/// `agent` import (Invariant 41): a request over the limit never reaches the
+/// task context, an answer over it never reaches the guest, and a context
+/// with no agent (here, the default of `TaskContext::ask`) says so.
+#[tokio::test]
+async fn fixture_mcp_conformance_asks_its_agent_within_the_limits() {
+    use crate::plugin_support::AnsweringContext;
+    use lockstep::limits::{MAX_AGENT_ANSWER_BYTES, MAX_AGENT_REQUEST_BYTES};
+    use std::sync::atomic::Ordering;
+    let (_dir, host) = host_with(guest_artifacts::FIXTURE_MCP_CONFORMANCE, None).await;
+    let sampled = |text: &str| {
+        json!({ "role": "assistant", "content": { "type": "text", "text": text }, "model": "m" })
+            .to_string()
+    };
+
+    let cx = AnsweringContext::new(sampled("Paris."));
+    let outcome = host
+        .run(
+            request("conformance:sampling", json!({ "prompt": "Capital?" })),
+            cx.clone(),
+        )
+        .await
+        .expect("the handler runs");
+    assert_eq!(
+        outcome.output,
+        json!([{ "type": "text", "text": "LLM response: Paris." }]).to_string()
+    );
+    assert_eq!(cx.asked.load(Ordering::SeqCst), 1);
+
+    let prompt = "a".repeat(MAX_AGENT_REQUEST_BYTES);
+    let asked = json!({
+        "messages": [{ "role": "user", "content": { "type": "text", "text": prompt } }],
+        "maxTokens": 100
+    })
+    .to_string();
+    let cx = AnsweringContext::new(sampled("Paris."));
+    let err = host
+        .run(
+            request("conformance:sampling", json!({ "prompt": prompt })),
+            cx.clone(),
+        )
+        .await
+        .expect_err("a request over the limit");
+    assert_eq!(
+        err,
+        RunFailure::Fatal(format!(
+            "sampling failed (invalid-request): the sampling/createMessage request is {} bytes, larger than the {MAX_AGENT_REQUEST_BYTES}-byte limit",
+            asked.len()
+        ))
+    );
+    assert_eq!(
+        cx.asked.load(Ordering::SeqCst),
+        0,
+        "never reached the context"
+    );
+
+    let answer = sampled(&"b".repeat(MAX_AGENT_ANSWER_BYTES));
+    let cx = AnsweringContext::new(answer.clone());
+    let err = host
+        .run(
+            request("conformance:sampling", json!({ "prompt": "hi" })),
+            cx,
+        )
+        .await
+        .expect_err("an answer over the limit");
+    assert_eq!(
+        err,
+        RunFailure::Fatal(format!(
+            "sampling failed (failed): the agent's answer to sampling/createMessage is {} bytes, larger than the {MAX_AGENT_ANSWER_BYTES}-byte limit",
+            answer.len()
+        ))
+    );
+
+    let (result, _) = run(&host, "conformance:elicitation", json!({ "message": "hi" })).await;
+    assert_eq!(
+        result.expect_err("no agent"),
+        RunFailure::Fatal(
+            "elicitation failed (no-agent): no agent is attached to this task: agent.elicit only reaches the MCP agent whose handler tool call waits on the task".into()
+        )
+    );
+}
+
 #[tokio::test]
 async fn fixture_mcp_conformance_declares_its_tools_resources_and_prompts() {
     use lockstep::plugin::{McpResult, McpTool};
@@ -245,6 +327,18 @@ async fn fixture_mcp_conformance_declares_its_tools_resources_and_prompts() {
             (
                 "conformance:audio".to_owned(),
                 tool("test_audio_content", Content)
+            ),
+            (
+                "conformance:elicitation".to_owned(),
+                tool("test_elicitation", Content)
+            ),
+            (
+                "conformance:elicitation-defaults".to_owned(),
+                tool("test_elicitation_sep1034_defaults", Content)
+            ),
+            (
+                "conformance:elicitation-enums".to_owned(),
+                tool("test_elicitation_sep1330_enums", Content)
             ),
             (
                 "conformance:embedded-resource".to_owned(),
@@ -278,6 +372,14 @@ async fn fixture_mcp_conformance_declares_its_tools_resources_and_prompts() {
             ("conformance:prompt-with-arguments".to_owned(), None),
             ("conformance:prompt-with-embedded-resource".to_owned(), None),
             ("conformance:prompt-with-image".to_owned(), None),
+            (
+                "conformance:reconnection".to_owned(),
+                tool("test_reconnection", Content)
+            ),
+            (
+                "conformance:sampling".to_owned(),
+                tool("test_sampling", Content)
+            ),
             ("conformance:simple-prompt".to_owned(), None),
             (
                 "conformance:simple-text".to_owned(),

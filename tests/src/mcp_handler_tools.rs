@@ -7,7 +7,10 @@
 //! the tool names it declares, its input schemas published intact, MCP
 //! content results, and its log lines and progress forwarded as it runs.
 
-use crate::mcp_harness::{Client, Db, Refusal, StdioServer, call, eventually, ok};
+use crate::harness::{cli_bin, test_cache_dir};
+use crate::mcp_harness::{
+    Answers, Client, Db, Recorder, Refusal, StdioServer, call, eventually, ok,
+};
 use crate::plugin_support::PluginDir;
 use lockstep::guest_artifacts;
 use lockstep::mcp::handler_tools::tool_name;
@@ -157,9 +160,19 @@ async fn a_failing_handler_is_a_tool_error_with_its_reason() {
 
 /// A stdio server with only the conformance fixture plugin.
 async fn fixture_server(db: &Db) -> (PluginDir, StdioServer) {
+    fixture_server_with(db, &[], Recorder::default()).await
+}
+
+/// A stdio server with only the conformance fixture plugin, started with
+/// `extra` flags, whose client is `client`.
+async fn fixture_server_with(
+    db: &Db,
+    extra: &[&str],
+    client: Recorder,
+) -> (PluginDir, StdioServer) {
     let dir = PluginDir::new();
     dir.add(guest_artifacts::FIXTURE_MCP_CONFORMANCE);
-    let server = StdioServer::start_with_plugins(db, "local", &dir.plugins(), &[]).await;
+    let server = StdioServer::start_with_client(db, "local", &dir.plugins(), extra, client).await;
     (dir, server)
 }
 
@@ -204,10 +217,15 @@ async fn a_plugin_names_its_tools_and_its_input_schemas_are_published_intact() {
             "conformance.watched",
             "json_schema_2020_12_tool",
             "test_audio_content",
+            "test_elicitation",
+            "test_elicitation_sep1034_defaults",
+            "test_elicitation_sep1330_enums",
             "test_embedded_resource",
             "test_error_handling",
             "test_image_content",
             "test_multiple_content_types",
+            "test_reconnection",
+            "test_sampling",
             "test_simple_text",
             "test_tool_with_logging",
             "test_tool_with_progress",
@@ -411,4 +429,213 @@ async fn a_handler_tool_forwards_its_log_lines_and_progress_while_it_runs() {
     );
     // The progress tool logs nothing.
     assert_eq!(logs.lock().expect("logs").len(), 3);
+}
+
+// ------------------------------------------------- asking the agent (WIT `agent`)
+
+/// The text of a result's one text block.
+fn only_text(result: &CallToolResult) -> String {
+    let blocks = content(result);
+    assert_eq!(blocks.as_array().map(Vec::len), Some(1), "{blocks}");
+    blocks[0]["text"].as_str().expect("a text block").to_owned()
+}
+
+/// The part of `text` after `prefix`, as JSON.
+fn json_after(text: &str, prefix: &str) -> Value {
+    let rest = text
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{text:?} starts with {prefix:?}"));
+    serde_json::from_str(rest).unwrap_or_else(|e| panic!("{rest:?} is JSON: {e}"))
+}
+
+fn answers(elicit: Value) -> Answers {
+    Answers {
+        sample: json!({
+            "role": "assistant",
+            "content": { "type": "text", "text": "Paris." },
+            "model": "test-model",
+            "stopReason": "endTurn"
+        }),
+        elicit,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_tool_asks_the_agent_that_called_it_and_a_decline_is_an_answer() {
+    let db = Db::new().await;
+    let accept = json!({
+        "action": "accept",
+        "content": { "username": "ana", "email": "ana@example.com" }
+    });
+    let (_dir, server) = fixture_server_with(&db, &[], Recorder::answering(answers(accept))).await;
+    let c = &server.client;
+
+    let sampled = raw_call(
+        c,
+        "test_sampling",
+        json!({ "prompt": "Capital of France?" }),
+    )
+    .await;
+    assert_eq!(only_text(&sampled), "LLM response: Paris.");
+    let elicited = raw_call(c, "test_elicitation", json!({ "message": "Who are you?" })).await;
+    assert_eq!(
+        json_after(
+            &only_text(&elicited),
+            "User response: action=accept, content="
+        ),
+        json!({ "username": "ana", "email": "ana@example.com" })
+    );
+    // What the client was asked: the handler's requests, as MCP sent them.
+    let asked = c.service().asked.lock().expect("asked").clone();
+    let methods: Vec<&str> = asked.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["sampling/createMessage", "elicitation/create"]);
+    let sample = &asked[0].1;
+    assert_eq!(sample["maxTokens"], 100);
+    assert_eq!(
+        sample["messages"],
+        json!([{ "role": "user", "content": { "type": "text", "text": "Capital of France?" } }])
+    );
+    let elicit = &asked[1].1;
+    assert_eq!(elicit["message"], "Who are you?");
+    assert_eq!(
+        elicit["requestedSchema"],
+        json!({
+            "type": "object",
+            "properties": {
+                "username": { "type": "string", "description": "User's response" },
+                "email": { "type": "string", "description": "User's email address" }
+            },
+            "required": ["username", "email"]
+        })
+    );
+
+    // A user who declines answers: the handler gets the decline, not an error.
+    let db = Db::new().await;
+    let decline = json!({ "action": "decline" });
+    let (_dir, server) = fixture_server_with(&db, &[], Recorder::answering(answers(decline))).await;
+    let declined = raw_call(
+        &server.client,
+        "test_elicitation",
+        json!({ "message": "Who are you?" }),
+    )
+    .await;
+    assert_ne!(declined.is_error, Some(true));
+    assert_eq!(
+        only_text(&declined),
+        "User response: action=decline, content=null"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_the_capability_is_not_asked_and_the_handler_gets_why() {
+    let db = Db::new().await;
+    // rmcp's client declares neither sampling nor elicitation by default.
+    let (_dir, server) = fixture_server(&db).await;
+    let c = &server.client;
+    let refusal = |job: u32, message: &str| {
+        Err(Refusal::Tool {
+            code: "task_failed".into(),
+            message: message.replace("{job}", &job.to_string()),
+        })
+    };
+    assert_eq!(
+        call(c, "test_sampling", json!({ "prompt": "hi" })).await,
+        refusal(
+            1,
+            "handler conformance:sampling failed in job {job}: sampling failed (unsupported): the MCP client that called this tool did not declare the `sampling` capability, so it cannot answer sampling/createMessage"
+        )
+    );
+    assert_eq!(
+        call(c, "test_elicitation", json!({ "message": "hi" })).await,
+        refusal(
+            2,
+            "handler conformance:elicitation failed in job {job}: elicitation failed (unsupported): the MCP client that called this tool did not declare the `elicitation` capability, so it cannot answer elicitation/create"
+        )
+    );
+    // Over stdio there is no stream to release.
+    assert_eq!(
+        call(c, "test_reconnection", json!({})).await,
+        refusal(
+            3,
+            "handler conformance:reconnection failed in job {job}: releasing the connection failed (unsupported): the MCP client that called this tool is connected over stdio, which has no stream to release"
+        )
+    );
+    assert_eq!(*c.service().asked.lock().expect("asked"), []);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_tool_call_waits_on_has_no_agent_and_ends_as_its_handler_decided() {
+    let db = Db::new().await;
+    // An agent that would answer is connected to the server that runs the
+    // task, but the task was submitted from the command line: it is not
+    // that agent's to answer.
+    let (dir, server) = fixture_server_with(
+        &db,
+        &[],
+        Recorder::answering(answers(json!({ "action": "cancel" }))),
+    )
+    .await;
+    let job = db.dir.path().join("ask.toml");
+    std::fs::write(
+        &job,
+        "name = \"ask\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"conformance:sampling\", input = { prompt = \"hi\" } }]\n",
+    )
+    .expect("write the job file");
+    let out = std::process::Command::new(cli_bin())
+        .args(["--db", &db.url])
+        .arg("--plugins")
+        .arg(dir.plugins())
+        .arg("--cache-dir")
+        .arg(test_cache_dir())
+        .arg("submit")
+        .arg(&job)
+        .output()
+        .expect("lockstep submit");
+    assert!(out.status.success(), "{out:?}");
+    let c = &server.client;
+    let waited = ok(c, "wait_job", json!({ "job_id": 1, "timeout_seconds": 60 })).await;
+    assert_eq!(waited["job"]["state"], "failed", "{waited}");
+    let task = ok(c, "get_task", json!({ "task_id": 1 })).await;
+    assert_eq!(task["state"], "dead", "{task}");
+    assert_eq!(
+        task["error"],
+        "sampling failed (no-agent): no agent is attached to this task: agent.sample reaches only the MCP agent whose handler tool call waits on the task in the process that runs it, and none waits on job 1"
+    );
+    assert_eq!(*c.service().asked.lock().expect("asked"), []);
+}
+
+/// The front door bounds the answer it writes as JSON before handing it to
+/// the task (the sandbox bounds the request and checks the answer again:
+/// guest_programs::fixture_mcp_conformance_asks_its_agent_within_the_limits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)]
+async fn an_answer_over_the_limit_is_an_error_the_handler_gets() {
+    use lockstep::limits::MAX_AGENT_ANSWER_BYTES;
+    let db = Db::new().await;
+    let huge_answer = json!({
+        "role": "assistant",
+        "content": { "type": "text", "text": "b".repeat(MAX_AGENT_ANSWER_BYTES) },
+        "model": "test-model"
+    });
+    let client = Recorder::answering(Answers {
+        sample: huge_answer.clone(),
+        elicit: json!({ "action": "cancel" }),
+    });
+    let (_dir, server) = fixture_server_with(&db, &[], client).await;
+    let c = &server.client;
+    // The answer as the server writes it back: rmcp's own serialization.
+    let answer: rmcp::model::CreateMessageResult =
+        serde_json::from_value(huge_answer).expect("a sampling result");
+    let answer = serde_json::to_string(&answer).expect("JSON");
+    assert_eq!(
+        call(c, "test_sampling", json!({ "prompt": "hi" })).await,
+        Err(Refusal::Tool {
+            code: "task_failed".into(),
+            message: format!(
+                "handler conformance:sampling failed in job 1: sampling failed (failed): the agent's answer to sampling/createMessage is {} bytes, larger than the {MAX_AGENT_ANSWER_BYTES}-byte limit",
+                answer.len()
+            ),
+        })
+    );
+    assert_eq!(c.service().asked.lock().expect("asked").len(), 1);
 }

@@ -15,10 +15,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// What a client answers the server's sampling and elicitation requests
+/// with, as the JSON of MCP results; a client with answers declares the
+/// `sampling` and `elicitation` capabilities.
+#[derive(Clone)]
+pub struct Answers {
+    pub sample: Value,
+    pub elicit: Value,
+}
+
 /// An MCP client that records the progress, log and resource-update
-/// notifications it receives, and counts `notifications/tools/list_changed`.
+/// notifications it receives, and counts `notifications/tools/list_changed`;
+/// with [`Answers`], it answers sampling and elicitation requests and
+/// records each one's params.
 #[derive(Clone, Default)]
 pub struct Recorder {
+    pub answers: Option<Answers>,
+    /// `[method, params]` of each server request it answered, as JSON.
+    pub asked: Arc<Mutex<Vec<(String, Value)>>>,
     pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
     /// `notifications/message` params, as JSON.
     pub logs: Arc<Mutex<Vec<Value>>>,
@@ -27,7 +41,70 @@ pub struct Recorder {
     pub resource_updates: Arc<Mutex<Vec<String>>>,
 }
 
+impl Recorder {
+    /// A client that declares `sampling` and `elicitation` and answers both.
+    pub fn answering(answers: Answers) -> Recorder {
+        Recorder {
+            answers: Some(answers),
+            ..Recorder::default()
+        }
+    }
+
+    /// The answer to `method`, recording its params.
+    fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+        pick: impl Fn(&Answers) -> &Value,
+    ) -> Result<T, rmcp::ErrorData> {
+        self.asked
+            .lock()
+            .expect("asked")
+            .push((method.to_owned(), params));
+        let Some(answers) = &self.answers else {
+            return Err(rmcp::ErrorData::invalid_request(
+                format!("this client declared no capability for {method}"),
+                None,
+            ));
+        };
+        Ok(
+            serde_json::from_value(pick(answers).clone())
+                .expect("an answer of the MCP result type"),
+        )
+    }
+}
+
 impl ClientHandler for Recorder {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut info = rmcp::model::ClientConfig::default();
+        if self.answers.is_some() {
+            // The last revision in which a server may send a client requests.
+            info.protocol_version = rmcp::model::ProtocolVersion::LATEST_WITH_INITIALIZE;
+            info.capabilities.sampling = Some(Default::default());
+            info.capabilities.elicitation = Some(Default::default());
+        }
+        info
+    }
+
+    #[allow(deprecated)]
+    async fn create_message(
+        &self,
+        params: rmcp::model::CreateMessageRequestParams,
+        _cx: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        let params = serde_json::to_value(params).expect("params are JSON");
+        self.answer("sampling/createMessage", params, |a| &a.sample)
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: rmcp::model::ElicitRequestParams,
+        _cx: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        let params = serde_json::to_value(params).expect("params are JSON");
+        self.answer("elicitation/create", params, |a| &a.elicit)
+    }
+
     async fn on_progress(
         &self,
         params: ProgressNotificationParam,
@@ -174,6 +251,17 @@ impl StdioServer {
         plugins: &Path,
         extra: &[&str],
     ) -> StdioServer {
+        Self::start_with_client(db, tenant, plugins, extra, Recorder::default()).await
+    }
+
+    /// A server whose client is `client` (one that answers, say).
+    pub async fn start_with_client(
+        db: &Db,
+        tenant: &str,
+        plugins: &Path,
+        extra: &[&str],
+        client: Recorder,
+    ) -> StdioServer {
         let mut cmd = tokio::process::Command::new(cli_bin());
         cmd.args(["--db", &db.url, "--tenant", tenant])
             .arg("--plugins")
@@ -188,7 +276,7 @@ impl StdioServer {
             .spawn()
             .expect("start lockstep mcp");
         let pid = transport.id().expect("child pid");
-        let client = Recorder::default()
+        let client = client
             .serve(transport)
             .await
             .expect("MCP handshake over stdio");

@@ -145,6 +145,51 @@ impl TaskContext for RecordingContext {
     }
 }
 
+/// A [`TaskContext`] outside any job whose agent answers every question
+/// with `answer`, counting the questions that reach it.
+pub struct AnsweringContext {
+    pub answer: String,
+    pub asked: std::sync::atomic::AtomicU32,
+}
+
+impl AnsweringContext {
+    pub fn new(answer: String) -> Arc<AnsweringContext> {
+        Arc::new(AnsweringContext {
+            answer,
+            asked: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskContext for AnsweringContext {
+    fn log(&self, _level: LogLevel, _message: &str) {}
+
+    fn progress(&self, _done: u64, _total: u64, _message: &str) {}
+
+    async fn stage_results(
+        &self,
+        _stage: &str,
+        _after: Option<u64>,
+        _limit: u32,
+    ) -> Result<Vec<(u64, String)>, String> {
+        Err(NO_JOB_CONTEXT.to_owned())
+    }
+
+    async fn cancelled(&self) -> bool {
+        false
+    }
+
+    async fn ask(
+        &self,
+        _kind: lockstep::plugin::AskKind,
+        _request: &str,
+    ) -> Result<String, lockstep::plugin::AskError> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.answer.clone())
+    }
+}
+
 /// A first attempt of `handler` with `input`, outside any job, with the
 /// grant's time limit.
 pub fn request(handler: &str, input: serde_json::Value) -> RunRequest {
