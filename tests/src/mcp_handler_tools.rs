@@ -457,6 +457,7 @@ fn answers(elicit: Value) -> Answers {
             "stopReason": "endTurn"
         }),
         elicit,
+        never_elicit: false,
     }
 }
 
@@ -604,6 +605,41 @@ async fn a_task_no_tool_call_waits_on_has_no_agent_and_ends_as_its_handler_decid
     assert_eq!(*c.service().asked.lock().expect("asked"), []);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_tool_call_ends_the_question_its_handler_waits_on() {
+    use rmcp::model::{CallToolRequest, ClientRequest};
+    use rmcp::service::PeerRequestOptions;
+    let db = Db::new().await;
+    let mut user = answers(json!({ "action": "accept" }));
+    user.never_elicit = true;
+    let (_dir, server) = fixture_server_with(&db, &[], Recorder::answering(user)).await;
+    let c = &server.client;
+    let mut params = CallToolRequestParams::new("test_elicitation");
+    params.arguments = json!({ "message": "Who are you?" }).as_object().cloned();
+    let call = c
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("tools/call sent");
+    eventually("the user is asked", || async {
+        (!c.service().asked.lock().expect("asked").is_empty()).then_some(())
+    })
+    .await;
+    call.cancel(Some("the user walked away".into()))
+        .await
+        .expect("notifications/cancelled sent");
+    // The handler got an error instead of waiting on: its task is over.
+    let waited = ok(c, "wait_job", json!({ "job_id": 1, "timeout_seconds": 60 })).await;
+    assert_eq!(waited["job"]["state"], "failed", "{waited}");
+    let task = ok(c, "get_task", json!({ "task_id": 1 })).await;
+    assert_eq!(
+        task["error"],
+        "elicitation failed (failed): the MCP tool call waiting on this task ended before its agent answered elicitation/create"
+    );
+}
+
 /// The front door bounds the answer it writes as JSON before handing it to
 /// the task (the sandbox bounds the request and checks the answer again:
 /// guest_programs::fixture_mcp_conformance_asks_its_agent_within_the_limits).
@@ -620,6 +656,7 @@ async fn an_answer_over_the_limit_is_an_error_the_handler_gets() {
     let client = Recorder::answering(Answers {
         sample: huge_answer.clone(),
         elicit: json!({ "action": "cancel" }),
+        never_elicit: false,
     });
     let (_dir, server) = fixture_server_with(&db, &[], client).await;
     let c = &server.client;

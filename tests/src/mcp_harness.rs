@@ -22,6 +22,8 @@ use std::time::Duration;
 pub struct Answers {
     pub sample: Value,
     pub elicit: Value,
+    /// The user never answers an elicitation (it stays pending).
+    pub never_elicit: bool,
 }
 
 /// An MCP client that records the progress, log and resource-update
@@ -102,7 +104,11 @@ impl ClientHandler for Recorder {
         _cx: rmcp::service::RequestContext<RoleClient>,
     ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
         let params = serde_json::to_value(params).expect("params are JSON");
-        self.answer("elicitation/create", params, |a| &a.elicit)
+        let answer = self.answer("elicitation/create", params, |a| &a.elicit);
+        if self.answers.as_ref().is_some_and(|a| a.never_elicit) {
+            std::future::pending::<()>().await;
+        }
+        answer
     }
 
     async fn on_progress(

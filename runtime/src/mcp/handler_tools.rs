@@ -12,7 +12,8 @@
 //! level) and its progress as `notifications/progress` (when the call
 //! carries a `progressToken`), and what its handler asks the agent (the WIT
 //! `agent` import: sampling, elicitation) goes to the calling session
-//! ([`super::ask`]) while the call waits.
+//! ([`super::ask`]) while the call waits. A call the client cancels (or
+//! whose session ends) stops waiting; its job goes on.
 //!
 //! **Invariants:**
 //! - Tool names use only MCP's characters (`A-Z a-z 0-9 _ - . /`): a
@@ -81,6 +82,8 @@ pub struct Listener<'a> {
     pub stream: Option<super::streams::HeldStream>,
     pub progress_token: Option<ProgressToken>,
     pub logging: &'a logging::Session,
+    /// Cancelled when the client cancels the call or its session ends.
+    pub cancelled: tokio_util::sync::CancellationToken,
 }
 
 impl HandlerTool {
@@ -230,6 +233,8 @@ pub async fn call(
                     Err(RecvError::Closed) => break wait.await,
                 },
                 waited = &mut wait => break waited,
+                // The job goes on; the call (and its agent) ends here.
+                () = listener.cancelled.cancelled() => return cancelled(job),
             }
         }
     };
@@ -238,9 +243,25 @@ pub async fn call(
     }
     if let Some(held) = &listener.stream {
         // A released stream's answer waits for its client (see `streams`).
-        held.stream.resumed().await;
+        tokio::select! {
+            () = held.stream.resumed() => {}
+            () = listener.cancelled.cancelled() => return cancelled(job),
+        }
     }
     answer(engine, caller, tool, job, waited).await
+}
+
+/// What a cancelled call answers (a client that cancelled does not read
+/// it): its job goes on, durably.
+fn cancelled(job: JobId) -> Result<CallToolResult, ErrorData> {
+    ToolFailure::Refused {
+        code: "cancelled",
+        message: format!(
+            "the call was cancelled; job {} goes on (see it with get_job or wait_job)",
+            job.0
+        ),
+    }
+    .into_response()
 }
 
 /// Forwards one call's task reports to its listener.

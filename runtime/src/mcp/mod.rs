@@ -532,6 +532,7 @@ impl ServerHandler for LockstepMcp {
                     stream: self.stream(&context),
                     progress_token: context.meta.get_progress_token(),
                     logging: &self.logging,
+                    cancelled: context.ct.clone(),
                 };
                 let result =
                     handler_tools::call(&self.engine, &caller, &handler, arguments, &listener)
