@@ -13,8 +13,8 @@
 //! the attaching tool calls whose submit had begun when the task asked (so
 //! a task cannot ask between its job's commit and its attachment and be
 //! told nobody is there), and each ends as its submit returns. A link is
-//! its tenant's job only; the tool call's end (answer, cancellation,
-//! disconnection) detaches it, and a question then in flight ends as
+//! its tenant's job only; the tool call's end (answer, cancellation, the
+//! session's end) detaches it, and a question then in flight ends as
 //! `failed`. How long an attached agent may take is bounded by the task's
 //! own time limit (the plugin host stops the attempt at its deadline).
 
