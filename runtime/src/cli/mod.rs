@@ -62,7 +62,7 @@ pub struct Cli {
     /// Largest task input accepted at submit and from a spawning handler, in bytes (as JSON text).
     #[arg(long, global = true, default_value_t = 1024 * 1024)]
     max_input_bytes: u64,
-    /// Most tasks a job may hold at submit.
+    /// Most tasks a job may hold, counting the tasks its handlers spawn.
     #[arg(long, global = true, default_value_t = 100_000)]
     max_tasks_per_job: u64,
     /// Largest job file or job text accepted, in bytes.
