@@ -1020,3 +1020,38 @@ fn bench_plugin_says_which_templates_it_did_not_measure_and_refuses_what_it_cann
         assert_eq!(stdout(&out), "", "{component}");
     }
 }
+
+/// `lockstep jobs | head -1` closes standard output early. Rust ignores
+/// SIGPIPE, so a `println!` there panicked; the command now ends quietly
+/// with exit code 0. The pipe's read end is closed before the process
+/// starts, so its very first write meets the closed reader.
+#[test]
+fn a_reader_that_closes_standard_output_ends_the_command_quietly() {
+    let cli = Cli::new();
+    for args in [
+        &["jobs"][..],
+        &["plugins", "wit"][..],
+        &["demo", "--count", "3"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(cli_bin())
+            .current_dir(cli.dir.path())
+            .args([
+                "--db",
+                &cli.db(),
+                "--plugins",
+                guest_artifacts::EXAMPLES_DIR,
+            ])
+            .arg("--cache-dir")
+            .arg(test_cache_dir())
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run lockstep");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert_eq!(err, "", "{args:?} said something on stderr");
+    }
+}

@@ -261,6 +261,7 @@ async fn sqlite_claims_alone_skip_the_sync_every_other_write_syncs() {
                     })
                     .collect(),
                 now: 3,
+                max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
             })
             .await
             .expect("complete");

@@ -192,6 +192,7 @@ tasks = [
                 logs: vec![],
             }],
             now: lockstep::engine::now_millis(),
+            max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
         })
         .await
         .expect("complete agent task");

@@ -195,6 +195,7 @@ async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlo
                         .complete_batch(CompleteBatch {
                             completions,
                             now: NOW,
+                            max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
                         })
                         .await
                         .expect("complete");
@@ -495,6 +496,7 @@ async fn postgres_deadlock_is_retried_counted_and_the_completion_recorded_once()
                     .complete_batch(CompleteBatch {
                         completions: vec![c],
                         now: NOW,
+                        max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
                     })
                     .await
             })
@@ -578,6 +580,7 @@ async fn postgres_terminated_connections_lose_nothing_and_write_nothing_twice() 
                     .complete_batch(CompleteBatch {
                         completions: vec![c],
                         now: NOW,
+                        max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
                     })
                     .await
             })
@@ -619,6 +622,7 @@ async fn postgres_terminated_connections_lose_nothing_and_write_nothing_twice() 
             .complete_batch(CompleteBatch {
                 completions: all.clone(),
                 now: NOW,
+                max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
             })
             .await
             .expect("complete after restart");
@@ -631,6 +635,7 @@ async fn postgres_terminated_connections_lose_nothing_and_write_nothing_twice() 
             .complete_batch(CompleteBatch {
                 completions: all,
                 now: NOW,
+                max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
             })
             .await
             .expect("duplicate completion");
@@ -801,6 +806,76 @@ async fn postgres_a_worker_slot_is_freed_only_when_its_completion_commits() {
             (stats.completed.load(Relaxed), stats.stale.load(Relaxed)),
             (40, 0)
         );
+    })
+    .await;
+}
+
+/// Spawners of one job on two nodes take turns, so the per-job task limit
+/// holds exactly across processes: of 40 tasks that each spawn one child
+/// into a job with room for 10, exactly 10 spawn and 30 are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_spawners_on_two_nodes_never_take_a_job_past_its_task_limit() {
+    with_pg(|db| async move {
+        let nodes = [
+            Arc::new(db.open_store().await),
+            Arc::new(db.open_store().await),
+        ];
+        let fanouts = (0..40).map(|_| task("fanout", None, &[])).collect();
+        let job_id = nodes[0]
+            .submit_job(job(
+                "limit",
+                vec![stage("a", fanouts), stage("b", Vec::new())],
+            ))
+            .await
+            .expect("submit")
+            .job_id;
+        let claimed = nodes[0]
+            .claim_batch(claim(40, "w", NOW))
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 40);
+        let mut completers = Vec::new();
+        for (i, t) in claimed.into_iter().enumerate() {
+            let store = nodes[i % 2].clone();
+            completers.push(tokio::spawn(async move {
+                let child = SpawnTask {
+                    stage_name: "b".to_string(),
+                    handler: "work".to_string(),
+                    input_json: "{}".to_string(),
+                    max_attempts: 1,
+                    timeout_ms: 30_000,
+                };
+                store
+                    .complete_batch(CompleteBatch {
+                        completions: vec![success(&t, vec![child])],
+                        now: NOW,
+                        max_tasks_per_job: 50,
+                    })
+                    .await
+                    .expect("complete")
+            }));
+        }
+        let mut spawned = 0;
+        let mut refused = 0;
+        for c in completers {
+            match c.await.expect("completer").as_slice() {
+                [CompletionOutcome::Recorded(TaskState::Succeeded)] => spawned += 1,
+                [CompletionOutcome::RejectedSpawn(why)] => {
+                    assert!(why.contains("more than the 50-task limit"), "{why}");
+                    refused += 1;
+                }
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        assert_eq!((spawned, refused), (10, 30));
+        let status = nodes[1]
+            .get_job(GetJob {
+                tenant: tenant(),
+                job: job_id,
+            })
+            .await
+            .expect("status");
+        assert_eq!((status.stages[0].total, status.stages[1].total), (40, 10));
     })
     .await;
 }

@@ -60,6 +60,7 @@ async fn complete(store: &dyn Store, task: &ClaimedTask, result: TaskResult) {
                 logs: vec![],
             }],
             now: lockstep::engine::now_millis(),
+            max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
         })
         .await
         .expect("complete");

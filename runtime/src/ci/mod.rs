@@ -13,6 +13,7 @@
 //! **Invariant 35:** everything it prints or writes passes the run's secret
 //! masker and `limits::printable`.
 
+use crate::cli::output::say;
 mod report;
 mod view;
 
@@ -142,18 +143,18 @@ async fn run(ctx: &Ctx, args: RunArgs) -> CliResult {
     let engine = ctx.open(plugins).await?;
     let start = engine.start_pipeline(&ctx.tenant, &pipeline).await?;
     if start.resumed {
-        println!(
+        say!(
             "resuming run {} of {} (it did not finish; finished steps are kept)",
             start.job.0,
             printable(&pipeline.name)
-        );
+        )?;
     } else {
-        println!(
+        say!(
             "run {}: pipeline {}, {} steps",
             start.job.0,
             printable(&pipeline.name),
             pipeline.steps.len()
-        );
+        )?;
     }
     execute(ctx, &engine, commands, start.job, secrets, &args.options).await
 }
@@ -166,7 +167,7 @@ async fn rerun(ctx: &Ctx, args: RerunArgs) -> CliResult {
     let secrets = secrets_for(&plans, args.options.secrets.as_deref())?;
     let commands = command_host(ctx)?;
     let job = engine.rerun_pipeline(&ctx.tenant, old, args.failed).await?;
-    println!(
+    say!(
         "run {}: {} of run {}",
         job.0,
         if args.failed {
@@ -175,7 +176,7 @@ async fn rerun(ctx: &Ctx, args: RerunArgs) -> CliResult {
             "every step"
         },
         old.0
-    );
+    )?;
     execute(ctx, &engine, commands, job, secrets, &args.options).await
 }
 
@@ -216,7 +217,7 @@ async fn execute(
     let line = view::final_line(job, progress.job.state, &steps, started.elapsed());
     match progress.job.state {
         JobState::Succeeded => {
-            println!("{line}");
+            say!("{line}")?;
             Ok(())
         }
         _ => Err(Failure::JobFailed(line)),
@@ -271,27 +272,30 @@ async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
             "state": progress.job.state,
             "steps": rows,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        say!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())?;
         return Ok(());
     }
-    println!(
+    say!(
         "run {} ({}): {}",
         job.0,
         printable(&progress.job.name),
         progress.job.state
-    );
+    )?;
     let width = steps
         .iter()
         .map(|s| s.plan.key.chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    say!(
         "{:<width$}  {:<9}  {:>8}  {:>7}  SUMMARY",
-        "STEP", "STATE", "TIME", "ATTEMPT"
-    );
+        "STEP",
+        "STATE",
+        "TIME",
+        "ATTEMPT"
+    )?;
     for s in &steps {
-        println!(
+        say!(
             "{:<width$}  {:<9}  {:>8}  {:>7}  {}",
             printable(&s.plan.key),
             view::state_word(s),
@@ -301,7 +305,7 @@ async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
                 .unwrap_or_default(),
             s.attempt,
             printable(&view::summary_of(s))
-        );
+        )?;
     }
     Ok(())
 }
@@ -350,10 +354,10 @@ async fn logs(ctx: &Ctx, args: LogsArgs) -> CliResult {
                 continue;
             }
             if only.is_some() {
-                println!("{}", printable(detail));
+                say!("{}", printable(detail))?;
             } else {
                 let key = keys.get(&task.0).map_or("?", String::as_str);
-                println!("[{}] {}", printable(key), printable(detail));
+                say!("[{}] {}", printable(key), printable(detail))?;
             }
         }
         if !done {

@@ -5,6 +5,7 @@
 
 use super::{CliResult, Ctx};
 use crate::bench;
+use crate::cli::output::say;
 use crate::engine::{Engine, Execution};
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -134,14 +135,15 @@ pub enum BenchHandler {
     HostNoop,
 }
 
-fn print(lines: Vec<serde_json::Value>) {
+fn print(lines: Vec<serde_json::Value>) -> std::io::Result<()> {
     let machine = bench::machine();
     for mut line in lines {
         if let Some(obj) = line.as_object_mut() {
             obj.insert("machine".into(), machine.clone());
         }
-        println!("{line}");
+        say!("{line}")?;
     }
+    Ok(())
 }
 
 /// A benchmark's store and engine, its database URL, and the temporary
@@ -204,7 +206,7 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                         Ok(refused) => super::Failure::BadInput(refused.into()),
                         Err(e) => super::Failure::Other(e),
                     })?;
-            print(lines);
+            print(lines)?;
             for lang in ["python", "js"] {
                 if !components.iter().any(|c| c.label == lang) {
                     eprintln!(
@@ -248,16 +250,16 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                         || spawn(&serve),
                     )
                     .await?,
-                );
+                )?;
                 return Ok(());
             }
             print(
                 bench::engine_flow::throughput(&engine, &ctx.tenant, tasks, workers, execution)
                     .await?,
-            );
+            )?;
             print(
                 bench::engine_flow::submit_to_start(&engine, &ctx.tenant, latency_samples).await?,
-            );
+            )?;
         }
         BenchCommand::Fanin {
             tasks,
@@ -270,7 +272,7 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                 )));
             }
             let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
-            print(bench::engine_flow::fanin(&engine, &ctx.tenant, tasks, workers, rounds).await?);
+            print(bench::engine_flow::fanin(&engine, &ctx.tenant, tasks, workers, rounds).await?)?;
         }
         BenchCommand::Mcp {
             tasks,
@@ -296,7 +298,7 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                 python_samples,
                 stdio_server: Lockstep::new(ctx, &db.url)?.mcp_stdio(),
             };
-            print(bench::mcp::mcp(db.engine, &ctx.tenant, tasks, samples, &client_side).await?);
+            print(bench::mcp::mcp(db.engine, &ctx.tenant, tasks, samples, &client_side).await?)?;
         }
         BenchCommand::Ci {
             steps,
@@ -306,7 +308,7 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
             let plugins = ctx.plugins().await?;
             let cache = crate::plugin::resolve_cache_dir(ctx.cache_dir.as_deref())
                 .map_err(|e| super::Failure::BadInput(e.into()))?;
-            print(bench::ci::ci(plugins, &cache, steps, rounds, slots).await?);
+            print(bench::ci::ci(plugins, &cache, steps, rounds, slots).await?)?;
         }
         BenchCommand::Ui {
             jobs,
@@ -316,11 +318,11 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
             bench::ui::check_sizes(jobs, tasks, samples)
                 .map_err(|problem| super::Failure::BadInput(anyhow::anyhow!(problem)))?;
             let db = bench_db(ctx).await?;
-            print(bench::ui::ui(db.engine, jobs, tasks, samples).await?);
+            print(bench::ui::ui(db.engine, jobs, tasks, samples).await?)?;
         }
         BenchCommand::Lookup { tasks } => {
             let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
-            print(bench::lookup::lookup(&engine, tasks).await?);
+            print(bench::lookup::lookup(&engine, tasks).await?)?;
         }
         BenchCommand::Metrics { tasks, samples } => {
             if samples == 0 {
@@ -330,7 +332,7 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
             }
             let exporter = crate::telemetry::Exporter::install().map_err(anyhow::Error::new)?;
             let BenchDb { engine, _dir, .. } = bench_db(ctx).await?;
-            print(bench::metrics::metrics(&engine, &exporter, tasks, samples).await?);
+            print(bench::metrics::metrics(&engine, &exporter, tasks, samples).await?)?;
         }
     }
     Ok(())

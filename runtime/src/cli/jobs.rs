@@ -1,6 +1,7 @@
 //! Job commands: demo, run, submit, status, jobs, events, cancel, retry, task.
 
 use super::{CliResult, Ctx, Failure};
+use crate::cli::output::say;
 use crate::engine::views::{JobEventView, JobListEntry, Submitted, View};
 use crate::engine::{Engine, JobFilter, JobProgress, WorkerConfig};
 use crate::limits::printable;
@@ -130,11 +131,11 @@ pub async fn demo(ctx: &Ctx, args: DemoArgs) -> CliResult {
     let text = demo_job(args.count, with_wordcount);
     let job = spec::parse_job_str(&text, spec::Format::Toml, &Default::default())
         .map_err(|e| Failure::Other(e.into()))?;
-    println!(
+    say!(
         "lockstep demo: {} plugins loaded; stage analyze fans out {} tasks into stage process, stage aggregate sums them",
         names.len(),
         args.count
-    );
+    )?;
     let submitted = engine.submit(&ctx.tenant, job).await?;
     let progress = execute(&engine, ctx, submitted.job_id, args.workers).await?;
     print_outcome(&engine, ctx, &progress).await?;
@@ -144,21 +145,21 @@ pub async fn demo(ctx: &Ctx, args: DemoArgs) -> CliResult {
         print_stage_outputs(&engine, ctx, submitted.job_id, "analyze", 2).await?;
     }
     let expected = u64::from(args.count) * (u64::from(args.count) + 1) / 2;
-    println!("expected sum 1+…+{} = {expected}", args.count);
-    println!(
+    say!("expected sum 1+…+{} = {expected}", args.count)?;
+    say!(
         "inspect it: lockstep status {id}   lockstep events {id}   lockstep jobs",
         id = submitted.job_id.0
-    );
+    )?;
     finish(&progress)
 }
 
 pub async fn run(ctx: &Ctx, args: RunArgs) -> CliResult {
     let (engine, submitted) = submit_checked(ctx, &args.file).await?;
     if !submitted.created {
-        println!(
+        say!(
             "job {} already exists with this idempotency key; following it",
             submitted.job_id.0
-        );
+        )?;
     }
     let progress = execute(&engine, ctx, submitted.job_id, args.workers).await?;
     print_outcome(&engine, ctx, &progress).await?;
@@ -210,14 +211,14 @@ async fn execute(
 }
 
 async fn print_outcome(engine: &Engine, ctx: &Ctx, p: &JobProgress) -> CliResult {
-    println!(
+    say!(
         "job {} {} — {} tasks, {} stages",
         p.job.job_id.0,
         p.job.state,
         p.total,
         p.stages.len()
-    );
-    print_stages(p);
+    )?;
+    print_stages(p)?;
     print_dead_tasks(engine, ctx, p).await?;
     // Show the output of the last stage's tasks (the result of the job).
     if let Some(last) = p.job.stages.last() {
@@ -249,31 +250,31 @@ async fn print_dead_tasks(engine: &Engine, ctx: &Ctx, p: &JobProgress) -> CliRes
     let tasks = engine
         .dead_tasks(&ctx.tenant, p.job.job_id, DEAD_TASKS_SHOWN)
         .await?;
-    println!("dead tasks ({dead}):");
+    say!("dead tasks ({dead}):")?;
     for task in &tasks {
         let error = task.error.as_deref().unwrap_or("(no error recorded)");
         let mut shown: String = printable(error).chars().take(ERROR_CHARS_SHOWN).collect();
         if printable(error).chars().count() > ERROR_CHARS_SHOWN {
             shown.push('…');
         }
-        println!(
+        say!(
             "  task {} (stage {}, {}, attempt {} of {}): {shown}",
             task.task_id.0,
             printable(&task.stage_name),
             printable(&task.handler),
             task.attempt,
             task.max_attempts
-        );
+        )?;
     }
     let more = dead - tasks.len() as i64;
     if more > 0 {
-        println!("  … and {more} more");
+        say!("  … and {more} more")?;
     }
     if let Some(first) = tasks.first() {
-        println!(
+        say!(
             "  whole record: lockstep task {id}   run it again: lockstep retry {id}",
             id = first.task_id.0
-        );
+        )?;
     }
     Ok(())
 }
@@ -286,16 +287,16 @@ async fn print_stage_outputs(
     limit: u32,
 ) -> CliResult {
     for (task, output) in engine.stage_outputs(&ctx.tenant, job, stage, limit).await? {
-        println!(
+        say!(
             "result of task {} ({stage}): {}",
             task.0,
             printable(&output)
-        );
+        )?;
     }
     Ok(())
 }
 
-fn print_stages(p: &JobProgress) {
+fn print_stages(p: &JobProgress) -> std::io::Result<()> {
     for (stage, detail) in p.stages.iter().zip(&p.job.stages) {
         let counts: Vec<String> = detail
             .counts
@@ -303,7 +304,7 @@ fn print_stages(p: &JobProgress) {
             .filter(|(_, n)| *n > 0)
             .map(|(s, n)| format!("{s} {n}"))
             .collect();
-        println!(
+        say!(
             "  {:<12} {:<8} {:>5.1}%  {}/{}  {}",
             stage.name,
             stage.state.as_str(),
@@ -311,8 +312,9 @@ fn print_stages(p: &JobProgress) {
             stage.done,
             stage.total,
             counts.join(", ")
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Check the job file, then open the database and submit it: a refused
@@ -331,17 +333,17 @@ async fn submit_checked(
 pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
     let (_, submitted) = submit_checked(ctx, &args.file).await?;
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string(&Submitted::from(submitted)).context("rendering JSON")?
-        );
+        )?;
     } else if submitted.created {
-        println!("job {} submitted", submitted.job_id.0);
+        say!("job {} submitted", submitted.job_id.0)?;
     } else {
-        println!(
+        say!(
             "job {} already exists with this idempotency key (not created again)",
             submitted.job_id.0
-        );
+        )?;
     }
     Ok(())
 }
@@ -351,20 +353,20 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
     if args.json {
         // The view MCP's get_job returns.
         let view = engine.job_view(&ctx.tenant, JobId(args.job)).await?;
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&view).context("rendering JSON")?
-        );
+        )?;
         return Ok(());
     }
     let (p, waiting) = engine
         .progress_and_waiting(&ctx.tenant, JobId(args.job))
         .await?;
-    println!("job {} {:?}: {}", p.job.job_id.0, p.job.name, p.job.state);
-    println!("  {}", p.summary_line());
-    print_stages(&p);
+    say!("job {} {:?}: {}", p.job.job_id.0, p.job.name, p.job.state)?;
+    say!("  {}", p.summary_line())?;
+    print_stages(&p)?;
     if let Some(err) = &p.job.error {
-        println!("  error: {}", printable(err));
+        say!("  error: {}", printable(err))?;
     }
     let wasm: Vec<&str> = waiting
         .iter()
@@ -372,13 +374,13 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
         .map(|w| w.handler.as_str())
         .collect();
     if !wasm.is_empty() {
-        println!(
+        say!(
             "  waiting: no task is running; ready tasks need a worker (`lockstep serve`) with {}",
             wasm.join(", ")
-        );
+        )?;
     }
     if waiting.iter().any(|w| w.executor == Executor::Agent) {
-        println!("  waiting: agent tasks are ready for an agent to take with claim_task over MCP");
+        say!("  waiting: agent tasks are ready for an agent to take with claim_task over MCP")?;
     }
     Ok(())
 }
@@ -405,17 +407,17 @@ pub async fn list(ctx: &Ctx, args: JobsArgs) -> CliResult {
     if args.json {
         // The entries of MCP's list_jobs page.
         let entries: Vec<JobListEntry> = jobs.iter().map(JobListEntry::from).collect();
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&entries).context("rendering JSON")?
-        );
+        )?;
         return Ok(());
     }
     if jobs.is_empty() {
-        println!("no jobs");
+        say!("no jobs")?;
     }
     for j in jobs {
-        println!("{:>6}  {:<10} {}", j.job_id.0, j.state.as_str(), j.name);
+        say!("{:>6}  {:<10} {}", j.job_id.0, j.state.as_str(), j.name)?;
     }
     Ok(())
 }
@@ -434,12 +436,12 @@ pub async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult {
         for e in &page {
             let view = JobEventView::from(e);
             if args.json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string(&view).context("rendering JSON")?
-                );
+                )?;
             } else {
-                println!("{}", view.line());
+                say!("{}", view.line())?;
             }
         }
     }
@@ -449,17 +451,17 @@ pub async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult {
 pub async fn cancel(ctx: &Ctx, args: CancelArgs) -> CliResult {
     let engine = ctx.reader().await?;
     let state = engine.cancel(&ctx.tenant, JobId(args.job)).await?;
-    println!("job {} {state}", args.job);
+    say!("job {} {state}", args.job)?;
     Ok(())
 }
 
 pub async fn retry(ctx: &Ctx, args: RetryArgs) -> CliResult {
     let engine = ctx.reader().await?;
     let state = engine.retry(&ctx.tenant, TaskId(args.task)).await?;
-    println!(
+    say!(
         "task {} {state}; a worker (lockstep serve) will run it",
         args.task
-    );
+    )?;
     Ok(())
 }
 
@@ -468,35 +470,38 @@ pub async fn task(ctx: &Ctx, args: TaskArgs) -> CliResult {
     if args.json {
         // The view MCP's get_task returns.
         let view = engine.task_view(&ctx.tenant, TaskId(args.task)).await?;
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&view).context("rendering JSON")?
-        );
+        )?;
         return Ok(());
     }
     let t = engine.task(&ctx.tenant, TaskId(args.task)).await?;
-    println!(
+    say!(
         "task {} of job {} (stage {}): {}",
-        t.task_id.0, t.job_id.0, t.stage_name, t.state
-    );
-    println!("  handler  {}", t.handler);
-    println!("  attempt  {}/{}", t.attempt, t.max_attempts);
-    println!("  input    {}", printable(&t.input_json));
+        t.task_id.0,
+        t.job_id.0,
+        t.stage_name,
+        t.state
+    )?;
+    say!("  handler  {}", t.handler)?;
+    say!("  attempt  {}/{}", t.attempt, t.max_attempts)?;
+    say!("  input    {}", printable(&t.input_json))?;
     if let Some(o) = &t.output_json {
-        println!("  output   {}", printable(o));
+        say!("  output   {}", printable(o))?;
     }
     if let Some(e) = &t.error {
-        println!("  error    {}", printable(e));
+        say!("  error    {}", printable(e))?;
     }
     // What the handler logged, newest attempts last (`lockstep events` has all).
     let events = engine
         .task_events(&ctx.tenant, TaskId(args.task), TASK_LOG_LINES)
         .await?;
     for e in events.iter().filter(|e| e.kind == EventKind::TaskLog) {
-        println!(
+        say!(
             "  log      {}",
             printable(e.detail.as_deref().unwrap_or_default())
-        );
+        )?;
     }
     Ok(())
 }

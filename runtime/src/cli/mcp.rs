@@ -5,6 +5,7 @@
 //! everything else goes to stderr.
 
 use super::{CliResult, Ctx, Failure};
+use crate::cli::output::say;
 use crate::engine::WorkerConfig;
 use crate::mcp::{self, McpConfig};
 use crate::model::TokenRole;
@@ -155,7 +156,7 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
                 "{} token {} for tenant {:?}; it is shown only now — store it in your MCP client's configuration",
                 issued.role, issued.token_id, issued.tenant.0
             );
-            println!("{}", issued.token);
+            say!("{}", issued.token)?;
             Ok(())
         }
         TokenCommand::Revoke { token } => {
@@ -166,10 +167,11 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult {
                 .context("revoking the token")?
             {
                 Some(record) => {
-                    println!(
+                    say!(
                         "revoked token {} of tenant {:?}",
-                        record.token_id, record.tenant.0
-                    );
+                        record.token_id,
+                        record.tenant.0
+                    )?;
                     Ok(())
                 }
                 None => Err(Failure::BadInput(anyhow::anyhow!(

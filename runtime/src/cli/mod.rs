@@ -8,6 +8,7 @@
 mod bench;
 mod jobs;
 mod mcp;
+pub(crate) mod output;
 mod plugins;
 mod serve;
 
@@ -16,6 +17,7 @@ use crate::model::TenantId;
 use crate::plugin::{HostConfig, PluginHost, TrustPolicy};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use output::say;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -60,7 +62,7 @@ pub struct Cli {
     /// Largest task input accepted at submit and from a spawning handler, in bytes (as JSON text).
     #[arg(long, global = true, default_value_t = 1024 * 1024)]
     max_input_bytes: u64,
-    /// Most tasks a job may hold at submit.
+    /// Most tasks a job may hold, counting the tasks its handlers spawn.
     #[arg(long, global = true, default_value_t = 100_000)]
     max_tasks_per_job: u64,
     /// Largest job file or job text accepted, in bytes.
@@ -157,10 +159,21 @@ pub enum Failure {
     JobFailed(String),
     /// Something else went wrong: exit 1.
     Other(anyhow::Error),
+    /// Standard output's reader closed its end (`| head`): exit 0, quietly.
+    ReaderGone,
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::from(anyhow::Error::new(e))
+    }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
+        if output::is_reader_gone(&e) {
+            return Failure::ReaderGone;
+        }
         // Naming the wrong database is the user's input, wherever it surfaced.
         let wrong_database = e.chain().any(|cause| {
             cause
@@ -283,7 +296,7 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(Failure::ReaderGone) => ExitCode::SUCCESS,
         Err(Failure::BadInput(e)) => {
             eprintln!("error: {}", one_sentence(&e));
             ExitCode::from(2)
@@ -377,7 +390,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Token(c) => mcp::token(&ctx, c).await,
         Command::Migrate => {
             ctx.reader().await?;
-            println!("migrations applied to {}", without_password(&ctx.db_url));
+            say!("migrations applied to {}", without_password(&ctx.db_url))?;
             Ok(())
         }
         Command::Plugins(c) => plugins::plugins(&ctx, c).await,

@@ -1,6 +1,7 @@
 //! `lockstep plugins …` and `lockstep exec`: for operators and plugin authors.
 
 use super::{CliResult, Ctx, Failure};
+use crate::cli::output::{say, say_part};
 use crate::limits::printable;
 use crate::plugin::oci::{self, OciError, OciRef};
 use crate::plugin::trust::{self, Trust};
@@ -77,24 +78,24 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
             let host = ctx.plugins().await?;
             let list = host.describe_all();
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&list).context("rendering JSON")?
-                );
+                )?;
                 return Ok(());
             }
             if list.is_empty() {
-                println!("no plugins found in {}", host.dirs_display());
+                say!("no plugins found in {}", host.dirs_display())?;
             }
             for h in list {
-                println!("{}", h.render_text());
+                say!("{}", h.render_text())?;
             }
             let commands = host.command_names();
             if !commands.is_empty() {
-                println!(
+                say!(
                     "command components (wasi:cli/command, for CI steps): {}",
                     commands.join(", ")
-                );
+                )?;
             }
             Ok(())
         }
@@ -106,7 +107,7 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
         } => pull(ctx, &reference, file_name).await,
         PluginsCommand::Push { file, reference } => push(&file, &reference).await,
         PluginsCommand::Wit => {
-            print!("{}", crate::plugin::WIT);
+            say_part!("{}", crate::plugin::WIT)?;
             Ok(())
         }
         PluginsCommand::Check { file, json } => {
@@ -114,12 +115,12 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
                 .await
                 .map_err(anyhow::Error::new)?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&report).context("rendering JSON")?
-                );
+                )?;
             } else {
-                print!("{}", render_check(&report));
+                say_part!("{}", render_check(&report))?;
             }
             if report.is_valid() {
                 Ok(())
@@ -148,11 +149,11 @@ fn lock(ctx: &Ctx) -> CliResult {
         let files = discovery::scan(std::slice::from_ref(dir)).map_err(|e| bad(e.to_string()))?;
         let (path, entries) = trust::lock_dir(&trust, dir, &files).map_err(bad)?;
         let signed = entries.iter().filter(|e| e.signer.is_some()).count();
-        println!(
+        say!(
             "pinned {} plugins ({signed} signed by a trusted key) in {}",
             entries.len(),
             path.display()
-        );
+        )?;
     }
     Ok(())
 }
@@ -204,14 +205,14 @@ async fn pull(ctx: &Ctx, given: &str, file_name: Option<String>) -> CliResult {
     )
     .map_err(|e| Failure::Other(anyhow::Error::new(e)))?;
     if matches!(reference.reference, oci::Reference::Tag(_)) {
-        println!("resolved {reference} to {}", pulled.manifest_digest);
+        say!("resolved {reference} to {}", pulled.manifest_digest)?;
     }
-    println!(
+    say!(
         "pulled {} into {} (sha256 {sha256}), pinned in {}",
         pulled.source,
         path.display(),
         lock.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -229,7 +230,7 @@ async fn push(file: &std::path::Path, given: &str) -> CliResult {
     let pinned = oci::push(&reference, &wasm)
         .await
         .map_err(|e| Failure::Other(anyhow::Error::new(e)))?;
-    println!("pushed {} as {reference} ({pinned})", file.display());
+    say!("pushed {} as {reference} ({pinned})", file.display())?;
     Ok(())
 }
 
@@ -242,22 +243,22 @@ fn new_project(name: &str, lang: &str, dir: Option<PathBuf>) -> CliResult {
         template::TemplateError::NotEmpty(_) => bad(e),
         other => Failure::Other(other.into()),
     })?;
-    println!(
+    say!(
         "wrote a {} plugin project with handler {} to {} ({} files)",
         language.flag(),
         name.handler(),
         dir.display(),
         files.len()
-    );
-    println!("build it:");
-    println!("  cd {}", dir.display());
+    )?;
+    say!("build it:")?;
+    say!("  cd {}", dir.display())?;
     for command in language.build_commands(&name) {
-        println!("  {command}");
+        say!("  {command}")?;
     }
-    println!(
+    say!(
         "then check it: lockstep plugins check {}",
         dir.join(language.component_path(&name)).display()
-    );
+    )?;
     Ok(())
 }
 
@@ -334,7 +335,7 @@ pub async fn exec(ctx: &Ctx, args: ExecArgs) -> CliResult {
     };
     match host.run(req, Arc::new(StandaloneContext)).await {
         Ok(outcome) => {
-            println!("{}", printable(&outcome.output));
+            say!("{}", printable(&outcome.output))?;
             for s in outcome.spawn {
                 eprintln!(
                     "would spawn into stage {:?}: {} {}",

@@ -360,6 +360,7 @@ impl Engine {
             .complete_batch(CompleteBatch {
                 completions: completions.clone(),
                 now: now_millis(),
+                max_tasks_per_job: self.config().limits.max_tasks_per_job,
             })
             .await?;
         let attempt = super::metrics::Attempt {

@@ -628,6 +628,7 @@ async fn commit(
             .complete_batch(CompleteBatch {
                 completions: batch.clone(),
                 now: now_millis(),
+                max_tasks_per_job: engine.config().limits.max_tasks_per_job,
             })
             .await
         {

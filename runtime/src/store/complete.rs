@@ -7,8 +7,9 @@
 //! **Invariant 7 (one transaction per batch, set-based):** a batch's task
 //! updates, dependents, stage counters, spawned children, advancement and
 //! events are a fixed number of statements, whatever its size.
-//! **Lock order (PostgreSQL):** completed task rows (ascending id), then
-//! their dependents (ascending id, one statement), then stage rows, then job
+//! **Lock order (PostgreSQL):** completed task rows (ascending id), then the
+//! advisory turn of each job whose tasks spawn (ascending id), then their
+//! dependents (ascending id, one statement), then stage rows, then job
 //! rows.
 
 use super::advance;
@@ -296,7 +297,7 @@ pub(crate) async fn complete_batch(
             .filter(|(i, c)| first.get(&c.lease.task_id.0) != Some(i))
             .map(|(i, _)| i),
     );
-    let mut outcomes = record(db, items, &mut fx).await?;
+    let mut outcomes = record(db, items, Some(p.max_tasks_per_job), &mut fx).await?;
     refuse_stale(db, p, &stale, &mut fx).await?;
     fx.write(db).await?;
 
@@ -421,7 +422,8 @@ pub(crate) async fn rescue_expired_leases(
             ))
         })
         .collect::<Result<_, StoreError>>()?;
-    record(db, items, &mut fx).await?;
+    // An expired lease is a retry: nothing here spawns.
+    record(db, items, None, &mut fx).await?;
     fx.write(db).await?;
     Ok(rescued)
 }
@@ -434,6 +436,7 @@ pub(crate) async fn rescue_expired_leases(
 async fn record(
     db: &mut Db<'_>,
     items: Vec<(Held, TaskResult)>,
+    max_tasks_per_job: Option<u64>,
     fx: &mut Effects,
 ) -> Result<HashMap<i64, CompletionOutcome>, StoreError> {
     if items.is_empty() {
@@ -452,8 +455,10 @@ async fn record(
         HashMap::new()
     };
 
+    let mut room = job_room(db, &items, max_tasks_per_job).await?;
+
     // Decide in Rust, checked against the transition table.
-    let decisions = rules::decide_all(items, &stages, now)?;
+    let decisions = rules::decide_all(items, &stages, &mut room, now)?;
 
     write_tasks(db, &decisions, now).await?;
     for d in &decisions {
@@ -487,6 +492,55 @@ async fn record(
         .into_iter()
         .map(|d| (d.held.id, d.outcome))
         .collect())
+}
+
+// Spawners of one job take turns on PostgreSQL, so that two processes never
+// both see the same room under the job's task limit: a transaction-scoped
+// advisory lock per job id, taken in id order after the completed task rows
+// (which no other transaction waiting for it can hold: they are running, and
+// only their own completer locks them) and before any dependent, stage or job
+// row. SQLite has one writer at a time.
+const TAKE_SPAWN_TURNS: Sql =
+    Sql::postgres_only("SELECT pg_advisory_xact_lock(id) FROM unnest($1::int8[]) AS u(id)");
+
+// Read after the turn is taken, so a statement snapshot sees every spawn of
+// the job committed before.
+const JOB_TASK_TOTALS: Sql = Sql::each(
+    "SELECT job_id, sum(total) FROM stages
+     WHERE job_id IN (SELECT value FROM json_each($1)) GROUP BY job_id",
+    "SELECT job_id, sum(total)::int8 FROM stages WHERE job_id = ANY($1) GROUP BY job_id",
+);
+
+/// How many tasks each job of the batch that spawns may still take.
+async fn job_room(
+    db: &mut Db<'_>,
+    items: &[(Held, TaskResult)],
+    max_tasks_per_job: Option<u64>,
+) -> Result<rules::JobRoom, StoreError> {
+    let mut spawning: Vec<i64> = items
+        .iter()
+        .filter(|(_, r)| matches!(r, TaskResult::Succeeded { spawn, .. } if !spawn.is_empty()))
+        .map(|(h, _)| h.job)
+        .collect();
+    let Some(limit) = max_tasks_per_job else {
+        if spawning.is_empty() {
+            return rules::JobRoom::new(0, Vec::new());
+        }
+        return Err(StoreError::Corrupt(
+            "a lease rescue carried spawned tasks".to_owned(),
+        ));
+    };
+    if spawning.is_empty() {
+        return rules::JobRoom::new(limit, Vec::new());
+    }
+    spawning.sort_unstable();
+    spawning.dedup();
+    db.execute(db.query(&TAKE_SPAWN_TURNS).bind_ids(&spawning))
+        .await?;
+    let totals: Vec<(i64, i64)> = db
+        .fetch_all(db.query(&JOB_TASK_TOTALS).bind_ids(&spawning))
+        .await?;
+    rules::JobRoom::new(limit, totals)
 }
 
 const JOB_STAGES: Sql = Sql::each(

@@ -121,6 +121,9 @@ pub struct ClaimedTask {
 pub struct CompleteBatch {
     pub completions: Vec<Completion>,
     pub now: Millis,
+    /// Most tasks a job may hold (`--max-tasks-per-job`): a success whose
+    /// spawns would take its job past it is recorded as a fatal failure.
+    pub max_tasks_per_job: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -73,10 +73,48 @@ pub(crate) fn stage_of(
     stages.get(&job)?.iter().find(|s| s.position == position)
 }
 
+/// Room left under the per-job task limit (`--max-tasks-per-job`) for the
+/// jobs of a batch whose tasks spawn: spawns are counted against it in the
+/// batch's order, so the limit holds for spawned tasks as it does at submit.
+pub(crate) struct JobRoom {
+    limit: u64,
+    held: HashMap<i64, u64>,
+}
+
+impl JobRoom {
+    /// `totals`: (job, tasks it holds now) for each job whose tasks spawn.
+    pub(crate) fn new(limit: u64, totals: Vec<(i64, i64)>) -> Result<JobRoom, StoreError> {
+        let held = totals
+            .into_iter()
+            .map(|(job, n)| {
+                u64::try_from(n)
+                    .map(|n| (job, n))
+                    .map_err(|_| StoreError::Corrupt(format!("job {job} holds {n} tasks")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(JobRoom { limit, held })
+    }
+
+    /// Count `n` spawned tasks into `held`'s job, or say why they do not fit.
+    fn take(&mut self, held: &Held, n: usize) -> Result<(), String> {
+        let now = self.held.get(&held.job).copied().unwrap_or(0);
+        let after = now.saturating_add(n as u64);
+        if after > self.limit {
+            return Err(format!(
+                "task {} spawned {n} tasks, which would take job {} to {after} tasks, more than the {}-task limit (raise it with --max-tasks-per-job)",
+                held.id, held.job, self.limit
+            ));
+        }
+        self.held.insert(held.job, after);
+        Ok(())
+    }
+}
+
 pub(crate) fn decide(
     held: Held,
     result: TaskResult,
     stages: &[StageMeta],
+    room: &mut JobRoom,
     now: Millis,
 ) -> Decision {
     // A handler's error is guest text: stored alike by both backends.
@@ -93,7 +131,12 @@ pub(crate) fn decide(
     };
     match result {
         TaskResult::Succeeded { output_json, spawn } => match validate_spawn(&held, &spawn, stages)
-        {
+            .and_then(|targets| {
+                if !targets.is_empty() {
+                    room.take(&held, targets.len())?;
+                }
+                Ok(targets)
+            }) {
             Ok(targets) => {
                 let detail = if targets.is_empty() {
                     None
@@ -233,12 +276,13 @@ pub(crate) struct StageDelta {
 pub(crate) fn decide_all(
     items: Vec<(Held, TaskResult)>,
     stages: &HashMap<i64, Vec<StageMeta>>,
+    room: &mut JobRoom,
     now: Millis,
 ) -> Result<Vec<Decision>, IllegalTransition> {
     let mut decisions = Vec::with_capacity(items.len());
     for (held, result) in items {
         let job_stages = stages.get(&held.job).map(Vec::as_slice).unwrap_or(&[]);
-        let d = decide(held, result, job_stages, now);
+        let d = decide(held, result, job_stages, room, now);
         TaskState::Running.transition(d.to)?;
         decisions.push(d);
     }

@@ -185,6 +185,54 @@ pub async fn spawning_more_than_ten_thousand_tasks_is_a_fatal_error(store: &dyn 
     assert_eq!(status(store, job).await.stages[1].total, 0);
 }
 
+/// The per-job task limit binds spawned tasks as it binds a submit: in a
+/// batch, spawns count in order, and the one that would cross the limit is
+/// a fatal error that spawns nothing.
+pub async fn spawning_past_the_jobs_task_limit_is_a_fatal_error(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "full",
+            vec![
+                stage("a", vec![task("fanout"), task("fanout"), task("fanout")]),
+                stage("b", vec![]),
+            ],
+        ),
+    )
+    .await;
+    let a = claim(store, 3).await;
+    // The job holds 3 tasks; a limit of 6 leaves room for 3 more.
+    let outcomes = store
+        .complete_batch(CompleteBatch {
+            completions: vec![
+                ok_spawning(&a[0], spawn_into("b", 2)),
+                ok_spawning(&a[1], spawn_into("b", 2)),
+                ok_spawning(&a[2], spawn_into("b", 1)),
+            ],
+            now: NOW,
+            max_tasks_per_job: 6,
+        })
+        .await
+        .expect("complete");
+    assert_eq!(
+        outcomes,
+        vec![
+            CompletionOutcome::Recorded(TaskState::Succeeded),
+            CompletionOutcome::RejectedSpawn(format!(
+                "task {} spawned 2 tasks, which would take job {} to 7 tasks, more than the 6-task limit (raise it with --max-tasks-per-job)",
+                a[1].lease.task_id.0, job.0
+            )),
+            CompletionOutcome::Recorded(TaskState::Succeeded),
+        ]
+    );
+    assert_eq!(
+        get_task(store, a[1].lease.task_id).await.state,
+        TaskState::Dead
+    );
+    let s = status(store, job).await;
+    assert_eq!((s.stages[0].total, s.stages[1].total), (3, 3));
+}
+
 pub async fn a_dead_task_fails_the_job_when_its_stage_closes(store: &dyn Store) {
     let job = submit(
         store,
@@ -313,6 +361,7 @@ conformance_cases!(
     spawning_into_the_current_or_an_earlier_stage_is_a_fatal_error,
     spawning_into_an_unknown_stage_is_a_fatal_error,
     spawning_more_than_ten_thousand_tasks_is_a_fatal_error,
+    spawning_past_the_jobs_task_limit_is_a_fatal_error,
     a_dead_task_fails_the_job_when_its_stage_closes,
     under_continue_a_dead_task_lets_the_job_go_on,
     spawned_children_take_their_target_stages_on_failure,

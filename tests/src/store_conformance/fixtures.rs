@@ -188,6 +188,7 @@ pub(crate) async fn complete(
         .complete_batch(CompleteBatch {
             completions,
             now: NOW,
+            max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
         })
         .await
         .expect("complete")

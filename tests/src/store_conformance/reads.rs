@@ -295,6 +295,7 @@ pub async fn recent_completions_counts_tasks_finished_since_a_moment(store: &dyn
     let at = |c: Completion, now| CompleteBatch {
         completions: vec![c],
         now,
+        max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
     };
     store
         .complete_batch(at(ok(&t[0]), NOW + 10))

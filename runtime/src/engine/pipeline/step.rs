@@ -177,6 +177,7 @@ pub(super) async fn run_step(cx: &StepContext, task: ClaimedTask) {
             .complete_batch(CompleteBatch {
                 completions: vec![completion.clone()],
                 now: now_millis(),
+                max_tasks_per_job: cx.engine.config().limits.max_tasks_per_job,
             })
             .await
         {
