@@ -28,8 +28,11 @@ fn noop_job(tasks: u32) -> String {
     job_text("bench-throughput", &body)
 }
 
+/// Submit a benchmark's job under the process's own limits, so
+/// `--max-tasks-per-job` and `--max-spec-bytes` let it grow past 100,000
+/// tasks (a million-task job is about 60 MB of TOML).
 async fn submit(engine: &Engine, tenant: &TenantId, text: &str) -> anyhow::Result<JobId> {
-    let job = spec::parse_job_str(text, Format::Toml, &Default::default())?;
+    let job = spec::parse_job_str(text, Format::Toml, &engine.config().limits)?;
     Ok(engine.submit(tenant, job).await?.job_id)
 }
 

@@ -47,7 +47,7 @@ use std::fmt;
 pub struct Limits {
     /// Largest task input, as compact JSON (`--max-input-bytes`).
     pub max_input_bytes: u64,
-    /// Most tasks a job may hold at submit (`--max-tasks-per-job`).
+    /// Most tasks a job may hold, spawned ones included (`--max-tasks-per-job`).
     pub max_tasks_per_job: u64,
     /// Largest job file or job text (`--max-spec-bytes`).
     pub max_spec_bytes: u64,
