@@ -1055,3 +1055,25 @@ fn a_reader_that_closes_standard_output_ends_the_command_quietly() {
         assert_eq!(err, "", "{args:?} said something on stderr");
     }
 }
+
+/// The benchmark's own job meets the process's limits: `--max-tasks-per-job`
+/// reaches it (so a million-task benchmark needs only the flag).
+#[test]
+fn bench_throughput_meets_the_max_tasks_per_job_flag() {
+    let cli = Cli::new();
+    let out = cli.run(&[
+        "--max-tasks-per-job",
+        "10",
+        "bench",
+        "throughput",
+        "--tasks",
+        "20",
+        "--latency-samples",
+        "0",
+    ]);
+    let err = assert_bad_input(&out);
+    assert_eq!(
+        err.trim_end(),
+        "error: /stages: job has 20 tasks, more than the 10-task limit (raise it with --max-tasks-per-job)"
+    );
+}
