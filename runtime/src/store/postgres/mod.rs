@@ -39,9 +39,9 @@
 
 mod listen;
 
-use super::StoreError;
 use super::backend::{Backend, Durability, SqlStore};
 use super::sql::{Conn, Tx};
+use super::{ClaimBatch, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::str::FromStr;
@@ -153,6 +153,14 @@ impl SqlStore<PgBackend> {
             listener: OnceLock::new(),
         })
         .await
+    }
+
+    /// How PostgreSQL would run the claim `p` now (`EXPLAIN`: nothing is
+    /// claimed), one line per plan node: for the test that holds claims to
+    /// the pending tasks' index whatever the planner's statistics say.
+    pub async fn claim_plan(&self, p: ClaimBatch) -> Result<String, StoreError> {
+        self.read(|| async |db| super::complete::explain_claim(db, &p).await)
+            .await
     }
 
     /// The connection pool (for tests and maintenance tools).
