@@ -56,7 +56,7 @@ const FINISH_JOB: Sql = Sql::both(
 // trip (its SQLite text leaves those parameters unused), this statement the
 // rest. SQLite has no other process to wake: its engine wakes its own
 // workers.
-const NOTIFY_READY: Sql =
+pub(crate) const NOTIFY_READY: Sql =
     Sql::postgres_only("SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r");
 
 impl Effects {
