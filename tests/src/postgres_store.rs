@@ -354,6 +354,74 @@ async fn postgres_a_large_submit_leaves_the_planner_statistics_of_its_tasks() {
     .await;
 }
 
+/// Statistics taken while a job was all pending (the submit's own ANALYZE,
+/// with autovacuum off or not yet due) stay in place while it runs: the
+/// claim must still walk the pending tasks' index, not the primary key past
+/// every finished task (which the planner picks when it may reduce the order
+/// to `id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_walk_the_pending_index_on_statistics_of_an_all_pending_job() {
+    with_pg(|db| async move {
+        let store = db.open_store().await;
+        let tasks = (0..10_000).map(|_| task("work", None, &[])).collect();
+        store
+            .submit_job(job("large", vec![stage("only", tasks)]))
+            .await
+            .expect("submit");
+        // 9,000 tasks run and finish with no ANALYZE since: as claims and
+        // completions would leave them, written directly for speed.
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        let done = sqlx::query(
+            "UPDATE tasks SET state = 'succeeded', attempt = 1, output_json = 'null',
+                 finished_at = $1, updated_at = $1
+             WHERE id IN (SELECT id FROM tasks ORDER BY id LIMIT 9000)",
+        )
+        .bind(NOW)
+        .execute(&mut conn)
+        .await
+        .expect("finish 9,000 tasks");
+        assert_eq!(done.rows_affected(), 9000);
+        sqlx::query("UPDATE stages SET remaining = remaining - 9000")
+            .execute(&mut conn)
+            .await
+            .expect("count them off");
+
+        let plan = store
+            .claim_plan(claim(256, "w", NOW))
+            .await
+            .expect("explain the claim");
+        let scans: Vec<&str> = plan
+            .lines()
+            .filter(|l| l.contains(" on tasks t "))
+            .map(str::trim)
+            .collect();
+        assert_eq!(scans.len(), 1, "one scan of tasks in:\n{plan}");
+        assert!(
+            scans[0].starts_with("->  Index Scan using tasks_claimable on tasks t "),
+            "the claim scans {:?} in:\n{plan}",
+            scans[0]
+        );
+        // The claimed rows are sorted for the answer; the candidates are not.
+        assert!(
+            !plan.contains("Sort Key: t."),
+            "the claim sorts its candidates in:\n{plan}"
+        );
+
+        // And it claims the oldest pending tasks, in order.
+        let (oldest,): (i64,) = sqlx::query_as("SELECT min(id) FROM tasks WHERE state = 'pending'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("read the oldest pending task");
+        let claimed = store
+            .claim_batch(claim(100, "w", NOW))
+            .await
+            .expect("claim");
+        let ids: Vec<i64> = claimed.iter().map(|t| t.lease.task_id.0).collect();
+        assert_eq!(ids, (oldest..oldest + 100).collect::<Vec<_>>());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_rescue_on_four_nodes_takes_each_expired_lease_exactly_once() {
     with_pg(|db| async move {

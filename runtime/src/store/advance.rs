@@ -147,18 +147,61 @@ pub(crate) fn drained(counted: &BTreeMap<(i64, i32), Counted>) -> Vec<(i64, i32)
         .collect()
 }
 
+// What `after_stage_closed` needs of a stage it closed comes back with the
+// close, in the same round trip: its tenant and name, its dead tasks (only
+// deaths under `fail_job` or `release_then_fail`, their own setting, fail
+// the job) and the next stage not yet done.
+macro_rules! closed_stage_columns {
+    () => {
+        "stages.job_id AS job_id, stages.position AS position,
+         stages.tenant_id AS tenant_id, stages.name AS name,
+         (SELECT count(*) FROM tasks t
+          WHERE t.job_id = stages.job_id AND t.stage_position = stages.position
+            AND t.state = 'dead' AND t.on_failure IN ('fail_job', 'release_then_fail'))
+             AS dead,
+         (SELECT min(n.position) FROM stages n
+          WHERE n.job_id = stages.job_id AND n.position > stages.position
+            AND n.state <> 'done') AS next_position"
+    };
+}
+
 const CLOSE_DRAINED: Sql = Sql::each(
-    "UPDATE stages AS s SET state = 'done', closed_at = $2
-     FROM json_each($1) AS k
-     WHERE s.job_id = k.value ->> 0 AND s.position = k.value ->> 1
-       AND s.state = 'open' AND s.remaining = 0
-     RETURNING job_id, position",
-    "UPDATE stages s SET state = 'done', closed_at = $3
-     FROM unnest($1::int8[], $2::int4[]) AS k(job_id, position)
-     WHERE s.job_id = k.job_id AND s.position = k.position AND s.job_id = ANY($1)
-       AND s.state = 'open' AND s.remaining = 0
-     RETURNING s.job_id, s.position",
+    concat!(
+        "UPDATE stages SET state = 'done', closed_at = $2
+         FROM json_each($1) AS k
+         WHERE stages.job_id = k.value ->> 0 AND stages.position = k.value ->> 1
+           AND stages.state = 'open' AND stages.remaining = 0
+         RETURNING ",
+        closed_stage_columns!()
+    ),
+    concat!(
+        "UPDATE stages SET state = 'done', closed_at = $3
+         FROM unnest($1::int8[], $2::int4[]) AS k(job_id, position)
+         WHERE stages.job_id = k.job_id AND stages.position = k.position
+           AND stages.job_id = ANY($1)
+           AND stages.state = 'open' AND stages.remaining = 0
+         RETURNING ",
+        closed_stage_columns!()
+    ),
 );
+
+/// The statements that close a stage and open the next one: each runs about
+/// once per stage, so a pooled PostgreSQL connection prepares them when it
+/// opens rather than in the transaction that completes a stage's last task
+/// (a parse is a round trip of its own, on the way to the next stage's first
+/// claim).
+pub(crate) const ADVANCING: [&Sql; 3] = [&CLOSE_DRAINED, &OPEN_STAGE, &CLOSE_EMPTY_STAGE];
+
+/// A stage as the statement that closed it returns it.
+#[derive(sqlx::FromRow)]
+struct ClosedStage {
+    job_id: i64,
+    position: i32,
+    tenant_id: String,
+    name: String,
+    dead: i64,
+    next_position: Option<i32>,
+}
 
 /// Close every given stage whose counter is at zero (each closes exactly
 /// once, here) and advance its job. The rows must be locked by the caller.
@@ -170,77 +213,80 @@ pub(crate) async fn close_drained(
     if keys.is_empty() {
         return Ok(());
     }
-    let mut closed: Vec<(i64, i32)> = db
+    let mut closed: Vec<ClosedStage> = db
         .fetch_all(
             db.query(&CLOSE_DRAINED)
                 .bind_batch(&stage_keys(keys))
                 .bind(fx.now()),
         )
         .await?;
-    closed.sort_unstable();
-    for (job, position) in closed {
-        after_stage_closed(db, job, position, fx).await?;
+    closed.sort_unstable_by_key(|c| (c.job_id, c.position));
+    for stage in closed {
+        after_stage_closed(db, stage, fx).await?;
     }
     Ok(())
 }
 
-// Only deaths of tasks under `fail_job` or `release_then_fail` (their own
-// setting) fail the job.
-const CLOSED_STAGE: Sql = Sql::both(
-    "SELECT s.tenant_id, s.name,
-            (SELECT count(*) FROM tasks t
-             WHERE t.job_id = s.job_id AND t.stage_position = s.position
-               AND t.state = 'dead' AND t.on_failure IN ('fail_job', 'release_then_fail'))
-     FROM stages s WHERE s.job_id = $1 AND s.position = $2",
-);
-const NEXT_STAGE: Sql = Sql::both(
-    "SELECT position, name, state FROM stages
-     WHERE job_id = $1 AND position > $2 AND state <> 'done'
-     ORDER BY position LIMIT 1",
-);
-const OPEN_STAGE: Sql = Sql::both(
+// On PostgreSQL the opened stage's blocked tasks become pending in the same
+// statement, which returns the executors that got ready tasks for the
+// wake-up (locking the stage row, then its task rows: see the module doc);
+// SQLite runs READY_OPENED_STAGE after it and needs no wake-up (its engine
+// wakes its own workers).
+const OPEN_STAGE: Sql = Sql::each(
     "UPDATE stages SET state = 'open', opened_at = $3
      WHERE job_id = $1 AND position = $2 AND state = 'waiting'
-     RETURNING remaining",
-);
-// The executors that got ready tasks, for the wake-up (PostgreSQL only:
-// SQLite's engine wakes its own workers).
-const READY_OPENED_STAGE: Sql = Sql::each(
-    "UPDATE tasks SET state = 'pending', run_after = $3, updated_at = $3
-     WHERE job_id = $1 AND stage_position = $2 AND state = 'blocked' AND deps_remaining = 0",
-    "WITH ready AS (
+     RETURNING name, remaining, NULL",
+    "WITH opened AS (
+         UPDATE stages SET state = 'open', opened_at = $3
+         WHERE job_id = $1 AND position = $2 AND state = 'waiting'
+         RETURNING name, remaining
+     ),
+     ready AS (
          SELECT id FROM tasks
          WHERE job_id = $1 AND stage_position = $2
            AND state = 'blocked' AND deps_remaining = 0
+           AND EXISTS (SELECT 1 FROM opened)
          ORDER BY id
          FOR NO KEY UPDATE
      ),
-     opened AS (
+     readied AS (
          UPDATE tasks t SET state = 'pending', run_after = $3, updated_at = $3
          WHERE t.id = ANY(ARRAY(SELECT id FROM ready))
          RETURNING t.executor
      )
-     SELECT DISTINCT executor FROM opened",
+     SELECT o.name, o.remaining,
+            (SELECT string_agg(DISTINCT r.executor, ',') FROM readied r)
+     FROM opened o",
 );
-const CLOSE_EMPTY_STAGE: Sql = Sql::both(
+const READY_OPENED_STAGE: Sql = Sql::sqlite_only(
+    "UPDATE tasks SET state = 'pending', run_after = $3, updated_at = $3
+     WHERE job_id = $1 AND stage_position = $2 AND state = 'blocked' AND deps_remaining = 0",
+);
+const CLOSE_EMPTY_STAGE: Sql = Sql::both(concat!(
     "UPDATE stages SET state = 'done', closed_at = $3
-     WHERE job_id = $1 AND position = $2 AND state = 'open' AND remaining = 0",
-);
+     WHERE job_id = $1 AND position = $2 AND state = 'open' AND remaining = 0
+     RETURNING ",
+    closed_stage_columns!()
+));
 
-/// A stage of `job` has just closed (this transaction set it `done`): fail
-/// the job if the stage ended with dead tasks under `fail_job` (each task's
-/// own setting), otherwise open the next stage — closing it at once when it
-/// has no tasks, and so on — or finish the job when none is left.
-pub(crate) async fn after_stage_closed(
+/// A stage has just closed (this transaction set it `done`): fail the job
+/// if the stage ended with dead tasks under `fail_job` (each task's own
+/// setting), otherwise open the next stage — closing it at once when it has
+/// no tasks, and so on — or finish the job when none is left.
+async fn after_stage_closed(
     db: &mut Db<'_>,
-    job: i64,
-    mut position: i32,
+    mut closed: ClosedStage,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
     loop {
-        let (tenant, name, dead): (String, String, i64) = db
-            .fetch_one(db.query(&CLOSED_STAGE).bind(job).bind(position))
-            .await?;
+        let ClosedStage {
+            job_id: job,
+            position,
+            tenant_id: tenant,
+            name,
+            dead,
+            next_position,
+        } = closed;
         fx.event(
             &tenant,
             job,
@@ -255,45 +301,37 @@ pub(crate) async fn after_stage_closed(
             fx.finish_job(&tenant, job, JobState::Failed, Some(reason));
             return Ok(());
         }
-        let next: Option<(i32, String, String)> = db
-            .fetch_optional(db.query(&NEXT_STAGE).bind(job).bind(position))
-            .await?;
-        let Some((next_position, next_name, next_state)) = next else {
+        let Some(next) = next_position else {
             fx.finish_job(&tenant, job, JobState::Succeeded, None);
             return Ok(());
         };
-        if parse_stage_state(&next_state)? != StageState::Waiting {
-            // Already open: only after `retry` reopened an earlier stage.
-            return Ok(());
-        }
-        let (remaining,): (i64,) = db
-            .fetch_one(
-                db.query(&OPEN_STAGE)
-                    .bind(job)
-                    .bind(next_position)
-                    .bind(fx.now()),
-            )
+        debug_assert!(TaskState::Blocked.can_become(TaskState::Pending));
+        let opened: Option<(String, i64, Option<String>)> = db
+            .fetch_optional(db.query(&OPEN_STAGE).bind(job).bind(next).bind(fx.now()))
             .await?;
+        // Not waiting: already open, only after `retry` reopened an earlier
+        // stage.
+        let Some((next_name, remaining, ready)) = opened else {
+            return Ok(());
+        };
         fx.event(
             &tenant,
             job,
             None,
             EventKind::StageOpened,
-            Some(next_position),
+            Some(next),
             Some(next_name),
         );
-        debug_assert!(TaskState::Blocked.can_become(TaskState::Pending));
-        let ready: Vec<(String,)> = db
-            .fetch_all(
-                db.query(&READY_OPENED_STAGE)
-                    .bind(job)
-                    .bind(next_position)
-                    .bind(fx.now()),
-            )
-            .await?;
-        for (executor,) in &ready {
+        db.execute(
+            db.query(&READY_OPENED_STAGE)
+                .bind(job)
+                .bind(next)
+                .bind(fx.now()),
+        )
+        .await?;
+        for executor in ready.iter().flat_map(|r| r.split(',')) {
             fx.ready(parse_column(
-                &format_args!("a task of stage {next_position} of job {job}"),
+                &format_args!("a task of stage {next} of job {job}"),
                 "executor",
                 executor,
             )?);
@@ -302,14 +340,14 @@ pub(crate) async fn after_stage_closed(
             return Ok(());
         }
         // A stage with no tasks completes at once.
-        db.execute(
-            db.query(&CLOSE_EMPTY_STAGE)
-                .bind(job)
-                .bind(next_position)
-                .bind(fx.now()),
-        )
-        .await?;
-        position = next_position;
+        closed = db
+            .fetch_one(
+                db.query(&CLOSE_EMPTY_STAGE)
+                    .bind(job)
+                    .bind(next)
+                    .bind(fx.now()),
+            )
+            .await?;
     }
 }
 

@@ -141,7 +141,7 @@ impl<B: Backend> SqlStore<B> {
 
     /// Run a read of one statement (again on another connection when the
     /// first one turns out dead: a read changes nothing).
-    async fn read<T, R>(&self, mut read: impl FnMut() -> R) -> Result<T, StoreError>
+    pub(super) async fn read<T, R>(&self, mut read: impl FnMut() -> R) -> Result<T, StoreError>
     where
         R: AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
     {

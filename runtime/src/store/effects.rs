@@ -22,7 +22,8 @@ pub(crate) struct Effects {
     kinds: Vec<&'static str>,
     positions: Vec<Option<i32>>,
     details: Vec<Option<String>>,
-    /// Executors that have new ready tasks ("wasm", "agent").
+    /// Executors that have new ready tasks ("wasm", "agent"), not yet
+    /// notified.
     ready: BTreeSet<&'static str>,
     /// Jobs whose last stage closed or that failed: job id → (tenant, target, error).
     finishes: BTreeMap<i64, (String, JobState, Option<String>)>,
@@ -34,11 +35,14 @@ const INSERT_EVENTS: Sql = Sql::each(
             e.value ->> 5, $2
      FROM json_each($1) AS e
      ORDER BY e.key",
-    "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
-     SELECT e.tenant_id, e.job_id, e.task_id, e.kind, e.stage_position, e.detail, $7
-     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int4[], $6::text[])
-          WITH ORDINALITY AS e(tenant_id, job_id, task_id, kind, stage_position, detail, ord)
-     ORDER BY e.ord",
+    "WITH inserted AS (
+         INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+         SELECT e.tenant_id, e.job_id, e.task_id, e.kind, e.stage_position, e.detail, $7
+         FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int4[], $6::text[])
+              WITH ORDINALITY AS e(tenant_id, job_id, task_id, kind, stage_position, detail, ord)
+         ORDER BY e.ord
+     )
+     SELECT pg_notify($8, r) FROM unnest($9::text[]) AS r",
 );
 const JOB_STATES: Sql = Sql::each(
     "SELECT id, state FROM jobs WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
@@ -47,9 +51,13 @@ const JOB_STATES: Sql = Sql::each(
 const FINISH_JOB: Sql = Sql::both(
     "UPDATE jobs SET state = $2, error = $3, finished_at = $4, updated_at = $4 WHERE id = $1",
 );
-// Delivered at commit, and only if the transaction commits. SQLite has no
-// other process to wake: its engine wakes its own workers.
-const NOTIFY_READY: Sql = Sql::postgres_only("SELECT pg_notify($1, $2)");
+// Delivered at commit, and only if the transaction commits, wherever in it
+// they were sent: INSERT_EVENTS sends the ones known by then in its own round
+// trip (its SQLite text leaves those parameters unused), this statement the
+// rest. SQLite has no other process to wake: its engine wakes its own
+// workers.
+pub(crate) const NOTIFY_READY: Sql =
+    Sql::postgres_only("SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r");
 
 impl Effects {
     pub(crate) fn new(now: Millis) -> Effects {
@@ -119,19 +127,33 @@ impl Effects {
     pub(crate) async fn write(mut self, db: &mut Db<'_>) -> Result<(), StoreError> {
         self.finish_jobs(db).await?;
         self.flush_events(db).await?;
-        for executor in &self.ready {
-            db.execute(db.query(&NOTIFY_READY).bind(READY_CHANNEL).bind(*executor))
-                .await?;
+        if !self.ready.is_empty() {
+            let ready = self.take_ready();
+            db.execute(
+                db.query(&NOTIFY_READY)
+                    .bind(READY_CHANNEL)
+                    .bind_names(Some(&ready)),
+            )
+            .await?;
         }
         Ok(())
     }
 
-    /// Append the events collected so far. Completions call this before they
-    /// lock stage rows, so a hot stage row is held for less time.
+    fn take_ready(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.ready)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Append the events collected so far (and send the wake-ups collected so
+    /// far with them). Completions call this before they lock stage rows, so
+    /// a hot stage row is held for less time.
     pub(crate) async fn flush_events(&mut self, db: &mut Db<'_>) -> Result<(), StoreError> {
         if self.kinds.is_empty() {
             return Ok(());
         }
+        let ready = self.take_ready();
         let tenants = std::mem::take(&mut self.tenants);
         let details = std::mem::take(&mut self.details);
         let batch = Batch::new()
@@ -141,8 +163,14 @@ impl Effects {
             .text(std::mem::take(&mut self.kinds))
             .opt_int4(std::mem::take(&mut self.positions))
             .opt_text(details.iter().map(Option::as_deref).collect());
-        db.execute(db.query(&INSERT_EVENTS).bind_batch(&batch).bind(self.now))
-            .await?;
+        db.execute(
+            db.query(&INSERT_EVENTS)
+                .bind_batch(&batch)
+                .bind(self.now)
+                .bind(READY_CHANNEL)
+                .bind_names(Some(&ready)),
+        )
+        .await?;
         Ok(())
     }
 

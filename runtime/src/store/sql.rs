@@ -70,6 +70,11 @@ impl Sql {
         }
     }
 
+    /// Its PostgreSQL text, if PostgreSQL runs it.
+    pub(crate) fn postgres_text(&self) -> Option<&'static str> {
+        self.postgres
+    }
+
     fn text(&self, dialect: Dialect) -> Option<&'static str> {
         match dialect {
             Dialect::Sqlite => self.sqlite,

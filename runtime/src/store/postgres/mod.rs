@@ -39,13 +39,13 @@
 
 mod listen;
 
-use super::StoreError;
 use super::backend::{Backend, Durability, SqlStore};
 use super::sql::{Conn, Tx};
+use super::{ClaimBatch, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -85,6 +85,9 @@ pub struct PgBackend {
     url: String,
     deadlock_retries: AtomicU64,
     listener: OnceLock<listen::ReadyListener>,
+    /// Set once the migrations have run: connections opened from then on
+    /// prepare the rare statements (`prepare_rare_statements`).
+    migrated: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PgBackend {
@@ -136,6 +139,7 @@ impl SqlStore<PgBackend> {
                 });
             }
         }
+        let migrated = Arc::new(AtomicBool::new(false));
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -143,6 +147,21 @@ impl SqlStore<PgBackend> {
             // found by the call that uses it (`connection_lost`), not by a
             // round trip before every call.
             .test_before_acquire(false)
+            .after_connect({
+                let migrated = migrated.clone();
+                move |conn, _| {
+                    // Before the migrations the tables may not be there yet
+                    // (or not as the statements need them): the connections
+                    // opened then parse each statement on its first use.
+                    let migrated = migrated.load(Ordering::Acquire);
+                    Box::pin(async move {
+                        if migrated {
+                            prepare_rare_statements(conn).await?;
+                        }
+                        Ok(())
+                    })
+                }
+            })
             .connect_with(connect)
             .await?;
         SqlStore::with_backend(PgBackend {
@@ -151,8 +170,17 @@ impl SqlStore<PgBackend> {
             url: url.to_string(),
             deadlock_retries: AtomicU64::new(0),
             listener: OnceLock::new(),
+            migrated,
         })
         .await
+    }
+
+    /// How PostgreSQL would run the claim `p` now (`EXPLAIN`: nothing is
+    /// claimed), one line per plan node: for the test that holds claims to
+    /// the pending tasks' index whatever the planner's statistics say.
+    pub async fn claim_plan(&self, p: ClaimBatch) -> Result<String, StoreError> {
+        self.read(|| async |db| super::complete::explain_claim(db, &p).await)
+            .await
     }
 
     /// The connection pool (for tests and maintenance tools).
@@ -174,6 +202,21 @@ impl SqlStore<PgBackend> {
     pub fn listener_reconnects(&self) -> u64 {
         self.backend().listener.get().map_or(0, |l| l.reconnects())
     }
+}
+
+/// Prepare, on a connection opened after the migrations ran, the statements that advance a job from one
+/// stage to the next (see [`advance::ADVANCING`](super::advance::ADVANCING))
+/// and the lone wake-up: rare enough that a connection would otherwise parse
+/// them, a round trip each, on a fan-in's critical path. Their parameter
+/// types are the ones PostgreSQL infers, which are the ones bound.
+async fn prepare_rare_statements(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let rare = super::advance::ADVANCING
+        .into_iter()
+        .chain([&super::effects::NOTIFY_READY]);
+    for text in rare.filter_map(|sql| sql.postgres_text()) {
+        sqlx::Executor::prepare(&mut *conn, sqlx::SqlSafeStr::into_sql_str(text)).await?;
+    }
+    Ok(())
 }
 
 /// `host:port` (or the socket directory) a connection goes to, for errors.
@@ -211,6 +254,7 @@ impl Backend for PgBackend {
         sqlx::migrate!("../migrations/postgres")
             .run(&self.pool)
             .await?;
+        self.migrated.store(true, Ordering::Release);
         Ok(())
     }
 
