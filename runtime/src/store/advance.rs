@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 const LOCK_STAGES: Sql = Sql::each(
     "SELECT s.job_id, s.position, s.state
-     FROM json_each($1) AS k
+     FROM jsonb_each($1) AS k
      CROSS JOIN stages s ON s.job_id = k.value ->> 0 AND s.position = k.value ->> 1",
     "SELECT s.job_id, s.position, s.state
      FROM stages s
@@ -69,7 +69,7 @@ const APPLY_DELTAS: Sql = Sql::each(
     "UPDATE stages AS s
      SET total = s.total + (d.value ->> 2),
          remaining = s.remaining + (d.value ->> 2) - (d.value ->> 3)
-     FROM json_each($1) AS d
+     FROM jsonb_each($1) AS d
      WHERE s.job_id = d.value ->> 0 AND s.position = d.value ->> 1
      RETURNING job_id, position, state, remaining",
     "WITH locked AS MATERIALIZED (
@@ -168,7 +168,7 @@ macro_rules! closed_stage_columns {
 const CLOSE_DRAINED: Sql = Sql::each(
     concat!(
         "UPDATE stages SET state = 'done', closed_at = $2
-         FROM json_each($1) AS k
+         FROM jsonb_each($1) AS k
          WHERE stages.job_id = k.value ->> 0 AND stages.position = k.value ->> 1
            AND stages.state = 'open' AND stages.remaining = 0
          RETURNING ",

@@ -107,9 +107,16 @@ pub(crate) async fn task_events(db: &mut Db<'_>, p: &TaskEvents) -> Result<Vec<E
     rows.into_iter().map(|e| e.into_event(JobId(job))).collect()
 }
 
+// Waiting tasks through their partial (tenant, state) index; running ones,
+// few (bounded by the workers' slots), through the running-lease index
+// (migration 0008: a claim and a completion move no tenant index entry).
 const QUEUE_DEPTH: Sql = Sql::both(
     "SELECT state, count(*) FROM tasks
-     WHERE tenant_id = $1 AND state IN ('blocked', 'pending', 'running')
+     WHERE tenant_id = $1 AND state IN ('blocked', 'pending')
+     GROUP BY state
+     UNION ALL
+     SELECT state, count(*) FROM tasks
+     WHERE state = 'running' AND tenant_id = $1
      GROUP BY state",
 );
 
@@ -134,13 +141,17 @@ pub(crate) async fn queue_depth(
 
 const QUEUE_BY_HANDLER: Sql = Sql::both(
     "SELECT executor, handler, state, count(*) FROM tasks
-     WHERE tenant_id = $1 AND state IN ('blocked', 'pending', 'running')
+     WHERE tenant_id = $1 AND state IN ('blocked', 'pending')
+     GROUP BY executor, handler, state
+     UNION ALL
+     SELECT executor, handler, state, count(*) FROM tasks
+     WHERE state = 'running' AND tenant_id = $1
      GROUP BY executor, handler, state
      ORDER BY executor, handler",
 );
 
 /// Like [`queue_depth`], per executor and handler (through the same partial
-/// index: finished tasks are not read).
+/// indexes: finished tasks are not read).
 pub(crate) async fn queue_by_handler(
     db: &mut Db<'_>,
     p: &QueueDepthQuery,

@@ -110,7 +110,7 @@ const LOG_CLAIMS: Sql = Sql::sqlite_only(
     "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
      SELECT t.tenant_id, t.job_id, t.id, 'task_claimed', t.stage_position,
             'attempt ' || t.attempt || ' by ' || $2, $3
-     FROM json_each($1) AS k
+     FROM jsonb_each($1) AS k
      CROSS JOIN tasks t ON t.id = k.value
      ORDER BY t.id",
 );
@@ -609,7 +609,7 @@ const WRITE_TASKS: Sql = Sql::each(
          run_after = COALESCE(u.value ->> 4, t.run_after),
          lease_expires_at = NULL, updated_at = $2,
          finished_at = CASE WHEN u.value ->> 1 IN ('succeeded', 'dead', 'skipped') THEN $2 END
-     FROM json_each($1) AS u
+     FROM jsonb_each($1) AS u
      WHERE t.id = u.value ->> 0",
     "UPDATE tasks t
      SET state = u.state, output_json = u.output, error = u.error,
@@ -639,7 +639,7 @@ async fn write_tasks(
 
 const DOOMED: Sql = Sql::each(
     "WITH RECURSIVE doomed(id) AS (
-         SELECT d.task_id FROM json_each($1) AS r
+         SELECT d.task_id FROM jsonb_each($1) AS r
          CROSS JOIN task_deps d ON d.depends_on = r.value
          UNION
          SELECT d.task_id FROM doomed CROSS JOIN task_deps d ON d.depends_on = doomed.id
@@ -653,7 +653,7 @@ const DOOMED: Sql = Sql::each(
      SELECT id FROM doomed",
 );
 const RELEASES: Sql = Sql::each(
-    "SELECT d.task_id, count(*) FROM json_each($1) AS r
+    "SELECT d.task_id, count(*) FROM jsonb_each($1) AS r
      CROSS JOIN task_deps d ON d.depends_on = r.value
      GROUP BY d.task_id",
     "SELECT task_id, count(*) FROM task_deps WHERE depends_on = ANY($1) GROUP BY task_id",
@@ -661,7 +661,7 @@ const RELEASES: Sql = Sql::each(
 const HOLD_DEPENDENTS: Sql = Sql::each(
     "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.state, t.deps_remaining,
             t.executor
-     FROM json_each($1) AS k
+     FROM jsonb_each($1) AS k
      CROSS JOIN tasks t ON t.id = k.value
      WHERE t.state IN ('blocked', 'pending')
      ORDER BY t.id",
@@ -686,7 +686,7 @@ const RELEASE_DEPENDENTS: Sql = Sql::each(
      SET deps_remaining = u.value ->> 1, state = u.value ->> 2, updated_at = $2,
          run_after = CASE WHEN u.value ->> 2 = 'pending' AND t.state = 'blocked'
                           THEN $2 ELSE t.run_after END
-     FROM json_each($1) AS u
+     FROM jsonb_each($1) AS u
      WHERE t.id = u.value ->> 0",
     "UPDATE tasks t
      SET deps_remaining = u.deps, state = u.state, updated_at = $4,
@@ -802,7 +802,7 @@ const INSERT_CHILDREN: Sql = Sql::each(
      SELECT c.value ->> 0, c.value ->> 1, c.value ->> 2, c.value ->> 3, 'wasm', c.value ->> 8,
             coalesce(s.max_attempts, c.value ->> 5), coalesce(s.timeout_ms, c.value ->> 6),
             $2, c.value ->> 4, c.value ->> 7, s.on_failure, $2, $2
-     FROM json_each($1) AS c
+     FROM jsonb_each($1) AS c
      CROSS JOIN stages s ON s.job_id = c.value ->> 1 AND s.position = c.value ->> 2
      ORDER BY c.key",
     "INSERT INTO tasks (tenant_id, job_id, stage_position, handler, executor, state,

@@ -33,7 +33,7 @@ const INSERT_EVENTS: Sql = Sql::each(
     "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
      SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4,
             e.value ->> 5, $2
-     FROM json_each($1) AS e
+     FROM jsonb_each($1) AS e
      ORDER BY e.key",
     "WITH inserted AS (
          INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)

@@ -5,7 +5,7 @@
 //! ([`Sql::each`]: row locks, `SKIP LOCKED`, batch binding). Its parameters
 //! are bound once, whatever the database ([`Query::bind`]); a batch of rows is
 //! bound once too ([`Batch`]: one array per column for `unnest` on
-//! PostgreSQL, one JSON array of rows for `json_each` on SQLite). Rows come
+//! PostgreSQL, one JSON array of rows for `jsonb_each` on SQLite). Rows come
 //! back as tuples or `FromRow` structs that decode from either database.
 //!
 //! Every statement of the store runs through [`Db`], which counts statements
@@ -200,8 +200,10 @@ impl Query {
 
     /// Bind a batch: on PostgreSQL one array per column (the next as many
     /// `$N` as the batch has columns, for `unnest`), on SQLite one JSON array
-    /// of rows (the next `$N`, for `json_each`, each row an array read with
-    /// `value ->> column`).
+    /// of rows (the next `$N`, for `jsonb_each`, each row an array read with
+    /// `value ->> column`: `jsonb_each` hands each row over in SQLite's
+    /// binary JSON, parsed once with the array, where `json_each` would hand
+    /// it over as text that every `->>` parses again).
     pub(crate) fn bind_batch(mut self, batch: &Batch<'_>) -> Query {
         match &self.args {
             Args::Sqlite(_) => {

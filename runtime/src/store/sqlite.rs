@@ -18,7 +18,7 @@
 //!   writer). Throughput comes from batching (one transaction per claim batch
 //!   and per group of completions), not from concurrent writers.
 //! - **Set-based statements.** A batch is bound once as a JSON array and
-//!   joined through `json_each` (`CROSS JOIN` keeps the array as the outer
+//!   joined through `jsonb_each` (`CROSS JOIN` keeps the array as the outer
 //!   loop, so each row is a primary-key lookup), never a statement per task;
 //!   the statements' SQLite texts are beside their PostgreSQL ones.
 

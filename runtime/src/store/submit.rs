@@ -52,7 +52,7 @@ const INSERT_STAGES: Sql = Sql::each(
      SELECT $1, s.value ->> 0, $2, s.value ->> 1, s.value ->> 2, s.value ->> 3,
             s.value ->> 4, s.value ->> 4,
             CASE WHEN s.value ->> 0 = 0 THEN $3 END, s.value ->> 5, s.value ->> 6
-     FROM json_each($4) AS s",
+     FROM jsonb_each($4) AS s",
     "INSERT INTO stages (job_id, position, tenant_id, name, state, on_failure, total,
                          remaining, opened_at, max_attempts, timeout_ms)
      SELECT $1, s.position, $2, s.name, s.state, s.on_failure, s.total, s.total,
@@ -71,7 +71,7 @@ macro_rules! insert_tasks_sqlite {
          SELECT $1, $2, t.value ->> 0, t.value ->> 1, t.value ->> 2, t.value ->> 3,
                 t.value ->> 4, t.value ->> 5, t.value ->> 6, $3, t.value ->> 7, t.value ->> 8,
                 t.value ->> 9, t.value ->> 10, $3, $3
-         FROM json_each($4) AS t
+         FROM jsonb_each($4) AS t
          ORDER BY t.key"
     };
 }
@@ -100,7 +100,7 @@ const INSERT_TASKS_RETURNING_IDS: Sql = Sql::each(
 );
 const INSERT_DEPENDENCIES: Sql = Sql::each(
     "INSERT INTO task_deps (task_id, depends_on, tenant_id)
-     SELECT d.value ->> 0, d.value ->> 1, $1 FROM json_each($2) AS d",
+     SELECT d.value ->> 0, d.value ->> 1, $1 FROM jsonb_each($2) AS d",
     "INSERT INTO task_deps (task_id, depends_on, tenant_id)
      SELECT d.task_id, d.depends_on, $1
      FROM unnest($2::int8[], $3::int8[]) AS d(task_id, depends_on)",
