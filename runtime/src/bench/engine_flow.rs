@@ -36,6 +36,17 @@ async fn submit(engine: &Engine, tenant: &TenantId, text: &str) -> anyhow::Resul
     Ok(engine.submit(tenant, job).await?.job_id)
 }
 
+/// The worker pool a throughput run starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool {
+    /// Tasks claimed and not yet recorded, at most.
+    pub slots: usize,
+    /// Most tasks claimed in one statement.
+    pub batch: u32,
+    /// What runs each task.
+    pub execution: Execution,
+}
+
 /// No-op tasks per second, end to end (claim, run, durable completion); the
 /// run is the sandboxed `example:noop`, or with [`Execution::HostNoop`] no
 /// run at all, which leaves the store's and the engine's own cost.
@@ -43,14 +54,19 @@ pub async fn throughput(
     engine: &Arc<Engine>,
     tenant: &TenantId,
     tasks: u32,
-    slots: usize,
-    execution: Execution,
+    pool: Pool,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
+    let Pool {
+        slots,
+        batch,
+        execution,
+    } = pool;
     let job = submit(engine, tenant, &noop_job(tasks)).await?;
     let before = engine.store_counters();
     let started_at = now_millis();
     let pool = engine.start_workers(WorkerConfig {
         slots,
+        batch,
         execution,
         ..WorkerConfig::default()
     });
@@ -78,6 +94,7 @@ pub async fn throughput(
         },
         "tasks": tasks,
         "slots": slots,
+        "batch": batch,
         "seconds": elapsed.as_secs_f64(),
         "tasks_per_s": f64::from(tasks) / elapsed.as_secs_f64(),
         // Claims counts attempts: more than `tasks` when some ran twice.

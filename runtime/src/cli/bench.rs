@@ -41,6 +41,12 @@ pub enum BenchCommand {
         tasks: u32,
         #[arg(long, default_value_t = 128)]
         workers: usize,
+        /// Most tasks claimed in one statement (in this process; `serve`
+        /// has its own `--batch`). Up to this many free slots are filled by
+        /// one claim, and a batch's completions tend to commit together: one
+        /// durable commit (one sync of the log on SQLite) per batch.
+        #[arg(long, default_value_t = 512)]
+        batch: u32,
         #[arg(long, default_value_t = 50)]
         latency_samples: u32,
         /// Run the workers in this many `lockstep serve` processes instead of
@@ -218,6 +224,7 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
         BenchCommand::Throughput {
             tasks,
             workers,
+            batch,
             latency_samples,
             processes,
             handler,
@@ -254,8 +261,17 @@ pub async fn bench(ctx: &Ctx, cmd: BenchCommand) -> CliResult {
                 return Ok(());
             }
             print(
-                bench::engine_flow::throughput(&engine, &ctx.tenant, tasks, workers, execution)
-                    .await?,
+                bench::engine_flow::throughput(
+                    &engine,
+                    &ctx.tenant,
+                    tasks,
+                    bench::engine_flow::Pool {
+                        slots: workers,
+                        batch: batch.max(1),
+                        execution,
+                    },
+                )
+                .await?,
             )?;
             print(
                 bench::engine_flow::submit_to_start(&engine, &ctx.tenant, latency_samples).await?,

@@ -255,17 +255,20 @@ async fn claimer(
         if *stop.borrow() != Phase::Running {
             break;
         }
-        // Wait for one free slot, then take every other free one up to a batch.
-        let first = tokio::select! {
+        // Wait for one free slot, then take every other free one up to a
+        // batch, in one step (slots come back a batch at a time: see the
+        // completer).
+        let mut permits = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stop.changed() => break,
         };
-        let mut permits = vec![first];
-        while permits.len() < config.batch as usize {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
+        let more = slots
+            .available_permits()
+            .min((config.batch as usize).saturating_sub(1));
+        if more > 0
+            && let Ok(p) = slots.clone().try_acquire_many_owned(more as u32)
+        {
+            permits.merge(p);
         }
         // Read per claim: a plugin reload adds or removes handlers.
         // The snapshot a claim is made for is the one its tasks run on:
@@ -284,7 +287,7 @@ async fn claimer(
                 executor: Executor::Wasm,
                 handlers: Some(handlers),
                 job: None,
-                limit: permits.len() as u32,
+                limit: permits.num_permits() as u32,
                 lease: config.lease,
                 worker: config.worker_id.clone(),
                 now: now_millis(),
@@ -330,7 +333,11 @@ async fn claimer(
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         stats.claim_batches.fetch_add(1, Ordering::Relaxed);
         let claimed_at = now_millis();
-        for (task, permit) in claimed.into_iter().zip(permits.drain(..)) {
+        // One slot per claimed task; the rest go back at once, as one.
+        for task in claimed {
+            let permit = permits
+                .split(1)
+                .expect("a claim returns at most as many tasks as its LIMIT, the slots taken");
             let waited = claimed_at.saturating_sub(task.ready_at).max(0) as u64;
             super::metrics::claimed(&task.handler, Duration::from_millis(waited));
             let engine = engine.clone();
@@ -546,9 +553,14 @@ async fn completer(
     let mut outage = Outage::new("recording completions");
     while done.recv_many(&mut buf, MAX_GROUP_COMMIT).await > 0 {
         // The slots are freed when this batch is recorded (or given up on),
-        // at the end of this iteration.
-        let (ends, _slots): (Vec<Done>, Vec<OwnedSemaphorePermit>) =
+        // at the end of this iteration, all at once: a claimer woken by the
+        // first of them one by one would claim a few at a time.
+        let (ends, slots): (Vec<Done>, Vec<OwnedSemaphorePermit>) =
             std::mem::take(&mut buf).into_iter().unzip();
+        let _slots = slots.into_iter().reduce(|mut all, one| {
+            all.merge(one);
+            all
+        });
         let mut batch = Vec::with_capacity(ends.len());
         let mut ran = Vec::with_capacity(ends.len());
         let mut handed_back = Vec::new();
