@@ -91,6 +91,11 @@ impl SqlStore<SqliteBackend> {
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout)
             .statement_cache_capacity(256)
+            // A claim's or a fencing read's rows cross from the connection's
+            // thread one message each: room for a whole batch lets that
+            // thread run its statement to the end instead of waiting on the
+            // reader every 50 rows (sqlx's default).
+            .row_buffer_size(4096)
             // A large submit is one long statement by design; sqlx would
             // print its whole SQL as a warning.
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
