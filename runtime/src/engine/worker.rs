@@ -18,6 +18,11 @@
 //! thousands of finished tasks waiting for a commit while their leases run
 //! out.
 //!
+//! A group commit waits, at most [`BURST_WAIT`], for the runs still going,
+//! so the tasks of one claim commit together (on SQLite each commit syncs the
+//! log, a few milliseconds whatever its size), and the slots of a commit go
+//! back to the claimer as one.
+//!
 //! A group commit holds at most [`MAX_GROUP_COMMIT`] completions and
 //! [`GROUP_COMMIT_BYTES`] of their outputs, errors, spawned inputs and log
 //! lines: each is copied a few times on its way into the database, so bytes,
