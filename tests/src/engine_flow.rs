@@ -633,6 +633,43 @@ async fn a_running_task_stops_at_its_next_step_when_its_job_is_cancelled() {
     );
 }
 
+/// Run slots bound the runs going at once (issue 13): a claim takes no more
+/// tasks than there are free run slots, whatever the recording budget
+/// allows, so of twelve 100 ms tasks on 4 slots exactly 4 run at a time.
+/// (That the budget, not the run slots, bounds claimed-but-unrecorded tasks
+/// is `postgres_store::postgres_claimed_but_unrecorded_tasks_stop_at_the_recording_budget`:
+/// it needs a completion held behind a row lock.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_tasks_run_at_once_than_the_run_slots() {
+    let h = Harness::new().await;
+    let mut body = String::from("name = \"slots\"\n[[stages]]\nname = \"s\"\ntasks = [\n");
+    for _ in 0..12 {
+        body.push_str("  { handler = \"example:steps\", input = { steps = 1, step_ms = 100 } },\n");
+    }
+    body.push_str("]\n");
+    let job = h.submit(&body).await;
+    let config = WorkerConfig {
+        slots: 4,
+        batch: 64,
+        ..WorkerConfig::default()
+    };
+    assert!(config.recording_budget() > 4);
+    let pool = h.engine.start_workers(config);
+    let done = h
+        .engine
+        .wait(&h.tenant, job, Some(Duration::from_secs(120)), |_| {})
+        .await
+        .expect("wait");
+    let stats = pool.stats.clone();
+    pool.shutdown().await;
+    assert_eq!(done.job.state, JobState::Succeeded);
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        (stats.claimed.load(Relaxed), stats.peak_runs.load(Relaxed)),
+        (12, 4)
+    );
+}
+
 #[tokio::test]
 async fn unknown_handler_is_rejected_with_the_registered_names() {
     let h = Harness::new().await;

@@ -802,12 +802,15 @@ async fn postgres_ready_signal_wakes_an_idle_worker_and_survives_a_dropped_conne
     .await;
 }
 
-/// Backpressure: a worker slot is freed when its task's completion commits,
-/// not when the handler returns. With every completion stuck behind a lock,
-/// the workers hold exactly their slots' worth of claimed tasks and claim no
-/// more; once the lock goes, the job finishes with no completion refused.
+/// Backpressure (issue 13): a run slot is given back when its handler
+/// returns, a unit of the recording budget (`WorkerConfig::recording_budget`:
+/// the run slots plus one claim batch) when its completion commits. With
+/// every completion stuck behind a lock, the workers claim exactly their
+/// budget's worth of tasks — more than their run slots, since finished runs
+/// no longer hold a slot — and no more; once the lock goes, the job finishes
+/// with no completion refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_worker_slot_is_freed_only_when_its_completion_commits() {
+async fn postgres_claimed_but_unrecorded_tasks_stop_at_the_recording_budget() {
     with_pg(|db| async move {
         let dir = tempfile::tempdir().expect("temp dir");
         let h = crate::harness::Harness::on(db.url.clone(), dir).await;
@@ -836,14 +839,17 @@ async fn postgres_a_worker_slot_is_freed_only_when_its_completion_commits() {
             .await
             .expect("lock stage");
 
-        let pool = h.engine.start_workers(lockstep::engine::WorkerConfig {
+        let config = lockstep::engine::WorkerConfig {
             slots: 4,
-            batch: 4,
+            batch: 3,
             idle_poll: Duration::from_millis(5),
             ..lockstep::engine::WorkerConfig::default()
-        });
+        };
+        // 4 run slots + a batch of 3: the bound this test holds the pool to.
+        assert_eq!(config.recording_budget(), 7);
+        let pool = h.engine.start_workers(config);
         wait_for_lock_waiter(&db.admin, &db.name, other_pid).await;
-        // Time enough for a claimer that freed slots early to claim the rest.
+        // Time enough for a claimer that ignored the budget to claim the rest.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let by_state = |state: &'static str| {
             let admin_url = db.url.clone();
@@ -857,8 +863,16 @@ async fn postgres_a_worker_slot_is_freed_only_when_its_completion_commits() {
                 n
             }
         };
-        assert_eq!(by_state("running").await, 4, "claimed beyond the slots");
-        assert_eq!(by_state("pending").await, 36);
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(
+            (by_state("running").await, by_state("pending").await),
+            (7, 33),
+            "claimed but unrecorded: exactly the recording budget"
+        );
+        assert!(
+            pool.stats.peak_runs.load(Relaxed) <= 4,
+            "ran beyond the run slots"
+        );
 
         tx.rollback().await.expect("release the stage row");
         let done = h
@@ -869,10 +883,13 @@ async fn postgres_a_worker_slot_is_freed_only_when_its_completion_commits() {
         let stats = pool.stats.clone();
         pool.shutdown().await;
         assert_eq!(done.job.state, JobState::Succeeded);
-        use std::sync::atomic::Ordering::Relaxed;
         assert_eq!(
             (stats.completed.load(Relaxed), stats.stale.load(Relaxed)),
             (40, 0)
+        );
+        assert!(
+            stats.peak_runs.load(Relaxed) <= 4,
+            "ran beyond the run slots"
         );
     })
     .await;

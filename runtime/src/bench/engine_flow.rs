@@ -39,7 +39,8 @@ async fn submit(engine: &Engine, tenant: &TenantId, text: &str) -> anyhow::Resul
 /// The worker pool a throughput run starts.
 #[derive(Debug, Clone, Copy)]
 pub struct Pool {
-    /// Tasks claimed and not yet recorded, at most.
+    /// Run slots: tasks run at once, at most (claimed and not yet
+    /// recorded: these plus a batch, `WorkerConfig::recording_budget`).
     pub slots: usize,
     /// Most tasks claimed in one statement.
     pub batch: u32,
@@ -64,12 +65,14 @@ pub async fn throughput(
     let job = submit(engine, tenant, &noop_job(tasks)).await?;
     let before = engine.store_counters();
     let started_at = now_millis();
-    let pool = engine.start_workers(WorkerConfig {
+    let config = WorkerConfig {
         slots,
         batch,
         execution,
         ..WorkerConfig::default()
-    });
+    };
+    let budget = config.recording_budget();
+    let pool = engine.start_workers(config);
     let done = engine.wait(tenant, job, None, |_| {}).await?;
     let store = engine.store_counters();
     let elapsed = finished_after(&done, started_at);
@@ -95,6 +98,8 @@ pub async fn throughput(
         "tasks": tasks,
         "slots": slots,
         "batch": batch,
+        "recording_budget": budget,
+        "peak_runs": load(&stats.peak_runs),
         "seconds": elapsed.as_secs_f64(),
         "tasks_per_s": f64::from(tasks) / elapsed.as_secs_f64(),
         // Claims counts attempts: more than `tasks` when some ran twice.

@@ -15,7 +15,9 @@ pub struct ServeArgs {
     /// Tasks run concurrently by this process.
     #[arg(long, default_value_t = 64)]
     workers: usize,
-    /// Most tasks claimed in one statement.
+    /// Most tasks claimed in one statement; also how many claimed tasks
+    /// beyond --workers may wait for their results to be recorded (so the
+    /// next batch runs while the last one commits).
     #[arg(long, default_value_t = 256)]
     batch: u32,
     /// Lease taken by each claim, in seconds; a task whose process dies is
@@ -128,7 +130,7 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
     let engine = ctx.engine().await?;
     let _watcher = super::watch_plugins(&engine, ctx);
     let lease = Duration::from_secs_f64(args.lease_secs);
-    let pool = engine.start_workers(WorkerConfig {
+    let config = WorkerConfig {
         slots: args.workers.max(1),
         batch: args.batch.max(1),
         lease,
@@ -138,7 +140,9 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
             (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
         },
         ..WorkerConfig::default()
-    });
+    };
+    let budget = config.recording_budget();
+    let pool = engine.start_workers(config);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut http_server = None;
     if let Some(listener) = listener {
@@ -196,9 +200,9 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
         )));
     }
     eprintln!(
-        "lockstep serve: {} handlers, {} worker slots, pid {}; Ctrl-C to stop",
+        "lockstep serve: {} handlers, {} worker slots (at most {budget} claimed tasks not yet recorded), pid {}; Ctrl-C to stop",
         engine.plugins().handler_names().len(),
-        args.workers,
+        args.workers.max(1),
         std::process::id()
     );
     shutdown_signal().await;

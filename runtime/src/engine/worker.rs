@@ -11,17 +11,22 @@
 //! uncharged), running ones get a grace period and are then interrupted (a
 //! retryable failure that says so), and every result is committed.
 //!
-//! **Backpressure:** a slot is taken by a claim and given back only when the
-//! task's completion has committed (or was given up on), not when its
-//! handler returns. Claimed-but-unrecorded tasks are therefore bounded by the
-//! slots: when recording falls behind, claiming waits, and no load can leave
-//! thousands of finished tasks waiting for a commit while their leases run
-//! out.
+//! **Run slots and the recording budget.** A claim takes, per task, a run
+//! slot and a unit of the recording budget. The run slot (`--workers`, the
+//! sandboxes running at once) is given back when the handler returns; the
+//! unit of budget ([`WorkerConfig::recording_budget`]: the run slots plus
+//! one claim batch) only when the task's completion has committed (or was
+//! given up on). A claim takes at most as many tasks as there are free run
+//! slots *and* free budget. So the next batch runs while the last one's
+//! commit syncs, yet claimed-but-unrecorded tasks stay bounded: when
+//! recording falls behind, claiming waits (backpressure, issue 13), and no
+//! load can leave thousands of finished tasks waiting for a commit while
+//! their leases run out.
 //!
 //! A group commit waits, at most [`BURST_WAIT`], for the runs still going,
 //! so the tasks of one claim commit together (on SQLite each commit syncs the
-//! log, a few milliseconds whatever its size), and the slots of a commit go
-//! back to the claimer as one.
+//! log, a few milliseconds whatever its size), and their budget goes back to
+//! the claimer as one.
 //!
 //! A group commit holds at most [`MAX_GROUP_COMMIT`] completions and
 //! [`GROUP_COMMIT_BYTES`] of their outputs, errors, spawned inputs and log
@@ -62,7 +67,9 @@ pub const GROUP_COMMIT_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Tasks run concurrently by this process.
+    /// Run slots: tasks run at once by this process. A slot is given back
+    /// when its run ends; [`WorkerConfig::recording_budget`] bounds the
+    /// claimed tasks whose ends are not recorded yet.
     pub slots: usize,
     /// Most tasks claimed in one statement.
     pub batch: u32,
@@ -89,6 +96,15 @@ pub enum Execution {
     /// sandbox left out, each task succeeding at once with output `null`, to
     /// tell the store's cost from the sandbox's.
     HostNoop,
+}
+
+impl WorkerConfig {
+    /// Most tasks claimed and not yet recorded (running, or run and waiting
+    /// for their completion to commit): the run slots plus one claim batch,
+    /// so a whole next batch can run while the last one's commit syncs.
+    pub fn recording_budget(&self) -> usize {
+        self.slots.max(1) + self.batch.max(1) as usize
+    }
 }
 
 impl Default for WorkerConfig {
@@ -123,6 +139,8 @@ pub struct WorkerStats {
     pub released: AtomicU64,
     /// Running tasks interrupted at the end of the grace period.
     pub interrupted: AtomicU64,
+    /// Most runs going at once (never more than the run slots).
+    pub peak_runs: AtomicU64,
 }
 
 /// Where a pool is in its life.
@@ -143,7 +161,8 @@ enum Done {
     Released(TenantId, LeaseToken),
 }
 
-/// A run's end with the slot it holds until that end is recorded.
+/// A run's end with its unit of the recording budget, held until that end
+/// is recorded.
 type Finished = (Done, OwnedSemaphorePermit);
 
 /// Running workers; dropping it does not stop them, [`WorkerPool::stop`] does.
@@ -258,7 +277,11 @@ async fn claimer(
     mut stop: watch::Receiver<Phase>,
     stats: Arc<WorkerStats>,
 ) {
+    // Run slots: taken by a claim, given back when the run ends.
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    // Recording budget: taken by a claim, given back when the completion is
+    // recorded (or given up on) — the bound on claimed-but-unrecorded tasks.
+    let budget = Arc::new(Semaphore::new(config.recording_budget()));
     // Backends that can push wake-ups (Postgres LISTEN/NOTIFY) shorten the
     // idle wait; polling stays the fallback because a signal can be lost.
     let ready = engine.store().ready_signal();
@@ -269,20 +292,29 @@ async fn claimer(
         if *stop.borrow() != Phase::Running {
             break;
         }
-        // Wait for one free slot, then take every other free one up to a
-        // batch, in one step (slots come back a batch at a time: see the
-        // completer).
+        // Budget first: when recording falls behind, claiming waits here.
+        let mut owed = tokio::select! {
+            p = budget.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
         let mut permits = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stop.changed() => break,
         };
+        // Then every other free slot the budget allows, up to a batch, in
+        // one step (only this loop takes permits, so both succeed).
         let more = slots
             .available_permits()
+            .min(budget.available_permits())
             .min((config.batch as usize).saturating_sub(1));
         if more > 0
-            && let Ok(p) = slots.clone().try_acquire_many_owned(more as u32)
+            && let (Ok(s), Ok(b)) = (
+                slots.clone().try_acquire_many_owned(more as u32),
+                budget.clone().try_acquire_many_owned(more as u32),
+            )
         {
-            permits.merge(p);
+            permits.merge(s);
+            owed.merge(b);
         }
         // Read per claim: a plugin reload adds or removes handlers.
         // The snapshot a claim is made for is the one its tasks run on:
@@ -317,7 +349,7 @@ async fn claimer(
                 stats.database_errors.fetch_add(1, Ordering::Relaxed);
                 super::metrics::store_retry("claim");
                 outage.failed(&e);
-                drop(permits);
+                drop((permits, owed));
                 tokio::select! {
                     _ = tokio::time::sleep(db_backoff) => {},
                     _ = stop.changed() => break,
@@ -327,7 +359,7 @@ async fn claimer(
             }
         };
         if claimed.is_empty() {
-            drop(permits);
+            drop((permits, owed));
             let pushed = async {
                 match pushed {
                     Some(signal) => signal.await,
@@ -347,11 +379,12 @@ async fn claimer(
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         stats.claim_batches.fetch_add(1, Ordering::Relaxed);
         let claimed_at = now_millis();
-        // One slot per claimed task; the rest go back at once, as one.
+        // One run slot and one unit of budget per claimed task; the rest go
+        // back at once, as one.
         for task in claimed {
-            let permit = permits
-                .split(1)
-                .expect("a claim returns at most as many tasks as its LIMIT, the slots taken");
+            let limit = "a claim returns at most as many tasks as its LIMIT, the permits taken";
+            let slot = permits.split(1).expect(limit);
+            let unrecorded = owed.split(1).expect(limit);
             let waited = claimed_at.saturating_sub(task.ready_at).max(0) as u64;
             super::metrics::claimed(&task.handler, Duration::from_millis(waited));
             let engine = engine.clone();
@@ -361,7 +394,10 @@ async fn claimer(
             let phase = stop.clone();
             let plugins = plugins.clone();
             let ends = running.clone();
-            ends.fetch_add(1, Ordering::AcqRel);
+            let now_running = ends.fetch_add(1, Ordering::AcqRel) + 1;
+            stats
+                .peak_runs
+                .fetch_max(now_running as u64, Ordering::Relaxed);
             runs.spawn(async move {
                 let ended = match execution {
                     Execution::Sandbox => run_task(&engine, &plugins, task, lease, phase).await,
@@ -374,10 +410,12 @@ async fn claimer(
                         Done::Completed(host_noop(task), ran)
                     }
                 };
-                // The slot goes with the run's end: the completer frees it
+                // The run slot goes back with the run's end; the budget
+                // goes with the end to the completer, which gives it back
                 // once that end is recorded.
                 ends.fetch_sub(1, Ordering::AcqRel);
-                let _ = done.send((ended, permit));
+                drop(slot);
+                let _ = done.send((ended, unrecorded));
             });
         }
         // Reap finished runs so the set does not grow without bound.
@@ -571,12 +609,12 @@ async fn completer(
     let mut outage = Outage::new("recording completions");
     while done.recv_many(&mut buf, MAX_GROUP_COMMIT).await > 0 {
         gather_burst(&mut done, &mut buf, &running).await;
-        // The slots are freed when this batch is recorded (or given up on),
-        // at the end of this iteration, all at once: a claimer woken by the
-        // first of them one by one would claim a few at a time.
-        let (ends, slots): (Vec<Done>, Vec<OwnedSemaphorePermit>) =
+        // The budget is given back when this batch is recorded (or given
+        // up on), at the end of this iteration, all at once: a claimer woken
+        // by the first units one by one would claim a few at a time.
+        let (ends, owed): (Vec<Done>, Vec<OwnedSemaphorePermit>) =
             std::mem::take(&mut buf).into_iter().unzip();
-        let _slots = slots.into_iter().reduce(|mut all, one| {
+        let _owed = owed.into_iter().reduce(|mut all, one| {
             all.merge(one);
             all
         });
