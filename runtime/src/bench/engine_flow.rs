@@ -40,7 +40,7 @@ async fn submit(engine: &Engine, tenant: &TenantId, text: &str) -> anyhow::Resul
 #[derive(Debug, Clone, Copy)]
 pub struct Pool {
     /// Run slots: tasks run at once, at most (claimed and not yet
-    /// recorded: these plus a batch, `WorkerConfig::recording_budget`).
+    /// recorded: `WorkerConfig::recording_budget`).
     pub slots: usize,
     /// Most tasks claimed in one statement.
     pub batch: u32,
@@ -71,7 +71,7 @@ pub async fn throughput(
         execution,
         ..WorkerConfig::default()
     };
-    let budget = config.recording_budget();
+    let budget = config.recording_budget(engine.store_writes_one_at_a_time());
     let pool = engine.start_workers(config);
     let done = engine.wait(tenant, job, None, |_| {}).await?;
     let store = engine.store_counters();

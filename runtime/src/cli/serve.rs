@@ -17,7 +17,8 @@ pub struct ServeArgs {
     workers: usize,
     /// Most tasks claimed in one statement; also how many claimed tasks
     /// beyond --workers may wait for their results to be recorded (so the
-    /// next batch runs while the last one commits).
+    /// next batch runs while the last one commits; PostgreSQL only: SQLite
+    /// writes one transaction at a time, so there a slot waits for its commit).
     #[arg(long, default_value_t = 256)]
     batch: u32,
     /// Lease taken by each claim, in seconds; a task whose process dies is
@@ -141,7 +142,7 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
         },
         ..WorkerConfig::default()
     };
-    let budget = config.recording_budget();
+    let budget = config.recording_budget(engine.store_writes_one_at_a_time());
     let pool = engine.start_workers(config);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut http_server = None;

@@ -690,6 +690,12 @@ impl Engine {
         self.store.counters()
     }
 
+    /// Whether the store's writes run one at a time (SQLite): it decides
+    /// the workers' recording budget ([`WorkerConfig::recording_budget`]).
+    pub fn store_writes_one_at_a_time(&self) -> bool {
+        self.store.writes_one_at_a_time()
+    }
+
     /// Start workers in this process; they run until the pool is shut down.
     pub fn start_workers(self: &Arc<Self>, config: WorkerConfig) -> WorkerPool {
         WorkerPool::start(self.clone(), config)

@@ -15,7 +15,8 @@
 //! slot and a unit of the recording budget. The run slot (`--workers`, the
 //! sandboxes running at once) is given back when the handler returns; the
 //! unit of budget ([`WorkerConfig::recording_budget`]: the run slots plus
-//! one claim batch) only when the task's completion has committed (or was
+//! one claim batch; on SQLite, whose writes run one at a time, the run
+//! slots alone) only when the task's completion has committed (or was
 //! given up on). A claim takes at most as many tasks as there are free run
 //! slots *and* free budget. So the next batch runs while the last one's
 //! commit syncs, yet claimed-but-unrecorded tasks stay bounded: when
@@ -101,9 +102,18 @@ pub enum Execution {
 impl WorkerConfig {
     /// Most tasks claimed and not yet recorded (running, or run and waiting
     /// for their completion to commit): the run slots plus one claim batch,
-    /// so a whole next batch can run while the last one's commit syncs.
-    pub fn recording_budget(&self) -> usize {
-        self.slots.max(1) + self.batch.max(1) as usize
+    /// so a whole next batch can run while the last one's commit syncs —
+    /// except where writes run one at a time (SQLite): there the next claim
+    /// waits for the commit anyway, and slots given back one by one would
+    /// only split claims (measured: 127 tasks per claim at 128 slots became
+    /// about 65, and no faster), so the budget is the run slots and a slot
+    /// comes back with its completion's commit.
+    pub fn recording_budget(&self, writes_one_at_a_time: bool) -> usize {
+        if writes_one_at_a_time {
+            self.slots.max(1)
+        } else {
+            self.slots.max(1) + self.batch.max(1) as usize
+        }
     }
 }
 
@@ -281,7 +291,9 @@ async fn claimer(
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     // Recording budget: taken by a claim, given back when the completion is
     // recorded (or given up on) — the bound on claimed-but-unrecorded tasks.
-    let budget = Arc::new(Semaphore::new(config.recording_budget()));
+    let budget = Arc::new(Semaphore::new(
+        config.recording_budget(engine.store_writes_one_at_a_time()),
+    ));
     // Backends that can push wake-ups (Postgres LISTEN/NOTIFY) shorten the
     // idle wait; polling stays the fallback because a signal can be lost.
     let ready = engine.store().ready_signal();

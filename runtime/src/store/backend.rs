@@ -79,6 +79,10 @@ pub trait Backend: Send + Sync + 'static {
     fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
     }
+    /// See [`Store::writes_one_at_a_time`].
+    fn writes_one_at_a_time(&self) -> bool {
+        false
+    }
 }
 
 /// The [`Store`] over one database.
@@ -458,5 +462,9 @@ impl<B: Backend> Store for SqlStore<B> {
 
     fn counters(&self) -> StoreCounters {
         self.counters.snapshot()
+    }
+
+    fn writes_one_at_a_time(&self) -> bool {
+        self.backend.writes_one_at_a_time()
     }
 }

@@ -480,6 +480,12 @@ pub trait Store: Send + Sync + 'static {
     fn counters(&self) -> StoreCounters {
         StoreCounters::default()
     }
+    /// Whether this process's writes run one at a time (SQLite's one writer
+    /// connection): then a claim cannot run while a commit syncs, and the
+    /// workers keep a task's run slot until its completion commits.
+    fn writes_one_at_a_time(&self) -> bool {
+        false
+    }
 }
 
 /// Open the store named by a database URL: `sqlite://PATH` (created if
