@@ -4,8 +4,8 @@
 
 use crate::postgres_test_db::with_pg;
 use lockstep::model::{
-    EventKind, Executor, JobId, JobState, Millis, NewStage, NewTask, OnFailure, StageState,
-    SubmitJob, TaskState, TenantId,
+    EventKind, Executor, JobId, JobState, Millis, NewStage, NewTask, OnFailure, SubmitJob,
+    TaskState, TenantId,
 };
 use lockstep::store::postgres::PgStore;
 use lockstep::store::{
@@ -314,179 +314,6 @@ async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlo
     .await;
 }
 
-/// Invariant 9 across processes: four nodes (each with its own pool, as four
-/// `serve` processes have) complete the last tasks of a wide stage at the
-/// same moment, round after round. Each connection counts into its own
-/// shard, so none waits for another's commit, and a completion that sees its
-/// stage above zero may have raced the last one: the next stage must open
-/// exactly once, and be open as soon as every completion call has returned
-/// (no lease-rescue sweep runs here).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_last_completions_on_four_nodes_open_the_next_stage_exactly_once() {
-    with_pg(|db| async move {
-        const NODES: usize = 4;
-        const BATCHES_PER_NODE: usize = 2;
-        const TASKS_PER_BATCH: usize = 2;
-        const WIDE: usize = 48;
-        const ROUNDS: usize = 40;
-        const RACERS: usize = NODES * BATCHES_PER_NODE;
-        let mut nodes = Vec::new();
-        for _ in 0..NODES {
-            nodes.push(Arc::new(db.open_store().await));
-        }
-        // Rounds in which a completion found its stage at zero only after
-        // its commit: an advancing transaction ran besides the completions'
-        // own.
-        let mut raced_rounds = 0;
-        for round in 0..ROUNDS {
-            let job_id = nodes[0]
-                .submit_job(job(
-                    &format!("last-{round}"),
-                    vec![
-                        stage("wide", (0..WIDE).map(|_| task("work", None, &[])).collect()),
-                        stage("next", vec![task("join", None, &[])]),
-                    ],
-                ))
-                .await
-                .expect("submit")
-                .job_id;
-            let mut claimed = Vec::new();
-            while claimed.len() < WIDE {
-                let batch = nodes[round % NODES]
-                    .claim_batch(ClaimBatch {
-                        job: Some(job_id),
-                        ..claim(WIDE as u32, "w", NOW)
-                    })
-                    .await
-                    .expect("claim");
-                assert!(!batch.is_empty(), "round {round}: nothing left to claim");
-                claimed.extend(batch);
-            }
-            let (early, last) = claimed.split_at(WIDE - RACERS * TASKS_PER_BATCH);
-            let outcomes = nodes[1]
-                .complete_batch(CompleteBatch {
-                    completions: early.iter().map(|t| success(t, Vec::new())).collect(),
-                    now: NOW,
-                    max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
-                })
-                .await
-                .expect("complete the early tasks");
-            assert!(
-                outcomes
-                    .iter()
-                    .all(|o| *o == CompletionOutcome::Recorded(TaskState::Succeeded))
-            );
-
-            let before: u64 = nodes.iter().map(|n| n.counters().transactions).sum();
-            let start = Arc::new(tokio::sync::Barrier::new(RACERS));
-            let mut racers = Vec::new();
-            for (i, chunk) in last.chunks(TASKS_PER_BATCH).enumerate() {
-                let store = nodes[i % NODES].clone();
-                let completions: Vec<Completion> =
-                    chunk.iter().map(|t| success(t, Vec::new())).collect();
-                let start = start.clone();
-                racers.push(tokio::spawn(async move {
-                    start.wait().await;
-                    store
-                        .complete_batch(CompleteBatch {
-                            completions,
-                            now: NOW,
-                            max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
-                        })
-                        .await
-                        .expect("complete a last batch")
-                }));
-            }
-            for racer in racers {
-                let outcomes = racer.await.expect("racer");
-                assert_eq!(
-                    outcomes,
-                    vec![CompletionOutcome::Recorded(TaskState::Succeeded); TASKS_PER_BATCH]
-                );
-            }
-            let after: u64 = nodes.iter().map(|n| n.counters().transactions).sum();
-            let advancing = after - before - RACERS as u64;
-            if advancing > 0 {
-                raced_rounds += 1;
-            }
-
-            // Never missed: open the moment the last completion returned.
-            let status = nodes[2]
-                .get_job(GetJob {
-                    tenant: tenant(),
-                    job: job_id,
-                })
-                .await
-                .expect("status");
-            let stages: Vec<_> = status
-                .stages
-                .iter()
-                .map(|s| (s.state, s.total, s.remaining))
-                .collect();
-            assert_eq!(
-                stages,
-                [(StageState::Done, WIDE as i64, 0), (StageState::Open, 1, 1)],
-                "round {round}"
-            );
-            // Exactly once.
-            let events = all_events(nodes[3].as_ref(), job_id).await;
-            let once: BTreeMap<i32, usize> = [(0, 1)].into_iter().collect();
-            assert_eq!(
-                per_stage(&events, EventKind::StageClosed),
-                once,
-                "round {round}"
-            );
-            let opened: BTreeMap<i32, usize> = [(0, 1), (1, 1)].into_iter().collect();
-            assert_eq!(
-                per_stage(&events, EventKind::StageOpened),
-                opened,
-                "round {round}"
-            );
-
-            let next = nodes[3]
-                .claim_batch(ClaimBatch {
-                    job: Some(job_id),
-                    ..claim(10, "w", NOW)
-                })
-                .await
-                .expect("claim the next stage");
-            assert_eq!(
-                next.iter().map(|t| t.handler.as_str()).collect::<Vec<_>>(),
-                ["join"],
-                "round {round}"
-            );
-            nodes[0]
-                .complete_batch(CompleteBatch {
-                    completions: vec![success(&next[0], Vec::new())],
-                    now: NOW,
-                    max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
-                })
-                .await
-                .expect("complete the join");
-            assert_eq!(
-                nodes[0]
-                    .job_state(GetJob {
-                        tenant: tenant(),
-                        job: job_id,
-                    })
-                    .await
-                    .expect("job state"),
-                JobState::Succeeded,
-                "round {round}"
-            );
-        }
-        for node in &nodes {
-            assert_eq!(node.deadlock_retries(), 0);
-        }
-        // The race this test is about happened (its path is not dead code
-        // here): some round's last completions all read their counts
-        // before any of them committed.
-        assert!(raced_rounds > 0, "no round raced in {ROUNDS}");
-        eprintln!("{raced_rounds} of {ROUNDS} rounds advanced after the commit");
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_large_submit_leaves_the_planner_statistics_of_its_tasks() {
     with_pg(|db| async move {
@@ -554,7 +381,7 @@ async fn postgres_claims_walk_the_pending_index_on_statistics_of_an_all_pending_
         .await
         .expect("finish 9,000 tasks");
         assert_eq!(done.rows_affected(), 9000);
-        sqlx::query("UPDATE stage_counters SET remaining = remaining - 9000 WHERE shard = 0")
+        sqlx::query("UPDATE stages SET remaining = remaining - 9000")
             .execute(&mut conn)
             .await
             .expect("count them off");
@@ -695,13 +522,13 @@ async fn postgres_deadlock_is_retried_counted_and_the_completion_recorded_once()
         // Our own session waits far longer before checking for deadlocks, so
         // PostgreSQL always picks the store's transaction as the victim.
         let store = db.open_store().await;
-        // One task: its completion takes the stage to zero, so it locks the
-        // stage row to close it (a completion that leaves tasks in its stage
-        // locks no stage row: Invariant 9).
         let job_id = store
             .submit_job(job(
                 "deadlock",
-                vec![stage("only", vec![task("work", None, &[])])],
+                vec![stage(
+                    "only",
+                    vec![task("work", None, &[]), task("work", None, &[])],
+                )],
             ))
             .await
             .expect("submit")
@@ -801,18 +628,18 @@ async fn postgres_terminated_connections_lose_nothing_and_write_nothing_twice() 
         db.terminate_backends().await;
 
         // In the middle of a transaction: the completion has updated its task
-        // row and waits to count its stage down when its backend is
-        // terminated.
+        // row and waits for the stage row when its backend is terminated.
         let mut other = PgConnection::connect(&db.url).await.expect("connect");
         let other_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut other)
             .await
             .expect("pid");
         let mut tx = other.begin().await.expect("begin");
-        sqlx::query("LOCK TABLE stage_counters IN SHARE MODE")
+        sqlx::query("SELECT 1 FROM stages WHERE job_id = $1 FOR UPDATE")
+            .bind(first.job_id.0)
             .execute(&mut *tx)
             .await
-            .expect("hold the stage counters");
+            .expect("lock stage");
         let completing = {
             let store = store.clone();
             let c = success(&claimed[0], Vec::new());
@@ -995,18 +822,19 @@ async fn postgres_a_worker_slot_is_freed_only_when_its_completion_commits() {
         body.push_str("]\n");
         let job = h.submit(&body).await;
 
-        // Completions lock their task rows, then count their stage down:
-        // hold the counters so that every completion waits.
+        // Completions lock their task rows, then the stage row: hold the
+        // stage row so that every completion waits.
         let mut other = PgConnection::connect(&db.url).await.expect("connect");
         let other_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut other)
             .await
             .expect("pid");
         let mut tx = other.begin().await.expect("begin");
-        sqlx::query("LOCK TABLE stage_counters IN SHARE MODE")
+        sqlx::query("SELECT 1 FROM stages WHERE job_id = $1 FOR UPDATE")
+            .bind(job.0)
             .execute(&mut *tx)
             .await
-            .expect("hold the stage counters");
+            .expect("lock stage");
 
         let pool = h.engine.start_workers(lockstep::engine::WorkerConfig {
             slots: 4,
@@ -1032,7 +860,7 @@ async fn postgres_a_worker_slot_is_freed_only_when_its_completion_commits() {
         assert_eq!(by_state("running").await, 4, "claimed beyond the slots");
         assert_eq!(by_state("pending").await, 36);
 
-        tx.rollback().await.expect("release the stage counters");
+        tx.rollback().await.expect("release the stage row");
         let done = h
             .engine
             .wait(&h.tenant, job, Some(Duration::from_secs(120)), |_| {})

@@ -14,13 +14,11 @@ use super::{
     ReadyHandlers, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken,
     StageResults, Store, StoreError, TaskEvents, TokenLookup,
 };
-use super::{
-    DeadTasks, ReleaseLeases, StateCounts, advance, agent, complete, operator, reads, release,
-};
+use super::{DeadTasks, ReleaseLeases, StateCounts, agent, complete, operator, reads, release};
 use super::{sample, submit};
 use crate::model::{
-    Event, HandlerDepth, JobState, JobStatus, JobSummary, Millis, QueueDepth, StateTotals,
-    SubmitJob, Submitted, TaskId, TaskRecord, TaskState, TokenRecord,
+    Event, HandlerDepth, JobState, JobStatus, JobSummary, QueueDepth, StateTotals, SubmitJob,
+    Submitted, TaskId, TaskRecord, TaskState, TokenRecord,
 };
 use std::sync::Arc;
 
@@ -76,13 +74,6 @@ pub trait Backend: Send + Sync + 'static {
     /// `None`: run it in a write transaction.
     async fn autocommit_write(&self) -> Result<Option<Conn>, StoreError> {
         Ok(None)
-    }
-    /// Whether write transactions run one at a time (SQLite): then a
-    /// transaction's view of a stage counter is the whole count, and a
-    /// stage it counts down without closing needs no second look after the
-    /// commit (Invariant 9).
-    fn writes_one_at_a_time(&self) -> bool {
-        false
     }
     /// Signalled when tasks may have become ready (see [`Store::ready_signal`]).
     fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
@@ -244,38 +235,6 @@ impl<B: Backend> SqlStore<B> {
         Ok(())
     }
 
-    /// Invariant 9, after a commit that counted `stages` down without
-    /// closing them: read them again in a new snapshot, which sees every
-    /// committed count, and advance the ones now open at zero in a
-    /// transaction of their own. The caller's work is committed whatever
-    /// happens here, so a failure is logged, not returned: the sweep in
-    /// [`Store::rescue_expired_leases`] advances what is left.
-    async fn advance_counted_down(&self, stages: Vec<(i64, i32)>, now: Millis) {
-        if stages.is_empty() || self.backend.writes_one_at_a_time() {
-            return;
-        }
-        if let Err(error) = self.advance_if_drained(&stages, now).await {
-            tracing::warn!(%error, "re-reading stage counters after a commit failed; the lease rescue sweep advances the stages");
-        }
-    }
-
-    async fn advance_if_drained(
-        &self,
-        stages: &[(i64, i32)],
-        now: Millis,
-    ) -> Result<usize, StoreError> {
-        let drained = self
-            .read(|| async |db| advance::still_drained(db, stages).await)
-            .await?;
-        if drained.is_empty() {
-            return Ok(0);
-        }
-        self.write("advance_stages", || {
-            async |db| advance::advance_stages(db, &drained, now).await
-        })
-        .await
-    }
-
     /// Run a write that is a single statement on backends that can run it
     /// without a transaction ([`Backend::autocommit_write`]), in a write
     /// transaction committed as `durability` says on the others. Run again
@@ -335,13 +294,10 @@ impl<B: Backend> Store for SqlStore<B> {
         if p.completions.is_empty() {
             return Ok(Vec::new());
         }
-        let (outcomes, counted_down) = self
-            .write("complete_batch", || {
-                async |db| complete::complete_batch(db, &p).await
-            })
-            .await?;
-        self.advance_counted_down(counted_down, p.now).await;
-        Ok(outcomes)
+        self.write("complete_batch", || {
+            async |db| complete::complete_batch(db, &p).await
+        })
+        .await
     }
 
     async fn renew_lease(&self, p: RenewLease) -> Result<bool, StoreError> {
@@ -355,19 +311,6 @@ impl<B: Backend> Store for SqlStore<B> {
         if p.limit == 0 {
             return Ok(0);
         }
-        // Invariant 9's sweep: a stage whose last count-down committed but
-        // whose advancement was lost (a crash between the commit and the
-        // re-read after it) is advanced here. A cheap read: open stages only.
-        let limit = i64::from(p.limit);
-        let drained = self
-            .read(|| async |db| advance::drained_open_stages(db, limit).await)
-            .await?;
-        if !drained.is_empty() {
-            self.write("advance_stages", || {
-                async |db| advance::advance_stages(db, &drained, p.now).await
-            })
-            .await?;
-        }
         // A cheap read first: almost always nothing has expired, and a write
         // transaction every second would stall the claimers.
         if !self
@@ -376,13 +319,10 @@ impl<B: Backend> Store for SqlStore<B> {
         {
             return Ok(0);
         }
-        let (rescued, counted_down) = self
-            .write("rescue_expired_leases", || {
-                async |db| complete::rescue_expired_leases(db, &p).await
-            })
-            .await?;
-        self.advance_counted_down(counted_down, p.now).await;
-        Ok(rescued)
+        self.write("rescue_expired_leases", || {
+            async |db| complete::rescue_expired_leases(db, &p).await
+        })
+        .await
     }
 
     async fn release_leases(&self, p: ReleaseLeases) -> Result<u64, StoreError> {

@@ -9,10 +9,8 @@
 //! events are a fixed number of statements, whatever its size.
 //! **Lock order (PostgreSQL):** completed task rows (ascending id), then the
 //! advisory turn of each job whose tasks spawn (ascending id), then their
-//! dependents (ascending id, one statement), then the rows of stages that
-//! gain spawned tasks, then this connection's own counter shards (which no
-//! other transaction writes), then the rows of stages it closes, then job
-//! rows. A completion that closes nothing locks no stage row (Invariant 9).
+//! dependents (ascending id, one statement), then stage rows, then job
+//! rows.
 
 use super::advance;
 use super::codec::{after, parse_column, parse_stage_state, parse_task_state};
@@ -273,13 +271,10 @@ const HOLD_RUNNING: Sql = Sql::each(
      FOR NO KEY UPDATE OF tasks",
 );
 
-/// Record a batch of completions; each one's outcome, and the stages the
-/// batch counted down without closing them (Invariant 9: to read again
-/// after the commit).
 pub(crate) async fn complete_batch(
     db: &mut Db<'_>,
     p: &CompleteBatch,
-) -> Result<(Vec<CompletionOutcome>, Vec<(i64, i32)>), StoreError> {
+) -> Result<Vec<CompletionOutcome>, StoreError> {
     let mut fx = Effects::new(p.now);
 
     // The first completion per task id counts; a duplicate in the same batch
@@ -335,15 +330,11 @@ pub(crate) async fn complete_batch(
             .filter(|(i, c)| first.get(&c.lease.task_id.0) != Some(i))
             .map(|(i, _)| i),
     );
-    let Recorded {
-        mut outcomes,
-        counted_down,
-    } = record(db, items, Some(p.max_tasks_per_job), &mut fx).await?;
+    let mut outcomes = record(db, items, Some(p.max_tasks_per_job), &mut fx).await?;
     refuse_stale(db, p, &stale, &mut fx).await?;
     fx.write(db).await?;
 
-    let outcomes = p
-        .completions
+    Ok(p.completions
         .iter()
         .enumerate()
         .map(|(i, c)| {
@@ -354,8 +345,7 @@ pub(crate) async fn complete_batch(
                 CompletionOutcome::Stale
             }
         })
-        .collect();
-    Ok((outcomes, counted_down))
+        .collect())
 }
 
 const STALE_TASKS: Sql = Sql::each(
@@ -442,12 +432,10 @@ pub(crate) async fn any_expired(db: &mut Db<'_>, now: Millis) -> Result<bool, St
     Ok(any.is_some())
 }
 
-/// Rescue expired leases; how many, and the stages counted down without
-/// being closed (Invariant 9: to read again after the commit).
 pub(crate) async fn rescue_expired_leases(
     db: &mut Db<'_>,
     p: &RescueExpiredLeases,
-) -> Result<(u64, Vec<(i64, i32)>), StoreError> {
+) -> Result<u64, StoreError> {
     let mut fx = Effects::new(p.now);
     let rows: Vec<HeldRow> = db
         .fetch_all(db.query(&EXPIRED).bind(p.now).bind(i64::from(p.limit)))
@@ -467,11 +455,10 @@ pub(crate) async fn rescue_expired_leases(
             ))
         })
         .collect::<Result<_, StoreError>>()?;
-    // An expired lease is a retry: nothing here spawns (but a last attempt
-    // dies, and counts its stage down).
-    let recorded = record(db, items, None, &mut fx).await?;
+    // An expired lease is a retry: nothing here spawns.
+    record(db, items, None, &mut fx).await?;
     fx.write(db).await?;
-    Ok((rescued, recorded.counted_down))
+    Ok(rescued)
 }
 
 // ------------------------------------------------------------ recording
@@ -484,12 +471,9 @@ async fn record(
     items: Vec<(Held, TaskResult)>,
     max_tasks_per_job: Option<u64>,
     fx: &mut Effects,
-) -> Result<Recorded, StoreError> {
+) -> Result<HashMap<i64, CompletionOutcome>, StoreError> {
     if items.is_empty() {
-        return Ok(Recorded {
-            outcomes: HashMap::new(),
-            counted_down: Vec::new(),
-        });
+        return Ok(HashMap::new());
     }
     let now = fx.now();
     // Stages are read only for what needs them: spawn targets, and whether
@@ -535,35 +519,12 @@ async fn record(
     insert_children(db, &decisions, &counted, now, fx).await?;
     // A retried task is not announced: it becomes claimable only after its
     // backoff, and the poll loop finds it then.
-    // Invariant 9: a stage this transaction sees at zero is locked and
-    // closed here; one it counted down and sees above zero may have been
-    // taken to zero by a concurrent transaction, and is read again after
-    // the commit.
-    let drained = advance::drained(&counted);
-    if !drained.is_empty() {
-        advance::lock_stages(db, &drained).await?;
-    }
-    let closed = advance::close_drained(db, &drained, fx).await?;
-    let counted_down = deltas
-        .iter()
-        .filter(|(key, d)| d.done > d.add && !closed.contains(key))
-        .map(|(key, _)| *key)
-        .collect();
+    advance::close_drained(db, &advance::drained(&counted), fx).await?;
 
-    Ok(Recorded {
-        outcomes: decisions
-            .into_iter()
-            .map(|d| (d.held.id, d.outcome))
-            .collect(),
-        counted_down,
-    })
-}
-
-/// What [`record`] did: each task's outcome, and the stages it counted down
-/// without closing them (Invariant 9: to read again after the commit).
-struct Recorded {
-    outcomes: HashMap<i64, CompletionOutcome>,
-    counted_down: Vec<(i64, i32)>,
+    Ok(decisions
+        .into_iter()
+        .map(|d| (d.held.id, d.outcome))
+        .collect())
 }
 
 // Spawners of one job take turns on PostgreSQL, so that two processes never

@@ -126,11 +126,10 @@ const REVIVE_TASK: Sql = Sql::both(
          finished_at = NULL, updated_at = $4
      WHERE id = $1",
 );
-// The task is counted back in by `advance::count`, with the row locked
-// (Invariant 9: counts go up only under the stage row's lock).
-const REOPEN_STAGE: Sql = Sql::both(
+const COUNT_BACK_IN: Sql = Sql::both(
     "UPDATE stages
-     SET state = CASE WHEN state = 'done' THEN 'open' ELSE state END,
+     SET remaining = remaining + 1,
+         state = CASE WHEN state = 'done' THEN 'open' ELSE state END,
          closed_at = CASE WHEN state = 'done' THEN NULL ELSE closed_at END
      WHERE job_id = $1 AND position = $2
      RETURNING state, name",
@@ -192,9 +191,8 @@ pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskSta
         .copied()
         .ok_or_else(|| StoreError::Corrupt(format!("task {} has no stage {position}", p.task.0)))?;
     let (new_state, name): (String, String) = db
-        .fetch_one(db.query(&REOPEN_STAGE).bind(job).bind(position))
+        .fetch_one(db.query(&COUNT_BACK_IN).bind(job).bind(position))
         .await?;
-    advance::count(db, &[((job, position), 1)]).await?;
     if stage_state == StageState::Done {
         fx.event(
             tenant,

@@ -4,7 +4,6 @@
 //! agree (`get_job`'s counts and states) are run by the caller inside one
 //! snapshot (a read transaction).
 
-use super::advance::stage_remaining;
 use super::codec::{
     job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
     parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
@@ -24,12 +23,10 @@ const JOB: Sql = Sql::both(
     "SELECT name, state, created_at, finished_at, error FROM jobs
      WHERE id = $1 AND tenant_id = $2",
 );
-const STAGES: Sql = Sql::both(concat!(
-    "SELECT position, name, state, on_failure, total, ",
-    stage_remaining!("stages"),
-    " AS remaining, opened_at, closed_at
-     FROM stages WHERE job_id = $1 AND tenant_id = $2 ORDER BY position"
-));
+const STAGES: Sql = Sql::both(
+    "SELECT position, name, state, on_failure, total, remaining, opened_at, closed_at
+     FROM stages WHERE job_id = $1 AND tenant_id = $2 ORDER BY position",
+);
 // Tenant checked on the job row, so the tasks side is a scan of the covering
 // (job_id, stage_position, state) index alone.
 const COUNTS: Sql = Sql::both(
@@ -501,15 +498,14 @@ pub(crate) async fn job_exists(
 }
 
 // The job and its stages in one statement; no task is read.
-const JOB_COUNTERS: Sql = Sql::both(concat!(
+const JOB_COUNTERS: Sql = Sql::both(
     "SELECT j.name, j.state, j.created_at, j.finished_at, j.error,
-            s.position, s.name, s.state, s.on_failure, s.total, ",
-    stage_remaining!("s"),
-    ", s.opened_at, s.closed_at
+            s.position, s.name, s.state, s.on_failure, s.total, s.remaining, s.opened_at,
+            s.closed_at
      FROM jobs j LEFT JOIN stages s ON s.job_id = j.id
      WHERE j.id = $1 AND j.tenant_id = $2
-     ORDER BY s.position"
-));
+     ORDER BY s.position",
+);
 
 /// One row of [`JOB_COUNTERS`]: the job, and one stage (NULLs when the job
 /// has none).

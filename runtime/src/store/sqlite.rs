@@ -460,9 +460,4 @@ impl Backend for SqliteBackend {
     async fn read(&self) -> Result<Conn, StoreError> {
         Ok(Conn::Sqlite(self.reader.acquire().await?))
     }
-
-    // One writer connection, `BEGIN IMMEDIATE`.
-    fn writes_one_at_a_time(&self) -> bool {
-        true
-    }
 }

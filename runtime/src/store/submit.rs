@@ -48,23 +48,18 @@ const EXISTING_JOB: Sql =
     Sql::both("SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2");
 const INSERT_STAGES: Sql = Sql::each(
     "INSERT INTO stages (job_id, position, tenant_id, name, state, on_failure, total,
-                         opened_at, max_attempts, timeout_ms)
+                         remaining, opened_at, max_attempts, timeout_ms)
      SELECT $1, s.value ->> 0, $2, s.value ->> 1, s.value ->> 2, s.value ->> 3,
-            s.value ->> 4,
+            s.value ->> 4, s.value ->> 4,
             CASE WHEN s.value ->> 0 = 0 THEN $3 END, s.value ->> 5, s.value ->> 6
      FROM jsonb_each($4) AS s",
     "INSERT INTO stages (job_id, position, tenant_id, name, state, on_failure, total,
-                         opened_at, max_attempts, timeout_ms)
-     SELECT $1, s.position, $2, s.name, s.state, s.on_failure, s.total,
+                         remaining, opened_at, max_attempts, timeout_ms)
+     SELECT $1, s.position, $2, s.name, s.state, s.on_failure, s.total, s.total,
             CASE WHEN s.position = 0 THEN $3 END, s.max_attempts, s.timeout_ms
      FROM unnest($4::int4[], $5::text[], $6::text[], $7::text[], $8::int8[], $9::int4[],
                  $10::int8[])
           AS s(position, name, state, on_failure, total, max_attempts, timeout_ms)",
-);
-// Every task starts counted in shard 0 of its stage's counter (Invariant 9).
-const INSERT_STAGE_COUNTERS: Sql = Sql::both(
-    "INSERT INTO stage_counters (job_id, position, shard, remaining)
-     SELECT job_id, position, 0, total FROM stages WHERE job_id = $1",
 );
 /// The task insert of each database, as macros so that the variant that
 /// returns the new ids stays a string constant too.
@@ -189,8 +184,6 @@ pub(crate) async fn submit_job(db: &mut Db<'_>, p: &SubmitJob) -> Result<Submitt
             .bind_batch(&stages),
     )
     .await?;
-    db.execute(db.query(&INSERT_STAGE_COUNTERS).bind(job))
-        .await?;
 
     insert_tasks(db, p, job, &mut fx).await?;
     if p.stages.iter().map(|s| s.tasks.len()).sum::<usize>() >= ANALYZE_FROM_TASKS {

@@ -11,14 +11,11 @@
 //! - **Fixed lock order (Invariant 11).** A write transaction locks
 //!   task rows, then stage rows, then job rows, each set in ascending key order
 //!   with an explicit `ORDER BY … FOR NO KEY UPDATE` before it updates them.
-//!   Stage counters are sharded by backend pid (Invariant 9): a completion
-//!   counts down in its connection's own row and locks a stage row only to
-//!   close it (`… WHERE state = 'open' AND <sum of shards> = 0 RETURNING`,
-//!   which decides the single advancement); one that raced the last
-//!   completion reads the sum again after its commit. Task rows touched
-//!   after stage rows are only ever those of a stage the same transaction
-//!   has just opened or failed, which no other transaction can hold (see
-//!   `store::advance`).
+//!   The stage counter update (`… WHERE state = 'open' AND remaining = 0
+//!   RETURNING`) decides the single advancement; no advisory locks, no
+//!   "am I last?" reads. Task rows touched after stage rows are only ever
+//!   those of a stage the same transaction has just opened or failed, which no
+//!   other transaction can hold (see `store::advance`).
 //! - **Deadlocks and serialization failures** (SQLSTATE 40P01 / 40001), should
 //!   one ever occur, roll back and retry the whole transaction a bounded number
 //!   of times; each retry is counted ([`PgStore::deadlock_retries`]) and logged
