@@ -105,7 +105,7 @@ struct StageRow {
     closed_at: Option<i64>,
 }
 
-/// An event row as [`EVENT_COLUMNS`] selects it.
+/// An event row as `JOB_EVENTS` and `TASK_EVENTS` select it.
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
     pub id: i64,
@@ -114,6 +114,9 @@ pub(crate) struct EventRow {
     pub stage_position: Option<i32>,
     pub detail: Option<String>,
     pub at: i64,
+    pub attempt: Option<i32>,
+    pub worker: Option<String>,
+    pub claimed_at: Option<i64>,
 }
 
 impl EventRow {
@@ -126,6 +129,9 @@ impl EventRow {
             stage_position: self.stage_position,
             detail: self.detail,
             at: self.at,
+            attempt: self.attempt,
+            worker: self.worker,
+            claimed_at: self.claimed_at,
         })
     }
 }
@@ -209,8 +215,8 @@ macro_rules! task_columns {
     () => {
         "t.id, t.job_id, t.stage_position, s.name AS stage_name, t.handler, t.executor,
          t.key, t.state, t.attempt, t.max_attempts, t.input_json, t.output_json, t.error,
-         t.parent_task_id, t.agent_json, t.lease_expires_at, t.run_after, t.created_at,
-         t.finished_at"
+         t.parent_task_id, t.agent_json, t.lease_expires_at, t.worker, t.claimed_at,
+         t.run_after, t.created_at, t.finished_at"
     };
 }
 pub(crate) use task_columns;
@@ -234,6 +240,8 @@ pub(crate) struct TaskRow {
     parent_task_id: Option<i64>,
     agent_json: Option<String>,
     lease_expires_at: Option<i64>,
+    worker: Option<String>,
+    claimed_at: Option<i64>,
     run_after: i64,
     created_at: i64,
     finished_at: Option<i64>,
@@ -258,6 +266,8 @@ impl TaskRow {
             parent_task: self.parent_task_id.map(TaskId),
             agent_json: self.agent_json,
             lease_expires_at: self.lease_expires_at,
+            worker: self.worker,
+            claimed_at: self.claimed_at,
             run_after: self.run_after,
             created_at: self.created_at,
             finished_at: self.finished_at,
@@ -307,7 +317,8 @@ pub(crate) async fn get_task(db: &mut Db<'_>, p: &GetTask) -> Result<TaskRecord,
 }
 
 const JOB_EVENTS: Sql = Sql::both(
-    "SELECT id, task_id, kind, stage_position, detail, at FROM events
+    "SELECT id, task_id, kind, stage_position, detail, at, attempt, worker, claimed_at
+     FROM events
      WHERE job_id = $1 AND tenant_id = $2 AND ($3 IS NULL OR id > $3)
      ORDER BY id
      LIMIT $4",
