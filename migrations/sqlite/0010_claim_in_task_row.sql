@@ -16,3 +16,14 @@ ALTER TABLE tasks ADD COLUMN claimed_at INTEGER;
 ALTER TABLE events ADD COLUMN attempt INTEGER;
 ALTER TABLE events ADD COLUMN worker TEXT;
 ALTER TABLE events ADD COLUMN claimed_at INTEGER;
+
+-- Per-stage work reads tasks by (job, stage, state): counts, opening a
+-- stage (blocked), its dead tasks, its results (succeeded). None reads
+-- running tasks through this index, and every statement that uses it says
+-- `state <> 'running'`: without running rows a claim deletes its entry and a
+-- completion inserts one, instead of moving it twice (two b-tree changes per
+-- task fewer on the writer). Running tasks, few (bounded by the workers'
+-- slots), are counted through `tasks_running_leases`.
+DROP INDEX tasks_job_stage_state;
+CREATE INDEX tasks_job_stage_state ON tasks (job_id, stage_position, state, id)
+    WHERE state <> 'running';

@@ -28,11 +28,26 @@ const STAGES: Sql = Sql::both(
      FROM stages WHERE job_id = $1 AND tenant_id = $2 ORDER BY position",
 );
 // Tenant checked on the job row, so the tasks side is a scan of the covering
-// (job_id, stage_position, state) index alone.
-const COUNTS: Sql = Sql::both(
+// (job_id, stage_position, state) index alone, which holds no running task
+// (migration 0010); running ones, few, through the running-lease index.
+const COUNTS: Sql = Sql::each(
     "SELECT t.stage_position, t.state, count(*)
      FROM jobs j JOIN tasks t ON t.job_id = j.id
-     WHERE j.id = $1 AND j.tenant_id = $2
+     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state <> 'running'
+     GROUP BY t.stage_position, t.state
+     UNION ALL
+     SELECT t.stage_position, t.state, count(*)
+     FROM jobs j JOIN tasks t INDEXED BY tasks_running_leases ON t.job_id = j.id
+     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state = 'running'
+     GROUP BY t.stage_position, t.state",
+    "SELECT t.stage_position, t.state, count(*)
+     FROM jobs j JOIN tasks t ON t.job_id = j.id
+     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state <> 'running'
+     GROUP BY t.stage_position, t.state
+     UNION ALL
+     SELECT t.stage_position, t.state, count(*)
+     FROM jobs j JOIN tasks t ON t.job_id = j.id
+     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state = 'running'
      GROUP BY t.stage_position, t.state",
 );
 
@@ -288,7 +303,7 @@ const DEAD_TASKS: Sql = Sql::both(concat!(
     task_columns!(),
     " FROM tasks t
      JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
-     WHERE t.job_id = $1 AND t.tenant_id = $2 AND t.state = 'dead'
+     WHERE t.job_id = $1 AND t.tenant_id = $2 AND t.state = 'dead' AND t.state <> 'running'
      ORDER BY t.id
      LIMIT $3"
 ));
@@ -344,7 +359,7 @@ const STAGE_POSITION: Sql =
 // bound is ever read into memory.
 const STAGE_OUTPUT_SIZES: Sql = Sql::both(
     "SELECT id, CAST(octet_length(output_json) AS BIGINT) FROM tasks
-     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded'
+     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded' AND state <> 'running'
        AND tenant_id = $3 AND ($4 IS NULL OR id > $4)
      ORDER BY id
      LIMIT $5",
@@ -352,7 +367,7 @@ const STAGE_OUTPUT_SIZES: Sql = Sql::both(
 
 const STAGE_OUTPUTS: Sql = Sql::both(
     "SELECT id, output_json FROM tasks
-     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded'
+     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded' AND state <> 'running'
        AND tenant_id = $3 AND ($4 IS NULL OR id > $4) AND id <= $6
      ORDER BY id
      LIMIT $5",

@@ -96,6 +96,25 @@ pub async fn a_wasm_claim_is_recorded_in_the_task_row_and_appends_no_event(store
         "a wasm claim appends nothing to the log"
     );
     assert!(told(store, t.lease.task_id).await.is_empty());
+    // Running tasks are counted outside `tasks_job_stage_state`, which holds
+    // none (migration 0010): the job's counts still see this one.
+    let stage = &status(store, job).await.stages[0];
+    assert_eq!(
+        (
+            count(stage, TaskState::Pending),
+            count(stage, TaskState::Running)
+        ),
+        (0, 1)
+    );
+    complete_at(store, ok(&t), DONE).await;
+    let stage = &status(store, job).await.stages[0];
+    assert_eq!(
+        (
+            count(stage, TaskState::Running),
+            count(stage, TaskState::Succeeded)
+        ),
+        (0, 1)
+    );
 }
 
 async fn job_task(store: &dyn Store, job: JobId) -> TaskId {
