@@ -146,15 +146,21 @@ async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlo
             .expect("submit");
         let job_id = submitted.job_id;
 
-        // Eight workers claim and complete in batches until the job ends.
+        // Eight workers claim and complete in batches until the job ends, on
+        // a logical clock that ticks at every call: claim times then order
+        // the claims (Invariant 42: a claim's time is in its attempt's end).
+        let clock = Arc::new(std::sync::atomic::AtomicI64::new(NOW));
+        let tick =
+            |c: &std::sync::atomic::AtomicI64| c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut workers = Vec::new();
         for w in 0..8 {
             let store = store.clone();
+            let clock = clock.clone();
             workers.push(tokio::spawn(async move {
                 let name = format!("worker-{w}");
                 loop {
                     let claimed = store
-                        .claim_batch(claim(16, &name, NOW))
+                        .claim_batch(claim(16, &name, tick(&clock)))
                         .await
                         .expect("claim");
                     if claimed.is_empty() {
@@ -194,7 +200,7 @@ async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlo
                     let outcomes = store
                         .complete_batch(CompleteBatch {
                             completions,
-                            now: NOW,
+                            now: tick(&clock),
                             max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
                         })
                         .await
@@ -231,16 +237,26 @@ async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlo
             count(&events, EventKind::TaskSucceeded),
             1 + 1 + LEAVES + SPAWNED + 1
         );
-        assert_eq!(
-            count(&events, EventKind::TaskClaimed),
-            1 + 1 + LEAVES + SPAWNED + 1
+        // Each success names its one attempt and its worker; no claim was
+        // logged on its own.
+        assert_eq!(count(&events, EventKind::TaskClaimed), 0);
+        assert!(
+            events
+                .iter()
+                .filter(|e| e.kind == EventKind::TaskSucceeded)
+                .all(|e| e.attempt == Some(1)
+                    && e.worker
+                        .as_deref()
+                        .is_some_and(|w| w.starts_with("worker-"))
+                    && e.claimed_at.is_some_and(|c| c < e.at)),
+            "every success carries its claim"
         );
 
         // The join started only after every leaf succeeded.
         let join_claimed = events
             .iter()
-            .filter(|e| e.kind == EventKind::TaskClaimed && e.stage_position == Some(0))
-            .map(|e| (e.task_id, e.id))
+            .filter(|e| e.kind == EventKind::TaskSucceeded && e.stage_position == Some(0))
+            .map(|e| (e.task_id, e.claimed_at.expect("claim time")))
             .collect::<BTreeMap<_, _>>();
         let succeeded_at = events
             .iter()
@@ -279,11 +295,13 @@ async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlo
                     && e.stage_position == Some(0)
                     && e.task_id != Some(join_task)
             })
-            .map(|e| e.id)
-            .max()
+            .map(|e| (e.id, e.at))
+            .fold(None, |m: Option<(i64, Millis)>, (id, at)| {
+                Some(m.map_or((id, at), |(i, a)| (i.max(id), a.max(at))))
+            })
             .expect("leaf successes");
-        assert!(join_claimed[&Some(join_task)] > leaves_done_by);
-        assert!(succeeded_at[&Some(join_task)] > leaves_done_by);
+        assert!(join_claimed[&Some(join_task)] > leaves_done_by.1);
+        assert!(succeeded_at[&Some(join_task)] > leaves_done_by.0);
 
         // The aggregate stage reads exactly the spawned outputs, a page at a time.
         let mut seen = BTreeSet::new();

@@ -3,16 +3,20 @@
 //! repository's own first two migrations and loading a fixture.
 
 use crate::postgres_test_db::with_pg;
-use lockstep::model::{Executor, JobId, JobState, TaskId, TaskState, TenantId};
+use lockstep::model::{
+    EventKind, Executor, JobId, JobState, LeaseToken, Millis, TaskId, TaskState, TenantId,
+};
 use lockstep::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, GetJob, Store,
-    TaskResult,
+    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, GetJob, GetTask, Store,
+    TaskEvents, TaskResult,
 };
 use sqlx::migrate::Migrator;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 const FIXTURE: &str = include_str!("../fixtures/schema_0002_continue_stage.sql");
+const RUNNING_ATTEMPT: &str = include_str!("../fixtures/schema_0002_running_attempt.sql");
 
 /// A directory holding only the migrations up to 0002 of `backend`.
 fn migrations_up_to_0002(backend: &str) -> tempfile::TempDir {
@@ -125,9 +129,9 @@ async fn the_old_continue_stage_still_continues(store: &dyn Store) {
     assert_eq!(dead, Some(1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_database_from_0002_keeps_a_continue_stages_meaning() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// A SQLite database at migration 0002 holding `fixture`, then opened (and
+/// so migrated) by this lockstep.
+async fn upgraded_sqlite(dir: &tempfile::TempDir, fixture: &'static str) -> Arc<dyn Store> {
     let url = format!("sqlite://{}", dir.path().join("old.db").display());
     let old = migrations_up_to_0002("sqlite");
     {
@@ -144,34 +148,150 @@ async fn sqlite_database_from_0002_keeps_a_continue_stages_meaning() {
             .run(&pool)
             .await
             .expect("migrate to 0002");
-        sqlx::raw_sql(FIXTURE)
+        sqlx::raw_sql(fixture)
             .execute(&pool)
             .await
             .expect("fixture");
         pool.close().await;
     }
-    let store = lockstep::store::open(&url).await.expect("upgrade");
+    lockstep::store::open(&url).await.expect("upgrade")
+}
+
+/// The same on PostgreSQL, in the database at `url`.
+async fn upgraded_postgres(url: &str, fixture: &'static str) -> Arc<dyn Store> {
+    let old = migrations_up_to_0002("postgres");
+    let pool = sqlx::PgPool::connect(url).await.expect("old database");
+    Migrator::new(old.path())
+        .await
+        .expect("old migrations")
+        .run(&pool)
+        .await
+        .expect("migrate to 0002");
+    sqlx::raw_sql(fixture)
+        .execute(&pool)
+        .await
+        .expect("fixture");
+    pool.close().await;
+    lockstep::store::open(url).await.expect("upgrade")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_database_from_0002_keeps_a_continue_stages_meaning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = upgraded_sqlite(&dir, FIXTURE).await;
     the_old_continue_stage_still_continues(store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_database_from_0002_keeps_a_continue_stages_meaning() {
     with_pg(|db| async move {
-        let old = migrations_up_to_0002("postgres");
-        let pool = sqlx::PgPool::connect(&db.url).await.expect("old database");
-        Migrator::new(old.path())
-            .await
-            .expect("old migrations")
-            .run(&pool)
-            .await
-            .expect("migrate to 0002");
-        sqlx::raw_sql(FIXTURE)
-            .execute(&pool)
-            .await
-            .expect("fixture");
-        pool.close().await;
-        let store = lockstep::store::open(&db.url).await.expect("upgrade");
+        let store = upgraded_postgres(&db.url, FIXTURE).await;
         the_old_continue_stage_still_continues(store.as_ref()).await;
+    })
+    .await;
+}
+
+/// An attempt claimed before migration 0010 (its claim an event, the row
+/// without a claim time) ends after it: the old `task_claimed` event still
+/// reads as one, and the end carries the attempt and worker the row knew
+/// (Invariant 42), with no claim time.
+async fn an_attempt_claimed_before_0010_ends_after_it(store: &dyn Store) {
+    let local = TenantId("local".into());
+    let task = TaskId(1);
+    let row = store
+        .get_task(GetTask {
+            tenant: local.clone(),
+            task,
+        })
+        .await
+        .expect("task");
+    assert_eq!(
+        (
+            row.state,
+            row.attempt,
+            row.worker.as_deref(),
+            row.claimed_at
+        ),
+        (TaskState::Running, 1, Some("old-worker"), None)
+    );
+    let now = lockstep::engine::now_millis();
+    let outcomes = store
+        .complete_batch(CompleteBatch {
+            completions: vec![Completion {
+                tenant: local.clone(),
+                lease: LeaseToken {
+                    task_id: task,
+                    attempt: 1,
+                },
+                result: TaskResult::Succeeded {
+                    output_json: "{}".into(),
+                    spawn: vec![],
+                },
+                logs: vec![],
+            }],
+            now,
+            max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
+        })
+        .await
+        .expect("complete");
+    assert_eq!(
+        outcomes,
+        [CompletionOutcome::Recorded(TaskState::Succeeded)]
+    );
+    type Told = (
+        EventKind,
+        Option<String>,
+        Millis,
+        Option<i32>,
+        Option<String>,
+        Option<Millis>,
+    );
+    let told: Vec<Told> = store
+        .task_events(TaskEvents {
+            tenant: local,
+            task,
+            limit: 10,
+        })
+        .await
+        .expect("task events")
+        .into_iter()
+        .map(|e| (e.kind, e.detail, e.at, e.attempt, e.worker, e.claimed_at))
+        .collect();
+    assert_eq!(
+        told,
+        [
+            (
+                EventKind::TaskClaimed,
+                Some("attempt 1 by old-worker".to_string()),
+                5,
+                None,
+                None,
+                None
+            ),
+            (
+                EventKind::TaskSucceeded,
+                None,
+                now,
+                Some(1),
+                Some("old-worker".to_string()),
+                None
+            ),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_attempt_claimed_before_0010_ends_after_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = upgraded_sqlite(&dir, RUNNING_ATTEMPT).await;
+    an_attempt_claimed_before_0010_ends_after_it(store.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_attempt_claimed_before_0010_ends_after_it() {
+    with_pg(|db| async move {
+        let store = upgraded_postgres(&db.url, RUNNING_ATTEMPT).await;
+        an_attempt_claimed_before_0010_ends_after_it(store.as_ref()).await;
     })
     .await;
 }

@@ -120,6 +120,31 @@ async fn forged_and_read_only_posts_are_refused_and_an_admin_retry_is_recorded_w
         .await
         .expect("wait");
     assert_eq!(done.job.state, JobState::Succeeded);
+
+    // The task's attempts, each told by its end event (Invariant 42): the
+    // first died, the second (after the retry) succeeded, both with their
+    // worker.
+    let (status, page) = get(&task_url, &admin).await;
+    assert_eq!(status, 200);
+    let table = page
+        .split("<table id=\"attempts\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</table>").next())
+        .unwrap_or_else(|| panic!("no attempts table: {page}"));
+    let rows: Vec<&str> = table.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows[0].starts_with("<td class=\"num\">1</td>"), "{table}");
+    assert!(rows[0].contains("<td>task_dead</td>"), "{table}");
+    assert!(rows[1].starts_with("<td class=\"num\">2</td>"), "{table}");
+    assert!(rows[1].contains("<td>task_succeeded</td>"), "{table}");
+    let worker = ui
+        .engine
+        .task(&tenant, dead.task_id)
+        .await
+        .expect("task")
+        .worker
+        .expect("the row names its worker");
+    assert!(rows.iter().all(|r| r.contains(&worker)), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

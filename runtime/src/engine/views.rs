@@ -413,20 +413,34 @@ pub struct TaskView {
     pub instructions: Option<String>,
     pub specialist: Option<String>,
     pub lease_expires_at: Option<i64>,
+    /// Who claimed the latest attempt, and when (milliseconds since the Unix
+    /// epoch): a running attempt is seen here (`state` running), an ended
+    /// one also in the event that ended it.
+    pub worker: Option<String>,
+    pub claimed_at: Option<i64>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
-    /// The task's most recent events (claims, progress notes, failures), oldest first.
+    /// The task's most recent events (attempts' ends, agents' claims, progress notes), oldest first.
     pub recent_events: Vec<EventView>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct EventView {
-    /// task_claimed, task_note (an agent's progress note), task_log (a line the
-    /// handler logged, or its last progress report), task_failed,
-    /// task_retried, task_succeeded, …
+    /// task_claimed (an agent's or a command's claim; a wasm task's claim is
+    /// in its attempt's end), task_note (an agent's progress note), task_log
+    /// (a line the handler logged, or its last progress report),
+    /// task_retried, task_succeeded, task_dead, …
     pub kind: String,
     pub detail: Option<String>,
     pub at: i64,
+    /// On a claim and on an attempt's end: the attempt, who ran it and when
+    /// it was claimed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<i64>,
 }
 
 impl From<&Event> for EventView {
@@ -435,6 +449,9 @@ impl From<&Event> for EventView {
             kind: e.kind.as_str().to_string(),
             detail: e.detail.clone(),
             at: e.at,
+            attempt: e.attempt,
+            worker: e.worker.clone(),
+            claimed_at: e.claimed_at,
         }
     }
 }
@@ -465,6 +482,8 @@ impl TaskView {
             instructions: brief.as_ref().and_then(|b| b.instructions.clone()),
             specialist: brief.and_then(|b| b.specialist),
             lease_expires_at: t.lease_expires_at,
+            worker: t.worker.clone(),
+            claimed_at: t.claimed_at,
             created_at: t.created_at,
             finished_at: t.finished_at,
             recent_events: events.iter().map(EventView::from).collect(),
@@ -704,12 +723,20 @@ pub struct JobEventView {
     pub id: i64,
     pub job_id: i64,
     pub task_id: Option<i64>,
-    /// job_submitted, stage_opened, task_claimed, task_log, …
+    /// job_submitted, stage_opened, task_succeeded, task_log, …
     pub kind: String,
     pub stage_position: Option<i32>,
     pub detail: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub at: i64,
+    /// On an attempt's end (and an agent's or command's claim): the attempt,
+    /// who ran it and when it was claimed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<i64>,
 }
 
 impl From<&Event> for JobEventView {
@@ -722,6 +749,9 @@ impl From<&Event> for JobEventView {
             stage_position: e.stage_position,
             detail: e.detail.clone(),
             at: e.at,
+            attempt: e.attempt,
+            worker: e.worker.clone(),
+            claimed_at: e.claimed_at,
         }
     }
 }

@@ -62,6 +62,12 @@ pub struct TaskRecord {
     /// Title/instructions/specialist of an agent task (JSON), `None` for WASM.
     pub agent_json: Option<String>,
     pub lease_expires_at: Option<Millis>,
+    /// Who claimed the latest attempt and when (`None` before the first
+    /// claim, and for attempts claimed before migration 0010). They stay
+    /// after the attempt ends: a running attempt is seen here, not in the
+    /// event log (Invariant 42).
+    pub worker: Option<String>,
+    pub claimed_at: Option<Millis>,
     pub run_after: Millis,
     pub created_at: Millis,
     pub finished_at: Option<Millis>,
@@ -76,6 +82,27 @@ pub struct Event {
     pub stage_position: Option<i32>,
     pub detail: Option<String>,
     pub at: Millis,
+    /// The attempt an attempt's end (task_succeeded, task_retried, task_dead,
+    /// task_skipped) or a claim is about: its number, who ran it and when it
+    /// was claimed (Invariant 42). `None` on other events and on events
+    /// written before migration 0010.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<Millis>,
+}
+
+impl Event {
+    /// When the attempt this event is about was claimed: a claim's own time,
+    /// or the claim time an attempt's end carries.
+    pub fn attempt_claimed_at(&self) -> Option<Millis> {
+        match self.kind {
+            EventKind::TaskClaimed => Some(self.at),
+            _ => self.claimed_at,
+        }
+    }
 }
 
 /// A tenant's tasks by readiness (for `health_check`).

@@ -157,7 +157,8 @@ macro_rules! closed_stage_columns {
          stages.tenant_id AS tenant_id, stages.name AS name,
          (SELECT count(*) FROM tasks t
           WHERE t.job_id = stages.job_id AND t.stage_position = stages.position
-            AND t.state = 'dead' AND t.on_failure IN ('fail_job', 'release_then_fail'))
+            AND t.state = 'dead' AND t.state <> 'running'
+            AND t.on_failure IN ('fail_job', 'release_then_fail'))
              AS dead,
          (SELECT min(n.position) FROM stages n
           WHERE n.job_id = stages.job_id AND n.position > stages.position
@@ -244,7 +245,7 @@ const OPEN_STAGE: Sql = Sql::each(
      ready AS (
          SELECT id FROM tasks
          WHERE job_id = $1 AND stage_position = $2
-           AND state = 'blocked' AND deps_remaining = 0
+           AND state = 'blocked' AND state <> 'running' AND deps_remaining = 0
            AND EXISTS (SELECT 1 FROM opened)
          ORDER BY id
          FOR NO KEY UPDATE
@@ -260,7 +261,8 @@ const OPEN_STAGE: Sql = Sql::each(
 );
 const READY_OPENED_STAGE: Sql = Sql::sqlite_only(
     "UPDATE tasks SET state = 'pending', run_after = $3, updated_at = $3
-     WHERE job_id = $1 AND stage_position = $2 AND state = 'blocked' AND deps_remaining = 0",
+     WHERE job_id = $1 AND stage_position = $2 AND state = 'blocked' AND state <> 'running'
+       AND deps_remaining = 0",
 );
 const CLOSE_EMPTY_STAGE: Sql = Sql::both(concat!(
     "UPDATE stages SET state = 'done', closed_at = $3
@@ -351,6 +353,8 @@ async fn after_stage_closed(
     }
 }
 
+// Running tasks are not in `tasks_job_stage_state` (migration 0010), so this
+// reads the job's tasks through `tasks_job_id`: only when a job fails.
 const CANCEL_LATER_TASKS: Sql = Sql::each(
     "UPDATE tasks
      SET state = 'cancelled', error = $3, lease_expires_at = NULL,

@@ -84,7 +84,8 @@ pub(crate) async fn task_dependencies(
 
 const TASK_JOB: Sql = Sql::both("SELECT job_id FROM tasks WHERE id = $1 AND tenant_id = $2");
 const TASK_EVENTS: Sql = Sql::both(
-    "SELECT id, task_id, kind, stage_position, detail, at FROM events
+    "SELECT id, task_id, kind, stage_position, detail, at, attempt, worker, claimed_at
+     FROM events
      WHERE task_id = $1 AND tenant_id = $2
      ORDER BY id DESC
      LIMIT $3",

@@ -49,16 +49,17 @@ macro_rules! pg_claim {
              claimed AS (
                  UPDATE tasks t
                  SET state = 'running', attempt = t.attempt + 1, lease_expires_at = $7,
-                     worker = $8, updated_at = $1
+                     worker = $8, claimed_at = $1, updated_at = $1
                  WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
                  RETURNING t.id, t.tenant_id, t.job_id, t.stage_position, t.handler, t.attempt,
                            t.input_json, t.timeout_ms, t.max_attempts, t.run_after
              ),
              logged AS (
-                 INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+                 INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at,
+                                     attempt, worker, claimed_at)
                  SELECT c.tenant_id, c.job_id, c.id, 'task_claimed', c.stage_position,
-                        'attempt ' || c.attempt || ' by ' || $8, $1
-                 FROM claimed c ORDER BY c.id
+                        'attempt ' || c.attempt || ' by ' || $8, $1, c.attempt, $8, $1
+                 FROM claimed c WHERE $2 <> 'wasm' ORDER BY c.id
              )
              SELECT c.id, c.tenant_id, c.job_id, c.stage_position, s.name AS stage_name, c.attempt,
                     c.handler, c.input_json, c.timeout_ms, c.max_attempts, c.run_after
@@ -66,6 +67,19 @@ macro_rules! pg_claim {
              JOIN stages s ON s.job_id = c.job_id AND s.position = c.stage_position
              ORDER BY c.id"
     };
+}
+
+/// Whether claims of `executor`'s tasks append a `task_claimed` event
+/// (Invariant 42). Every claim is recorded in the task row (worker,
+/// claimed_at, attempt), and the event that ends the attempt carries it. A
+/// wasm task's claim logs nothing more: at thousands of claims a second the
+/// event row and its two index entries were one of the writer's largest
+/// costs per task (README, issue 13). Agent and command tasks are claimed at human pace by a party worth
+/// naming in the log as it happens (an agent over MCP; a CI step that the
+/// `ci` view shows as started): their claims are logged too. The
+/// PostgreSQL text tests the same thing (`$2 <> 'wasm'`).
+fn logs_claims(executor: Executor) -> bool {
+    executor != Executor::Wasm
 }
 
 // The pending partial index, walked in id order, is the plan; the stage and
@@ -85,7 +99,7 @@ macro_rules! pg_claim {
 const CLAIM: Sql = Sql::each(
     "UPDATE tasks
      SET state = 'running', attempt = attempt + 1, lease_expires_at = $7,
-         worker = $8, updated_at = $1
+         worker = $8, claimed_at = $1, updated_at = $1
      WHERE id IN (
          SELECT t.id FROM tasks t INDEXED BY tasks_claimable
          JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
@@ -107,9 +121,10 @@ const CLAIM: Sql = Sql::each(
     pg_claim!(),
 );
 const LOG_CLAIMS: Sql = Sql::sqlite_only(
-    "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+    "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at,
+                         attempt, worker, claimed_at)
      SELECT t.tenant_id, t.job_id, t.id, 'task_claimed', t.stage_position,
-            'attempt ' || t.attempt || ' by ' || $2, $3
+            'attempt ' || t.attempt || ' by ' || $2, $3, t.attempt, $2, $3
      FROM jsonb_each($1) AS k
      CROSS JOIN tasks t ON t.id = k.value
      ORDER BY t.id",
@@ -169,14 +184,16 @@ pub(crate) async fn claim_batch(
         return Ok(Vec::new());
     }
     rows.sort_unstable_by_key(|r| r.id);
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    db.execute(
-        db.query(&LOG_CLAIMS)
-            .bind_ids(&ids)
-            .bind(&p.worker)
-            .bind(p.now),
-    )
-    .await?;
+    if logs_claims(p.executor) {
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        db.execute(
+            db.query(&LOG_CLAIMS)
+                .bind_ids(&ids)
+                .bind(&p.worker)
+                .bind(p.now),
+        )
+        .await?;
+    }
     Ok(rows
         .into_iter()
         .map(|r| ClaimedTask {
@@ -259,12 +276,14 @@ pub(crate) async fn renew_lease(db: &mut Db<'_>, p: &RenewLease) -> Result<bool,
 // array per row, measured at 100× slower at 2,048 completions).
 const HOLD_RUNNING: Sql = Sql::each(
     "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
-            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id)
+            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
+            worker, claimed_at
      FROM tasks
      WHERE id IN (SELECT value FROM json_each($1)) AND state = 'running'
      ORDER BY id",
     "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
-            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id)
+            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
+            worker, claimed_at
      FROM tasks
      WHERE id = ANY($1) AND state = 'running'
      ORDER BY id
@@ -409,13 +428,15 @@ async fn refuse_stale(
 // left to its completion.
 const EXPIRED: Sql = Sql::each(
     "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
-            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id)
+            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
+            worker, claimed_at
      FROM tasks
      WHERE state = 'running' AND lease_expires_at <= $1
      ORDER BY id
      LIMIT $2",
     "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
-            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id)
+            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
+            worker, claimed_at
      FROM tasks
      WHERE state = 'running' AND lease_expires_at <= $1
      ORDER BY id
@@ -495,14 +516,7 @@ async fn record(
 
     write_tasks(db, &decisions, now).await?;
     for d in &decisions {
-        fx.event(
-            &d.held.tenant,
-            d.held.job,
-            Some(d.held.id),
-            d.event.0,
-            Some(d.held.position),
-            d.event.1.clone(),
-        );
+        fx.attempt_event(&d.held.as_attempt(), d.event.0, d.event.1.clone());
     }
 
     let rules::Consequences {

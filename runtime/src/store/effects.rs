@@ -14,6 +14,17 @@ use crate::model::{EventKind, Executor, JobState, Millis};
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// An attempt as its end event records it.
+pub(crate) struct Attempt<'a> {
+    pub tenant: &'a str,
+    pub job: i64,
+    pub task: i64,
+    pub position: i32,
+    pub attempt: i32,
+    pub worker: Option<&'a str>,
+    pub claimed_at: Option<Millis>,
+}
+
 pub(crate) struct Effects {
     now: Millis,
     tenants: Vec<String>,
@@ -22,6 +33,11 @@ pub(crate) struct Effects {
     kinds: Vec<&'static str>,
     positions: Vec<Option<i32>>,
     details: Vec<Option<String>>,
+    /// The attempt an attempt's end is about (Invariant 42); `None` on
+    /// every other event.
+    attempts: Vec<Option<i32>>,
+    workers: Vec<Option<String>>,
+    claimed_ats: Vec<Option<Millis>>,
     /// Executors that have new ready tasks ("wasm", "agent"), not yet
     /// notified.
     ready: BTreeSet<&'static str>,
@@ -30,19 +46,24 @@ pub(crate) struct Effects {
 }
 
 const INSERT_EVENTS: Sql = Sql::each(
-    "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
+    "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at,
+                         attempt, worker, claimed_at)
      SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4,
-            e.value ->> 5, $2
+            e.value ->> 5, $2, e.value ->> 6, e.value ->> 7, e.value ->> 8
      FROM jsonb_each($1) AS e
      ORDER BY e.key",
     "WITH inserted AS (
-         INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at)
-         SELECT e.tenant_id, e.job_id, e.task_id, e.kind, e.stage_position, e.detail, $7
-         FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int4[], $6::text[])
-              WITH ORDINALITY AS e(tenant_id, job_id, task_id, kind, stage_position, detail, ord)
+         INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at,
+                             attempt, worker, claimed_at)
+         SELECT e.tenant_id, e.job_id, e.task_id, e.kind, e.stage_position, e.detail, $10,
+                e.attempt, e.worker, e.claimed_at
+         FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int4[], $6::text[],
+                     $7::int4[], $8::text[], $9::int8[])
+              WITH ORDINALITY AS e(tenant_id, job_id, task_id, kind, stage_position, detail,
+                                   attempt, worker, claimed_at, ord)
          ORDER BY e.ord
      )
-     SELECT pg_notify($8, r) FROM unnest($9::text[]) AS r",
+     SELECT pg_notify($11, r) FROM unnest($12::text[]) AS r",
 );
 const JOB_STATES: Sql = Sql::each(
     "SELECT id, state FROM jobs WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
@@ -69,6 +90,9 @@ impl Effects {
             kinds: Vec::new(),
             positions: Vec::new(),
             details: Vec::new(),
+            attempts: Vec::new(),
+            workers: Vec::new(),
+            claimed_ats: Vec::new(),
             ready: BTreeSet::new(),
             finishes: BTreeMap::new(),
         }
@@ -94,6 +118,32 @@ impl Effects {
         self.positions.push(stage_position);
         // Details carry guest text (log lines, errors, notes).
         self.details.push(detail.map(crate::limits::storable));
+        self.attempts.push(None);
+        self.workers.push(None);
+        self.claimed_ats.push(None);
+    }
+
+    /// The event that ends an attempt, carrying the attempt's number, worker
+    /// and claim time: with it the log tells every attempt's story without a
+    /// claim event per task (Invariant 42).
+    pub(crate) fn attempt_event(
+        &mut self,
+        a: &Attempt<'_>,
+        kind: EventKind,
+        detail: Option<String>,
+    ) {
+        self.event(
+            a.tenant,
+            a.job,
+            Some(a.task),
+            kind,
+            Some(a.position),
+            detail,
+        );
+        let last = self.kinds.len() - 1;
+        self.attempts[last] = Some(a.attempt);
+        self.workers[last] = a.worker.map(str::to_string);
+        self.claimed_ats[last] = a.claimed_at;
     }
 
     /// Tasks for this executor became ready. Workers run wasm and command
@@ -156,13 +206,17 @@ impl Effects {
         let ready = self.take_ready();
         let tenants = std::mem::take(&mut self.tenants);
         let details = std::mem::take(&mut self.details);
+        let workers = std::mem::take(&mut self.workers);
         let batch = Batch::new()
             .text(tenants.iter().map(String::as_str).collect())
             .int8(std::mem::take(&mut self.jobs))
             .opt_int8(std::mem::take(&mut self.tasks))
             .text(std::mem::take(&mut self.kinds))
             .opt_int4(std::mem::take(&mut self.positions))
-            .opt_text(details.iter().map(Option::as_deref).collect());
+            .opt_text(details.iter().map(Option::as_deref).collect())
+            .opt_int4(std::mem::take(&mut self.attempts))
+            .opt_text(workers.iter().map(Option::as_deref).collect())
+            .opt_int8(std::mem::take(&mut self.claimed_ats));
         db.execute(
             db.query(&INSERT_EVENTS)
                 .bind_batch(&batch)

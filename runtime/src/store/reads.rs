@@ -28,11 +28,26 @@ const STAGES: Sql = Sql::both(
      FROM stages WHERE job_id = $1 AND tenant_id = $2 ORDER BY position",
 );
 // Tenant checked on the job row, so the tasks side is a scan of the covering
-// (job_id, stage_position, state) index alone.
-const COUNTS: Sql = Sql::both(
+// (job_id, stage_position, state) index alone, which holds no running task
+// (migration 0010); running ones, few, through the running-lease index.
+const COUNTS: Sql = Sql::each(
     "SELECT t.stage_position, t.state, count(*)
      FROM jobs j JOIN tasks t ON t.job_id = j.id
-     WHERE j.id = $1 AND j.tenant_id = $2
+     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state <> 'running'
+     GROUP BY t.stage_position, t.state
+     UNION ALL
+     SELECT t.stage_position, t.state, count(*)
+     FROM jobs j JOIN tasks t INDEXED BY tasks_running_leases ON t.job_id = j.id
+     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state = 'running'
+     GROUP BY t.stage_position, t.state",
+    "SELECT t.stage_position, t.state, count(*)
+     FROM jobs j JOIN tasks t ON t.job_id = j.id
+     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state <> 'running'
+     GROUP BY t.stage_position, t.state
+     UNION ALL
+     SELECT t.stage_position, t.state, count(*)
+     FROM jobs j JOIN tasks t ON t.job_id = j.id
+     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state = 'running'
      GROUP BY t.stage_position, t.state",
 );
 
@@ -105,7 +120,7 @@ struct StageRow {
     closed_at: Option<i64>,
 }
 
-/// An event row as [`EVENT_COLUMNS`] selects it.
+/// An event row as `JOB_EVENTS` and `TASK_EVENTS` select it.
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
     pub id: i64,
@@ -114,6 +129,9 @@ pub(crate) struct EventRow {
     pub stage_position: Option<i32>,
     pub detail: Option<String>,
     pub at: i64,
+    pub attempt: Option<i32>,
+    pub worker: Option<String>,
+    pub claimed_at: Option<i64>,
 }
 
 impl EventRow {
@@ -126,6 +144,9 @@ impl EventRow {
             stage_position: self.stage_position,
             detail: self.detail,
             at: self.at,
+            attempt: self.attempt,
+            worker: self.worker,
+            claimed_at: self.claimed_at,
         })
     }
 }
@@ -209,8 +230,8 @@ macro_rules! task_columns {
     () => {
         "t.id, t.job_id, t.stage_position, s.name AS stage_name, t.handler, t.executor,
          t.key, t.state, t.attempt, t.max_attempts, t.input_json, t.output_json, t.error,
-         t.parent_task_id, t.agent_json, t.lease_expires_at, t.run_after, t.created_at,
-         t.finished_at"
+         t.parent_task_id, t.agent_json, t.lease_expires_at, t.worker, t.claimed_at,
+         t.run_after, t.created_at, t.finished_at"
     };
 }
 pub(crate) use task_columns;
@@ -234,6 +255,8 @@ pub(crate) struct TaskRow {
     parent_task_id: Option<i64>,
     agent_json: Option<String>,
     lease_expires_at: Option<i64>,
+    worker: Option<String>,
+    claimed_at: Option<i64>,
     run_after: i64,
     created_at: i64,
     finished_at: Option<i64>,
@@ -258,6 +281,8 @@ impl TaskRow {
             parent_task: self.parent_task_id.map(TaskId),
             agent_json: self.agent_json,
             lease_expires_at: self.lease_expires_at,
+            worker: self.worker,
+            claimed_at: self.claimed_at,
             run_after: self.run_after,
             created_at: self.created_at,
             finished_at: self.finished_at,
@@ -278,7 +303,7 @@ const DEAD_TASKS: Sql = Sql::both(concat!(
     task_columns!(),
     " FROM tasks t
      JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
-     WHERE t.job_id = $1 AND t.tenant_id = $2 AND t.state = 'dead'
+     WHERE t.job_id = $1 AND t.tenant_id = $2 AND t.state = 'dead' AND t.state <> 'running'
      ORDER BY t.id
      LIMIT $3"
 ));
@@ -307,7 +332,8 @@ pub(crate) async fn get_task(db: &mut Db<'_>, p: &GetTask) -> Result<TaskRecord,
 }
 
 const JOB_EVENTS: Sql = Sql::both(
-    "SELECT id, task_id, kind, stage_position, detail, at FROM events
+    "SELECT id, task_id, kind, stage_position, detail, at, attempt, worker, claimed_at
+     FROM events
      WHERE job_id = $1 AND tenant_id = $2 AND ($3 IS NULL OR id > $3)
      ORDER BY id
      LIMIT $4",
@@ -333,7 +359,7 @@ const STAGE_POSITION: Sql =
 // bound is ever read into memory.
 const STAGE_OUTPUT_SIZES: Sql = Sql::both(
     "SELECT id, CAST(octet_length(output_json) AS BIGINT) FROM tasks
-     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded'
+     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded' AND state <> 'running'
        AND tenant_id = $3 AND ($4 IS NULL OR id > $4)
      ORDER BY id
      LIMIT $5",
@@ -341,7 +367,7 @@ const STAGE_OUTPUT_SIZES: Sql = Sql::both(
 
 const STAGE_OUTPUTS: Sql = Sql::both(
     "SELECT id, output_json FROM tasks
-     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded'
+     WHERE job_id = $1 AND stage_position = $2 AND state = 'succeeded' AND state <> 'running'
        AND tenant_id = $3 AND ($4 IS NULL OR id > $4) AND id <= $6
      ORDER BY id
      LIMIT $5",

@@ -14,7 +14,7 @@ use super::{ReleaseLeases, StoreError};
 const RELEASE: Sql = Sql::both(
     "UPDATE tasks
      SET state = 'pending', attempt = attempt - 1, lease_expires_at = NULL, worker = NULL,
-         run_after = $4, updated_at = $4
+         claimed_at = NULL, run_after = $4, updated_at = $4
      WHERE id = $1 AND tenant_id = $2 AND state = 'running' AND attempt = $3",
 );
 

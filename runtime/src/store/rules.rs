@@ -5,6 +5,7 @@
 //! Postgres stores cannot drift apart on semantics.
 
 use super::codec::{SPAWN_LIMIT, after, parse_on_failure};
+use super::effects::Attempt;
 use super::{CompletionOutcome, SpawnTask, StoreError, TaskResult};
 use crate::model::{EventKind, IllegalTransition, Millis, OnFailure, StageState, TaskState};
 use std::collections::{BTreeMap, HashMap};
@@ -23,15 +24,42 @@ pub(crate) struct Held {
     /// Other tasks depend on it (`task_deps` rows are written with their
     /// task and never change): when none do, its end touches no other task.
     pub has_dependents: bool,
+    /// Who claimed this attempt and when (the row's record of the claim,
+    /// copied into the event that ends the attempt; Invariant 42).
+    pub worker: Option<String>,
+    pub claimed_at: Option<Millis>,
 }
 
 /// A locked task row as both backends select it: id, tenant, job, stage
-/// position, attempt, max_attempts, on_failure, whether tasks depend on it.
-pub(crate) type HeldRow = (i64, String, i64, i32, i32, i32, String, bool);
+/// position, attempt, max_attempts, on_failure, whether tasks depend on it,
+/// worker, claimed_at.
+pub(crate) type HeldRow = (
+    i64,
+    String,
+    i64,
+    i32,
+    i32,
+    i32,
+    String,
+    bool,
+    Option<String>,
+    Option<i64>,
+);
 
 impl Held {
     pub(crate) fn from_row(row: HeldRow) -> Result<Held, StoreError> {
-        let (id, tenant, job, position, attempt, max_attempts, on_failure, has_dependents) = row;
+        let (
+            id,
+            tenant,
+            job,
+            position,
+            attempt,
+            max_attempts,
+            on_failure,
+            has_dependents,
+            worker,
+            claimed_at,
+        ) = row;
         Ok(Held {
             id,
             tenant,
@@ -41,7 +69,22 @@ impl Held {
             max_attempts,
             on_failure: parse_on_failure(&on_failure)?,
             has_dependents,
+            worker,
+            claimed_at,
         })
+    }
+
+    /// This attempt, as the event that ends it records it.
+    pub(crate) fn as_attempt(&self) -> Attempt<'_> {
+        Attempt {
+            tenant: &self.tenant,
+            job: self.job,
+            task: self.id,
+            position: self.position,
+            attempt: self.attempt,
+            worker: self.worker.as_deref(),
+            claimed_at: self.claimed_at,
+        }
     }
 }
 

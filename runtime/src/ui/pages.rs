@@ -707,7 +707,7 @@ fn task_body(
             pre #task-output { (pretty(o)) }
         }
         h2 { "Attempts" }
-        (attempts(events))
+        (attempts(record, events))
         h2 { "Log lines" }
         @if logs.is_empty() {
             p.muted #no-logs { "The handler logged nothing." }
@@ -734,17 +734,32 @@ fn task_body(
     }
 }
 
-/// One row per attempt: when it was claimed and how it ended.
-fn attempts(events: &[crate::model::Event]) -> Markup {
+/// One row per attempt: when it was claimed, by whom and how it ended
+/// (Invariant 42). An ended attempt is told by its end event (attempt,
+/// worker, claim time); the running one by the task row. Databases from
+/// before migration 0010 logged a `task_claimed` event per claim and ended
+/// attempts without claim times: such an end closes the open claim before it.
+fn attempts(record: &TaskRecord, events: &[crate::model::Event]) -> Markup {
     struct Attempt {
+        number: Option<i32>,
         claimed: Millis,
+        worker: Option<String>,
         outcome: Option<(EventKind, Millis, Option<String>)>,
     }
+    let open = |rows: &[Attempt], number: Option<i32>| {
+        rows.last()
+            .filter(|a| a.outcome.is_none() && (a.number.is_none() || a.number == number))
+            .is_some()
+    };
     let mut rows: Vec<Attempt> = Vec::new();
+    // The latest end that named no attempt and closed none (a cancellation).
+    let mut unpaired: Option<(EventKind, Millis, Option<String>)> = None;
     for e in events {
         match e.kind {
             EventKind::TaskClaimed => rows.push(Attempt {
+                number: e.attempt,
                 claimed: e.at,
+                worker: e.worker.clone(),
                 outcome: None,
             }),
             EventKind::TaskSucceeded
@@ -753,24 +768,56 @@ fn attempts(events: &[crate::model::Event]) -> Markup {
             | EventKind::TaskDead
             | EventKind::TaskCancelled
             | EventKind::TaskSkipped => {
-                if let Some(last) = rows.last_mut().filter(|a| a.outcome.is_none()) {
-                    last.outcome = Some((e.kind, e.at, e.detail.clone()));
+                let outcome = (e.kind, e.at, e.detail.clone());
+                if open(&rows, e.attempt) {
+                    if let Some(last) = rows.last_mut() {
+                        last.outcome = Some(outcome);
+                        last.number = last.number.or(e.attempt);
+                        last.worker = last.worker.take().or_else(|| e.worker.clone());
+                    }
+                } else if let Some(claimed) = e.claimed_at {
+                    rows.push(Attempt {
+                        number: e.attempt,
+                        claimed,
+                        worker: e.worker.clone(),
+                        outcome: Some(outcome),
+                    });
+                } else {
+                    unpaired = Some(outcome);
                 }
             }
             _ => {}
         }
+    }
+    // The latest attempt, from the row, unless an event told it already.
+    let current = Some(record.attempt);
+    if let Some(claimed) = record.claimed_at
+        && !rows.iter().any(|a| a.number == current)
+        && !open(&rows, current)
+    {
+        let outcome = match record.state {
+            TaskState::Running => None,
+            _ => unpaired.filter(|(_, at, _)| *at >= claimed),
+        };
+        rows.push(Attempt {
+            number: current,
+            claimed,
+            worker: record.worker.clone(),
+            outcome,
+        });
     }
     html! {
         @if rows.is_empty() {
             p.muted { "Not claimed yet." }
         } @else {
             table #attempts {
-                thead { tr { th.num { "#" } th { "Claimed (UTC)" } th { "Outcome" } th { "Took" } th { "Detail" } } }
+                thead { tr { th.num { "#" } th { "Claimed (UTC)" } th { "Worker" } th { "Outcome" } th { "Took" } th { "Detail" } } }
                 tbody {
                     @for (n, a) in rows.iter().enumerate() {
                         tr {
-                            td.num { (n + 1) }
+                            td.num { (a.number.map_or(n as i64 + 1, i64::from)) }
                             td { (datetime(a.claimed)) }
+                            td { @if let Some(w) = &a.worker { (cell_text(w)) } }
                             @match &a.outcome {
                                 Some((kind, at, detail)) => {
                                     td { (kind.as_str()) }

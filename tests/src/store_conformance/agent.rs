@@ -179,7 +179,6 @@ pub async fn task_events_are_the_newest_of_one_task_oldest_first(store: &dyn Sto
     assert_eq!(
         kinds(&all),
         vec![
-            EventKind::TaskClaimed,
             EventKind::TaskLog,
             EventKind::TaskLog,
             EventKind::TaskSucceeded

@@ -116,7 +116,7 @@ pub async fn a_completions_log_lines_precede_its_outcome_and_a_stale_ones_are_dr
         .await
         .into_iter()
         .filter(|e| e.task_id == Some(t.lease.task_id))
-        .filter(|e| e.kind != EventKind::TaskClaimed && e.kind != EventKind::CompletionRefused)
+        .filter(|e| e.kind != EventKind::CompletionRefused)
         .map(|e| (e.kind, e.detail))
         .collect();
     assert_eq!(
@@ -241,7 +241,7 @@ pub async fn guest_text_with_nul_is_stored_escaped_alike(store: &dyn Store) {
     let details: Vec<(EventKind, String)> = events(store, job)
         .await
         .into_iter()
-        .filter(|e| e.task_id.is_some() && e.kind != EventKind::TaskClaimed)
+        .filter(|e| e.task_id.is_some())
         .map(|e| (e.kind, e.detail.unwrap_or_default()))
         .collect();
     assert_eq!(

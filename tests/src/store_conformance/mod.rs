@@ -46,6 +46,7 @@ macro_rules! conformance_cases {
 
 mod advance;
 mod agent;
+mod attempts;
 mod ci_steps;
 mod claim;
 mod complete;
