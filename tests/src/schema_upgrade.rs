@@ -191,11 +191,11 @@ async fn postgres_database_from_0002_keeps_a_continue_stages_meaning() {
     .await;
 }
 
-/// An attempt claimed before migration 0010 (its claim an event, the row
+/// An attempt claimed before migration 0009 (its claim an event, the row
 /// without a claim time) ends after it: the old `task_claimed` event still
 /// reads as one, and the end carries the attempt and worker the row knew
 /// (Invariant 42), with no claim time.
-async fn an_attempt_claimed_before_0010_ends_after_it(store: &dyn Store) {
+async fn an_attempt_claimed_before_0009_ends_after_it(store: &dyn Store) {
     let local = TenantId("local".into());
     let task = TaskId(1);
     let row = store
@@ -281,17 +281,17 @@ async fn an_attempt_claimed_before_0010_ends_after_it(store: &dyn Store) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_attempt_claimed_before_0010_ends_after_it() {
+async fn sqlite_attempt_claimed_before_0009_ends_after_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = upgraded_sqlite(&dir, RUNNING_ATTEMPT).await;
-    an_attempt_claimed_before_0010_ends_after_it(store.as_ref()).await;
+    an_attempt_claimed_before_0009_ends_after_it(store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_attempt_claimed_before_0010_ends_after_it() {
+async fn postgres_attempt_claimed_before_0009_ends_after_it() {
     with_pg(|db| async move {
         let store = upgraded_postgres(&db.url, RUNNING_ATTEMPT).await;
-        an_attempt_claimed_before_0010_ends_after_it(store.as_ref()).await;
+        an_attempt_claimed_before_0009_ends_after_it(store.as_ref()).await;
     })
     .await;
 }

@@ -63,7 +63,7 @@ pub struct TaskRecord {
     pub agent_json: Option<String>,
     pub lease_expires_at: Option<Millis>,
     /// Who claimed the latest attempt and when (`None` before the first
-    /// claim, and for attempts claimed before migration 0010). They stay
+    /// claim, and for attempts claimed before migration 0009). They stay
     /// after the attempt ends: a running attempt is seen here, not in the
     /// event log (Invariant 42).
     pub worker: Option<String>,
@@ -85,7 +85,7 @@ pub struct Event {
     /// The attempt an attempt's end (task_succeeded, task_retried, task_dead,
     /// task_skipped) or a claim is about: its number, who ran it and when it
     /// was claimed (Invariant 42). `None` on other events and on events
-    /// written before migration 0010.
+    /// written before migration 0009.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]

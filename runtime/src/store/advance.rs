@@ -353,7 +353,7 @@ async fn after_stage_closed(
     }
 }
 
-// Running tasks are not in `tasks_job_stage_state` (migration 0010), so this
+// Running tasks are not in `tasks_job_stage_state` (migration 0009), so this
 // reads the job's tasks through `tasks_job_id`: only when a job fails.
 const CANCEL_LATER_TASKS: Sql = Sql::each(
     "UPDATE tasks

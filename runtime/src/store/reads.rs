@@ -29,7 +29,7 @@ const STAGES: Sql = Sql::both(
 );
 // Tenant checked on the job row, so the tasks side is a scan of the covering
 // (job_id, stage_position, state) index alone, which holds no running task
-// (migration 0010); running ones, few, through the running-lease index.
+// (migration 0009); running ones, few, through the running-lease index.
 const COUNTS: Sql = Sql::each(
     "SELECT t.stage_position, t.state, count(*)
      FROM jobs j JOIN tasks t ON t.job_id = j.id

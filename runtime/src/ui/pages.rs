@@ -737,7 +737,7 @@ fn task_body(
 /// One row per attempt: when it was claimed, by whom and how it ended
 /// (Invariant 42). An ended attempt is told by its end event (attempt,
 /// worker, claim time); the running one by the task row. Databases from
-/// before migration 0010 logged a `task_claimed` event per claim and ended
+/// before migration 0009 logged a `task_claimed` event per claim and ended
 /// attempts without claim times: such an end closes the open claim before it.
 fn attempts(record: &TaskRecord, events: &[crate::model::Event]) -> Markup {
     struct Attempt {
