@@ -120,6 +120,21 @@ async fn a_task_whose_brief_input_or_output_is_not_readable_names_the_task_and_c
 }
 
 #[tokio::test]
+async fn a_stage_total_below_its_stored_tasks_names_the_stage_instead_of_a_negative_running_count() {
+    let s = Scratch::new();
+    let job = s.job("brief.toml", AGENT_JOB);
+    assert_eq!(s.run(&["submit", &job]).status.code(), Some(0));
+    // `get_job` counts running tasks as the stage's total less every other
+    // state: a total that undercounts would show -1 running.
+    s.corrupt("UPDATE stages SET total = 0 WHERE job_id = 1 AND position = 0")
+        .await;
+    assert_corrupt(
+        &s.run(&["status", "1", "--json"]),
+        "stage 0 of job 1 total: 0 is fewer than the 1 tasks stored in it",
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_executor_fails_the_retry_naming_the_task_instead_of_waking_wasm_workers() {
     let s = Scratch::new();
     let job = s.job("brief.toml", AGENT_JOB);

@@ -29,25 +29,15 @@ const STAGES: Sql = Sql::both(
 );
 // Tenant checked on the job row, so the tasks side is a scan of the covering
 // (job_id, stage_position, state) index alone, which holds no running task
-// (migration 0009); running ones, few, through the running-lease index.
-const COUNTS: Sql = Sql::each(
+// (migration 0009). Running tasks are not counted: a stage's `total` is its
+// task count (spawns add to it in their own transaction), so in one snapshot
+// running = total − every other state. A second branch for them through
+// `tasks_running_leases` cost PostgreSQL a third of `get_job`'s time, most of
+// it planning (README, issue 13).
+const COUNTS: Sql = Sql::both(
     "SELECT t.stage_position, t.state, count(*)
      FROM jobs j JOIN tasks t ON t.job_id = j.id
      WHERE j.id = $1 AND j.tenant_id = $2 AND t.state <> 'running'
-     GROUP BY t.stage_position, t.state
-     UNION ALL
-     SELECT t.stage_position, t.state, count(*)
-     FROM jobs j JOIN tasks t INDEXED BY tasks_running_leases ON t.job_id = j.id
-     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state = 'running'
-     GROUP BY t.stage_position, t.state",
-    "SELECT t.stage_position, t.state, count(*)
-     FROM jobs j JOIN tasks t ON t.job_id = j.id
-     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state <> 'running'
-     GROUP BY t.stage_position, t.state
-     UNION ALL
-     SELECT t.stage_position, t.state, count(*)
-     FROM jobs j JOIN tasks t ON t.job_id = j.id
-     WHERE j.id = $1 AND j.tenant_id = $2 AND t.state = 'running'
      GROUP BY t.stage_position, t.state",
 );
 
@@ -65,8 +55,23 @@ pub(crate) async fn get_job(db: &mut Db<'_>, p: &GetJob) -> Result<JobStatus, St
         .await?;
 
     let mut by_stage: HashMap<(i32, TaskState), i64> = HashMap::new();
+    let mut counted: HashMap<i32, i64> = HashMap::new();
     for (position, state, n) in counts {
         by_stage.insert((position, parse_task_state(&state)?), n);
+        *counted.entry(position).or_default() += n;
+    }
+    for s in &stages {
+        let running = s.total - counted.get(&s.position).copied().unwrap_or(0);
+        if running < 0 {
+            return Err(StoreError::Corrupt(format!(
+                "stage {} of job {} total: {} is fewer than the {} tasks stored in it",
+                s.position,
+                p.job.0,
+                s.total,
+                counted.get(&s.position).copied().unwrap_or(0),
+            )));
+        }
+        by_stage.insert((s.position, TaskState::Running), running);
     }
     let stages = stages
         .into_iter()
