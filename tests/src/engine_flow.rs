@@ -830,6 +830,7 @@ fn completions_are_committed_in_groups_bounded_by_bytes() {
         lease: LeaseToken {
             task_id: TaskId(id),
             attempt: 1,
+            nonce: None,
         },
         result: TaskResult::Succeeded {
             output_json: "x".repeat(bytes),

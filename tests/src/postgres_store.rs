@@ -986,3 +986,138 @@ async fn postgres_spawners_on_two_nodes_never_take_a_job_past_its_task_limit() {
     })
     .await;
 }
+
+/// A wasm claim commits without waiting for the WAL flush, so a crash of the
+/// server can lose it while its worker (another machine) runs the task. The
+/// crash is played here without restarting the shared server: the claimed
+/// row is put back as it was before the claim, as recovery from a WAL that
+/// ends before the claim's commit would leave it. Another node then claims
+/// the task at the same attempt number, and the first node's run, whose
+/// token names the right task and attempt, is refused by the claim's nonce
+/// (Invariant 8): its renewal and its completion alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_run_of_a_claim_lost_in_a_server_crash_is_refused() {
+    with_pg(|db| async move {
+        let node_a = db.open_store().await;
+        let node_b = db.open_store().await;
+        let job_id = node_a
+            .submit_job(job(
+                "lost",
+                vec![stage("only", vec![task("work", None, &[])])],
+            ))
+            .await
+            .expect("submit")
+            .job_id;
+        type Row = (
+            String,
+            i32,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            i64,
+        );
+        const ROW: &str =
+            "SELECT state, attempt, lease_expires_at, worker, claimed_at, claim_nonce,
+                                  updated_at
+                           FROM tasks WHERE job_id = $1";
+        let before: Row = sqlx::query_as(ROW)
+            .bind(job_id.0)
+            .fetch_one(node_a.pool())
+            .await
+            .expect("row before the claim");
+
+        let ghost = node_a
+            .claim_batch(claim(1, "node-a", NOW))
+            .await
+            .expect("claim on a")
+            .remove(0);
+        assert_eq!(ghost.lease.attempt, 1);
+        assert!(ghost.lease.nonce.is_some());
+
+        // The crash: the claim's commit never reached the disk.
+        sqlx::query(
+            "UPDATE tasks SET state = $2, attempt = $3, lease_expires_at = $4, worker = $5,
+                              claimed_at = $6, claim_nonce = $7, updated_at = $8
+             WHERE job_id = $1",
+        )
+        .bind(job_id.0)
+        .bind(&before.0)
+        .bind(before.1)
+        .bind(before.2)
+        .bind(&before.3)
+        .bind(before.4)
+        .bind(before.5)
+        .bind(before.6)
+        .execute(node_a.pool())
+        .await
+        .expect("lose the claim");
+
+        let claimed = node_b
+            .claim_batch(claim(1, "node-b", NOW + 1_000))
+            .await
+            .expect("claim on b")
+            .remove(0);
+        assert_eq!(
+            (claimed.lease.task_id, claimed.lease.attempt),
+            (ghost.lease.task_id, ghost.lease.attempt)
+        );
+        assert_ne!(claimed.lease.nonce, ghost.lease.nonce);
+
+        let renewed = node_a
+            .renew_lease(lockstep::store::RenewLease {
+                tenant: tenant(),
+                lease: ghost.lease,
+                lease_for: Duration::from_secs(60),
+                now: NOW + 2_000,
+                note: None,
+                logs: vec![],
+            })
+            .await
+            .expect("renew on a");
+        assert!(!renewed);
+        let complete = |t: &ClaimedTask, now| CompleteBatch {
+            completions: vec![success(t, Vec::new())],
+            now,
+            max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
+        };
+        assert_eq!(
+            node_a
+                .complete_batch(complete(&ghost, NOW + 3_000))
+                .await
+                .expect("complete on a"),
+            vec![CompletionOutcome::Stale]
+        );
+        assert_eq!(
+            node_b
+                .complete_batch(complete(&claimed, NOW + 4_000))
+                .await
+                .expect("complete on b"),
+            vec![CompletionOutcome::Recorded(TaskState::Succeeded)]
+        );
+        let events = all_events(&node_b, job_id).await;
+        let ended: Vec<(EventKind, Option<String>)> = events
+            .iter()
+            .filter(|e| e.task_id == Some(claimed.lease.task_id))
+            .map(|e| (e.kind, e.worker.clone()))
+            .collect();
+        assert_eq!(
+            ended,
+            [
+                (EventKind::CompletionRefused, None),
+                (EventKind::TaskSucceeded, Some("node-b".to_string())),
+            ]
+        );
+        assert_eq!(
+            node_b
+                .job_state(GetJob {
+                    tenant: tenant(),
+                    job: job_id,
+                })
+                .await
+                .expect("job state"),
+            JobState::Succeeded
+        );
+    })
+    .await;
+}

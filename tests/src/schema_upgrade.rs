@@ -219,9 +219,12 @@ async fn an_attempt_claimed_before_0009_ends_after_it(store: &dyn Store) {
         .complete_batch(CompleteBatch {
             completions: vec![Completion {
                 tenant: local.clone(),
+                // Claimed before migration 0010: no nonce in the row, none
+                // in the token.
                 lease: LeaseToken {
                     task_id: task,
                     attempt: 1,
+                    nonce: None,
                 },
                 result: TaskResult::Succeeded {
                     output_json: "{}".into(),

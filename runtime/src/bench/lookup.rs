@@ -107,6 +107,7 @@ pub async fn lookup(engine: &Engine, tasks: u64) -> anyhow::Result<Vec<serde_jso
         let lease = LeaseToken {
             task_id: TaskId(task.task_id),
             attempt: task.attempt,
+            nonce: None,
         };
         let output = AgentOutput {
             summary: "done".into(),

@@ -50,11 +50,13 @@ fn agent_answer<T: View>(tool: &str, result: Result<T, AgentError>) -> ToolResul
     }
 }
 
-/// The lease a task tool's `task_id` and `attempt` stand for.
+/// The lease a task tool's `task_id` and `attempt` stand for: an agent
+/// task's claim is durable and carries no nonce, so these two name it.
 fn lease(task_id: i64, attempt: i32) -> LeaseToken {
     LeaseToken {
         task_id: TaskId(task_id),
         attempt,
+        nonce: None,
     }
 }
 

@@ -27,11 +27,15 @@ use std::sync::Arc;
 pub enum Durability {
     /// Before the commit returns.
     Commit,
-    /// With the next `Commit` write (SQLite in WAL mode: one sync of the log
-    /// covers every earlier commit in it). Only a crash of the machine in
-    /// between loses it, and only its own effects: used for claims, whose
-    /// loss leaves their tasks pending with their attempts uncounted, as if
-    /// they were never claimed.
+    /// With the next `Commit` write (one sync of the log covers every
+    /// earlier commit in it: SQLite in WAL mode, PostgreSQL's WAL). Only a
+    /// crash in between loses it (of the machine for SQLite; of the server
+    /// for PostgreSQL, whose clients outlive it), and only its own effects:
+    /// no `Commit` write after it survives without it. Used for claims: a
+    /// lost one leaves its tasks pending with their attempts uncounted, as
+    /// if never claimed, and the run it started is refused by the claim's
+    /// nonce (Invariant 8). On PostgreSQL only a claim with a nonce (wasm)
+    /// commits so, and its statement says so itself (`complete::claim_nonce`).
     NextCommit,
 }
 
@@ -286,10 +290,12 @@ impl<B: Backend> Store for SqlStore<B> {
         if p.limit == 0 || p.handlers.as_ref().is_some_and(|h| h.is_empty()) {
             return Ok(Vec::new());
         }
-        // A claim lost to a crash of the machine leaves its tasks pending,
-        // as if never claimed: it need not wait for the disk.
+        // A claim lost to a crash leaves its tasks pending, as if never
+        // claimed, and its nonce refuses the run it started: it need not
+        // wait for the disk (`complete::claim_nonce`).
+        let nonce = complete::claim_nonce(p.executor);
         self.write_statement("claim_batch", Durability::NextCommit, || {
-            async |db| complete::claim_batch(db, &p).await
+            async |db| complete::claim_batch(db, &p, nonce).await
         })
         .await
     }

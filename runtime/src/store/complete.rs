@@ -49,8 +49,10 @@ macro_rules! pg_claim {
              claimed AS (
                  UPDATE tasks t
                  SET state = 'running', attempt = t.attempt + 1, lease_expires_at = $7,
-                     worker = $8, claimed_at = $1, updated_at = $1
+                     worker = $8, claimed_at = $1, updated_at = $1, claim_nonce = $9
                  WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
+                   AND ($9::int8 IS NULL
+                        OR (SELECT set_config('synchronous_commit', 'off', true)) = 'off')
                  RETURNING t.id, t.tenant_id, t.job_id, t.stage_position, t.handler, t.attempt,
                            t.input_json, t.timeout_ms, t.max_attempts, t.run_after
              ),
@@ -82,6 +84,22 @@ fn logs_claims(executor: Executor) -> bool {
     executor != Executor::Wasm
 }
 
+/// A new claim's nonce, stored in each claimed row and carried by each
+/// lease token (Invariant 8): one random value per claim statement (a claim
+/// takes each task once), for wasm claims. A claim is committed
+/// [`NextCommit`](super::backend::Durability::NextCommit): should a crash lose it, the task's next claim
+/// of the same attempt number stores another nonce, and the lost claim's
+/// run is refused; any later durable commit (its completion's, say) makes
+/// it durable first. On PostgreSQL, whose workers outlive a crash of the
+/// server, only a claim with a nonce commits so: its statement turns off
+/// the wait for the WAL flush for its own commit (`set_config(…, true)`
+/// lasts until the end of the statement's transaction). Agent and command
+/// claims carry none and commit durably there: an MCP agent's token is
+/// `(task_id, attempt)`, and at human pace the wait costs nothing.
+pub(crate) fn claim_nonce(executor: Executor) -> Option<i64> {
+    (executor == Executor::Wasm).then(rand::random::<i64>)
+}
+
 // The pending partial index, walked in id order, is the plan; the stage and
 // job checks are primary-key lookups per candidate. PostgreSQL picks with
 // SKIP LOCKED (never waits on another process) and logs the claims in the
@@ -99,7 +117,7 @@ fn logs_claims(executor: Executor) -> bool {
 const CLAIM: Sql = Sql::each(
     "UPDATE tasks
      SET state = 'running', attempt = attempt + 1, lease_expires_at = $7,
-         worker = $8, claimed_at = $1, updated_at = $1
+         worker = $8, claimed_at = $1, updated_at = $1, claim_nonce = $9
      WHERE id IN (
          SELECT t.id FROM tasks t INDEXED BY tasks_claimable
          JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
@@ -149,7 +167,7 @@ struct ClaimedRow {
 // to `tasks_claimable` (EXPLAIN without ANALYZE runs nothing).
 const EXPLAIN_CLAIM: Sql = Sql::postgres_only(concat!("EXPLAIN ", pg_claim!()));
 
-fn bind_claim(query: Query, p: &ClaimBatch) -> Query {
+fn bind_claim(query: Query, p: &ClaimBatch, nonce: Option<i64>) -> Query {
     query
         .bind(p.now)
         .bind(p.executor.as_str())
@@ -159,13 +177,18 @@ fn bind_claim(query: Query, p: &ClaimBatch) -> Query {
         .bind(i64::from(p.limit))
         .bind(after(p.now, p.lease))
         .bind(&p.worker)
+        .bind(nonce)
 }
 
 /// The plan PostgreSQL chooses for `p`'s claim, one line per plan node
 /// (empty on SQLite, whose claim names its index).
 pub(crate) async fn explain_claim(db: &mut Db<'_>, p: &ClaimBatch) -> Result<String, StoreError> {
     let lines: Vec<(String,)> = db
-        .fetch_all(bind_claim(db.query(&EXPLAIN_CLAIM), p))
+        .fetch_all(bind_claim(
+            db.query(&EXPLAIN_CLAIM),
+            p,
+            claim_nonce(p.executor),
+        ))
         .await?;
     Ok(lines
         .into_iter()
@@ -174,12 +197,14 @@ pub(crate) async fn explain_claim(db: &mut Db<'_>, p: &ClaimBatch) -> Result<Str
         .join("\n"))
 }
 
-/// Claim up to `limit` ready tasks in one write.
+/// Claim up to `limit` ready tasks in one write, storing `nonce` in each
+/// claimed row ([`claim_nonce`]).
 pub(crate) async fn claim_batch(
     db: &mut Db<'_>,
     p: &ClaimBatch,
+    nonce: Option<i64>,
 ) -> Result<Vec<ClaimedTask>, StoreError> {
-    let mut rows: Vec<ClaimedRow> = db.fetch_all(bind_claim(db.query(&CLAIM), p)).await?;
+    let mut rows: Vec<ClaimedRow> = db.fetch_all(bind_claim(db.query(&CLAIM), p, nonce)).await?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -202,6 +227,7 @@ pub(crate) async fn claim_batch(
             lease: LeaseToken {
                 task_id: TaskId(r.id),
                 attempt: r.attempt,
+                nonce,
             },
             stage_name: r.stage_name,
             stage_position: r.stage_position,
@@ -219,6 +245,7 @@ pub(crate) async fn claim_batch(
 const RENEW: Sql = Sql::both(
     "UPDATE tasks SET lease_expires_at = $4, updated_at = $5
      WHERE id = $1 AND tenant_id = $2 AND state = 'running' AND attempt = $3
+       AND claim_nonce IS NOT DISTINCT FROM $6
      RETURNING id, job_id, stage_position",
 );
 const NOTE: Sql = Sql::both(
@@ -237,7 +264,8 @@ pub(crate) async fn renew_lease(db: &mut Db<'_>, p: &RenewLease) -> Result<bool,
                 .bind(&p.tenant.0)
                 .bind(p.lease.attempt)
                 .bind(after(p.now, p.lease_for))
-                .bind(p.now),
+                .bind(p.now)
+                .bind(p.lease.nonce),
         )
         .await?;
     let held = renewed.is_some();
@@ -271,19 +299,19 @@ pub(crate) async fn renew_lease(db: &mut Db<'_>, p: &RenewLease) -> Result<bool,
 
 // ------------------------------------------------------------ complete
 
-// Attempt and tenant are checked by the caller: comparing them here would
+// Attempt, nonce and tenant are checked by the caller: comparing them here would
 // make PostgreSQL join the rows to the batch (a nested loop over the whole
 // array per row, measured at 100× slower at 2,048 completions).
 const HOLD_RUNNING: Sql = Sql::each(
     "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
             EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
-            worker, claimed_at
+            worker, claimed_at, claim_nonce
      FROM tasks
      WHERE id IN (SELECT value FROM json_each($1)) AND state = 'running'
      ORDER BY id",
     "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
             EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
-            worker, claimed_at
+            worker, claimed_at, claim_nonce
      FROM tasks
      WHERE id = ANY($1) AND state = 'running'
      ORDER BY id
@@ -309,7 +337,7 @@ pub(crate) async fn complete_batch(
         .map(|&i| p.completions[i].lease.task_id.0)
         .collect();
 
-    // Task rows first, ascending id; fenced on (running, attempt, tenant).
+    // Task rows first, ascending id; fenced on (running, attempt, nonce, tenant).
     let rows: Vec<HeldRow> = db.fetch_all(db.query(&HOLD_RUNNING).bind_ids(&ids)).await?;
     let mut held: HashMap<i64, Held> = HashMap::with_capacity(rows.len());
     for row in rows {
@@ -323,7 +351,7 @@ pub(crate) async fn complete_batch(
         let c = &p.completions[i];
         let fenced = held
             .remove(&c.lease.task_id.0)
-            .filter(|h| h.attempt == c.lease.attempt && h.tenant == c.tenant.0);
+            .filter(|h| h.holds(&c.lease) && h.tenant == c.tenant.0);
         match fenced {
             Some(h) => {
                 for line in &c.logs {
@@ -405,10 +433,19 @@ async fn refuse_stale(
         if *tenant != c.tenant.0 {
             continue;
         }
-        let detail = format!(
-            "stale completion of attempt {} refused: the task is {state} at attempt {attempt}",
-            c.lease.attempt
-        );
+        let detail = if *attempt == c.lease.attempt && state == TaskState::Running.as_str() {
+            // The same attempt number under another claim: the token's claim
+            // was handed back or lost in a crash, and the task claimed again.
+            format!(
+                "stale completion of attempt {attempt} refused: the task was claimed again \
+                 and is running that attempt under another claim"
+            )
+        } else {
+            format!(
+                "stale completion of attempt {} refused: the task is {state} at attempt {attempt}",
+                c.lease.attempt
+            )
+        };
         fx.event(
             tenant,
             *job,
@@ -429,14 +466,14 @@ async fn refuse_stale(
 const EXPIRED: Sql = Sql::each(
     "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
             EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
-            worker, claimed_at
+            worker, claimed_at, claim_nonce
      FROM tasks
      WHERE state = 'running' AND lease_expires_at <= $1
      ORDER BY id
      LIMIT $2",
     "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
             EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
-            worker, claimed_at
+            worker, claimed_at, claim_nonce
      FROM tasks
      WHERE state = 'running' AND lease_expires_at <= $1
      ORDER BY id

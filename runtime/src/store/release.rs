@@ -5,8 +5,8 @@
 //! charged or recorded.
 //!
 //! **Invariant 8:** fenced like a completion (`state = 'running' AND attempt =
-//! the claimed attempt`): a lease that expired and was taken over releases
-//! nothing.
+//! the claimed attempt` and the claim's nonce): a lease that expired and was
+//! taken over releases nothing.
 
 use super::sql::{Db, Sql};
 use super::{ReleaseLeases, StoreError};
@@ -14,8 +14,9 @@ use super::{ReleaseLeases, StoreError};
 const RELEASE: Sql = Sql::both(
     "UPDATE tasks
      SET state = 'pending', attempt = attempt - 1, lease_expires_at = NULL, worker = NULL,
-         claimed_at = NULL, run_after = $4, updated_at = $4
-     WHERE id = $1 AND tenant_id = $2 AND state = 'running' AND attempt = $3",
+         claimed_at = NULL, claim_nonce = NULL, run_after = $4, updated_at = $4
+     WHERE id = $1 AND tenant_id = $2 AND state = 'running' AND attempt = $3
+       AND claim_nonce IS NOT DISTINCT FROM $5",
 );
 
 /// Wakes idle workers of other processes (delivered at commit); SQLite's
@@ -33,7 +34,8 @@ pub(crate) async fn release_leases(db: &mut Db<'_>, p: &ReleaseLeases) -> Result
                     .bind(lease.task_id.0)
                     .bind(&tenant.0)
                     .bind(lease.attempt)
-                    .bind(p.now),
+                    .bind(p.now)
+                    .bind(lease.nonce),
             )
             .await?;
     }

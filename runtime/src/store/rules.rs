@@ -7,7 +7,9 @@
 use super::codec::{SPAWN_LIMIT, after, parse_on_failure};
 use super::effects::Attempt;
 use super::{CompletionOutcome, SpawnTask, StoreError, TaskResult};
-use crate::model::{EventKind, IllegalTransition, Millis, OnFailure, StageState, TaskState};
+use crate::model::{
+    EventKind, IllegalTransition, LeaseToken, Millis, OnFailure, StageState, TaskState,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// A running task whose row this transaction holds locked.
@@ -28,11 +30,13 @@ pub(crate) struct Held {
     /// copied into the event that ends the attempt; Invariant 42).
     pub worker: Option<String>,
     pub claimed_at: Option<Millis>,
+    /// The claim's nonce (`None` for a durable claim).
+    pub nonce: Option<i64>,
 }
 
 /// A locked task row as both backends select it: id, tenant, job, stage
 /// position, attempt, max_attempts, on_failure, whether tasks depend on it,
-/// worker, claimed_at.
+/// worker, claimed_at, claim_nonce.
 pub(crate) type HeldRow = (
     i64,
     String,
@@ -43,6 +47,7 @@ pub(crate) type HeldRow = (
     String,
     bool,
     Option<String>,
+    Option<i64>,
     Option<i64>,
 );
 
@@ -59,6 +64,7 @@ impl Held {
             has_dependents,
             worker,
             claimed_at,
+            nonce,
         ) = row;
         Ok(Held {
             id,
@@ -71,7 +77,14 @@ impl Held {
             has_dependents,
             worker,
             claimed_at,
+            nonce,
         })
+    }
+
+    /// Whether `lease` is this row's claim: the same attempt and nonce
+    /// (Invariant 8); the tenant is the caller's to compare.
+    pub(crate) fn holds(&self, lease: &LeaseToken) -> bool {
+        self.attempt == lease.attempt && self.nonce == lease.nonce
     }
 
     /// This attempt, as the event that ends it records it.

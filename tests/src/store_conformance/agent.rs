@@ -213,10 +213,7 @@ pub async fn a_renewal_note_is_recorded_only_while_the_lease_is_held(store: &dyn
     let t = claim_one(store).await;
     let renew = |attempt, note: &str| RenewLease {
         tenant: acme(),
-        lease: LeaseToken {
-            task_id: t.lease.task_id,
-            attempt,
-        },
+        lease: LeaseToken { attempt, ..t.lease },
         lease_for: Duration::from_millis(LEASE_MS as u64),
         now: NOW + 10,
         note: Some(note.to_string()),

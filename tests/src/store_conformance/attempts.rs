@@ -324,6 +324,8 @@ pub async fn an_agent_claim_is_logged_and_its_end_carries_the_claim(store: &dyn 
         .expect("agent claim");
     assert_eq!(claimed.len(), 1);
     let t = claimed.remove(0);
+    // No nonce: an MCP agent's token is (task_id, attempt) (Invariant 8).
+    assert_eq!(t.lease.nonce, None);
     assert_eq!(
         row_claim(store, t.lease.task_id).await,
         (TaskState::Running, 1, w("agent-7"), Some(CLAIMED))

@@ -58,6 +58,10 @@ pub async fn command_tasks_are_claimed_only_by_command_claims(store: &dyn Store)
     assert_eq!(steps[0].handler, "command-script");
     let record = get_task(store, steps[0].lease.task_id).await;
     assert_eq!(record.executor, Executor::Command);
+    // A wasm claim, which need not wait for the disk, carries a nonce; a
+    // command claim (durable on PostgreSQL) carries none (Invariant 8).
+    assert!(wasm[0].lease.nonce.is_some());
+    assert_eq!(steps[0].lease.nonce, None);
 }
 
 pub async fn a_skipped_task_keeps_its_output_and_releases_its_dependents(store: &dyn Store) {
@@ -265,10 +269,7 @@ pub async fn log_lines_of_a_renewal_are_recorded_in_order_only_with_a_held_lease
     let t = claim_steps(store, job).await.remove(0);
     let renew = |attempt, logs: &[&str]| RenewLease {
         tenant: acme(),
-        lease: LeaseToken {
-            task_id: t.lease.task_id,
-            attempt,
-        },
+        lease: LeaseToken { attempt, ..t.lease },
         lease_for: Duration::from_millis(LEASE_MS as u64),
         now: NOW + 5,
         note: None,

@@ -41,6 +41,81 @@ pub async fn a_completion_for_an_earlier_attempt_is_refused_and_logged(store: &d
     );
 }
 
+/// A claim lost in a crash of the database (a wasm claim does not wait for
+/// the disk) leaves its task to be claimed again at the same attempt number;
+/// a worker that stops hands its claim back the same way. Either way the
+/// first claim's token names the right task and attempt, and its nonce is
+/// what refuses it: completion, renewal and release alike (Invariant 8).
+pub async fn a_token_of_the_right_attempt_under_another_claim_is_refused(store: &dyn Store) {
+    let job = submit(store, spec("nonce", vec![stage("a", vec![task("work")])])).await;
+    let first = claim_one(store).await;
+    let release = |lease: LeaseToken| ReleaseLeases {
+        leases: vec![(acme(), lease)],
+        now: NOW + 1,
+    };
+    assert_eq!(
+        store
+            .release_leases(release(first.lease))
+            .await
+            .expect("release"),
+        1
+    );
+    let second = store
+        .claim_batch(claim_at(1, NOW + 1))
+        .await
+        .expect("reclaim")
+        .remove(0);
+    assert_eq!(
+        (second.lease.task_id, second.lease.attempt),
+        (first.lease.task_id, first.lease.attempt)
+    );
+    assert!(first.lease.nonce.is_some() && second.lease.nonce.is_some());
+    assert_ne!(second.lease.nonce, first.lease.nonce);
+
+    let renew = RenewLease {
+        tenant: acme(),
+        lease: first.lease,
+        lease_for: Duration::from_millis(30_000),
+        now: NOW + 2,
+        note: None,
+        logs: Vec::new(),
+    };
+    assert!(!store.renew_lease(renew).await.expect("renew"));
+    assert_eq!(
+        store
+            .release_leases(release(first.lease))
+            .await
+            .expect("release"),
+        0
+    );
+    assert_eq!(
+        complete(store, vec![ok(&first)]).await,
+        vec![CompletionOutcome::Stale]
+    );
+    let t = get_task(store, first.lease.task_id).await;
+    assert_eq!(
+        (t.state, t.attempt, t.lease_expires_at, t.output_json),
+        (TaskState::Running, 1, Some(NOW + 1 + LEASE_MS), None)
+    );
+    let log = events(store, job).await;
+    let refused: Vec<Option<&str>> = of_kind(&log, EventKind::CompletionRefused)
+        .into_iter()
+        .map(|e| e.detail.as_deref())
+        .collect();
+    assert_eq!(
+        refused,
+        [Some(
+            "stale completion of attempt 1 refused: the task was claimed again and is \
+             running that attempt under another claim"
+        )]
+    );
+
+    assert_eq!(
+        complete(store, vec![ok(&second)]).await,
+        vec![CompletionOutcome::Recorded(TaskState::Succeeded)]
+    );
+}
+
 pub async fn a_duplicate_completion_is_refused(store: &dyn Store) {
     let job = submit(
         store,
@@ -261,6 +336,7 @@ pub async fn guest_text_with_nul_is_stored_escaped_alike(store: &dyn Store) {
 
 conformance_cases!(
     a_completion_for_an_earlier_attempt_is_refused_and_logged,
+    a_token_of_the_right_attempt_under_another_claim_is_refused,
     a_duplicate_completion_is_refused,
     completing_another_tenants_task_is_refused_without_a_trace,
     a_completions_log_lines_precede_its_outcome_and_a_stale_ones_are_dropped,

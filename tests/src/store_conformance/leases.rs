@@ -70,10 +70,7 @@ pub async fn renewing_extends_only_a_lease_still_held(store: &dyn Store) {
     let t = claim_one(store).await;
     let renew = |tenant: TenantId, attempt| RenewLease {
         tenant,
-        lease: LeaseToken {
-            task_id: t.lease.task_id,
-            attempt,
-        },
+        lease: LeaseToken { attempt, ..t.lease },
         lease_for: Duration::from_millis(30_000),
         now: NOW + 100,
         note: None,
@@ -102,13 +99,7 @@ pub async fn a_released_lease_goes_back_to_pending_with_its_attempt_given_back(s
     let t = claim_one(store).await;
     assert_eq!(t.lease.attempt, 1);
     let release = |tenant: TenantId, attempt| ReleaseLeases {
-        leases: vec![(
-            tenant,
-            LeaseToken {
-                task_id: t.lease.task_id,
-                attempt,
-            },
-        )],
+        leases: vec![(tenant, LeaseToken { attempt, ..t.lease })],
         now: NOW + 5,
     };
     // Fenced: another attempt or another tenant releases nothing.
@@ -155,7 +146,12 @@ pub async fn a_released_lease_goes_back_to_pending_with_its_attempt_given_back(s
         .await
         .expect("claim");
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].lease, t.lease);
+    assert_eq!(
+        (again[0].lease.task_id, again[0].lease.attempt),
+        (t.lease.task_id, t.lease.attempt)
+    );
+    // Under another claim: the released token no longer holds it.
+    assert_ne!(again[0].lease.nonce, t.lease.nonce);
     complete(store, vec![ok(&again[0])]).await;
     assert_eq!(
         get_task(store, t.lease.task_id).await.state,

@@ -35,7 +35,11 @@
 //!   (`plan_cache_mode = force_custom_plan`): a generic plan cached while the
 //!   tables were empty (an idle `serve` polling) would scan `tasks`
 //!   sequentially on every claim once they are not.
-//! - **Claims** are one statement and run without `BEGIN`/`COMMIT`.
+//! - **Claims** are one statement and run without `BEGIN`/`COMMIT`. A wasm
+//!   claim's commit does not wait for the WAL flush (`synchronous_commit =
+//!   off`, set by the statement for its own transaction): the next durable
+//!   commit flushes it, and the nonce it stores in the task row and its
+//!   lease token refuses the run of a claim lost in a server crash.
 
 mod listen;
 
@@ -258,9 +262,13 @@ impl Backend for PgBackend {
         Ok(())
     }
 
-    // Every commit waits for the disk, claims too: workers outlive a crash
-    // of the server, and a claim lost to it would let the same attempt
-    // number be claimed again while the first run still holds it.
+    // Every write transaction's commit waits for the disk. The one write
+    // that does not, a wasm claim, is a single statement run without a
+    // transaction (`autocommit_write`) that turns the wait off for its own
+    // commit: workers outlive a crash of the server, and a claim lost to it
+    // lets the same attempt number be claimed again while the first run
+    // still holds it, which the claim's nonce in the row and the lease token
+    // refuses (Invariant 8, `complete::claim_nonce`).
     async fn begin_write(&self, _: Durability) -> Result<Tx, StoreError> {
         Ok(Tx::Postgres(self.pool.begin().await?))
     }

@@ -1,0 +1,15 @@
+-- Issue 13: a claim's nonce, so that a wasm claim need not wait for the disk.
+--
+-- A wasm claim stores a random value in the task row, and the lease token it
+-- hands its worker carries it; completion, renewal and release are fenced on
+-- it as well as on the attempt (invariant 8). A PostgreSQL wasm claim then
+-- commits with synchronous_commit = off: the next durable commit flushes the
+-- log past it, and should the server crash first, the lost claim's run is
+-- refused, because the task's next claim, of the same attempt number, stores
+-- another nonce. Agent and command claims store NULL: PostgreSQL commits them
+-- durably, and their attempt number names them.
+--
+-- Existing rows: NULL, which a token without a nonce matches, so a claim
+-- made before this migration is completed as before (an MCP agent's token
+-- is its task_id and attempt, before and after).
+ALTER TABLE tasks ADD COLUMN claim_nonce BIGINT;
