@@ -28,10 +28,11 @@ pub enum Durability {
     /// Before the commit returns.
     Commit,
     /// With the next `Commit` write (SQLite in WAL mode: one sync of the log
-    /// covers every earlier commit in it). Only a crash of the machine in
-    /// between loses it, and only its own effects: used for claims, whose
-    /// loss leaves their tasks pending with their attempts uncounted, as if
-    /// they were never claimed.
+    /// covers every earlier commit in it); its commit returns without
+    /// waiting for the disk. Only a crash of the machine in between loses
+    /// it, and only its own effects: used for claims, whose loss leaves
+    /// their tasks pending with their attempts uncounted, as if they were
+    /// never claimed.
     NextCommit,
 }
 
@@ -49,6 +50,23 @@ pub trait Backend: Send + Sync + 'static {
     async fn begin_snapshot(&self) -> Result<Tx, StoreError>;
     /// A connection for a read of one statement.
     async fn read(&self) -> Result<Conn, StoreError>;
+    /// Commit a write transaction; return once it is as durable as
+    /// `durability` says.
+    async fn commit(
+        &self,
+        tx: Tx,
+        durability: Durability,
+        counters: &Counters,
+    ) -> Result<(), StoreError> {
+        let _ = durability;
+        tx.commit(counters).await
+    }
+    /// Called after a read's statements ran, before its result is handed
+    /// out: wait until every commit it could have seen is durable (where a
+    /// commit becomes visible before it is durable: SQLite's group commit).
+    async fn settle(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// How long to wait before running a transaction again that failed with
     /// `error` after `retries` earlier retries; `None`: return the error.
     fn retry_delay(
@@ -123,7 +141,7 @@ impl<B: Backend> SqlStore<B> {
             let value = async {
                 let mut tx = self.backend.begin_snapshot().await?;
                 let value = once(&mut tx.db(&self.counters)).await;
-                match value {
+                let value = match value {
                     Ok(value) => {
                         tx.commit(&self.counters).await?;
                         Ok(value)
@@ -133,7 +151,9 @@ impl<B: Backend> SqlStore<B> {
                         let _ = tx.rollback(&self.counters).await;
                         Err(error)
                     }
-                }
+                };
+                self.backend.settle().await?;
+                value
             }
             .await;
             match value {
@@ -154,7 +174,10 @@ impl<B: Backend> SqlStore<B> {
             let once = read();
             let value = async {
                 let mut conn = self.backend.read().await?;
-                once(&mut conn.db(&self.counters)).await
+                let value = once(&mut conn.db(&self.counters)).await;
+                drop(conn);
+                self.backend.settle().await?;
+                value
             }
             .await;
             match value {
@@ -208,7 +231,7 @@ impl<B: Backend> SqlStore<B> {
             };
             let value = write(&mut tx.db(&self.counters)).await;
             let error = match value {
-                Ok(value) => match tx.commit(&self.counters).await {
+                Ok(value) => match self.backend.commit(tx, durability, &self.counters).await {
                     Ok(()) => return Ok(value),
                     Err(error) => error,
                 },

@@ -33,6 +33,7 @@ mod sample;
 mod sql;
 pub mod sqlite;
 mod submit;
+mod wal_sync;
 
 pub use backend::SqlStore;
 pub use codec::SPAWN_LIMIT;
