@@ -1,8 +1,8 @@
 //! Crash safety and multi-process correctness with real `lockstep serve`
 //! processes on one SQLite file: SIGKILL at random moments, restart, and the
 //! job still finishes exactly once — no task lost, none succeeded twice, no
-//! stage opened twice. And which SQLite commits wait for the disk: every one
-//! but a claim's.
+//! stage opened twice. And SQLite's group commit: a commit is read in this
+//! process only once it is durable, and the log it syncs stays one file.
 
 use crate::engine_flow::aggregate_output;
 use crate::harness::{Harness, cli_bin, test_cache_dir};
@@ -177,99 +177,204 @@ async fn two_serve_processes_on_one_database_finish_a_job_exactly_once() {
     assert_finished_exactly_once(&h, job, 5_000).await;
 }
 
-/// What a SQLite commit waits for, as the writer connection says
-/// (`PRAGMA synchronous`: 1 = NORMAL, 2 = FULL).
-async fn writer_sync_level(store: &lockstep::store::sqlite::SqliteStore) -> i64 {
-    sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(store.writer())
+/// A one-task job, submitted (a durable write).
+async fn submit_one(
+    store: &lockstep::store::sqlite::SqliteStore,
+    tenant: &lockstep::model::TenantId,
+) -> JobId {
+    use lockstep::model::{Executor, NewStage, NewTask, OnFailure, SubmitJob};
+    use lockstep::store::Store;
+    let task = NewTask {
+        key: None,
+        handler: "work".into(),
+        executor: Executor::Wasm,
+        input_json: "{}".into(),
+        max_attempts: 3,
+        timeout_ms: 60_000,
+        depends_on: Vec::new(),
+        agent_json: None,
+        on_failure: OnFailure::FailJob,
+    };
+    store
+        .submit_job(SubmitJob {
+            tenant: tenant.clone(),
+            name: "durability".into(),
+            idempotency_key: "durability".into(),
+            spec_json: "{}".into(),
+            stages: vec![NewStage {
+                name: "only".into(),
+                tasks: vec![task],
+                on_failure: OnFailure::FailJob,
+                max_attempts: None,
+                timeout_ms: None,
+            }],
+            now: 1,
+        })
         .await
-        .expect("read synchronous")
+        .expect("submit")
+        .job_id
 }
 
-/// Claims alone commit without waiting for the disk (a lost claim leaves its
-/// task pending); every other write — here a submit and a completion right
-/// after claims — syncs before it returns, so no completion can be lost.
+/// Group commit on SQLite: a completion commits without waiting for the
+/// disk, then waits for a sync of the log, and so does every read in this
+/// process that could see it (a connection of its own — another process —
+/// sees it at once); a claim does not wait. Syncs are held back by the
+/// store's hook, so each step is an exact state, not a race (Invariant 43).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_claims_alone_skip_the_sync_every_other_write_syncs() {
-    use lockstep::model::{Executor, NewStage, NewTask, OnFailure, SubmitJob, TaskState, TenantId};
+async fn sqlite_a_commit_is_read_only_after_the_sync_that_makes_it_durable() {
+    use lockstep::model::{Executor, TaskState, TenantId};
     use lockstep::store::{
-        ClaimBatch, CompleteBatch, Completion, CompletionOutcome, Store, TaskResult,
+        ClaimBatch, CompleteBatch, Completion, CompletionOutcome, GetJob, GetTask, Store,
+        TaskResult,
     };
+    use sqlx::Connection as _;
     crate::store_conformance::with_sqlite_store(|store| async move {
         let tenant = TenantId("acme".into());
-        assert_eq!(writer_sync_level(&store).await, 2, "a new writer syncs");
-        let task = NewTask {
-            key: None,
-            handler: "work".into(),
-            executor: Executor::Wasm,
-            input_json: "{}".into(),
-            max_attempts: 3,
-            timeout_ms: 60_000,
-            depends_on: Vec::new(),
-            agent_json: None,
-            on_failure: OnFailure::FailJob,
+        let job = submit_one(&store, &tenant).await;
+        let held = store.hold_syncs().await;
+        let claimed = store
+            .claim_batch(ClaimBatch {
+                tenant: None,
+                executor: Executor::Wasm,
+                handlers: None,
+                job: None,
+                limit: 1,
+                lease: Duration::from_secs(60),
+                worker: "w".into(),
+                now: 2,
+            })
+            .await
+            .expect("a claim returns while syncs are held");
+        assert_eq!(claimed.len(), 1);
+        let task = claimed[0].lease.task_id;
+        let get_task = {
+            let (store, tenant) = (store.clone(), tenant.clone());
+            move || {
+                let (store, tenant) = (store.clone(), tenant.clone());
+                async move {
+                    store
+                        .get_task(GetTask { tenant, task })
+                        .await
+                        .expect("get task")
+                        .state
+                }
+            }
         };
-        store
-            .submit_job(SubmitJob {
-                tenant: tenant.clone(),
-                name: "durability".into(),
-                idempotency_key: "durability".into(),
-                spec_json: "{}".into(),
-                stages: vec![NewStage {
-                    name: "only".into(),
-                    tasks: vec![task.clone(), task],
-                    on_failure: OnFailure::FailJob,
-                    max_attempts: None,
-                    timeout_ms: None,
-                }],
-                now: 1,
-            })
-            .await
-            .expect("submit");
-        assert_eq!(writer_sync_level(&store).await, 2, "after a submit");
-        let mut claimed = Vec::new();
-        for n in 1..=2 {
-            let one = store
-                .claim_batch(ClaimBatch {
-                    tenant: None,
-                    executor: Executor::Wasm,
-                    handlers: None,
-                    job: None,
-                    limit: 1,
-                    lease: Duration::from_secs(60),
-                    worker: "w".into(),
-                    now: 2,
-                })
-                .await
-                .expect("claim");
-            assert_eq!(one.len(), 1);
-            claimed.extend(one);
-            assert_eq!(writer_sync_level(&store).await, 1, "after claim {n}");
-        }
-        let outcomes = store
-            .complete_batch(CompleteBatch {
-                completions: claimed
-                    .iter()
-                    .map(|t| Completion {
-                        tenant: tenant.clone(),
-                        lease: t.lease,
-                        result: TaskResult::Succeeded {
-                            output_json: "1".into(),
-                            spawn: Vec::new(),
-                        },
-                        logs: Vec::new(),
-                    })
-                    .collect(),
-                now: 3,
-                max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
-            })
-            .await
-            .expect("complete");
         assert_eq!(
-            outcomes,
-            vec![CompletionOutcome::Recorded(TaskState::Succeeded); 2]
+            get_task().await,
+            TaskState::Running,
+            "a claim is read without waiting for a sync"
         );
-        assert_eq!(writer_sync_level(&store).await, 2, "after a completion");
+        let complete = tokio::spawn({
+            let (store, tenant, lease) = (store.clone(), tenant.clone(), claimed[0].lease);
+            async move {
+                store
+                    .complete_batch(CompleteBatch {
+                        completions: vec![Completion {
+                            tenant,
+                            lease,
+                            result: TaskResult::Succeeded {
+                                output_json: "1".into(),
+                                spawn: Vec::new(),
+                            },
+                            logs: Vec::new(),
+                        }],
+                        now: 3,
+                        max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
+                    })
+                    .await
+                    .expect("complete")
+            }
+        });
+        // Another connection to the file sees the commit once it is written.
+        let path = store.path().to_string();
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+            .await
+            .expect("another connection");
+        loop {
+            let state: String = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
+                .bind(task.0)
+                .fetch_one(&mut other)
+                .await
+                .expect("read the task elsewhere");
+            if state == "succeeded" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        other.close().await.expect("close");
+        // Reads begun now, one statement and one snapshot, could see it:
+        // they wait for the sync, like the completion.
+        let read = tokio::spawn(get_task());
+        let snapshot = tokio::spawn({
+            let (store, tenant) = (store.clone(), tenant.clone());
+            async move {
+                store
+                    .get_job(GetJob { tenant, job })
+                    .await
+                    .expect("get job")
+                    .state
+            }
+        });
+        // Until both reads wait beside the completion — or one returned,
+        // which fails below.
+        while store.waiting_for_sync() < 3 && !read.is_finished() && !snapshot.is_finished() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(store.waiting_for_sync(), 3);
+        assert!(!complete.is_finished(), "the completion waits for its sync");
+        assert!(!read.is_finished(), "a read waits for the sync");
+        assert!(!snapshot.is_finished(), "a snapshot waits for the sync");
+        drop(held);
+        assert_eq!(
+            complete.await.expect("completion"),
+            vec![CompletionOutcome::Recorded(TaskState::Succeeded)]
+        );
+        assert_eq!(read.await.expect("read"), TaskState::Succeeded);
+        assert_eq!(
+            snapshot.await.expect("snapshot"),
+            lockstep::model::JobState::Succeeded
+        );
+        assert_eq!(store.waiting_for_sync(), 0);
+    })
+    .await;
+}
+
+/// The group commit syncs the `-wal` file by a handle of its own: SQLite
+/// keeps that file (the same inode) through checkpoints and restarts while
+/// the database is open, even when a checkpoint truncates it to nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_one_wal_file_through_checkpoints_and_restarts() {
+    use lockstep::model::TenantId;
+    use lockstep::store::{CreateToken, Store};
+    use std::os::unix::fs::MetadataExt as _;
+    crate::store_conformance::with_sqlite_store(|store| async move {
+        let wal = format!("{}-wal", store.path());
+        let inode = || std::fs::metadata(&wal).expect("the -wal file").ino();
+        let first = inode();
+        let tenant = TenantId("acme".into());
+        for round in 0..3 {
+            // Enough pages for SQLite's own checkpoint (1000 pages) and the
+            // restart of the log after it.
+            for n in 0..300 {
+                store
+                    .create_token(CreateToken {
+                        tenant: tenant.clone(),
+                        token_hash: format!("{round}-{n}"),
+                        label: Some(format!("r{round}-{n}-{}", "x".repeat(3000))),
+                        role: lockstep::model::TokenRole::Read,
+                        now: 1,
+                    })
+                    .await
+                    .expect("a durable write");
+            }
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(store.writer())
+                .await
+                .expect("checkpoint");
+            assert_eq!(std::fs::metadata(&wal).expect("-wal").len(), 0);
+            assert_eq!(inode(), first, "round {round}");
+        }
     })
     .await;
 }

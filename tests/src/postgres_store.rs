@@ -865,10 +865,7 @@ async fn postgres_claimed_but_unrecorded_tasks_stop_at_the_recording_budget() {
         };
         // 4 run slots + a batch of 3: the bound this test holds the pool to
         // (PostgreSQL's writes run side by side).
-        assert_eq!(
-            config.recording_budget(h.engine.store_writes_one_at_a_time()),
-            7
-        );
+        assert_eq!(config.recording_budget(), 7);
         let pool = h.engine.start_workers(config);
         wait_for_lock_waiter(&db.admin, &db.name, other_pid).await;
         // Time enough for a claimer that ignored the budget to claim the rest.

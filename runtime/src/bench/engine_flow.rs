@@ -71,7 +71,7 @@ pub async fn throughput(
         execution,
         ..WorkerConfig::default()
     };
-    let budget = config.recording_budget(engine.store_writes_one_at_a_time());
+    let budget = config.recording_budget();
     let pool = engine.start_workers(config);
     let done = engine.wait(tenant, job, None, |_| {}).await?;
     let store = engine.store_counters();

@@ -142,7 +142,7 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> CliResult {
         },
         ..WorkerConfig::default()
     };
-    let budget = config.recording_budget(engine.store_writes_one_at_a_time());
+    let budget = config.recording_budget();
     let pool = engine.start_workers(config);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut http_server = None;

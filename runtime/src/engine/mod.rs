@@ -691,7 +691,7 @@ impl Engine {
     }
 
     /// Whether the store's writes run one at a time (SQLite): it decides
-    /// the workers' recording budget ([`WorkerConfig::recording_budget`]).
+    /// how many group commits the workers keep under way.
     pub fn store_writes_one_at_a_time(&self) -> bool {
         self.store.writes_one_at_a_time()
     }

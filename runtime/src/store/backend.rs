@@ -28,14 +28,15 @@ pub enum Durability {
     /// Before the commit returns.
     Commit,
     /// With the next `Commit` write (one sync of the log covers every
-    /// earlier commit in it: SQLite in WAL mode, PostgreSQL's WAL). Only a
-    /// crash in between loses it (of the machine for SQLite; of the server
-    /// for PostgreSQL, whose clients outlive it), and only its own effects:
-    /// no `Commit` write after it survives without it. Used for claims: a
-    /// lost one leaves its tasks pending with their attempts uncounted, as
-    /// if never claimed, and the run it started is refused by the claim's
-    /// nonce (Invariant 8). On PostgreSQL only a claim with a nonce (wasm)
-    /// commits so, and its statement says so itself (`complete::claim_nonce`).
+    /// earlier commit in it: SQLite in WAL mode, PostgreSQL's WAL); its
+    /// commit returns without waiting for the disk. Only a crash in between
+    /// loses it (of the machine for SQLite; of the server for PostgreSQL,
+    /// whose clients outlive it), and only its own effects: no `Commit`
+    /// write after it survives without it. Used for claims: a lost one
+    /// leaves its tasks pending with their attempts uncounted, as if never
+    /// claimed, and the run it started is refused by the claim's nonce
+    /// (Invariant 8). On PostgreSQL only a claim with a nonce (wasm) commits
+    /// so, and its statement says so itself (`complete::claim_nonce`).
     NextCommit,
 }
 
@@ -53,6 +54,23 @@ pub trait Backend: Send + Sync + 'static {
     async fn begin_snapshot(&self) -> Result<Tx, StoreError>;
     /// A connection for a read of one statement.
     async fn read(&self) -> Result<Conn, StoreError>;
+    /// Commit a write transaction; return once it is as durable as
+    /// `durability` says.
+    async fn commit(
+        &self,
+        tx: Tx,
+        durability: Durability,
+        counters: &Counters,
+    ) -> Result<(), StoreError> {
+        let _ = durability;
+        tx.commit(counters).await
+    }
+    /// Called after a read's statements ran, before its result is handed
+    /// out: wait until every commit it could have seen is durable (where a
+    /// commit becomes visible before it is durable: SQLite's group commit).
+    async fn settle(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// How long to wait before running a transaction again that failed with
     /// `error` after `retries` earlier retries; `None`: return the error.
     fn retry_delay(
@@ -127,7 +145,7 @@ impl<B: Backend> SqlStore<B> {
             let value = async {
                 let mut tx = self.backend.begin_snapshot().await?;
                 let value = once(&mut tx.db(&self.counters)).await;
-                match value {
+                let value = match value {
                     Ok(value) => {
                         tx.commit(&self.counters).await?;
                         Ok(value)
@@ -137,7 +155,9 @@ impl<B: Backend> SqlStore<B> {
                         let _ = tx.rollback(&self.counters).await;
                         Err(error)
                     }
-                }
+                };
+                self.backend.settle().await?;
+                value
             }
             .await;
             match value {
@@ -158,7 +178,10 @@ impl<B: Backend> SqlStore<B> {
             let once = read();
             let value = async {
                 let mut conn = self.backend.read().await?;
-                once(&mut conn.db(&self.counters)).await
+                let value = once(&mut conn.db(&self.counters)).await;
+                drop(conn);
+                self.backend.settle().await?;
+                value
             }
             .await;
             match value {
@@ -212,7 +235,7 @@ impl<B: Backend> SqlStore<B> {
             };
             let value = write(&mut tx.db(&self.counters)).await;
             let error = match value {
-                Ok(value) => match tx.commit(&self.counters).await {
+                Ok(value) => match self.backend.commit(tx, durability, &self.counters).await {
                     Ok(()) => return Ok(value),
                     Err(error) => error,
                 },

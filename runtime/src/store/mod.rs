@@ -33,6 +33,7 @@ mod sample;
 mod sql;
 pub mod sqlite;
 mod submit;
+mod wal_sync;
 
 pub use backend::SqlStore;
 pub use codec::SPAWN_LIMIT;
@@ -481,8 +482,9 @@ pub trait Store: Send + Sync + 'static {
         StoreCounters::default()
     }
     /// Whether this process's writes run one at a time (SQLite's one writer
-    /// connection): then a claim cannot run while a commit syncs, and the
-    /// workers keep a task's run slot until its completion commits.
+    /// connection, whose commits a sync outside it makes durable): then the
+    /// workers keep two group commits under way, the next one committing
+    /// while the last one's sync runs.
     fn writes_one_at_a_time(&self) -> bool {
         false
     }

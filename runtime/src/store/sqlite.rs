@@ -4,13 +4,18 @@
 //! this module only opens the file and says how its transactions begin.
 //! What is particular to SQLite:
 //!
-//! - **Durability.** WAL with `synchronous = FULL`: a commit is on disk before
-//!   it returns, so a crash at any point loses nothing committed. Foreign keys
-//!   on, a busy timeout for other processes on the same file. Claims alone
-//!   commit at `synchronous = NORMAL` ([`Durability::NextCommit`]): the next
-//!   synced commit's sync of the log carries them, and a crash of the machine
-//!   before it leaves their tasks pending as if never claimed — one sync per
-//!   claim/complete cycle instead of two.
+//! - **Durability.** WAL, and group commit ([`super::wal_sync`]): every
+//!   write commits at `synchronous = NORMAL`, so the one writer connection
+//!   never waits for the disk; a write that must be durable
+//!   ([`Durability::Commit`]) then waits, off the writer, for a sync of the
+//!   `-wal` file that covers it (one sync covers every commit written before
+//!   it began), and a read returns only once every commit it could have
+//!   seen is synced. So a crash at any point loses nothing anyone was told
+//!   about. Claims alone ([`Durability::NextCommit`]) do not wait: a claim
+//!   lost with the machine leaves its tasks pending as if never claimed.
+//!   Other processes on the same file can see a commit up to one sync
+//!   before it is durable. Foreign keys on, a busy timeout for other
+//!   processes on the same file.
 //! - **One writer.** Every write transaction runs on a single connection with
 //!   `BEGIN IMMEDIATE`, so writers in this process queue instead of failing
 //!   with "database is locked", and a second process waits on the busy
@@ -24,14 +29,16 @@
 
 use super::StoreError;
 use super::backend::{Backend, Durability, SqlStore};
-use super::sql::{Conn, Tx};
+use super::sql::{Conn, Counters, Tx};
+pub use super::wal_sync::SyncHold;
+use super::wal_sync::WalSync;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions as _, Connection as _, SqlSafeStr as _};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Settings for [`SqliteStore::open`].
@@ -71,9 +78,8 @@ pub struct SqliteBackend {
     /// Writer connections closed because a failed commit left them inside
     /// a transaction.
     replaced_writers: Arc<AtomicU64>,
-    /// The writer may be at `synchronous = NORMAL` (it ran a
-    /// [`Durability::NextCommit`] write last).
-    unsynced: Arc<AtomicBool>,
+    /// Group commit: numbers the commits and syncs the log for them.
+    sync: Arc<WalSync>,
 }
 
 impl SqlStore<SqliteBackend> {
@@ -109,17 +115,19 @@ impl SqlStore<SqliteBackend> {
             return SqlStore::with_backend(SqliteBackend {
                 writer: reader.clone(),
                 reader,
-                path,
                 read_only: true,
+                sync: Arc::new(WalSync::new(&path)),
+                path,
                 replaced_writers,
-                unsynced: Arc::new(AtomicBool::new(false)),
             })
             .await;
         }
         let connect = base
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full);
+            // The writer never waits for the disk; `WalSync` syncs the log
+            // for the writes that must be durable (checkpoints still sync).
+            .synchronous(SqliteSynchronous::Normal);
         let replaced = replaced_writers.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -175,10 +183,10 @@ impl SqlStore<SqliteBackend> {
         SqlStore::with_backend(SqliteBackend {
             writer,
             reader,
+            sync: Arc::new(WalSync::new(&path)),
             path,
             read_only: false,
             replaced_writers,
-            unsynced: Arc::new(AtomicBool::new(false)),
         })
         .await
     }
@@ -188,6 +196,23 @@ impl SqlStore<SqliteBackend> {
         &self.backend().writer
     }
 
+    /// The database file, as the URL names it.
+    pub fn path(&self) -> &str {
+        &self.backend().path
+    }
+
+    /// Holds back every sync of the log until dropped: a durable write
+    /// commits and then waits, and so does a read that could see it. For
+    /// tests of what is visible between a commit and its sync.
+    pub async fn hold_syncs(&self) -> SyncHold {
+        self.backend().sync.hold().await
+    }
+
+    /// Durable writes and reads waiting for a sync of the log now.
+    pub fn waiting_for_sync(&self) -> usize {
+        self.backend().sync.waiting()
+    }
+
     /// How many times the writer connection was replaced because a failed
     /// commit (e.g. `database or disk is full`) left it unusable.
     pub fn replaced_writers(&self) -> u64 {
@@ -195,39 +220,15 @@ impl SqlStore<SqliteBackend> {
     }
 }
 
-// What a commit waits for, set on the writer between transactions (SQLite
-// refuses to change it inside one).
-const SYNC_EACH_COMMIT: &str = "PRAGMA synchronous = FULL";
-const SYNC_WITH_NEXT: &str = "PRAGMA synchronous = NORMAL";
-
 impl SqliteBackend {
-    async fn begin(
-        &self,
-        durability: Durability,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly(format!(
                 "the database {} cannot be written by this process (no write permission, or a read-only file system); commands that only read it work",
                 self.path
             )));
         }
-        let mut conn = self.writer.acquire().await?;
-        // The flag is read and changed only while the one writer connection
-        // is held. It is raised before the writer stops syncing and lowered
-        // only once it syncs again, so a `Commit` write never runs unsynced
-        // (a new writer connection starts synced: then one extra PRAGMA).
-        let unsynced = self.unsynced.load(Ordering::Relaxed);
-        match durability {
-            Durability::Commit if unsynced => {
-                sqlx::query(SYNC_EACH_COMMIT).execute(&mut *conn).await?;
-                self.unsynced.store(false, Ordering::Relaxed);
-            }
-            Durability::NextCommit if !unsynced => {
-                self.unsynced.store(true, Ordering::Relaxed);
-                sqlx::query(SYNC_WITH_NEXT).execute(&mut *conn).await?;
-            }
-            _ => {}
-        }
+        let conn = self.writer.acquire().await?;
         // IMMEDIATE takes the write lock up front: a deferred transaction that
         // reads first and writes later can fail with SQLITE_BUSY without ever
         // consulting the busy timeout.
@@ -445,11 +446,47 @@ impl Backend for SqliteBackend {
                 })?;
         }
         tx.commit().await?;
-        Ok(())
+        drop(conn);
+        // Written at `synchronous = NORMAL` like every commit.
+        self.sync.sync_all().await
     }
 
     async fn begin_write(&self, durability: Durability) -> Result<Tx, StoreError> {
-        Ok(Tx::Sqlite(self.begin(durability).await?))
+        let _ = durability;
+        Ok(Tx::Sqlite(self.begin().await?))
+    }
+
+    async fn commit(
+        &self,
+        tx: Tx,
+        durability: Durability,
+        counters: &Counters,
+    ) -> Result<(), StoreError> {
+        let Tx::Sqlite(tx) = tx else {
+            return tx.commit(counters).await;
+        };
+        counters.transaction();
+        let sync = self.sync.clone();
+        // Numbered while the transaction holds the one writer connection,
+        // so in commit order; spawned so that a caller who stops waiting
+        // cannot leave a numbered commit unmarked as written.
+        let n = sync.begin_commit(durability == Durability::Commit);
+        let committed = tokio::spawn(async move {
+            let committed = tx.commit().await;
+            sync.written(n);
+            committed
+        })
+        .await
+        .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?;
+        committed?;
+        if durability == Durability::Commit {
+            self.sync.wait(n).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle(&self) -> Result<(), StoreError> {
+        self.sync.settle().await
     }
 
     async fn begin_snapshot(&self) -> Result<Tx, StoreError> {

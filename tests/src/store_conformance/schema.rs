@@ -96,12 +96,10 @@ conformance_cases!(
     counters_count_each_statement_and_each_transaction,
 );
 
-/// What each backend says of its writes, which sets the workers' recording
-/// budget (`WorkerConfig::recording_budget`): SQLite's one writer connection
+/// What each backend says of its writes, which sets how many group commits
+/// the workers keep under way (two where one writer runs them one at a time
+/// and a sync outside it makes them durable): SQLite's one writer connection
 /// runs one write transaction at a time; PostgreSQL runs them side by side.
-/// The budget each answer gives is checked at the engine layer
-/// (`engine_flow::no_more_tasks_run_at_once_than_the_run_slots`,
-/// `postgres_store::postgres_claimed_but_unrecorded_tasks_stop_at_the_recording_budget`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_writes_one_at_a_time_and_postgres_side_by_side() {
     super::with_sqlite_store(|store| async move {
