@@ -64,6 +64,7 @@ pub async fn throughput(
     } = pool;
     let job = submit(engine, tenant, &noop_job(tasks)).await?;
     let before = engine.store_counters();
+    let cpu_before = super::cpu_by_thread();
     let started_at = now_millis();
     let config = WorkerConfig {
         slots,
@@ -74,6 +75,7 @@ pub async fn throughput(
     let budget = config.recording_budget();
     let pool = engine.start_workers(config);
     let done = engine.wait(tenant, job, None, |_| {}).await?;
+    let cpu_after = super::cpu_by_thread();
     let store = engine.store_counters();
     let elapsed = finished_after(&done, started_at);
     let stats = pool.stats.clone();
@@ -115,6 +117,9 @@ pub async fn throughput(
         // Both are 0 when recording keeps up with running.
         "refused_completions": load(&stats.stale),
         "lease_expiries": load(&stats.rescued),
+        // CPU of this process while the job ran (the waiter's polls
+        // included), per task, by kind of thread.
+        "cpu_us_per_task": super::cpu_us_per_task(&cpu_before, &cpu_after, u64::from(tasks)),
         "peak_rss_mib": super::peak_rss_mib(),
     })])
 }

@@ -35,6 +35,67 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time this process's threads have run so far, in nanoseconds, by
+/// kind of thread: `sqlite` (sqlx's SQLite connection threads: the writer
+/// and the readers), `tokio` (the runtime's workers) and `other` (Linux
+/// `/proc/self/task/*/schedstat`; empty where the kernel does not say).
+/// Threads that ended meanwhile are not counted.
+pub fn cpu_by_thread() -> std::collections::BTreeMap<&'static str, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let Some(ns) = stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let kind = if comm.starts_with("sqlx-sqlite") {
+            "sqlite"
+        } else if comm.starts_with("tokio-runtime") {
+            "tokio"
+        } else {
+            "other"
+        };
+        *out.entry(kind).or_insert(0) += ns;
+    }
+    out
+}
+
+/// µs of CPU per task between two [`cpu_by_thread`] readings, by kind of
+/// thread and in all.
+pub fn cpu_us_per_task(
+    before: &std::collections::BTreeMap<&'static str, u64>,
+    after: &std::collections::BTreeMap<&'static str, u64>,
+    tasks: u64,
+) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let mut all = 0u64;
+    for (kind, ns) in after {
+        let spent = ns.saturating_sub(before.get(kind).copied().unwrap_or(0));
+        all += spent;
+        out.insert(
+            (*kind).to_string(),
+            serde_json::json!(spent as f64 / 1000.0 / tasks.max(1) as f64),
+        );
+    }
+    out.insert(
+        "all".to_string(),
+        serde_json::json!(all as f64 / 1000.0 / tasks.max(1) as f64),
+    );
+    serde_json::Value::Object(out)
+}
+
 /// A short description of this machine for benchmark output: CPUs, model,
 /// OS, and the 1, 5 and 15-minute load averages (Linux) when it is taken.
 pub fn machine() -> serde_json::Value {
