@@ -62,7 +62,7 @@ pub fn cpu_by_thread() -> std::collections::BTreeMap<&'static str, u64> {
         };
         let kind = if comm.starts_with("sqlx-sqlite") {
             "sqlite"
-        } else if comm.starts_with("tokio-runtime") {
+        } else if comm.starts_with("tokio-r") {
             "tokio"
         } else {
             "other"
