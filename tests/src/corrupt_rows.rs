@@ -120,7 +120,7 @@ async fn a_task_whose_brief_input_or_output_is_not_readable_names_the_task_and_c
 }
 
 #[tokio::test]
-async fn a_stage_total_below_its_stored_tasks_names_the_stage_instead_of_a_negative_running_count() {
+async fn a_stage_total_below_its_stored_tasks_is_corrupt_not_a_negative_count() {
     let s = Scratch::new();
     let job = s.job("brief.toml", AGENT_JOB);
     assert_eq!(s.run(&["submit", &job]).status.code(), Some(0));
