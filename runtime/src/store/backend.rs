@@ -48,8 +48,8 @@ pub enum Durability {
 pub trait Backend: Send + Sync + 'static {
     /// Apply pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
-    /// Begin a write transaction whose commit is as durable as `durability` says.
-    async fn begin_write(&self, durability: Durability) -> Result<Tx, StoreError>;
+    /// Begin a write transaction (how durable its commit is, [`Backend::commit`] decides).
+    async fn begin_write(&self) -> Result<Tx, StoreError>;
     /// Begin a read-only transaction: its statements see one snapshot.
     async fn begin_snapshot(&self) -> Result<Tx, StoreError>;
     /// A connection for a read of one statement.
@@ -224,7 +224,7 @@ impl<B: Backend> SqlStore<B> {
         let (mut retries, mut lost) = (0, 0);
         loop {
             let write = attempt();
-            let mut tx = match self.backend.begin_write(durability).await {
+            let mut tx = match self.backend.begin_write().await {
                 Ok(tx) => tx,
                 // Nothing was begun: another connection may begin it.
                 Err(error) if self.backend.connection_lost(&error, lost) => {

@@ -451,8 +451,7 @@ impl Backend for SqliteBackend {
         self.sync.sync_all().await
     }
 
-    async fn begin_write(&self, durability: Durability) -> Result<Tx, StoreError> {
-        let _ = durability;
+    async fn begin_write(&self) -> Result<Tx, StoreError> {
         Ok(Tx::Sqlite(self.begin().await?))
     }
 

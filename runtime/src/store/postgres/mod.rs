@@ -43,7 +43,7 @@
 
 mod listen;
 
-use super::backend::{Backend, Durability, SqlStore};
+use super::backend::{Backend, SqlStore};
 use super::sql::{Conn, Tx};
 use super::{ClaimBatch, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -269,7 +269,7 @@ impl Backend for PgBackend {
     // lets the same attempt number be claimed again while the first run
     // still holds it, which the claim's nonce in the row and the lease token
     // refuses (Invariant 8, `complete::claim_nonce`).
-    async fn begin_write(&self, _: Durability) -> Result<Tx, StoreError> {
+    async fn begin_write(&self) -> Result<Tx, StoreError> {
         Ok(Tx::Postgres(self.pool.begin().await?))
     }
 
