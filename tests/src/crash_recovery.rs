@@ -378,3 +378,79 @@ async fn sqlite_keeps_one_wal_file_through_checkpoints_and_restarts() {
     })
     .await;
 }
+
+// A sync of the log that fails is never trusted to be made good by a later
+// one (the kernel may have dropped the pages it failed to write): the store
+// answers every durable write and read with the first failure until a
+// restart. The failure is a real one from the operating system: the log's
+// name is made a symlink to itself, so looking it up before the sync fails
+// (ELOOP); a failing disk (EIO from fdatasync) cannot be had on these
+// machines, and it takes the same path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failed_log_sync_stops_writes_and_reads_until_a_restart() {
+    use lockstep::model::{TenantId, TokenRole};
+    use lockstep::store::{CreateToken, GetJob, Store, StoreError};
+    crate::store_conformance::with_sqlite_store(|store| async move {
+        let tenant = TenantId("acme".into());
+        let token = |n: u32| CreateToken {
+            tenant: tenant.clone(),
+            token_hash: format!("hash-{n}"),
+            label: None,
+            role: TokenRole::Read,
+            now: 1,
+        };
+        let job = submit_one(&store, &tenant).await;
+        store.create_token(token(1)).await.expect("a durable write");
+
+        let wal = format!("{}-wal", store.path());
+        let aside = format!("{wal}.aside");
+        std::fs::rename(&wal, &aside).expect("move the log's name aside");
+        std::os::unix::fs::symlink(&wal, &wal).expect("a symlink to itself");
+        let expected = format!(
+            "the SQLite log {wal} could not be synced to disk (Too many levels of symbolic \
+             links (os error 40)): what this process committed since its last good sync may \
+             be lost, so it writes and reads no more; restart lockstep, which recovers the \
+             database from what reached the disk"
+        );
+        let failed = store
+            .create_token(token(2))
+            .await
+            .expect_err("the sync of this write fails");
+        assert!(
+            matches!(failed, StoreError::LogSyncFailed { .. }),
+            "{failed:?}"
+        );
+        assert_eq!(failed.to_string(), expected);
+
+        // The name is back: a sync would succeed now, and must not be asked.
+        std::fs::remove_file(&wal).expect("remove the symlink");
+        std::fs::rename(&aside, &wal).expect("restore the log's name");
+        let again = store
+            .create_token(token(3))
+            .await
+            .expect_err("no durable write after a failed sync");
+        assert_eq!(again.to_string(), expected);
+        let read = store
+            .get_job(GetJob {
+                tenant: tenant.clone(),
+                job,
+            })
+            .await
+            .expect_err("no read after a failed sync");
+        assert_eq!(read.to_string(), expected);
+
+        // A restarted process opens the database and reads it.
+        let restarted = lockstep::store::sqlite::SqliteStore::open(
+            &format!("sqlite://{}", store.path()),
+            lockstep::store::sqlite::SqliteOptions::default(),
+        )
+        .await
+        .expect("reopen after a failed sync");
+        let read = restarted
+            .get_job(GetJob { tenant, job })
+            .await
+            .expect("a read after the restart");
+        assert_eq!(read.job_id, job);
+    })
+    .await;
+}

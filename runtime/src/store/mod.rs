@@ -66,6 +66,14 @@ pub enum StoreError {
     Unreachable { address: String, reason: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A sync of the SQLite log failed: what this process committed since
+    /// its last good sync may never reach the disk (Invariant 43).
+    #[error(
+        "the SQLite log {path} could not be synced to disk ({reason}): what this process \
+         committed since its last good sync may be lost, so it writes and reads no more; \
+         restart lockstep, which recovers the database from what reached the disk"
+    )]
+    LogSyncFailed { path: String, reason: String },
 }
 
 impl StoreError {

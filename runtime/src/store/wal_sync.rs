@@ -25,6 +25,11 @@
 //! - A crash of the machine loses only commits nobody was told about: the
 //!   caller of such a write was still waiting, and no read of this process
 //!   had returned them.
+//! - A failed sync is never retried: the kernel may have dropped the pages
+//!   it could not write and report the next sync as a success (PostgreSQL's
+//!   "fsyncgate"). From the first failure on, every durable write and every
+//!   read of this process fails with it ([`StoreError::LogSyncFailed`]);
+//!   a restart recovers the database from what reached the disk.
 //!
 //! The `-wal` file is found by its name and kept open. SQLite reuses it
 //! (rewinding to its start after a checkpoint) while any connection has the
@@ -62,6 +67,8 @@ pub(crate) struct WalSync {
     syncer: Arc<tokio::sync::Mutex<Option<WalFile>>>,
     /// Callers waiting for a sync now.
     waiting: AtomicUsize,
+    /// Why a sync failed, once one has: the answer to every wait since.
+    failed: std::sync::OnceLock<String>,
 }
 
 /// The open `-wal` file and which file it is.
@@ -90,6 +97,7 @@ impl WalSync {
             synced: AtomicU64::new(0),
             syncer: Arc::new(tokio::sync::Mutex::new(None)),
             waiting: AtomicUsize::new(0),
+            failed: std::sync::OnceLock::new(),
         }
     }
 
@@ -120,6 +128,7 @@ impl WalSync {
     /// Wait until commit `n` and every one before it is on disk, syncing
     /// the log when no sync that covers it runs.
     pub(crate) async fn wait(&self, n: u64) -> Result<(), StoreError> {
+        self.check_failed()?;
         if self.synced.load(Ordering::SeqCst) >= n {
             return Ok(());
         }
@@ -130,6 +139,7 @@ impl WalSync {
             // still wakes this wait.
             let written_changed = self.written_changed.notified();
             let mut file = self.syncer.clone().lock_owned().await;
+            self.check_failed()?;
             if self.synced.load(Ordering::SeqCst) >= n {
                 return Ok(());
             }
@@ -147,7 +157,11 @@ impl WalSync {
             })
             .await
             .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?;
-            synced.map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            if let Err(e) = synced {
+                // The first failure is the one reported, ever after.
+                let _ = self.failed.set(e.to_string());
+                return Err(self.failure());
+            }
             self.synced.fetch_max(covers, Ordering::SeqCst);
             drop(file);
             return Ok(());
@@ -160,6 +174,20 @@ impl WalSync {
         let n = self.begin_commit(false);
         self.written(n);
         self.wait(n).await
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
+        match self.failed.get() {
+            Some(_) => Err(self.failure()),
+            None => Ok(()),
+        }
+    }
+
+    fn failure(&self) -> StoreError {
+        StoreError::LogSyncFailed {
+            path: self.wal.display().to_string(),
+            reason: self.failed.get().cloned().unwrap_or_default(),
+        }
     }
 
     pub(crate) async fn hold(&self) -> SyncHold {
