@@ -108,17 +108,45 @@ pub(crate) async fn task_events(db: &mut Db<'_>, p: &TaskEvents) -> Result<Vec<E
     rows.into_iter().map(|e| e.into_event(JobId(job))).collect()
 }
 
-// Waiting tasks through their partial (tenant, state) index; running ones,
-// few (bounded by the workers' slots), through the running-lease index
-// (migration 0008: a claim and a completion move no tenant index entry).
-const QUEUE_DEPTH: Sql = Sql::both(
-    "SELECT state, count(*) FROM tasks
-     WHERE tenant_id = $1 AND state IN ('blocked', 'pending')
-     GROUP BY state
-     UNION ALL
-     SELECT state, count(*) FROM tasks
-     WHERE state = 'running' AND tenant_id = $1
-     GROUP BY state",
+// Waiting (blocked, pending) tasks belong to running jobs only: through the
+// tenant's running jobs (`jobs_tenant_state_newest`), their stages, and each
+// stage's waiting tasks in `tasks_job_stage_state` (migration 0011: no index
+// by tenant that a claim would change). Running ones, few (bounded by the
+// workers' slots), through the running-lease index. SQLite is held to that
+// order by `CROSS JOIN`: left to itself it walks each job's tasks whatever
+// their state (every finished one too).
+macro_rules! waiting_tasks {
+    ($join:literal) => {
+        concat!(
+            "FROM jobs j ",
+            $join,
+            " stages s ON s.job_id = j.id ",
+            $join,
+            " tasks t ON t.job_id = s.job_id AND t.stage_position = s.position
+             WHERE j.tenant_id = $1 AND j.state = 'running'
+               AND t.state IN ('blocked', 'pending') AND t.state <> 'running'"
+        )
+    };
+}
+const QUEUE_DEPTH: Sql = Sql::each(
+    concat!(
+        "SELECT t.state, count(*) ",
+        waiting_tasks!("CROSS JOIN"),
+        " GROUP BY t.state
+         UNION ALL
+         SELECT state, count(*) FROM tasks
+         WHERE state = 'running' AND tenant_id = $1
+         GROUP BY state"
+    ),
+    concat!(
+        "SELECT t.state, count(*) ",
+        waiting_tasks!("JOIN"),
+        " GROUP BY t.state
+         UNION ALL
+         SELECT state, count(*) FROM tasks
+         WHERE state = 'running' AND tenant_id = $1
+         GROUP BY state"
+    ),
 );
 
 pub(crate) async fn queue_depth(
@@ -140,15 +168,27 @@ pub(crate) async fn queue_depth(
     })
 }
 
-const QUEUE_BY_HANDLER: Sql = Sql::both(
-    "SELECT executor, handler, state, count(*) FROM tasks
-     WHERE tenant_id = $1 AND state IN ('blocked', 'pending')
-     GROUP BY executor, handler, state
-     UNION ALL
-     SELECT executor, handler, state, count(*) FROM tasks
-     WHERE state = 'running' AND tenant_id = $1
-     GROUP BY executor, handler, state
-     ORDER BY executor, handler",
+const QUEUE_BY_HANDLER: Sql = Sql::each(
+    concat!(
+        "SELECT t.executor, t.handler, t.state, count(*) ",
+        waiting_tasks!("CROSS JOIN"),
+        " GROUP BY t.executor, t.handler, t.state
+         UNION ALL
+         SELECT executor, handler, state, count(*) FROM tasks
+         WHERE state = 'running' AND tenant_id = $1
+         GROUP BY executor, handler, state
+         ORDER BY executor, handler"
+    ),
+    concat!(
+        "SELECT t.executor, t.handler, t.state, count(*) ",
+        waiting_tasks!("JOIN"),
+        " GROUP BY t.executor, t.handler, t.state
+         UNION ALL
+         SELECT executor, handler, state, count(*) FROM tasks
+         WHERE state = 'running' AND tenant_id = $1
+         GROUP BY executor, handler, state
+         ORDER BY executor, handler"
+    ),
 );
 
 /// Like [`queue_depth`], per executor and handler (through the same partial

@@ -1,0 +1,12 @@
+-- Issue 13: a claim moves one index entry fewer. `tasks_tenant_waiting`
+-- held every blocked and pending task by (tenant, state), so each claim
+-- (pending → running) deleted an entry: on SQLite about a twentieth of the
+-- writer's b-tree work per task (the widest key a claim touched: two texts),
+-- for the queue-depth counts alone, a read at human pace (the queue page,
+-- MCP health_check). Those counts now go through the tenant's running jobs
+-- (`jobs_tenant_state_newest`), their stages, and each stage's waiting tasks
+-- in `tasks_job_stage_state`: still only waiting tasks are read, since
+-- blocked and pending tasks belong to running jobs only (a job finishes when
+-- its last stage closes, or fails or is cancelled with every unfinished task
+-- cancelled; a retry reopens the job first).
+DROP INDEX tasks_tenant_waiting;
