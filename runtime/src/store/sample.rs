@@ -10,8 +10,9 @@ use super::sql::{Db, Sql};
 use super::{StateCounts, StoreError};
 use crate::model::{Executor, JobState, Millis, StateTotals, TaskState};
 
-// The (job_id, stage_position, state, id) index covers `state`: SQLite and
-// PostgreSQL scan it instead of the table.
+// Reads every task row: `tasks_job_stage_state`, which once covered
+// `state`, holds no running task since migration 0010 and so cannot answer
+// an unfiltered count (the sampler runs it every 5 s, off the hot path).
 const TASKS_BY_STATE: Sql = Sql::both("SELECT state, count(*) FROM tasks GROUP BY state");
 const JOBS_BY_STATE: Sql = Sql::both("SELECT state, count(*) FROM jobs GROUP BY state");
 // The pending partial index (executor, id) holds exactly the candidates.
