@@ -115,38 +115,38 @@ pub(crate) async fn task_events(db: &mut Db<'_>, p: &TaskEvents) -> Result<Vec<E
 // workers' slots), through the running-lease index. SQLite is held to that
 // order by `CROSS JOIN`: left to itself it walks each job's tasks whatever
 // their state (every finished one too).
-macro_rules! waiting_tasks {
-    ($join:literal) => {
+//
+// `t.state <> 'running'` is implied by the `IN`, but SQLite uses a partial
+// index only when the query states its predicate in so many words.
+macro_rules! queue_counts {
+    ($columns:literal, $join:literal) => {
         concat!(
-            "FROM jobs j ",
+            "SELECT ",
+            $columns,
+            ", count(*)
+             FROM jobs j ",
             $join,
             " stages s ON s.job_id = j.id ",
             $join,
             " tasks t ON t.job_id = s.job_id AND t.stage_position = s.position
              WHERE j.tenant_id = $1 AND j.state = 'running'
-               AND t.state IN ('blocked', 'pending') AND t.state <> 'running'"
+               AND t.state IN ('blocked', 'pending') AND t.state <> 'running'
+             GROUP BY ",
+            $columns,
+            "
+             UNION ALL
+             SELECT ",
+            $columns,
+            ", count(*) FROM tasks t
+             WHERE t.state = 'running' AND t.tenant_id = $1
+             GROUP BY ",
+            $columns
         )
     };
 }
 const QUEUE_DEPTH: Sql = Sql::each(
-    concat!(
-        "SELECT t.state, count(*) ",
-        waiting_tasks!("CROSS JOIN"),
-        " GROUP BY t.state
-         UNION ALL
-         SELECT state, count(*) FROM tasks
-         WHERE state = 'running' AND tenant_id = $1
-         GROUP BY state"
-    ),
-    concat!(
-        "SELECT t.state, count(*) ",
-        waiting_tasks!("JOIN"),
-        " GROUP BY t.state
-         UNION ALL
-         SELECT state, count(*) FROM tasks
-         WHERE state = 'running' AND tenant_id = $1
-         GROUP BY state"
-    ),
+    queue_counts!("t.state", "CROSS JOIN"),
+    queue_counts!("t.state", "JOIN"),
 );
 
 pub(crate) async fn queue_depth(
@@ -170,24 +170,12 @@ pub(crate) async fn queue_depth(
 
 const QUEUE_BY_HANDLER: Sql = Sql::each(
     concat!(
-        "SELECT t.executor, t.handler, t.state, count(*) ",
-        waiting_tasks!("CROSS JOIN"),
-        " GROUP BY t.executor, t.handler, t.state
-         UNION ALL
-         SELECT executor, handler, state, count(*) FROM tasks
-         WHERE state = 'running' AND tenant_id = $1
-         GROUP BY executor, handler, state
-         ORDER BY executor, handler"
+        queue_counts!("t.executor, t.handler, t.state", "CROSS JOIN"),
+        " ORDER BY executor, handler"
     ),
     concat!(
-        "SELECT t.executor, t.handler, t.state, count(*) ",
-        waiting_tasks!("JOIN"),
-        " GROUP BY t.executor, t.handler, t.state
-         UNION ALL
-         SELECT executor, handler, state, count(*) FROM tasks
-         WHERE state = 'running' AND tenant_id = $1
-         GROUP BY executor, handler, state
-         ORDER BY executor, handler"
+        queue_counts!("t.executor, t.handler, t.state", "JOIN"),
+        " ORDER BY executor, handler"
     ),
 );
 
