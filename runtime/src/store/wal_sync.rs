@@ -159,8 +159,8 @@ impl WalSync {
             .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?;
             if let Err(e) = synced {
                 // The first failure is the one reported, ever after.
-                let _ = self.failed.set(e.to_string());
-                return Err(self.failure());
+                let reason = self.failed.get_or_init(|| e.to_string());
+                return Err(self.failure(reason));
             }
             self.synced.fetch_max(covers, Ordering::SeqCst);
             drop(file);
@@ -178,15 +178,15 @@ impl WalSync {
 
     fn check_failed(&self) -> Result<(), StoreError> {
         match self.failed.get() {
-            Some(_) => Err(self.failure()),
+            Some(reason) => Err(self.failure(reason)),
             None => Ok(()),
         }
     }
 
-    fn failure(&self) -> StoreError {
+    fn failure(&self, reason: &str) -> StoreError {
         StoreError::LogSyncFailed {
             path: self.wal.display().to_string(),
-            reason: self.failed.get().cloned().unwrap_or_default(),
+            reason: reason.to_owned(),
         }
     }
 
