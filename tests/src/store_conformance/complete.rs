@@ -334,6 +334,110 @@ pub async fn guest_text_with_nul_is_stored_escaped_alike(store: &dyn Store) {
     );
 }
 
+/// One batch mixing plain successes (fenced and written in one statement),
+/// another result and a token of the right attempt under another claim:
+/// each completion is judged by its own fence, the stale one writes nothing,
+/// and the log tells the ended attempts in task order, the refusal after.
+pub async fn a_mixed_batch_judges_each_completion_by_its_own_fence(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "mixed",
+            vec![continuing(
+                "a",
+                vec![task("work"), task("work"), task("work"), task("work")],
+            )],
+        ),
+    )
+    .await;
+    let mut c = claim(store, 4).await;
+    c.sort_by_key(|t| t.lease.task_id.0);
+    let forged = Completion {
+        lease: LeaseToken {
+            nonce: c[2].lease.nonce.map(|n| n.wrapping_add(1)),
+            ..c[2].lease
+        },
+        ..ok(&c[2])
+    };
+    assert_eq!(
+        complete(
+            store,
+            vec![ok(&c[3]), fatal(&c[1], "boom"), forged, ok(&c[0])]
+        )
+        .await,
+        vec![
+            CompletionOutcome::Recorded(TaskState::Succeeded),
+            CompletionOutcome::Recorded(TaskState::Dead),
+            CompletionOutcome::Stale,
+            CompletionOutcome::Recorded(TaskState::Succeeded),
+        ]
+    );
+    let mut rows = Vec::new();
+    for t in &c {
+        let r = get_task(store, t.lease.task_id).await;
+        rows.push((
+            r.state,
+            r.output_json,
+            r.error,
+            r.finished_at,
+            r.lease_expires_at,
+        ));
+    }
+    let output = |t: &ClaimedTask| Some(format!("{{\"task\":{}}}", t.lease.task_id.0));
+    assert_eq!(
+        rows,
+        [
+            (TaskState::Succeeded, output(&c[0]), None, Some(NOW), None),
+            (
+                TaskState::Dead,
+                None,
+                Some("boom".to_string()),
+                Some(NOW),
+                None
+            ),
+            (TaskState::Running, None, None, None, Some(NOW + LEASE_MS)),
+            (TaskState::Succeeded, output(&c[3]), None, Some(NOW), None),
+        ]
+    );
+    let log: Vec<(EventKind, Option<TaskId>, Option<i32>, Option<String>)> = events(store, job)
+        .await
+        .into_iter()
+        .filter(|e| e.task_id.is_some())
+        .map(|e| (e.kind, e.task_id, e.attempt, e.worker))
+        .collect();
+    let worker = Some("worker-1".to_string());
+    assert_eq!(
+        log,
+        [
+            (
+                EventKind::TaskSucceeded,
+                Some(c[0].lease.task_id),
+                Some(1),
+                worker.clone()
+            ),
+            (
+                EventKind::TaskDead,
+                Some(c[1].lease.task_id),
+                Some(1),
+                worker.clone()
+            ),
+            (
+                EventKind::TaskSucceeded,
+                Some(c[3].lease.task_id),
+                Some(1),
+                worker
+            ),
+            (
+                EventKind::CompletionRefused,
+                Some(c[2].lease.task_id),
+                None,
+                None
+            ),
+        ]
+    );
+    assert_eq!(status(store, job).await.stages[0].remaining, 1);
+}
+
 conformance_cases!(
     a_completion_for_an_earlier_attempt_is_refused_and_logged,
     a_token_of_the_right_attempt_under_another_claim_is_refused,
@@ -343,4 +447,5 @@ conformance_cases!(
     a_retryable_error_returns_the_task_to_pending_after_its_backoff,
     a_retryable_error_on_the_last_attempt_is_dead,
     guest_text_with_nul_is_stored_escaped_alike,
+    a_mixed_batch_judges_each_completion_by_its_own_fence,
 );
