@@ -334,6 +334,9 @@ pub async fn guest_text_with_nul_is_stored_escaped_alike(store: &dyn Store) {
     );
 }
 
+/// An event's kind, task, attempt and worker.
+type EndOfAttempt = (EventKind, Option<TaskId>, Option<i32>, Option<String>);
+
 /// One batch mixing plain successes (fenced and written in one statement),
 /// another result and a token of the right attempt under another claim:
 /// each completion is judged by its own fence, the stale one writes nothing,
@@ -399,7 +402,7 @@ pub async fn a_mixed_batch_judges_each_completion_by_its_own_fence(store: &dyn S
             (TaskState::Succeeded, output(&c[3]), None, Some(NOW), None),
         ]
     );
-    let log: Vec<(EventKind, Option<TaskId>, Option<i32>, Option<String>)> = events(store, job)
+    let log: Vec<EndOfAttempt> = events(store, job)
         .await
         .into_iter()
         .filter(|e| e.task_id.is_some())
