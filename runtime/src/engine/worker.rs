@@ -35,9 +35,11 @@
 //!
 //! Likewise a claim made while runs still hold most of the slots waits, at
 //! most [`CLAIM_GATHER`], for half of them to come back, so that one claim
-//! takes many tasks: its cost to the writer is mostly per statement (at 128
-//! slots claims took ~65 tasks, about half the slots; with the wait ~120 with
-//! the host no-op, −18% CPU per task, issue 13). An idle pool claims at once.
+//! takes many tasks: what surrounds a claim's statement (a transaction, the
+//! hand-offs between the writer's thread and the runtime, a group commit for
+//! its ends) is paid per claim (at 128 slots claims took ~65 tasks, about
+//! half the slots; with the wait ~88 with WASM and ~120 with the host no-op,
+//! −13% and −17% CPU per task, issue 13). An idle pool claims at once.
 //!
 //! A group commit holds at most [`MAX_GROUP_COMMIT`] completions and
 //! [`GROUP_COMMIT_BYTES`] of their outputs, errors, spawned inputs and log
@@ -439,8 +441,8 @@ async fn claimer(
     while runs.join_next().await.is_some() {}
 }
 
-/// The runs of one claim end microseconds apart, and a claim costs the
-/// writer mostly per statement, not per task: while most run slots are still
+/// The runs of one claim end microseconds apart, and much of a claim's cost
+/// is per claim, not per task: while most run slots are still
 /// taken by runs under way, wait a moment (at most [`CLAIM_GATHER`]) for half
 /// of them, so that the next claim is a large one instead of many small ones
 /// (at 128 slots a claim took ~65 tasks, half the slots). An idle pool
