@@ -316,7 +316,7 @@ async fn claimer(
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stop.changed() => break,
         };
-        gather_slots(&slots, &budget, &running, &config, &mut permits, &mut owed).await;
+        gather_slots(&slots, &budget, &config, &mut permits, &mut owed).await;
         // Then every other free slot the budget allows, up to a batch, in
         // one step (only this loop takes permits, so both succeed).
         let more = slots
@@ -441,16 +441,13 @@ async fn claimer(
     while runs.join_next().await.is_some() {}
 }
 
-/// The runs of one claim end microseconds apart, and much of a claim's cost
-/// is per claim, not per task: while most run slots are still
-/// taken by runs under way, wait a moment (at most [`CLAIM_GATHER`]) for half
-/// of them, so that the next claim is a large one instead of many small ones
-/// (at 128 slots a claim took ~65 tasks, half the slots). An idle pool
-/// claims at once: no run holds a slot then.
+/// While runs hold more than half the run slots, wait at most
+/// [`CLAIM_GATHER`] for half of them to come back, so that the next claim is
+/// a large one (module doc). Besides the claimer's own, slots are held only
+/// by runs, so an idle pool never waits.
 async fn gather_slots(
     slots: &Arc<Semaphore>,
     budget: &Arc<Semaphore>,
-    running: &AtomicUsize,
     config: &WorkerConfig,
     permits: &mut OwnedSemaphorePermit,
     owed: &mut OwnedSemaphorePermit,
@@ -459,11 +456,7 @@ async fn gather_slots(
     let wanted = half.saturating_sub(permits.num_permits());
     // Only this loop takes budget, so what is free now is still free after
     // the wait: the slots gathered can always be matched with budget.
-    if wanted == 0
-        || slots.available_permits() >= wanted
-        || budget.available_permits() < wanted
-        || running.load(Ordering::Acquire) == 0
-    {
+    if wanted == 0 || slots.available_permits() >= wanted || budget.available_permits() < wanted {
         return;
     }
     let gathered = tokio::time::timeout(
