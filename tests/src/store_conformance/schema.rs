@@ -1,6 +1,7 @@
 //! The store as a whole: migrating an up-to-date database is a no-op, a
-//! backend that pushes ready signals sends one when work becomes ready, and
-//! the store counts its statements, round trips and transactions.
+//! backend that pushes ready signals sends one when work becomes ready, the
+//! store counts its statements, round trips and transactions, and the
+//! bundled SQLite is built as `.cargo/config.toml` says.
 
 use super::fixtures::*;
 
@@ -110,4 +111,27 @@ async fn sqlite_writes_one_at_a_time_and_postgres_side_by_side() {
         assert!(!store.writes_one_at_a_time());
     })
     .await;
+}
+
+/// The bundled SQLite is built without allocation statistics
+/// (`.cargo/config.toml`): kept, they put a process-wide mutex on every
+/// allocation the writer makes (3-12% of its CPU per task, issue 13). A build
+/// that lost the option would still pass every other test, only slower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_sqlite_keeps_no_allocation_statistics() {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .in_memory(true)
+        .connect()
+        .await
+        .expect("open an in-memory SQLite database");
+    let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+        .fetch_all(&mut conn)
+        .await
+        .expect("read the compile options");
+    conn.close().await.expect("close");
+    assert!(
+        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+        "SQLite was built with allocation statistics: {options:?}"
+    );
 }
