@@ -440,6 +440,67 @@ async fn postgres_claims_walk_the_pending_index_on_statistics_of_an_all_pending_
     .await;
 }
 
+/// A claim from one job (an MCP agent's `claim_task`, a pipeline's steps)
+/// reads that job's pending tasks, never the pending index of every job: a
+/// large backlog of another job in front of it costs it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_claim_from_one_job_reads_only_that_jobs_pending_tasks() {
+    with_pg(|db| async move {
+        let store = db.open_store().await;
+        let backlog = (0..10_000).map(|_| task("work", None, &[])).collect();
+        store
+            .submit_job(job("backlog", vec![stage("only", backlog)]))
+            .await
+            .expect("submit the backlog");
+        let small = store
+            .submit_job(job(
+                "small",
+                vec![stage(
+                    "only",
+                    (0..3).map(|_| task("work", None, &[])).collect(),
+                )],
+            ))
+            .await
+            .expect("submit the small job")
+            .job_id;
+        let from_small = ClaimBatch {
+            job: Some(small),
+            ..claim(2, "w", NOW)
+        };
+
+        // Planned for its values and planned once for any values (what
+        // repeated claims on one connection come to run).
+        for plan in [
+            store.claim_plan(from_small.clone()).await,
+            store.generic_claim_plan(from_small.clone()).await,
+        ] {
+            let plan = plan.expect("explain the claim");
+            let scans: Vec<&str> = plan
+                .lines()
+                .filter(|l| l.contains(" on tasks t "))
+                .map(str::trim)
+                .collect();
+            assert_eq!(scans.len(), 1, "one scan of tasks in:\n{plan}");
+            assert!(
+                scans[0].starts_with("->  Index Scan using tasks_job_stage_state on tasks t "),
+                "the claim scans {:?} in:\n{plan}",
+                scans[0]
+            );
+            let scan_at = plan.find(scans[0]).unwrap_or(0);
+            let condition = plan[scan_at..].lines().nth(1).unwrap_or("");
+            assert!(
+                condition.contains("job_id = "),
+                "the scan is not limited to the job ({condition:?}) in:\n{plan}"
+            );
+        }
+
+        let claimed = store.claim_batch(from_small).await.expect("claim");
+        assert_eq!(claimed.len(), 2);
+        assert!(claimed.iter().all(|t| t.job_id == small));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_rescue_on_four_nodes_takes_each_expired_lease_exactly_once() {
     with_pg(|db| async move {

@@ -28,24 +28,48 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 // ------------------------------------------------------------ claim
 
-/// The PostgreSQL claim's text, shared by [`CLAIM`] and [`EXPLAIN_CLAIM`].
+/// The PostgreSQL claim's text around the statement that picks its
+/// candidates (`picked`): shared by [`CLAIM`], [`CLAIM_IN_JOB`] and their
+/// `EXPLAIN`s.
 macro_rules! pg_claim {
-    () => {
-        "WITH picked AS (
-                 SELECT t.id FROM tasks t
-                 JOIN jobs j ON j.id = t.job_id
-                 JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
-                 WHERE t.state = 'pending' AND t.run_after <= $1
-                   AND t.executor >= $2 AND t.executor <= $2
-                   AND ($3::text[] IS NULL OR t.handler = ANY($3))
-                   AND t.deps_remaining = 0
-                   AND j.state = 'running' AND s.state = 'open'
-                   AND ($4::text IS NULL OR t.tenant_id = $4)
-                   AND ($5::int8 IS NULL OR t.job_id = $5)
-                 ORDER BY t.executor, t.id
-                 LIMIT $6
-                 FOR UPDATE OF t SKIP LOCKED
-             ),
+    (all) => {
+        pg_claim!(
+            "SELECT t.id FROM tasks t
+             JOIN jobs j ON j.id = t.job_id
+             JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
+             WHERE t.state = 'pending' AND t.run_after <= $1
+               AND t.executor >= $2 AND t.executor <= $2
+               AND ($3::text[] IS NULL OR t.handler = ANY($3))
+               AND t.deps_remaining = 0
+               AND j.state = 'running' AND s.state = 'open'
+               AND ($4::text IS NULL OR t.tenant_id = $4)
+               AND ($5::int8 IS NULL OR t.job_id = $5)
+             ORDER BY t.executor, t.id
+             LIMIT $6
+             FOR UPDATE OF t SKIP LOCKED"
+        )
+    };
+    (in_job) => {
+        pg_claim!(
+            "SELECT t.id FROM stages s
+             JOIN jobs j ON j.id = s.job_id
+             JOIN tasks t ON t.job_id = s.job_id AND t.stage_position = s.position
+             WHERE s.job_id = $5 AND s.state = 'open' AND j.state = 'running'
+               AND t.state = 'pending' AND t.state <> 'running' AND t.run_after <= $1
+               AND t.executor = $2
+               AND ($3::text[] IS NULL OR t.handler = ANY($3))
+               AND t.deps_remaining = 0
+               AND ($4::text IS NULL OR t.tenant_id = $4)
+             ORDER BY s.position, t.id
+             LIMIT $6
+             FOR UPDATE OF t SKIP LOCKED"
+        )
+    };
+    ($picked:literal) => {
+        concat!(
+            "WITH picked AS (",
+            $picked,
+            "),
              claimed AS (
                  UPDATE tasks t
                  SET state = 'running', attempt = t.attempt + 1, lease_expires_at = $7,
@@ -68,6 +92,7 @@ macro_rules! pg_claim {
              FROM claimed c
              JOIN stages s ON s.job_id = c.job_id AND s.position = c.stage_position
              ORDER BY c.id"
+        )
     };
 }
 
@@ -120,12 +145,29 @@ pub(crate) fn claim_nonce(executor: Executor) -> Option<i64> {
 // whenever that parameter is bound anew — every claim (measured: 0.4 ms of
 // the writer's time per claim, ~5% of it at host-noop). An expression is
 // evaluated at run time instead, and the plan is fixed by `INDEXED BY`.
+/// The SQLite claim's text around the statement that picks its candidates,
+/// shared by [`CLAIM`] and [`CLAIM_IN_JOB`].
+macro_rules! sqlite_claim {
+    ($picked:literal) => {
+        concat!(
+            "UPDATE tasks
+             SET state = 'running', attempt = attempt + 1, lease_expires_at = $7,
+                 worker = $8, claimed_at = $1, updated_at = $1, claim_nonce = $9
+             WHERE id IN (",
+            $picked,
+            ")
+             RETURNING id, tenant_id, job_id, stage_position,
+                       (SELECT s.name FROM stages s
+                        WHERE s.job_id = tasks.job_id AND s.position = tasks.stage_position)
+                           AS stage_name,
+                       attempt, handler, input_json, timeout_ms, max_attempts, run_after"
+        )
+    };
+}
+
 const CLAIM: Sql = Sql::each(
-    "UPDATE tasks
-     SET state = 'running', attempt = attempt + 1, lease_expires_at = $7,
-         worker = $8, claimed_at = $1, updated_at = $1, claim_nonce = $9
-     WHERE id IN (
-         SELECT t.id FROM tasks t INDEXED BY tasks_claimable
+    sqlite_claim!(
+        "SELECT t.id FROM tasks t INDEXED BY tasks_claimable
          JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
          JOIN jobs j ON j.id = t.job_id
          WHERE t.state = 'pending' AND t.executor = $2 AND t.run_after <= $1
@@ -135,14 +177,34 @@ const CLAIM: Sql = Sql::each(
            AND ($4 IS NULL OR t.tenant_id = $4)
            AND ($5 IS NULL OR t.job_id = $5)
          ORDER BY t.id
-         LIMIT $6 + 0
-     )
-     RETURNING id, tenant_id, job_id, stage_position,
-               (SELECT s.name FROM stages s
-                WHERE s.job_id = tasks.job_id AND s.position = tasks.stage_position)
-                   AS stage_name,
-               attempt, handler, input_json, timeout_ms, max_attempts, run_after",
-    pg_claim!(),
+         LIMIT $6 + 0"
+    ),
+    pg_claim!(all),
+);
+
+// A claim from one job (an MCP agent's `claim_task` with a job, a pipeline
+// run's steps) reads only that job's pending tasks: its open stages, each
+// one's pending tasks in `tasks_job_stage_state` in id order. Through the
+// pending index instead it walked every pending task of that executor with
+// a lower id, of every job and tenant, to reach the job's own: 22 ms per
+// `claim_task` behind 98,000 pending agent tasks (`bench mcp`). The order is
+// the job's earliest open stage first, then id — id order whenever one stage
+// is open, as almost always — so the walk stops at the limit, unsorted.
+const CLAIM_IN_JOB: Sql = Sql::each(
+    sqlite_claim!(
+        "SELECT t.id FROM stages s
+         CROSS JOIN tasks t INDEXED BY tasks_job_stage_state
+             ON t.job_id = s.job_id AND t.stage_position = s.position
+         JOIN jobs j ON j.id = s.job_id
+         WHERE s.job_id = $5 AND s.state = 'open' AND j.state = 'running'
+           AND t.state = 'pending' AND t.state <> 'running' AND t.run_after <= $1
+           AND t.executor = $2 AND t.deps_remaining = 0
+           AND ($3 IS NULL OR t.handler IN (SELECT value FROM json_each($3)))
+           AND ($4 IS NULL OR t.tenant_id = $4)
+         ORDER BY s.position, t.id
+         LIMIT $6 + 0"
+    ),
+    pg_claim!(in_job),
 );
 const LOG_CLAIMS: Sql = Sql::sqlite_only(
     "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at,
@@ -171,7 +233,17 @@ struct ClaimedRow {
 
 // How PostgreSQL would run the claim now, for the test that holds the claim
 // to `tasks_claimable` (EXPLAIN without ANALYZE runs nothing).
-const EXPLAIN_CLAIM: Sql = Sql::postgres_only(concat!("EXPLAIN ", pg_claim!()));
+const EXPLAIN_CLAIM: Sql = Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(all)));
+const EXPLAIN_CLAIM_IN_JOB: Sql = Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(in_job)));
+
+/// The claim statement for `p` (from one job, or from every job), and how
+/// to explain it.
+fn claim_statement(p: &ClaimBatch) -> (&'static Sql, &'static Sql) {
+    match p.job {
+        Some(_) => (&CLAIM_IN_JOB, &EXPLAIN_CLAIM_IN_JOB),
+        None => (&CLAIM, &EXPLAIN_CLAIM),
+    }
+}
 
 fn bind_claim(query: Query, p: &ClaimBatch, nonce: Option<i64>) -> Query {
     query
@@ -186,12 +258,58 @@ fn bind_claim(query: Query, p: &ClaimBatch, nonce: Option<i64>) -> Query {
         .bind(nonce)
 }
 
-/// The plan PostgreSQL chooses for `p`'s claim, one line per plan node
-/// (empty on SQLite, whose claim names its index).
+// The generic plan of a claim: what a pooled connection runs once
+// PostgreSQL stops planning the prepared claim for each call's values (after
+// five calls, when the generic plan looks no dearer). A plain `EXPLAIN` with
+// values shows the plan for those values only, so the claim is prepared
+// under a name here, explained with placeholder arguments under
+// `force_generic_plan`, and deallocated.
+const PREPARE_CLAIM: Sql =
+    Sql::postgres_only(concat!("PREPARE lockstep_claim_plan AS ", pg_claim!(all)));
+const PREPARE_CLAIM_IN_JOB: Sql = Sql::postgres_only(concat!(
+    "PREPARE lockstep_claim_plan AS ",
+    pg_claim!(in_job)
+));
+const FORCE_GENERIC_PLANS: Sql = Sql::postgres_only("SET plan_cache_mode = force_generic_plan");
+const EXPLAIN_PREPARED_CLAIM: Sql =
+    Sql::postgres_only("EXPLAIN EXECUTE lockstep_claim_plan(0, '', NULL, NULL, 0, 1, 0, '', NULL)");
+const DEALLOCATE_CLAIM: Sql = Sql::postgres_only("DEALLOCATE lockstep_claim_plan");
+const RESET_PLAN_CACHE_MODE: Sql = Sql::postgres_only("RESET plan_cache_mode");
+
+/// The generic plan of `p`'s claim statement (see above), one line per
+/// plan node; empty on SQLite, whose claims name their indexes.
+pub(crate) async fn explain_generic_claim(
+    db: &mut Db<'_>,
+    p: &ClaimBatch,
+) -> Result<String, StoreError> {
+    let prepare = match p.job {
+        Some(_) => &PREPARE_CLAIM_IN_JOB,
+        None => &PREPARE_CLAIM,
+    };
+    db.execute(db.query(&FORCE_GENERIC_PLANS)).await?;
+    let explained = async {
+        db.execute(db.query(prepare)).await?;
+        let lines: Result<Vec<(String,)>, StoreError> =
+            db.fetch_all(db.query(&EXPLAIN_PREPARED_CLAIM)).await;
+        db.execute(db.query(&DEALLOCATE_CLAIM)).await?;
+        lines
+    }
+    .await;
+    // The connection goes back to the pool as it came.
+    db.execute(db.query(&RESET_PLAN_CACHE_MODE)).await?;
+    Ok(explained?
+        .into_iter()
+        .map(|(line,)| line)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// The plan PostgreSQL chooses for `p`'s claim with `p`'s values, one line
+/// per plan node (empty on SQLite, whose claims name their indexes).
 pub(crate) async fn explain_claim(db: &mut Db<'_>, p: &ClaimBatch) -> Result<String, StoreError> {
     let lines: Vec<(String,)> = db
         .fetch_all(bind_claim(
-            db.query(&EXPLAIN_CLAIM),
+            db.query(claim_statement(p).1),
             p,
             claim_nonce(p.executor),
         ))
@@ -210,7 +328,8 @@ pub(crate) async fn claim_batch(
     p: &ClaimBatch,
     nonce: Option<i64>,
 ) -> Result<Vec<ClaimedTask>, StoreError> {
-    let mut rows: Vec<ClaimedRow> = db.fetch_all(bind_claim(db.query(&CLAIM), p, nonce)).await?;
+    let claim = claim_statement(p).0;
+    let mut rows: Vec<ClaimedRow> = db.fetch_all(bind_claim(db.query(claim), p, nonce)).await?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }

@@ -58,18 +58,85 @@ pub async fn claim_takes_only_the_given_handlers(store: &dyn Store) {
     assert_eq!(claimed[0].handler, "work");
 }
 
+/// A claim from one job takes that job's ready tasks in id order, and only
+/// those its filters allow, however many tasks of other jobs wait before
+/// them (it reads the job's open stages, not the queue of every job).
 pub async fn claim_can_be_limited_to_one_job(store: &dyn Store) {
-    submit(store, spec("one", vec![stage("a", vec![task("work")])])).await;
-    let two = submit(store, spec("two", vec![stage("a", vec![task("work")])])).await;
-    let claimed = store
-        .claim_batch(ClaimBatch {
-            job: Some(two),
-            ..claim_at(10, NOW)
+    let one = submit(
+        store,
+        spec(
+            "one",
+            vec![stage("a", vec![task("work"), task("work"), task("work")])],
+        ),
+    )
+    .await;
+    let two = submit(
+        store,
+        spec(
+            "two",
+            vec![stage(
+                "a",
+                vec![
+                    keyed("work", Some("first"), &[]),
+                    task("elsewhere"),
+                    task("work"),
+                    keyed("work", Some("after-first"), &["first"]),
+                    task("work"),
+                ],
+            )],
+        ),
+    )
+    .await;
+    let from = |job: JobId, tenant: Option<TenantId>, limit: u32| ClaimBatch {
+        job: Some(job),
+        tenant,
+        ..claim_at(limit, NOW)
+    };
+    let ids = |claimed: &[ClaimedTask]| -> Vec<i64> {
+        claimed.iter().map(|c| c.lease.task_id.0).collect()
+    };
+    let tasks_of_two: Vec<i64> = store
+        .list_tasks(ListTasks {
+            tenant: acme(),
+            job: two,
+            after: None,
+            limit: 10,
         })
         .await
+        .expect("list the tasks of job two")
+        .iter()
+        .map(|t| t.task_id.0)
+        .collect();
+    assert_eq!(tasks_of_two.len(), 5);
+
+    let foreign = store
+        .claim_batch(from(two, Some(globex()), 10))
+        .await
+        .expect("claim as another tenant");
+    assert!(foreign.is_empty(), "another tenant claimed {foreign:?}");
+
+    let first = store
+        .claim_batch(from(two, Some(acme()), 2))
+        .await
         .expect("claim");
-    assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].job_id, two);
+    assert_eq!(ids(&first), vec![tasks_of_two[0], tasks_of_two[2]]);
+    assert!(first.iter().all(|c| c.job_id == two && c.handler == "work"));
+
+    // The dependent task waits for `first`; `elsewhere` is not asked for.
+    let rest = store.claim_batch(from(two, None, 10)).await.expect("claim");
+    assert_eq!(ids(&rest), vec![tasks_of_two[4]]);
+    assert!(
+        store
+            .claim_batch(from(two, None, 10))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+
+    // Job one's tasks were never taken by the claims from job two.
+    let of_one = store.claim_batch(from(one, None, 10)).await.expect("claim");
+    assert_eq!(of_one.len(), 3);
+    assert!(of_one.iter().all(|c| c.job_id == one));
 }
 
 conformance_cases!(

@@ -187,6 +187,15 @@ impl SqlStore<PgBackend> {
             .await
     }
 
+    /// The generic plan of the claim `p` (what a pooled connection runs
+    /// once PostgreSQL stops planning the prepared claim per call), one line
+    /// per plan node: for the test that holds a claim from one job to that
+    /// job's tasks.
+    pub async fn generic_claim_plan(&self, p: ClaimBatch) -> Result<String, StoreError> {
+        self.read(|| async |db| super::complete::explain_generic_claim(db, &p).await)
+            .await
+    }
+
     /// The connection pool (for tests and maintenance tools).
     pub fn pool(&self) -> &PgPool {
         &self.backend().pool
