@@ -230,9 +230,11 @@ impl Engine {
         let record = self.task(tenant, task.lease.task_id).await?;
         let brief = AgentBrief::of(&record)?
             .ok_or_else(|| corrupt(record.task_id, "agent_json", &"an agent task has none"))?;
+        // Only the job's name is wanted: its counters are one row per stage,
+        // where `get_job` counts every task of the job.
         let job = self
             .store()
-            .get_job(crate::store::GetJob {
+            .job_counters(crate::store::GetJob {
                 tenant: tenant.clone(),
                 job: task.job_id,
             })
