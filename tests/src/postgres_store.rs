@@ -440,63 +440,91 @@ async fn postgres_claims_walk_the_pending_index_on_statistics_of_an_all_pending_
     .await;
 }
 
+/// The one scan of `tasks` in `plan` uses `index`, and its index condition
+/// bounds `column`.
+fn assert_scan(plan: &str, index: &str, column: &str) {
+    let scans: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.contains(" on tasks t "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(scans.len(), 1, "one scan of tasks in:\n{plan}");
+    assert!(
+        scans[0].starts_with(&format!("->  Index Scan using {index} on tasks t ")),
+        "the claim scans {:?} in:\n{plan}",
+        scans[0]
+    );
+    let scan_at = plan.find(scans[0]).unwrap_or(0);
+    let condition = plan[scan_at..].lines().nth(1).unwrap_or("");
+    assert!(
+        condition.contains("Index Cond: ((") && condition.contains(&format!("({column} ")),
+        "the scan is not limited by {column} ({condition:?}) in:\n{plan}"
+    );
+}
+
 /// A claim from one job (an MCP agent's `claim_task`, a pipeline's steps)
-/// reads that job's pending tasks, never the pending index of every job: a
-/// large backlog of another job in front of it costs it nothing.
+/// reads that job's pending tasks, and an agent's claim from no job its
+/// tenant's pending agent tasks — never the pending index of every job: a
+/// large backlog of another job or tenant in front of them costs them
+/// nothing. Checked as planned for the claim's values and as planned once
+/// for any values (what repeated claims on one connection come to run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_claim_from_one_job_reads_only_that_jobs_pending_tasks() {
+async fn postgres_a_claim_from_one_job_or_one_tenant_reads_only_its_pending_tasks() {
     with_pg(|db| async move {
         let store = db.open_store().await;
-        let backlog = (0..10_000).map(|_| task("work", None, &[])).collect();
+        let agent = || NewTask {
+            executor: Executor::Agent,
+            agent_json: Some("{\"title\":\"Step\"}".to_string()),
+            ..task("agent:planner", None, &[])
+        };
+        let backlog = (0..10_000).map(|_| agent()).collect();
         store
-            .submit_job(job("backlog", vec![stage("only", backlog)]))
+            .submit_job(SubmitJob {
+                tenant: TenantId("backlogged".to_string()),
+                ..job("backlog", vec![stage("only", backlog)])
+            })
             .await
             .expect("submit the backlog");
         let small = store
             .submit_job(job(
                 "small",
-                vec![stage(
-                    "only",
-                    (0..3).map(|_| task("work", None, &[])).collect(),
-                )],
+                vec![stage("only", (0..3).map(|_| agent()).collect())],
             ))
             .await
             .expect("submit the small job")
             .job_id;
+        let from_tenant = ClaimBatch {
+            tenant: Some(tenant()),
+            executor: Executor::Agent,
+            handlers: None,
+            ..claim(1, "agent", NOW)
+        };
         let from_small = ClaimBatch {
             job: Some(small),
-            ..claim(2, "w", NOW)
+            ..from_tenant.clone()
         };
 
-        // Planned for its values and planned once for any values (what
-        // repeated claims on one connection come to run).
-        for plan in [
-            store.claim_plan(from_small.clone()).await,
-            store.generic_claim_plan(from_small.clone()).await,
+        for (claim, index, column) in [
+            (&from_small, "tasks_job_stage_state", "job_id"),
+            (&from_tenant, "tasks_agent_claimable", "tenant_id"),
         ] {
-            let plan = plan.expect("explain the claim");
-            let scans: Vec<&str> = plan
-                .lines()
-                .filter(|l| l.contains(" on tasks t "))
-                .map(str::trim)
-                .collect();
-            assert_eq!(scans.len(), 1, "one scan of tasks in:\n{plan}");
-            assert!(
-                scans[0].starts_with("->  Index Scan using tasks_job_stage_state on tasks t "),
-                "the claim scans {:?} in:\n{plan}",
-                scans[0]
-            );
-            let scan_at = plan.find(scans[0]).unwrap_or(0);
-            let condition = plan[scan_at..].lines().nth(1).unwrap_or("");
-            assert!(
-                condition.contains("job_id = "),
-                "the scan is not limited to the job ({condition:?}) in:\n{plan}"
-            );
+            for plan in [
+                store.claim_plan(claim.clone()).await,
+                store.generic_claim_plan(claim.clone()).await,
+            ] {
+                assert_scan(&plan.expect("explain the claim"), index, column);
+            }
         }
 
         let claimed = store.claim_batch(from_small).await.expect("claim");
-        assert_eq!(claimed.len(), 2);
-        assert!(claimed.iter().all(|t| t.job_id == small));
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].job_id, small);
+        let claimed = store.claim_batch(from_tenant).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(
+            (claimed[0].job_id, claimed[0].tenant.clone()),
+            (small, tenant())
+        );
     })
     .await;
 }

@@ -65,6 +65,23 @@ macro_rules! pg_claim {
              FOR UPDATE OF t SKIP LOCKED"
         )
     };
+    (agent_in_tenant) => {
+        pg_claim!(
+            "SELECT t.id FROM tasks t
+             JOIN jobs j ON j.id = t.job_id
+             JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
+             WHERE t.tenant_id >= $4 AND t.tenant_id <= $4
+               AND t.state = 'pending' AND t.executor = 'agent'
+               AND t.executor = $2 AND t.run_after <= $1
+               AND ($3::text[] IS NULL OR t.handler = ANY($3))
+               AND t.deps_remaining = 0
+               AND j.state = 'running' AND s.state = 'open'
+               AND ($5::int8 IS NULL OR t.job_id = $5)
+             ORDER BY t.tenant_id, t.id
+             LIMIT $6
+             FOR UPDATE OF t SKIP LOCKED"
+        )
+    };
     ($picked:literal) => {
         concat!(
             "WITH picked AS (",
@@ -233,15 +250,67 @@ struct ClaimedRow {
 
 // How PostgreSQL would run the claim now, for the test that holds the claim
 // to `tasks_claimable` (EXPLAIN without ANALYZE runs nothing).
-const EXPLAIN_CLAIM: Sql = Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(all)));
-const EXPLAIN_CLAIM_IN_JOB: Sql = Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(in_job)));
+// An agent's claim from no particular job (`claim_task` without one) reads
+// its tenant's pending agent tasks in id order (`tasks_agent_claimable`,
+// migration 0012), not every tenant's. The executor is a literal: SQLite
+// uses a partial index only when the query states its predicate. On
+// PostgreSQL the order is `(tenant_id, id)` with the tenant matched as a
+// range, as the claim from every job orders by `(executor, id)` (above):
+// ordered by `id` alone, the generic plan walked `tasks_pkey` past another
+// tenant's backlog.
+const CLAIM_AGENT_IN_TENANT: Sql = Sql::each(
+    sqlite_claim!(
+        "SELECT t.id FROM tasks t INDEXED BY tasks_agent_claimable
+         JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
+         JOIN jobs j ON j.id = t.job_id
+         WHERE t.tenant_id = $4 AND t.state = 'pending' AND t.executor = 'agent'
+           AND t.executor = $2 AND t.run_after <= $1 AND t.deps_remaining = 0
+           AND ($3 IS NULL OR t.handler IN (SELECT value FROM json_each($3)))
+           AND s.state = 'open' AND j.state = 'running'
+           AND ($5 IS NULL OR t.job_id = $5)
+         ORDER BY t.id
+         LIMIT $6 + 0"
+    ),
+    pg_claim!(agent_in_tenant),
+);
 
-/// The claim statement for `p` (from one job, or from every job), and how
-/// to explain it.
-fn claim_statement(p: &ClaimBatch) -> (&'static Sql, &'static Sql) {
-    match p.job {
-        Some(_) => (&CLAIM_IN_JOB, &EXPLAIN_CLAIM_IN_JOB),
-        None => (&CLAIM, &EXPLAIN_CLAIM),
+/// One way to claim, and how PostgreSQL plans it (for tests).
+struct ClaimStatement {
+    claim: &'static Sql,
+    explain: &'static Sql,
+    /// Prepares the claim as `lockstep_claim_plan`, for its generic plan.
+    prepare: &'static Sql,
+}
+
+const FROM_EVERY_JOB: ClaimStatement = ClaimStatement {
+    claim: &CLAIM,
+    explain: &Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(all))),
+    prepare: &Sql::postgres_only(concat!("PREPARE lockstep_claim_plan AS ", pg_claim!(all))),
+};
+const FROM_ONE_JOB: ClaimStatement = ClaimStatement {
+    claim: &CLAIM_IN_JOB,
+    explain: &Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(in_job))),
+    prepare: &Sql::postgres_only(concat!(
+        "PREPARE lockstep_claim_plan AS ",
+        pg_claim!(in_job)
+    )),
+};
+const FROM_AGENT_TENANT: ClaimStatement = ClaimStatement {
+    claim: &CLAIM_AGENT_IN_TENANT,
+    explain: &Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(agent_in_tenant))),
+    prepare: &Sql::postgres_only(concat!(
+        "PREPARE lockstep_claim_plan AS ",
+        pg_claim!(agent_in_tenant)
+    )),
+};
+
+/// How `p` is claimed: from one job, from one tenant's agent tasks, or from
+/// every pending task of its executor.
+fn claim_statement(p: &ClaimBatch) -> &'static ClaimStatement {
+    match (p.job, p.executor, &p.tenant) {
+        (Some(_), _, _) => &FROM_ONE_JOB,
+        (None, Executor::Agent, Some(_)) => &FROM_AGENT_TENANT,
+        _ => &FROM_EVERY_JOB,
     }
 }
 
@@ -264,12 +333,6 @@ fn bind_claim(query: Query, p: &ClaimBatch, nonce: Option<i64>) -> Query {
 // values shows the plan for those values only, so the claim is prepared
 // under a name here, explained with placeholder arguments under
 // `force_generic_plan`, and deallocated.
-const PREPARE_CLAIM: Sql =
-    Sql::postgres_only(concat!("PREPARE lockstep_claim_plan AS ", pg_claim!(all)));
-const PREPARE_CLAIM_IN_JOB: Sql = Sql::postgres_only(concat!(
-    "PREPARE lockstep_claim_plan AS ",
-    pg_claim!(in_job)
-));
 const FORCE_GENERIC_PLANS: Sql = Sql::postgres_only("SET plan_cache_mode = force_generic_plan");
 const EXPLAIN_PREPARED_CLAIM: Sql =
     Sql::postgres_only("EXPLAIN EXECUTE lockstep_claim_plan(0, '', NULL, NULL, 0, 1, 0, '', NULL)");
@@ -282,10 +345,7 @@ pub(crate) async fn explain_generic_claim(
     db: &mut Db<'_>,
     p: &ClaimBatch,
 ) -> Result<String, StoreError> {
-    let prepare = match p.job {
-        Some(_) => &PREPARE_CLAIM_IN_JOB,
-        None => &PREPARE_CLAIM,
-    };
+    let prepare = claim_statement(p).prepare;
     db.execute(db.query(&FORCE_GENERIC_PLANS)).await?;
     let explained = async {
         db.execute(db.query(prepare)).await?;
@@ -309,7 +369,7 @@ pub(crate) async fn explain_generic_claim(
 pub(crate) async fn explain_claim(db: &mut Db<'_>, p: &ClaimBatch) -> Result<String, StoreError> {
     let lines: Vec<(String,)> = db
         .fetch_all(bind_claim(
-            db.query(claim_statement(p).1),
+            db.query(claim_statement(p).explain),
             p,
             claim_nonce(p.executor),
         ))
@@ -328,7 +388,7 @@ pub(crate) async fn claim_batch(
     p: &ClaimBatch,
     nonce: Option<i64>,
 ) -> Result<Vec<ClaimedTask>, StoreError> {
-    let claim = claim_statement(p).0;
+    let claim = claim_statement(p).claim;
     let mut rows: Vec<ClaimedRow> = db.fetch_all(bind_claim(db.query(claim), p, nonce)).await?;
     if rows.is_empty() {
         return Ok(Vec::new());

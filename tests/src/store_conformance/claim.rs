@@ -139,8 +139,85 @@ pub async fn claim_can_be_limited_to_one_job(store: &dyn Store) {
     assert!(of_one.iter().all(|c| c.job_id == one));
 }
 
+/// An agent's claim from no particular job takes the oldest ready agent
+/// tasks of its own tenant, in id order, whatever other tenants have pending
+/// before them (it reads the tenant's pending agent tasks, not every
+/// tenant's).
+pub async fn an_agent_claim_without_a_job_takes_its_tenants_oldest_ready_agent_tasks(
+    store: &dyn Store,
+) {
+    let agent = |key: &str, depends_on: &[&str]| NewTask {
+        executor: Executor::Agent,
+        agent_json: Some("{\"title\":\"Step\"}".to_string()),
+        ..keyed("agent:planner", Some(key), depends_on)
+    };
+    let theirs = submit(
+        store,
+        spec_for(
+            globex(),
+            "theirs",
+            vec![stage("a", vec![agent("x", &[]), agent("y", &[])])],
+        ),
+    )
+    .await;
+    let first = submit(
+        store,
+        spec(
+            "first",
+            vec![stage(
+                "a",
+                vec![
+                    task("work"),
+                    agent("one", &[]),
+                    agent("after-one", &["one"]),
+                    agent("two", &[]),
+                ],
+            )],
+        ),
+    )
+    .await;
+    let second = submit(
+        store,
+        spec("second", vec![stage("a", vec![agent("three", &[])])]),
+    )
+    .await;
+    let for_tenant = |tenant: TenantId, limit: u32| ClaimBatch {
+        tenant: Some(tenant),
+        executor: Executor::Agent,
+        handlers: None,
+        ..claim_at(limit, NOW)
+    };
+
+    let ours = store
+        .claim_batch(for_tenant(acme(), 10))
+        .await
+        .expect("claim as acme");
+    let got: Vec<(JobId, i64)> = ours.iter().map(|c| (c.job_id, c.lease.task_id.0)).collect();
+    assert_eq!(got.len(), 3, "acme's ready agent tasks: {got:?}");
+    assert_eq!(
+        got.iter().map(|(job, _)| *job).collect::<Vec<_>>(),
+        vec![first, first, second]
+    );
+    assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "id order: {got:?}");
+    assert!(
+        ours.iter()
+            .all(|c| c.tenant == acme() && c.handler == "agent:planner")
+    );
+
+    let other = store
+        .claim_batch(for_tenant(globex(), 1))
+        .await
+        .expect("claim as globex");
+    assert_eq!(other.len(), 1);
+    assert_eq!(
+        (other[0].job_id, other[0].tenant.clone()),
+        (theirs, globex())
+    );
+}
+
 conformance_cases!(
     claim_marks_tasks_running_under_a_lease_and_records_the_claim_in_the_row,
     claim_takes_only_the_given_handlers,
     claim_can_be_limited_to_one_job,
+    an_agent_claim_without_a_job_takes_its_tenants_oldest_ready_agent_tasks,
 );
