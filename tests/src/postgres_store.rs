@@ -408,17 +408,7 @@ async fn postgres_claims_walk_the_pending_index_on_statistics_of_an_all_pending_
             .claim_plan(claim(256, "w", NOW))
             .await
             .expect("explain the claim");
-        let scans: Vec<&str> = plan
-            .lines()
-            .filter(|l| l.contains(" on tasks t "))
-            .map(str::trim)
-            .collect();
-        assert_eq!(scans.len(), 1, "one scan of tasks in:\n{plan}");
-        assert!(
-            scans[0].starts_with("->  Index Scan using tasks_claimable on tasks t "),
-            "the claim scans {:?} in:\n{plan}",
-            scans[0]
-        );
+        assert_scan(&plan, "tasks_claimable", "executor");
         // The claimed rows are sorted for the answer; the candidates are not.
         assert!(
             !plan.contains("Sort Key: t."),
