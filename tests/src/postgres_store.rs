@@ -456,8 +456,9 @@ fn assert_scan(plan: &str, index: &str, column: &str) {
 /// reads that job's pending tasks, and an agent's claim from no job its
 /// tenant's pending agent tasks — never the pending index of every job: a
 /// large backlog of another job or tenant in front of them costs them
-/// nothing. Checked as planned for the claim's values and as planned once
-/// for any values (what repeated claims on one connection come to run).
+/// nothing. Checked as planned for the claim's values (what the pool runs:
+/// `force_custom_plan`) and as planned for any values (the generic plan:
+/// the statement's text, not the planner's guess, bounds the scan).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_claim_from_one_job_or_one_tenant_reads_only_its_pending_tasks() {
     with_pg(|db| async move {

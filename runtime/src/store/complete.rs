@@ -256,8 +256,8 @@ struct ClaimedRow {
 // uses a partial index only when the query states its predicate. On
 // PostgreSQL the order is `(tenant_id, id)` with the tenant matched as a
 // range, as the claim from every job orders by `(executor, id)` (above):
-// ordered by `id` alone, the generic plan walked `tasks_pkey` past another
-// tenant's backlog.
+// ordered by `id` alone, its plan for any values (the generic plan) walked
+// `tasks_pkey` past another tenant's backlog.
 const CLAIM_AGENT_IN_TENANT: Sql = Sql::each(
     sqlite_claim!(
         "SELECT t.id FROM tasks t INDEXED BY tasks_agent_claimable
@@ -278,7 +278,8 @@ const CLAIM_AGENT_IN_TENANT: Sql = Sql::each(
 struct ClaimStatement {
     claim: &'static Sql,
     explain: &'static Sql,
-    /// Prepares the claim as `lockstep_claim_plan`, for its generic plan.
+    /// Prepares the claim as `lockstep_claim_plan`, for its generic plan
+    /// (tests).
     prepare: &'static Sql,
 }
 
@@ -327,12 +328,14 @@ fn bind_claim(query: Query, p: &ClaimBatch, nonce: Option<i64>) -> Query {
         .bind(nonce)
 }
 
-// The generic plan of a claim: what a pooled connection runs once
-// PostgreSQL stops planning the prepared claim for each call's values (after
-// five calls, when the generic plan looks no dearer). A plain `EXPLAIN` with
-// values shows the plan for those values only, so the claim is prepared
-// under a name here, explained with placeholder arguments under
-// `force_generic_plan`, and deallocated.
+// The generic plan of a claim: its plan for any values and statistics. The
+// pool plans every statement with its values (`force_custom_plan`,
+// `store/postgres/mod.rs`), and a plan for one set of values shows only
+// that the planner chose well for them; the generic plan shows what the
+// statement's text holds the planner to (a claim from one job scans that
+// job's tasks whatever the planner guesses). A plain `EXPLAIN` plans with the
+// bound values, so the claim is prepared under a name here, explained with
+// placeholder arguments under `force_generic_plan`, and deallocated.
 const FORCE_GENERIC_PLANS: Sql = Sql::postgres_only("SET plan_cache_mode = force_generic_plan");
 const EXPLAIN_PREPARED_CLAIM: Sql =
     Sql::postgres_only("EXPLAIN EXECUTE lockstep_claim_plan(0, '', NULL, NULL, 0, 1, 0, '', NULL)");

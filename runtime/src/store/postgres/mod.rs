@@ -187,10 +187,10 @@ impl SqlStore<PgBackend> {
             .await
     }
 
-    /// The generic plan of the claim `p` (what a pooled connection runs
-    /// once PostgreSQL stops planning the prepared claim per call), one line
-    /// per plan node: for the test that holds a claim from one job to that
-    /// job's tasks.
+    /// The generic plan of the claim `p` (its plan for any values and
+    /// statistics, where `claim_plan` plans for `p`'s values),
+    /// one line per plan node: for the test that holds a claim from one job
+    /// or one tenant to that job's or tenant's tasks by its text alone.
     pub async fn generic_claim_plan(&self, p: ClaimBatch) -> Result<String, StoreError> {
         self.read(|| async |db| super::complete::explain_generic_claim(db, &p).await)
             .await
