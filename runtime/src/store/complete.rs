@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 // ------------------------------------------------------------ claim
 
 /// The PostgreSQL claim's text around the statement that picks its
-/// candidates (`picked`): shared by [`CLAIM`], [`CLAIM_IN_JOB`] and their
-/// `EXPLAIN`s.
+/// candidates (`picked`): shared by [`CLAIM`], [`CLAIM_IN_JOB`],
+/// [`CLAIM_AGENT_IN_TENANT`] and their `EXPLAIN`s.
 macro_rules! pg_claim {
     (all) => {
         pg_claim!(
@@ -113,6 +113,26 @@ macro_rules! pg_claim {
     };
 }
 
+/// The SQLite claim's text around the statement that picks its candidates,
+/// shared by [`CLAIM`], [`CLAIM_IN_JOB`] and [`CLAIM_AGENT_IN_TENANT`].
+macro_rules! sqlite_claim {
+    ($picked:literal) => {
+        concat!(
+            "UPDATE tasks
+             SET state = 'running', attempt = attempt + 1, lease_expires_at = $7,
+                 worker = $8, claimed_at = $1, updated_at = $1, claim_nonce = $9
+             WHERE id IN (",
+            $picked,
+            ")
+             RETURNING id, tenant_id, job_id, stage_position,
+                       (SELECT s.name FROM stages s
+                        WHERE s.job_id = tasks.job_id AND s.position = tasks.stage_position)
+                           AS stage_name,
+                       attempt, handler, input_json, timeout_ms, max_attempts, run_after"
+        )
+    };
+}
+
 /// Whether claims of `executor`'s tasks append a `task_claimed` event
 /// (Invariant 42). Every claim is recorded in the task row (worker,
 /// claimed_at, attempt), and the event that ends the attempt carries it. A
@@ -162,26 +182,6 @@ pub(crate) fn claim_nonce(executor: Executor) -> Option<i64> {
 // whenever that parameter is bound anew — every claim (measured: 0.4 ms of
 // the writer's time per claim, ~5% of it at host-noop). An expression is
 // evaluated at run time instead, and the plan is fixed by `INDEXED BY`.
-/// The SQLite claim's text around the statement that picks its candidates,
-/// shared by [`CLAIM`] and [`CLAIM_IN_JOB`].
-macro_rules! sqlite_claim {
-    ($picked:literal) => {
-        concat!(
-            "UPDATE tasks
-             SET state = 'running', attempt = attempt + 1, lease_expires_at = $7,
-                 worker = $8, claimed_at = $1, updated_at = $1, claim_nonce = $9
-             WHERE id IN (",
-            $picked,
-            ")
-             RETURNING id, tenant_id, job_id, stage_position,
-                       (SELECT s.name FROM stages s
-                        WHERE s.job_id = tasks.job_id AND s.position = tasks.stage_position)
-                           AS stage_name,
-                       attempt, handler, input_json, timeout_ms, max_attempts, run_after"
-        )
-    };
-}
-
 const CLAIM: Sql = Sql::each(
     sqlite_claim!(
         "SELECT t.id FROM tasks t INDEXED BY tasks_claimable
@@ -248,8 +248,6 @@ struct ClaimedRow {
     run_after: i64,
 }
 
-// How PostgreSQL would run the claim now, for the test that holds the claim
-// to `tasks_claimable` (EXPLAIN without ANALYZE runs nothing).
 // An agent's claim from no particular job (`claim_task` without one) reads
 // its tenant's pending agent tasks in id order (`tasks_agent_claimable`,
 // migration 0012), not every tenant's. The executor is a literal: SQLite
@@ -277,6 +275,9 @@ const CLAIM_AGENT_IN_TENANT: Sql = Sql::each(
 /// One way to claim, and how PostgreSQL plans it (for tests).
 struct ClaimStatement {
     claim: &'static Sql,
+    /// How PostgreSQL would run the claim for given values, for the tests
+    /// that hold claims to their indexes (EXPLAIN without ANALYZE runs
+    /// nothing).
     explain: &'static Sql,
     /// Prepares the claim as `lockstep_claim_plan`, for its generic plan
     /// (tests).
