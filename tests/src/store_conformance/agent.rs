@@ -4,14 +4,6 @@
 
 use super::fixtures::*;
 
-fn agent_task(key: &str, depends_on: &[&str], title: &str) -> NewTask {
-    NewTask {
-        executor: Executor::Agent,
-        agent_json: Some(format!("{{\"title\":{title:?}}}")),
-        ..keyed("agent:planner", Some(key), depends_on)
-    }
-}
-
 fn list(job: JobId, after: Option<TaskId>, limit: u32) -> ListTasks {
     ListTasks {
         tenant: acme(),

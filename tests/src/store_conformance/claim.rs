@@ -146,11 +146,7 @@ pub async fn claim_can_be_limited_to_one_job(store: &dyn Store) {
 pub async fn an_agent_claim_without_a_job_takes_its_tenants_oldest_ready_agent_tasks(
     store: &dyn Store,
 ) {
-    let agent = |key: &str, depends_on: &[&str]| NewTask {
-        executor: Executor::Agent,
-        agent_json: Some("{\"title\":\"Step\"}".to_string()),
-        ..keyed("agent:planner", Some(key), depends_on)
-    };
+    let agent = |key: &str, depends_on: &[&str]| agent_task(key, depends_on, "Step");
     let theirs = submit(
         store,
         spec_for(

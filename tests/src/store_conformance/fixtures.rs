@@ -46,6 +46,15 @@ pub(crate) fn keyed(handler: &str, key: Option<&str>, depends_on: &[&str]) -> Ne
     }
 }
 
+/// An MCP agent's task (`agent:planner`) with its key, dependencies and title.
+pub(crate) fn agent_task(key: &str, depends_on: &[&str], title: &str) -> NewTask {
+    NewTask {
+        executor: Executor::Agent,
+        agent_json: Some(format!("{{\"title\":{title:?}}}")),
+        ..keyed("agent:planner", Some(key), depends_on)
+    }
+}
+
 pub(crate) fn with_attempts(mut t: NewTask, max_attempts: i32) -> NewTask {
     t.max_attempts = max_attempts;
     t
