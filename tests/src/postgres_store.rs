@@ -520,6 +520,87 @@ async fn postgres_a_claim_from_one_job_or_one_tenant_reads_only_its_pending_task
     .await;
 }
 
+/// A completion finds its task rows by primary key, one probe per
+/// completion, whatever the planner's statistics say about running tasks:
+/// `tasks_running_leases` keeps an entry for every row that ran since the
+/// last vacuum, and a plan that reads it (for the whole batch, or once per
+/// completion) read thousands of entries for each batch. Statistics here are
+/// from before any task ran, the case that read the index once per
+/// completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_completion_finds_its_rows_by_primary_key() {
+    with_pg(|db| async move {
+        let store = db.open_store().await;
+        let tasks = (0..2_000).map(|_| task("work", None, &[])).collect();
+        let job_id = store
+            .submit_job(job("running", vec![stage("only", tasks)]))
+            .await
+            .expect("submit")
+            .job_id;
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::query("ANALYZE tasks")
+            .execute(&mut conn)
+            .await
+            .expect("statistics with no task running");
+        let claimed = store
+            .claim_batch(claim(1_000, "w", NOW))
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1_000);
+        let batch = || CompleteBatch {
+            completions: claimed.iter().map(|t| success(t, Vec::new())).collect(),
+            now: NOW + 1,
+            max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
+        };
+
+        let plan = store
+            .completion_plan(batch())
+            .await
+            .expect("explain the completion");
+        assert!(
+            !plan.contains("tasks_running_leases"),
+            "a completion reads the running-lease index in:\n{plan}"
+        );
+        let probes: Vec<&str> = plan
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains("Scan") && l.contains(" on tasks "))
+            .collect();
+        // SUCCEED_FENCED: one probe per completion, then the update's own
+        // scan by the held ids; HOLD_RUNNING: one probe per completion.
+        assert_eq!(probes.len(), 3, "three scans of tasks in:\n{plan}");
+        for probe in probes {
+            assert!(
+                probe.contains("Index Scan using tasks_pkey on tasks")
+                    || probe.contains("Bitmap Heap Scan on tasks"),
+                "a scan of tasks that is not by primary key ({probe:?}) in:\n{plan}"
+            );
+        }
+        assert_eq!(
+            plan.matches("Index Cond: (id = k.id)").count(),
+            2,
+            "each completion is one primary-key probe in:\n{plan}"
+        );
+
+        let outcomes = store.complete_batch(batch()).await.expect("complete");
+        assert_eq!(outcomes.len(), 1_000);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| *o == CompletionOutcome::Recorded(TaskState::Succeeded)),
+            "every completion is recorded: {outcomes:?}"
+        );
+        let (succeeded,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM tasks WHERE job_id = $1 AND state = 'succeeded'")
+                .bind(job_id.0)
+                .fetch_one(&mut conn)
+                .await
+                .expect("count the succeeded tasks");
+        assert_eq!(succeeded, 1_000);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_rescue_on_four_nodes_takes_each_expired_lease_exactly_once() {
     with_pg(|db| async move {

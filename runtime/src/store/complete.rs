@@ -18,8 +18,8 @@ use super::effects::Effects;
 use super::rules::{self, Decision, Held, HeldRow, StageDelta, StageMeta, stage_of};
 use super::sql::{Batch, Db, Query, Sql};
 use super::{
-    ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, RenewLease, RescueExpiredLeases,
-    StoreError, TaskResult,
+    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, RenewLease,
+    RescueExpiredLeases, StoreError, TaskResult,
 };
 use crate::model::{
     EventKind, Executor, JobId, LeaseToken, Millis, StageState, TaskId, TaskState, TenantId,
@@ -491,6 +491,24 @@ pub(crate) async fn renew_lease(db: &mut Db<'_>, p: &RenewLease) -> Result<bool,
 // Attempt, nonce and tenant are checked by the caller: comparing them here would
 // make PostgreSQL join the rows to the batch (a nested loop over the whole
 // array per row, measured at 100× slower at 2,048 completions).
+//
+// On PostgreSQL each row is found by primary key alone and locked (a
+// `LATERAL` subquery per id, in the order of the array, which the caller
+// sorts; `OFFSET 0` keeps the planner from moving the state check into it),
+// and its state is checked on the row as locked. See SUCCEED_FENCED for why
+// the state is not in the subquery.
+macro_rules! pg_hold_running {
+    () => {
+        "SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt, t.max_attempts,
+                t.on_failure, EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = t.id),
+                t.worker, t.claimed_at, t.claim_nonce
+         FROM unnest($1::int8[]) AS k(id)
+         CROSS JOIN LATERAL (
+             SELECT * FROM tasks WHERE id = k.id OFFSET 0 FOR NO KEY UPDATE
+         ) t
+         WHERE t.state = 'running'"
+    };
+}
 const HOLD_RUNNING: Sql = Sql::each(
     "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
             EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
@@ -498,13 +516,7 @@ const HOLD_RUNNING: Sql = Sql::each(
      FROM tasks
      WHERE id IN (SELECT value FROM json_each($1)) AND state = 'running'
      ORDER BY id",
-    "SELECT id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
-            EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
-            worker, claimed_at, claim_nonce
-     FROM tasks
-     WHERE id = ANY($1) AND state = 'running'
-     ORDER BY id
-     FOR NO KEY UPDATE OF tasks",
+    pg_hold_running!(),
 );
 
 // A plain success (no spawned tasks) needs nothing from its row to be
@@ -513,15 +525,43 @@ const HOLD_RUNNING: Sql = Sql::each(
 // update leaves as it was). Two statements per batch become one, and the rows
 // are not sent to the host and back.
 //
-// On PostgreSQL the rows are first locked in ascending id order (the `held`
-// CTE), as Invariant 11 orders them; rows it locks whose attempt, nonce or
-// tenant do not match are left unchanged. `held` is read by a condition on
-// no row (`count(*) >= 0`), which PostgreSQL runs once, before the update
-// reads its first row (a one-time filter): joined to the rows instead, its
-// estimate of a few rows (statistics from before the tasks ran) made the
-// planner compare every row with the whole batch — 131,841 comparisons for
-// 514 completions. Joined to the batch by id alone, the rows are found by
-// primary key or by one hash join.
+// On PostgreSQL the rows are first found by primary key alone and locked,
+// one by one in the order of the batch (ascending id, as Invariant 11 orders
+// them): the `held` CTE, which then checks the fence on each row as locked.
+// The update reaches exactly those rows through `ANY(ARRAY(SELECT id FROM
+// held))` (run once, before the update reads a row) and takes each output
+// from the batch by id (one hash join). `state = 'running'` is never where
+// the planner can use it to find rows: it matches `tasks_running_leases`,
+// which still holds an entry for every row that was running since the last
+// vacuum. Given the chance, the planner read that index for the whole batch
+// (15,379 entries and 570 heap pages for 130 completions at the end of a
+// 10,000-task stage: 3–10 ms per batch) or, with statistics from before the
+// tasks ran, once per completion (385 rows read per completion of 385).
+// Joined to the batch by anything but id, it compared every row with the
+// whole batch (131,841 comparisons for 514 completions).
+macro_rules! pg_succeed_fenced {
+    () => {
+        "WITH held AS MATERIALIZED (
+             SELECT t.id
+             FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[])
+                  AS k(id, attempt, nonce, tenant)
+             CROSS JOIN LATERAL (
+                 SELECT id, state, attempt, claim_nonce, tenant_id FROM tasks
+                 WHERE id = k.id OFFSET 0 FOR NO KEY UPDATE
+             ) t
+             WHERE t.state = 'running' AND t.attempt = k.attempt
+               AND t.claim_nonce IS NOT DISTINCT FROM k.nonce AND t.tenant_id = k.tenant
+         )
+         UPDATE tasks t
+         SET state = 'succeeded', output_json = u.output, error = NULL,
+             lease_expires_at = NULL, updated_at = $6, finished_at = $6
+         FROM unnest($1::int8[], $5::text[]) AS u(id, output)
+         WHERE t.id = ANY(ARRAY(SELECT id FROM held)) AND t.id = u.id
+         RETURNING t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt, t.max_attempts,
+                   t.on_failure, EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = t.id),
+                   t.worker, t.claimed_at, t.claim_nonce"
+    };
+}
 const SUCCEED_FENCED: Sql = Sql::each(
     "UPDATE tasks AS t
      SET state = 'succeeded', output_json = u.value ->> 4, error = NULL,
@@ -532,23 +572,56 @@ const SUCCEED_FENCED: Sql = Sql::each(
      RETURNING id, tenant_id, job_id, stage_position, attempt, max_attempts, on_failure,
                EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id),
                worker, claimed_at, claim_nonce",
-    "WITH held AS MATERIALIZED (
-         SELECT id FROM tasks WHERE id = ANY($1) AND state = 'running'
-         ORDER BY id
-         FOR NO KEY UPDATE
-     )
-     UPDATE tasks t
-     SET state = 'succeeded', output_json = u.output, error = NULL,
-         lease_expires_at = NULL, updated_at = $6, finished_at = $6
-     FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::text[])
-          AS u(id, attempt, nonce, tenant, output)
-     WHERE (SELECT count(*) FROM held) >= 0
-       AND t.id = u.id AND t.state = 'running' AND t.attempt = u.attempt
-       AND t.claim_nonce IS NOT DISTINCT FROM u.nonce AND t.tenant_id = u.tenant
-     RETURNING t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt, t.max_attempts,
-               t.on_failure, EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = t.id),
-               t.worker, t.claimed_at, t.claim_nonce",
+    pg_succeed_fenced!(),
 );
+
+const EXPLAIN_SUCCEED_FENCED: Sql = Sql::postgres_only(concat!("EXPLAIN ", pg_succeed_fenced!()));
+const EXPLAIN_HOLD_RUNNING: Sql = Sql::postgres_only(concat!("EXPLAIN ", pg_hold_running!()));
+
+/// SUCCEED_FENCED's batch: the completions' leases, tenants and outputs.
+fn succeed_fenced_batch<'a>(completions: &[&'a Completion]) -> Batch<'a> {
+    Batch::new()
+        .int8(completions.iter().map(|c| c.lease.task_id.0).collect())
+        .int4(completions.iter().map(|c| c.lease.attempt).collect())
+        .opt_int8(completions.iter().map(|c| c.lease.nonce).collect())
+        .text(completions.iter().map(|c| c.tenant.0.as_str()).collect())
+        .text(
+            completions
+                .iter()
+                .map(|c| match &c.result {
+                    TaskResult::Succeeded { output_json, .. } => output_json.as_str(),
+                    _ => "",
+                })
+                .collect(),
+        )
+}
+
+/// PostgreSQL's plans for the two statements that find `p`'s task rows
+/// (SUCCEED_FENCED and HOLD_RUNNING, each as if the whole batch went
+/// through it), with `p`'s values, one line per plan node; empty on SQLite.
+pub(crate) async fn explain_completion(
+    db: &mut Db<'_>,
+    p: &CompleteBatch,
+) -> Result<String, StoreError> {
+    let all: Vec<&Completion> = p.completions.iter().collect();
+    let ids: Vec<i64> = all.iter().map(|c| c.lease.task_id.0).collect();
+    let mut lines: Vec<(String,)> = db
+        .fetch_all(
+            db.query(&EXPLAIN_SUCCEED_FENCED)
+                .bind_batch(&succeed_fenced_batch(&all))
+                .bind(p.now),
+        )
+        .await?;
+    lines.extend(
+        db.fetch_all::<(String,)>(db.query(&EXPLAIN_HOLD_RUNNING).bind_ids(&ids))
+            .await?,
+    );
+    Ok(lines
+        .into_iter()
+        .map(|(line,)| line)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
 
 /// Whether `result` is a plain success: it succeeds whatever its row says
 /// (no spawns to check against the job's stages and task limit).
@@ -580,21 +653,8 @@ pub(crate) async fn complete_batch(
     let mut held: HashMap<i64, Held> = HashMap::with_capacity(order.len());
     let mut written: HashSet<i64> = HashSet::with_capacity(plain.len());
     if !plain.is_empty() {
-        let c = |i: &usize| &p.completions[*i];
-        let batch = Batch::new()
-            .int8(plain.iter().map(|i| c(i).lease.task_id.0).collect())
-            .int4(plain.iter().map(|i| c(i).lease.attempt).collect())
-            .opt_int8(plain.iter().map(|i| c(i).lease.nonce).collect())
-            .text(plain.iter().map(|i| c(i).tenant.0.as_str()).collect())
-            .text(
-                plain
-                    .iter()
-                    .map(|i| match &c(i).result {
-                        TaskResult::Succeeded { output_json, .. } => output_json.as_str(),
-                        _ => "",
-                    })
-                    .collect(),
-            );
+        let completions: Vec<&Completion> = plain.iter().map(|&i| &p.completions[i]).collect();
+        let batch = succeed_fenced_batch(&completions);
         let rows: Vec<HeldRow> = db
             .fetch_all(db.query(&SUCCEED_FENCED).bind_batch(&batch).bind(p.now))
             .await?;

@@ -45,7 +45,7 @@ mod listen;
 
 use super::backend::{Backend, SqlStore};
 use super::sql::{Conn, Tx};
-use super::{ClaimBatch, StoreError};
+use super::{ClaimBatch, CompleteBatch, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::str::FromStr;
@@ -193,6 +193,15 @@ impl SqlStore<PgBackend> {
     /// or one tenant to that job's or tenant's tasks by its text alone.
     pub async fn generic_claim_plan(&self, p: ClaimBatch) -> Result<String, StoreError> {
         self.read(|| async |db| super::complete::explain_generic_claim(db, &p).await)
+            .await
+    }
+
+    /// The plans for the statements that find the task rows of the
+    /// completions `p` (with `p`'s values), one line per plan node: for the
+    /// test that holds a completion to its rows' primary key whatever the
+    /// planner's statistics say.
+    pub async fn completion_plan(&self, p: CompleteBatch) -> Result<String, StoreError> {
+        self.read(|| async |db| super::complete::explain_completion(db, &p).await)
             .await
     }
 
