@@ -765,6 +765,47 @@ fn retry_of_a_task_still_on_its_way_is_exit_two_in_one_sentence() {
 }
 
 #[test]
+fn retry_resumes_a_failed_job_from_the_dead_tasks_stage_and_refuses_a_stage_never_reached() {
+    let cli = Cli::new();
+    let file = cli.write(
+        "resume.toml",
+        "name = \"resume\"\n[[stages]]\nname = \"a\"\ntasks = [{ handler = \"example:flaky\", input = { fail_times = 1 }, max_attempts = 1 }]\n[[stages]]\nname = \"b\"\ntasks = [{ handler = \"example:noop\" }]\n",
+    );
+    let out = cli.run(&["run", &file]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = assert_bad_input(&cli.run(&["retry", "2"]));
+    assert_eq!(
+        err,
+        "error: task 2 cannot be retried on its own: job 1 stopped (failed) before its stage \"b\" \
+         opened; retry a dead or cancelled task of the stage where the job stopped, and the \
+         cancelled tasks of the later stages come back with it\n"
+    );
+    let out = cli.run(&["retry", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "task 1 pending; a worker (lockstep serve) will run it\n"
+    );
+    let out = cli.run(&["status", "1", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["state"], "running", "{status}");
+    // Task 1 waits for a worker; task 2 is back, blocked until stage b opens.
+    let stages: Vec<(&str, i64, i64)> = status["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            (
+                s["state"].as_str().unwrap_or("?"),
+                s["counts"]["pending"].as_i64().unwrap_or(-1),
+                s["counts"]["blocked"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(stages, [("open", 1, 0), ("waiting", 0, 1)], "{status}");
+}
+
+#[test]
 fn a_failed_run_lists_its_dead_tasks_with_their_errors() {
     let cli = Cli::new();
     let tasks = ["{ handler = \"example:flaky\", input = { fail_times = 9 }, max_attempts = 1 }";

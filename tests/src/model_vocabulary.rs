@@ -76,7 +76,9 @@ fn the_transition_table_allows_exactly_the_documented_moves() {
             (Running, Dead),
             (Running, Cancelled),
             (Running, Skipped),
+            (Dead, Blocked),
             (Dead, Pending),
+            (Cancelled, Blocked),
             (Cancelled, Pending),
             (Skipped, Pending),
         ]
@@ -93,7 +95,7 @@ fn the_transition_table_allows_exactly_the_documented_moves() {
             state.is_terminal(),
             TaskState::ALL
                 .iter()
-                .all(|to| !state.can_become(*to) || *to == Pending),
+                .all(|to| !state.can_become(*to) || matches!(to, Pending | Blocked)),
             "{state}: terminal states may only be revived"
         );
     }

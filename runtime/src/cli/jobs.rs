@@ -458,10 +458,18 @@ pub async fn cancel(ctx: &Ctx, args: CancelArgs) -> CliResult {
 pub async fn retry(ctx: &Ctx, args: RetryArgs) -> CliResult {
     let engine = ctx.reader().await?;
     let state = engine.retry(&ctx.tenant, TaskId(args.task)).await?;
-    say!(
-        "task {} {state}; a worker (lockstep serve) will run it",
-        args.task
-    )?;
+    if state == TaskState::Blocked {
+        say!(
+            "task {} blocked: a worker (lockstep serve) will run it once its stage opens and \
+             its dependencies finish",
+            args.task
+        )?;
+    } else {
+        say!(
+            "task {} {state}; a worker (lockstep serve) will run it",
+            args.task
+        )?;
+    }
     Ok(())
 }
 

@@ -107,7 +107,8 @@ enum Command {
     Events(jobs::EventsArgs),
     /// Cancel a job; running tasks see cancelled().
     Cancel(jobs::CancelArgs),
-    /// Revive a dead task (and reopen its job).
+    /// Revive a dead or cancelled task; a failed or cancelled job resumes
+    /// from its stage, the later stages' cancelled tasks with it.
     Retry(jobs::RetryArgs),
     /// Show one task: input, output, error, attempts.
     Task(jobs::TaskArgs),

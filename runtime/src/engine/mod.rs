@@ -80,6 +80,9 @@ pub enum EngineError {
     /// `retry` of a task that has not stopped for good.
     #[error("task {task} is {state}: only a dead or cancelled task can be retried")]
     NotRetryable { task: i64, state: String },
+    /// `retry` of a task in a stage its stopped job never reached.
+    #[error(transparent)]
+    StageNotReached(#[from] crate::store::StageNotReached),
     /// A request that cannot be done as asked; the text says why and what
     /// to do instead (re-running a run that is still going, say).
     #[error("{0}")]
@@ -99,6 +102,7 @@ impl EngineError {
             | EngineError::NotFound { .. }
             | EngineError::IllegalTransition(_)
             | EngineError::NotRetryable { .. }
+            | EngineError::StageNotReached(_)
             | EngineError::Refused(_) => true,
             EngineError::Corrupt(_) => false,
             // A database URL that cannot be shared, another application's file.
@@ -112,6 +116,7 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::NotFound { entity, id } => EngineError::NotFound { entity, id },
             StoreError::IllegalTransition(t) => EngineError::IllegalTransition(t),
+            StoreError::StageNotReached(s) => EngineError::StageNotReached(s),
             other => EngineError::Store(other),
         }
     }

@@ -51,12 +51,12 @@ impl ToolFailure {
                 code: "not_found",
                 message: e.to_string(),
             },
-            EngineError::IllegalTransition(_) | EngineError::NotRetryable { .. } => {
-                ToolFailure::Refused {
-                    code: "illegal_state",
-                    message: e.to_string(),
-                }
-            }
+            EngineError::IllegalTransition(_)
+            | EngineError::NotRetryable { .. }
+            | EngineError::StageNotReached(_) => ToolFailure::Refused {
+                code: "illegal_state",
+                message: e.to_string(),
+            },
             EngineError::Refused(message) => ToolFailure::Refused {
                 code: "refused",
                 message,

@@ -316,7 +316,7 @@ impl LockstepMcp {
     }
 
     #[tool(
-        description = "Retry a dead or cancelled task: it goes back to the queue with fresh attempts and its job is reopened.",
+        description = "Retry a dead or cancelled task: it goes back to the queue with another attempt (blocked until its stage opens and its dependencies finish) and its job is reopened; a failed or cancelled job resumes from the task's stage, and the later stages' cancelled tasks come back with it.",
         output_schema = schema_for_output::<TaskStateView>()
     )]
     async fn retry_task(

@@ -87,9 +87,12 @@ impl TaskState {
                 | (Blocked, Cancelled)
                 | (Pending, Cancelled)
                 | (Running, Cancelled)
-                // `lockstep retry`: a dead or cancelled task is revived
+                // `lockstep retry`: a dead or cancelled task is revived, blocked
+                // while its stage waits or its dependencies are unfinished
                 | (Dead, Pending)
+                | (Dead, Blocked)
                 | (Cancelled, Pending)
+                | (Cancelled, Blocked)
                 | (Skipped, Pending)
         )
     }

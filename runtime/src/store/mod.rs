@@ -45,6 +45,13 @@ pub enum StoreError {
     NotFound { entity: &'static str, id: String },
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
+    #[error(transparent)]
+    StageNotReached(#[from] StageNotReached),
+    /// What a write read at its start changed before it could lock it (a
+    /// job finished by another transaction meanwhile): nothing was written,
+    /// and the write runs again.
+    #[error("{0} changed while this write ran; nothing was written, try again")]
+    Raced(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -74,6 +81,23 @@ pub enum StoreError {
          restart lockstep, which recovers the database from what reached the disk"
     )]
     LogSyncFailed { path: String, reason: String },
+}
+
+/// `retry` of a task whose stage its failed or cancelled job never
+/// reached: nothing would open the stage. The job resumes from the stage
+/// where it stopped, and retrying a task there brings the later stages'
+/// cancelled tasks back too.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "task {task} cannot be retried on its own: job {job} stopped ({job_state}) before its stage \
+     {stage:?} opened; retry a dead or cancelled task of the stage where the job stopped, and the \
+     cancelled tasks of the later stages come back with it"
+)]
+pub struct StageNotReached {
+    pub task: i64,
+    pub job: i64,
+    pub job_state: JobState,
+    pub stage: String,
 }
 
 impl StoreError {

@@ -17,7 +17,7 @@ use super::codec::{
 use super::effects::Effects;
 use super::rules::StageDelta;
 use super::sql::{Db, Sql};
-use super::{CancelJob, RetryTask, StoreError};
+use super::{CancelJob, RetryTask, StageNotReached, StoreError};
 use crate::model::{EventKind, JobState, StageState, TaskState};
 use std::collections::BTreeMap;
 
@@ -108,20 +108,87 @@ const LOCK_TASK: Sql = Sql::each(
      FOR NO KEY UPDATE",
 );
 const JOB_STATE: Sql = Sql::both("SELECT state FROM jobs WHERE id = $1");
-// Dependencies are counted afresh: a task revived before (or after) the tasks
-// it depends on waits for them like any blocked task; the claim only takes
-// pending tasks with no unfinished dependency.
-const UNMET_DEPENDENCIES: Sql = Sql::both(
-    "SELECT count(*) FROM task_deps d
-     JOIN tasks t ON t.id = d.depends_on
-     WHERE d.task_id = $1
-       AND NOT (t.state IN ('succeeded', 'skipped')
-                OR (t.on_failure IN ('continue', 'release_then_fail')
-                    AND t.state IN ('dead', 'cancelled')))",
+const STAGE_STATE: Sql =
+    Sql::both("SELECT state, name FROM stages WHERE job_id = $1 AND position = $2");
+
+/// How many of a task's dependencies are unfinished, counted afresh: a task
+/// revived before (or after) the tasks it depends on waits for them like any
+/// blocked task. `$task` names the dependent task's id.
+macro_rules! unmet_dependencies {
+    ($task:literal) => {
+        concat!(
+            "(SELECT count(*) FROM task_deps d
+              JOIN tasks dependency ON dependency.id = d.depends_on
+              WHERE d.task_id = ",
+            $task,
+            " AND NOT (dependency.state IN ('succeeded', 'skipped')
+                       OR (dependency.on_failure IN ('continue', 'release_then_fail')
+                           AND dependency.state IN ('dead', 'cancelled'))))"
+        )
+    };
+}
+
+const UNMET_DEPENDENCIES: Sql = Sql::both(concat!("SELECT ", unmet_dependencies!("$1")));
+
+// A failed or cancelled job resumes from the revived task's stage: the
+// stages after it never ran (or ran no further than their cancellation), so
+// their cancelled tasks come back blocked, to be made pending when their
+// stage opens. Attempts keep counting up (fencing); each gets one more.
+const BRING_BACK_LATER_TASKS: Sql = Sql::each(
+    "UPDATE tasks
+     SET state = 'blocked', output_json = NULL, error = NULL, lease_expires_at = NULL,
+         worker = NULL, finished_at = NULL, run_after = $3, updated_at = $3,
+         max_attempts = CASE WHEN max_attempts > attempt THEN max_attempts ELSE attempt + 1 END
+     WHERE job_id = $1 AND stage_position > $2 AND state = 'cancelled'
+     RETURNING id, stage_position",
+    "WITH revived AS (
+         SELECT id FROM tasks
+         WHERE job_id = $1 AND stage_position > $2 AND state = 'cancelled'
+         ORDER BY id
+         FOR NO KEY UPDATE
+     )
+     UPDATE tasks t
+     SET state = 'blocked', output_json = NULL, error = NULL, lease_expires_at = NULL,
+         worker = NULL, finished_at = NULL, run_after = $3, updated_at = $3,
+         max_attempts = CASE WHEN t.max_attempts > t.attempt THEN t.max_attempts
+                             ELSE t.attempt + 1 END
+     WHERE t.id = ANY(ARRAY(SELECT id FROM revived))
+     RETURNING t.id, t.stage_position",
+);
+// After BRING_BACK_LATER_TASKS, so that tasks brought back count as unmet
+// for the tasks that depend on them.
+const COUNT_LATER_DEPENDENCIES: Sql = Sql::both(concat!(
+    "UPDATE tasks SET deps_remaining = ",
+    unmet_dependencies!("tasks.id"),
+    " WHERE job_id = $1 AND stage_position > $2 AND state = 'blocked'"
+));
+// Every later stage waits again, counting its unfinished tasks afresh: one
+// that had closed (with dead tasks, say) is decided again when the job gets
+// there. Ascending position (the lock order), after the revived task's own
+// stage.
+const RESET_LATER_STAGES: Sql = Sql::each(
+    "UPDATE stages
+     SET state = 'waiting', opened_at = NULL, closed_at = NULL,
+         remaining = (SELECT count(*) FROM tasks t
+                      WHERE t.job_id = stages.job_id AND t.stage_position = stages.position
+                        AND t.state IN ('blocked', 'pending', 'running'))
+     WHERE job_id = $1 AND position > $2",
+    "WITH locked AS MATERIALIZED (
+         SELECT position FROM stages
+         WHERE job_id = $1 AND position > $2
+         ORDER BY position
+         FOR NO KEY UPDATE
+     )
+     UPDATE stages s
+     SET state = 'waiting', opened_at = NULL, closed_at = NULL,
+         remaining = (SELECT count(*) FROM tasks t
+                      WHERE t.job_id = s.job_id AND t.stage_position = s.position
+                        AND t.state IN ('blocked', 'pending', 'running'))
+     WHERE s.job_id = $1 AND s.position = ANY(ARRAY(SELECT position FROM locked))",
 );
 const REVIVE_TASK: Sql = Sql::both(
     "UPDATE tasks
-     SET state = 'pending', deps_remaining = $2, max_attempts = $3, run_after = $4,
+     SET state = $5, deps_remaining = $2, max_attempts = $3, run_after = $4,
          output_json = NULL, error = NULL, lease_expires_at = NULL, worker = NULL,
          finished_at = NULL, updated_at = $4
      WHERE id = $1",
@@ -139,6 +206,14 @@ const REOPEN_JOB: Sql = Sql::both(
      WHERE id = $1",
 );
 
+/// `lockstep retry`: revive a dead or cancelled task (Invariant 44). It
+/// is pending again when its stage is open and its dependencies are met,
+/// blocked otherwise (its stage opening or its dependencies finishing make
+/// it pending, as for any blocked task), and counted back into its stage,
+/// which reopens if it had closed. A failed or cancelled job runs again
+/// from the task's stage: every later stage waits again and its cancelled
+/// tasks come back. A task in a stage that such a job never reached is
+/// refused ([`StageNotReached`]): nothing would ever open its stage.
 pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskState, StoreError> {
     let tenant = p.tenant.0.as_str();
     let row: Option<(i64, i32, String, String, i32, i32)> = db
@@ -152,13 +227,63 @@ pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskSta
     // Refuse before writing when the job cannot run again (it succeeded).
     let (job_state,): (String,) = db.fetch_one(db.query(&JOB_STATE).bind(job)).await?;
     let job_state = parse_job_state(&job_state)?;
-    if job_state != JobState::Running {
+    let resumes = job_state != JobState::Running;
+    let mut brought_back = Vec::new();
+    if resumes {
         job_state.transition(JobState::Running)?;
+        let (stage_state, stage): (String, String) = db
+            .fetch_one(db.query(&STAGE_STATE).bind(job).bind(position))
+            .await?;
+        if parse_stage_state(&stage_state)? == StageState::Waiting {
+            return Err(StageNotReached {
+                task: p.task.0,
+                job,
+                job_state,
+                stage,
+            }
+            .into());
+        }
+        brought_back = db
+            .fetch_all(
+                db.query(&BRING_BACK_LATER_TASKS)
+                    .bind(job)
+                    .bind(position)
+                    .bind(p.now),
+            )
+            .await?;
+        if !brought_back.is_empty() {
+            db.execute(db.query(&COUNT_LATER_DEPENDENCIES).bind(job).bind(position))
+                .await?;
+        }
     }
 
     let (unmet,): (i64,) = db
         .fetch_one(db.query(&UNMET_DEPENDENCIES).bind(p.task.0))
         .await?;
+
+    // Stage rows: count the task back in (a closed stage reopens), then
+    // reset the later ones of a resuming job.
+    let locked = advance::lock_stages(db, &[(job, position)]).await?;
+    let stage_state = locked
+        .get(&(job, position))
+        .copied()
+        .ok_or_else(|| StoreError::Corrupt(format!("task {} has no stage {position}", p.task.0)))?;
+    let (new_state, name): (String, String) = db
+        .fetch_one(db.query(&COUNT_BACK_IN).bind(job).bind(position))
+        .await?;
+    if resumes {
+        db.execute(db.query(&RESET_LATER_STAGES).bind(job).bind(position))
+            .await?;
+    }
+    let ready = unmet == 0 && parse_stage_state(&new_state)? == StageState::Open;
+    let to = from.transition(if ready {
+        TaskState::Pending
+    } else {
+        TaskState::Blocked
+    })?;
+
+    // The task row was locked first; it is written now that its stage's
+    // state is known under the stage's lock.
     // A revived task gets at least one more attempt; fencing needs the
     // attempt number to keep counting up, so it is never reset.
     let max_attempts = max_attempts.max(attempt.saturating_add(1));
@@ -167,7 +292,8 @@ pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskSta
             .bind(p.task.0)
             .bind(i32::try_from(unmet).unwrap_or(i32::MAX))
             .bind(max_attempts)
-            .bind(p.now),
+            .bind(p.now)
+            .bind(to.as_str()),
     )
     .await?;
 
@@ -179,20 +305,23 @@ pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskSta
         EventKind::TaskRevived,
         Some(position),
         Some(match &p.by {
-            Some(by) => format!("{from} -> pending, by {by}"),
-            None => format!("{from} -> pending"),
+            Some(by) => format!("{from} -> {to}, by {by}"),
+            None => format!("{from} -> {to}"),
         }),
     );
-
-    // Stage row: count the task back in; a closed stage reopens.
-    let locked = advance::lock_stages(db, &[(job, position)]).await?;
-    let stage_state = locked
-        .get(&(job, position))
-        .copied()
-        .ok_or_else(|| StoreError::Corrupt(format!("task {} has no stage {position}", p.task.0)))?;
-    let (new_state, name): (String, String) = db
-        .fetch_one(db.query(&COUNT_BACK_IN).bind(job).bind(position))
-        .await?;
+    for &(task, stage) in &brought_back {
+        fx.event(
+            tenant,
+            job,
+            Some(task),
+            EventKind::TaskRevived,
+            Some(stage),
+            Some(format!(
+                "cancelled -> blocked (its job resumes with the retry of task {})",
+                p.task.0
+            )),
+        );
+    }
     if stage_state == StageState::Done {
         fx.event(
             tenant,
@@ -203,7 +332,7 @@ pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskSta
             Some(format!("{name} (reopened by retry of task {})", p.task.0)),
         );
     }
-    if unmet == 0 && parse_stage_state(&new_state)? == StageState::Open {
+    if ready {
         fx.ready(parse_column(
             &format_args!("task {}", p.task.0),
             "executor",
@@ -214,19 +343,33 @@ pub(crate) async fn retry_task(db: &mut Db<'_>, p: &RetryTask) -> Result<TaskSta
     // Job row last.
     let (current,): (String,) = db.fetch_one(db.query(&LOCK_JOB).bind(job)).await?;
     let current = parse_job_state(&current)?;
-    if current != JobState::Running {
+    if current.is_terminal() != resumes {
+        // It finished, or another retry resumed it, after it was read:
+        // what was written for the state read does not fit (later stages
+        // not brought back, or reset under a resumed job). Run again.
+        return Err(StoreError::Raced(format!("job {job}")));
+    }
+    if resumes {
         current.transition(JobState::Running)?;
         db.execute(db.query(&REOPEN_JOB).bind(job).bind(p.now))
             .await?;
+        let detail = match brought_back.len() {
+            0 => format!("{current} -> running (retry of task {})", p.task.0),
+            n => format!(
+                "{current} -> running (retry of task {}; {n} cancelled task(s) of later stages \
+                 come back)",
+                p.task.0
+            ),
+        };
         fx.event(
             tenant,
             job,
             None,
             EventKind::JobReopened,
             None,
-            Some(format!("{current} -> running (retry of task {})", p.task.0)),
+            Some(detail),
         );
     }
     fx.write(db).await?;
-    Ok(TaskState::Pending)
+    Ok(to)
 }

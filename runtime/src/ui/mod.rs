@@ -108,6 +108,7 @@ impl From<EngineError> for PageError {
             EngineError::NotFound { .. } => PageError::new(StatusCode::NOT_FOUND, e.to_string()),
             EngineError::IllegalTransition(_)
             | EngineError::NotRetryable { .. }
+            | EngineError::StageNotReached(_)
             | EngineError::Refused(_) => PageError::new(StatusCode::CONFLICT, e.to_string()),
             _ if e.is_bad_input() => PageError::bad_request(e.to_string()),
             _ => {

@@ -16,7 +16,8 @@
 //!   "am I last?" reads. Task rows touched after stage rows are only ever
 //!   those of a stage the same transaction has just opened or failed, which no
 //!   other transaction can hold (see `store::advance`).
-//! - **Deadlocks and serialization failures** (SQLSTATE 40P01 / 40001), should
+//! - **Deadlocks and serialization failures** (SQLSTATE 40P01 / 40001), and
+//!   a write that finds a job changed under it ([`StoreError::Raced`]), should
 //!   one ever occur, roll back and retry the whole transaction a bounded number
 //!   of times; each retry is counted ([`PgStore::deadlock_retries`]) and logged
 //!   with `tracing::warn!`, so it cannot hide.
@@ -323,7 +324,8 @@ impl Backend for PgBackend {
         error: &StoreError,
         retries: u32,
     ) -> Option<Duration> {
-        if retries >= MAX_TRANSACTION_RETRIES || !is_lock_conflict(error) {
+        let raced = matches!(error, StoreError::Raced(_));
+        if retries >= MAX_TRANSACTION_RETRIES || !(raced || is_lock_conflict(error)) {
             return None;
         }
         self.deadlock_retries.fetch_add(1, Ordering::Relaxed);
@@ -331,7 +333,7 @@ impl Backend for PgBackend {
             operation,
             retry = retries + 1,
             %error,
-            "postgres transaction hit a deadlock or serialization failure; retrying"
+            "postgres transaction hit a deadlock, a serialization failure or a concurrent change; retrying"
         );
         // Back off a little (with jitter) so the competing transaction can
         // finish first.
