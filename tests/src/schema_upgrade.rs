@@ -7,8 +7,8 @@ use lockstep::model::{
     EventKind, Executor, JobId, JobState, LeaseToken, Millis, TaskId, TaskState, TenantId,
 };
 use lockstep::store::{
-    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, GetJob, GetTask, Store,
-    TaskEvents, TaskResult,
+    ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, GetJob, GetTask,
+    RetryTask, Store, TaskEvents, TaskResult,
 };
 use sqlx::migrate::Migrator;
 use std::path::Path;
@@ -17,6 +17,8 @@ use std::time::Duration;
 
 const FIXTURE: &str = include_str!("../fixtures/schema_0002_continue_stage.sql");
 const RUNNING_ATTEMPT: &str = include_str!("../fixtures/schema_0002_running_attempt.sql");
+const REVIVED_INTO_WAITING_STAGE: &str =
+    include_str!("../fixtures/schema_0002_revived_into_waiting_stage.sql");
 
 /// A directory holding only the migrations up to 0002 of `backend`.
 fn migrations_up_to_0002(backend: &str) -> tempfile::TempDir {
@@ -295,6 +297,80 @@ async fn postgres_attempt_claimed_before_0009_ends_after_it() {
     with_pg(|db| async move {
         let store = upgraded_postgres(&db.url, RUNNING_ATTEMPT).await;
         an_attempt_claimed_before_0009_ends_after_it(store.as_ref()).await;
+    })
+    .await;
+}
+
+/// A task the old `retry` left pending in a stage that never opened
+/// (Invariant 44 did not hold) waits blocked after migration 0013, since the
+/// claim no longer checks the stage; retrying the dead task of the stage
+/// before it then runs the job to the end in stage order.
+async fn a_task_revived_into_a_waiting_stage_waits_after_0013(store: &dyn Store) {
+    let local = TenantId("local".into());
+    let state = |task| {
+        let local = local.clone();
+        async move {
+            store
+                .get_task(GetTask {
+                    tenant: local,
+                    task: TaskId(task),
+                })
+                .await
+                .expect("task")
+                .state
+        }
+    };
+    assert_eq!(state(2).await, TaskState::Blocked);
+    assert!(claim(store).await.is_empty(), "stage b has not opened");
+    let revived = store
+        .retry_task(RetryTask {
+            tenant: local.clone(),
+            task: TaskId(1),
+            now: lockstep::engine::now_millis(),
+            by: None,
+        })
+        .await
+        .expect("retry the dead task");
+    assert_eq!(revived, TaskState::Pending);
+    let mut order = Vec::new();
+    loop {
+        let claimed = claim(store).await;
+        let Some(task) = claimed.first() else { break };
+        assert_eq!(claimed.len(), 1, "one stage, one task at a time");
+        order.push(task.lease.task_id.0);
+        complete(
+            store,
+            task,
+            TaskResult::Succeeded {
+                output_json: "{}".into(),
+                spawn: vec![],
+            },
+        )
+        .await;
+    }
+    assert_eq!(order, [1, 2]);
+    let job = store
+        .job_state(GetJob {
+            tenant: local,
+            job: JobId(1),
+        })
+        .await
+        .expect("job");
+    assert_eq!(job, JobState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_task_revived_into_a_waiting_stage_waits_after_0013() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = upgraded_sqlite(&dir, REVIVED_INTO_WAITING_STAGE).await;
+    a_task_revived_into_a_waiting_stage_waits_after_0013(store.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_task_revived_into_a_waiting_stage_waits_after_0013() {
+    with_pg(|db| async move {
+        let store = upgraded_postgres(&db.url, REVIVED_INTO_WAITING_STAGE).await;
+        a_task_revived_into_a_waiting_stage_waits_after_0013(store.as_ref()).await;
     })
     .await;
 }
