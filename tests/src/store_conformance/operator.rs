@@ -486,6 +486,58 @@ pub async fn a_task_revived_before_its_dependency_waits_blocked(store: &dyn Stor
     assert_eq!(job_state(store, job).await, JobState::Succeeded);
 }
 
+pub async fn concurrent_retries_of_a_failed_jobs_dead_tasks_resume_it_once(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "concurrent",
+            vec![
+                stage(
+                    "a",
+                    vec![
+                        with_attempts(task("work"), 1),
+                        with_attempts(task("work"), 1),
+                    ],
+                ),
+                stage("b", vec![task("work")]),
+            ],
+        ),
+    )
+    .await;
+    let both = claim(store, 2).await;
+    complete(store, both.iter().map(|t| fatal(t, "broken")).collect()).await;
+    assert_eq!(job_state(store, job).await, JobState::Failed);
+
+    // Both retries read the job failed; whichever locks second finds it
+    // resumed and counts its task in without resuming it again.
+    let (first, second) = tokio::join!(
+        store.retry_task(revive(TaskId(1))),
+        store.retry_task(revive(TaskId(2)))
+    );
+    assert_eq!(first.expect("retry 1"), TaskState::Pending);
+    assert_eq!(second.expect("retry 2"), TaskState::Pending);
+    let s = status(store, job).await;
+    assert_eq!(s.state, JobState::Running);
+    assert_eq!(
+        stage_counters(&s),
+        [(StageState::Open, 2), (StageState::Waiting, 1)]
+    );
+    let log = events(store, job).await;
+    assert_eq!(of_kind(&log, EventKind::JobReopened).len(), 1);
+    assert_eq!(of_kind(&log, EventKind::TaskRevived).len(), 3);
+
+    let again = claim(store, 10).await;
+    assert_eq!(
+        again.iter().map(|t| t.lease.task_id).collect::<Vec<_>>(),
+        [TaskId(1), TaskId(2)]
+    );
+    complete(store, again.iter().map(ok).collect()).await;
+    let last = claim_one(store).await;
+    assert_eq!(last.lease.task_id, TaskId(3));
+    complete(store, vec![ok(&last)]).await;
+    assert_eq!(job_state(store, job).await, JobState::Succeeded);
+}
+
 conformance_cases!(
     cancelling_a_job_cancels_every_unfinished_task,
     cancelling_a_finished_job_is_an_illegal_transition,
@@ -497,4 +549,5 @@ conformance_cases!(
     a_failed_job_fails_again_while_a_dead_task_of_its_stage_is_not_retried,
     retrying_a_task_of_a_cancelled_job_resumes_it,
     a_task_revived_before_its_dependency_waits_blocked,
+    concurrent_retries_of_a_failed_jobs_dead_tasks_resume_it_once,
 );
