@@ -332,6 +332,43 @@ async fn postgres_concurrent_fan_in_opens_each_stage_exactly_once_without_deadlo
     .await;
 }
 
+/// Every pooled connection holds the statements that advance a job from
+/// one stage to the next already prepared — the one that ran the
+/// migrations too — so no stage-closing transaction parses them (a round
+/// trip each on a fan-in's critical path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_every_pooled_connection_has_the_advancing_statements_prepared() {
+    with_pg(|db| async move {
+        let store = db.open_store().await;
+        // The connection that migrated, and two opened after it.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(store.pool().acquire().await.expect("acquire"));
+        }
+        for conn in &mut held {
+            let prepared: Vec<(String,)> = sqlx::query_as(
+                "SELECT left(regexp_replace(statement, '\\s+', ' ', 'g'), 40) FROM pg_prepared_statements
+                 WHERE statement LIKE 'UPDATE stages SET state = ''done''%'
+                    OR statement LIKE 'WITH opened AS%'
+                 ORDER BY 1",
+            )
+            .fetch_all(&mut **conn)
+            .await
+            .expect("read the prepared statements");
+            let prepared: Vec<String> = prepared.into_iter().map(|(s,)| s).collect();
+            assert_eq!(
+                prepared,
+                [
+                    "UPDATE stages SET state = 'done', closed",
+                    "UPDATE stages SET state = 'done', closed",
+                    "WITH opened AS ( UPDATE stages SET state",
+                ],
+            );
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_large_submit_leaves_the_planner_statistics_of_its_tasks() {
     with_pg(|db| async move {

@@ -167,8 +167,9 @@ impl SqlStore<PgBackend> {
                     })
                 }
             })
-            .connect_with(connect)
-            .await?;
+            // No connection now: every one opens after the migrations, and
+            // the plain connection above has told an unreachable server.
+            .connect_lazy_with(connect);
         SqlStore::with_backend(PgBackend {
             max_connections: options.max_connections,
             pool,
@@ -212,9 +213,11 @@ impl SqlStore<PgBackend> {
     }
 
     /// How many transactions were rolled back and run again because of a
-    /// deadlock (40P01) or serialization failure (40001) since open. The lock
-    /// order makes deadlocks impossible between lockstep's own transactions;
-    /// a non-zero value means something else is taking locks on our rows.
+    /// deadlock (40P01), a serialization failure (40001) or a job changed
+    /// under a write ([`StoreError::Raced`]: two `retry`s of one stopped job
+    /// at once) since open. The lock order makes deadlocks impossible between
+    /// lockstep's own transactions; any other count means something else is
+    /// taking locks on our rows.
     pub fn deadlock_retries(&self) -> u64 {
         self.backend().deadlock_retries.load(Ordering::Relaxed)
     }
@@ -274,9 +277,17 @@ impl Backend for PgBackend {
     async fn migrate(&self) -> Result<(), StoreError> {
         // sqlx takes a database-wide advisory lock while migrating, so many
         // nodes starting at once apply each migration exactly once.
-        sqlx::migrate!("../migrations/postgres")
-            .run(&self.pool)
+        // On a connection of their own (a pool of one), closed after them:
+        // none that the pool hands out was opened before the tables were as
+        // the statements need them, so every pooled one has the rare
+        // statements prepared (`prepare_rare_statements`).
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with((*self.pool.connect_options()).clone())
             .await?;
+        let migrated = sqlx::migrate!("../migrations/postgres").run(&own).await;
+        own.close().await;
+        migrated?;
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }
