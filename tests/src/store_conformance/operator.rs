@@ -341,13 +341,24 @@ pub async fn retrying_a_task_of_a_stage_the_job_never_reached_is_refused(store: 
     assert_eq!(get_task(store, TaskId(4)).await.state, TaskState::Cancelled);
 }
 
-pub async fn a_failed_job_fails_again_while_a_dead_task_of_its_stage_is_not_retried(
-    store: &dyn Store,
-) {
+/// Claim and complete the ready tasks one at a time: they must come in
+/// `order`, and the job then has succeeded.
+async fn runs_to_success_one_at_a_time(store: &dyn Store, job: JobId, order: &[i64]) {
+    for &id in order {
+        let t = claim_one(store).await;
+        assert_eq!(t.lease.task_id, TaskId(id));
+        complete(store, vec![ok(&t)]).await;
+    }
+    assert_eq!(job_state(store, job).await, JobState::Succeeded);
+}
+
+/// Stage `a` (tasks 1 and 2, one attempt each), stage `b` (task 3); both
+/// of `a`'s tasks die, so the job fails and task 3 is cancelled.
+async fn job_failed_with_two_dead_tasks(store: &dyn Store) -> JobId {
     let job = submit(
         store,
         spec(
-            "twice",
+            "two-dead",
             vec![
                 stage(
                     "a",
@@ -364,6 +375,13 @@ pub async fn a_failed_job_fails_again_while_a_dead_task_of_its_stage_is_not_retr
     let both = claim(store, 2).await;
     complete(store, both.iter().map(|t| fatal(t, "broken")).collect()).await;
     assert_eq!(job_state(store, job).await, JobState::Failed);
+    job
+}
+
+pub async fn a_failed_job_fails_again_while_a_dead_task_of_its_stage_is_not_retried(
+    store: &dyn Store,
+) {
+    let job = job_failed_with_two_dead_tasks(store).await;
 
     store.retry_task(revive(TaskId(1))).await.expect("retry 1");
     assert_eq!(get_task(store, TaskId(3)).await.state, TaskState::Blocked);
@@ -380,13 +398,7 @@ pub async fn a_failed_job_fails_again_while_a_dead_task_of_its_stage_is_not_retr
     assert_eq!(get_task(store, TaskId(3)).await.state, TaskState::Cancelled);
 
     store.retry_task(revive(TaskId(2))).await.expect("retry 2");
-    let second = claim_one(store).await;
-    assert_eq!(second.lease.task_id, TaskId(2));
-    complete(store, vec![ok(&second)]).await;
-    let last = claim_one(store).await;
-    assert_eq!(last.lease.task_id, TaskId(3));
-    complete(store, vec![ok(&last)]).await;
-    assert_eq!(job_state(store, job).await, JobState::Succeeded);
+    runs_to_success_one_at_a_time(store, job, &[2, 3]).await;
 }
 
 pub async fn retrying_a_task_of_a_cancelled_job_resumes_it(store: &dyn Store) {
@@ -425,13 +437,7 @@ pub async fn retrying_a_task_of_a_cancelled_job_resumes_it(store: &dyn Store) {
         [(StageState::Open, 1), (StageState::Waiting, 1)]
     );
     assert_eq!(get_task(store, TaskId(3)).await.state, TaskState::Blocked);
-    let second = claim_one(store).await;
-    assert_eq!(second.lease.task_id, TaskId(2));
-    complete(store, vec![ok(&second)]).await;
-    let last = claim_one(store).await;
-    assert_eq!(last.lease.task_id, TaskId(3));
-    complete(store, vec![ok(&last)]).await;
-    assert_eq!(job_state(store, job).await, JobState::Succeeded);
+    runs_to_success_one_at_a_time(store, job, &[2, 3]).await;
 }
 
 pub async fn a_task_revived_before_its_dependency_waits_blocked(store: &dyn Store) {
@@ -487,26 +493,7 @@ pub async fn a_task_revived_before_its_dependency_waits_blocked(store: &dyn Stor
 }
 
 pub async fn concurrent_retries_of_a_failed_jobs_dead_tasks_resume_it_once(store: &dyn Store) {
-    let job = submit(
-        store,
-        spec(
-            "concurrent",
-            vec![
-                stage(
-                    "a",
-                    vec![
-                        with_attempts(task("work"), 1),
-                        with_attempts(task("work"), 1),
-                    ],
-                ),
-                stage("b", vec![task("work")]),
-            ],
-        ),
-    )
-    .await;
-    let both = claim(store, 2).await;
-    complete(store, both.iter().map(|t| fatal(t, "broken")).collect()).await;
-    assert_eq!(job_state(store, job).await, JobState::Failed);
+    let job = job_failed_with_two_dead_tasks(store).await;
 
     // Both retries read the job failed; whichever locks second finds it
     // resumed and counts its task in without resuming it again.
