@@ -414,3 +414,58 @@ async fn retry_of_a_running_or_blocked_task_is_an_illegal_state_refusal() {
     assert_eq!(view["stages"][0]["done"], 2);
     assert_eq!(view["stages"][0]["total"], 2);
 }
+
+/// `retry_task` of a task whose stage a failed job never reached is an
+/// `illegal_state` refusal saying what to retry instead; retrying the dead
+/// task resumes the job and brings the later stage's task back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_resumes_a_failed_job_and_refuses_a_stage_it_never_reached() {
+    let db = Db::new().await;
+    let server = StdioServer::start(&db, "local", &[]).await;
+    let c = &server.client;
+    let submitted = ok(
+        c,
+        "submit_job",
+        json!({ "job": {
+            "name": "two stages",
+            "stages": [
+                { "name": "a", "executor": "agent", "tasks": [{ "title": "First", "max_attempts": 1 }] },
+                { "name": "b", "executor": "agent", "tasks": [{ "title": "Second" }] }
+            ]
+        } }),
+    )
+    .await;
+    let job = submitted["job_id"].as_i64().expect("job");
+    let first = claim(c, job).await.expect("claim the first task");
+    let failed = ok(
+        c,
+        "fail_task",
+        json!({ "task_id": first["task_id"], "attempt": 1, "reason": "cannot be done", "retryable": false }),
+    )
+    .await;
+    assert_eq!(failed["job_state"], "failed");
+    let second = first["task_id"].as_i64().expect("task id") + 1;
+    assert_eq!(
+        call(c, "retry_task", json!({ "task_id": second })).await,
+        Err(Refusal::Tool {
+            code: "illegal_state".into(),
+            message: format!(
+                "task {second} cannot be retried on its own: job {job} stopped (failed) before its \
+                 stage \"b\" opened; retry a dead or cancelled task of the stage where the job \
+                 stopped, and the cancelled tasks of the later stages come back with it"
+            ),
+        })
+    );
+    let revived = ok(c, "retry_task", json!({ "task_id": first["task_id"] })).await;
+    assert_eq!(revived["state"], "pending");
+    let again = claim(c, job).await.expect("claim the retried task");
+    assert_eq!(
+        (&again["task_id"], &again["attempt"]),
+        (&first["task_id"], &json!(2))
+    );
+    complete(c, &again, "done this time").await;
+    let next = claim(c, job).await.expect("claim the task brought back");
+    assert_eq!(next["task_id"], second);
+    let done = complete(c, &next, "second done").await;
+    assert_eq!(done["job_state"], "succeeded");
+}
