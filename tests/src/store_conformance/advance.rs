@@ -234,17 +234,7 @@ pub async fn spawning_past_the_jobs_task_limit_is_a_fatal_error(store: &dyn Stor
 }
 
 pub async fn a_dead_task_fails_the_job_when_its_stage_closes(store: &dyn Store) {
-    let job = submit(
-        store,
-        spec(
-            "fails",
-            vec![
-                stage("a", vec![task("work"), task("work")]),
-                stage("b", vec![task("work")]),
-            ],
-        ),
-    )
-    .await;
+    let job = submit(store, two_then_one("fails")).await;
     let a = claim(store, 2).await;
     assert_eq!(
         complete(store, vec![fatal(&a[0], "broken")]).await,

@@ -105,6 +105,17 @@ pub(crate) fn spec(key: &str, stages: Vec<NewStage>) -> SubmitJob {
     spec_for(acme(), key, stages)
 }
 
+/// A job of stage `a` (tasks 1 and 2) and stage `b` (task 3), all `work`.
+pub(crate) fn two_then_one(key: &str) -> SubmitJob {
+    spec(
+        key,
+        vec![
+            stage("a", vec![task("work"), task("work")]),
+            stage("b", vec![task("work")]),
+        ],
+    )
+}
+
 pub(crate) async fn submit(store: &dyn Store, s: SubmitJob) -> JobId {
     let submitted = store.submit_job(s).await.expect("submit");
     assert!(submitted.created);

@@ -3,17 +3,7 @@
 use super::fixtures::*;
 
 pub async fn cancelling_a_job_cancels_every_unfinished_task(store: &dyn Store) {
-    let job = submit(
-        store,
-        spec(
-            "cancel",
-            vec![
-                stage("a", vec![task("work"), task("work")]),
-                stage("b", vec![task("work")]),
-            ],
-        ),
-    )
-    .await;
+    let job = submit(store, two_then_one("cancel")).await;
     let running = claim_one(store).await;
     let state = store
         .cancel_job(CancelJob {
@@ -140,17 +130,7 @@ pub async fn retrying_a_succeeded_task_is_an_illegal_transition(store: &dyn Stor
 }
 
 pub async fn retrying_a_task_still_on_its_way_is_an_illegal_transition(store: &dyn Store) {
-    let job = submit(
-        store,
-        spec(
-            "too-early",
-            vec![
-                stage("a", vec![task("work"), task("work")]),
-                stage("b", vec![task("work")]),
-            ],
-        ),
-    )
-    .await;
+    let job = submit(store, two_then_one("too-early")).await;
     let running = claim(store, 1).await.remove(0);
     let counts = serde_json::to_value(status(store, job).await).expect("status as JSON");
     let before = events(store, job).await.len();
@@ -402,17 +382,7 @@ pub async fn a_failed_job_fails_again_while_a_dead_task_of_its_stage_is_not_retr
 }
 
 pub async fn retrying_a_task_of_a_cancelled_job_resumes_it(store: &dyn Store) {
-    let job = submit(
-        store,
-        spec(
-            "resume-cancelled",
-            vec![
-                stage("a", vec![task("work"), task("work")]),
-                stage("b", vec![task("work")]),
-            ],
-        ),
-    )
-    .await;
+    let job = submit(store, two_then_one("resume-cancelled")).await;
     let first = claim_one(store).await;
     assert_eq!(first.lease.task_id, TaskId(1));
     complete(store, vec![ok(&first)]).await;
