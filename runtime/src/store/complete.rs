@@ -158,9 +158,9 @@ pub(crate) fn claim_nonce(executor: Executor) -> Option<i64> {
 
 // The pending partial index, walked in id order, is the plan. A pending
 // task is claimable (Invariant 44: its stage is open and its job running),
-// so the claim reads no stage or job row per candidate: with them, their
-// planning and 256 primary-key probes per claim cost PostgreSQL throughput
-// 12% (README, issue 13). PostgreSQL picks with
+// so the claim reads no stage or job row per candidate: without them it
+// plans in 0.26 ms instead of 0.60 on PostgreSQL and makes two fewer
+// primary-key probes per candidate (README, 12-04 22:52 sitting). PostgreSQL picks with
 // SKIP LOCKED (never waits on another process) and logs the claims in the
 // same statement, so its claim is one statement, run without a transaction
 // of its own (`write_statement`); SQLite, one writer at a time, logs them
