@@ -169,7 +169,11 @@ fn build() -> Result<(), String> {
     println!("cargo::rerun-if-env-changed=PWD");
 
     // Inputs only: the build writes `.wasm` files into `plugins/` itself.
+    // `migrations/` is here for the crate, not the guests: `sqlx::migrate!`
+    // embeds it, and on stable Rust cannot tell Cargo so, so without this a
+    // new migration file left an incremental build without it.
     let inputs = [
+        repo.join("migrations"),
         repo.join("wit"),
         plugins.join("Cargo.toml"),
         plugins.join("Cargo.lock"),
