@@ -301,7 +301,7 @@ impl Engine {
                 .recent_completions(crate::store::RecentCompletions {
                     tenant: tenant.clone(),
                     job,
-                    since: now_millis() - window.as_millis() as Millis,
+                    now: now_millis(),
                 })
         );
         Ok(JobProgress::from_status(status?, recent?, window))
@@ -494,7 +494,7 @@ impl Engine {
                 job,
             })
             .await?;
-        Ok(JobProgress::from_status(status, 0, progress::RATE_WINDOW))
+        Ok(JobProgress::from_status(status, 0.0, progress::RATE_WINDOW))
     }
 
     /// The first `limit` dead tasks of a job, by task id, with their errors.
@@ -679,8 +679,11 @@ impl Engine {
             };
             seen.push_back((at, done));
             let terminal = status.state.is_terminal();
-            let p =
-                JobProgress::from_status(status, finished, window.max(Duration::from_millis(1)));
+            let p = JobProgress::from_status(
+                status,
+                finished as f64,
+                window.max(Duration::from_millis(1)),
+            );
             on_progress(&p);
             if terminal || deadline.is_some_and(|d| at >= d) {
                 return self.progress(tenant, job).await;

@@ -9,8 +9,9 @@ use crate::model::{JobStatus, StageState, TaskState};
 use serde::Serialize;
 use std::time::Duration;
 
-/// The window over which throughput is measured.
-pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// The window over which throughput is measured (the store counts finished
+/// tasks in buckets of its width).
+pub const RATE_WINDOW: Duration = crate::store::RATE_WINDOW;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobProgress {
@@ -59,7 +60,7 @@ fn percent(done: i64, total: i64) -> f64 {
 }
 
 impl JobProgress {
-    pub fn from_status(job: JobStatus, recent_completions: i64, window: Duration) -> Self {
+    pub fn from_status(job: JobStatus, recent_completions: f64, window: Duration) -> Self {
         let mut counts: Vec<(TaskState, i64)> = TaskState::ALL.iter().map(|s| (*s, 0)).collect();
         let mut stages = Vec::with_capacity(job.stages.len());
         let (mut done, mut total) = (0i64, 0i64);
@@ -80,7 +81,7 @@ impl JobProgress {
                 total: stage.total,
             });
         }
-        let throughput_per_s = recent_completions as f64 / window.as_secs_f64();
+        let throughput_per_s = recent_completions / window.as_secs_f64();
         let remaining = total - done;
         let eta_seconds = if job.state.is_terminal() {
             Some(0.0)

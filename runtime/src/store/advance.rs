@@ -18,12 +18,12 @@
 //! closed the stage before them reaches them, so nobody holding them can be
 //! waiting for us.
 
-use super::StoreError;
 use super::codec::{parse_column, parse_stage_state};
 use super::effects::Effects;
 use super::rules::StageDelta;
 use super::sql::{Batch, Db, Sql};
-use crate::model::{EventKind, JobState, StageState, TaskState};
+use super::{RATE_WINDOW_MS, StoreError};
+use crate::model::{EventKind, JobState, Millis, StageState, TaskState};
 use std::collections::BTreeMap;
 
 const LOCK_STAGES: Sql = Sql::each(
@@ -65,14 +65,43 @@ pub(crate) async fn lock_stages(
 // every lock, in ascending key order, before the update touches a row) and
 // counts: a hot stage row is held from here to the commit, so its lock should
 // cost as few round trips as possible.
+//
+// It also counts the finished tasks into the stage's rate buckets (migration
+// 0015): `$bucket` is the start of the bucket `now` falls in, `$width` the
+// bucket's width. A row whose bucket is older moves on to this one (its
+// count becoming the previous bucket's when it was the one just before); a
+// batch whose `now` is older than the row's bucket (a slower transaction of
+// another process) counts into the row's bucket.
+#[rustfmt::skip]
+macro_rules! count_into_rate_buckets {
+    ($finished:literal, $bucket:literal, $width:literal) => {
+        concat!(
+            "finished_in_previous_bucket = CASE
+                 WHEN s.rate_bucket_at >= ", $bucket, " THEN s.finished_in_previous_bucket
+                 WHEN s.rate_bucket_at = ", $bucket, " - ", $width, " THEN s.finished_in_bucket
+                 ELSE 0 END,
+             finished_in_bucket = CASE
+                 WHEN s.rate_bucket_at >= ", $bucket, " THEN s.finished_in_bucket
+                 ELSE 0 END + ", $finished, ",
+             rate_bucket_at = CASE
+                 WHEN s.rate_bucket_at >= ", $bucket, " THEN s.rate_bucket_at
+                 ELSE ", $bucket, " END"
+        )
+    };
+}
 const APPLY_DELTAS: Sql = Sql::each(
-    "UPDATE stages AS s
-     SET total = s.total + (d.value ->> 2),
-         remaining = s.remaining + (d.value ->> 2) - (d.value ->> 3)
-     FROM jsonb_each($1) AS d
-     WHERE s.job_id = d.value ->> 0 AND s.position = d.value ->> 1
-     RETURNING job_id, position, state, remaining",
-    "WITH locked AS MATERIALIZED (
+    concat!(
+        "UPDATE stages AS s
+         SET total = s.total + (d.value ->> 2),
+             remaining = s.remaining + (d.value ->> 2) - (d.value ->> 3), ",
+        count_into_rate_buckets!("(d.value ->> 4)", "$2", "$3"),
+        "
+         FROM jsonb_each($1) AS d
+         WHERE s.job_id = d.value ->> 0 AND s.position = d.value ->> 1
+         RETURNING job_id, position, state, remaining"
+    ),
+    concat!(
+        "WITH locked AS MATERIALIZED (
          SELECT s.job_id FROM stages s
          JOIN unnest($1::int8[], $2::int4[]) AS k(job_id, position)
            ON s.job_id = k.job_id AND s.position = k.position
@@ -81,12 +110,21 @@ const APPLY_DELTAS: Sql = Sql::each(
          FOR NO KEY UPDATE OF s
      )
      UPDATE stages s
-     SET total = s.total + d.add, remaining = s.remaining + d.add - d.done
-     FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[]) AS d(job_id, position, add, done)
+     SET total = s.total + d.add, remaining = s.remaining + d.add - d.done, ",
+        count_into_rate_buckets!("d.finished", "$6", "$7"),
+        "
+     FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[], $5::int8[])
+          AS d(job_id, position, add, done, finished)
      WHERE s.job_id = d.job_id AND s.position = d.position
        AND s.job_id = ANY(ARRAY(SELECT job_id FROM locked))
-     RETURNING s.job_id, s.position, s.state, s.remaining",
+     RETURNING s.job_id, s.position, s.state, s.remaining"
+    ),
 );
+
+/// The start of the rate bucket `now` falls in.
+pub(crate) fn rate_bucket(now: Millis) -> Millis {
+    now - now.rem_euclid(RATE_WINDOW_MS)
+}
 
 /// A stage row as [`apply_deltas`] left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,12 +134,14 @@ pub(crate) struct Counted {
 }
 
 /// Lock the stage rows of `deltas` (PostgreSQL: in ascending (job,
-/// position) order) and apply their counter deltas, in one statement; the
-/// rows' states and what remains of them. Their states are unchanged by it:
+/// position) order) and apply their counter deltas, in one statement, the
+/// finished tasks counted into the rate bucket of `now`; the rows' states
+/// and what remains of them. Their states are unchanged by it:
 /// [`close_drained`] closes the ones left at zero.
 pub(crate) async fn apply_deltas(
     db: &mut Db<'_>,
     deltas: &BTreeMap<(i64, i32), StageDelta>,
+    now: Millis,
 ) -> Result<BTreeMap<(i64, i32), Counted>, StoreError> {
     if deltas.is_empty() {
         return Ok(BTreeMap::new());
@@ -110,19 +150,27 @@ pub(crate) async fn apply_deltas(
     let mut positions = Vec::with_capacity(deltas.len());
     let mut adds = Vec::with_capacity(deltas.len());
     let mut dones = Vec::with_capacity(deltas.len());
+    let mut finished = Vec::with_capacity(deltas.len());
     for (&(j, p), d) in deltas {
         jobs.push(j);
         positions.push(p);
         adds.push(d.add);
         dones.push(d.done);
+        finished.push(d.finished);
     }
     let batch = Batch::new()
         .int8(jobs)
         .int4(positions)
         .int8(adds)
-        .int8(dones);
+        .int8(dones)
+        .int8(finished);
     let rows: Vec<(i64, i32, String, i64)> = db
-        .fetch_all(db.query(&APPLY_DELTAS).bind_batch(&batch))
+        .fetch_all(
+            db.query(&APPLY_DELTAS)
+                .bind_batch(&batch)
+                .bind(rate_bucket(now))
+                .bind(RATE_WINDOW_MS),
+        )
         .await?;
     rows.into_iter()
         .map(|(job, position, state, remaining)| {
@@ -413,6 +461,6 @@ async fn cancel_later_tasks(
         );
     }
     // The stages after a failed one are not open: none closes here.
-    apply_deltas(db, &deltas).await?;
+    apply_deltas(db, &deltas, fx.now()).await?;
     Ok(())
 }

@@ -421,7 +421,7 @@ impl<B: Backend> Store for SqlStore<B> {
         .await
     }
 
-    async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError> {
+    async fn recent_completions(&self, p: RecentCompletions) -> Result<f64, StoreError> {
         self.read(|| async |db| reads::recent_completions(db, &p).await)
             .await
     }

@@ -916,7 +916,7 @@ async fn record(
     // Stage rows: the completed tasks' stages and every spawn target.
     rules::count_spawns(&decisions, &mut deltas);
     fx.flush_events(db).await?;
-    let counted = advance::apply_deltas(db, &deltas).await?;
+    let counted = advance::apply_deltas(db, &deltas, now).await?;
     insert_children(db, &decisions, &counted, now, fx).await?;
     // A retried task is not announced: it becomes claimable only after its
     // backoff, and the poll loop finds it then.

@@ -329,12 +329,19 @@ pub struct RetryTask {
     pub by: Option<String>,
 }
 
-/// Completions per second over a recent window, for progress and ETA.
+/// The window a job's throughput is measured over (progress and ETA).
+pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`RATE_WINDOW`] in milliseconds: the width of the buckets stage rows
+/// count their finished tasks in.
+pub(crate) const RATE_WINDOW_MS: Millis = RATE_WINDOW.as_millis() as Millis;
+
+/// How many of a job's tasks finished in the [`RATE_WINDOW`] before `now`.
 #[derive(Debug, Clone)]
 pub struct RecentCompletions {
     pub tenant: TenantId,
     pub job: JobId,
-    pub since: Millis,
+    pub now: Millis,
 }
 
 /// Every tenant's tasks and jobs by state (for `/metrics`); tasks ready at
@@ -469,8 +476,12 @@ pub trait Store: Send + Sync + 'static {
     async fn cancel_job(&self, p: CancelJob) -> Result<JobState, StoreError>;
     /// Revive a dead or cancelled task (and reopen its job).
     async fn retry_task(&self, p: RetryTask) -> Result<TaskState, StoreError>;
-    /// Number of tasks of the job that finished at or after `since`.
-    async fn recent_completions(&self, p: RecentCompletions) -> Result<i64, StoreError>;
+    /// How many tasks of the job finished (succeeded, died or were skipped
+    /// by their own run) in the [`RATE_WINDOW`] before `now`: estimated
+    /// from each stage's counts of the current and the previous
+    /// window-wide bucket, the previous one weighted by how much of it the
+    /// window still covers. Exact while every finish is in one bucket.
+    async fn recent_completions(&self, p: RecentCompletions) -> Result<f64, StoreError>;
     /// Whether the job is cancelled or failed (running tasks poll this).
     async fn job_state(&self, p: GetJob) -> Result<JobState, StoreError>;
     /// The distinct (executor, handler) of a sample of up to `sample` ready

@@ -82,7 +82,7 @@ pub(crate) async fn cancel_job(db: &mut Db<'_>, p: &CancelJob) -> Result<JobStat
             Some(CANCELLED_BY_OPERATOR.to_string()),
         );
     }
-    advance::apply_deltas(db, &deltas).await?;
+    advance::apply_deltas(db, &deltas, p.now).await?;
 
     let (state,): (String,) = db.fetch_one(db.query(&LOCK_JOB).bind(p.job.0)).await?;
     parse_job_state(&state)?.transition(JobState::Cancelled)?;

@@ -4,18 +4,19 @@
 //! agree (`get_job`'s counts and states) are run by the caller inside one
 //! snapshot (a read transaction).
 
+use super::advance;
 use super::codec::{
     job_not_found, parse_event_kind, parse_executor, parse_job_state, parse_on_failure,
     parse_stage_state, parse_task_state, ready_handlers_from_rows, task_not_found,
 };
 use super::sql::{Db, Sql};
 use super::{
-    CountJobs, DeadTasks, GetJob, GetTask, JobEvents, ListJobs, ReadyHandler, ReadyHandlers,
-    RecentCompletions, StageResults, StoreError,
+    CountJobs, DeadTasks, GetJob, GetTask, JobEvents, ListJobs, RATE_WINDOW_MS, ReadyHandler,
+    ReadyHandlers, RecentCompletions, StageResults, StoreError,
 };
 use crate::model::{
-    Event, JobId, JobState, JobStatus, JobSummary, StageStatus, TaskId, TaskRecord, TaskState,
-    TenantId,
+    Event, JobId, JobState, JobStatus, JobSummary, Millis, StageStatus, TaskId, TaskRecord,
+    TaskState, TenantId,
 };
 use std::collections::HashMap;
 
@@ -447,26 +448,42 @@ pub(crate) async fn stage_results(
         .collect()
 }
 
-const RECENT_COMPLETIONS: Sql = Sql::both(
-    "SELECT count(*) FROM tasks
-     WHERE job_id = $1 AND tenant_id = $2 AND finished_at >= $3
-       AND state IN ('succeeded', 'dead', 'skipped')",
+// A row per stage (migration 0015), not a row per finished task.
+const RATE_BUCKETS: Sql = Sql::both(
+    "SELECT rate_bucket_at, finished_in_bucket, finished_in_previous_bucket
+     FROM stages WHERE job_id = $1 AND tenant_id = $2",
 );
 
 pub(crate) async fn recent_completions(
     db: &mut Db<'_>,
     p: &RecentCompletions,
-) -> Result<i64, StoreError> {
+) -> Result<f64, StoreError> {
     job_exists(db, &p.tenant, p.job).await?;
-    let (n,): (i64,) = db
-        .fetch_one(
-            db.query(&RECENT_COMPLETIONS)
-                .bind(p.job.0)
-                .bind(&p.tenant.0)
-                .bind(p.since),
-        )
+    let buckets: Vec<(i64, i64, i64)> = db
+        .fetch_all(db.query(&RATE_BUCKETS).bind(p.job.0).bind(&p.tenant.0))
         .await?;
-    Ok(n)
+    Ok(finished_in_window(&buckets, p.now))
+}
+
+/// The tasks finished in the [`RATE_WINDOW_MS`] before `now`, from each
+/// stage's (bucket start, finished in it, finished in the bucket before):
+/// all of the current bucket, and of the previous one the share the window
+/// still covers, as if its finishes were spread evenly over it.
+fn finished_in_window(buckets: &[(i64, i64, i64)], now: Millis) -> f64 {
+    let current = advance::rate_bucket(now);
+    let covered = 1.0 - (now - current) as f64 / RATE_WINDOW_MS as f64;
+    buckets
+        .iter()
+        .map(|&(at, this, before)| {
+            if at >= current {
+                this as f64 + before as f64 * covered
+            } else if at == current - RATE_WINDOW_MS {
+                this as f64 * covered
+            } else {
+                0.0
+            }
+        })
+        .sum()
 }
 
 const JOB_STATE: Sql = Sql::both("SELECT state FROM jobs WHERE id = $1 AND tenant_id = $2");

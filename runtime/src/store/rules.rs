@@ -320,11 +320,13 @@ pub(crate) fn validate_spawn(
 }
 
 /// Per-stage counter change: `add` tasks placed into it (spawned), `done`
-/// tasks of it reached a terminal state.
+/// tasks of it reached a terminal state, `finished` of them by their own
+/// run (not cancelled): what the stage's rate buckets count.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct StageDelta {
     pub add: i64,
     pub done: i64,
+    pub finished: i64,
 }
 
 /// Decide every held task of a batch, each checked against the transition
@@ -369,10 +371,9 @@ pub(crate) fn consequences(decisions: &[Decision]) -> Consequences {
             _ => {}
         }
         if d.to.is_terminal() {
-            deltas
-                .entry((d.held.job, d.held.position))
-                .or_default()
-                .done += 1;
+            let delta = deltas.entry((d.held.job, d.held.position)).or_default();
+            delta.done += 1;
+            delta.finished += 1;
         }
     }
     Consequences {

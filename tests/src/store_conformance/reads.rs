@@ -282,56 +282,64 @@ pub async fn get_job_counts_tasks_by_every_state(store: &dyn Store) {
     assert_eq!((s.stages[0].total, s.stages[0].remaining), (5, 4));
 }
 
-pub async fn recent_completions_counts_tasks_finished_since_a_moment(store: &dyn Store) {
+/// The last ten seconds' finishes, from the stage rows' two buckets
+/// (migration 0015). `NOW` starts a bucket.
+pub async fn recent_completions_estimates_the_last_window_from_stage_buckets(store: &dyn Store) {
     let job = submit(
         store,
         spec(
             "rate",
-            vec![stage("a", vec![task("work"), task("work"), task("work")])],
+            vec![stage("a", (0..6).map(|_| task("work")).collect())],
         ),
     )
     .await;
-    let t = claim(store, 3).await;
+    let t = claim(store, 6).await;
+    assert_eq!(t.len(), 6);
     let at = |c: Completion, now| CompleteBatch {
         completions: vec![c],
         now,
         max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
     };
-    store
-        .complete_batch(at(ok(&t[0]), NOW + 10))
-        .await
-        .expect("complete");
-    store
-        .complete_batch(at(ok(&t[1]), NOW + 20))
-        .await
-        .expect("complete");
-    store
-        .complete_batch(at(fatal(&t[2], "x"), NOW + 30))
-        .await
-        .expect("complete");
-    let since = |since| RecentCompletions {
-        tenant: acme(),
-        job,
-        since,
+    let recent = async |now| {
+        store
+            .recent_completions(RecentCompletions {
+                tenant: acme(),
+                job,
+                now,
+            })
+            .await
+            .expect("recent")
     };
-    assert_eq!(
-        store.recent_completions(since(NOW)).await.expect("recent"),
-        3
-    );
-    assert_eq!(
+    assert_eq!(recent(NOW).await, 0.0);
+    for (completion, now) in [
+        (ok(&t[0]), NOW + 10),
+        (ok(&t[1]), NOW + 20),
+        (fatal(&t[2], "x"), NOW + 30),
+        // Retried, not finished: not counted.
+        (retryable(&t[3], "again", 1_000), NOW + 40),
+    ] {
         store
-            .recent_completions(since(NOW + 20))
+            .complete_batch(at(completion, now))
             .await
-            .expect("recent"),
-        2
-    );
-    assert_eq!(
-        store
-            .recent_completions(since(NOW + 31))
-            .await
-            .expect("recent"),
-        0
-    );
+            .expect("complete");
+    }
+    assert_eq!(recent(NOW + 5_000).await, 3.0);
+    // Half of the previous bucket is still in the window.
+    assert_eq!(recent(NOW + 15_000).await, 1.5);
+    // The next bucket: the stage's count moves back one.
+    store
+        .complete_batch(at(ok(&t[4]), NOW + 12_000))
+        .await
+        .expect("complete");
+    // A batch stamped before the row's bucket (a slower transaction of
+    // another process) counts into the row's bucket.
+    store
+        .complete_batch(at(ok(&t[5]), NOW + 9_000))
+        .await
+        .expect("complete");
+    assert_eq!(recent(NOW + 12_500).await, 2.0 + 3.0 * 0.75);
+    assert_eq!(recent(NOW + 25_000).await, 2.0 * 0.5);
+    assert_eq!(recent(NOW + 30_000).await, 0.0);
 }
 
 pub async fn job_state_follows_a_job_to_its_end(store: &dyn Store) {
@@ -494,7 +502,7 @@ conformance_cases!(
     stage_results_pages_through_an_earlier_stages_outputs,
     list_jobs_pages_newest_first_and_filters,
     get_job_counts_tasks_by_every_state,
-    recent_completions_counts_tasks_finished_since_a_moment,
+    recent_completions_estimates_the_last_window_from_stage_buckets,
     job_state_follows_a_job_to_its_end,
     job_counters_read_the_stage_counters_without_counting_tasks,
 );

@@ -58,7 +58,7 @@ pub async fn another_tenant_gets_not_found_for_every_job_and_task(store: &dyn St
         .recent_completions(RecentCompletions {
             tenant: them.clone(),
             job,
-            since: 0,
+            now: NOW,
         })
         .await
         .expect_err("recent_completions");
