@@ -369,6 +369,57 @@ async fn postgres_every_pooled_connection_has_the_advancing_statements_prepared(
     .await;
 }
 
+/// A transaction of plain successes plans its statements once per
+/// connection (generic plans, kept as the tables grow), so each must find
+/// its rows through an index even when planned on a new, empty database, and
+/// none may walk a whole index to join it. Without the sequential scans it
+/// rules out while planning, SUCCEED_FENCED's and OPEN_STAGE's plans here
+/// scan `tasks` (checked by hand against this test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_plain_success_statements_plan_to_indexes_on_an_empty_database() {
+    with_pg(|db| async move {
+        let store = db.open_store().await;
+        let plans = store
+            .plain_success_statement_plans()
+            .await
+            .expect("explain the statements");
+        let names: Vec<&str> = plans.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "SUCCEED_FENCED",
+                "STALE_TASKS",
+                "JOB_STAGES",
+                "RELEASES",
+                "HOLD_DEPENDENTS",
+                "CANCEL_DEPENDENTS",
+                "RELEASE_DEPENDENTS",
+                "APPLY_DELTAS",
+                "CLOSE_DRAINED",
+                "OPEN_STAGE",
+                "CLOSE_EMPTY_STAGE",
+                "CANCEL_LATER_TASKS",
+                "INSERT_EVENTS",
+                "JOB_STATES",
+                "FINISH_JOB",
+                "NOTIFY_READY",
+            ]
+        );
+        for (name, plan) in &plans {
+            assert!(
+                !plan.contains("Seq Scan") && !plan.contains("Merge Join"),
+                "{name} plans a sequential scan or a merge join:\n{plan}"
+            );
+        }
+        let fenced = &plans[0].1;
+        assert!(
+            fenced.contains("Index Scan using tasks_pkey on tasks"),
+            "{fenced}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_large_submit_leaves_the_planner_statistics_of_its_tasks() {
     with_pg(|db| async move {

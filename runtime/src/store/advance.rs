@@ -89,7 +89,7 @@ macro_rules! count_into_rate_buckets {
         )
     };
 }
-const APPLY_DELTAS: Sql = Sql::each(
+pub(crate) const APPLY_DELTAS: Sql = Sql::each(
     concat!(
         "UPDATE stages AS s
          SET total = s.total + (d.value ->> 2),
@@ -214,7 +214,7 @@ macro_rules! closed_stage_columns {
     };
 }
 
-const CLOSE_DRAINED: Sql = Sql::each(
+pub(crate) const CLOSE_DRAINED: Sql = Sql::each(
     concat!(
         "UPDATE stages SET state = 'done', closed_at = $2
          FROM jsonb_each($1) AS k
@@ -281,7 +281,7 @@ pub(crate) async fn close_drained(
 // wake-up (locking the stage row, then its task rows: see the module doc);
 // SQLite runs READY_OPENED_STAGE after it and needs no wake-up (its engine
 // wakes its own workers).
-const OPEN_STAGE: Sql = Sql::each(
+pub(crate) const OPEN_STAGE: Sql = Sql::each(
     "UPDATE stages SET state = 'open', opened_at = $3
      WHERE job_id = $1 AND position = $2 AND state = 'waiting'
      RETURNING name, remaining, NULL",
@@ -312,7 +312,7 @@ const READY_OPENED_STAGE: Sql = Sql::sqlite_only(
      WHERE job_id = $1 AND stage_position = $2 AND state = 'blocked' AND state <> 'running'
        AND deps_remaining = 0",
 );
-const CLOSE_EMPTY_STAGE: Sql = Sql::both(concat!(
+pub(crate) const CLOSE_EMPTY_STAGE: Sql = Sql::both(concat!(
     "UPDATE stages SET state = 'done', closed_at = $3
      WHERE job_id = $1 AND position = $2 AND state = 'open' AND remaining = 0
      RETURNING ",
@@ -403,7 +403,7 @@ async fn after_stage_closed(
 
 // Running tasks are not in `tasks_job_stage_state` (migration 0009), so this
 // reads the job's tasks through `tasks_job_id`: only when a job fails.
-const CANCEL_LATER_TASKS: Sql = Sql::each(
+pub(crate) const CANCEL_LATER_TASKS: Sql = Sql::each(
     "UPDATE tasks
      SET state = 'cancelled', error = $3, lease_expires_at = NULL,
          finished_at = $4, updated_at = $4

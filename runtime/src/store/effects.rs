@@ -45,7 +45,7 @@ pub(crate) struct Effects {
     finishes: BTreeMap<i64, (String, JobState, Option<String>)>,
 }
 
-const INSERT_EVENTS: Sql = Sql::each(
+pub(crate) const INSERT_EVENTS: Sql = Sql::each(
     "INSERT INTO events (tenant_id, job_id, task_id, kind, stage_position, detail, at,
                          attempt, worker, claimed_at)
      SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4,
@@ -65,11 +65,11 @@ const INSERT_EVENTS: Sql = Sql::each(
      )
      SELECT pg_notify($11, r) FROM unnest($12::text[]) AS r",
 );
-const JOB_STATES: Sql = Sql::each(
+pub(crate) const JOB_STATES: Sql = Sql::each(
     "SELECT id, state FROM jobs WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
     "SELECT id, state FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
 );
-const FINISH_JOB: Sql = Sql::both(
+pub(crate) const FINISH_JOB: Sql = Sql::both(
     "UPDATE jobs SET state = $2, error = $3, finished_at = $4, updated_at = $4 WHERE id = $1",
 );
 // Delivered at commit, and only if the transaction commits, wherever in it

@@ -207,6 +207,65 @@ impl SqlStore<PgBackend> {
             .await
     }
 
+    /// The plan of every statement a transaction of plain successes may
+    /// run, as such a transaction plans it (generic, for any values;
+    /// sequential scans ruled out: `complete::PLAN_ONCE_PER_CONNECTION`), by
+    /// statement name, one line per plan node: for the test that holds them
+    /// to index plans on a database whose tables are still empty.
+    pub async fn plain_success_statement_plans(
+        &self,
+    ) -> Result<Vec<(&'static str, String)>, StoreError> {
+        use sqlx::{AssertSqlSafe, Either, Executor as _, SqlSafeStr as _, TypeInfo as _};
+        let settings = super::complete::PLAN_ONCE_PER_CONNECTION
+            .postgres_text()
+            .ok_or_else(|| {
+                StoreError::Corrupt("the plan settings have no PostgreSQL text".into())
+            })?;
+        // Taken out of the pool and closed after: the named statements
+        // prepared here (PREPARE is not undone by a rollback) and the plans
+        // cached with them stay with it.
+        let mut conn = self.pool().acquire().await?.detach();
+        let mut plans = Vec::new();
+        for &(name, sql) in super::complete::PLAIN_SUCCESS_STATEMENTS {
+            let Some(text) = sql.postgres_text() else {
+                continue;
+            };
+            // The statement is prepared under a name with the parameter
+            // types the server infers for it, as the pool's prepared
+            // statements are, and explained with every argument NULL: under
+            // `force_generic_plan` the plan does not depend on them. Our own
+            // statement texts are formatted in, nothing from outside.
+            let types: Vec<String> = match conn.describe(text.into_sql_str()).await?.parameters() {
+                Some(Either::Left(types)) => types.iter().map(|t| t.name().to_string()).collect(),
+                Some(Either::Right(n)) => vec!["unknown".to_string(); n],
+                None => Vec::new(),
+            };
+            let mut tx = conn.begin().await?;
+            sqlx::query(settings).execute(&mut *tx).await?;
+            let prepare = if types.is_empty() {
+                format!("PREPARE {name} AS {text}")
+            } else {
+                format!("PREPARE {name} ({}) AS {text}", types.join(", "))
+            };
+            sqlx::raw_sql(AssertSqlSafe(prepare))
+                .execute(&mut *tx)
+                .await?;
+            let arguments = if types.is_empty() {
+                String::new()
+            } else {
+                format!("({})", vec!["NULL"; types.len()].join(", "))
+            };
+            let lines: Vec<(String,)> =
+                sqlx::query_as(AssertSqlSafe(format!("EXPLAIN EXECUTE {name}{arguments}")))
+                    .fetch_all(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            let plan: Vec<String> = lines.into_iter().map(|(line,)| line).collect();
+            plans.push((name, plan.join("\n")));
+        }
+        Ok(plans)
+    }
+
     /// The connection pool (for tests and maintenance tools).
     pub fn pool(&self) -> &PgPool {
         &self.backend().pool
