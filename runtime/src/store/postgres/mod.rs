@@ -35,7 +35,10 @@
 //! - **Plans.** Every connection plans each statement with its parameters
 //!   (`plan_cache_mode = force_custom_plan`): a generic plan cached while the
 //!   tables were empty (an idle `serve` polling) would scan `tasks`
-//!   sequentially on every claim once they are not.
+//!   sequentially on every claim once they are not. The one exception is a
+//!   transaction of plain successes, whose statements' plans are fixed by
+//!   their text: it plans them once per connection, with sequential scans
+//!   ruled out (`complete::PLAN_ONCE_PER_CONNECTION`).
 //! - **Claims** are one statement and run without `BEGIN`/`COMMIT`. A wasm
 //!   claim's commit does not wait for the WAL flush (`synchronous_commit =
 //!   off`, set by the statement for its own transaction): the next durable
