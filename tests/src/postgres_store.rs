@@ -420,6 +420,75 @@ async fn postgres_plain_success_statements_plan_to_indexes_on_an_empty_database(
     .await;
 }
 
+/// A batch of plain successes runs its statements on the plans its
+/// connection keeps (generic plans), and a batch with another result plans
+/// with its values: counted by PostgreSQL per prepared statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_plain_successes_reuse_their_plans_and_other_results_plan_anew() {
+    with_pg(|db| async move {
+        // One connection, so that every statement below runs on it.
+        let store = PgStore::open_with(
+            &db.url,
+            lockstep::store::postgres::PgOptions {
+                max_connections: 1,
+                acquire_timeout: Duration::from_secs(30),
+            },
+        )
+        .await
+        .expect("open the store");
+        store
+            .submit_job(job(
+                "plans",
+                vec![stage(
+                    "a",
+                    (0..3).map(|_| task("work", None, &[])).collect(),
+                )],
+            ))
+            .await
+            .expect("submit");
+        let t = store.claim_batch(claim(3, "w", NOW)).await.expect("claim");
+        assert_eq!(t.len(), 3);
+        let batch = |c: Completion| CompleteBatch {
+            completions: vec![c],
+            now: NOW + 1,
+            max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
+        };
+        for claimed in &t[..2] {
+            store
+                .complete_batch(batch(success(claimed, vec![])))
+                .await
+                .expect("complete");
+        }
+        let retried = Completion {
+            tenant: t[2].tenant.clone(),
+            lease: t[2].lease,
+            result: TaskResult::Retryable {
+                error: "again".to_string(),
+                retry_after: Duration::from_secs(1),
+            },
+            logs: vec![],
+        };
+        store.complete_batch(batch(retried)).await.expect("complete");
+
+        let mut conn = store.pool().acquire().await.expect("acquire");
+        let plans: (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT
+               coalesce(sum(generic_plans) FILTER (WHERE statement LIKE 'WITH held AS MATERIALIZED%'), 0)::int8,
+               coalesce(sum(custom_plans) FILTER (WHERE statement LIKE 'WITH held AS MATERIALIZED%'), 0)::int8,
+               coalesce(sum(generic_plans) FILTER (WHERE statement LIKE 'SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt%'), 0)::int8,
+               coalesce(sum(custom_plans) FILTER (WHERE statement LIKE 'SELECT t.id, t.tenant_id, t.job_id, t.stage_position, t.attempt%'), 0)::int8
+             FROM pg_prepared_statements",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .expect("read the prepared statements");
+        // The fenced success ran twice on a kept plan; the retry's read of
+        // its running row was planned for its values.
+        assert_eq!(plans, (2, 0, 0, 1));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_large_submit_leaves_the_planner_statistics_of_its_tasks() {
     with_pg(|db| async move {
