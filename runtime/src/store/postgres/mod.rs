@@ -240,7 +240,11 @@ impl SqlStore<PgBackend> {
             // statement texts are formatted in, nothing from outside.
             let types: Vec<String> = match conn.describe(text.into_sql_str()).await?.parameters() {
                 Some(Either::Left(types)) => types.iter().map(|t| t.name().to_string()).collect(),
-                Some(Either::Right(n)) => vec!["unknown".to_string(); n],
+                Some(Either::Right(_)) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{name}: the server described its parameters without their types"
+                    )));
+                }
                 None => Vec::new(),
             };
             let mut tx = conn.begin().await?;
