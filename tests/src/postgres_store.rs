@@ -489,6 +489,83 @@ async fn postgres_plain_successes_reuse_their_plans_and_other_results_plan_anew(
     .await;
 }
 
+/// The statements that close a stage and open the next are planned, as a
+/// transaction of plain successes plans them, when a pooled connection
+/// opens: the close of a fan-in runs on a kept plan instead of planning
+/// (0.3–0.5 ms of bind each) on its critical path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_new_connection_keeps_plans_for_closing_and_opening_stages() {
+    with_pg(|db| async move {
+        // One connection, so that every statement below runs on it.
+        let store = PgStore::open_with(
+            &db.url,
+            lockstep::store::postgres::PgOptions {
+                max_connections: 1,
+                acquire_timeout: Duration::from_secs(30),
+            },
+        )
+        .await
+        .expect("open the store");
+        async fn plans(store: &PgStore) -> Vec<(String, i64, i64)> {
+            let mut conn = store.pool().acquire().await.expect("acquire");
+            sqlx::query_as(
+                "SELECT CASE
+                          WHEN statement LIKE 'UPDATE stages SET state = ''done''%unnest%' THEN 'close drained'
+                          WHEN statement LIKE 'UPDATE stages SET state = ''done''%' THEN 'close empty'
+                          ELSE 'open' END,
+                        generic_plans, custom_plans
+                 FROM pg_prepared_statements
+                 WHERE statement LIKE 'UPDATE stages SET state = ''done''%'
+                    OR statement LIKE 'WITH opened AS%'
+                 ORDER BY 1",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .expect("read the prepared statements")
+        }
+        let planned = |close_drained: (i64, i64), open: i64| {
+            vec![
+                ("close drained".to_string(), close_drained.0, close_drained.1),
+                ("close empty".to_string(), 1, 0),
+                ("open".to_string(), open, 0),
+            ]
+        };
+        assert_eq!(
+            plans(&store).await,
+            planned((1, 0), 1),
+            "planned once on connect"
+        );
+
+        store
+            .submit_job(job(
+                "kept-plans",
+                vec![
+                    stage("a", vec![task("work", None, &[])]),
+                    stage("b", vec![task("work", None, &[])]),
+                ],
+            ))
+            .await
+            .expect("submit");
+        let a = store.claim_batch(claim(1, "w", NOW)).await.expect("claim");
+        assert_eq!(a.len(), 1);
+        store
+            .complete_batch(CompleteBatch {
+                completions: vec![success(&a[0], vec![])],
+                now: NOW + 1,
+                max_tasks_per_job: lockstep::spec::Limits::default().max_tasks_per_job,
+            })
+            .await
+            .expect("complete");
+        // The submit's check for an empty first stage planned the close for
+        // its values (not a transaction of plain successes); the plain
+        // success closed stage a and opened b on the kept plans.
+        assert_eq!(plans(&store).await, planned((2, 1), 2));
+        let b = store.claim_batch(claim(1, "w", NOW + 2)).await.expect("claim");
+        assert_eq!(b.len(), 1, "stage b opened");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_large_submit_leaves_the_planner_statistics_of_its_tasks() {
     with_pg(|db| async move {
