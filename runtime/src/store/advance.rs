@@ -24,7 +24,7 @@ use super::rules::StageDelta;
 use super::sql::{Batch, Db, Sql};
 use super::{RATE_WINDOW_MS, StoreError};
 use crate::model::{EventKind, JobState, Millis, StageState, TaskState};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const LOCK_STAGES: Sql = Sql::each(
     "SELECT s.job_id, s.position, s.state
@@ -252,15 +252,35 @@ struct ClosedStage {
     next_position: Option<i32>,
 }
 
+/// What [`close_drained`] did to the stages after the ones it closed: for
+/// the children spawned in the same transaction, inserted after it.
+#[derive(Debug, Default)]
+pub(crate) struct Advanced {
+    /// The stages it opened (and left open).
+    pub opened: BTreeSet<(i64, i32)>,
+    /// The jobs it failed, by id.
+    pub failed: BTreeMap<i64, FailedJob>,
+}
+
+/// A job failed at the close of one of its stages.
+#[derive(Debug)]
+pub(crate) struct FailedJob {
+    pub tenant: String,
+    /// The stage that closed with dead tasks.
+    pub position: i32,
+    pub reason: String,
+}
+
 /// Close every given stage whose counter is at zero (each closes exactly
 /// once, here) and advance its job. The rows must be locked by the caller.
 pub(crate) async fn close_drained(
     db: &mut Db<'_>,
     keys: &[(i64, i32)],
     fx: &mut Effects,
-) -> Result<(), StoreError> {
+) -> Result<Advanced, StoreError> {
+    let mut advanced = Advanced::default();
     if keys.is_empty() {
-        return Ok(());
+        return Ok(advanced);
     }
     let mut closed: Vec<ClosedStage> = db
         .fetch_all(
@@ -271,9 +291,9 @@ pub(crate) async fn close_drained(
         .await?;
     closed.sort_unstable_by_key(|c| (c.job_id, c.position));
     for stage in closed {
-        after_stage_closed(db, stage, fx).await?;
+        after_stage_closed(db, stage, &mut advanced, fx).await?;
     }
-    Ok(())
+    Ok(advanced)
 }
 
 // On PostgreSQL the opened stage's blocked tasks become pending in the same
@@ -326,6 +346,7 @@ pub(crate) const CLOSE_EMPTY_STAGE: Sql = Sql::both(concat!(
 async fn after_stage_closed(
     db: &mut Db<'_>,
     mut closed: ClosedStage,
+    advanced: &mut Advanced,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
     loop {
@@ -348,7 +369,15 @@ async fn after_stage_closed(
         if dead > 0 {
             let reason = format!("stage {name:?} finished with {dead} dead task(s)");
             cancel_later_tasks(db, &tenant, job, position, &reason, fx).await?;
-            fx.finish_job(&tenant, job, JobState::Failed, Some(reason));
+            fx.finish_job(&tenant, job, JobState::Failed, Some(reason.clone()));
+            advanced.failed.insert(
+                job,
+                FailedJob {
+                    tenant,
+                    position,
+                    reason,
+                },
+            );
             return Ok(());
         }
         let Some(next) = next_position else {
@@ -387,6 +416,7 @@ async fn after_stage_closed(
             )?);
         }
         if remaining > 0 {
+            advanced.opened.insert((job, next));
             return Ok(());
         }
         // A stage with no tasks completes at once.
@@ -425,8 +455,9 @@ pub(crate) const CANCEL_LATER_TASKS: Sql = Sql::each(
 );
 
 /// The job failed at stage `position`: cancel every unfinished task of the
-/// stages after it (each cancellation counted off its stage).
-async fn cancel_later_tasks(
+/// stages after it (each cancellation counted off its stage). Run again for
+/// the children a spawn inserted after the failure ([`Advanced::failed`]).
+pub(crate) async fn cancel_later_tasks(
     db: &mut Db<'_>,
     tenant: &str,
     job: i64,

@@ -960,10 +960,13 @@ async fn record(
     rules::count_spawns(&decisions, &mut deltas);
     fx.flush_events(db).await?;
     let counted = advance::apply_deltas(db, &deltas, now).await?;
-    insert_children(db, &decisions, &counted, now, fx).await?;
     // A retried task is not announced: it becomes claimable only after its
     // backoff, and the poll loop finds it then.
-    advance::close_drained(db, &advance::drained(&counted), fx).await?;
+    let advanced = advance::close_drained(db, &advance::drained(&counted), fx).await?;
+    // Children are inserted after the stages advanced: those of a stage this
+    // transaction opened go in pending, rather than blocked and then each
+    // written again by the opening (10,000 rows of a fan-out).
+    insert_children(db, &decisions, &counted, &advanced, now, fx).await?;
 
     Ok(decisions
         .into_iter()
@@ -1267,11 +1270,14 @@ const INSERT_CHILDREN: Sql = Sql::each(
 );
 
 /// Insert spawned children into their (locked) target stages: pending when
-/// the stage is open, blocked while it waits.
+/// the stage is open (or `advanced` opened it), blocked while it waits; and
+/// cancelled, like the rest of its later tasks, when `advanced` failed the
+/// job.
 async fn insert_children(
     db: &mut Db<'_>,
     decisions: &[Decision],
     locked: &BTreeMap<(i64, i32), advance::Counted>,
+    advanced: &advance::Advanced,
     now: Millis,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
@@ -1299,7 +1305,9 @@ async fn insert_children(
                         d.held.job
                     ))
                 })?;
-            let state = if stage_state == StageState::Open {
+            let open =
+                stage_state == StageState::Open || advanced.opened.contains(&(d.held.job, *target));
+            let state = if open {
                 // Spawned children are wasm tasks (INSERT_CHILDREN).
                 fx.ready(Executor::Wasm);
                 TaskState::Pending
@@ -1329,5 +1337,25 @@ async fn insert_children(
         .text(states);
     db.execute(db.query(&INSERT_CHILDREN).bind_batch(&batch).bind(now))
         .await?;
+    let mut spawning: Vec<i64> = decisions
+        .iter()
+        .filter(|d| !d.spawn.is_empty())
+        .map(|d| d.held.job)
+        .collect();
+    spawning.sort_unstable();
+    spawning.dedup();
+    for job in spawning {
+        if let Some(failed) = advanced.failed.get(&job) {
+            advance::cancel_later_tasks(
+                db,
+                &failed.tenant,
+                job,
+                failed.position,
+                &failed.reason,
+                fx,
+            )
+            .await?;
+        }
+    }
     Ok(())
 }

@@ -345,6 +345,77 @@ pub async fn tasks_spawned_into_a_stage_take_its_own_attempts_and_timeout(store:
     assert_eq!((plain.max_attempts, plain.timeout_ms), (2, 5_000));
 }
 
+/// The completion that closes a stage with a dead task and spawns: the job
+/// fails, and the children it spawned are cancelled with the job's other
+/// later tasks (counted off their stage, one event each), not left blocked.
+pub async fn a_spawn_by_the_completion_that_fails_its_job_leaves_its_children_cancelled(
+    store: &dyn Store,
+) {
+    let job = submit(
+        store,
+        spec(
+            "spawn-fails",
+            vec![
+                stage("a", vec![task("fanout"), task("work")]),
+                stage("b", vec![]),
+                stage("c", vec![task("work")]),
+            ],
+        ),
+    )
+    .await;
+    let a = claim(store, 2).await;
+    let (fanout, other) = if a[0].handler == "fanout" {
+        (&a[0], &a[1])
+    } else {
+        (&a[1], &a[0])
+    };
+    complete(store, vec![fatal(other, "broken")]).await;
+    assert_eq!(
+        complete(store, vec![ok_spawning(fanout, spawn_into("b", 2))]).await,
+        vec![CompletionOutcome::Recorded(TaskState::Succeeded)]
+    );
+
+    let reason = "stage \"a\" finished with 1 dead task(s)";
+    let s = status(store, job).await;
+    assert_eq!(
+        (s.state, s.error.as_deref()),
+        (JobState::Failed, Some(reason))
+    );
+    let b = &s.stages[1];
+    assert_eq!((b.state, b.total, b.remaining), (StageState::Waiting, 2, 0));
+    assert_eq!(count(b, TaskState::Cancelled), 2);
+    let c = &s.stages[2];
+    assert_eq!(
+        (c.total, c.remaining, count(c, TaskState::Cancelled)),
+        (1, 0, 1)
+    );
+    assert!(
+        claim(store, 10).await.is_empty(),
+        "nothing of the failed job runs"
+    );
+    let log = events(store, job).await;
+    let cancelled: Vec<(Option<i32>, Option<&str>)> = of_kind(&log, EventKind::TaskCancelled)
+        .iter()
+        .map(|e| (e.stage_position, e.detail.as_deref()))
+        .collect();
+    let detail = format!("cancelled: the job failed ({reason})");
+    assert_eq!(
+        cancelled,
+        vec![
+            (Some(2), Some(detail.as_str())),
+            (Some(1), Some(detail.as_str())),
+            (Some(1), Some(detail.as_str())),
+        ]
+    );
+    for e in of_kind(&log, EventKind::TaskCancelled) {
+        let task = get_task(store, e.task_id.expect("a task's event")).await;
+        assert_eq!(
+            (task.state, task.error.as_deref(), task.finished_at),
+            (TaskState::Cancelled, Some(detail.as_str()), Some(NOW))
+        );
+    }
+}
+
 conformance_cases!(
     the_last_completion_closes_the_stage_and_opens_the_next_once,
     spawned_tasks_are_counted_in_their_stage_before_it_can_open,
@@ -355,5 +426,6 @@ conformance_cases!(
     a_dead_task_fails_the_job_when_its_stage_closes,
     under_continue_a_dead_task_lets_the_job_go_on,
     spawned_children_take_their_target_stages_on_failure,
+    a_spawn_by_the_completion_that_fails_its_job_leaves_its_children_cancelled,
     tasks_spawned_into_a_stage_take_its_own_attempts_and_timeout,
 );
