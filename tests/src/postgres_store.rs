@@ -420,6 +420,19 @@ async fn postgres_plain_success_statements_plan_to_indexes_on_an_empty_database(
     .await;
 }
 
+/// A store whose pool holds one connection: every statement runs on it.
+async fn store_of_one_connection(url: &str) -> PgStore {
+    PgStore::open_with(
+        url,
+        lockstep::store::postgres::PgOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(30),
+        },
+    )
+    .await
+    .expect("open the store")
+}
+
 /// A batch of plain successes runs its statements on the plans its
 /// connection keeps (generic plans), and a batch with another result plans
 /// with its values: counted by PostgreSQL per prepared statement.
@@ -427,15 +440,7 @@ async fn postgres_plain_success_statements_plan_to_indexes_on_an_empty_database(
 async fn postgres_plain_successes_reuse_their_plans_and_other_results_plan_anew() {
     with_pg(|db| async move {
         // One connection, so that every statement below runs on it.
-        let store = PgStore::open_with(
-            &db.url,
-            lockstep::store::postgres::PgOptions {
-                max_connections: 1,
-                acquire_timeout: Duration::from_secs(30),
-            },
-        )
-        .await
-        .expect("open the store");
+        let store = store_of_one_connection(&db.url).await;
         store
             .submit_job(job(
                 "plans",
@@ -497,15 +502,7 @@ async fn postgres_plain_successes_reuse_their_plans_and_other_results_plan_anew(
 async fn postgres_a_new_connection_keeps_plans_for_closing_and_opening_stages() {
     with_pg(|db| async move {
         // One connection, so that every statement below runs on it.
-        let store = PgStore::open_with(
-            &db.url,
-            lockstep::store::postgres::PgOptions {
-                max_connections: 1,
-                acquire_timeout: Duration::from_secs(30),
-            },
-        )
-        .await
-        .expect("open the store");
+        let store = store_of_one_connection(&db.url).await;
         async fn plans(store: &PgStore) -> Vec<(String, i64, i64)> {
             let mut conn = store.pool().acquire().await.expect("acquire");
             sqlx::query_as(

@@ -53,11 +53,13 @@ pub async fn the_last_completion_closes_the_stage_and_opens_the_next_once(store:
     assert_eq!(of_kind(&log, EventKind::JobFinished).len(), 1);
 }
 
-pub async fn spawned_tasks_are_counted_in_their_stage_before_it_can_open(store: &dyn Store) {
+/// A job of three stages: a fan-out task and one other in the first (both
+/// claimed, returned in that order), none in the second, one in the third.
+async fn fanout_and_other(store: &dyn Store, key: &str) -> (JobId, ClaimedTask, ClaimedTask) {
     let job = submit(
         store,
         spec(
-            "spawn",
+            key,
             vec![
                 stage("a", vec![task("fanout"), task("work")]),
                 stage("b", vec![]),
@@ -66,12 +68,19 @@ pub async fn spawned_tasks_are_counted_in_their_stage_before_it_can_open(store: 
         ),
     )
     .await;
-    let a = claim(store, 2).await;
-    let (fanout, other) = if a[0].handler == "fanout" {
-        (&a[0], &a[1])
-    } else {
-        (&a[1], &a[0])
-    };
+    let mut a = claim(store, 2).await;
+    assert_eq!(a.len(), 2, "both tasks of stage a claimed");
+    if a[0].handler != "fanout" {
+        a.swap(0, 1);
+    }
+    let other = a.pop().expect("two claimed");
+    let fanout = a.pop().expect("two claimed");
+    (job, fanout, other)
+}
+
+pub async fn spawned_tasks_are_counted_in_their_stage_before_it_can_open(store: &dyn Store) {
+    let (job, fanout, other) = fanout_and_other(store, "spawn").await;
+    let (fanout, other) = (&fanout, &other);
     assert_eq!(
         complete(store, vec![ok_spawning(fanout, spawn_into("b", 3))]).await,
         vec![CompletionOutcome::Recorded(TaskState::Succeeded)]
@@ -351,24 +360,8 @@ pub async fn tasks_spawned_into_a_stage_take_its_own_attempts_and_timeout(store:
 pub async fn a_spawn_by_the_completion_that_fails_its_job_leaves_its_children_cancelled(
     store: &dyn Store,
 ) {
-    let job = submit(
-        store,
-        spec(
-            "spawn-fails",
-            vec![
-                stage("a", vec![task("fanout"), task("work")]),
-                stage("b", vec![]),
-                stage("c", vec![task("work")]),
-            ],
-        ),
-    )
-    .await;
-    let a = claim(store, 2).await;
-    let (fanout, other) = if a[0].handler == "fanout" {
-        (&a[0], &a[1])
-    } else {
-        (&a[1], &a[0])
-    };
+    let (job, fanout, other) = fanout_and_other(store, "spawn-fails").await;
+    let (fanout, other) = (&fanout, &other);
     complete(store, vec![fatal(other, "broken")]).await;
     assert_eq!(
         complete(store, vec![ok_spawning(fanout, spawn_into("b", 2))]).await,
