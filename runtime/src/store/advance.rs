@@ -234,13 +234,6 @@ pub(crate) const CLOSE_DRAINED: Sql = Sql::each(
     ),
 );
 
-/// The statements that close a stage and open the next one: each runs about
-/// once per stage, so a pooled PostgreSQL connection prepares them when it
-/// opens rather than in the transaction that completes a stage's last task
-/// (a parse is a round trip of its own, on the way to the next stage's first
-/// claim).
-pub(crate) const ADVANCING: [&Sql; 3] = [&CLOSE_DRAINED, &OPEN_STAGE, &CLOSE_EMPTY_STAGE];
-
 /// A stage as the statement that closed it returns it.
 #[derive(sqlx::FromRow)]
 struct ClosedStage {

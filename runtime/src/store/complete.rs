@@ -1337,15 +1337,11 @@ async fn insert_children(
         .text(states);
     db.execute(db.query(&INSERT_CHILDREN).bind_batch(&batch).bind(now))
         .await?;
-    let mut spawning: Vec<i64> = decisions
-        .iter()
-        .filter(|d| !d.spawn.is_empty())
-        .map(|d| d.held.job)
-        .collect();
-    spawning.sort_unstable();
-    spawning.dedup();
-    for job in spawning {
-        if let Some(failed) = advanced.failed.get(&job) {
+    for (&job, failed) in &advanced.failed {
+        if decisions
+            .iter()
+            .any(|d| d.held.job == job && !d.spawn.is_empty())
+        {
             advance::cancel_later_tasks(
                 db,
                 &failed.tenant,

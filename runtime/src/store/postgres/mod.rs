@@ -297,24 +297,21 @@ impl SqlStore<PgBackend> {
     }
 }
 
-/// Prepare, on a connection opened after the migrations ran, the statements that advance a job from one
-/// stage to the next (see [`advance::ADVANCING`](super::advance::ADVANCING))
-/// and the lone wake-up: rare enough that a connection would otherwise parse
-/// them, a round trip each, on a fan-in's critical path. Their parameter
-/// types are the ones PostgreSQL infers, which are the ones bound.
+/// Prepare and plan, on a connection opened after the migrations ran, the
+/// statements that close a stage and open the next one (CLOSE_DRAINED,
+/// OPEN_STAGE, CLOSE_EMPTY_STAGE) and the lone wake-up: each runs about once
+/// per stage, so a connection would otherwise parse it (a round trip) and
+/// build its plan (0.3–0.5 ms of bind each in a fan-in's statement log) in
+/// the transaction that completes a stage's last task, on the way to the
+/// next stage's first claim.
 ///
-/// Each is also run once, matching no row, as a transaction of plain
-/// successes runs it (`complete::PLAN_ONCE_PER_CONNECTION`), in a
-/// transaction rolled back: the generic plan it builds stays with the
-/// prepared statement, so the close of a stage does not plan it either
-/// (0.3–0.5 ms of bind each in a fan-in's statement log).
+/// Each runs once, matching no row, as a transaction of plain successes runs
+/// it (`complete::PLAN_ONCE_PER_CONNECTION`), in a transaction rolled back:
+/// the statement stays prepared and its generic plan cached with it. The
+/// values bound are of the types the store binds.
 async fn prepare_rare_statements(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     use super::advance::{CLOSE_DRAINED, CLOSE_EMPTY_STAGE, OPEN_STAGE};
     use super::effects::NOTIFY_READY;
-    let rare = super::advance::ADVANCING.into_iter().chain([&NOTIFY_READY]);
-    for text in rare.filter_map(|sql| sql.postgres_text()) {
-        sqlx::Executor::prepare(&mut *conn, sqlx::SqlSafeStr::into_sql_str(text)).await?;
-    }
     let text = |sql: &super::sql::Sql| {
         sql.postgres_text()
             .ok_or_else(|| sqlx::Error::Protocol("a rare statement has no PostgreSQL text".into()))
