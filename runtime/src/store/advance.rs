@@ -424,8 +424,9 @@ async fn after_stage_closed(
     }
 }
 
-// Running tasks are not in `tasks_job_stage_state` (migration 0009), so this
-// reads the job's tasks through `tasks_job_id`: only when a job fails.
+// Running tasks are not in SQLite's `tasks_job_stage_state` (migration 0009),
+// so there this reads the job's tasks through `tasks_job_id`; PostgreSQL's
+// holds them (migration 0017). Only when a job fails.
 pub(crate) const CANCEL_LATER_TASKS: Sql = Sql::each(
     "UPDATE tasks
      SET state = 'cancelled', error = $3, lease_expires_at = NULL,

@@ -29,10 +29,11 @@ const STAGES: Sql = Sql::both(
      FROM stages WHERE job_id = $1 AND tenant_id = $2 ORDER BY position",
 );
 // Tenant checked on the job row, so the tasks side is a scan of the covering
-// (job_id, stage_position, state) index alone, which holds no running task
-// (migration 0009). Running tasks are not counted: a stage's `total` is its
-// task count (spawns add to it in their own transaction), so in one snapshot
-// running = total − every other state. A second branch for them through
+// (job_id, stage_position, state) index alone, which on SQLite holds no
+// running task (migration 0009; PostgreSQL's does since 0017, and passes
+// them over by their `state`). Running tasks are not counted: a stage's
+// `total` is its task count (spawns add to it in their own transaction), so
+// in one snapshot running = total − every other state. A second branch for them through
 // `tasks_running_leases` cost PostgreSQL a third of `get_job`'s time, most of
 // it planning (README, issue 13).
 const COUNTS: Sql = Sql::both(

@@ -10,8 +10,8 @@ use super::sql::{Db, Sql};
 use super::{StateCounts, StoreError};
 use crate::model::{Executor, JobState, Millis, StateTotals, TaskState};
 
-// Reads every task row: `tasks_job_stage_state`, which once covered
-// `state`, holds no running task since migration 0010 and so cannot answer
+// Reads every task row: SQLite's `tasks_job_stage_state`, which once covered
+// `state`, holds no running task since migration 0009 and so cannot answer
 // an unfiltered count (the sampler runs it every 5 s, off the hot path).
 const TASKS_BY_STATE: Sql = Sql::both("SELECT state, count(*) FROM tasks GROUP BY state");
 const JOBS_BY_STATE: Sql = Sql::both("SELECT state, count(*) FROM jobs GROUP BY state");

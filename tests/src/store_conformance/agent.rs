@@ -85,6 +85,54 @@ pub async fn list_tasks_pages_a_jobs_tasks_in_id_order(store: &dyn Store) {
     assert_eq!(e.to_string(), format!("job {} not found", job.0 + 1000));
 }
 
+/// A page runs across tasks of every state in id order: PostgreSQL reads it
+/// as the first ids of each (stage, state) range, merged.
+pub async fn list_tasks_pages_across_states_and_stages_in_id_order(store: &dyn Store) {
+    let job = submit(
+        store,
+        spec(
+            "mixed",
+            vec![
+                stage("a", (0..4).map(|_| task("work")).collect()),
+                stage("b", vec![task("work")]),
+            ],
+        ),
+    )
+    .await;
+    let claimed = claim(store, 2).await;
+    complete(store, vec![ok(&claimed[0])]).await;
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    for limit in [2, 2, 2] {
+        let page = store
+            .list_tasks(list(job, after, limit))
+            .await
+            .expect("a page");
+        after = page.last().map(|t| t.task_id).or(after);
+        seen.push(
+            page.iter()
+                .map(|t| (t.stage_position, t.state))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        seen,
+        vec![
+            vec![(0, TaskState::Succeeded), (0, TaskState::Running)],
+            vec![(0, TaskState::Pending), (0, TaskState::Pending)],
+            vec![(1, TaskState::Blocked)],
+        ]
+    );
+    let all = store.list_tasks(list(job, None, 10)).await.expect("all");
+    let ids: Vec<TaskId> = all.iter().map(|t| t.task_id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!((ids.len(), ids), (5, sorted));
+    assert_eq!(all[0].task_id, claimed[0].lease.task_id);
+    assert_eq!(all[1].task_id, claimed[1].lease.task_id);
+}
+
 pub async fn task_dependencies_name_each_dependency_with_its_state_and_output(store: &dyn Store) {
     let job = submit(
         store,
@@ -335,6 +383,7 @@ pub async fn queue_depth_counts_one_tenants_ready_running_and_blocked_tasks(stor
 
 conformance_cases!(
     list_tasks_pages_a_jobs_tasks_in_id_order,
+    list_tasks_pages_across_states_and_stages_in_id_order,
     task_dependencies_name_each_dependency_with_its_state_and_output,
     task_events_are_the_newest_of_one_task_oldest_first,
     a_renewal_note_is_recorded_only_while_the_lease_is_held,

@@ -97,7 +97,7 @@ pub async fn a_wasm_claim_is_recorded_in_the_task_row_and_appends_no_event(store
     );
     assert!(told(store, t.lease.task_id).await.is_empty());
     // Running tasks are counted outside `tasks_job_stage_state`, which holds
-    // none (migration 0009): the job's counts still see this one.
+    // none on SQLite (migration 0009): the job's counts still see this one.
     let stage = &status(store, job).await.stages[0];
     assert_eq!(
         (
