@@ -22,8 +22,12 @@ use crate::model::{
 // second job index cost every task write an entry). The page is the first
 // `$4` ids after `$3` of each (stage, state) range of `tasks_job_stage_state`,
 // merged: at most stages × states × `$4` entries read, whatever the job's
-// size. The states come from `TaskState::ALL` (`$5`; SQLite's text, which
-// reads `tasks_job_id`, leaves it unused).
+// size. Each range is read from its start by a row comparison on the index's
+// columns, in their order: with equalities instead, the planner saw the
+// order as `id` alone and walked `tasks_pkey` for every state of the job
+// (125 ms for the first 100 tasks of a 100,000-task job, against 0.7 ms).
+// The states come from `TaskState::ALL` (`$5`; SQLite's text, which reads
+// `tasks_job_id`, leaves it unused).
 const LIST_TASKS: Sql = Sql::each(
     concat!(
         "SELECT ",
@@ -39,13 +43,14 @@ const LIST_TASKS: Sql = Sql::each(
              SELECT first.id FROM stages ps
              CROSS JOIN unnest($5::text[]) AS st(state)
              CROSS JOIN LATERAL (
-                 SELECT t.id FROM tasks t
-                 WHERE t.job_id = ps.job_id AND t.stage_position = ps.position
-                   AND t.state = st.state AND ($3::int8 IS NULL OR t.id > $3)
-                 ORDER BY t.id
+                 SELECT t.id, t.job_id, t.stage_position, t.state FROM tasks t
+                 WHERE (t.job_id, t.stage_position, t.state, t.id)
+                       > (ps.job_id, ps.position, st.state, COALESCE($3::int8, 0))
+                 ORDER BY t.job_id, t.stage_position, t.state, t.id
                  LIMIT $4
              ) AS first
-             WHERE ps.job_id = $1
+             WHERE ps.job_id = $1 AND first.job_id = ps.job_id
+               AND first.stage_position = ps.position AND first.state = st.state
              ORDER BY first.id
              LIMIT $4
          )
