@@ -10,7 +10,7 @@ use lockstep::model::{
 use lockstep::store::postgres::PgStore;
 use lockstep::store::{
     ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, GetJob, GetTask,
-    JobEvents, RescueExpiredLeases, SpawnTask, StageResults, Store, TaskResult,
+    JobEvents, ListTasks, RescueExpiredLeases, SpawnTask, StageResults, Store, TaskResult,
 };
 use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, BTreeSet};
@@ -747,6 +747,66 @@ async fn postgres_a_claim_from_one_job_or_one_tenant_reads_only_its_pending_task
             (claimed[0].job_id, claimed[0].tenant.clone()),
             (small, tenant())
         );
+    })
+    .await;
+}
+
+/// A page of a job's tasks is read from the job's index, a bounded number
+/// of entries per (stage, state), whatever the planner's statistics say:
+/// with the job all pending (its statistics), a page asked for by equalities
+/// on job, stage and state was planned as a walk of `tasks_pkey` in id
+/// order, filtering every task of the table for each state (125 ms for the
+/// first 100 tasks of a 100,000-task job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_page_of_a_jobs_tasks_reads_the_jobs_index() {
+    with_pg(|db| async move {
+        let store = db.open_store().await;
+        let tasks = (0..3_000).map(|_| task("work", None, &[])).collect();
+        let job_id = store
+            .submit_job(job("big", vec![stage("only", tasks)]))
+            .await
+            .expect("submit")
+            .job_id;
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::query("ANALYZE")
+            .execute(&mut conn)
+            .await
+            .expect("statistics of an all-pending job");
+        let page = |after| ListTasks {
+            tenant: tenant(),
+            job: job_id,
+            after,
+            limit: 100,
+        };
+        let first = store.list_tasks(page(None)).await.expect("first page");
+        assert_eq!(first.len(), 100);
+        let middle = Some(first[49].task_id);
+        for after in [None, middle] {
+            let plan = store
+                .list_tasks_plan(page(after))
+                .await
+                .expect("explain the page");
+            let scans: Vec<&str> = plan
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.contains("Scan") && l.contains(" on tasks "))
+                .collect();
+            assert_eq!(scans.len(), 2, "two scans of tasks in:\n{plan}");
+            assert!(
+                scans[0].contains("Scan using tasks_job_stage_state on tasks"),
+                "the page is not read from the job's index ({:?}) in:\n{plan}",
+                scans[0]
+            );
+            assert!(
+                scans[1].contains("Index Scan using tasks_pkey on tasks")
+                    && plan.contains("Index Cond: (id = page.id)"),
+                "the page's rows are not read by id ({:?}) in:\n{plan}",
+                scans[1]
+            );
+        }
+        let second = store.list_tasks(page(middle)).await.expect("a later page");
+        assert_eq!(second.len(), 100);
+        assert_eq!(second[0].task_id, first[50].task_id);
     })
     .await;
 }

@@ -9,7 +9,7 @@
 
 use super::codec::{parse_column, parse_task_state, task_not_found};
 use super::reads::{EventRow, TaskRow, job_exists, task_columns};
-use super::sql::{Db, Sql};
+use super::sql::{Db, Query, Sql};
 use super::{
     CreateToken, Dependency, GetTask, ListTasks, QueueDepthQuery, RevokeToken, StoreError,
     TaskEvents, TokenLookup, TokenRef,
@@ -28,6 +28,34 @@ use crate::model::{
 // (125 ms for the first 100 tasks of a 100,000-task job, against 0.7 ms).
 // The states come from `TaskState::ALL` (`$5`; SQLite's text, which reads
 // `tasks_job_id`, leaves it unused).
+macro_rules! pg_list_tasks {
+    () => {
+        concat!(
+            "WITH page AS MATERIALIZED (
+                 SELECT first.id FROM stages ps
+                 CROSS JOIN unnest($5::text[]) AS st(state)
+                 CROSS JOIN LATERAL (
+                     SELECT t.id, t.job_id, t.stage_position, t.state FROM tasks t
+                     WHERE (t.job_id, t.stage_position, t.state, t.id)
+                           > (ps.job_id, ps.position, st.state, COALESCE($3::int8, 0))
+                     ORDER BY t.job_id, t.stage_position, t.state, t.id
+                     LIMIT $4
+                 ) AS first
+                 WHERE ps.job_id = $1 AND first.job_id = ps.job_id
+                   AND first.stage_position = ps.position AND first.state = st.state
+                 ORDER BY first.id
+                 LIMIT $4
+             )
+             SELECT ",
+            task_columns!(),
+            " FROM page
+             JOIN tasks t ON t.id = page.id
+             JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
+             WHERE t.tenant_id = $2
+             ORDER BY t.id"
+        )
+    };
+}
 const LIST_TASKS: Sql = Sql::each(
     concat!(
         "SELECT ",
@@ -38,31 +66,34 @@ const LIST_TASKS: Sql = Sql::each(
          ORDER BY t.id
          LIMIT $4"
     ),
-    concat!(
-        "WITH page AS MATERIALIZED (
-             SELECT first.id FROM stages ps
-             CROSS JOIN unnest($5::text[]) AS st(state)
-             CROSS JOIN LATERAL (
-                 SELECT t.id, t.job_id, t.stage_position, t.state FROM tasks t
-                 WHERE (t.job_id, t.stage_position, t.state, t.id)
-                       > (ps.job_id, ps.position, st.state, COALESCE($3::int8, 0))
-                 ORDER BY t.job_id, t.stage_position, t.state, t.id
-                 LIMIT $4
-             ) AS first
-             WHERE ps.job_id = $1 AND first.job_id = ps.job_id
-               AND first.stage_position = ps.position AND first.state = st.state
-             ORDER BY first.id
-             LIMIT $4
-         )
-         SELECT ",
-        task_columns!(),
-        " FROM page
-         JOIN tasks t ON t.id = page.id
-         JOIN stages s ON s.job_id = t.job_id AND s.position = t.stage_position
-         WHERE t.tenant_id = $2
-         ORDER BY t.id"
-    ),
+    pg_list_tasks!(),
 );
+const EXPLAIN_LIST_TASKS: Sql = Sql::postgres_only(concat!("EXPLAIN ", pg_list_tasks!()));
+
+fn bind_list_tasks(query: Query, p: &ListTasks) -> Query {
+    query
+        .bind(p.job.0)
+        .bind(&p.tenant.0)
+        .bind(p.after.map(|t| t.0))
+        .bind(i64::from(p.limit))
+        .bind_names(Some(&TaskState::ALL.map(|s| s.as_str().to_string())))
+}
+
+/// How PostgreSQL would read `p`'s page now, one line per plan node (for
+/// the test that holds it to `tasks_job_stage_state`).
+pub(crate) async fn explain_list_tasks(
+    db: &mut Db<'_>,
+    p: &ListTasks,
+) -> Result<String, StoreError> {
+    let lines: Vec<(String,)> = db
+        .fetch_all(bind_list_tasks(db.query(&EXPLAIN_LIST_TASKS), p))
+        .await?;
+    Ok(lines
+        .into_iter()
+        .map(|(line,)| line)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
 
 pub(crate) async fn list_tasks(
     db: &mut Db<'_>,
@@ -70,14 +101,7 @@ pub(crate) async fn list_tasks(
 ) -> Result<Vec<TaskRecord>, StoreError> {
     job_exists(db, &p.tenant, p.job).await?;
     let rows: Vec<TaskRow> = db
-        .fetch_all(
-            db.query(&LIST_TASKS)
-                .bind(p.job.0)
-                .bind(&p.tenant.0)
-                .bind(p.after.map(|t| t.0))
-                .bind(i64::from(p.limit))
-                .bind_names(Some(&TaskState::ALL.map(|s| s.as_str().to_string()))),
-        )
+        .fetch_all(bind_list_tasks(db.query(&LIST_TASKS), p))
         .await?;
     rows.into_iter().map(TaskRow::into_record).collect()
 }

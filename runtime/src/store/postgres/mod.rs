@@ -50,7 +50,7 @@ mod listen;
 
 use super::backend::{Backend, SqlStore};
 use super::sql::{Conn, Tx};
-use super::{ClaimBatch, CompleteBatch, StoreError};
+use super::{ClaimBatch, CompleteBatch, ListTasks, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::str::FromStr;
@@ -199,6 +199,14 @@ impl SqlStore<PgBackend> {
     /// or one tenant to that job's or tenant's tasks by its text alone.
     pub async fn generic_claim_plan(&self, p: ClaimBatch) -> Result<String, StoreError> {
         self.read(|| async |db| super::complete::explain_generic_claim(db, &p).await)
+            .await
+    }
+
+    /// How PostgreSQL would read the page of tasks `p` now, one line per
+    /// plan node: for the test that holds it to the job's index whatever the
+    /// planner's statistics say.
+    pub async fn list_tasks_plan(&self, p: ListTasks) -> Result<String, StoreError> {
+        self.read(|| async |db| super::agent::explain_list_tasks(db, &p).await)
             .await
     }
 
