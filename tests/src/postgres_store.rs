@@ -751,6 +751,37 @@ async fn postgres_a_claim_from_one_job_or_one_tenant_reads_only_its_pending_task
     .await;
 }
 
+/// The plan lines that scan `tasks`, in the plan's order.
+fn scans_of_tasks(plan: &str) -> Vec<&str> {
+    plan.lines()
+        .map(str::trim)
+        .filter(|l| l.contains("Scan") && l.contains(" on tasks "))
+        .collect()
+}
+
+/// A job of `width` `work` tasks in one stage, `only`.
+async fn submit_one_stage(store: &PgStore, name: &str, width: usize) -> JobId {
+    let tasks = (0..width).map(|_| task("work", None, &[])).collect();
+    store
+        .submit_job(job(name, vec![stage("only", tasks)]))
+        .await
+        .expect("submit")
+        .job_id
+}
+
+/// A job of `width` pending tasks in one stage, and the planner's
+/// statistics taken then (all pending, none running), with the connection
+/// that took them.
+async fn analyzed_pending_job(store: &PgStore, url: &str, width: usize) -> (JobId, PgConnection) {
+    let job_id = submit_one_stage(store, "pending", width).await;
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    sqlx::query("ANALYZE tasks")
+        .execute(&mut conn)
+        .await
+        .expect("statistics of an all-pending job");
+    (job_id, conn)
+}
+
 /// A page of a job's tasks is read from the job's index, a bounded number
 /// of entries per (stage, state), whatever the planner's statistics say:
 /// with the job all pending (its statistics), a page asked for by equalities
@@ -761,17 +792,7 @@ async fn postgres_a_claim_from_one_job_or_one_tenant_reads_only_its_pending_task
 async fn postgres_a_page_of_a_jobs_tasks_reads_the_jobs_index() {
     with_pg(|db| async move {
         let store = db.open_store().await;
-        let tasks = (0..3_000).map(|_| task("work", None, &[])).collect();
-        let job_id = store
-            .submit_job(job("big", vec![stage("only", tasks)]))
-            .await
-            .expect("submit")
-            .job_id;
-        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
-        sqlx::query("ANALYZE")
-            .execute(&mut conn)
-            .await
-            .expect("statistics of an all-pending job");
+        let (job_id, _conn) = analyzed_pending_job(&store, &db.url, 3_000).await;
         let page = |after| ListTasks {
             tenant: tenant(),
             job: job_id,
@@ -786,11 +807,7 @@ async fn postgres_a_page_of_a_jobs_tasks_reads_the_jobs_index() {
                 .list_tasks_plan(page(after))
                 .await
                 .expect("explain the page");
-            let scans: Vec<&str> = plan
-                .lines()
-                .map(str::trim)
-                .filter(|l| l.contains("Scan") && l.contains(" on tasks "))
-                .collect();
+            let scans = scans_of_tasks(&plan);
             assert_eq!(scans.len(), 2, "two scans of tasks in:\n{plan}");
             assert!(
                 scans[0].contains("Scan using tasks_job_stage_state on tasks"),
@@ -822,17 +839,7 @@ async fn postgres_a_page_of_a_jobs_tasks_reads_the_jobs_index() {
 async fn postgres_a_completion_finds_its_rows_by_primary_key() {
     with_pg(|db| async move {
         let store = db.open_store().await;
-        let tasks = (0..2_000).map(|_| task("work", None, &[])).collect();
-        let job_id = store
-            .submit_job(job("running", vec![stage("only", tasks)]))
-            .await
-            .expect("submit")
-            .job_id;
-        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
-        sqlx::query("ANALYZE tasks")
-            .execute(&mut conn)
-            .await
-            .expect("statistics with no task running");
+        let (job_id, mut conn) = analyzed_pending_job(&store, &db.url, 2_000).await;
         let claimed = store
             .claim_batch(claim(1_000, "w", NOW))
             .await
@@ -852,11 +859,7 @@ async fn postgres_a_completion_finds_its_rows_by_primary_key() {
             !plan.contains("tasks_running_leases"),
             "a completion reads the running-lease index in:\n{plan}"
         );
-        let probes: Vec<&str> = plan
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.contains("Scan") && l.contains(" on tasks "))
-            .collect();
+        let probes = scans_of_tasks(&plan);
         // SUCCEED_FENCED: one probe per completion, then the update's own
         // scan by the held ids; HOLD_RUNNING: one probe per completion.
         assert_eq!(probes.len(), 3, "three scans of tasks in:\n{plan}");
@@ -897,12 +900,7 @@ async fn postgres_rescue_on_four_nodes_takes_each_expired_lease_exactly_once() {
     with_pg(|db| async move {
         let store = Arc::new(db.open_store().await);
         const TASKS: usize = 300;
-        let tasks = (0..TASKS).map(|_| task("work", None, &[])).collect();
-        let job_id = store
-            .submit_job(job("leases", vec![stage("only", tasks)]))
-            .await
-            .expect("submit")
-            .job_id;
+        let job_id = submit_one_stage(&store, "leases", TASKS).await;
         let mut claimed = 0;
         while claimed < TASKS {
             let batch = store

@@ -88,17 +88,7 @@ pub async fn list_tasks_pages_a_jobs_tasks_in_id_order(store: &dyn Store) {
 /// A page runs across tasks of every state in id order: PostgreSQL reads it
 /// as the first ids of each (stage, state) range, merged.
 pub async fn list_tasks_pages_across_states_and_stages_in_id_order(store: &dyn Store) {
-    let job = submit(
-        store,
-        spec(
-            "mixed",
-            vec![
-                stage("a", (0..4).map(|_| task("work")).collect()),
-                stage("b", vec![task("work")]),
-            ],
-        ),
-    )
-    .await;
+    let job = submit(store, wide_then_one("mixed", 4)).await;
     let claimed = claim(store, 2).await;
     complete(store, vec![ok(&claimed[0])]).await;
 

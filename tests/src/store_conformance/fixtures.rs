@@ -107,10 +107,15 @@ pub(crate) fn spec(key: &str, stages: Vec<NewStage>) -> SubmitJob {
 
 /// A job of stage `a` (tasks 1 and 2) and stage `b` (task 3), all `work`.
 pub(crate) fn two_then_one(key: &str) -> SubmitJob {
+    wide_then_one(key, 2)
+}
+
+/// A job of stage `a` (`width` tasks) and stage `b` (one task), all `work`.
+pub(crate) fn wide_then_one(key: &str, width: usize) -> SubmitJob {
     spec(
         key,
         vec![
-            stage("a", vec![task("work"), task("work")]),
+            stage("a", (0..width).map(|_| task("work")).collect()),
             stage("b", vec![task("work")]),
         ],
     )

@@ -74,17 +74,7 @@ pub async fn ready_handlers_names_what_a_jobs_ready_tasks_wait_for(store: &dyn S
 }
 
 pub async fn stage_results_pages_through_an_earlier_stages_outputs(store: &dyn Store) {
-    let job = submit(
-        store,
-        spec(
-            "lineage",
-            vec![
-                stage("a", (0..5).map(|_| task("work")).collect()),
-                stage("b", vec![task("work")]),
-            ],
-        ),
-    )
-    .await;
+    let job = submit(store, wide_then_one("lineage", 5)).await;
     let a = claim(store, 5).await;
     complete(store, a.iter().map(ok).collect()).await;
     let page = |after, limit| StageResults {
