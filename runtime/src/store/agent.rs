@@ -9,7 +9,7 @@
 
 use super::codec::{parse_column, parse_task_state, task_not_found};
 use super::reads::{EventRow, TaskRow, job_exists, task_columns};
-use super::sql::{Db, Query, Sql};
+use super::sql::{Db, Query, Sql, plan_text};
 use super::{
     CreateToken, Dependency, GetTask, ListTasks, QueueDepthQuery, RevokeToken, StoreError,
     TaskEvents, TokenLookup, TokenRef,
@@ -88,11 +88,7 @@ pub(crate) async fn explain_list_tasks(
     let lines: Vec<(String,)> = db
         .fetch_all(bind_list_tasks(db.query(&EXPLAIN_LIST_TASKS), p))
         .await?;
-    Ok(lines
-        .into_iter()
-        .map(|(line,)| line)
-        .collect::<Vec<_>>()
-        .join("\n"))
+    Ok(plan_text(lines))
 }
 
 pub(crate) async fn list_tasks(

@@ -16,7 +16,7 @@ use super::advance;
 use super::codec::{after, parse_column, parse_stage_state, parse_task_state};
 use super::effects::{self, Effects};
 use super::rules::{self, Decision, Held, HeldRow, StageDelta, StageMeta, stage_of};
-use super::sql::{Batch, Db, Query, Sql};
+use super::sql::{Batch, Db, Query, Sql, plan_text};
 use super::{
     ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, RenewLease,
     RescueExpiredLeases, StoreError, TaskResult,
@@ -333,14 +333,6 @@ const EXPLAIN_PREPARED_CLAIM: Sql =
     Sql::postgres_only("EXPLAIN EXECUTE lockstep_claim_plan(0, '', NULL, NULL, 0, 1, 0, '', NULL)");
 const DEALLOCATE_CLAIM: Sql = Sql::postgres_only("DEALLOCATE lockstep_claim_plan");
 const RESET_PLAN_CACHE_MODE: Sql = Sql::postgres_only("RESET plan_cache_mode");
-
-/// An `EXPLAIN`'s rows as one text, a line per plan node.
-fn plan_text(rows: Vec<(String,)>) -> String {
-    rows.into_iter()
-        .map(|(line,)| line)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// The generic plan of `p`'s claim statement (see above), one line per
 /// plan node; empty on SQLite, whose claims name their indexes.

@@ -609,3 +609,11 @@ impl Conn {
         }
     }
 }
+
+/// An `EXPLAIN`'s rows as one text, a line per plan node.
+pub(crate) fn plan_text(rows: Vec<(String,)>) -> String {
+    rows.into_iter()
+        .map(|(line,)| line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
