@@ -91,10 +91,11 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (error, lost);
         false
     }
-    /// A connection for a write that is one statement on this database,
-    /// atomic by itself, so it needs no `BEGIN` and `COMMIT` round trips;
-    /// `None`: run it in a write transaction.
-    async fn autocommit_write(&self) -> Result<Option<Conn>, StoreError> {
+    /// A connection for a claim, where a claim is one statement on this
+    /// database, atomic by itself, so it needs no `BEGIN` and `COMMIT`
+    /// round trips (PostgreSQL: one whose session plans claims once,
+    /// `store/postgres`); `None`: run it in a write transaction.
+    async fn claim_connection(&self) -> Result<Option<Conn>, StoreError> {
         Ok(None)
     }
     /// Signalled when tasks may have become ready (see [`Store::ready_signal`]).
@@ -266,12 +267,26 @@ impl<B: Backend> SqlStore<B> {
         Ok(())
     }
 
-    /// Run a write that is a single statement on backends that can run it
-    /// without a transaction ([`Backend::autocommit_write`]), in a write
+    /// Run `read` on a claim connection ([`Backend::claim_connection`]),
+    /// where the backend has them, on a read connection where not: to see
+    /// a statement as a claim connection plans it.
+    pub(super) async fn on_claim_connection<T, R>(&self, read: R) -> Result<T, StoreError>
+    where
+        R: AsyncFnOnce(&mut super::sql::Db<'_>) -> Result<T, StoreError>,
+    {
+        let mut conn = match self.backend.claim_connection().await? {
+            Some(conn) => conn,
+            None => self.backend.read().await?,
+        };
+        read(&mut conn.db(&self.counters)).await
+    }
+
+    /// Run a claim: a single statement on backends that can run it
+    /// without a transaction ([`Backend::claim_connection`]), in a write
     /// transaction committed as `durability` says on the others. Run again
     /// like [`SqlStore::write`]; a statement that failed on a dead
     /// connection was not run.
-    async fn write_statement<T, W>(
+    async fn write_claim<T, W>(
         &self,
         operation: &'static str,
         durability: Durability,
@@ -282,7 +297,7 @@ impl<B: Backend> SqlStore<B> {
     {
         let (mut retries, mut lost) = (0, 0);
         loop {
-            let Some(mut conn) = self.backend.autocommit_write().await? else {
+            let Some(mut conn) = self.backend.claim_connection().await? else {
                 return self.write_durably(operation, durability, attempt).await;
             };
             let error = match attempt()(&mut conn.db(&self.counters)).await {
@@ -317,7 +332,7 @@ impl<B: Backend> Store for SqlStore<B> {
         // claimed, and its nonce refuses the run it started: it need not
         // wait for the disk (`complete::claim_nonce`).
         let nonce = complete::claim_nonce(p.executor);
-        self.write_statement("claim_batch", Durability::NextCommit, || {
+        self.write_claim("claim_batch", Durability::NextCommit, || {
             async |db| complete::claim_batch(db, &p, nonce).await
         })
         .await

@@ -30,7 +30,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// The PostgreSQL claim's text around the statement that picks its
 /// candidates (`picked`): shared by [`CLAIM`], [`CLAIM_IN_JOB`],
-/// [`CLAIM_AGENT_IN_TENANT`] and their `EXPLAIN`s.
+/// [`CLAIM_AGENT_IN_TENANT`] and their `EXPLAIN`s. Each claimed task's
+/// stage name is read by its key in a subquery, not by a join: the generic
+/// plan a claim connection keeps, made with the statistics of an empty
+/// database (one stage), joined by walking all of `stages` per claim.
 macro_rules! pg_claim {
     (all) => {
         pg_claim!(
@@ -98,10 +101,11 @@ macro_rules! pg_claim {
                         'attempt ' || c.attempt || ' by ' || $8, $1, c.attempt, $8, $1
                  FROM claimed c WHERE $2 <> 'wasm' ORDER BY c.id
              )
-             SELECT c.id, c.tenant_id, c.job_id, c.stage_position, s.name AS stage_name, c.attempt,
-                    c.handler, c.input_json, c.timeout_ms, c.max_attempts, c.run_after
+             SELECT c.id, c.tenant_id, c.job_id, c.stage_position,
+                    (SELECT s.name FROM stages s
+                     WHERE s.job_id = c.job_id AND s.position = c.stage_position) AS stage_name,
+                    c.attempt, c.handler, c.input_json, c.timeout_ms, c.max_attempts, c.run_after
              FROM claimed c
-             JOIN stages s ON s.job_id = c.job_id AND s.position = c.stage_position
              ORDER BY c.id"
         )
     };
@@ -163,7 +167,7 @@ pub(crate) fn claim_nonce(executor: Executor) -> Option<i64> {
 // primary-key probes per candidate (README, 12-04 22:52 sitting). PostgreSQL picks with
 // SKIP LOCKED (never waits on another process) and logs the claims in the
 // same statement, so its claim is one statement, run without a transaction
-// of its own (`write_statement`); SQLite, one writer at a time, logs them
+// of its own (`write_claim`); SQLite, one writer at a time, logs them
 // with LOG_CLAIMS.
 //
 // On PostgreSQL the order is `(executor, id)`, which only `tasks_claimable`
@@ -266,10 +270,6 @@ const CLAIM_AGENT_IN_TENANT: Sql = Sql::each(
 /// One way to claim, and how PostgreSQL plans it (for tests).
 struct ClaimStatement {
     claim: &'static Sql,
-    /// How PostgreSQL would run the claim for given values, for the tests
-    /// that hold claims to their indexes (EXPLAIN without ANALYZE runs
-    /// nothing).
-    explain: &'static Sql,
     /// Prepares the claim as `lockstep_claim_plan`, for its generic plan
     /// (tests).
     prepare: &'static Sql,
@@ -277,12 +277,10 @@ struct ClaimStatement {
 
 const FROM_EVERY_JOB: ClaimStatement = ClaimStatement {
     claim: &CLAIM,
-    explain: &Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(all))),
     prepare: &Sql::postgres_only(concat!("PREPARE lockstep_claim_plan AS ", pg_claim!(all))),
 };
 const FROM_ONE_JOB: ClaimStatement = ClaimStatement {
     claim: &CLAIM_IN_JOB,
-    explain: &Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(in_job))),
     prepare: &Sql::postgres_only(concat!(
         "PREPARE lockstep_claim_plan AS ",
         pg_claim!(in_job)
@@ -290,7 +288,6 @@ const FROM_ONE_JOB: ClaimStatement = ClaimStatement {
 };
 const FROM_AGENT_TENANT: ClaimStatement = ClaimStatement {
     claim: &CLAIM_AGENT_IN_TENANT,
-    explain: &Sql::postgres_only(concat!("EXPLAIN ", pg_claim!(agent_in_tenant))),
     prepare: &Sql::postgres_only(concat!(
         "PREPARE lockstep_claim_plan AS ",
         pg_claim!(agent_in_tenant)
@@ -320,52 +317,32 @@ fn bind_claim(query: Query, p: &ClaimBatch, nonce: Option<i64>) -> Query {
         .bind(nonce)
 }
 
-// The generic plan of a claim: its plan for any values and statistics. The
-// pool plans every statement with its values (`force_custom_plan`,
-// `store/postgres/mod.rs`), and a plan for one set of values shows only
-// that the planner chose well for them; the generic plan shows what the
-// statement's text holds the planner to (a claim from one job scans that
-// job's tasks whatever the planner guesses). A plain `EXPLAIN` plans with the
-// bound values, so the claim is prepared under a name here, explained with
-// placeholder arguments under `force_generic_plan`, and deallocated.
-const FORCE_GENERIC_PLANS: Sql = Sql::postgres_only("SET plan_cache_mode = force_generic_plan");
+// The plan a claim runs with on PostgreSQL: its generic plan, made once per
+// claim connection (`store/postgres`, "Plans") for any values, with the
+// statistics of then and sequential scans ruled out. The claim's text must
+// hold every such plan to its indexes (a claim from one job scans that job's
+// tasks whatever the planner guesses), so the tests look at it. A plain
+// `EXPLAIN` plans with the bound values, so the claim is prepared under a
+// name here, explained with placeholder arguments on a claim connection,
+// and deallocated.
 const EXPLAIN_PREPARED_CLAIM: Sql =
     Sql::postgres_only("EXPLAIN EXECUTE lockstep_claim_plan(0, '', NULL, NULL, 0, 1, 0, '', NULL)");
 const DEALLOCATE_CLAIM: Sql = Sql::postgres_only("DEALLOCATE lockstep_claim_plan");
-const RESET_PLAN_CACHE_MODE: Sql = Sql::postgres_only("RESET plan_cache_mode");
 
-/// The generic plan of `p`'s claim statement (see above), one line per
-/// plan node; empty on SQLite, whose claims name their indexes.
+/// The generic plan of `p`'s claim statement (see above) on `db`, a claim
+/// connection, one line per plan node; empty on SQLite, whose claims name
+/// their indexes.
 pub(crate) async fn explain_generic_claim(
     db: &mut Db<'_>,
     p: &ClaimBatch,
 ) -> Result<String, StoreError> {
     let prepare = claim_statement(p).prepare;
-    db.execute(db.query(&FORCE_GENERIC_PLANS)).await?;
-    let explained = async {
-        db.execute(db.query(prepare)).await?;
-        let lines: Result<Vec<(String,)>, StoreError> =
-            db.fetch_all(db.query(&EXPLAIN_PREPARED_CLAIM)).await;
-        db.execute(db.query(&DEALLOCATE_CLAIM)).await?;
-        lines
-    }
-    .await;
+    db.execute(db.query(prepare)).await?;
+    let lines: Result<Vec<(String,)>, StoreError> =
+        db.fetch_all(db.query(&EXPLAIN_PREPARED_CLAIM)).await;
     // The connection goes back to the pool as it came.
-    db.execute(db.query(&RESET_PLAN_CACHE_MODE)).await?;
-    Ok(plan_text(explained?))
-}
-
-/// The plan PostgreSQL chooses for `p`'s claim with `p`'s values, one line
-/// per plan node (empty on SQLite, whose claims name their indexes).
-pub(crate) async fn explain_claim(db: &mut Db<'_>, p: &ClaimBatch) -> Result<String, StoreError> {
-    let lines: Vec<(String,)> = db
-        .fetch_all(bind_claim(
-            db.query(claim_statement(p).explain),
-            p,
-            claim_nonce(p.executor),
-        ))
-        .await?;
-    Ok(plan_text(lines))
+    db.execute(db.query(&DEALLOCATE_CLAIM)).await?;
+    Ok(plan_text(lines?))
 }
 
 /// Claim up to `limit` ready tasks in one write, storing `nonce` in each
