@@ -719,8 +719,7 @@ async fn postgres_a_claim_planned_on_an_empty_database_reads_only_indexes() {
                 .filter(|l| l.contains(" on stages s "))
                 .collect();
             assert_eq!(stage_scans.len(), 1, "one read of stages in:\n{plan}");
-            let at = plan.find(stage_scans[0]).unwrap_or(0);
-            let condition = plan[at..].lines().nth(1).unwrap_or("").trim();
+            let condition = line_after(plan, stage_scans[0]);
             assert!(
                 condition.starts_with("Index Cond: (job_id = c.job_id)")
                     || condition.starts_with("Index Cond: ((job_id = c.job_id) AND"),
@@ -738,6 +737,12 @@ async fn postgres_a_claim_planned_on_an_empty_database_reads_only_indexes() {
     .await;
 }
 
+/// The line of `plan` after the one holding `node` (a scan's condition), trimmed.
+fn line_after<'a>(plan: &'a str, node: &str) -> &'a str {
+    let at = plan.find(node).unwrap_or(0);
+    plan[at..].lines().nth(1).unwrap_or("").trim()
+}
+
 /// The one scan of `tasks` in `plan` uses `index`, and its index condition
 /// bounds `column`.
 fn assert_scan(plan: &str, index: &str, column: &str) {
@@ -752,8 +757,7 @@ fn assert_scan(plan: &str, index: &str, column: &str) {
         "the claim scans {:?} in:\n{plan}",
         scans[0]
     );
-    let scan_at = plan.find(scans[0]).unwrap_or(0);
-    let condition = plan[scan_at..].lines().nth(1).unwrap_or("");
+    let condition = line_after(plan, scans[0]);
     assert!(
         condition.contains("Index Cond: ((") && condition.contains(&format!("({column} ")),
         "the scan is not limited by {column} ({condition:?}) in:\n{plan}"
