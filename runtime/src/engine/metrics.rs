@@ -174,17 +174,37 @@ pub(crate) fn recorded(batch: &[Completion], attempts: &[Attempt], outcomes: &[C
 
 fn count_outcomes(attempts: &[Attempt], outcomes: &[CompletionOutcome]) {
     let mut fenced = 0u64;
+    // A batch's tasks mostly share their labels: each series is looked up
+    // (its key built, hashed and found in the registry) once per run of
+    // equal labels, not once per task.
+    let mut series: Option<(&str, &'static str, ::metrics::Counter, ::metrics::Histogram)> = None;
+    let mut count = 0u64;
     for (attempt, outcome) in attempts.iter().zip(outcomes) {
         let Some(outcome) = outcome_label(outcome) else {
             fenced += 1;
             continue;
         };
-        ::metrics::counter!(TASKS_TOTAL, "handler" => attempt.handler.clone(), "outcome" => outcome)
-            .increment(1);
-        if let Some(took) = attempt.took {
-            ::metrics::histogram!(TASK_DURATION, "handler" => attempt.handler.clone(), "outcome" => outcome)
-                .record(took.as_secs_f64());
+        let same = matches!(&series, Some((h, o, ..)) if *h == attempt.handler && *o == outcome);
+        if !same {
+            if let Some((.., counter, _)) = &series {
+                counter.increment(count);
+            }
+            count = 0;
+            let handler = attempt.handler.clone();
+            series = Some((
+                &attempt.handler,
+                outcome,
+                ::metrics::counter!(TASKS_TOTAL, "handler" => handler.clone(), "outcome" => outcome),
+                ::metrics::histogram!(TASK_DURATION, "handler" => handler, "outcome" => outcome),
+            ));
         }
+        count += 1;
+        if let (Some(took), Some((.., duration))) = (attempt.took, &series) {
+            duration.record(took.as_secs_f64());
+        }
+    }
+    if let Some((.., counter, _)) = &series {
+        counter.increment(count);
     }
     if fenced > 0 {
         ::metrics::counter!(COMPLETION_FENCED).increment(fenced);
@@ -234,9 +254,21 @@ fn log_outcomes(batch: &[Completion], ran: &[Attempt], outcomes: &[CompletionOut
     }
 }
 
-/// A task claimed `waited` after it became ready.
-pub(crate) fn claimed(handler: &str, waited: Duration) {
-    ::metrics::histogram!(TASK_WAIT, "handler" => handler.to_string()).record(waited.as_secs_f64());
+/// The tasks of one claim, each claimed `now - ready_at` after it became
+/// ready; the series of a handler is looked up once per run of its tasks.
+pub(crate) fn claimed<'a>(now: i64, tasks: impl IntoIterator<Item = (&'a str, i64)>) {
+    let mut series: Option<(&str, ::metrics::Histogram)> = None;
+    for (handler, ready_at) in tasks {
+        let waited = Duration::from_millis(now.saturating_sub(ready_at).max(0) as u64);
+        match &series {
+            Some((h, wait)) if *h == handler => wait.record(waited.as_secs_f64()),
+            _ => {
+                let wait = ::metrics::histogram!(TASK_WAIT, "handler" => handler.to_string());
+                wait.record(waited.as_secs_f64());
+                series = Some((handler, wait));
+            }
+        }
+    }
 }
 
 /// A guest run that ended in `failure`: counted when the sandbox stopped it.

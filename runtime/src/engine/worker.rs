@@ -394,15 +394,16 @@ async fn claimer(
             .claimed
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         stats.claim_batches.fetch_add(1, Ordering::Relaxed);
-        let claimed_at = now_millis();
+        super::metrics::claimed(
+            now_millis(),
+            claimed.iter().map(|t| (t.handler.as_str(), t.ready_at)),
+        );
         // One run slot and one unit of budget per claimed task; the rest go
         // back at once, as one.
         for task in claimed {
             let limit = "a claim returns at most as many tasks as its LIMIT, the permits taken";
             let slot = permits.split(1).expect(limit);
             let unrecorded = owed.split(1).expect(limit);
-            let waited = claimed_at.saturating_sub(task.ready_at).max(0) as u64;
-            super::metrics::claimed(&task.handler, Duration::from_millis(waited));
             let engine = engine.clone();
             let done = done.clone();
             let lease = config.lease;
@@ -414,7 +415,9 @@ async fn claimer(
             stats
                 .peak_runs
                 .fetch_max(now_running as u64, Ordering::Relaxed);
-            runs.spawn(async move {
+            // Boxed: the task's cell then holds a pointer, not the run's
+            // whole future, which tokio would otherwise copy in and out.
+            runs.spawn(Box::pin(async move {
                 let ended = match execution {
                     Execution::Sandbox => run_task(&engine, &plugins, task, lease, phase).await,
                     Execution::HostNoop => {
@@ -432,7 +435,7 @@ async fn claimer(
                 ends.fetch_sub(1, Ordering::AcqRel);
                 drop(slot);
                 let _ = done.send((ended, unrecorded));
-            });
+            }));
         }
         // Reap finished runs so the set does not grow without bound.
         while runs.try_join_next().is_some() {}
@@ -478,7 +481,7 @@ const CLAIM_GATHER: Duration = Duration::from_millis(1);
 async fn run_task(
     engine: &Arc<Engine>,
     plugins: &crate::plugin::PluginHost,
-    task: ClaimedTask,
+    mut task: ClaimedTask,
     lease: Duration,
     mut phase: watch::Receiver<Phase>,
 ) -> Done {
@@ -495,9 +498,10 @@ async fn run_task(
         handler: task.handler.clone(),
         job_id: task.job_id.0 as u64,
         task_id: task.lease.task_id.0 as u64,
-        stage: task.stage_name.clone(),
+        // Moved, not copied: nothing after the run reads them.
+        stage: std::mem::take(&mut task.stage_name),
         attempt: task.lease.attempt as u32,
-        input_json: task.input_json.clone(),
+        input_json: std::mem::take(&mut task.input_json),
         timeout: Duration::from_millis(task.timeout_ms.max(1) as u64),
     };
     let started = std::time::Instant::now();
@@ -524,6 +528,9 @@ async fn run_task(
             break None;
         }
         tokio::select! {
+            // The run first: a short one ends at its first poll, before the
+            // renewal's timer is ever registered with the runtime's wheel.
+            biased;
             r = &mut run => break Some(r),
             changed = phase.changed(), if phase_open => phase_open = changed.is_ok(),
             _ = renew.tick() => {
