@@ -178,7 +178,6 @@ fn count_outcomes(attempts: &[Attempt], outcomes: &[CompletionOutcome]) {
     // (its key built, hashed and found in the registry) once per run of
     // equal labels, not once per task.
     let mut series: Option<(&str, &'static str, ::metrics::Counter, ::metrics::Histogram)> = None;
-    let mut count = 0u64;
     for (attempt, outcome) in attempts.iter().zip(outcomes) {
         let Some(outcome) = outcome_label(outcome) else {
             fenced += 1;
@@ -186,25 +185,20 @@ fn count_outcomes(attempts: &[Attempt], outcomes: &[CompletionOutcome]) {
         };
         let same = matches!(&series, Some((h, o, ..)) if *h == attempt.handler && *o == outcome);
         if !same {
-            if let Some((.., counter, _)) = &series {
-                counter.increment(count);
-            }
-            count = 0;
-            let handler = attempt.handler.clone();
+            let handler = &attempt.handler;
             series = Some((
-                &attempt.handler,
+                handler,
                 outcome,
                 ::metrics::counter!(TASKS_TOTAL, "handler" => handler.clone(), "outcome" => outcome),
-                ::metrics::histogram!(TASK_DURATION, "handler" => handler, "outcome" => outcome),
+                ::metrics::histogram!(TASK_DURATION, "handler" => handler.clone(), "outcome" => outcome),
             ));
         }
-        count += 1;
-        if let (Some(took), Some((.., duration))) = (attempt.took, &series) {
-            duration.record(took.as_secs_f64());
+        if let Some((.., total, duration)) = &series {
+            total.increment(1);
+            if let Some(took) = attempt.took {
+                duration.record(took.as_secs_f64());
+            }
         }
-    }
-    if let Some((.., counter, _)) = &series {
-        counter.increment(count);
     }
     if fenced > 0 {
         ::metrics::counter!(COMPLETION_FENCED).increment(fenced);
