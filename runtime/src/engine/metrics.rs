@@ -174,30 +174,16 @@ pub(crate) fn recorded(batch: &[Completion], attempts: &[Attempt], outcomes: &[C
 
 fn count_outcomes(attempts: &[Attempt], outcomes: &[CompletionOutcome]) {
     let mut fenced = 0u64;
-    // A batch's tasks mostly share their labels: each series is looked up
-    // (its key built, hashed and found in the registry) once per run of
-    // equal labels, not once per task.
-    let mut series: Option<(&str, &'static str, ::metrics::Counter, ::metrics::Histogram)> = None;
     for (attempt, outcome) in attempts.iter().zip(outcomes) {
         let Some(outcome) = outcome_label(outcome) else {
             fenced += 1;
             continue;
         };
-        let same = matches!(&series, Some((h, o, ..)) if *h == attempt.handler && *o == outcome);
-        if !same {
-            let handler = &attempt.handler;
-            series = Some((
-                handler,
-                outcome,
-                ::metrics::counter!(TASKS_TOTAL, "handler" => handler.clone(), "outcome" => outcome),
-                ::metrics::histogram!(TASK_DURATION, "handler" => handler.clone(), "outcome" => outcome),
-            ));
-        }
-        if let Some((.., total, duration)) = &series {
-            total.increment(1);
-            if let Some(took) = attempt.took {
-                duration.record(took.as_secs_f64());
-            }
+        ::metrics::counter!(TASKS_TOTAL, "handler" => attempt.handler.clone(), "outcome" => outcome)
+            .increment(1);
+        if let Some(took) = attempt.took {
+            ::metrics::histogram!(TASK_DURATION, "handler" => attempt.handler.clone(), "outcome" => outcome)
+                .record(took.as_secs_f64());
         }
     }
     if fenced > 0 {
