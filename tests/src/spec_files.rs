@@ -6,8 +6,8 @@
 use lockstep::model::{Executor, OnFailure, SubmitJob, TenantId};
 use lockstep::spec::{
     Format, HandlerCatalog, JobSpec, Limits, SchemaCatalog, SpecError, StageSpec, TaskInput,
-    TaskSpec, job_spec_json_schema, load_job_file, parse_job_file, parse_job_str, parse_job_value,
-    validate, validate_owned,
+    TaskSpec, default_idempotency_key, job_spec_json_schema, load_job_file, parse_job_file,
+    parse_job_str, parse_job_value, validate, validate_owned,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -579,9 +579,10 @@ fn input_just_over_the_limit_is_reported_in_bytes() {
 
 #[test]
 fn consuming_validation_makes_the_same_job_as_borrowing_validation() {
-    // More tasks than validate_owned turns into rows between two hand-backs
-    // of the spec's memory (65,536), with keys, dependencies, agent tasks and
-    // settings of their own, in two stages: order and every default compared.
+    // 70,002 tasks with keys, dependencies, agent tasks and settings of
+    // their own, in two stages: order and every default compared, and the
+    // rows made in the spec's own memory (a million-task job is not held
+    // twice).
     let mut work: Vec<TaskSpec> = (0..70_000)
         .map(|i| {
             let mut task = TaskSpec::wasm("example:fanout", json!({ "count": i % 7 }));
@@ -611,7 +612,9 @@ fn consuming_validation_makes_the_same_job_as_borrowing_validation() {
         stages: vec![stage("work", work), then],
     };
     let borrowed = validate(&spec, &catalog(), &limits, tenant(), NOW).expect("valid");
+    let spec_tasks = spec.stages[0].tasks.as_ptr() as usize;
     let owned = validate_owned(spec, &catalog(), &limits, tenant(), NOW).expect("valid");
+    assert_eq!(owned.stages[0].tasks.as_ptr() as usize, spec_tasks);
     assert_eq!(owned.stages[0].tasks.len(), 70_002);
     assert_eq!(owned.stages[0].tasks[1].depends_on, vec!["k0".to_string()]);
     assert_eq!(owned.stages[0].tasks[70_001].handler, "ops");
@@ -929,6 +932,7 @@ fn default_idempotency_key_is_stable_across_key_order_whitespace_and_timeout_spe
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
     );
     assert_eq!(key_a, check(&b).expect("valid").idempotency_key);
+    assert_eq!(key_a, default_idempotency_key(&a).expect("writes"));
 }
 
 #[test]

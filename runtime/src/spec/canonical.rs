@@ -57,7 +57,12 @@ fn write_string(text: &str, out: &mut String) {
 
 /// The canonical JSON of a whole spec (as stored in `SubmitJob::spec_json`).
 pub fn canonical_spec_json(spec: &JobSpec) -> Result<String, serde_json::Error> {
-    let mut out = String::new();
+    // Measured first, then written into a string of that size: a growing
+    // string of a large spec would hold up to twice its size (and, with an
+    // allocator that copies on growth, briefly three times).
+    let mut len = 0;
+    write_spec(spec, true, &mut |text| len += text.len())?;
+    let mut out = String::with_capacity(len);
     write_spec(spec, true, &mut |text| out.push_str(text))?;
     Ok(out)
 }
@@ -74,6 +79,12 @@ pub fn default_idempotency_key(spec: &JobSpec) -> Result<String, serde_json::Err
     let mut hash = Sha256::new();
     write_spec(spec, false, &mut |text| hash.update(text.as_bytes()))?;
     Ok(hex::encode(hash.finalize()))
+}
+
+/// The default idempotency key of a spec whose canonical JSON without its
+/// `idempotency_key` is `canonical`.
+pub(crate) fn idempotency_key_of(canonical: &str) -> String {
+    hex::encode(Sha256::digest(canonical.as_bytes()))
 }
 
 /// Write the canonical JSON of `spec` (without its `idempotency_key` unless

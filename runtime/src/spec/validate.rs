@@ -14,7 +14,7 @@
 //! keys) are checked first, then each task in file order, so one run reports
 //! one error, the same one every time.
 
-use super::canonical::{canonical_json, canonical_spec_json, default_idempotency_key};
+use super::canonical::{canonical_json, canonical_spec_json, idempotency_key_of};
 use super::catalog::HandlerCatalog;
 use super::model::{JobSpec, StageSpec, TaskSpec};
 use super::parse::parse_job_file;
@@ -82,13 +82,9 @@ pub fn validate(
     })
 }
 
-/// Tasks turned into the job to insert between two hand-backs of the
-/// spec's memory in [`validate_owned`].
-const TASKS_BETWEEN_RELEASES: usize = 1 << 16;
-
 /// [`validate`], consuming the spec: each task's texts move into the job to
-/// insert, and the spec's list of tasks gives its memory back as it
-/// shrinks, so a job of a million tasks is never held twice.
+/// insert, and each stage's tasks are converted in place, in the spec's own
+/// allocation, so a job of a million tasks is never held twice.
 pub fn validate_owned(
     mut spec: JobSpec,
     catalog: &dyn HandlerCatalog,
@@ -100,17 +96,17 @@ pub fn validate_owned(
     let (idempotency_key, spec_json) = identity(&spec)?;
     let mut stages = Vec::with_capacity(spec.stages.len());
     for (s, stage) in spec.stages.iter_mut().enumerate() {
-        let mut specs = std::mem::take(&mut stage.tasks);
-        let mut tasks = Vec::with_capacity(specs.len());
-        // From the last task back, so the list can shrink from its end (a
-        // large list is its own mapping: shrinking it unmaps its tail).
-        while let Some(task) = specs.pop() {
-            tasks.push(new_task(stage, task, s, specs.len())?);
-            if specs.len() % TASKS_BETWEEN_RELEASES == 0 {
-                specs.shrink_to_fit();
-            }
-        }
-        tasks.reverse();
+        let specs = std::mem::take(&mut stage.tasks);
+        // `Vec<TaskSpec>` into `Vec<NewTask>` through `map` and `collect`
+        // reuses the source's allocation (std's in-place collection), which
+        // needs a `NewTask` no larger than a `TaskSpec`: asserted below.
+        let mut tasks = specs
+            .into_iter()
+            .enumerate()
+            .map(|(t, task)| new_task(stage, task, s, t))
+            .collect::<Result<Vec<NewTask>, SpecError>>()?;
+        // The rows are smaller than the specs were: give the rest back.
+        tasks.shrink_to_fit();
         stages.push(new_stage(stage, tasks));
     }
     Ok(SubmitJob {
@@ -123,19 +119,23 @@ pub fn validate_owned(
     })
 }
 
+// A larger `NewTask` would make `validate_owned` allocate a second list.
+const _: () = assert!(
+    std::mem::size_of::<NewTask>() <= std::mem::size_of::<TaskSpec>()
+        && std::mem::align_of::<NewTask>() == std::mem::align_of::<TaskSpec>()
+);
+
 /// The idempotency key (the spec's, else its hash) and the canonical spec.
 fn identity(spec: &JobSpec) -> Result<(String, String), SpecError> {
-    let unserializable = |e: serde_json::Error| {
-        SpecError::invalid("", format!("the spec cannot be written as JSON: {e}"))
-    };
+    let spec_json = canonical_spec_json(spec)
+        .map_err(|e| SpecError::invalid("", format!("the spec cannot be written as JSON: {e}")))?;
+    // A spec without a key of its own is the text its default key hashes
+    // (`default_idempotency_key`): one pass over a large spec, not two.
     let idempotency_key = match &spec.idempotency_key {
         Some(key) => key.clone(),
-        None => default_idempotency_key(spec).map_err(unserializable)?,
+        None => idempotency_key_of(&spec_json),
     };
-    Ok((
-        idempotency_key,
-        canonical_spec_json(spec).map_err(unserializable)?,
-    ))
+    Ok((idempotency_key, spec_json))
 }
 
 /// Every rule, job-wide ones first, then each task in file order, so the
