@@ -38,6 +38,7 @@ mod wal_sync;
 pub use backend::SqlStore;
 pub use codec::SPAWN_LIMIT;
 pub use sql::StoreCounters;
+pub use submit::SPEC_PART_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

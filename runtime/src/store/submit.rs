@@ -39,9 +39,12 @@ const INSERT_JOB: Sql = Sql::both(
      RETURNING id",
 );
 // The spec is megabytes for a large job: kept out of the `jobs` row, which
-// the hot path reads.
-const INSERT_JOB_SPEC: Sql =
-    Sql::both("INSERT INTO job_specs (job_id, tenant_id, spec_json) VALUES ($1, $2, $3)");
+// the hot path reads, and written in parts (migration 0016 on SQLite, 0018 on
+// PostgreSQL), so no database copy of it is ever whole in memory.
+const INSERT_JOB_SPEC_PART: Sql =
+    Sql::both("INSERT INTO job_spec_parts (job_id, part, tenant_id, text) VALUES ($1, $2, $3, $4)");
+/// Largest part of a job's canonical spec written in one row.
+pub const SPEC_PART_BYTES: usize = 1 << 20;
 // The conflicting row is committed (ON CONFLICT waited for it), so this
 // statement sees it.
 const EXISTING_JOB: Sql =
@@ -136,13 +139,16 @@ pub(crate) async fn submit_job(db: &mut Db<'_>, p: &SubmitJob) -> Result<Submitt
         });
     };
 
-    db.execute(
-        db.query(&INSERT_JOB_SPEC)
-            .bind(job)
-            .bind(tenant)
-            .bind(&p.spec_json),
-    )
-    .await?;
+    for (part, text) in (0_i32..).zip(spec_parts(&p.spec_json, SPEC_PART_BYTES)) {
+        db.execute(
+            db.query(&INSERT_JOB_SPEC_PART)
+                .bind(job)
+                .bind(part)
+                .bind(tenant)
+                .bind(text),
+        )
+        .await?;
+    }
 
     let mut fx = Effects::new(now);
     fx.event(
@@ -209,6 +215,19 @@ pub(crate) async fn submit_job(db: &mut Db<'_>, p: &SubmitJob) -> Result<Submitt
         job_id: JobId(job),
         created: true,
     })
+}
+
+/// `text` in pieces of at most `max_bytes` (at least 4: a character fits),
+/// cut at character boundaries, in order; none for empty text.
+fn spec_parts(text: &str, max_bytes: usize) -> Vec<&str> {
+    let mut parts = Vec::with_capacity(text.len().div_ceil(max_bytes.max(1)));
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (part, tail) = rest.split_at(rest.floor_char_boundary(max_bytes.max(4)));
+        parts.push(part);
+        rest = tail;
+    }
+    parts
 }
 
 /// The job's tasks, a statement per [`TASKS_PER_STATEMENT`], then their
