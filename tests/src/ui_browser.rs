@@ -355,8 +355,10 @@ async fn an_admin_watches_progress_live_and_revives_a_dead_task() {
     );
     browser.screenshot("task-dead").await;
     browser.click("#retry").await;
-    // Back on the task page, which now says it runs again or is done.
-    browser.wait_for_text("#task-state", "").await;
+    // Back on the task page, which now lists the revival. (Waiting for any
+    // `#task-state` was met by the page the click left, and the form's
+    // redirect could then land after the next navigation.)
+    browser.wait_for_text("#task-events", "task_revived").await;
 
     // The job page follows the revived job to its end without a reload.
     browser.goto(&ui.url(&format!("/ui/jobs/{}", dies.0))).await;
