@@ -43,6 +43,9 @@ fn job(spec_json: String) -> SubmitJob {
     }
 }
 
+/// A job's parts with their numbers, in order (the same text on both).
+const READ_PARTS: &str = "SELECT part, text FROM job_spec_parts WHERE job_id = $1 ORDER BY part";
+
 /// The parts as read back, in `part` order, with their numbers.
 fn assert_stored_in_parts(spec: &str, parts: &[(i32, String)]) {
     let numbers: Vec<i32> = parts.iter().map(|(n, _)| *n).collect();
@@ -76,12 +79,11 @@ async fn sqlite_stores_a_large_spec_in_parts_cut_between_characters() {
         .connect()
         .await
         .expect("open the file with sqlx");
-    let parts: Vec<(i32, String)> =
-        sqlx::query_as("SELECT part, text FROM job_spec_parts WHERE job_id = $1 ORDER BY part")
-            .bind(job_id.0)
-            .fetch_all(&mut conn)
-            .await
-            .expect("read the parts");
+    let parts: Vec<(i32, String)> = sqlx::query_as(READ_PARTS)
+        .bind(job_id.0)
+        .fetch_all(&mut conn)
+        .await
+        .expect("read the parts");
     assert_stored_in_parts(&spec, &parts);
 }
 
