@@ -641,6 +641,63 @@ fn status_of_a_job_nobody_works_on_says_which_worker_it_needs() {
 }
 
 #[test]
+fn status_spec_prints_the_job_as_submitted_and_resubmitting_it_names_the_same_job() {
+    let cli = Cli::new();
+    // A task input holding CSI (U+009B) and DEL, which JSON leaves raw.
+    let file = cli.write(
+        "spec.toml",
+        "name = \"spec\"\n[[stages]]\nname = \"s\"\ntasks = [{ handler = \"example:noop\", input = { note = \"a\\u009bb\\u007f\" } }]\n",
+    );
+    let out = cli.run(&["submit", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = cli.run(&["status", "1", "--spec"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let printed = stdout(&out);
+    assert_eq!(printed.lines().count(), 1, "{printed}");
+    assert!(
+        printed.contains(r#""note":"a\u009bb\u007f""#),
+        "escaped for the terminal: {printed}"
+    );
+    assert!(!printed.contains(['\u{9b}', '\u{7f}']), "{printed}");
+    let spec: serde_json::Value = serde_json::from_str(&printed).expect("the spec is JSON");
+    assert_eq!(spec["name"], "spec");
+    assert_eq!(
+        spec["stages"][0]["tasks"][0]["input"]["note"],
+        "a\u{9b}b\u{7f}"
+    );
+
+    // The printed spec is a job file naming the same job.
+    let again = cli.write("spec.json", &printed);
+    let out = cli.run(&["submit", &again, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (submitted["job_id"].as_i64(), submitted["created"].as_bool()),
+        (Some(1), Some(false))
+    );
+
+    // The other JSON outputs escape the same characters.
+    let out = cli.run(&["task", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(r#""note": "a\u009bb\u007f""#),
+        "{}",
+        stdout(&out)
+    );
+
+    let err = assert_bad_input(&cli.run(&["status", "2", "--spec"]));
+    assert!(err.contains("job 2 not found"), "{err}");
+    let out = cli.run(&["status", "1", "--spec", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the argument '--spec' cannot be used with '--json'"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn an_error_is_printed_once_even_when_it_has_a_cause() {
     let cli = Cli::new();
     let file = cli.write("f.toml", "name = \"\"\n[[stages]]\nname = \"s\"\n");

@@ -13,7 +13,6 @@ mod engine_flow;
 mod guest_programs;
 mod harness;
 mod interop_tools;
-mod job_spec_storage;
 mod mcp_agent;
 mod mcp_handler_tools;
 mod mcp_harness;

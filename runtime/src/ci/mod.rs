@@ -272,7 +272,7 @@ async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
             "state": progress.job.state,
             "steps": rows,
         });
-        say!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())?;
+        crate::cli::output::json_pretty(&doc)?;
         return Ok(());
     }
     say!(

@@ -1,13 +1,12 @@
 //! Job commands: demo, run, submit, status, jobs, events, cancel, retry, task.
 
 use super::{CliResult, Ctx, Failure};
-use crate::cli::output::say;
+use crate::cli::output::{self, say, say_part};
 use crate::engine::views::{JobEventView, JobListEntry, Submitted, View};
 use crate::engine::{Engine, JobFilter, JobProgress, WorkerConfig};
 use crate::limits::printable;
 use crate::model::{EventKind, Executor, JobId, JobState, TaskId, TaskState};
 use crate::spec;
-use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -45,6 +44,10 @@ pub struct StatusArgs {
     job: i64,
     #[arg(long)]
     json: bool,
+    /// Print the job's spec as submitted instead: the canonical JSON of its
+    /// job file (submitting that file again names the same job).
+    #[arg(long, conflicts_with = "json")]
+    spec: bool,
 }
 
 #[derive(Debug, Args)]
@@ -333,10 +336,7 @@ async fn submit_checked(
 pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
     let (_, submitted) = submit_checked(ctx, &args.file).await?;
     if args.json {
-        say!(
-            "{}",
-            serde_json::to_string(&Submitted::from(submitted)).context("rendering JSON")?
-        )?;
+        output::json_line(&Submitted::from(submitted))?;
     } else if submitted.created {
         say!("job {} submitted", submitted.job_id.0)?;
     } else {
@@ -350,13 +350,21 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
 
 pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
     let engine = ctx.reader().await?;
+    if args.spec {
+        // A part at a time: a million-task spec is 52 MB.
+        let job = JobId(args.job);
+        let mut part = 0;
+        while let Some(text) = engine.spec_part(&ctx.tenant, job, part).await? {
+            say_part!("{}", output::terminal_json(&text))?;
+            part += 1;
+        }
+        say!("")?;
+        return Ok(());
+    }
     if args.json {
         // The view MCP's get_job returns.
         let view = engine.job_view(&ctx.tenant, JobId(args.job)).await?;
-        say!(
-            "{}",
-            serde_json::to_string_pretty(&view).context("rendering JSON")?
-        )?;
+        output::json_pretty(&view)?;
         return Ok(());
     }
     let (p, waiting) = engine
@@ -407,10 +415,7 @@ pub async fn list(ctx: &Ctx, args: JobsArgs) -> CliResult {
     if args.json {
         // The entries of MCP's list_jobs page.
         let entries: Vec<JobListEntry> = jobs.iter().map(JobListEntry::from).collect();
-        say!(
-            "{}",
-            serde_json::to_string_pretty(&entries).context("rendering JSON")?
-        )?;
+        output::json_pretty(&entries)?;
         return Ok(());
     }
     if jobs.is_empty() {
@@ -436,10 +441,7 @@ pub async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult {
         for e in &page {
             let view = JobEventView::from(e);
             if args.json {
-                say!(
-                    "{}",
-                    serde_json::to_string(&view).context("rendering JSON")?
-                )?;
+                output::json_line(&view)?;
             } else {
                 say!("{}", view.line())?;
             }
@@ -478,10 +480,7 @@ pub async fn task(ctx: &Ctx, args: TaskArgs) -> CliResult {
     if args.json {
         // The view MCP's get_task returns.
         let view = engine.task_view(&ctx.tenant, TaskId(args.task)).await?;
-        say!(
-            "{}",
-            serde_json::to_string_pretty(&view).context("rendering JSON")?
-        )?;
+        output::json_pretty(&view)?;
         return Ok(());
     }
     let t = engine.task(&ctx.tenant, TaskId(args.task)).await?;

@@ -1,13 +1,12 @@
 //! `lockstep plugins …` and `lockstep exec`: for operators and plugin authors.
 
 use super::{CliResult, Ctx, Failure};
-use crate::cli::output::{say, say_part};
+use crate::cli::output::{self, say, say_part};
 use crate::limits::printable;
 use crate::plugin::oci::{self, OciError, OciRef};
 use crate::plugin::trust::{self, Trust};
 use crate::plugin::{CheckReport, RunRequest, StandaloneContext, TrustPolicy, discovery};
 use crate::template::{self, Language, ProjectName};
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,10 +77,7 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
             let host = ctx.plugins().await?;
             let list = host.describe_all();
             if json {
-                say!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).context("rendering JSON")?
-                )?;
+                output::json_pretty(&list)?;
                 return Ok(());
             }
             if list.is_empty() {
@@ -115,10 +111,7 @@ pub async fn plugins(ctx: &Ctx, cmd: PluginsCommand) -> CliResult {
                 .await
                 .map_err(anyhow::Error::new)?;
             if json {
-                say!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("rendering JSON")?
-                )?;
+                output::json_pretty(&report)?;
             } else {
                 say_part!("{}", render_check(&report))?;
             }

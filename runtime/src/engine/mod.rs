@@ -29,7 +29,9 @@ use crate::model::{
 };
 use crate::plugin::PluginHost;
 use crate::spec::{self, JobSpec, SpecError};
-use crate::store::{CancelJob, GetJob, GetTask, JobEvents, ListJobs, RetryTask, Store, StoreError};
+use crate::store::{
+    CancelJob, GetJob, GetTask, JobEvents, JobSpecPart, ListJobs, RetryTask, Store, StoreError,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -447,6 +449,24 @@ impl Engine {
                 job,
                 after_id,
                 limit,
+            })
+            .await?)
+    }
+
+    /// Part `part` (from 0) of the job's spec as submitted, `None` past the
+    /// last: the canonical JSON of its job file or plan, a part at a time.
+    pub async fn spec_part(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+        part: u32,
+    ) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .store
+            .job_spec_part(JobSpecPart {
+                tenant: tenant.clone(),
+                job,
+                part,
             })
             .await?)
     }

@@ -10,9 +10,9 @@
 use super::sql::{Conn, Counters, StoreCounters, Tx};
 use super::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, CompletionOutcome, CountJobs, CreateToken,
-    Dependency, GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery, ReadyHandler,
-    ReadyHandlers, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask, RevokeToken,
-    StageResults, Store, StoreError, TaskEvents, TokenLookup,
+    Dependency, GetJob, GetTask, JobEvents, JobSpecPart, ListJobs, ListTasks, QueueDepthQuery,
+    ReadyHandler, ReadyHandlers, RecentCompletions, RenewLease, RescueExpiredLeases, RetryTask,
+    RevokeToken, StageResults, Store, StoreError, TaskEvents, TokenLookup,
 };
 use super::{DeadTasks, ReleaseLeases, StateCounts, agent, complete, operator, reads, release};
 use super::{sample, submit};
@@ -390,6 +390,11 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn job_counters(&self, p: GetJob) -> Result<JobStatus, StoreError> {
         self.read(|| async |db| reads::job_counters(db, &p).await)
+            .await
+    }
+
+    async fn job_spec_part(&self, p: JobSpecPart) -> Result<Option<String>, StoreError> {
+        self.read(|| async |db| reads::job_spec_part(db, &p).await)
             .await
     }
 

@@ -254,6 +254,15 @@ pub struct GetJob {
     pub job: JobId,
 }
 
+/// One part of a job's stored spec ([`Store::job_spec_part`]).
+#[derive(Debug, Clone)]
+pub struct JobSpecPart {
+    pub tenant: TenantId,
+    pub job: JobId,
+    /// Parts are numbered from 0 in the spec's order.
+    pub part: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct ListJobs {
     pub tenant: TenantId,
@@ -462,6 +471,11 @@ pub trait Store: Send + Sync + 'static {
     /// counting its tasks: each stage's `counts` is empty. Its cost does not
     /// grow with the job (what waiting for a job polls).
     async fn job_counters(&self, p: GetJob) -> Result<JobStatus, StoreError>;
+    /// One part of the job's spec as submitted (the canonical JSON of its
+    /// job file or plan), numbered from 0; `None` past the last. Each is at
+    /// most [`SPEC_PART_BYTES`] and they concatenate to the spec, so a large
+    /// spec is read a part at a time, never whole.
+    async fn job_spec_part(&self, p: JobSpecPart) -> Result<Option<String>, StoreError>;
     async fn list_jobs(&self, p: ListJobs) -> Result<Vec<JobSummary>, StoreError>;
     /// Jobs per state (every state present, zero when none) among the
     /// tenant's jobs that match the name and creation window.

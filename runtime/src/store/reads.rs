@@ -11,8 +11,8 @@ use super::codec::{
 };
 use super::sql::{Db, Sql};
 use super::{
-    CountJobs, DeadTasks, GetJob, GetTask, JobEvents, ListJobs, RATE_WINDOW_MS, ReadyHandler,
-    ReadyHandlers, RecentCompletions, StageResults, StoreError,
+    CountJobs, DeadTasks, GetJob, GetTask, JobEvents, JobSpecPart, ListJobs, RATE_WINDOW_MS,
+    ReadyHandler, ReadyHandlers, RecentCompletions, StageResults, StoreError,
 };
 use crate::model::{
     Event, JobId, JobState, JobStatus, JobSummary, Millis, StageStatus, TaskId, TaskRecord,
@@ -530,6 +530,33 @@ pub(crate) async fn ready_handlers(
         )
         .await?;
     ready_handlers_from_rows(p.job, rows)
+}
+
+const JOB_SPEC_PART: Sql =
+    Sql::both("SELECT text FROM job_spec_parts WHERE job_id = $1 AND part = $2 AND tenant_id = $3");
+
+pub(crate) async fn job_spec_part(
+    db: &mut Db<'_>,
+    p: &JobSpecPart,
+) -> Result<Option<String>, StoreError> {
+    // A part number no part can have is past the last one.
+    let text: Option<(String,)> = match i32::try_from(p.part) {
+        Ok(part) => {
+            db.fetch_optional(
+                db.query(&JOB_SPEC_PART)
+                    .bind(p.job.0)
+                    .bind(part)
+                    .bind(&p.tenant.0),
+            )
+            .await?
+        }
+        Err(_) => None,
+    };
+    match text {
+        Some((text,)) => Ok(Some(text)),
+        // Past the last part, or no such job: only the miss pays to tell.
+        None => job_exists(db, &p.tenant, p.job).await.map(|()| None),
+    }
 }
 
 const JOB_EXISTS: Sql = Sql::both("SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2");

@@ -10,10 +10,10 @@ pub(crate) use lockstep::model::{
 };
 pub(crate) use lockstep::store::{
     CancelJob, ClaimBatch, ClaimedTask, CompleteBatch, Completion, CompletionOutcome, CountJobs,
-    CreateToken, DeadTasks, GetJob, GetTask, JobEvents, ListJobs, ListTasks, QueueDepthQuery,
-    ReadyHandler, ReadyHandlers, RecentCompletions, ReleaseLeases, RenewLease, RescueExpiredLeases,
-    RetryTask, RevokeToken, SpawnTask, StageResults, Store, StoreError, TaskEvents, TaskResult,
-    TokenLookup, TokenRef,
+    CreateToken, DeadTasks, GetJob, GetTask, JobEvents, JobSpecPart, ListJobs, ListTasks,
+    QueueDepthQuery, ReadyHandler, ReadyHandlers, RecentCompletions, ReleaseLeases, RenewLease,
+    RescueExpiredLeases, RetryTask, RevokeToken, SPEC_PART_BYTES, SpawnTask, StageResults, Store,
+    StoreError, TaskEvents, TaskResult, TokenLookup, TokenRef,
 };
 pub(crate) use std::time::Duration;
 

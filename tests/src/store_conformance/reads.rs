@@ -486,7 +486,84 @@ pub async fn dead_tasks_lists_a_jobs_dead_tasks_with_their_errors(store: &dyn St
     );
 }
 
+/// Part `part` of the job's spec as `tenant` reads it.
+async fn spec_part(
+    store: &dyn Store,
+    tenant: TenantId,
+    job: JobId,
+    part: u32,
+) -> Result<Option<String>, StoreError> {
+    store.job_spec_part(JobSpecPart { tenant, job, part }).await
+}
+
+/// The canonical spec is kept in parts of at most `SPEC_PART_BYTES`, cut
+/// between characters, numbered in order, whose concatenation is the spec,
+/// so neither database ever holds a large spec whole; it reads back the same
+/// way, a part at a time.
+pub async fn job_spec_part_reads_a_large_spec_back_in_parts_cut_between_characters(
+    store: &dyn Store,
+) {
+    // 2.5 parts of two-byte characters after a one-byte quote: a cut at a
+    // part's byte limit would split a character.
+    let spec_json = format!("\"{}\"", "é".repeat(SPEC_PART_BYTES + SPEC_PART_BYTES / 4));
+    let mut job = spec("large spec", vec![stage("a", vec![task("work")])]);
+    job.spec_json = spec_json.clone();
+    let job = submit(store, job).await;
+
+    let mut parts = Vec::new();
+    while let Some(text) = spec_part(store, acme(), job, parts.len() as u32)
+        .await
+        .expect("a part")
+    {
+        parts.push(text);
+    }
+    let lengths: Vec<usize> = parts.iter().map(String::len).collect();
+    // Every part but the last as long as whole characters allow.
+    assert_eq!(
+        lengths,
+        vec![
+            SPEC_PART_BYTES - 1,
+            SPEC_PART_BYTES,
+            spec_json.len() - 2 * SPEC_PART_BYTES + 1
+        ]
+    );
+    assert!(
+        parts.concat() == spec_json,
+        "the parts concatenate to the spec"
+    );
+    assert_eq!(
+        spec_part(store, acme(), job, u32::MAX)
+            .await
+            .expect("past the end"),
+        None
+    );
+
+    // A small spec is one part; another tenant's job and an unknown job are
+    // not found, past their end as at their start.
+    let small = submit(store, two_then_one("small spec")).await;
+    assert_eq!(
+        spec_part(store, acme(), small, 0).await.expect("part 0"),
+        Some("{}".to_string())
+    );
+    assert_eq!(
+        spec_part(store, acme(), small, 1).await.expect("part 1"),
+        None
+    );
+    for (tenant, job, part) in [
+        (globex(), small, 0),
+        (globex(), small, 1),
+        (acme(), JobId(job.0 + 1000), 0),
+    ] {
+        let err = spec_part(store, tenant, job, part)
+            .await
+            .expect_err("not found");
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+        assert_eq!(err.to_string(), format!("job {} not found", job.0));
+    }
+}
+
 conformance_cases!(
+    job_spec_part_reads_a_large_spec_back_in_parts_cut_between_characters,
     dead_tasks_lists_a_jobs_dead_tasks_with_their_errors,
     ready_handlers_names_what_a_jobs_ready_tasks_wait_for,
     stage_results_pages_through_an_earlier_stages_outputs,
