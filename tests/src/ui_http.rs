@@ -168,6 +168,9 @@ async fn another_tenants_job_and_task_are_not_found_by_url() {
     );
     let (status, page) = get(&ui.url(&format!("/ui/jobs/{}/live", job.0)), &globex).await;
     assert_eq!(status, 404, "{page}");
+    let (status, page) = get(&ui.url(&format!("/ui/jobs/{}/spec", job.0)), &globex).await;
+    assert_eq!(status, 404, "{page}");
+    assert_eq!(message_of(&page), format!("job {} not found", job.0));
     let (status, list) = get(&ui.url("/ui/jobs"), &globex).await;
     assert_eq!(status, 200);
     assert!(list.contains("id=\"no-jobs\""), "{list}");
@@ -356,4 +359,47 @@ async fn signing_in_sets_an_http_only_strict_cookie_and_a_bad_token_is_refused()
     );
     let text = page.text().await.expect("body");
     assert!(text.contains("viewer · tenant acme · read"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_as_submitted_is_served_as_json_a_part_at_a_time() {
+    let ui = Dashboard::start(&[]).await;
+    let reader = ui.token("acme", "read", "auditor");
+    // Over 1 MiB of spec: stored, and served, in two parts.
+    let tasks: Vec<String> = (0..20_000)
+        .map(|i| {
+            format!(r#"{{"handler":"example:noop","input":{{"value":{i},"pad":"{i:0>32}"}}}}"#)
+        })
+        .collect();
+    let text = format!(
+        r#"{{"name":"wide","stages":[{{"name":"s","tasks":[{}]}}]}}"#,
+        tasks.join(",")
+    );
+    let spec =
+        lockstep::spec::parse_job_str(&text, lockstep::spec::Format::Json, &Default::default())
+            .expect("test job parses");
+    let canonical = lockstep::spec::canonical_spec_json(&spec).expect("canonical spec");
+    assert!(canonical.len() > lockstep::store::SPEC_PART_BYTES);
+    let job = ui.submit_spec("acme", spec).await;
+
+    let (status, page) = get(&ui.url(&format!("/ui/jobs/{}", job.0)), &reader).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(&format!("id=\"job-spec\" href=\"/ui/jobs/{}/spec\"", job.0)),
+        "{page}"
+    );
+    let response = http()
+        .get(ui.url(&format!("/ui/jobs/{}/spec", job.0)))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().ok(),
+        Some("application/json")
+    );
+    let body = response.text().await.expect("body");
+    assert_eq!(body.len(), canonical.len());
+    assert!(body == canonical, "the body is the canonical spec");
 }

@@ -148,6 +148,7 @@ pub fn router(engine: Arc<Engine>, config: UiConfig) -> axum::Router {
         .route("/ui/jobs/bulk", post(pages::bulk))
         .route("/ui/jobs/{id}", get(pages::job))
         .route("/ui/jobs/{id}/live", get(live::job))
+        .route("/ui/jobs/{id}/spec", get(pages::job_spec))
         .route("/ui/jobs/{id}/cancel", post(pages::cancel_job))
         .route("/ui/tasks/{id}", get(pages::task))
         .route("/ui/tasks/{id}/retry", post(pages::retry_task))

@@ -389,6 +389,47 @@ async fn retry_dead(
 }
 
 /// `GET /ui/jobs/{id}`.
+/// The job's spec as submitted (what `lockstep status JOB --spec` prints),
+/// as JSON, streamed a part at a time: a million-task spec is 52 MB. The
+/// first part is read before the answer starts, so another tenant's or an
+/// unknown job is the usual "not found" page.
+pub(crate) async fn job_spec(
+    State(state): State<Arc<UiState>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> Page {
+    let job = JobId(parse_id("job", &id)?);
+    let engine = state.engine.clone();
+    let first = engine.spec_part(&viewer.tenant, job, 0).await?;
+    let tenant = viewer.tenant.clone();
+    let rest = futures_util::stream::unfold(Some(1u32), move |next| {
+        let (engine, tenant) = (engine.clone(), tenant.clone());
+        async move {
+            let part = next?;
+            match engine.spec_part(&tenant, job, part).await {
+                Ok(Some(text)) => Some((Ok(bytes::Bytes::from(text)), Some(part + 1))),
+                Ok(None) => None,
+                // The status is sent: a failure can only cut the body short.
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
+            }
+        }
+    });
+    let parts = futures_util::stream::iter(first.map(|text| Ok(bytes::Bytes::from(text))));
+    let mut response =
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(parts, rest)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(disposition) =
+        axum::http::HeaderValue::from_str(&format!("inline; filename=\"job-{}.json\"", job.0))
+    {
+        headers.insert(axum::http::header::CONTENT_DISPOSITION, disposition);
+    }
+    Ok(response)
+}
+
 pub(crate) async fn job(
     State(state): State<Arc<UiState>>,
     Extension(viewer): Extension<Viewer>,
@@ -441,6 +482,7 @@ pub(crate) async fn job(
     let running = progress.job.state == JobState::Running;
     let body = html! {
         h1 { "Job " (job.0) " · " (cell_text(&progress.job.name)) }
+        p { a #job-spec href={ "/ui/jobs/" (job.0) "/spec" } { "The job as submitted (JSON)" } }
         @if running {
             div hx-ext="sse" sse-connect={ "/ui/jobs/" (job.0) "/live" } {
                 div #job-summary sse-swap="summary" { (job_summary(&viewer, &view, &progress)) }
