@@ -351,12 +351,9 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> CliResult {
 pub async fn status(ctx: &Ctx, args: StatusArgs) -> CliResult {
     let engine = ctx.reader().await?;
     if args.spec {
-        // A part at a time: a million-task spec is 52 MB.
-        let job = JobId(args.job);
-        let mut part = 0;
-        while let Some(text) = engine.spec_part(&ctx.tenant, job, part).await? {
-            say_part!("{}", output::terminal_json(&text))?;
-            part += 1;
+        let mut parts = std::pin::pin!(engine.spec(&ctx.tenant, JobId(args.job)).await?);
+        while let Some(text) = futures_util::StreamExt::next(&mut parts).await {
+            say_part!("{}", output::terminal_json(&text?))?;
         }
         say!("")?;
         return Ok(());

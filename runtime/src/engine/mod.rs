@@ -453,9 +453,39 @@ impl Engine {
             .await?)
     }
 
-    /// Part `part` (from 0) of the job's spec as submitted, `None` past the
-    /// last: the canonical JSON of its job file or plan, a part at a time.
-    pub async fn spec_part(
+    /// The job's spec as submitted (the canonical JSON of its job file or
+    /// plan), a stored part at a time: a million-task spec is 52 MB, never
+    /// held whole. The first part is read here, so an unknown job (or
+    /// another tenant's) is an error before anything is written out; the
+    /// rest are read as the stream is polled.
+    pub async fn spec(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        job: JobId,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<String, EngineError>> + Send + 'static,
+        EngineError,
+    > {
+        let first = self.spec_part(tenant, job, 0).await?;
+        let (engine, tenant) = (Arc::clone(self), tenant.clone());
+        let rest = futures_util::stream::unfold(Some(1u32), move |next| {
+            let (engine, tenant) = (Arc::clone(&engine), tenant.clone());
+            async move {
+                let part = next?;
+                match engine.spec_part(&tenant, job, part).await {
+                    Ok(Some(text)) => Some((Ok(text), Some(part + 1))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e), None)),
+                }
+            }
+        });
+        Ok(futures_util::StreamExt::chain(
+            futures_util::stream::iter(first.map(Ok)),
+            rest,
+        ))
+    }
+
+    async fn spec_part(
         &self,
         tenant: &TenantId,
         job: JobId,

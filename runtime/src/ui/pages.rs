@@ -388,35 +388,22 @@ async fn retry_dead(
     Ok(format!("{} dead tasks retried", dead.len()))
 }
 
-/// `GET /ui/jobs/{id}`.
-/// The job's spec as submitted (what `lockstep status JOB --spec` prints),
-/// as JSON, streamed a part at a time: a million-task spec is 52 MB. The
-/// first part is read before the answer starts, so another tenant's or an
-/// unknown job is the usual "not found" page.
+/// `GET /ui/jobs/{id}/spec`: the job's spec as submitted (what `lockstep
+/// status JOB --spec` prints), as JSON, streamed a stored part at a time
+/// ([`crate::engine::Engine::spec`]); another tenant's or an unknown job is
+/// the usual "not found" page.
 pub(crate) async fn job_spec(
     State(state): State<Arc<UiState>>,
     Extension(viewer): Extension<Viewer>,
     Path(id): Path<String>,
 ) -> Page {
     let job = JobId(parse_id("job", &id)?);
-    let engine = state.engine.clone();
-    let first = engine.spec_part(&viewer.tenant, job, 0).await?;
-    let tenant = viewer.tenant.clone();
-    let rest = futures_util::stream::unfold(Some(1u32), move |next| {
-        let (engine, tenant) = (engine.clone(), tenant.clone());
-        async move {
-            let part = next?;
-            match engine.spec_part(&tenant, job, part).await {
-                Ok(Some(text)) => Some((Ok(bytes::Bytes::from(text)), Some(part + 1))),
-                Ok(None) => None,
-                // The status is sent: a failure can only cut the body short.
-                Err(e) => Some((Err(std::io::Error::other(e)), None)),
-            }
-        }
+    let parts = state.engine.spec(&viewer.tenant, job).await?;
+    // The status is sent by then: a failure can only cut the body short.
+    let body = futures_util::StreamExt::map(parts, |part| {
+        part.map(bytes::Bytes::from).map_err(std::io::Error::other)
     });
-    let parts = futures_util::stream::iter(first.map(|text| Ok(bytes::Bytes::from(text))));
-    let mut response =
-        axum::body::Body::from_stream(futures_util::StreamExt::chain(parts, rest)).into_response();
+    let mut response = axum::body::Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         axum::http::header::CONTENT_TYPE,
@@ -430,6 +417,7 @@ pub(crate) async fn job_spec(
     Ok(response)
 }
 
+/// `GET /ui/jobs/{id}`.
 pub(crate) async fn job(
     State(state): State<Arc<UiState>>,
     Extension(viewer): Extension<Viewer>,
