@@ -693,6 +693,148 @@ async fn no_more_tasks_run_at_once_than_the_run_slots() {
     );
 }
 
+/// `n` example:steps tasks of one `step_ms` step each, in one stage.
+fn steps_job(name: &str, n: usize, step_ms: u64) -> String {
+    let mut body = format!("name = \"{name}\"\n[[stages]]\nname = \"s\"\ntasks = [\n");
+    for _ in 0..n {
+        body.push_str(&format!(
+            "  {{ handler = \"example:steps\", input = {{ steps = 1, step_ms = {step_ms} }} }},\n"
+        ));
+    }
+    body.push_str("]\n");
+    body
+}
+
+/// The attempt of each of `job`'s tasks, in id order.
+async fn attempts_of(h: &Harness, job: JobId) -> Vec<i32> {
+    let tasks = h
+        .engine
+        .job_tasks_page(&h.tenant, job, None, 100)
+        .await
+        .expect("tasks");
+    tasks.iter().map(|t| t.attempt).collect()
+}
+
+/// Runs `config` until `until` holds of its stats (checked every 10 ms, for
+/// at most a minute), then stops it with no grace limit.
+async fn run_until(
+    h: &Harness,
+    config: WorkerConfig,
+    until: impl Fn(&lockstep::engine::WorkerStats) -> bool,
+) -> std::sync::Arc<lockstep::engine::WorkerStats> {
+    let pool = h.engine.start_workers(config);
+    let stats = pool.stats.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !until(&stats) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never got there"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pool.shutdown().await;
+    stats
+}
+
+/// Tasks claimed ahead of the run slots (issue 13) keep their leases while
+/// they wait: one slot, 150 ms tasks and a 300 ms lease. The first claim
+/// takes the one free slot's task; once it ends, the pace of ends (one in
+/// 150 ms) over a claim-ahead of 10 s takes the other five at once, and the
+/// last of them waits ~600 ms for the slot, twice its lease. Renewed from
+/// the claim on, none is rescued or refused, and each runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_claimed_ahead_of_the_run_slots_keep_their_leases_while_they_wait() {
+    let h = Harness::new().await;
+    let job = h.submit(&steps_job("ahead", 6, 150)).await;
+    let config = WorkerConfig {
+        slots: 1,
+        batch: 64,
+        lease: Duration::from_millis(300),
+        rescue_every: Duration::from_millis(50),
+        claim_ahead: Duration::from_secs(10),
+        ..WorkerConfig::default()
+    };
+    let stats = run_until(&h, config, |s| s.completed.load(Relaxed) == 6).await;
+    use std::sync::atomic::Ordering::Relaxed;
+    let progress = h.engine.progress(&h.tenant, job).await.expect("progress");
+    assert_eq!(progress.job.state, JobState::Succeeded);
+    assert_eq!(
+        [
+            stats.claimed.load(Relaxed),
+            stats.claim_batches.load(Relaxed),
+            stats.peak_runs.load(Relaxed),
+            stats.peak_waiting.load(Relaxed),
+            stats.rescued.load(Relaxed),
+            stats.stale.load(Relaxed),
+        ],
+        [6, 2, 1, 5, 0, 0],
+        "[claimed, claims, peak runs, peak waiting, rescued, refused]"
+    );
+    assert_eq!(attempts_of(&h, job).await, vec![1; 6]);
+}
+
+/// Polls `done` every 10 ms; fails saying `what` after ten seconds.
+async fn within_ten_seconds(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A stopping pool hands back the tasks it claimed ahead at once, unrun and
+/// uncharged (Invariant 20), while its running task goes on: one slot; a
+/// 100 ms task, then five of 30 s. The short one's end takes the five at
+/// once; the first of them runs and four wait. Stopped then, the pool hands
+/// the four back without waiting for the slot (the long run then stops at
+/// its next step, its job cancelled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_pool_hands_back_the_tasks_it_claimed_ahead_at_once() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let h = Harness::new().await;
+    let mut body = String::from("name = \"handed-back\"\n[[stages]]\nname = \"s\"\ntasks = [\n");
+    body.push_str("  { handler = \"example:steps\", input = { steps = 1, step_ms = 100 } },\n");
+    for _ in 0..5 {
+        body.push_str(
+            "  { handler = \"example:steps\", input = { steps = 300, step_ms = 100 } },\n",
+        );
+    }
+    body.push_str("]\n");
+    let job = h.submit(&body).await;
+    let pool = h.engine.start_workers(WorkerConfig {
+        slots: 1,
+        batch: 64,
+        claim_ahead: Duration::from_secs(10),
+        ..WorkerConfig::default()
+    });
+    let stats = pool.stats.clone();
+    within_ten_seconds("never claimed all six", || stats.claimed.load(Relaxed) == 6).await;
+    let stopping = tokio::spawn(pool.stop(None));
+    within_ten_seconds(
+        "the waiting tasks were not handed back while the long one ran",
+        || stats.released.load(Relaxed) == 4,
+    )
+    .await;
+    assert_eq!(stats.completed.load(Relaxed), 1);
+    h.engine.cancel(&h.tenant, job).await.expect("cancel");
+    stopping.await.expect("stop");
+    // The long run's end is refused: its job's cancellation ended the task.
+    assert_eq!(
+        [
+            stats.completed.load(Relaxed),
+            stats.released.load(Relaxed),
+            stats.stale.load(Relaxed),
+        ],
+        [1, 4, 1],
+        "[completed, handed back, refused]"
+    );
+    let progress = h.engine.progress(&h.tenant, job).await.expect("progress");
+    assert_eq!(progress.job.state, JobState::Cancelled);
+    let mut attempts = attempts_of(&h, job).await;
+    attempts.sort_unstable();
+    assert_eq!(attempts, vec![0, 0, 0, 0, 1, 1]);
+}
+
 #[tokio::test]
 async fn unknown_handler_is_rejected_with_the_registered_names() {
     let h = Harness::new().await;

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use progress::{JobProgress, StageProgress, WaitingFor};
-pub use worker::{Execution, WorkerConfig, WorkerPool};
+pub use worker::{Execution, WorkerConfig, WorkerPool, WorkerStats};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> Millis {

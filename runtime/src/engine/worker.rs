@@ -11,17 +11,25 @@
 //! uncharged), running ones get a grace period and are then interrupted (a
 //! retryable failure that says so), and every result is committed.
 //!
-//! **Run slots and the recording budget.** A claim takes, per task, a run
-//! slot and a unit of the recording budget. The run slot (`--workers`, the
-//! sandboxes running at once) is given back when the handler returns; the
-//! unit of budget ([`WorkerConfig::recording_budget`]: the run slots plus
-//! one claim batch) only when the task's completion has committed (or was
-//! given up on). A claim takes at most as many tasks as there are free run
-//! slots *and* free budget. So the next batch runs while the last one's
-//! commit syncs, yet claimed-but-unrecorded tasks stay bounded: when
-//! recording falls behind, claiming waits (backpressure, issue 13), and no
-//! load can leave thousands of finished tasks waiting for a commit while
-//! their leases run out.
+//! **Run slots, the recording budget and claiming ahead.** A claim takes,
+//! per task, a unit of the recording budget ([`WorkerConfig::recording_budget`]:
+//! the run slots plus one claim batch), given back only when the task's
+//! completion has committed (or was given up on). So claimed-but-unrecorded
+//! tasks stay bounded: when recording falls behind, claiming waits
+//! (backpressure, issue 13), and no load can leave thousands of finished
+//! tasks waiting for a commit while their leases run out.
+//!
+//! A claimed task then waits for a run slot (`--workers`, the sandboxes
+//! running at once), given back when its handler returns. A claim takes the
+//! free run slots plus, ahead of them, as many tasks as the runs are
+//! expected to free within [`WorkerConfig::claim_ahead`] at the pace they
+//! ended lately ([`RunPace`]): while short tasks pour through, one claim
+//! takes a whole batch and the slots refill from it as runs end (at 128
+//! slots claims took ~85 tasks without it, ~230 with it, and the pool ran
+//! +29% tasks/s on SQLite with WASM, issue 13); long tasks end slowly, so a
+//! pool claims little more than its free slots and leaves the rest to other
+//! processes. A waiting task's lease is renewed from its claim on, as a
+//! running one's is, and a stopping pool hands it back unrun (Invariant 20).
 //!
 //! On SQLite, whose writes run one at a time and whose commits are made
 //! durable by a sync outside the writer, two group commits may be under way
@@ -32,14 +40,6 @@
 //! so the tasks of one claim commit together (on SQLite each commit syncs the
 //! log, a few milliseconds whatever its size), and their budget goes back to
 //! the claimer as one.
-//!
-//! Likewise a claim made while runs still hold most of the slots waits, at
-//! most [`CLAIM_GATHER`], for half of them to come back, so that one claim
-//! takes many tasks: what surrounds a claim's statement (a transaction, the
-//! hand-offs between the writer's thread and the runtime, a group commit for
-//! its ends) is paid per claim (at 128 slots claims took ~65 tasks, about
-//! half the slots; with the wait ~88 with WASM and ~120 with the host no-op,
-//! −13% and −17% CPU per task, issue 13). An idle pool claims at once.
 //!
 //! A group commit holds at most [`MAX_GROUP_COMMIT`] completions and
 //! [`GROUP_COMMIT_BYTES`] of their outputs, errors, spawned inputs and log
@@ -71,6 +71,10 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// [`WorkerConfig::claim_ahead`] by default: a claimed task waits about
+/// this long for a run slot, at most.
+pub const CLAIM_AHEAD: Duration = Duration::from_millis(10);
+
 /// Most completions committed in one transaction.
 const MAX_GROUP_COMMIT: usize = 2048;
 
@@ -97,6 +101,10 @@ pub struct WorkerConfig {
     /// What runs a claimed task: its plugin in the sandbox, always, except
     /// in `lockstep bench throughput --handler host-noop`.
     pub execution: Execution,
+    /// How far ahead of the free run slots a claim takes tasks: as many as
+    /// the runs are expected to free in this time at their recent pace
+    /// (module doc). Zero claims only for free slots.
+    pub claim_ahead: Duration,
 }
 
 /// What runs a claimed task.
@@ -132,6 +140,7 @@ impl Default for WorkerConfig {
             rescue_every: Duration::from_secs(1),
             worker_id: format!("pid-{}", std::process::id()),
             execution: Execution::Sandbox,
+            claim_ahead: CLAIM_AHEAD,
         }
     }
 }
@@ -156,6 +165,8 @@ pub struct WorkerStats {
     pub interrupted: AtomicU64,
     /// Most runs going at once (never more than the run slots).
     pub peak_runs: AtomicU64,
+    /// Most claimed tasks waiting for a run slot at once.
+    pub peak_waiting: AtomicU64,
 }
 
 /// Where a pool is in its life.
@@ -292,18 +303,23 @@ async fn claimer(
     mut stop: watch::Receiver<Phase>,
     stats: Arc<WorkerStats>,
 ) {
-    // Run slots: taken by a claim, given back when the run ends.
+    // Run slots: taken by a claimed task when its run starts, given back
+    // when the run ends.
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     // Recording budget: taken by a claim, given back when the completion is
     // recorded (or given up on) — the bound on claimed-but-unrecorded tasks.
     let budget = Arc::new(Semaphore::new(config.recording_budget()));
+    // Claimed tasks waiting for a run slot.
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let pace = Arc::new(RunPace::default());
+    let mut ahead = ClaimAhead::new(config.claim_ahead);
     // Backends that can push wake-ups (Postgres LISTEN/NOTIFY) shorten the
     // idle wait; polling stays the fallback because a signal can be lost.
     let ready = engine.store().ready_signal();
     let mut runs = tokio::task::JoinSet::new();
     let mut db_backoff = Duration::from_millis(50);
     let mut outage = Outage::new("claiming tasks");
-    loop {
+    'claiming: loop {
         if *stop.borrow() != Phase::Running {
             break;
         }
@@ -312,24 +328,33 @@ async fn claimer(
             p = budget.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stop.changed() => break,
         };
-        let mut permits = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.changed() => break,
+        // Then as many tasks as will find a run slot soon (module doc): the
+        // free slots and the runs expected to end shortly, less the tasks
+        // already waiting. None: wait for a run to end.
+        let wanted = loop {
+            // Made before the count is read: a run that ends after it still
+            // ends the wait below.
+            let ended = pace.ended.notified();
+            let soon = slots.available_permits()
+                + ahead.expected_ends(pace.count(), tokio::time::Instant::now());
+            let wanted = soon.saturating_sub(waiting.load(Ordering::Acquire));
+            if wanted > 0 {
+                break wanted;
+            }
+            tokio::select! {
+                _ = ended => {},
+                _ = stop.changed() => break 'claiming,
+            }
         };
-        gather_slots(&slots, &budget, &config, &mut permits, &mut owed).await;
-        // Then every other free slot the budget allows, up to a batch, in
-        // one step (only this loop takes permits, so both succeed).
-        let more = slots
+        // Every unit of budget the claim needs beyond the one held, in one
+        // step (only this loop takes budget, so it succeeds).
+        let more = budget
             .available_permits()
-            .min(budget.available_permits())
-            .min((config.batch as usize).saturating_sub(permits.num_permits()));
+            .min(wanted - 1)
+            .min((config.batch.max(1) as usize) - 1);
         if more > 0
-            && let (Ok(s), Ok(b)) = (
-                slots.clone().try_acquire_many_owned(more as u32),
-                budget.clone().try_acquire_many_owned(more as u32),
-            )
+            && let Ok(b) = budget.clone().try_acquire_many_owned(more as u32)
         {
-            permits.merge(s);
             owed.merge(b);
         }
         // Read per claim: a plugin reload adds or removes handlers.
@@ -349,7 +374,7 @@ async fn claimer(
                 executor: Executor::Wasm,
                 handlers: Some(handlers),
                 job: None,
-                limit: permits.num_permits() as u32,
+                limit: owed.num_permits() as u32,
                 lease: config.lease,
                 worker: config.worker_id.clone(),
                 now: now_millis(),
@@ -365,7 +390,7 @@ async fn claimer(
                 stats.database_errors.fetch_add(1, Ordering::Relaxed);
                 super::metrics::store_retry("claim");
                 outage.failed(&e);
-                drop((permits, owed));
+                drop(owed);
                 tokio::select! {
                     _ = tokio::time::sleep(db_backoff) => {},
                     _ = stop.changed() => break,
@@ -375,7 +400,7 @@ async fn claimer(
             }
         };
         if claimed.is_empty() {
-            drop((permits, owed));
+            drop(owed);
             let pushed = async {
                 match pushed {
                     Some(signal) => signal.await,
@@ -390,6 +415,7 @@ async fn claimer(
             }
             continue;
         }
+        let claimed_at = tokio::time::Instant::now();
         stats
             .claimed
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);
@@ -398,42 +424,56 @@ async fn claimer(
             now_millis(),
             claimed.iter().map(|t| (t.handler.as_str(), t.ready_at)),
         );
-        // One run slot and one unit of budget per claimed task; the rest go
-        // back at once, as one.
+        let now_waiting = waiting.fetch_add(claimed.len(), Ordering::AcqRel) + claimed.len();
+        stats
+            .peak_waiting
+            .fetch_max(now_waiting as u64, Ordering::Relaxed);
+        // One unit of budget per claimed task; the rest goes back at once,
+        // as one.
         for task in claimed {
-            let limit = "a claim returns at most as many tasks as its LIMIT, the permits taken";
-            let slot = permits.split(1).expect(limit);
+            let limit = "a claim returns at most as many tasks as its LIMIT, the budget taken";
             let unrecorded = owed.split(1).expect(limit);
-            let engine = engine.clone();
+            let run = Run {
+                engine: engine.clone(),
+                plugins: plugins.clone(),
+                lease: config.lease,
+                execution: config.execution,
+                phase: stop.clone(),
+                // Renewed from the claim on, while the task waits for a
+                // run slot and while it runs.
+                renew: lease_renewal(claimed_at, config.lease),
+            };
+            let slots = slots.clone();
+            let run_slots = config.slots.max(1);
+            let waiting = waiting.clone();
+            let pace = pace.clone();
+            let stats = stats.clone();
             let done = done.clone();
-            let lease = config.lease;
-            let execution = config.execution;
-            let phase = stop.clone();
-            let plugins = plugins.clone();
             let ends = running.clone();
-            let now_running = ends.fetch_add(1, Ordering::AcqRel) + 1;
-            stats
-                .peak_runs
-                .fetch_max(now_running as u64, Ordering::Relaxed);
+            ends.fetch_add(1, Ordering::AcqRel);
             // Boxed: the task's cell then holds a pointer, not the run's
             // whole future, which tokio would otherwise copy in and out.
             runs.spawn(Box::pin(async move {
-                let ended = match execution {
-                    Execution::Sandbox => run_task(&engine, &plugins, task, lease, phase).await,
-                    Execution::HostNoop => {
-                        let ran = Attempt {
-                            handler: task.handler.clone(),
-                            job: task.job_id,
-                            took: Some(Duration::ZERO),
-                        };
-                        Done::Completed(host_noop(task), ran)
+                let mut run = run;
+                let slot = run.wait_for_slot(&slots, &task).await;
+                waiting.fetch_sub(1, Ordering::AcqRel);
+                let ended = match slot {
+                    Some(slot) => {
+                        let now_running = run_slots - slots.available_permits();
+                        stats
+                            .peak_runs
+                            .fetch_max(now_running as u64, Ordering::Relaxed);
+                        let ended = run.run(task).await;
+                        // The run slot goes back with the run's end.
+                        drop(slot);
+                        ended
                     }
+                    None => Done::Released(task.tenant, task.lease),
                 };
-                // The run slot goes back with the run's end; the budget
-                // goes with the end to the completer, which gives it back
-                // once that end is recorded.
+                pace.ended_one();
+                // The budget goes with the end to the completer, which
+                // gives it back once that end is recorded.
                 ends.fetch_sub(1, Ordering::AcqRel);
-                drop(slot);
                 let _ = done.send((ended, unrecorded));
             }));
         }
@@ -444,39 +484,162 @@ async fn claimer(
     while runs.join_next().await.is_some() {}
 }
 
-/// While runs hold more than half the run slots, wait at most
-/// [`CLAIM_GATHER`] for half of them to come back, so that the next claim is
-/// a large one (module doc). Besides the claimer's own, slots are held only
-/// by runs, so an idle pool never waits.
-async fn gather_slots(
-    slots: &Arc<Semaphore>,
-    budget: &Arc<Semaphore>,
-    config: &WorkerConfig,
-    permits: &mut OwnedSemaphorePermit,
-    owed: &mut OwnedSemaphorePermit,
-) {
-    let half = config.slots.min(config.batch as usize) / 2;
-    let wanted = half.saturating_sub(permits.num_permits());
-    // Only this loop takes budget, so what is free now is still free after
-    // the wait: the slots gathered can always be matched with budget.
-    if wanted == 0 || slots.available_permits() >= wanted || budget.available_permits() < wanted {
-        return;
+/// How many runs of this pool have ended, and a wake-up for a claimer
+/// waiting for the next end.
+#[derive(Default)]
+struct RunPace {
+    count: AtomicU64,
+    ended: tokio::sync::Notify,
+}
+
+impl RunPace {
+    fn ended_one(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        // One claimer waits: a permit stored while it is not waiting wakes
+        // its next wait at once, so an end is never missed.
+        self.ended.notify_one();
     }
-    let gathered = tokio::time::timeout(
-        CLAIM_GATHER,
-        slots.clone().acquire_many_owned(wanted as u32),
-    )
-    .await;
-    if let Ok(Ok(gathered)) = gathered
-        && let Ok(more_owed) = budget.clone().try_acquire_many_owned(wanted as u32)
-    {
-        permits.merge(gathered);
-        owed.merge(more_owed);
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
     }
 }
 
-/// How long [`gather_slots`] may hold a claim back.
-const CLAIM_GATHER: Duration = Duration::from_millis(1);
+/// How many runs are expected to end within [`WorkerConfig::claim_ahead`]:
+/// the pace runs ended at over the last [`PACE_SPAN`], from counts the
+/// claimer notes each time it asks.
+struct ClaimAhead {
+    within: Duration,
+    /// (when, runs ended by then), oldest first, spanning about [`PACE_SPAN`].
+    seen: std::collections::VecDeque<(tokio::time::Instant, u64)>,
+}
+
+/// How far back [`ClaimAhead`] looks for the pace of run ends.
+const PACE_SPAN: Duration = Duration::from_millis(100);
+
+impl ClaimAhead {
+    fn new(within: Duration) -> ClaimAhead {
+        ClaimAhead {
+            within,
+            seen: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn expected_ends(&mut self, ended: u64, now: tokio::time::Instant) -> usize {
+        // Keep the newest count at least PACE_SPAN old as the base.
+        while self
+            .seen
+            .get(1)
+            .is_some_and(|&(at, _)| now.duration_since(at) >= PACE_SPAN)
+        {
+            self.seen.pop_front();
+        }
+        let expected = match self.seen.front() {
+            Some(&(at, then)) if now > at => {
+                let per_second =
+                    ended.saturating_sub(then) as f64 / now.duration_since(at).as_secs_f64();
+                (per_second * self.within.as_secs_f64()) as usize
+            }
+            _ => 0,
+        };
+        // Many asks within one span add nothing the base does not know.
+        if self
+            .seen
+            .back()
+            .is_none_or(|&(at, _)| now.duration_since(at) >= PACE_SPAN / 16)
+        {
+            self.seen.push_back((now, ended));
+        }
+        expected
+    }
+}
+
+/// A lease's renewals, every third of the lease from the claim on: a task
+/// renewed from then keeps its lease however long it waits and runs.
+fn lease_renewal(claimed_at: tokio::time::Instant, lease: Duration) -> tokio::time::Interval {
+    let every = (lease / 3).max(Duration::from_millis(1));
+    tokio::time::interval_at(claimed_at + every, every)
+}
+
+/// What a claimed task needs to wait for its run slot and to run.
+struct Run {
+    engine: Arc<Engine>,
+    plugins: Arc<crate::plugin::PluginHost>,
+    lease: Duration,
+    execution: Execution,
+    phase: watch::Receiver<Phase>,
+    renew: tokio::time::Interval,
+}
+
+impl Run {
+    /// A run slot for `task`, renewing its lease while it waits; `None` when
+    /// the pool stops first (the task is handed back unrun).
+    async fn wait_for_slot(
+        &mut self,
+        slots: &Arc<Semaphore>,
+        task: &ClaimedTask,
+    ) -> Option<OwnedSemaphorePermit> {
+        let mut phase_open = true;
+        loop {
+            if *self.phase.borrow_and_update() != Phase::Running {
+                return None;
+            }
+            tokio::select! {
+                // The slot first: a free one is taken before anything else.
+                biased;
+                slot = slots.clone().acquire_owned() => return slot.ok(),
+                changed = self.phase.changed(), if phase_open => phase_open = changed.is_ok(),
+                _ = self.renew.tick() => renew_lease(&self.engine, task, self.lease).await,
+            }
+        }
+    }
+
+    async fn run(self, task: ClaimedTask) -> Done {
+        match self.execution {
+            Execution::Sandbox => {
+                run_task(
+                    &self.engine,
+                    &self.plugins,
+                    task,
+                    self.lease,
+                    self.phase,
+                    self.renew,
+                )
+                .await
+            }
+            Execution::HostNoop => {
+                let ran = Attempt {
+                    handler: task.handler.clone(),
+                    job: task.job_id,
+                    took: Some(Duration::ZERO),
+                };
+                Done::Completed(host_noop(task), ran)
+            }
+        }
+    }
+}
+
+/// Renew `task`'s lease; a lease already lost is said once, here (its
+/// result will be refused).
+async fn renew_lease(engine: &Engine, task: &ClaimedTask, lease: Duration) {
+    let held = engine
+        .store()
+        .renew_lease(RenewLease {
+            tenant: task.tenant.clone(),
+            lease: task.lease,
+            lease_for: lease,
+            now: now_millis(),
+            note: None,
+            logs: Vec::new(),
+        })
+        .await;
+    if let Ok(false) = held {
+        tracing::warn!(
+            task = task.lease.task_id.0,
+            "lease lost while running; the result will be refused"
+        );
+    }
+}
 
 async fn run_task(
     engine: &Arc<Engine>,
@@ -484,6 +647,7 @@ async fn run_task(
     mut task: ClaimedTask,
     lease: Duration,
     mut phase: watch::Receiver<Phase>,
+    mut renew: tokio::time::Interval,
 ) -> Done {
     let cx = Arc::new(JobTaskContext::new(
         engine.store().clone(),
@@ -507,10 +671,6 @@ async fn run_task(
     let started = std::time::Instant::now();
     let run = plugins.run(req, cx.clone());
     tokio::pin!(run);
-    // Renew the lease while a long run goes on, so it is not rescued from under us.
-    let renew_every = lease / 3;
-    let mut renew =
-        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     let mut handed_back_tried = false;
     // False once the pool is gone without stopping (then nothing changes).
     let mut phase_open = true;
@@ -533,19 +693,8 @@ async fn run_task(
             biased;
             r = &mut run => break Some(r),
             changed = phase.changed(), if phase_open => phase_open = changed.is_ok(),
-            _ = renew.tick() => {
-                let held = engine.store().renew_lease(RenewLease {
-                    tenant: task.tenant.clone(),
-                    lease: task.lease,
-                    lease_for: lease,
-                    now: now_millis(),
-                    note: None,
-                    logs: Vec::new(),
-                }).await;
-                if let Ok(false) = held {
-                    tracing::warn!(task = task.lease.task_id.0, "lease lost while running; the result will be refused");
-                }
-            }
+            // Renew the lease while a long run goes on, so it is not rescued from under us.
+            _ = renew.tick() => renew_lease(engine, &task, lease).await,
         }
     };
     let took = started.elapsed();
