@@ -25,10 +25,10 @@
 //! expected to free within [`WorkerConfig::claim_ahead`] at the pace they
 //! ended lately ([`RunPace`]): while short tasks pour through, one claim
 //! takes a whole batch and the slots refill from it as runs end (at 128
-//! slots claims took ~85 tasks without it, ~230 with it, and the pool ran
-//! +29% tasks/s on SQLite with WASM, issue 13); long tasks end slowly, so a
-//! pool claims little more than its free slots and leaves the rest to other
-//! processes. A waiting task's lease is renewed from its claim on, as a
+//! slots claims took ~85 tasks without it, ~210 with it, and the pool ran
+//! +22% tasks/s on SQLite with WASM, +37% with the host no-op, issue 13);
+//! long tasks end slowly, so a pool claims little more than its free slots
+//! and leaves the rest to other processes. A waiting task's lease is renewed from its claim on, as a
 //! running one's is, and a stopping pool hands it back unrun (Invariant 20).
 //!
 //! On SQLite, whose writes run one at a time and whose commits are made
