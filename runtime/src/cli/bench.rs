@@ -42,8 +42,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 128)]
         workers: usize,
         /// Most tasks claimed in one statement (in this process; `serve`
-        /// has its own `--batch`). Up to this many free slots are filled by
-        /// one claim, and a batch's completions tend to commit together: one
+        /// has its own `--batch`): a claim takes the free slots plus the
+        /// tasks the runs are expected to free within 10 ms, up to this
+        /// many, and a claim's completions tend to commit together: one
         /// durable commit (one sync of the log on SQLite) per batch.
         #[arg(long, default_value_t = 512)]
         batch: u32,

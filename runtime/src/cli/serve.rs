@@ -15,10 +15,11 @@ pub struct ServeArgs {
     /// Tasks run concurrently by this process.
     #[arg(long, default_value_t = 64)]
     workers: usize,
-    /// Most tasks claimed in one statement; also how many claimed tasks
-    /// beyond --workers may wait for their results to be recorded (so the
-    /// next batch runs while the last one commits; PostgreSQL only: SQLite
-    /// writes one transaction at a time, so there a slot waits for its commit).
+    /// Most tasks claimed in one statement: a claim takes the free run
+    /// slots plus the tasks the runs are expected to free within 10 ms, up
+    /// to this many. Also how many claimed tasks beyond --workers may wait
+    /// for a run slot or for their results to be recorded (so the next
+    /// batch runs while the last one commits).
     #[arg(long, default_value_t = 256)]
     batch: u32,
     /// Lease taken by each claim, in seconds; a task whose process dies is
