@@ -138,6 +138,10 @@ impl SqlStore<SqliteBackend> {
         let replaced = replaced_writers.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A connection to a file cannot go away as a socket can: the
+            // ping sqlx sends before handing it out was one more round trip
+            // to the writer's thread per transaction.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(600))
             // A write whose COMMIT failed (a full disk) can leave the
             // connection inside a transaction SQLite has already rolled
