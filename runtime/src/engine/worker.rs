@@ -619,8 +619,8 @@ impl Run {
     }
 }
 
-/// Renew `task`'s lease; a lease already lost is said once, here (its
-/// result will be refused).
+/// Renew `task`'s lease, waiting for a run slot or running; a lease
+/// already lost is said once, here (its result will be refused).
 async fn renew_lease(engine: &Engine, task: &ClaimedTask, lease: Duration) {
     let held = engine
         .store()
@@ -636,7 +636,7 @@ async fn renew_lease(engine: &Engine, task: &ClaimedTask, lease: Duration) {
     if let Ok(false) = held {
         tracing::warn!(
             task = task.lease.task_id.0,
-            "lease lost while running; the result will be refused"
+            "lease lost before the run ended; its result will be refused"
         );
     }
 }
