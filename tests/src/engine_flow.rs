@@ -657,6 +657,18 @@ async fn a_running_task_stops_at_its_next_step_when_its_job_is_cancelled() {
     );
 }
 
+/// `n` example:steps tasks of one `step_ms` step each, in one stage.
+fn steps_job(name: &str, n: usize, step_ms: u64) -> String {
+    let mut body = format!("name = \"{name}\"\n[[stages]]\nname = \"s\"\ntasks = [\n");
+    for _ in 0..n {
+        body.push_str(&format!(
+            "  {{ handler = \"example:steps\", input = {{ steps = 1, step_ms = {step_ms} }} }},\n"
+        ));
+    }
+    body.push_str("]\n");
+    body
+}
+
 /// Run slots bound the runs going at once (issue 13): of twelve 100 ms
 /// tasks on 4 slots exactly 4 run at a time, though the recording budget
 /// (4 slots + a batch of 64) would let more be claimed. That the budget, not
@@ -665,12 +677,7 @@ async fn a_running_task_stops_at_its_next_step_when_its_job_is_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_more_tasks_run_at_once_than_the_run_slots() {
     let h = Harness::new().await;
-    let mut body = String::from("name = \"slots\"\n[[stages]]\nname = \"s\"\ntasks = [\n");
-    for _ in 0..12 {
-        body.push_str("  { handler = \"example:steps\", input = { steps = 1, step_ms = 100 } },\n");
-    }
-    body.push_str("]\n");
-    let job = h.submit(&body).await;
+    let job = h.submit(&steps_job("slots", 12, 100)).await;
     let config = WorkerConfig {
         slots: 4,
         batch: 64,
@@ -693,18 +700,6 @@ async fn no_more_tasks_run_at_once_than_the_run_slots() {
     );
 }
 
-/// `n` example:steps tasks of one `step_ms` step each, in one stage.
-fn steps_job(name: &str, n: usize, step_ms: u64) -> String {
-    let mut body = format!("name = \"{name}\"\n[[stages]]\nname = \"s\"\ntasks = [\n");
-    for _ in 0..n {
-        body.push_str(&format!(
-            "  {{ handler = \"example:steps\", input = {{ steps = 1, step_ms = {step_ms} }} }},\n"
-        ));
-    }
-    body.push_str("]\n");
-    body
-}
-
 /// The attempt of each of `job`'s tasks, in id order.
 async fn attempts_of(h: &Harness, job: JobId) -> Vec<i32> {
     let tasks = h
@@ -713,6 +708,15 @@ async fn attempts_of(h: &Harness, job: JobId) -> Vec<i32> {
         .await
         .expect("tasks");
     tasks.iter().map(|t| t.attempt).collect()
+}
+
+/// Polls `done` every 10 ms; fails saying `what` once `within` has passed.
+async fn poll_until(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Runs `config` until `until` holds of its stats (checked every 10 ms, for
@@ -724,14 +728,10 @@ async fn run_until(
 ) -> std::sync::Arc<lockstep::engine::WorkerStats> {
     let pool = h.engine.start_workers(config);
     let stats = pool.stats.clone();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !until(&stats) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pool never got there"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll_until("the pool never got there", Duration::from_secs(60), || {
+        until(&stats)
+    })
+    .await;
     pool.shutdown().await;
     stats
 }
@@ -773,15 +773,6 @@ async fn tasks_claimed_ahead_of_the_run_slots_keep_their_leases_while_they_wait(
     assert_eq!(attempts_of(&h, job).await, vec![1; 6]);
 }
 
-/// Polls `done` every 10 ms; fails saying `what` after ten seconds.
-async fn within_ten_seconds(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A stopping pool hands back the tasks it claimed ahead at once, unrun and
 /// uncharged (Invariant 20), while its running task goes on: one slot; a
 /// 100 ms task, then five of 30 s. The short one's end takes the five at
@@ -808,10 +799,14 @@ async fn a_stopping_pool_hands_back_the_tasks_it_claimed_ahead_at_once() {
         ..WorkerConfig::default()
     });
     let stats = pool.stats.clone();
-    within_ten_seconds("never claimed all six", || stats.claimed.load(Relaxed) == 6).await;
+    poll_until("never claimed all six", Duration::from_secs(10), || {
+        stats.claimed.load(Relaxed) == 6
+    })
+    .await;
     let stopping = tokio::spawn(pool.stop(None));
-    within_ten_seconds(
+    poll_until(
         "the waiting tasks were not handed back while the long one ran",
+        Duration::from_secs(10),
         || stats.released.load(Relaxed) == 4,
     )
     .await;
